@@ -1,0 +1,92 @@
+//! `aggregator` configuration: one TOML file plus `AGGREGATOR__...` environment overrides.
+
+use schemas::ch::ClickHouseConfig;
+use schemas::kafka::KafkaConfig;
+use serde::{Deserialize, Serialize};
+
+/// Every setting of the aggregator, with its default.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AggregatorConfig {
+    /// Kafka brokers, topic and extra librdkafka properties.
+    pub kafka: KafkaConfig,
+    /// ClickHouse endpoint and database.
+    pub clickhouse: ClickHouseConfig,
+    /// Consumer group; every aggregator of one deployment uses the same one.
+    pub group_id: String,
+    /// Width of the tumbling windows, seconds (windows align to multiples of it since the epoch).
+    pub window_secs: u32,
+    /// Flush pending windows at least this often, milliseconds, also when no events arrive.
+    pub flush_interval_ms: u64,
+    /// Flush early when this many aggregate rows are pending.
+    pub flush_max_rows: usize,
+    /// Stop consuming (pause partitions) while this many rows wait for ClickHouse.
+    pub max_pending_rows: usize,
+    /// Write the dedup state and consumer positions every N flushes (1 = every flush).
+    pub checkpoint_every: u32,
+    /// How long a viewer's counted `seq` numbers are remembered after its last event (event time), seconds.
+    pub dedup_horizon_secs: u64,
+    /// Events older than the partition watermark minus this are dead-lettered as `too_late`, seconds.
+    pub max_lateness_secs: u64,
+    /// Events whose `interval_start` is further than this ahead of the wall clock are dead-lettered as `in_future`, seconds.
+    pub max_future_secs: u64,
+    /// Address of the `/metrics` and `/healthz` HTTP endpoint; empty disables it.
+    pub metrics_listen: String,
+    /// Name of this member in checkpoints and logs; default host name and pid.
+    pub member_id: String,
+    /// Log as JSON lines.
+    pub json_logs: bool,
+}
+
+impl Default for AggregatorConfig {
+    fn default() -> Self {
+        AggregatorConfig {
+            kafka: KafkaConfig::default(),
+            clickhouse: ClickHouseConfig::default(),
+            group_id: "metering-aggregator".into(),
+            window_secs: 60,
+            flush_interval_ms: 5_000,
+            flush_max_rows: 200_000,
+            max_pending_rows: 2_000_000,
+            checkpoint_every: 1,
+            dedup_horizon_secs: 24 * 3600,
+            max_lateness_secs: 35 * 24 * 3600,
+            max_future_secs: 3600,
+            metrics_listen: "127.0.0.1:9101".into(),
+            member_id: String::new(),
+            json_logs: false,
+        }
+    }
+}
+
+impl AggregatorConfig {
+    /// Check values that serde cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.window_secs == 0 || 86_400 % self.window_secs != 0 {
+            return Err(format!("window_secs = {}: must divide a day (e.g. 10, 60, 300, 3600)", self.window_secs));
+        }
+        if self.flush_interval_ms == 0 {
+            return Err("flush_interval_ms must be > 0".into());
+        }
+        if self.checkpoint_every == 0 {
+            return Err("checkpoint_every must be >= 1".into());
+        }
+        if self.flush_max_rows == 0 || self.max_pending_rows < self.flush_max_rows {
+            return Err("need 0 < flush_max_rows <= max_pending_rows".into());
+        }
+        if self.group_id.is_empty() || self.kafka.topic.is_empty() {
+            return Err("group_id and kafka.topic must not be empty".into());
+        }
+        schemas::ch::check_identifier(&self.clickhouse.database).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    pub fn member(&self) -> String {
+        if self.member_id.is_empty() {
+            let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+            format!("{}-{}", host.trim(), std::process::id())
+        } else {
+            self.member_id.clone()
+        }
+    }
+}

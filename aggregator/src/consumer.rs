@@ -1,0 +1,246 @@
+//! The consume loop: one thread, one sequential loop over a librdkafka
+//! `BaseConsumer`, with the rebalance callback loading and dropping
+//! partition state. All ClickHouse I/O runs on the tokio runtime through
+//! `Handle::block_on`, so the loop stays strictly sequential.
+
+use crate::config::AggregatorConfig;
+use crate::core::{clock_ms, Core};
+use crate::error::AggError;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::KafkaResult;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::runtime::Handle;
+use tracing::{error, info, warn};
+
+/// How long the rebalance callback keeps retrying to load state from ClickHouse.
+const ASSIGN_RETRY_FOR: Duration = Duration::from_secs(120);
+/// How long a graceful shutdown keeps trying to write what it holds.
+const SHUTDOWN_FLUSH_FOR: Duration = Duration::from_secs(60);
+
+/// librdkafka context: owns the aggregator core so that rebalances can reach it.
+pub struct AggContext {
+    pub core: Mutex<Core>,
+    rt: Handle,
+    topic: String,
+    /// Partitions whose state was dropped and must be reloaded and seeked.
+    reload: Mutex<Vec<i32>>,
+    /// Set when the callback could not load state: the loop stops with this error.
+    fatal: Mutex<Option<String>>,
+}
+
+impl ClientContext for AggContext {}
+
+impl ConsumerContext for AggContext {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let mut core = self.core.lock().expect("core lock");
+                let started = Instant::now();
+                let mut backoff = Duration::from_millis(200);
+                let positions = loop {
+                    match self.rt.block_on(core.assign(&parts)) {
+                        Ok(p) => break Some(p),
+                        Err(e) if e.is_transient() && started.elapsed() < ASSIGN_RETRY_FOR => {
+                            warn!(error = %e, "PartitionLoadFailed: retrying");
+                            std::thread::sleep(backoff);
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                        }
+                        Err(e) => {
+                            error!(error = %e, "PartitionLoadFailed: giving up");
+                            *self.fatal.lock().expect("lock") = Some(e.to_string());
+                            break None;
+                        }
+                    }
+                };
+                let Some(positions) = positions else {
+                    let _ = consumer.assign(&TopicPartitionList::new());
+                    return;
+                };
+                for (p, pos) in positions {
+                    let offset = pos.map(Offset::Offset).unwrap_or(Offset::Beginning);
+                    if let Err(e) = tpl.set_partition_offset(&self.topic, p, offset) {
+                        error!(partition = p, error = %e, "cannot set start offset");
+                    }
+                }
+                if let Err(e) = consumer.assign(tpl) {
+                    error!(error = %e, "assign failed");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let mut core = self.core.lock().expect("core lock");
+                if let Err(AggError::RebalanceInterrupt(kept)) = self.rt.block_on(core.revoke(&parts)) {
+                    self.reload.lock().expect("lock").extend(kept);
+                }
+                let _ = consumer.unassign();
+            }
+            other => {
+                error!(error = ?other, "rebalance error");
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+/// Build the consumer. Offsets come from ClickHouse; Kafka commits are only
+/// informative (for lag tools), never read back.
+pub fn create_consumer(cfg: &AggregatorConfig, core: Core, rt: Handle) -> KafkaResult<BaseConsumer<AggContext>> {
+    let ctx = AggContext {
+        core: Mutex::new(core),
+        rt,
+        topic: cfg.kafka.topic.clone(),
+        reload: Mutex::new(Vec::new()),
+        fatal: Mutex::new(None),
+    };
+    let mut c = cfg.kafka.client_config();
+    c.set("group.id", &cfg.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("max.poll.interval.ms", "300000")
+        // eager protocol: a revoke always covers every partition
+        .set("partition.assignment.strategy", "range,roundrobin");
+    let c = cfg.kafka.finish(c);
+    c.create_with_context(ctx)
+}
+
+/// Run until `shutdown` is set, then flush what is held.
+pub fn run(cfg: &AggregatorConfig, consumer: BaseConsumer<AggContext>, shutdown: Arc<AtomicBool>) -> Result<(), AggError> {
+    let ctx = consumer.context().clone();
+    consumer.subscribe(&[&cfg.kafka.topic])?;
+    info!(topic = %cfg.kafka.topic, group = %cfg.group_id, "AggregatorStarted");
+    let interval = Duration::from_millis(cfg.flush_interval_ms);
+    let mut next_flush = Instant::now() + interval;
+    let mut next_lag = Instant::now();
+    let mut backoff = Duration::from_millis(250);
+    let mut paused = false;
+    while !shutdown.load(Ordering::Relaxed) {
+        if let Some(msg) = ctx.fatal.lock().expect("lock").take() {
+            return Err(AggError::Config(format!("cannot load partition state: {msg}")));
+        }
+        reload_dropped(&consumer, &ctx)?;
+        let wait = next_flush.saturating_duration_since(Instant::now()).min(Duration::from_millis(100));
+        if let Some(first) = consumer.poll(wait) {
+            let mut core = ctx.core.lock().expect("core lock");
+            let now = clock_ms();
+            let mut next = Some(first);
+            let mut n = 0;
+            while let Some(m) = next.take() {
+                match m {
+                    Ok(m) => {
+                        core.process(m.partition(), m.offset(), m.payload().unwrap_or(&[]), now);
+                    }
+                    Err(e) => warn!(error = %e, "KafkaErrorReceived"),
+                }
+                n += 1;
+                if n < 2048 {
+                    drop(core);
+                    next = consumer.poll(Duration::ZERO);
+                    core = ctx.core.lock().expect("core lock");
+                }
+            }
+        }
+        let mut core = ctx.core.lock().expect("core lock");
+        let due = Instant::now() >= next_flush || core.pending_rows() >= cfg.flush_max_rows;
+        if due {
+            match ctx.rt.block_on(core.flush(false)) {
+                Ok(report) => {
+                    backoff = Duration::from_millis(250);
+                    next_flush = Instant::now() + if core.has_inflight() { Duration::ZERO } else { interval };
+                    if paused && core.pending_rows() < cfg.max_pending_rows {
+                        if let Ok(a) = consumer.assignment() {
+                            let _ = consumer.resume(&a);
+                        }
+                        paused = false;
+                        info!("ConsumptionResumed");
+                    }
+                    commit_positions(&consumer, &cfg.kafka.topic, &report.checkpointed);
+                }
+                Err(e) => {
+                    warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "FlushFailed");
+                    next_flush = Instant::now() + backoff;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+            if !paused && core.pending_rows() >= cfg.max_pending_rows {
+                if let Ok(a) = consumer.assignment() {
+                    let _ = consumer.pause(&a);
+                }
+                paused = true;
+                warn!(pending = core.pending_rows(), "ConsumptionPaused: too many rows wait for ClickHouse");
+            }
+            core.update_gauges();
+        }
+        if Instant::now() >= next_lag {
+            next_lag = Instant::now() + Duration::from_secs(10);
+            for p in core.assigned() {
+                if let (Ok((_, high)), Some(pos)) =
+                    (consumer.fetch_watermarks(&cfg.kafka.topic, p, Duration::from_millis(200)), core.position(p))
+                {
+                    core.metrics.consumer_lag.with_label_values(&[&p.to_string()]).set((high - pos).max(0));
+                }
+            }
+        }
+    }
+    info!("AggregatorStopping: flushing what is held");
+    let started = Instant::now();
+    let mut core = ctx.core.lock().expect("core lock");
+    loop {
+        match ctx.rt.block_on(core.flush(true)) {
+            Ok(report) => {
+                commit_positions(&consumer, &cfg.kafka.topic, &report.checkpointed);
+                if !core.has_inflight() && core.pending_rows() == 0 {
+                    break;
+                }
+            }
+            Err(e) if started.elapsed() < SHUTDOWN_FLUSH_FOR => {
+                warn!(error = %e, "FlushFailed during shutdown; retrying");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => {
+                error!(error = %e, "giving up the final flush; the next start resumes from the last checkpoint");
+                break;
+            }
+        }
+    }
+    drop(core);
+    consumer.unsubscribe();
+    info!("AggregatorStopped");
+    Ok(())
+}
+
+fn commit_positions(consumer: &BaseConsumer<AggContext>, topic: &str, positions: &[(i32, i64)]) {
+    if positions.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for &(p, pos) in positions {
+        let _ = tpl.add_partition_offset(topic, p, Offset::Offset(pos));
+    }
+    if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+        warn!(error = %e, "informative Kafka offset commit failed");
+    }
+}
+
+/// After a rebalance interrupted a flush, reload the partitions we kept and
+/// seek them back to what ClickHouse holds.
+fn reload_dropped(consumer: &BaseConsumer<AggContext>, ctx: &AggContext) -> Result<(), AggError> {
+    let parts: Vec<i32> = std::mem::take(&mut *ctx.reload.lock().expect("lock"));
+    if parts.is_empty() {
+        return Ok(());
+    }
+    let mut core = ctx.core.lock().expect("core lock");
+    let positions = ctx.rt.block_on(core.assign(&parts))?;
+    for (p, pos) in positions {
+        let offset = pos.map(Offset::Offset).unwrap_or(Offset::Beginning);
+        consumer.seek(&ctx.topic, p, offset, Duration::from_secs(10))?;
+        info!(partition = p, ?offset, "PartitionReloaded");
+    }
+    Ok(())
+}

@@ -1,0 +1,30 @@
+//! The aggregator's one error type. Variants say how to recover.
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum AggError {
+    /// Bad configuration: fix it and restart.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// ClickHouse failed or is unreachable: retry with backoff; offsets stay unadvanced.
+    #[error("ClickHouse: {0}")]
+    ClickHouse(#[from] clickhouse::error::Error),
+    /// Kafka failed: librdkafka reconnects by itself; fatal only at start-up.
+    #[error("Kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// Stored state cannot be read back: stop, do not guess.
+    #[error("corrupt aggregator state: {0}")]
+    CorruptState(String),
+    /// Partitions were revoked while a batch was still unwritten: the batch is
+    /// dropped and the new owner re-reads from the stored positions.
+    #[error("rebalance interrupted a flush of partitions {0:?}")]
+    RebalanceInterrupt(Vec<i32>),
+}
+
+impl AggError {
+    /// Worth retrying (the same operation may succeed later).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, AggError::ClickHouse(_) | AggError::Kafka(_))
+    }
+}

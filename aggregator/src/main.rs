@@ -1,0 +1,82 @@
+//! `aggregator`: Kafka usage events -> exact tumbling windows in ClickHouse.
+
+use aggregator::{consumer, core::Core, metrics::Metrics, sink::Sink, AggregatorConfig};
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(name = "aggregator", version, about = "Roll usage events from Kafka into exact windows in ClickHouse")]
+struct Cli {
+    /// TOML config file (every key is optional; AGGREGATOR__SECTION__KEY env vars override it)
+    #[arg(long, short, global = true, env = "AGGREGATOR_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Consume the usage topic and write windows until SIGTERM/SIGINT
+    Run,
+    /// Apply the ClickHouse migrations (idempotent) and exit
+    Migrate,
+    /// Print the effective configuration as TOML and exit
+    Config,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let cfg: AggregatorConfig = schemas::config::load(cli.config.as_deref(), "AGGREGATOR")?;
+    cfg.validate().map_err(anyhow::Error::msg).context("invalid configuration")?;
+    schemas::telemetry::init_tracing(cfg.json_logs);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    match cli.cmd {
+        Cmd::Config => {
+            print!("{}", toml::to_string_pretty(&cfg)?);
+            Ok(())
+        }
+        Cmd::Migrate => {
+            let report = rt.block_on(schemas::ch::migrate(&cfg.clickhouse))?;
+            println!("migrations applied: {:?}, already present: {:?}", report.applied, report.already);
+            Ok(())
+        }
+        Cmd::Run => run(cfg, rt),
+    }
+}
+
+fn run(cfg: AggregatorConfig, rt: tokio::runtime::Runtime) -> Result<()> {
+    rt.block_on(schemas::ch::migrate(&cfg.clickhouse)).context("applying ClickHouse migrations")?;
+    let metrics = Arc::new(Metrics::new());
+    let sink = Sink::new(&cfg.clickhouse, &cfg.kafka.topic)?;
+    if !cfg.metrics_listen.is_empty() {
+        let (listen, m, ch) = (cfg.metrics_listen.clone(), metrics.clone(), cfg.clickhouse.client());
+        rt.spawn(async move {
+            if let Err(e) = aggregator::server::serve(&listen, m, ch).await {
+                tracing::error!(error = %e, listen, "metrics endpoint failed");
+            }
+        });
+    }
+    let shutdown = Arc::new(AtomicBool::new(false));
+    {
+        let shutdown = shutdown.clone();
+        rt.spawn(async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM");
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+            tracing::info!("ShutdownRequested");
+            shutdown.store(true, Ordering::Relaxed);
+        });
+    }
+    let core = Core::new(&cfg, sink, metrics);
+    let consumer = consumer::create_consumer(&cfg, core, rt.handle().clone()).context("creating the Kafka consumer")?;
+    let handle = std::thread::Builder::new()
+        .name("consume-loop".into())
+        .spawn(move || consumer::run(&cfg, consumer, shutdown))?;
+    handle.join().map_err(|_| anyhow::anyhow!("consume loop panicked"))??;
+    Ok(())
+}

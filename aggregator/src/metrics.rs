@@ -1,0 +1,91 @@
+//! Prometheus metrics of the aggregator (`/metrics`).
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Every metric the aggregator exports. Names are documented in docs/operations.md.
+pub struct Metrics {
+    pub registry: Registry,
+    pub events: IntCounterVec,
+    pub late_events: IntCounter,
+    pub dead_letters: IntCounterVec,
+    pub dedup_horizon_exceeded: IntCounter,
+    pub flush_seconds: Histogram,
+    pub flush_rows: IntCounterVec,
+    pub flush_errors: IntCounter,
+    pub consumer_lag: IntGaugeVec,
+    pub open_windows: IntGauge,
+    pub pending_rows: IntGauge,
+    pub dedup_viewers: IntGauge,
+    pub assigned_partitions: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m;
+                registry.register(Box::new(m.clone())).expect("unique metric");
+                m
+            }};
+        }
+        Metrics {
+            events: reg!(IntCounterVec::new(
+                Opts::new("aggregator_events_total", "Kafka messages processed, by outcome"),
+                &["outcome"]
+            )
+            .unwrap()),
+            late_events: reg!(IntCounter::new(
+                "aggregator_late_events_total",
+                "Counted events whose window was already behind the partition watermark"
+            )
+            .unwrap()),
+            dead_letters: reg!(IntCounterVec::new(
+                Opts::new("aggregator_dead_letters_total", "Records sent to usage_dead_letters, by reason"),
+                &["reason"]
+            )
+            .unwrap()),
+            dedup_horizon_exceeded: reg!(IntCounter::new(
+                "aggregator_dedup_horizon_exceeded_total",
+                "Events of viewers whose dedup state had passed the horizon (counted as new)"
+            )
+            .unwrap()),
+            flush_seconds: reg!(Histogram::with_opts(
+                HistogramOpts::new("aggregator_flush_seconds", "Time to write one flush batch to ClickHouse")
+                    .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+            )
+            .unwrap()),
+            flush_rows: reg!(IntCounterVec::new(
+                Opts::new("aggregator_flush_rows_total", "Rows written to ClickHouse, by table"),
+                &["table"]
+            )
+            .unwrap()),
+            flush_errors: reg!(IntCounter::new("aggregator_flush_errors_total", "Failed flush attempts (retried)").unwrap()),
+            consumer_lag: reg!(IntGaugeVec::new(
+                Opts::new("aggregator_consumer_lag", "High watermark minus position, by partition"),
+                &["partition"]
+            )
+            .unwrap()),
+            open_windows: reg!(IntGauge::new("aggregator_open_windows", "Distinct windows with unflushed rows").unwrap()),
+            pending_rows: reg!(IntGauge::new("aggregator_pending_rows", "Aggregate rows not yet written").unwrap()),
+            dedup_viewers: reg!(IntGauge::new("aggregator_dedup_viewers", "Viewers held in the dedup state").unwrap()),
+            assigned_partitions: reg!(IntGauge::new("aggregator_assigned_partitions", "Partitions assigned to this member").unwrap()),
+            registry,
+        }
+    }
+
+    /// Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("encode metrics");
+        String::from_utf8(buf).expect("utf8 metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,308 @@
+//! `ingest serve`: the HTTP gateway media servers send usage to.
+//!
+//! `POST /v1/usage` takes a JSON array (`application/json`) or NDJSON
+//! (`application/x-ndjson`) of events. A request is **all-or-nothing for
+//! validation**: if any event is invalid the reply is `400` with every
+//! problem as `{index, field, reason}` and nothing is produced. A valid
+//! request is produced in full and answered `200 {"accepted": n}` only after
+//! Kafka acknowledged every event. If Kafka does not acknowledge them all
+//! the reply is `503` with `Retry-After`: some events may have been written,
+//! and re-sending the whole request is safe because events are identified by
+//! `(viewer_id, seq)` and duplicates are dropped downstream.
+
+use crate::json::{parse_body, EventError};
+use crate::producer::{ProducerOptions, SendAllError, UsageProducer};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use schemas::kafka::KafkaConfig;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// Settings of `ingest serve` (file plus `INGEST__...` environment overrides).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Kafka brokers, topic, extra librdkafka properties.
+    pub kafka: KafkaConfig,
+    /// Address to listen on.
+    pub listen: String,
+    /// Accepted bearer API keys. Required: the gateway refuses to start without one.
+    pub api_keys: Vec<String>,
+    /// Largest accepted request body, bytes (`413` above).
+    pub max_body_bytes: usize,
+    /// Most events in one request (`413` above).
+    pub max_events_per_request: usize,
+    /// Events produced but not yet acknowledged, across all requests; a request
+    /// that would exceed it gets `429` with `Retry-After`.
+    pub max_inflight_events: usize,
+    /// How long Kafka may take to acknowledge an event, ms.
+    pub delivery_timeout_ms: u64,
+    /// Log as JSON lines.
+    pub json_logs: bool,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            kafka: KafkaConfig::default(),
+            listen: "127.0.0.1:8088".into(),
+            api_keys: vec![],
+            max_body_bytes: 16 * 1024 * 1024,
+            max_events_per_request: 10_000,
+            max_inflight_events: 200_000,
+            delivery_timeout_ms: 10_000,
+            json_logs: false,
+        }
+    }
+}
+
+impl IngestConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.api_keys.is_empty() || self.api_keys.iter().any(|k| k.len() < 16) {
+            return Err("api_keys: at least one key of 16 or more characters is required (INGEST__API_KEYS='[\"...\"]')".into());
+        }
+        if self.max_events_per_request == 0 || self.max_inflight_events < self.max_events_per_request {
+            return Err("need 0 < max_events_per_request <= max_inflight_events".into());
+        }
+        Ok(())
+    }
+}
+
+struct Metrics {
+    registry: Registry,
+    accepted: prometheus::IntCounter,
+    rejected: IntCounterVec,
+    requests: IntCounterVec,
+    produce_seconds: Histogram,
+    inflight: IntGauge,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let registry = Registry::new();
+        let accepted = prometheus::IntCounter::new("ingest_events_accepted_total", "Events acknowledged by Kafka").unwrap();
+        let rejected = IntCounterVec::new(
+            Opts::new("ingest_events_rejected_total", "Events rejected, by reason (field name or request-level reason)"),
+            &["reason"],
+        )
+        .unwrap();
+        let requests = IntCounterVec::new(Opts::new("ingest_requests_total", "Requests by HTTP status"), &["status"]).unwrap();
+        let produce_seconds = Histogram::with_opts(
+            HistogramOpts::new("ingest_produce_seconds", "Time from produce to the last acknowledgement of a request")
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+        )
+        .unwrap();
+        let inflight = IntGauge::new("ingest_inflight_events", "Events produced and waiting for acknowledgement (queue depth)").unwrap();
+        registry.register(Box::new(accepted.clone())).unwrap();
+        registry.register(Box::new(rejected.clone())).unwrap();
+        registry.register(Box::new(requests.clone())).unwrap();
+        registry.register(Box::new(produce_seconds.clone())).unwrap();
+        registry.register(Box::new(inflight.clone())).unwrap();
+        Metrics { registry, accepted, rejected, requests, produce_seconds, inflight }
+    }
+}
+
+struct AppState {
+    cfg: IngestConfig,
+    producer: UsageProducer,
+    inflight: Semaphore,
+    metrics: Metrics,
+    /// Set after a produce failed for lack of a broker; cleared by a success.
+    broker_down: AtomicBool,
+}
+
+/// Build the gateway's router (also used by tests).
+pub fn router(cfg: IngestConfig) -> Result<Router, crate::IngestError> {
+    cfg.validate().map_err(crate::IngestError::Config)?;
+    let producer = UsageProducer::new(
+        &cfg.kafka,
+        ProducerOptions { delivery_timeout: Duration::from_millis(cfg.delivery_timeout_ms), ..Default::default() },
+    )?;
+    let state = Arc::new(AppState {
+        inflight: Semaphore::new(cfg.max_inflight_events),
+        producer,
+        metrics: Metrics::new(),
+        broker_down: AtomicBool::new(false),
+        cfg,
+    });
+    let api = Router::new()
+        .route("/v1/usage", post(post_usage))
+        .layer(DefaultBodyLimit::max(state.cfg.max_body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), require_key));
+    Ok(Router::new()
+        .merge(api)
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .with_state(state))
+}
+
+/// Serve on `cfg.listen` until `shutdown` resolves.
+pub async fn serve(cfg: IngestConfig, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let listen = cfg.listen.clone();
+    let app = router(cfg)?;
+    let listener = tokio::net::TcpListener::bind(&listen).await?;
+    tracing::info!(listen = %listen, "IngestListening");
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    Ok(())
+}
+
+fn error_reply(status: StatusCode, message: impl Into<String>, errors: Option<Vec<EventError>>) -> Response {
+    let mut body = json!({"status": "error", "message": message.into()});
+    if let Some(errors) = errors {
+        body["errors"] = serde_json::to_value(errors).unwrap_or_default();
+    }
+    (status, Json(body)).into_response()
+}
+
+fn with_retry_after(mut r: Response, secs: u32) -> Response {
+    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    r
+}
+
+/// Constant-time comparison, so response timing does not reveal key prefixes.
+fn key_matches(given: &[u8], key: &[u8]) -> bool {
+    if given.len() != key.len() {
+        return false;
+    }
+    given.iter().zip(key).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+async fn require_key(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let ok = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|given| s.cfg.api_keys.iter().any(|k| key_matches(given.trim().as_bytes(), k.as_bytes())));
+    if !ok {
+        s.metrics.requests.with_label_values(&["401"]).inc();
+        let mut r = error_reply(StatusCode::UNAUTHORIZED, "missing or invalid API key (Authorization: Bearer <key>)", None);
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    next.run(req).await
+}
+
+async fn post_usage(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let r = handle_usage(&s, &headers, &body).await;
+    s.metrics.requests.with_label_values(&[r.status().as_str()]).inc();
+    r
+}
+
+async fn handle_usage(s: &AppState, headers: &HeaderMap, body: &[u8]) -> Response {
+    let ctype = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let ndjson = if ctype.starts_with("application/x-ndjson") {
+        true
+    } else if ctype.starts_with("application/json") {
+        false
+    } else {
+        s.metrics.rejected.with_label_values(&["content_type"]).inc();
+        return error_reply(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Type must be application/json or application/x-ndjson, got {ctype:?}"),
+            None,
+        );
+    };
+    let events = match parse_body(body, ndjson) {
+        Ok(evs) => evs,
+        Err(errors) => {
+            for e in &errors {
+                let reason = if e.field.is_empty() { "bad_json" } else { e.field.as_str() };
+                s.metrics.rejected.with_label_values(&[reason]).inc();
+            }
+            return error_reply(StatusCode::BAD_REQUEST, "invalid events; nothing was produced", Some(errors));
+        }
+    };
+    if events.is_empty() {
+        return (StatusCode::OK, Json(json!({"status": "success", "accepted": 0}))).into_response();
+    }
+    if events.len() > s.cfg.max_events_per_request {
+        s.metrics.rejected.with_label_values(&["too_many_events"]).inc_by(events.len() as u64);
+        return error_reply(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("{} events in one request; at most {} allowed", events.len(), s.cfg.max_events_per_request),
+            None,
+        );
+    }
+    if s.broker_down.load(Ordering::Relaxed) {
+        let p = s.producer.clone();
+        let up = tokio::task::spawn_blocking(move || p.broker_reachable(Duration::from_millis(1000))).await.unwrap_or(false);
+        if !up {
+            s.metrics.rejected.with_label_values(&["kafka_unavailable"]).inc_by(events.len() as u64);
+            return with_retry_after(
+                error_reply(StatusCode::SERVICE_UNAVAILABLE, "Kafka is unreachable; nothing was accepted", None),
+                5,
+            );
+        }
+    }
+    let Ok(_permit) = s.inflight.try_acquire_many(events.len() as u32) else {
+        s.metrics.rejected.with_label_values(&["overloaded"]).inc_by(events.len() as u64);
+        return with_retry_after(
+            error_reply(StatusCode::TOO_MANY_REQUESTS, "too many events waiting for Kafka; retry later", None),
+            1,
+        );
+    };
+    s.metrics.inflight.add(events.len() as i64);
+    let started = Instant::now();
+    let result = s.producer.send_all(&events).await;
+    s.metrics.inflight.sub(events.len() as i64);
+    s.metrics.produce_seconds.observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(n) => {
+            s.broker_down.store(false, Ordering::Relaxed);
+            s.metrics.accepted.inc_by(n as u64);
+            (StatusCode::OK, Json(json!({"status": "success", "accepted": n}))).into_response()
+        }
+        Err(SendAllError::Invalid(list)) => {
+            let errors: Vec<EventError> = list
+                .into_iter()
+                .flat_map(|(i, errs)| {
+                    errs.into_iter().map(move |e| EventError { index: Some(i), field: e.field.to_string(), reason: e.reason })
+                })
+                .collect();
+            for e in &errors {
+                s.metrics.rejected.with_label_values(&[e.field.as_str()]).inc();
+            }
+            error_reply(StatusCode::BAD_REQUEST, "invalid events; nothing was produced", Some(errors))
+        }
+        Err(SendAllError::Kafka(e)) => {
+            s.broker_down.store(true, Ordering::Relaxed);
+            s.metrics.rejected.with_label_values(&["kafka_unavailable"]).inc_by(events.len() as u64);
+            tracing::warn!(error = %e, events = events.len(), "ProduceFailed");
+            with_retry_after(
+                error_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("Kafka did not acknowledge every event ({e}); re-send the whole request, duplicates are dropped by (viewer_id, seq)"),
+                    None,
+                ),
+                5,
+            )
+        }
+    }
+}
+
+async fn healthz(State(s): State<Arc<AppState>>) -> Response {
+    let p = s.producer.clone();
+    let up = tokio::task::spawn_blocking(move || p.broker_reachable(Duration::from_secs(2))).await.unwrap_or(false);
+    if up {
+        (StatusCode::OK, Json(json!({"status": "ok", "kafka": "reachable"}))).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "error", "kafka": "unreachable"}))).into_response()
+    }
+}
+
+async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+    let mut buf = Vec::new();
+    let _ = TextEncoder::new().encode(&s.metrics.registry.gather(), &mut buf);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], buf).into_response()
+}

@@ -1,0 +1,15 @@
+//! Shared pieces of the metering pipeline: the usage event and its Avro
+//! single-object codec, the contract's validity rules, ClickHouse migrations,
+//! and configuration helpers.
+
+pub mod ch;
+pub mod codec;
+pub mod config;
+pub mod event;
+pub mod kafka;
+pub mod telemetry;
+pub mod validate;
+
+pub use codec::{Codec, DecodeError};
+pub use event::{OwnedViewerUsage, Protocol, ViewerUsage};
+pub use validate::{validate, FieldError};

@@ -1,0 +1,235 @@
+//! Harness for the end-to-end tests: isolated topics and databases on the
+//! real local stack, the project's binaries as child processes, and readers
+//! of the totals in ClickHouse.
+//!
+//! The stack must be up (`scripts/stack up`; `scripts/test` does it).
+//! `METERING_TEST_BROKERS` and `METERING_TEST_CLICKHOUSE` point elsewhere.
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::ClientConfig;
+use schemas::ch::ClickHouseConfig;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub fn brokers() -> String {
+    std::env::var("METERING_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+pub fn clickhouse_url() -> String {
+    std::env::var("METERING_TEST_CLICKHOUSE").unwrap_or_else(|_| "http://127.0.0.1:8123".into())
+}
+
+/// A name unique to this process and call, safe as a topic or database name.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("{prefix}_{}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed), nanos % 100_000)
+}
+
+/// A fresh, migrated database.
+pub async fn test_db() -> ClickHouseConfig {
+    let cfg = ClickHouseConfig { url: clickhouse_url(), database: unique("mt"), ..Default::default() };
+    schemas::ch::migrate(&cfg).await.unwrap_or_else(|e| panic!("migrations on {} failed ({e}); is the stack up? run scripts/stack up", cfg.url));
+    cfg
+}
+
+/// Create a topic (idempotent).
+pub async fn create_topic(name: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers()).create().expect("admin client");
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let res = admin
+        .create_topics([&topic], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
+        .await
+        .unwrap_or_else(|e| panic!("create topic {name}: {e}; is the stack up? run scripts/stack up"));
+    for r in res {
+        if let Err((t, code)) = r {
+            assert_eq!(code, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists, "create topic {t}: {code}");
+        }
+    }
+}
+
+/// Path of a binary of this workspace, built next to the test executable.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|d| if d.ends_with("deps") { d.parent() } else { Some(d) }).expect("target dir");
+    let p = dir.join(name);
+    assert!(p.exists(), "{} not built: run `cargo build --workspace --bins` first (scripts/test does)", p.display());
+    p
+}
+
+/// A child process, killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, args: &[&str], env: &[(&str, String)]) -> Proc {
+        let mut cmd = Command::new(bin(name));
+        cmd.args(args).stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        if std::env::var("METERING_TEST_QUIET").is_ok() {
+            cmd.stderr(Stdio::null());
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        Proc { child, name: name.to_string() }
+    }
+
+    /// SIGKILL: no chance to flush.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a graceful exit.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        unsafe_kill(self.child.id(), 15);
+        let t = Instant::now();
+        while t.elapsed() < timeout {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill9();
+        None
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+fn unsafe_kill(pid: u32, sig: i32) {
+    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Environment for an `aggregator run` on `topic` writing to `db`.
+pub fn aggregator_env(topic: &str, db: &ClickHouseConfig, group: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("AGGREGATOR__KAFKA__BROKERS", brokers()),
+        ("AGGREGATOR__KAFKA__TOPIC", topic.to_string()),
+        ("AGGREGATOR__CLICKHOUSE__URL", db.url.clone()),
+        ("AGGREGATOR__CLICKHOUSE__DATABASE", db.database.clone()),
+        ("AGGREGATOR__GROUP_ID", group.to_string()),
+        ("AGGREGATOR__METRICS_LISTEN", String::new()),
+        ("AGGREGATOR__FLUSH_INTERVAL_MS", "1000".into()),
+        ("RUST_LOG", "warn,aggregator=info".into()),
+    ]
+}
+
+pub fn spawn_aggregator(topic: &str, db: &ClickHouseConfig, group: &str, extra: &[(&'static str, String)]) -> Proc {
+    let mut env = aggregator_env(topic, db, group);
+    env.extend(extra.iter().cloned());
+    Proc::spawn("aggregator", &["run"], &env)
+}
+
+/// Sum of bytes_out, bytes_in and events by one column of a table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clickhouse::Row)]
+pub struct Sums {
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+    pub events: u64,
+}
+
+#[derive(Debug, Deserialize, clickhouse::Row)]
+struct KeyedSums {
+    key: String,
+    bytes_out: u64,
+    bytes_in: u64,
+    events: u64,
+}
+
+/// `SELECT col, sum(...) FROM table GROUP BY col` as a map.
+pub async fn sums_by(db: &ClickHouseConfig, table: &str, col: &str) -> BTreeMap<String, Sums> {
+    let sql = format!(
+        "SELECT toString({col}) AS key, sum(bytes_out) AS bytes_out, sum(bytes_in) AS bytes_in, sum(events) AS events \
+         FROM {}.{table} GROUP BY key ORDER BY key",
+        db.database
+    );
+    let rows: Vec<KeyedSums> = db.client().query(&sql).fetch_all().await.expect("sums query");
+    rows.into_iter().map(|r| (r.key, Sums { bytes_out: r.bytes_out, bytes_in: r.bytes_in, events: r.events })).collect()
+}
+
+pub async fn count(db: &ClickHouseConfig, sql: &str) -> u64 {
+    db.client().query(sql).fetch_one::<u64>().await.expect("count query")
+}
+
+/// Expected per-tracking totals in the same shape as [`sums_by`].
+pub fn expected_by_tracking(e: &ingest::simulate::Expected) -> BTreeMap<String, Sums> {
+    e.by_tracking
+        .iter()
+        .map(|(k, t)| (k.clone(), Sums { bytes_out: t.bytes_out, bytes_in: t.bytes_in, events: t.events }))
+        .collect()
+}
+
+pub fn expected_by_viewer(e: &ingest::simulate::Expected) -> BTreeMap<String, Sums> {
+    e.by_viewer
+        .iter()
+        .map(|(k, t)| (k.clone(), Sums { bytes_out: t.totals.bytes_out, bytes_in: t.totals.bytes_in, events: t.totals.events }))
+        .collect()
+}
+
+/// Poll `f` until it returns true or `timeout` passes.
+pub async fn wait_until<F, Fut>(timeout: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let t = Instant::now();
+    while t.elapsed() < timeout {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    false
+}
+
+/// Wait until `usage_by_tracking` holds exactly `events` events (and then a bit
+/// longer, to catch double counting that arrives late).
+pub async fn wait_for_events(db: &ClickHouseConfig, events: u64, timeout: Duration) -> u64 {
+    let sql = format!("SELECT sum(events) FROM {}.usage_by_tracking", db.database);
+    let t = Instant::now();
+    while t.elapsed() < timeout {
+        if count(db, &sql).await >= events {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    count(db, &sql).await
+}
+
+/// Drop a test database.
+pub async fn drop_db(db: &ClickHouseConfig) {
+    let _ = db.server_client().query(&format!("DROP DATABASE IF EXISTS {}", db.database)).execute().await;
+}
+
+/// A producer for tests (no clock check: simulated periods lie in the past).
+pub fn producer(topic: &str) -> ingest::UsageProducer {
+    let kafka = schemas::kafka::KafkaConfig { brokers: brokers(), topic: topic.to_string(), ..Default::default() };
+    ingest::UsageProducer::new(&kafka, ingest::ProducerOptions { check_clock: false, linger_ms: 10, ..Default::default() })
+        .expect("producer")
+}
+
+/// Send a simulation straight to Kafka; returns the expected totals.
+pub async fn simulate_to_kafka(cfg: &ingest::simulate::SimConfig, topic: &str) -> ingest::simulate::Expected {
+    let target = ingest::sim_run::Target::Kafka(ingest::sim_run::UsageProducerHandle(producer(topic)));
+    ingest::sim_run::run(cfg, &target, &Default::default()).await.expect("simulation sent")
+}
