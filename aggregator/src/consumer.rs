@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 use tracing::{error, info, warn};
 
-/// How long the rebalance callback keeps retrying to load state from ClickHouse.
-const ASSIGN_RETRY_FOR: Duration = Duration::from_secs(120);
+/// How long the rebalance callback keeps retrying to load state from ClickHouse
+/// (below `max.poll.interval.ms`, or the member is dropped from the group).
+const ASSIGN_RETRY_FOR: Duration = Duration::from_secs(45);
 /// How long a graceful shutdown keeps trying to write what it holds.
 const SHUTDOWN_FLUSH_FOR: Duration = Duration::from_secs(60);
 
@@ -103,7 +104,9 @@ pub fn create_consumer(cfg: &AggregatorConfig, core: Core, rt: Handle) -> KafkaR
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
-        .set("max.poll.interval.ms", "300000")
+        // also the rebalance timeout: how long a rebalance waits for members
+        // that vanished (killed) before going on without them
+        .set("max.poll.interval.ms", "60000")
         // eager protocol: a revoke always covers every partition
         .set("partition.assignment.strategy", "range,roundrobin");
     let c = cfg.kafka.finish(c);

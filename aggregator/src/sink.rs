@@ -62,12 +62,15 @@ impl Sink {
 
     /// Load checkpoint, table thresholds and dedup state of `partitions`.
     pub async fn load(&self, partitions: &[i32], horizon_ms: i64) -> Result<HashMap<i32, LoadedPartition>, AggError> {
+        if partitions.is_empty() {
+            return Ok(HashMap::new());
+        }
         let db = &self.db;
         let list: Vec<u32> = partitions.iter().map(|&p| p as u32).collect();
         let checkpoints: Vec<CheckpointRow> = self
             .client
             .query(&format!(
-                "SELECT partition, max(position) AS position, argMax(watermark_ms, position) AS watermark_ms \
+                "SELECT partition, max(position) AS pos, argMax(watermark_ms, position) AS wm \
                  FROM {db}.aggregator_checkpoints WHERE topic = ? AND has(?, partition) GROUP BY partition"
             ))
             .bind(&self.topic)
@@ -109,7 +112,7 @@ impl Sink {
                 let mut cursor = self
                     .client
                     .query(&format!(
-                        "SELECT viewer_id, argMax(seq_ranges, position) AS seq_ranges, max(last_seen_ms) AS last_seen_ms \
+                        "SELECT viewer_id, argMax(seq_ranges, position) AS ranges, max(last_seen_ms) AS seen \
                          FROM {db}.aggregator_dedup \
                          WHERE topic = ? AND partition = ? AND position <= ? AND last_seen_ms >= ? \
                          GROUP BY viewer_id"

@@ -14,6 +14,8 @@ pub struct KafkaConfig {
     /// The usage topic.
     pub topic: String,
     /// Extra librdkafka properties, applied last (e.g. `"security.protocol" = "SASL_SSL"`).
+    /// Numbers and booleans are accepted and passed on as text.
+    #[serde(deserialize_with = "scalar_map")]
     pub properties: BTreeMap<String, String>,
 }
 
@@ -42,4 +44,27 @@ impl KafkaConfig {
         }
         c
     }
+}
+
+fn scalar_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        S(String),
+        I(i64),
+        F(f64),
+        B(bool),
+    }
+    let m = BTreeMap::<String, Scalar>::deserialize(d)?;
+    Ok(m.into_iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Scalar::S(s) => s,
+                Scalar::I(i) => i.to_string(),
+                Scalar::F(f) => f.to_string(),
+                Scalar::B(b) => b.to_string(),
+            };
+            (k, v)
+        })
+        .collect())
 }

@@ -231,5 +231,6 @@ pub fn producer(topic: &str) -> ingest::UsageProducer {
 /// Send a simulation straight to Kafka; returns the expected totals.
 pub async fn simulate_to_kafka(cfg: &ingest::simulate::SimConfig, topic: &str) -> ingest::simulate::Expected {
     let target = ingest::sim_run::Target::Kafka(ingest::sim_run::UsageProducerHandle(producer(topic)));
-    ingest::sim_run::run(cfg, &target, &Default::default()).await.expect("simulation sent")
+    let opts = ingest::sim_run::RunOptions { progress: true, ..Default::default() };
+    ingest::sim_run::run(cfg, &target, &opts).await.expect("simulation sent")
 }

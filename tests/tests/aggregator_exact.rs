@@ -1,0 +1,108 @@
+//! Aggregator against the real stack: ClickHouse totals equal the exact
+//! totals computed independently from the produced events.
+
+use e2e::*;
+use ingest::simulate::{Expected, SimConfig};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+fn sim(seed: u64, run: &str) -> SimConfig {
+    SimConfig {
+        seed,
+        run_id: run.to_string(),
+        partners: 3,
+        viewers_per_partner: 15,
+        untracked_viewers: 5,
+        duration_secs: 3 * 3600,
+        session_secs: (60, 2400),
+        ..Default::default()
+    }
+}
+
+/// Every view an analyst or billing reads agrees with the expected totals.
+async fn assert_exact(db: &schemas::ch::ClickHouseConfig, exp: &Expected) {
+    let got = wait_for_events(db, exp.unique_valid_events, Duration::from_secs(120)).await;
+    assert_eq!(got, exp.unique_valid_events, "events in usage_by_tracking");
+    assert_eq!(sums_by(db, "usage_by_tracking", "tracking_id").await, expected_by_tracking(exp), "per tracking id");
+    assert_eq!(sums_by(db, "usage_by_viewer", "viewer_id").await, expected_by_viewer(exp), "per viewer");
+    assert_eq!(sums_by(db, "usage_by_tracking_daily", "tracking_id").await, expected_by_tracking(exp), "daily rollup");
+    assert_eq!(sums_by(db, "usage_by_viewer_daily", "viewer_id").await, expected_by_viewer(exp), "daily viewer rollup");
+    // per hour and tracking id, from the hourly rollup
+    let sql = format!(
+        "SELECT concat(formatDateTime(hour, '%Y-%m-%dT%H:00:00Z'), '|', tracking_id) AS key, sum(bytes_out) AS bytes_out, \
+         sum(bytes_in) AS bytes_in, sum(events) AS events FROM {}.usage_by_tracking_hourly GROUP BY key ORDER BY key",
+        db.database
+    );
+    #[derive(serde::Deserialize, clickhouse::Row)]
+    struct R {
+        key: String,
+        bytes_out: u64,
+        bytes_in: u64,
+        events: u64,
+    }
+    let rows: Vec<R> = db.client().query(&sql).fetch_all().await.unwrap();
+    let got: BTreeMap<String, Sums> =
+        rows.into_iter().map(|r| (r.key, Sums { bytes_out: r.bytes_out, bytes_in: r.bytes_in, events: r.events })).collect();
+    let want: BTreeMap<String, Sums> = exp
+        .by_hour
+        .iter()
+        .flat_map(|(h, m)| {
+            m.iter().map(move |(t, s)| (format!("{h}|{t}"), Sums { bytes_out: s.bytes_out, bytes_in: s.bytes_in, events: s.events }))
+        })
+        .collect();
+    assert_eq!(got, want, "per hour and tracking id");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clean_run_is_exact_per_tracking_id_viewer_and_hour() {
+    let topic = unique("agg_clean");
+    create_topic(&topic, 4).await;
+    let db = test_db().await;
+    let exp = simulate_to_kafka(&sim(11, &topic), &topic).await;
+    assert!(exp.unique_valid_events > 5_000, "a meaningful run: {}", exp.unique_valid_events);
+    let mut agg = spawn_aggregator(&topic, &db, &unique("g"), &[]);
+    assert_exact(&db, &exp).await;
+    assert!(agg.terminate(Duration::from_secs(30)).is_some_and(|s| s.success()), "graceful exit on SIGTERM");
+    assert_eq!(count(&db, &format!("SELECT count() FROM {}.usage_dead_letters", db.database)).await, 0);
+    drop_db(&db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_late_out_of_order_and_poison_including_duplicates_after_a_restart() {
+    let topic = unique("agg_faults");
+    create_topic(&topic, 4).await;
+    let db = test_db().await;
+    let cfg = SimConfig { duplicates: 0.05, out_of_order: 0.05, late: 0.02, invalid: 0.005, poison: 0.005, ..sim(12, &topic) };
+    let exp = simulate_to_kafka(&cfg, &topic).await;
+    assert!(exp.duplicates_sent > 100 && exp.invalid_sent > 0 && exp.poison_sent > 0);
+    let group = unique("g");
+    let mut agg = spawn_aggregator(&topic, &db, &group, &[]);
+    assert_exact(&db, &exp).await;
+    assert!(agg.terminate(Duration::from_secs(30)).is_some());
+    let dead = exp.invalid_sent + exp.poison_sent;
+    let dl = format!("SELECT count() FROM {}.usage_dead_letters", db.database);
+    assert_eq!(count(&db, &dl).await, dead, "every poison and invalid record dead-lettered once");
+
+    // The same run again, after the restart: every valid event is now a duplicate.
+    let again = simulate_to_kafka(&cfg, &topic).await;
+    assert_eq!(again.unique_valid_events, exp.unique_valid_events);
+    let _agg = spawn_aggregator(&topic, &db, &group, &[]);
+    // wait until the aggregator has read the whole topic, then compare
+    let cp = format!("SELECT sum(p) FROM (SELECT partition, max(position) AS p FROM {}.aggregator_checkpoints GROUP BY partition)", db.database);
+    let total_msgs = exp.messages_sent + again.messages_sent;
+    assert!(
+        wait_until(Duration::from_secs(120), || async { count(&db, &cp).await >= total_msgs }).await,
+        "aggregator read the whole topic"
+    );
+    assert_exact(&db, &exp).await;
+    assert_eq!(count(&db, &dl).await, 2 * dead, "the re-sent poison records are new messages, dead-lettered again");
+    let reasons: Vec<String> = db
+        .client()
+        .query(&format!("SELECT DISTINCT splitByChar(':', reason)[1] FROM {}.usage_dead_letters ORDER BY 1", db.database))
+        .fetch_all()
+        .await
+        .unwrap();
+    assert!(reasons.iter().any(|r| r == "invalid"), "{reasons:?}");
+    assert!(reasons.len() >= 2, "{reasons:?}");
+    drop_db(&db).await;
+}

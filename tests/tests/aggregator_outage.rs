@@ -1,0 +1,56 @@
+//! ClickHouse stopped for 20 s in the middle of a run. Runs alone in its test
+//! binary: it stops the shared ClickHouse server.
+
+use e2e::*;
+use ingest::simulate::SimConfig;
+use std::time::Duration;
+
+struct RestartClickHouse;
+impl Drop for RestartClickHouse {
+    fn drop(&mut self) {
+        let _ = stack("start-clickhouse");
+    }
+}
+
+fn stack(cmd: &str) -> bool {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    std::process::Command::new(root.join("scripts/stack")).arg(cmd).status().map(|s| s.success()).unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clickhouse_down_for_20_seconds_mid_run_loses_and_doubles_nothing() {
+    let topic = unique("agg_chdown");
+    create_topic(&topic, 4).await;
+    let db = test_db().await;
+    let cfg = SimConfig {
+        seed: 31,
+        run_id: topic.clone(),
+        partners: 4,
+        viewers_per_partner: 60,
+        duration_secs: 6 * 3600,
+        session_secs: (300, 3600),
+        duplicates: 0.02,
+        ..Default::default()
+    };
+    let group = unique("g");
+    let _agg = spawn_aggregator(&topic, &db, &group, &[]);
+    let first = simulate_to_kafka(&SimConfig { seed: 30, run_id: format!("{topic}-a"), ..cfg.clone() }, &topic).await;
+    let sql = format!("SELECT sum(events) FROM {}.usage_by_tracking", db.database);
+    assert!(wait_until(Duration::from_secs(60), || async { count(&db, &sql).await > 0 }).await, "progress before the outage");
+    {
+        let _guard = RestartClickHouse;
+        assert!(stack("stop-clickhouse"), "ClickHouse stopped");
+        // events keep arriving while ClickHouse is down
+        let second = simulate_to_kafka(&cfg, &topic).await;
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert!(stack("start-clickhouse"), "ClickHouse started");
+        let mut exp = first.clone();
+        exp.merge(&second);
+        let got = wait_for_events(&db, exp.unique_valid_events, Duration::from_secs(180)).await;
+        assert_eq!(got, exp.unique_valid_events);
+        assert_eq!(sums_by(&db, "usage_by_tracking", "tracking_id").await, expected_by_tracking(&exp));
+        assert_eq!(sums_by(&db, "usage_by_viewer", "viewer_id").await, expected_by_viewer(&exp));
+        assert_eq!(sums_by(&db, "usage_by_tracking_daily", "tracking_id").await, expected_by_tracking(&exp));
+    }
+    drop_db(&db).await;
+}
