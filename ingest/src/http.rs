@@ -213,7 +213,7 @@ async fn handle_usage(s: &AppState, headers: &HeaderMap, body: &[u8]) -> Respons
             None,
         );
     };
-    let events = match parse_body(body, ndjson) {
+    let events = match parse_body(body, ndjson, Some(chrono::Utc::now().timestamp_millis())) {
         Ok(evs) => evs,
         Err(errors) => {
             for e in &errors {

@@ -130,8 +130,10 @@ fn strip_position(msg: &str) -> String {
 }
 
 /// Parse a request body: a JSON array of events, or NDJSON (one object per
-/// line, blank lines ignored). Returns all events or all errors.
-pub fn parse_body(body: &[u8], ndjson: bool) -> Result<Vec<OwnedViewerUsage>, Vec<EventError>> {
+/// line, blank lines ignored), and check every event against the contract
+/// (`schemas::validate`, with the clock when `now_ms` is given). Returns all
+/// events or all errors, parse and contract errors alike.
+pub fn parse_body(body: &[u8], ndjson: bool, now_ms: Option<i64>) -> Result<Vec<OwnedViewerUsage>, Vec<EventError>> {
     let values: Vec<serde_json::Value> = if ndjson {
         let text = std::str::from_utf8(body).map_err(|e| {
             vec![EventError { index: None, field: String::new(), reason: format!("body is not UTF-8: {e}") }]
@@ -167,7 +169,12 @@ pub fn parse_body(body: &[u8], ndjson: bool) -> Result<Vec<OwnedViewerUsage>, Ve
     let mut errs = Vec::new();
     for (i, v) in values.into_iter().enumerate() {
         match parse_value(i, v) {
-            Ok(ev) => events.push(ev),
+            Ok(ev) => {
+                if let Err(fe) = schemas::validate(&ev, now_ms) {
+                    errs.extend(fe.into_iter().map(|e| EventError { index: Some(i), field: e.field.to_string(), reason: e.reason }));
+                }
+                events.push(ev)
+            }
             Err(e) => errs.extend(e),
         }
     }
@@ -223,12 +230,12 @@ mod tests {
     #[test]
     fn bodies_array_and_ndjson() {
         let arr = serde_json::to_vec(&serde_json::json!([good(), good()])).unwrap();
-        assert_eq!(parse_body(&arr, false).unwrap().len(), 2);
+        assert_eq!(parse_body(&arr, false, None).unwrap().len(), 2);
         let nd = format!("{}\n\n{}\n", good(), good());
-        assert_eq!(parse_body(nd.as_bytes(), true).unwrap().len(), 2);
-        assert_eq!(parse_body(b"{\"a\":1}", false).unwrap_err()[0].index, None);
-        assert_eq!(parse_body(b"[1,", false).unwrap_err()[0].index, None);
+        assert_eq!(parse_body(nd.as_bytes(), true, None).unwrap().len(), 2);
+        assert_eq!(parse_body(b"{\"a\":1}", false, None).unwrap_err()[0].index, None);
+        assert_eq!(parse_body(b"[1,", false, None).unwrap_err()[0].index, None);
         let nd = format!("{}\nnot json\n", good());
-        assert_eq!(parse_body(nd.as_bytes(), true).unwrap_err()[0].index, Some(1));
+        assert_eq!(parse_body(nd.as_bytes(), true, None).unwrap_err()[0].index, Some(1));
     }
 }

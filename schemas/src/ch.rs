@@ -116,6 +116,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "rollups",
         sql: include_str!("../migrations/0003_rollups.sql"),
     },
+    Migration {
+        version: 4,
+        name: "billing",
+        sql: include_str!("../migrations/0004_billing.sql"),
+    },
 ];
 
 impl Migration {

@@ -1,0 +1,322 @@
+//! ClickHouse side of billing: usage per tracking id from the rollups, and the
+//! invoice tables (`billing_invoices`, `billing_invoice_lines`,
+//! `billing_billed_usage`).
+
+use crate::invoice::Invoice;
+use chrono::NaiveDate;
+use schemas::ch::ClickHouseConfig;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("ClickHouse: {0}")]
+    ClickHouse(#[from] clickhouse::error::Error),
+    #[error("{0}")]
+    Config(String),
+    #[error("stored invoice {0} cannot be read: {1}")]
+    Corrupt(String, String),
+}
+
+/// Billing's handle on ClickHouse.
+#[derive(Clone)]
+pub struct Store {
+    client: clickhouse::Client,
+    db: String,
+}
+
+#[derive(Debug, Deserialize, clickhouse::Row)]
+struct KeyBytes {
+    key: String,
+    bytes: u64,
+}
+
+#[derive(Debug, Deserialize, clickhouse::Row)]
+struct Doc {
+    document: String,
+}
+
+#[derive(Debug, Serialize, clickhouse::Row)]
+struct InvoiceRow<'a> {
+    invoice_number: &'a str,
+    partner_id: &'a str,
+    period: &'a str,
+    revision: u32,
+    status: &'a str,
+    currency: &'a str,
+    total_bytes: u64,
+    subtotal: String,
+    total: String,
+    document: String,
+    created_at: u32,
+}
+
+#[derive(Debug, Serialize, clickhouse::Row)]
+struct LineRow<'a> {
+    invoice_number: &'a str,
+    partner_id: &'a str,
+    period: &'a str,
+    status: &'a str,
+    line_no: u32,
+    kind: String,
+    description: &'a str,
+    bytes: u64,
+    quantity: String,
+    unit: &'a str,
+    unit_price: String,
+    amount: String,
+    currency: &'a str,
+    created_at: u32,
+}
+
+/// One row of `billing_billed_usage`.
+#[derive(Debug, Clone, Serialize, clickhouse::Row)]
+pub struct BilledRow {
+    pub invoice_number: String,
+    pub partner_id: String,
+    pub billed_in_period: String,
+    pub usage_period: String,
+    pub tracking_id: String,
+    pub bytes: u64,
+    pub issued_at: u32,
+}
+
+fn secs(d: NaiveDate) -> i64 {
+    d.and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp()
+}
+
+fn status_str(inv: &Invoice) -> &'static str {
+    match inv.status {
+        crate::invoice::InvoiceStatus::Draft => "draft",
+        crate::invoice::InvoiceStatus::Issued => "issued",
+    }
+}
+
+impl Store {
+    pub fn new(cfg: &ClickHouseConfig) -> Result<Self, StoreError> {
+        let db = cfg.db().map_err(|e| StoreError::Config(e.to_string()))?.to_string();
+        Ok(Store { client: cfg.client(), db })
+    }
+
+    async fn by_key(&self, sql: &str, from: NaiveDate, to: NaiveDate) -> Result<BTreeMap<String, u64>, StoreError> {
+        let rows: Vec<KeyBytes> = self.client.query(sql).bind(secs(from)).bind(secs(to)).fetch_all().await?;
+        Ok(rows.into_iter().map(|r| (r.key, r.bytes)).collect())
+    }
+
+    /// `bytes_out` per tracking id with `window_start` in `[from, to)`, from the hourly rollup.
+    pub async fn usage_by_tracking(&self, from: NaiveDate, to: NaiveDate) -> Result<BTreeMap<String, u64>, StoreError> {
+        let sql = format!(
+            "SELECT tracking_id AS key, sum(bytes_out) AS bytes FROM {}.usage_by_tracking_hourly \
+             WHERE hour >= toDateTime(?) AND hour < toDateTime(?) GROUP BY tracking_id",
+            self.db
+        );
+        self.by_key(&sql, from, to).await
+    }
+
+    /// Total `bytes_out` in `[from, to)` of one table (for reconciliation).
+    pub async fn total(&self, table: &str, time_col: &str, from: NaiveDate, to: NaiveDate) -> Result<BTreeMap<String, u64>, StoreError> {
+        if time_col == "day" {
+            let sql = format!(
+                "SELECT tracking_id AS key, sum(bytes_out) AS bytes FROM {}.{table} \
+                 WHERE day >= toDate(?) AND day < toDate(?) GROUP BY tracking_id",
+                self.db
+            );
+            let rows: Vec<KeyBytes> =
+                self.client.query(&sql).bind(from.to_string()).bind(to.to_string()).fetch_all().await?;
+            return Ok(rows.into_iter().map(|r| (r.key, r.bytes)).collect());
+        }
+        let sql = format!(
+            "SELECT tracking_id AS key, sum(bytes_out) AS bytes FROM {}.{table} \
+             WHERE {time_col} >= toDateTime(?) AND {time_col} < toDateTime(?) GROUP BY tracking_id",
+            self.db
+        );
+        self.by_key(&sql, from, to).await
+    }
+
+    /// The issued invoice of `partner` for `period`, if any.
+    pub async fn issued_invoice(&self, partner: &str, period: &str) -> Result<Option<Invoice>, StoreError> {
+        let rows: Vec<Doc> = self
+            .client
+            .query(&format!(
+                "SELECT document FROM {}.billing_invoices WHERE partner_id = ? AND period = ? AND status = 'issued' \
+                 ORDER BY created_at LIMIT 1",
+                self.db
+            ))
+            .bind(partner)
+            .bind(period)
+            .fetch_all()
+            .await?;
+        rows.into_iter()
+            .next()
+            .map(|d| Invoice::from_json(&d.document).map_err(|e| StoreError::Corrupt(format!("{partner}/{period}"), e.to_string())))
+            .transpose()
+    }
+
+    /// Bytes billed so far, per usage period and tracking id, for `partner`.
+    pub async fn billed(&self, partner: &str) -> Result<BTreeMap<(String, String), u64>, StoreError> {
+        #[derive(Deserialize, clickhouse::Row)]
+        struct R {
+            usage_period: String,
+            tracking_id: String,
+            bytes: u64,
+        }
+        let rows: Vec<R> = self
+            .client
+            .query(&format!(
+                "SELECT usage_period, tracking_id, sum(bytes) FROM {}.billing_billed_usage WHERE partner_id = ? \
+                 GROUP BY usage_period, tracking_id",
+                self.db
+            ))
+            .bind(partner)
+            .fetch_all()
+            .await?;
+        Ok(rows.into_iter().map(|r| ((r.usage_period, r.tracking_id), r.bytes)).collect())
+    }
+
+    /// Bytes billed for `usage_period`, per tracking id, across all invoices.
+    pub async fn billed_for_period(&self, usage_period: &str) -> Result<BTreeMap<String, u64>, StoreError> {
+        let rows: Vec<KeyBytes> = self
+            .client
+            .query(&format!(
+                "SELECT tracking_id AS key, sum(bytes) AS bytes FROM {}.billing_billed_usage WHERE usage_period = ? GROUP BY tracking_id",
+                self.db
+            ))
+            .bind(usage_period)
+            .fetch_all()
+            .await?;
+        Ok(rows.into_iter().map(|r| (r.key, r.bytes)).collect())
+    }
+
+    /// Replace the stored drafts of `period` with `invoices`.
+    pub async fn save_drafts(&self, period: &str, invoices: &[Invoice]) -> Result<(), StoreError> {
+        for table in ["billing_invoices", "billing_invoice_lines"] {
+            self.client
+                .query(&format!("ALTER TABLE {}.{table} DELETE WHERE period = ? AND status = 'draft'", self.db))
+                .bind(period)
+                .execute()
+                .await?;
+        }
+        self.save(invoices).await
+    }
+
+    /// Append invoices and their lines.
+    pub async fn save(&self, invoices: &[Invoice]) -> Result<(), StoreError> {
+        if invoices.is_empty() {
+            return Ok(());
+        }
+        let now = chrono::Utc::now().timestamp() as u32;
+        let mut ins = self.client.insert::<InvoiceRow<'_>>("billing_invoices").await?;
+        for inv in invoices {
+            ins.write(&InvoiceRow {
+                invoice_number: &inv.invoice_number,
+                partner_id: &inv.partner_id,
+                period: &inv.period,
+                revision: inv.revision,
+                status: status_str(inv),
+                currency: &inv.currency,
+                total_bytes: inv.total_bytes,
+                subtotal: inv.subtotal.to_string(),
+                total: inv.total.to_string(),
+                document: inv.to_json(),
+                created_at: now,
+            })
+            .await?;
+        }
+        ins.end().await?;
+        let mut ins = self.client.insert::<LineRow<'_>>("billing_invoice_lines").await?;
+        for inv in invoices {
+            for l in &inv.lines {
+                ins.write(&LineRow {
+                    invoice_number: &inv.invoice_number,
+                    partner_id: &inv.partner_id,
+                    period: &inv.period,
+                    status: status_str(inv),
+                    line_no: l.line_no,
+                    kind: serde_json::to_value(l.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+                    description: &l.description,
+                    bytes: l.bytes,
+                    quantity: l.quantity.to_string(),
+                    unit: &l.unit,
+                    unit_price: l.unit_price.to_string(),
+                    amount: l.amount.to_string(),
+                    currency: &inv.currency,
+                    created_at: now,
+                })
+                .await?;
+            }
+        }
+        ins.end().await?;
+        Ok(())
+    }
+
+    /// Record what issued invoices billed.
+    pub async fn save_billed(&self, rows: &[BilledRow]) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut ins = self.client.insert::<BilledRow>("billing_billed_usage").await?;
+        for r in rows {
+            ins.write(r).await?;
+        }
+        ins.end().await?;
+        Ok(())
+    }
+
+    /// Daily bytes per tracking id of `tracking_ids` in `[from, to)` (statements).
+    pub async fn daily(&self, tracking_ids: &[String], from: NaiveDate, to: NaiveDate) -> Result<Vec<(String, String, u64, u64)>, StoreError> {
+        #[derive(Deserialize, clickhouse::Row)]
+        struct R {
+            tracking_id: String,
+            day: String,
+            bytes_out: u64,
+            bytes_in: u64,
+        }
+        let rows: Vec<R> = self
+            .client
+            .query(&format!(
+                "SELECT tracking_id, toString(day) AS d, sum(bytes_out), sum(bytes_in) FROM {}.usage_by_tracking_daily \
+                 WHERE has(?, tracking_id) AND day >= toDate(?) AND day < toDate(?) \
+                 GROUP BY tracking_id, d ORDER BY tracking_id, d",
+                self.db
+            ))
+            .bind(tracking_ids)
+            .bind(from.to_string())
+            .bind(to.to_string())
+            .fetch_all()
+            .await?;
+        Ok(rows.into_iter().map(|r| (r.tracking_id, r.day, r.bytes_out, r.bytes_in)).collect())
+    }
+
+    /// Bytes per tracking id and custom viewer data in `[from, to)` (statements).
+    pub async fn by_viewer_data(
+        &self,
+        tracking_ids: &[String],
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<(String, String, u64, u64, u64)>, StoreError> {
+        #[derive(Deserialize, clickhouse::Row)]
+        struct R {
+            tracking_id: String,
+            cvd: String,
+            viewers: u64,
+            bytes_out: u64,
+            bytes_in: u64,
+        }
+        let rows: Vec<R> = self
+            .client
+            .query(&format!(
+                "SELECT tracking_id, custom_viewer_data, uniqExact(viewer_id), sum(bytes_out), sum(bytes_in) \
+                 FROM {}.usage_by_viewer_daily \
+                 WHERE has(?, tracking_id) AND day >= toDate(?) AND day < toDate(?) \
+                 GROUP BY tracking_id, custom_viewer_data ORDER BY tracking_id, custom_viewer_data",
+                self.db
+            ))
+            .bind(tracking_ids)
+            .bind(from.to_string())
+            .bind(to.to_string())
+            .fetch_all()
+            .await?;
+        Ok(rows.into_iter().map(|r| (r.tracking_id, r.cvd, r.viewers, r.bytes_out, r.bytes_in)).collect())
+    }
+}
