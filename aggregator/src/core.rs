@@ -104,7 +104,11 @@ impl Core {
     /// drop their state. If the batch in flight could not be written it is
     /// dropped too; the next owner re-reads from the stored positions.
     pub async fn revoke(&mut self, partitions: &[i32]) -> Result<(), AggError> {
-        let flushed = self.flush(true).await;
+        // first the batch in flight (if any), then what accumulated since
+        let mut flushed = self.flush(true).await;
+        if flushed.is_ok() && self.pending_rows() > 0 {
+            flushed = self.flush(true).await;
+        }
         for p in partitions {
             self.parts.remove(p);
             info!(partition = p, "PartitionRevoked");

@@ -208,28 +208,29 @@ impl PartitionState {
         }
         let window = (window_ms / 1000) as u32;
         let p = &mut self.pending;
-        if offset >= self.thresholds.tracking {
-            let key = TrackingKey {
-                window,
-                tracking: p.strings.intern(ev.tracking_id_or_empty()),
-                account: p.strings.intern(&ev.account_id),
-                stream: p.strings.intern(&ev.stream_name),
-                cluster: p.strings.intern(&ev.cluster),
-                protocol: ev.protocol,
-            };
-            p.tracking.entry(key).or_default().add(&ev);
-        }
-        if offset >= self.thresholds.viewer {
-            let key = ViewerKey {
-                window,
-                tracking: p.strings.intern(ev.tracking_id_or_empty()),
-                cvd: p.strings.intern(ev.custom_viewer_data_or_empty()),
-                viewer: p.strings.intern(&ev.viewer_id),
-                account: p.strings.intern(&ev.account_id),
-                stream: p.strings.intern(&ev.stream_name),
-                cluster: p.strings.intern(&ev.cluster),
-            };
-            p.viewer.entry(key).or_default().add(&ev);
+        let (to_tracking, to_viewer) = (offset >= self.thresholds.tracking, offset >= self.thresholds.viewer);
+        if to_tracking || to_viewer {
+            // intern the shared dimensions once for both tables
+            let tracking = p.strings.intern(ev.tracking_id_or_empty());
+            let account = p.strings.intern(&ev.account_id);
+            let stream = p.strings.intern(&ev.stream_name);
+            let cluster = p.strings.intern(&ev.cluster);
+            if to_tracking {
+                let key = TrackingKey { window, tracking, account, stream, cluster, protocol: ev.protocol };
+                p.tracking.entry(key).or_default().add(&ev);
+            }
+            if to_viewer {
+                let key = ViewerKey {
+                    window,
+                    tracking,
+                    cvd: p.strings.intern(ev.custom_viewer_data_or_empty()),
+                    viewer: p.strings.intern(&ev.viewer_id),
+                    account,
+                    stream,
+                    cluster,
+                };
+                p.viewer.entry(key).or_default().add(&ev);
+            }
         }
         Outcome::Counted { late, beyond_horizon: seen == Seen::NewBeyondHorizon }
     }
