@@ -21,6 +21,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Memory of the dedup state with N distinct active viewers (RSS before and after)
+    Memory {
+        #[arg(long, default_value_t = 1_000_000)]
+        viewers: usize,
+    },
     /// Decode + window update of single-object events on one core, vs apache-avro's generic decode
     Codec {
         /// Events to generate
@@ -35,7 +40,38 @@ enum Cmd {
 fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Codec { events, rounds } => codec(events, rounds),
+        Cmd::Memory { viewers } => memory(viewers),
     }
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn memory(viewers: usize) -> Result<()> {
+    let before = rss_kib();
+    let mut d = Dedup::new(86_400_000);
+    for v in 0..viewers {
+        let id = format!("s1-partner-{}-{v}-0", v % 10);
+        for seq in 0..30 {
+            d.check_and_insert(&id, seq, 1_764_000_000_000 + seq * 10_000);
+        }
+    }
+    d.mark_clean();
+    let after = rss_kib();
+    println!("| stage | project | baseline | ratio |");
+    println!("| --- | ---: | ---: | ---: |");
+    println!(
+        "| dedup state, {viewers} active viewers x 30 reports | {} MiB RSS | {} MiB RSS before | {:.0} bytes/viewer |",
+        after / 1024,
+        before / 1024,
+        (after - before) as f64 * 1024.0 / viewers as f64
+    );
+    std::hint::black_box(&d);
+    Ok(())
 }
 
 fn machine() -> String {

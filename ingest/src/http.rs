@@ -182,7 +182,7 @@ async fn require_key(State(s): State<Arc<AppState>>, req: Request, next: Next) -
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| v.split_once(' ').filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer")).map(|(_, k)| k))
         .is_some_and(|given| s.cfg.api_keys.iter().any(|k| key_matches(given.trim().as_bytes(), k.as_bytes())));
     if !ok {
         s.metrics.requests.with_label_values(&["401"]).inc();

@@ -1,0 +1,191 @@
+//! Kafka stopped under the gateway: requests are refused with 503 and
+//! Retry-After in bounded time (never a false 200), /healthz says so, and
+//! after Kafka is back every acknowledged event is on the topic. Runs alone
+//! in its test binary: it stops the shared broker.
+
+use e2e::*;
+use ingest::http::IngestConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use schemas::{Codec, OwnedViewerUsage, Protocol, ViewerUsage};
+use serde_json::Value;
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+const KEY: &str = "down-test-key-0123456789abcdefgh";
+const PARTITIONS: i32 = 2;
+
+struct RestartKafka;
+impl Drop for RestartKafka {
+    fn drop(&mut self) {
+        let _ = stack("start-kafka");
+    }
+}
+
+fn stack(cmd: &str) -> bool {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    std::process::Command::new(root.join("scripts/stack")).arg(cmd).status().map(|s| s.success()).unwrap_or(false)
+}
+
+fn event(viewer: &str, seq: i64) -> OwnedViewerUsage {
+    let start = chrono::Utc::now().timestamp_millis() / 1000 * 1000 - 600_000 + seq * 10_000;
+    ViewerUsage {
+        viewer_id: Cow::Owned(viewer.to_string()),
+        seq,
+        interval_start: start,
+        interval_end: start + 10_000,
+        bytes_out: 500_000 + seq,
+        bytes_in: 5_000,
+        account_id: "acct-down".into(),
+        stream_name: "live-0".into(),
+        cluster: "fra-1".into(),
+        server_id: "srv-1".into(),
+        protocol: Protocol::Whep,
+        token_id: None,
+        tracking_id: Some("acme-web".into()),
+        custom_viewer_data: None,
+    }
+}
+
+fn batch(viewer: &str, n: i64) -> Vec<OwnedViewerUsage> {
+    (0..n).map(|s| event(viewer, s)).collect()
+}
+
+fn body(evs: &[OwnedViewerUsage]) -> Vec<Value> {
+    evs.iter().map(|e| ingest::sim_run::to_json(e)).collect()
+}
+
+struct Reply {
+    status: u16,
+    retry_after: Option<String>,
+    text: String,
+}
+
+async fn post(client: &reqwest::Client, url: &str, evs: &[OwnedViewerUsage]) -> Reply {
+    let r = client.post(format!("{url}/v1/usage")).bearer_auth(KEY).json(&body(evs)).send().await.expect("gateway answers");
+    let status = r.status().as_u16();
+    let retry_after = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+    Reply { status, retry_after, text: r.text().await.unwrap_or_default() }
+}
+
+/// Read the topic from the beginning until `want` messages arrived and then
+/// nothing more for 3 s (or 60 s passed).
+async fn read_topic(topic: &str, want: usize) -> Vec<OwnedViewerUsage> {
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .set("group.id", unique("down_reader"))
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..PARTITIONS {
+            tpl.add_partition_offset(&topic, p, Offset::Beginning).unwrap();
+        }
+        c.assign(&tpl).unwrap();
+        let codec = Codec::new();
+        let mut out = Vec::new();
+        let (started, mut last) = (Instant::now(), Instant::now());
+        while started.elapsed() < Duration::from_secs(60) && (out.len() < want || last.elapsed() < Duration::from_secs(3)) {
+            match c.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    let ev = codec.decode(m.payload().unwrap_or_default()).expect("decodable").into_owned();
+                    assert_eq!(m.key(), Some(ev.viewer_id.as_bytes()), "keyed by viewer_id");
+                    out.push(ev);
+                    last = Instant::now();
+                }
+                Some(Err(e)) => eprintln!("poll error: {e}"),
+                None => {}
+            }
+        }
+        out
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_down_gives_503_with_retry_after_and_loses_nothing_acknowledged() {
+    let topic = unique("ingest_down");
+    create_topic(&topic, PARTITIONS).await;
+    let mut cfg = IngestConfig::default();
+    cfg.kafka.brokers = brokers();
+    cfg.kafka.topic = topic.clone();
+    cfg.api_keys = vec![KEY.to_string()];
+    cfg.delivery_timeout_ms = 3000;
+    // The local broker, tansu 0.6.0, cannot take librdkafka's idempotent
+    // producer after a delivery timeout: librdkafka then bumps the producer
+    // epoch locally, and tansu's sqlite storage panics on the first produce
+    // with the unknown epoch (tansu-storage lite.rs:503 "more or less than one
+    // row"), after which the broker accepts connections but answers nothing.
+    // Apache Kafka (docker-compose) accepts the bump. So here the gateway runs
+    // with idempotence off; what is asserted does not depend on it (re-sends
+    // are safe either way: duplicates are dropped downstream).
+    cfg.kafka.properties.insert("enable.idempotence".into(), "false".into());
+    let app = ingest::http::router(cfg).expect("router");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let client = reqwest::Client::new();
+    let mut acked: Vec<OwnedViewerUsage> = Vec::new();
+
+    let before = batch(&format!("{topic}-before"), 10);
+    let r = post(&client, &url, &before).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    acked.extend(before);
+
+    let last_refused;
+    {
+        let _guard = RestartKafka;
+        assert!(stack("stop-kafka"), "Kafka stopped");
+        let mut refused = Vec::new();
+        for k in 0..3 {
+            let evs = batch(&format!("{topic}-down{k}"), 5);
+            let t = Instant::now();
+            let r = post(&client, &url, &evs).await;
+            let took = t.elapsed();
+            eprintln!("batch {k} with Kafka down: {} in {took:?}", r.status);
+            assert_eq!(r.status, 503, "batch {k} with Kafka down: {}", r.text);
+            let secs: u32 = r.retry_after.as_deref().expect("Retry-After").parse().expect("Retry-After in seconds");
+            assert!(secs >= 1, "Retry-After {secs}");
+            assert!(took < Duration::from_secs(15), "batch {k} answered in {took:?}");
+            refused.push(evs);
+        }
+        let t = Instant::now();
+        let h = client.get(format!("{url}/healthz")).send().await.unwrap();
+        assert_eq!(h.status().as_u16(), 503, "/healthz with Kafka down");
+        assert!(t.elapsed() < Duration::from_secs(15), "/healthz answered in {:?}", t.elapsed());
+
+        assert!(stack("start-kafka"), "Kafka started");
+        // the client re-sends its last refused batch until it is accepted
+        let evs = refused.pop().unwrap();
+        let t = Instant::now();
+        loop {
+            let r = post(&client, &url, &evs).await;
+            if r.status == 200 {
+                break;
+            }
+            assert!(matches!(r.status, 503 | 429), "while Kafka comes back: {} {}", r.status, r.text);
+            assert!(r.retry_after.is_some(), "{} without Retry-After", r.status);
+            assert!(t.elapsed() < Duration::from_secs(60), "no 200 within 60 s of Kafka's restart: {}", r.text);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        eprintln!("accepted again {:?} after Kafka's restart", t.elapsed());
+        acked.extend(evs.iter().cloned());
+        last_refused = evs;
+    }
+    let after = batch(&format!("{topic}-after"), 10);
+    let r = post(&client, &url, &after).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    acked.extend(after);
+    assert_eq!(client.get(format!("{url}/healthz")).send().await.unwrap().status().as_u16(), 200);
+
+    let on_topic: HashSet<OwnedViewerUsage> = read_topic(&topic, acked.len()).await.into_iter().collect();
+    let lost: Vec<_> = acked.iter().filter(|e| !on_topic.contains(*e)).collect();
+    assert!(lost.is_empty(), "acknowledged events missing from the topic: {lost:#?}");
+    assert!(last_refused.iter().all(|e| on_topic.contains(e)));
+    server.abort();
+}
