@@ -7,7 +7,8 @@
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use schemas::ch::ClickHouseConfig;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -233,4 +234,62 @@ pub async fn simulate_to_kafka(cfg: &ingest::simulate::SimConfig, topic: &str) -
     let target = ingest::sim_run::Target::Kafka(ingest::sim_run::UsageProducerHandle(producer(topic)));
     let opts = ingest::sim_run::RunOptions { progress: true, ..Default::default() };
     ingest::sim_run::run(cfg, &target, &opts).await.expect("simulation sent")
+}
+
+/// Run `scripts/stack <cmd>` (used by the tests that stop a server).
+pub fn stack(cmd: &str) -> bool {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    Command::new(root.join("scripts/stack")).arg(cmd).status().map(|s| s.success()).unwrap_or(false)
+}
+
+/// Runs `scripts/stack <cmd>` when dropped: restarts a stopped server even if the test panics.
+pub struct StackOnDrop(pub &'static str);
+
+impl Drop for StackOnDrop {
+    fn drop(&mut self) {
+        let _ = stack(self.0);
+    }
+}
+
+/// A consumer assigned to every partition of `topic` from the beginning (no group offsets).
+pub fn topic_reader(topic: &str, partitions: i32) -> BaseConsumer {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+    }
+    c.assign(&tpl).expect("assign");
+    c
+}
+
+/// Read `topic` from the beginning until at least `want` messages arrived and
+/// then nothing more for `quiet` (or `max` passed). Returns (key, payload).
+pub async fn read_topic(topic: &str, partitions: i32, want: usize, quiet: Duration, max: Duration) -> Vec<(String, Vec<u8>)> {
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let c = topic_reader(&topic, partitions);
+        let mut out = Vec::new();
+        let started = Instant::now();
+        let mut last = Instant::now();
+        while started.elapsed() < max && (out.len() < want || last.elapsed() < quiet) {
+            match c.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    let key = String::from_utf8(m.key().unwrap_or_default().to_vec()).expect("utf-8 key");
+                    out.push((key, m.payload().unwrap_or_default().to_vec()));
+                    last = Instant::now();
+                }
+                Some(Err(e)) => eprintln!("poll error: {e}"),
+                None => {}
+            }
+        }
+        out
+    })
+    .await
+    .unwrap()
 }

@@ -5,18 +5,6 @@ use e2e::*;
 use ingest::simulate::SimConfig;
 use std::time::Duration;
 
-struct RestartClickHouse;
-impl Drop for RestartClickHouse {
-    fn drop(&mut self) {
-        let _ = stack("start-clickhouse");
-    }
-}
-
-fn stack(cmd: &str) -> bool {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
-    std::process::Command::new(root.join("scripts/stack")).arg(cmd).status().map(|s| s.success()).unwrap_or(false)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clickhouse_down_for_20_seconds_mid_run_loses_and_doubles_nothing() {
     let topic = unique("agg_chdown");
@@ -38,7 +26,7 @@ async fn clickhouse_down_for_20_seconds_mid_run_loses_and_doubles_nothing() {
     let sql = format!("SELECT sum(events) FROM {}.usage_by_tracking", db.database);
     assert!(wait_until(Duration::from_secs(60), || async { count(&db, &sql).await > 0 }).await, "progress before the outage");
     {
-        let _guard = RestartClickHouse;
+        let _guard = StackOnDrop("start-clickhouse");
         assert!(stack("stop-clickhouse"), "ClickHouse stopped");
         // events keep arriving while ClickHouse is down
         let second = simulate_to_kafka(&cfg, &topic).await;

@@ -5,8 +5,6 @@
 
 use e2e::*;
 use ingest::http::IngestConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use schemas::{Codec, OwnedViewerUsage, Protocol, ViewerUsage};
 use serde_json::Value;
 use std::borrow::Cow;
@@ -15,18 +13,6 @@ use std::time::{Duration, Instant};
 
 const KEY: &str = "down-test-key-0123456789abcdefgh";
 const PARTITIONS: i32 = 2;
-
-struct RestartKafka;
-impl Drop for RestartKafka {
-    fn drop(&mut self) {
-        let _ = stack("start-kafka");
-    }
-}
-
-fn stack(cmd: &str) -> bool {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
-    std::process::Command::new(root.join("scripts/stack")).arg(cmd).status().map(|s| s.success()).unwrap_or(false)
-}
 
 fn event(viewer: &str, seq: i64) -> OwnedViewerUsage {
     let start = chrono::Utc::now().timestamp_millis() / 1000 * 1000 - 600_000 + seq * 10_000;
@@ -70,41 +56,18 @@ async fn post(client: &reqwest::Client, url: &str, evs: &[OwnedViewerUsage]) -> 
 }
 
 /// Read the topic from the beginning until `want` messages arrived and then
-/// nothing more for 3 s (or 60 s passed).
+/// nothing more for 3 s (or 60 s passed); every message keyed by its viewer_id.
 async fn read_topic(topic: &str, want: usize) -> Vec<OwnedViewerUsage> {
-    let topic = topic.to_string();
-    tokio::task::spawn_blocking(move || {
-        let c: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers())
-            .set("group.id", unique("down_reader"))
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .create()
-            .expect("consumer");
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..PARTITIONS {
-            tpl.add_partition_offset(&topic, p, Offset::Beginning).unwrap();
-        }
-        c.assign(&tpl).unwrap();
-        let codec = Codec::new();
-        let mut out = Vec::new();
-        let (started, mut last) = (Instant::now(), Instant::now());
-        while started.elapsed() < Duration::from_secs(60) && (out.len() < want || last.elapsed() < Duration::from_secs(3)) {
-            match c.poll(Duration::from_millis(200)) {
-                Some(Ok(m)) => {
-                    let ev = codec.decode(m.payload().unwrap_or_default()).expect("decodable").into_owned();
-                    assert_eq!(m.key(), Some(ev.viewer_id.as_bytes()), "keyed by viewer_id");
-                    out.push(ev);
-                    last = Instant::now();
-                }
-                Some(Err(e)) => eprintln!("poll error: {e}"),
-                None => {}
-            }
-        }
-        out
-    })
-    .await
-    .unwrap()
+    let codec = Codec::new();
+    e2e::read_topic(topic, PARTITIONS, want, Duration::from_secs(3), Duration::from_secs(60))
+        .await
+        .into_iter()
+        .map(|(key, payload)| {
+            let ev = codec.decode(&payload).expect("decodable").into_owned();
+            assert_eq!(key, ev.viewer_id, "keyed by viewer_id");
+            ev
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,7 +102,7 @@ async fn broker_down_gives_503_with_retry_after_and_loses_nothing_acknowledged()
 
     let last_refused;
     {
-        let _guard = RestartKafka;
+        let _guard = StackOnDrop("start-kafka");
         assert!(stack("stop-kafka"), "Kafka stopped");
         let mut refused = Vec::new();
         for k in 0..3 {

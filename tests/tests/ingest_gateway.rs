@@ -7,8 +7,7 @@ use chrono::{DateTime, FixedOffset, SecondsFormat};
 use e2e::*;
 use ingest::http::IngestConfig;
 use ingest::simulate::{SimConfig, Totals};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::consumer::Consumer;
 use schemas::{Codec, OwnedViewerUsage, Protocol, ViewerUsage};
 use serde_json::{json, Value};
 use std::borrow::Cow;
@@ -164,53 +163,16 @@ fn to_json(ev: &OwnedViewerUsage, style: usize) -> Value {
     v
 }
 
-fn consumer(topic: &str) -> BaseConsumer {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", unique("gw_reader"))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
-    }
-    c.assign(&tpl).expect("assign");
-    c
-}
-
-/// Read the topic from the beginning until at least `want` messages arrived
-/// and then nothing more for `quiet` (or `max` passed). Returns (key, payload).
+/// Read the topic from the beginning (see [`e2e::read_topic`]).
 async fn read_topic(topic: &str, want: usize, quiet: Duration, max: Duration) -> Vec<(String, Vec<u8>)> {
-    let topic = topic.to_string();
-    tokio::task::spawn_blocking(move || {
-        let c = consumer(&topic);
-        let mut out = Vec::new();
-        let started = Instant::now();
-        let mut last = Instant::now();
-        while started.elapsed() < max && (out.len() < want || last.elapsed() < quiet) {
-            match c.poll(Duration::from_millis(200)) {
-                Some(Ok(m)) => {
-                    let key = String::from_utf8(m.key().unwrap_or_default().to_vec()).expect("utf-8 key");
-                    out.push((key, m.payload().unwrap_or_default().to_vec()));
-                    last = Instant::now();
-                }
-                Some(Err(e)) => eprintln!("poll error: {e}"),
-                None => {}
-            }
-        }
-        out
-    })
-    .await
-    .unwrap()
+    e2e::read_topic(topic, PARTITIONS, want, quiet, max).await
 }
 
 /// Messages on the topic by its watermarks (high - low, summed over partitions).
 async fn topic_len(topic: &str) -> i64 {
     let topic = topic.to_string();
     tokio::task::spawn_blocking(move || {
-        let c = consumer(&topic);
+        let c = topic_reader(&topic, PARTITIONS);
         (0..PARTITIONS)
             .map(|p| {
                 let (lo, hi) = c.fetch_watermarks(&topic, p, Duration::from_secs(10)).expect("watermarks");

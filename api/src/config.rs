@@ -1,0 +1,73 @@
+//! Settings of `api serve`: a TOML file plus `API__...` environment
+//! overrides (see [`schemas::config::load`]).
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Shortest accepted API secret, characters.
+pub const MIN_SECRET_CHARS: usize = 16;
+
+/// Settings of `api serve` (file plus `API__...` environment overrides, e.g.
+/// `API__API_SECRETS='["a-secret-of-16-chars+"]'`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Address to listen on (default `127.0.0.1:8090`).
+    pub listen: String,
+    /// Accepted API secrets (`Authorization: Bearer <secret>`), each at least
+    /// 16 characters. Required: the service refuses to start without one.
+    pub api_secrets: Vec<String>,
+    /// SQLite file holding the tokens (default `.stack/api/tokens.db`); its
+    /// parent directories are created at startup.
+    pub store_path: PathBuf,
+    /// Log as JSON lines.
+    pub json_logs: bool,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: "127.0.0.1:8090".into(),
+            api_secrets: vec![],
+            store_path: PathBuf::from(".stack/api/tokens.db"),
+            json_logs: false,
+        }
+    }
+}
+
+impl ApiConfig {
+    /// Check the settings that have no safe default.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.api_secrets.is_empty() || self.api_secrets.iter().any(|k| k.chars().count() < MIN_SECRET_CHARS) {
+            return Err(format!(
+                "api_secrets: at least one secret of {MIN_SECRET_CHARS} or more characters is required, and none shorter (API__API_SECRETS='[\"...\"]')"
+            ));
+        }
+        if self.store_path.as_os_str().is_empty() {
+            return Err("store_path must not be empty".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_and_validation() {
+        let c: ApiConfig = schemas::config::load_from(
+            None,
+            "API",
+            vec![("API__API_SECRETS".to_string(), "[\"0123456789abcdef\"]".to_string())],
+        )
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8090");
+        assert!(c.validate().is_ok());
+        let short = ApiConfig { api_secrets: vec!["short".into()], ..Default::default() };
+        assert!(short.validate().is_err());
+        assert!(ApiConfig::default().validate().is_err());
+        let err = schemas::config::load_from::<ApiConfig>(None, "API", vec![("API__NOPE".into(), "1".into())]);
+        assert!(err.is_err());
+    }
+}

@@ -1,0 +1,29 @@
+//! `metering-api`: the token service of the syndication workflow.
+//!
+//! The content owner creates one **Subscribe token** per partner, each with
+//! its own `trackingId` (the partner's *master token*). Partners hand the
+//! master token to viewers directly, or **self-sign** viewer tokens (HS256
+//! JWTs keyed with the master token string) that may add
+//! `customViewerData`. Media servers admit a viewer only with a token that
+//! [`verify::verify`] accepts, and attribute the viewer's bytes to the
+//! [`verify::Attribution`] it returns (`token_id`, `tracking_id`,
+//! `custom_viewer_data`).
+//!
+//! - [`store`]: tokens in SQLite (persist across restarts).
+//! - [`http`]: `api serve`, the REST API (`/api/subscribe_token`,
+//!   `/api/publish_token`, `/api/token/verify`) behind an API secret.
+//! - [`sign`]: self-signing viewer JWTs (`api token sign`).
+//! - [`verify`]: the admission rules and the attribution.
+
+pub mod config;
+pub mod http;
+pub mod sign;
+pub mod store;
+pub mod verify;
+
+/// Most characters of a `trackingId` (as in the usage contract).
+pub const MAX_TRACKING_ID_CHARS: usize = 128;
+/// Most characters of a `customViewerData` (as in the usage contract).
+pub const MAX_CUSTOM_VIEWER_DATA_CHARS: usize = 1024;
+/// The `originCluster` value that means "any cluster".
+pub const AUTO_CLUSTER: &str = "auto";

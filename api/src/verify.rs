@@ -1,0 +1,304 @@
+//! Admission of a viewer: is this token valid for this stream on this
+//! cluster now, and to which distribution channel are its bytes attributed?
+//!
+//! A token is either a **master token** (the 64-hex Subscribe token string
+//! itself) or a **self-signed JWT** keyed with its parent's token string
+//! (see [`crate::sign`]). Rules for a JWT, in order:
+//!
+//! 1. three base64url parts; the header's `alg` is HS256, HS384 or HS512
+//!    (checked before anything else; `none` and every other alg rejected);
+//! 2. the parent named by `streaming.tokenId` exists;
+//! 3. the signature verifies with the parent's token string;
+//! 4. `exp` is present and in the future;
+//! 5. the parent is active and unexpired, and `exp` is not after its expiry;
+//! 6. `tokenType` is `Subscribe`; `trackingId` ≤ 128, `customViewerData` ≤
+//!    1024 characters;
+//! 7. the stream is granted by the parent (exact, or anchored regex) and,
+//!    if the JWT names a stream, is that stream;
+//! 8. the JWT's `originCluster` equals the parent's unless the parent is
+//!    `auto`; the cluster asked for equals the effective origin cluster
+//!    unless that is `auto`;
+//! 9. tracking: a tracked parent's `trackingId` is inherited, and a JWT
+//!    carrying a different one is rejected (a partner cannot bill another
+//!    partner's channel); an untracked parent lets the JWT set its own.
+//!
+//! `allowedOrigins` / `allowedIpAddresses` are not checked here: the caller
+//! does not pass the viewer's origin or address.
+
+use crate::sign::{ViewerClaims, SUBSCRIBE_TOKEN_TYPE};
+use crate::store::{SubscribeToken, TokenLookup};
+use crate::{AUTO_CLUSTER, MAX_CUSTOM_VIEWER_DATA_CHARS, MAX_TRACKING_ID_CHARS};
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::DecodePaddingMode;
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Serialize;
+use thiserror::Error;
+
+/// Who a verified viewer's usage is attributed to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Attribution {
+    /// Id of the Subscribe token (the parent, for a JWT).
+    pub token_id: i64,
+    /// Distribution channel, if any.
+    pub tracking_id: Option<String>,
+    /// Opaque viewer data from a JWT.
+    pub custom_viewer_data: Option<String>,
+}
+
+/// Why a token was refused. [`VerifyError::code`] is a stable machine string.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum VerifyError {
+    /// Not a 64-hex master token nor a well-formed JWT with the expected claims.
+    #[error("malformed token: {0}")]
+    Malformed(String),
+    /// The JWT header's `alg` is not HS256, HS384 or HS512.
+    #[error("algorithm {0:?} not allowed (HS256, HS384, HS512 only)")]
+    AlgNotAllowed(String),
+    /// The JWT signature does not verify with the parent token.
+    #[error("signature does not verify with the parent token")]
+    BadSignature,
+    /// The JWT has no `exp` claim.
+    #[error("token has no exp claim")]
+    ExpMissing,
+    /// The JWT's `exp` has passed.
+    #[error("token expired at {exp} (epoch seconds)")]
+    Expired { exp: i64 },
+    /// The JWT's `exp` is after its parent's expiry.
+    #[error("token exp {exp} is after the parent token's expiry {parent_expires}")]
+    ExpAfterParent { exp: i64, parent_expires: i64 },
+    /// No Subscribe token with the JWT's `tokenId` (never created, or deleted).
+    #[error("parent token {0} not found")]
+    ParentNotFound(i64),
+    /// The parent Subscribe token is disabled.
+    #[error("parent token {0} is inactive")]
+    ParentInactive(i64),
+    /// The parent Subscribe token has expired.
+    #[error("parent token {0} has expired")]
+    ParentExpired(i64),
+    /// No Subscribe token with this token string.
+    #[error("unknown token")]
+    UnknownToken,
+    /// The master token is disabled.
+    #[error("token {0} is inactive")]
+    TokenInactive(i64),
+    /// The master token has expired.
+    #[error("token {0} has expired")]
+    TokenExpired(i64),
+    /// The stream is not granted.
+    #[error("stream {0:?} is not allowed by this token")]
+    StreamMismatch(String),
+    /// The cluster does not match the token's origin cluster.
+    #[error("cluster {cluster:?} does not match the token's origin cluster {expected:?}")]
+    ClusterMismatch { cluster: String, expected: String },
+    /// The JWT names a trackingId other than its parent's.
+    #[error("trackingId {given:?} differs from the parent token's {parent:?}")]
+    TrackingOverride { given: String, parent: String },
+    /// A claim exceeds its limit.
+    #[error("{field} is longer than {max} characters")]
+    FieldTooLong { field: &'static str, max: usize },
+    /// The token store failed (not the token's fault).
+    #[error("token store unavailable: {0}")]
+    Store(String),
+}
+
+impl VerifyError {
+    /// Stable machine-readable reason.
+    pub fn code(&self) -> &'static str {
+        match self {
+            VerifyError::Malformed(_) => "malformed",
+            VerifyError::AlgNotAllowed(_) => "alg_not_allowed",
+            VerifyError::BadSignature => "bad_signature",
+            VerifyError::ExpMissing => "exp_missing",
+            VerifyError::Expired { .. } => "expired",
+            VerifyError::ExpAfterParent { .. } => "exp_after_parent",
+            VerifyError::ParentNotFound(_) => "parent_not_found",
+            VerifyError::ParentInactive(_) => "parent_inactive",
+            VerifyError::ParentExpired(_) => "parent_expired",
+            VerifyError::UnknownToken => "unknown_token",
+            VerifyError::TokenInactive(_) => "token_inactive",
+            VerifyError::TokenExpired(_) => "token_expired",
+            VerifyError::StreamMismatch(_) => "stream_mismatch",
+            VerifyError::ClusterMismatch { .. } => "cluster_mismatch",
+            VerifyError::TrackingOverride { .. } => "tracking_override",
+            VerifyError::FieldTooLong { .. } => "field_too_long",
+            VerifyError::Store(_) => "store_error",
+        }
+    }
+}
+
+/// base64url, padding optional.
+const B64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::URL_SAFE,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// Whether `token` has the shape of a master token (64 hex characters).
+pub fn is_master_token(token: &str) -> bool {
+    token.len() == 64 && token.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Verify `token` for `stream` on `cluster` at `now`; see the module docs.
+pub fn verify(
+    lookup: &impl TokenLookup,
+    token: &str,
+    stream: &str,
+    cluster: &str,
+    now: DateTime<Utc>,
+) -> Result<Attribution, VerifyError> {
+    let token = token.trim();
+    if is_master_token(token) {
+        return verify_master(lookup, token, stream, cluster, now);
+    }
+    if token.split('.').count() != 3 {
+        return Err(VerifyError::Malformed("neither a 64-hex token nor a JWT (header.payload.signature)".into()));
+    }
+    verify_jwt(lookup, token, stream, cluster, now)
+}
+
+fn store_err(e: crate::store::StoreError) -> VerifyError {
+    tracing::error!(error = %e, "TokenStoreFailed");
+    VerifyError::Store(e.to_string())
+}
+
+fn check_stream_and_cluster(parent: &SubscribeToken, stream: &str, cluster: &str, effective_cluster: &str) -> Result<(), VerifyError> {
+    if !parent.grants_stream(stream) {
+        return Err(VerifyError::StreamMismatch(stream.to_string()));
+    }
+    if effective_cluster != AUTO_CLUSTER && effective_cluster != cluster {
+        return Err(VerifyError::ClusterMismatch { cluster: cluster.to_string(), expected: effective_cluster.to_string() });
+    }
+    Ok(())
+}
+
+fn verify_master(
+    lookup: &impl TokenLookup,
+    token: &str,
+    stream: &str,
+    cluster: &str,
+    now: DateTime<Utc>,
+) -> Result<Attribution, VerifyError> {
+    let t = lookup.subscribe_by_token(token).map_err(store_err)?.ok_or(VerifyError::UnknownToken)?;
+    if !t.is_active {
+        return Err(VerifyError::TokenInactive(t.id));
+    }
+    if t.is_expired(now) {
+        return Err(VerifyError::TokenExpired(t.id));
+    }
+    check_stream_and_cluster(&t, stream, cluster, &t.origin_cluster)?;
+    Ok(Attribution { token_id: t.id, tracking_id: t.tracking_id, custom_viewer_data: None })
+}
+
+fn decode_part(part: &str, what: &str) -> Result<serde_json::Value, VerifyError> {
+    let bytes = B64.decode(part).map_err(|e| VerifyError::Malformed(format!("{what} is not base64url: {e}")))?;
+    serde_json::from_slice(&bytes).map_err(|e| VerifyError::Malformed(format!("{what} is not JSON: {e}")))
+}
+
+fn verify_jwt(
+    lookup: &impl TokenLookup,
+    token: &str,
+    stream: &str,
+    cluster: &str,
+    now: DateTime<Utc>,
+) -> Result<Attribution, VerifyError> {
+    let mut parts = token.split('.');
+    let (Some(header_b64), Some(payload_b64)) = (parts.next(), parts.next()) else {
+        return Err(VerifyError::Malformed("not a JWT".into()));
+    };
+    // 1. The algorithm, from the raw header, before any verification.
+    let header = decode_part(header_b64, "header")?;
+    let alg_name = header
+        .get("alg")
+        .and_then(|a| a.as_str())
+        .ok_or_else(|| VerifyError::Malformed("header has no alg".into()))?;
+    let alg = match alg_name {
+        "HS256" => Algorithm::HS256,
+        "HS384" => Algorithm::HS384,
+        "HS512" => Algorithm::HS512,
+        other => return Err(VerifyError::AlgNotAllowed(other.to_string())),
+    };
+    // 2. The parent named by the (not yet trusted) payload.
+    let payload = decode_part(payload_b64, "payload")?;
+    let token_id = payload
+        .get("streaming")
+        .and_then(|s| s.get("tokenId"))
+        .and_then(|id| id.as_i64())
+        .ok_or_else(|| VerifyError::Malformed("claim streaming.tokenId (integer) missing".into()))?;
+    let parent = lookup.subscribe_by_id(token_id).map_err(store_err)?.ok_or(VerifyError::ParentNotFound(token_id))?;
+    // 3. The signature, with the parent's token string. Expiry is checked
+    // below against `now`, not the system clock.
+    let mut validation = Validation::new(alg);
+    validation.algorithms = vec![alg];
+    validation.required_spec_claims.clear();
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    validation.leeway = 0;
+    let data = jsonwebtoken::decode::<ViewerClaims>(token, &DecodingKey::from_secret(parent.token.as_bytes()), &validation)
+        .map_err(|e| match e.kind() {
+            ErrorKind::InvalidSignature => VerifyError::BadSignature,
+            ErrorKind::InvalidAlgorithm => VerifyError::AlgNotAllowed(alg_name.to_string()),
+            _ => VerifyError::Malformed(e.to_string()),
+        })?;
+    let claims = data.claims;
+    // 4. Expiry of the JWT.
+    let exp = claims.exp.ok_or(VerifyError::ExpMissing)?;
+    if now.timestamp() >= exp {
+        return Err(VerifyError::Expired { exp });
+    }
+    // 5. The parent's state and expiry.
+    if !parent.is_active {
+        return Err(VerifyError::ParentInactive(parent.id));
+    }
+    if parent.is_expired(now) {
+        return Err(VerifyError::ParentExpired(parent.id));
+    }
+    if let Some(pe) = parent.expires_on {
+        if exp > pe.timestamp() {
+            return Err(VerifyError::ExpAfterParent { exp, parent_expires: pe.timestamp() });
+        }
+    }
+    // 6. Type and sizes.
+    let s = claims.streaming;
+    if s.token_type != SUBSCRIBE_TOKEN_TYPE {
+        return Err(VerifyError::Malformed(format!("tokenType must be {SUBSCRIBE_TOKEN_TYPE}, got {:?}", s.token_type)));
+    }
+    let jwt_tracking = s.tracking.map(|t| t.tracking_id);
+    if let Some(t) = &jwt_tracking {
+        if t.chars().count() > MAX_TRACKING_ID_CHARS {
+            return Err(VerifyError::FieldTooLong { field: "trackingId", max: MAX_TRACKING_ID_CHARS });
+        }
+        if t.is_empty() {
+            return Err(VerifyError::Malformed("trackingId is empty".into()));
+        }
+    }
+    if s.custom_viewer_data.as_ref().is_some_and(|d| d.chars().count() > MAX_CUSTOM_VIEWER_DATA_CHARS) {
+        return Err(VerifyError::FieldTooLong { field: "customViewerData", max: MAX_CUSTOM_VIEWER_DATA_CHARS });
+    }
+    // 7-8. Stream and cluster.
+    if !s.stream_name.is_empty() && s.stream_name != stream {
+        return Err(VerifyError::StreamMismatch(stream.to_string()));
+    }
+    let effective_cluster = match s.origin_cluster.as_deref() {
+        None => parent.origin_cluster.as_str(),
+        Some(c) if parent.origin_cluster == AUTO_CLUSTER || c == parent.origin_cluster => c,
+        Some(c) => {
+            return Err(VerifyError::ClusterMismatch { cluster: c.to_string(), expected: parent.origin_cluster.clone() })
+        }
+    };
+    check_stream_and_cluster(&parent, stream, cluster, effective_cluster)?;
+    // 9. Tracking.
+    let tracking_id = match (&parent.tracking_id, jwt_tracking) {
+        (Some(p), None) => Some(p.clone()),
+        (Some(p), Some(t)) if *p == t => Some(t),
+        (Some(p), Some(t)) => return Err(VerifyError::TrackingOverride { given: t, parent: p.clone() }),
+        (None, t) => t,
+    };
+    Ok(Attribution { token_id: parent.id, tracking_id, custom_viewer_data: s.custom_viewer_data })
+}
+
+#[cfg(test)]
+mod tests;
