@@ -1,1 +1,109 @@
-fn main() {}
+//! `api`: the token service and the viewer-token signer.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "api", version, about = "Subscribe/Publish token service and viewer-token signer")]
+struct Cli {
+    /// TOML config file of `serve` (API__KEY env vars override it)
+    #[arg(long, short, global = true, env = "API_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the token REST API until SIGTERM/SIGINT
+    #[command(long_about = "Run the token REST API until SIGTERM/SIGINT.
+
+Configuration (TOML file via --config, each key overridable by API__<KEY>):
+  listen       address to listen on (default 127.0.0.1:8090)
+  api_secrets  accepted secrets for `Authorization: Bearer <secret>`, each at least
+               16 characters; required, e.g. API__API_SECRETS='[\"a-secret-of-16+chars\"]'
+  store_path   SQLite file holding the tokens (default .stack/api/tokens.db;
+               parent directories are created)
+  json_logs    log as JSON lines (default false)")]
+    Serve,
+    /// Viewer tokens
+    #[command(subcommand)]
+    Token(TokenCmd),
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Print a self-signed viewer JWT (HS256, keyed with the parent token string)
+    Sign(SignArgs),
+}
+
+#[derive(clap::Args)]
+struct SignArgs {
+    /// The parent (master) Subscribe token string, 64 hex characters
+    #[arg(long)]
+    parent_token: String,
+    /// Id of the parent Subscribe token
+    #[arg(long)]
+    token_id: i64,
+    /// Stream the viewer may watch
+    #[arg(long)]
+    stream: String,
+    /// Tracking id (must equal the parent's if it has one; absent inherits it)
+    #[arg(long)]
+    tracking_id: Option<String>,
+    /// Opaque viewer data reported with the viewer's usage (at most 1024 characters)
+    #[arg(long)]
+    custom_viewer_data: Option<String>,
+    /// Origin cluster (must equal the parent's unless the parent's is `auto`)
+    #[arg(long)]
+    origin_cluster: Option<String>,
+    /// Allowed web origin (repeatable)
+    #[arg(long = "allowed-origin")]
+    allowed_origins: Vec<String>,
+    /// Allowed viewer IP address or CIDR (repeatable)
+    #[arg(long = "allowed-ip")]
+    allowed_ip_addresses: Vec<String>,
+    /// Lifetime, seconds (not beyond the parent's expiry)
+    #[arg(long)]
+    expires_in: u64,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Serve => {
+            let cfg: api::config::ApiConfig = schemas::config::load(cli.config.as_deref(), "API")?;
+            schemas::telemetry::init_tracing(cfg.json_logs);
+            cfg.validate().map_err(anyhow::Error::msg).context("invalid configuration")?;
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            rt.block_on(api::http::serve(cfg, async {
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(mut term) => {
+                        tokio::select! { _ = term.recv() => {}, _ = tokio::signal::ctrl_c() => {} }
+                    }
+                    Err(_) => {
+                        let _ = tokio::signal::ctrl_c().await;
+                    }
+                }
+                tracing::info!("ShutdownRequested");
+            }))?;
+            Ok(())
+        }
+        Cmd::Token(TokenCmd::Sign(a)) => {
+            let req = api::sign::SignRequest {
+                token_id: a.token_id,
+                stream_name: a.stream,
+                tracking_id: a.tracking_id,
+                custom_viewer_data: a.custom_viewer_data,
+                origin_cluster: a.origin_cluster,
+                allowed_origins: a.allowed_origins,
+                allowed_ip_addresses: a.allowed_ip_addresses,
+                expires_in_secs: a.expires_in,
+            };
+            let jwt = api::sign::sign(&a.parent_token, &req, chrono::Utc::now())?;
+            println!("{jwt}");
+            Ok(())
+        }
+    }
+}

@@ -12,6 +12,8 @@ use ingest::simulate::{Messages, SimConfig, SimMessage};
 use schemas::Codec;
 use std::time::Instant;
 
+mod stack;
+
 #[derive(Parser)]
 #[command(name = "bench", about = "Pipeline benchmarks against same-run baselines")]
 struct Cli {
@@ -26,6 +28,27 @@ enum Cmd {
         #[arg(long, default_value_t = 1_000_000)]
         viewers: usize,
     },
+    /// Aggregator draining a pre-filled topic into ClickHouse vs a consume-only reader (needs the stack)
+    Aggregator {
+        #[arg(long, default_value_t = 2_000_000)]
+        events: usize,
+        #[arg(long, default_value_t = 200_000)]
+        viewers: usize,
+        #[arg(long, default_value_t = 1)]
+        dup_pct: usize,
+    },
+    /// Gateway over HTTP (batches of 1,000, acks=all) vs a direct producer of the same events (needs the stack)
+    Ingest {
+        #[arg(long, default_value_t = 300_000)]
+        events: usize,
+    },
+    /// `billing run` over a month of hourly usage for 10,000 tracking ids vs the bare aggregate query (needs the stack)
+    Billing {
+        #[arg(long, default_value_t = 10_000)]
+        tracking_ids: usize,
+    },
+    /// Every benchmark with its default size
+    All,
     /// Decode + window update of single-object events on one core, vs apache-avro's generic decode
     Codec {
         /// Events to generate
@@ -38,10 +61,157 @@ enum Cmd {
 }
 
 fn main() -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    eprintln!("machine: {}", machine());
     match Cli::parse().cmd {
         Cmd::Codec { events, rounds } => codec(events, rounds),
         Cmd::Memory { viewers } => memory(viewers),
+        Cmd::Aggregator { events, viewers, dup_pct } => rt.block_on(bench_aggregator(events, viewers, dup_pct)),
+        Cmd::Ingest { events } => rt.block_on(bench_ingest(events)),
+        Cmd::Billing { tracking_ids } => rt.block_on(bench_billing(tracking_ids)),
+        Cmd::All => {
+            codec(1_000_000, 3)?;
+            memory(1_000_000)?;
+            rt.block_on(bench_ingest(300_000))?;
+            rt.block_on(bench_billing(10_000))?;
+            rt.block_on(bench_aggregator(2_000_000, 200_000, 1))
+        }
     }
+}
+
+fn header() {
+    println!("| stage | project | baseline | ratio |");
+    println!("| --- | ---: | ---: | ---: |");
+}
+
+async fn bench_aggregator(events: usize, viewers: usize, dup_pct: usize) -> Result<()> {
+    let topic = format!("bench-agg-{}", stack::stamp());
+    stack::create_topic(&topic, 4).await?;
+    let (msgs, unique) = stack::events(events, viewers, dup_pct, 1_790_000_000_000);
+    eprintln!("producing {} messages ({unique} unique, {viewers} viewers) to {topic}...", msgs.len());
+    let rate = stack::produce(&topic, &msgs, true).await?;
+    eprintln!("produced at {rate:.0} msg/s; consume-only baseline...");
+    let total = msgs.len();
+    let t2 = topic.clone();
+    let baseline = tokio::task::spawn_blocking(move || stack::consume_only(&t2, 4, total)).await??;
+    eprintln!("baseline {baseline:.0} msg/s; aggregator...");
+    let (ours, peak) = stack::aggregator_drain(&topic, unique).await?;
+    // the aggregator reads every message, duplicates too: compare messages/s
+    let ours_msgs = ours * total as f64 / unique as f64;
+    header();
+    println!(
+        "| aggregator: {total} messages ({dup_pct}% duplicates, {viewers} viewers) -> visible in ClickHouse | {ours_msgs:.0} msg/s, peak RSS {} MiB | {baseline:.0} msg/s (consume-only rdkafka reader) | {:.2} |",
+        peak / 1024,
+        ours_msgs / baseline
+    );
+    Ok(())
+}
+
+async fn bench_ingest(events: usize) -> Result<()> {
+    use futures::stream::{FuturesUnordered, StreamExt};
+    let topic = format!("bench-ingest-{}", stack::stamp());
+    stack::create_topic(&topic, 4).await?;
+    let base_topic = format!("{topic}-direct");
+    stack::create_topic(&base_topic, 4).await?;
+    let now = 1_790_000_000_000;
+    let (msgs, _) = stack::events(events, events / 10, 0, now);
+    let codec = Codec::new();
+    let bodies: Vec<Vec<u8>> = msgs
+        .chunks(1000)
+        .map(|c| {
+            let evs: Vec<serde_json::Value> =
+                c.iter().map(|(_, p)| ingest::sim_run::to_json(&codec.decode(p).expect("decodes"))).collect();
+            serde_json::to_vec(&evs).expect("json")
+        })
+        .collect();
+    let key = "bench-ingest-key-0123456789abcdef".to_string();
+    let cfg = ingest::http::IngestConfig {
+        kafka: schemas::kafka::KafkaConfig { brokers: stack::BROKERS.into(), topic: topic.clone(), ..Default::default() },
+        api_keys: vec![key.clone()],
+        ..Default::default()
+    };
+    let app = ingest::http::router(cfg)?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/v1/usage", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let client = reqwest::Client::new();
+    let t = Instant::now();
+    let mut inflight = FuturesUnordered::new();
+    for b in &bodies {
+        inflight.push(client.post(&url).bearer_auth(&key).header("content-type", "application/json").body(b.clone()).send());
+        while inflight.len() >= 8 {
+            let r = inflight.next().await.expect("a reply")?;
+            anyhow::ensure!(r.status().is_success(), "gateway answered {}", r.status());
+        }
+    }
+    while let Some(r) = inflight.next().await {
+        anyhow::ensure!(r?.status().is_success(), "gateway refused a batch");
+    }
+    let ours = msgs.len() as f64 / t.elapsed().as_secs_f64();
+    let baseline = stack::produce(&base_topic, &msgs, true).await?;
+    header();
+    println!(
+        "| ingest: {} events over HTTP, batches of 1,000, acks=all | {ours:.0} events/s | {baseline:.0} events/s (direct idempotent rdkafka producer) | {:.2} |",
+        msgs.len(),
+        ours / baseline
+    );
+    Ok(())
+}
+
+async fn bench_billing(tracking_ids: usize) -> Result<()> {
+    let db = schemas::ch::ClickHouseConfig { database: format!("bench_billing_{}", stack::stamp()), ..Default::default() };
+    schemas::ch::migrate(&db).await?;
+    let rows = tracking_ids * 744;
+    let c = db.client();
+    let t = Instant::now();
+    c.query(&format!(
+        "INSERT INTO {}.usage_by_tracking_hourly (hour, tracking_id, account_id, stream_name, cluster, protocol, bytes_out, bytes_in, events) \
+         SELECT toDateTime(1790812800 + (number % 744) * 3600), concat('t-', toString(intDiv(number, 744))), 'acct', 'live', 'fra-1', 'WEBRTC', \
+         1000000 + number % 1000, 0, 1 FROM numbers({rows})",
+        db.database
+    ))
+    .execute()
+    .await?;
+    eprintln!("{rows} hourly rows inserted in {:.1} s", t.elapsed().as_secs_f64());
+    let dir = std::env::temp_dir().join(format!("bench-billing-{}", stack::stamp()));
+    std::fs::create_dir_all(&dir)?;
+    let mut card = String::new();
+    for p in 0..tracking_ids.div_ceil(10) {
+        let ids: Vec<String> = (p * 10..((p + 1) * 10).min(tracking_ids)).map(|i| format!("\"t-{i}\"")).collect();
+        card.push_str(&format!(
+            "[[partner]]\nid = \"p{p}\"\nname = \"Partner {p}\"\ntracking_ids = [{}]\ncurrency = \"EUR\"\npricing = \"graduated\"\ntiers = [ {{ up_to = \"100\", unit_price = \"0.05\" }}, {{ unit_price = \"0.04\" }} ]\n\n",
+            ids.join(", ")
+        ));
+    }
+    let rates = dir.join("rates.toml");
+    std::fs::write(&rates, card)?;
+    // baseline: the bare aggregate query billing needs
+    let t = Instant::now();
+    let n: u64 = c
+        .query(&format!(
+            "SELECT count() FROM (SELECT tracking_id, sum(bytes_out) FROM {}.usage_by_tracking_hourly \
+             WHERE hour >= toDateTime(1790812800) AND hour < toDateTime(1793491200) GROUP BY tracking_id)",
+            db.database
+        ))
+        .fetch_one()
+        .await?;
+    let baseline = t.elapsed().as_secs_f64();
+    anyhow::ensure!(n as usize == tracking_ids, "aggregate saw {n} tracking ids");
+    let t = Instant::now();
+    let out = std::process::Command::new(stack::release_bin("billing")?)
+        .args(["run", "--period", "2026-10", "--rates", rates.to_str().unwrap(), "--out", dir.join("out").to_str().unwrap()])
+        .env("BILLING__CLICKHOUSE__DATABASE", &db.database)
+        .output()?;
+    let ours = t.elapsed().as_secs_f64();
+    anyhow::ensure!(out.status.success(), "billing run failed: {}", String::from_utf8_lossy(&out.stderr));
+    let _ = db.server_client().query(&format!("DROP DATABASE IF EXISTS {}", db.database)).execute().await;
+    header();
+    println!(
+        "| billing run: {rows} hourly rows, {tracking_ids} tracking ids, {} partners | {ours:.2} s | {baseline:.2} s (the bare GROUP BY query) | {:.1}x the query |",
+        tracking_ids.div_ceil(10),
+        ours / baseline
+    );
+    Ok(())
 }
 
 fn rss_kib() -> u64 {
@@ -62,8 +232,7 @@ fn memory(viewers: usize) -> Result<()> {
     }
     d.mark_clean();
     let after = rss_kib();
-    println!("| stage | project | baseline | ratio |");
-    println!("| --- | ---: | ---: | ---: |");
+    header();
     println!(
         "| dedup state, {viewers} active viewers x 30 reports | {} MiB RSS | {} MiB RSS before | {:.0} bytes/viewer |",
         after / 1024,
@@ -102,7 +271,7 @@ fn codec(events: usize, rounds: usize) -> Result<()> {
         .collect();
     let n = msgs.len();
     let bytes: usize = msgs.iter().map(|m| m.len()).sum();
-    eprintln!("{n} events, {:.0} bytes each on average; machine: {}", bytes as f64 / n as f64, machine());
+    eprintln!("{n} events, {:.0} bytes each on average", bytes as f64 / n as f64);
     let limits = Limits { window_secs: 60, dedup_horizon_ms: 86_400_000, max_lateness_ms: 35 * 86_400_000, max_future_ms: 3_600_000 };
     let now = 1_900_000_000_000;
 
@@ -144,8 +313,7 @@ fn codec(events: usize, rounds: usize) -> Result<()> {
         s
     });
     let rate = |secs: f64| n as f64 / secs;
-    println!("| stage | project | baseline | ratio |");
-    println!("| --- | ---: | ---: | ---: |");
+    header();
     println!(
         "| decode + validate + dedup + window update (1 core) | {:.0} events/s | {:.0} events/s (apache-avro from_avro_datum) | {:.1}x |",
         rate(ours),

@@ -1,0 +1,357 @@
+//! The token API in-process over HTTP (127.0.0.1, ephemeral port, SQLite in
+//! a temporary directory).
+
+use api::config::ApiConfig;
+use api::sign::{sign, SignRequest};
+use api::store::Store;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::sync::Arc;
+
+const SECRET: &str = "api-test-secret-0123456789abcdef";
+
+struct Service {
+    url: String,
+    client: reqwest::Client,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+struct Reply {
+    status: u16,
+    json: Value,
+}
+
+async fn start(db: &Path) -> Service {
+    let cfg = ApiConfig { api_secrets: vec![SECRET.into()], store_path: db.to_path_buf(), ..Default::default() };
+    let store = Arc::new(Store::open(&cfg.store_path).expect("open store"));
+    let app = api::http::router(&cfg, store).expect("router");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app).await.expect("serve");
+    });
+    Service { url: format!("http://{addr}"), client: reqwest::Client::new(), server }
+}
+
+impl Service {
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>, secret: Option<&str>) -> Reply {
+        let mut rb = self.client.request(method, format!("{}{path}", self.url));
+        if let Some(s) = secret {
+            rb = rb.bearer_auth(s);
+        }
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        let r = rb.send().await.expect("request");
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Reply { status, json }
+    }
+    async fn get(&self, path: &str) -> Reply {
+        self.call(reqwest::Method::GET, path, None, Some(SECRET)).await
+    }
+    async fn post(&self, path: &str, body: Value) -> Reply {
+        self.call(reqwest::Method::POST, path, Some(body), Some(SECRET)).await
+    }
+    async fn put(&self, path: &str, body: Value) -> Reply {
+        self.call(reqwest::Method::PUT, path, Some(body), Some(SECRET)).await
+    }
+    async fn delete(&self, path: &str) -> Reply {
+        self.call(reqwest::Method::DELETE, path, None, Some(SECRET)).await
+    }
+    async fn create(&self, body: Value) -> Value {
+        let r = self.post("/api/subscribe_token", body).await;
+        assert_eq!(r.status, 200, "{}", r.json);
+        assert_eq!(r.json["status"], "success");
+        r.json["data"].clone()
+    }
+}
+
+fn partner(tracking: &str) -> Value {
+    json!({
+        "label": format!("partner {tracking}"),
+        "streams": [{"streamName": "live", "isRegex": false}, {"streamName": "event-[0-9]+", "isRegex": true}],
+        "tracking": {"trackingId": tracking},
+        "originCluster": "auto",
+        "expires": 3600,
+        "allowedOrigins": ["https://partner.example"],
+        "allowedIpAddresses": ["10.0.0.0/8"]
+    })
+}
+
+fn error_message(r: &Reply) -> String {
+    assert_eq!(r.json["status"], "error", "{}", r.json);
+    r.json["message"].as_str().unwrap_or_default().to_string()
+}
+
+#[tokio::test]
+async fn subscribe_token_crud() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = start(&dir.path().join("nested/dir/tokens.db")).await;
+    let t = svc.create(partner("acme")).await;
+    let id = t["id"].as_i64().unwrap();
+    let token = t["token"].as_str().unwrap();
+    assert_eq!(token.len(), 64);
+    assert!(token.chars().all(|c| c.is_ascii_hexdigit()));
+    assert_eq!(t["tracking"], json!({"trackingId": "acme"}));
+    assert_eq!(t["originCluster"], "auto");
+    assert_eq!(t["isActive"], true);
+    assert_eq!(t["streams"][1], json!({"streamName": "event-[0-9]+", "isRegex": true}));
+    assert!(t["expiresOn"].is_string() && t["addedOn"].is_string());
+    assert_eq!(t["allowedIpAddresses"], json!(["10.0.0.0/8"]));
+
+    // Minimal body: untracked, auto, no expiry.
+    let u = svc.create(json!({"label": "open", "streams": [{"streamName": "live"}]})).await;
+    assert_eq!(u["tracking"], Value::Null);
+    assert_eq!(u["expiresOn"], Value::Null);
+    assert_eq!(u["originCluster"], "auto");
+    assert_ne!(u["token"], t["token"]);
+
+    let g = svc.get(&format!("/api/subscribe_token/{id}")).await;
+    assert_eq!(g.status, 200);
+    assert_eq!(g.json["data"], t);
+
+    for path in ["/api/subscribe_token/list", "/api/subscribe_token"] {
+        let l = svc.get(path).await;
+        assert_eq!(l.status, 200);
+        let ids: Vec<i64> = l.json["data"].as_array().unwrap().iter().map(|x| x["id"].as_i64().unwrap()).collect();
+        assert_eq!(ids, vec![id, u["id"].as_i64().unwrap()]);
+    }
+
+    let p = svc
+        .put(
+            &format!("/api/subscribe_token/{id}"),
+            json!({"label": "renamed", "isActive": false, "streams": [{"streamName": "other"}], "allowedOrigins": [],
+                   "allowedIpAddresses": ["::1"], "expires": null, "tracking": {"trackingId": "acme"}}),
+        )
+        .await;
+    assert_eq!(p.status, 200, "{}", p.json);
+    let d = &p.json["data"];
+    assert_eq!(d["label"], "renamed");
+    assert_eq!(d["isActive"], false);
+    assert_eq!(d["streams"], json!([{"streamName": "other", "isRegex": false}]));
+    assert_eq!(d["expiresOn"], Value::Null);
+    assert_eq!(d["tracking"], json!({"trackingId": "acme"}));
+    assert_eq!(d["token"], t["token"]);
+    assert_eq!(svc.get(&format!("/api/subscribe_token/{id}")).await.json["data"], *d);
+
+    let del = svc.delete(&format!("/api/subscribe_token/{id}")).await;
+    assert_eq!(del.status, 200);
+    assert_eq!(svc.get(&format!("/api/subscribe_token/{id}")).await.status, 404);
+    assert_eq!(svc.delete(&format!("/api/subscribe_token/{id}")).await.status, 404);
+}
+
+#[tokio::test]
+async fn tracking_is_immutable() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = start(&dir.path().join("t.db")).await;
+    let t = svc.create(partner("acme")).await;
+    let path = format!("/api/subscribe_token/{}", t["id"]);
+    for body in [
+        json!({"tracking": {"trackingId": "other"}}),
+        json!({"tracking": null}),
+        json!({"label": "x", "tracking": {"trackingId": "acme2"}}),
+    ] {
+        let r = svc.put(&path, body).await;
+        assert_eq!(r.status, 400, "{}", r.json);
+        assert!(error_message(&r).contains("tracking"), "{}", r.json);
+    }
+    let u = svc.create(json!({"streams": [{"streamName": "live"}]})).await;
+    let r = svc.put(&format!("/api/subscribe_token/{}", u["id"]), json!({"tracking": {"trackingId": "late"}})).await;
+    assert_eq!(r.status, 400);
+    // Nothing changed.
+    assert_eq!(svc.get(&path).await.json["data"], t);
+}
+
+#[tokio::test]
+async fn secret_is_required() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = start(&dir.path().join("t.db")).await;
+    let routes = [
+        (reqwest::Method::GET, "/api/subscribe_token/list"),
+        (reqwest::Method::POST, "/api/subscribe_token"),
+        (reqwest::Method::GET, "/api/subscribe_token/1"),
+        (reqwest::Method::PUT, "/api/subscribe_token/1"),
+        (reqwest::Method::DELETE, "/api/subscribe_token/1"),
+        (reqwest::Method::POST, "/api/publish_token"),
+        (reqwest::Method::POST, "/api/token/verify"),
+    ];
+    for (m, path) in routes {
+        for secret in [None, Some("wrong-secret-0123456789abcdef"), Some(&SECRET[..SECRET.len() - 1]), Some("")] {
+            let r = svc.call(m.clone(), path, Some(partner("acme")), secret).await;
+            assert_eq!(r.status, 401, "{m} {path} {secret:?}");
+            error_message(&r);
+        }
+    }
+    assert!(svc.get("/api/subscribe_token").await.json["data"].as_array().unwrap().is_empty());
+    let h = svc.call(reqwest::Method::GET, "/healthz", None, None).await;
+    assert_eq!(h.status, 200);
+}
+
+#[tokio::test]
+async fn unknown_ids_are_404() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = start(&dir.path().join("t.db")).await;
+    assert_eq!(svc.get("/api/subscribe_token/12345").await.status, 404);
+    assert_eq!(svc.get("/api/subscribe_token/abc").await.status, 404);
+    assert_eq!(svc.put("/api/subscribe_token/12345", json!({"label": "x"})).await.status, 404);
+    assert_eq!(svc.delete("/api/subscribe_token/12345").await.status, 404);
+    assert_eq!(svc.get("/api/publish_token/7").await.status, 404);
+    assert_eq!(svc.delete("/api/publish_token/7").await.status, 404);
+}
+
+#[tokio::test]
+async fn validation_errors_are_400() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = start(&dir.path().join("t.db")).await;
+    let live = json!([{"streamName": "live"}]);
+    let cases = [
+        json!({"streams": live, "tracking": {"trackingId": "t".repeat(129)}}),
+        json!({"streams": live, "tracking": {"trackingId": ""}}),
+        json!({"streams": []}),
+        json!({"label": "no streams"}),
+        json!({"streams": [{"streamName": "live(", "isRegex": true}]}),
+        json!({"streams": [{"streamName": ""}]}),
+        json!({"streams": live, "expires": 0}),
+        json!({"streams": live, "expires": -5}),
+        json!({"streams": live, "originCluster": "bad cluster"}),
+        json!({"streams": live, "allowedIpAddresses": ["300.1.1.1"]}),
+        json!({"streams": live, "unknownField": 1}),
+        json!({"streams": "live"}),
+    ];
+    for body in cases {
+        let r = svc.post("/api/subscribe_token", body.clone()).await;
+        assert_eq!(r.status, 400, "{body} -> {}", r.json);
+        assert!(!error_message(&r).is_empty());
+    }
+    // Not JSON at all.
+    let r = svc
+        .client
+        .post(format!("{}/api/subscribe_token", svc.url))
+        .bearer_auth(SECRET)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    // 128 characters is fine.
+    svc.create(json!({"streams": live, "tracking": {"trackingId": "t".repeat(128)}})).await;
+    // Updates are validated too.
+    let t = svc.create(partner("acme")).await;
+    let path = format!("/api/subscribe_token/{}", t["id"]);
+    for body in [json!({"streams": []}), json!({"streams": [{"streamName": "[", "isRegex": true}]}), json!({"originCluster": "x"})] {
+        assert_eq!(svc.put(&path, body.clone()).await.status, 400, "{body}");
+    }
+    assert!(svc.get("/api/subscribe_token").await.json["data"].as_array().unwrap().len() == 2);
+}
+
+#[tokio::test]
+async fn tokens_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("tokens.db");
+    let svc = start(&db).await;
+    let a = svc.create(partner("acme")).await;
+    let b = svc.create(partner("globex")).await;
+    let p = svc.post("/api/publish_token", json!({"label": "owner", "streams": [{"streamName": "live"}], "subscribeRequiresAuth": true})).await;
+    assert_eq!(p.status, 200, "{}", p.json);
+    svc.put(&format!("/api/subscribe_token/{}", b["id"]), json!({"isActive": false})).await;
+    let before = svc.get("/api/subscribe_token/list").await.json["data"].clone();
+    drop(svc);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+
+    let svc = start(&db).await;
+    let after = svc.get("/api/subscribe_token/list").await.json["data"].clone();
+    assert_eq!(after, before);
+    assert_eq!(after[0]["token"], a["token"]);
+    assert_eq!(after[1]["isActive"], false);
+    let pubs = svc.get("/api/publish_token/list").await.json["data"].clone();
+    assert_eq!(pubs, json!([p.json["data"]]));
+    // Ids keep increasing: a deleted id is never reused.
+    svc.delete(&format!("/api/subscribe_token/{}", b["id"])).await;
+    let c = svc.create(partner("initech")).await;
+    assert!(c["id"].as_i64().unwrap() > b["id"].as_i64().unwrap());
+    // And the master token still verifies after the restart.
+    let r = svc.post("/api/token/verify", json!({"token": a["token"], "streamName": "live", "cluster": "fra-1"})).await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    assert_eq!(r.json["data"]["trackingId"], "acme");
+}
+
+#[tokio::test]
+async fn publish_token_crud() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = start(&dir.path().join("t.db")).await;
+    let r = svc.post("/api/publish_token", json!({"label": "owner", "streams": [{"streamName": "live"}], "subscribeRequiresAuth": true})).await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    let d = &r.json["data"];
+    assert_eq!(d["subscribeRequiresAuth"], true);
+    assert_eq!(d["token"].as_str().unwrap().len(), 64);
+    let path = format!("/api/publish_token/{}", d["id"]);
+    assert_eq!(svc.get(&path).await.json["data"], *d);
+    assert_eq!(svc.get("/api/publish_token").await.json["data"], json!([d]));
+    assert_eq!(svc.post("/api/publish_token", json!({"streams": []})).await.status, 400);
+    assert_eq!(svc.delete(&path).await.status, 200);
+    assert_eq!(svc.get(&path).await.status, 404);
+}
+
+#[tokio::test]
+async fn verify_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = start(&dir.path().join("t.db")).await;
+    let acme = svc.create(partner("acme")).await;
+    let pinned = svc.create(json!({"streams": [{"streamName": "live"}], "originCluster": "fra-1"})).await;
+    let acme_token = acme["token"].as_str().unwrap();
+    let acme_id = acme["id"].as_i64().unwrap();
+    let now = chrono::Utc::now();
+    let v = |token: String, stream: &str, cluster: &str| json!({"token": token, "streamName": stream, "cluster": cluster});
+
+    // Master token.
+    let r = svc.post("/api/token/verify", v(acme_token.into(), "event-42", "ams-1")).await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    assert_eq!(r.json["data"], json!({"tokenId": acme_id, "trackingId": "acme", "customViewerData": null}));
+
+    // Self-signed, inheriting the tracking.
+    let req = SignRequest {
+        token_id: acme_id,
+        stream_name: "live".into(),
+        custom_viewer_data: Some("viewer-7".into()),
+        expires_in_secs: 600,
+        ..Default::default()
+    };
+    let jwt = sign(acme_token, &req, now).unwrap();
+    let r = svc.post("/api/token/verify", v(jwt.clone(), "live", "ams-1")).await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    assert_eq!(r.json["data"], json!({"tokenId": acme_id, "trackingId": "acme", "customViewerData": "viewer-7"}));
+
+    // Refusals, with their codes.
+    let expect = |r: Reply, status: u16, code: &str| {
+        assert_eq!(r.status, status, "{}", r.json);
+        assert_eq!(r.json["code"], code, "{}", r.json);
+        assert_eq!(r.json["status"], "error");
+    };
+    expect(svc.post("/api/token/verify", v(jwt.clone(), "other", "ams-1")).await, 403, "stream_mismatch");
+    let stolen = sign(acme_token, &SignRequest { tracking_id: Some("globex".into()), ..req.clone() }, now).unwrap();
+    expect(svc.post("/api/token/verify", v(stolen, "live", "ams-1")).await, 403, "tracking_override");
+    let too_long = sign(acme_token, &SignRequest { expires_in_secs: 7200, ..req.clone() }, now).unwrap();
+    expect(svc.post("/api/token/verify", v(too_long, "live", "ams-1")).await, 403, "exp_after_parent");
+    let forged = sign(pinned["token"].as_str().unwrap(), &req, now).unwrap();
+    expect(svc.post("/api/token/verify", v(forged, "live", "ams-1")).await, 403, "bad_signature");
+    expect(svc.post("/api/token/verify", v(pinned["token"].as_str().unwrap().into(), "live", "ams-1")).await, 403, "cluster_mismatch");
+    expect(svc.post("/api/token/verify", v("garbage".into(), "live", "ams-1")).await, 400, "malformed");
+    svc.put(&format!("/api/subscribe_token/{acme_id}"), json!({"isActive": false})).await;
+    expect(svc.post("/api/token/verify", v(jwt.clone(), "live", "ams-1")).await, 403, "parent_inactive");
+    svc.delete(&format!("/api/subscribe_token/{acme_id}")).await;
+    expect(svc.post("/api/token/verify", v(jwt, "live", "ams-1")).await, 403, "parent_not_found");
+    // A body without the cluster is a bad request.
+    let r = svc.post("/api/token/verify", json!({"token": acme_token, "streamName": "live"})).await;
+    assert_eq!(r.status, 400);
+    // The refusals are counted.
+    let m = svc.client.get(format!("{}/metrics", svc.url)).send().await.unwrap().text().await.unwrap();
+    assert!(m.contains("api_verify_total{result=\"tracking_override\"} 1"), "{m}");
+}
