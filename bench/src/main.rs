@@ -47,6 +47,13 @@ enum Cmd {
         #[arg(long, default_value_t = 10_000)]
         tracking_ids: usize,
     },
+    /// Produced -> visible in usage_by_tracking, p50/p99, at a steady rate with default aggregator settings (needs the stack)
+    Latency {
+        #[arg(long, default_value_t = 20_000)]
+        rate: usize,
+        #[arg(long, default_value_t = 60)]
+        seconds: usize,
+    },
     /// Every benchmark with its default size
     All,
     /// Decode + window update of single-object events on one core, vs apache-avro's generic decode
@@ -69,11 +76,13 @@ fn main() -> Result<()> {
         Cmd::Aggregator { events, viewers, dup_pct } => rt.block_on(bench_aggregator(events, viewers, dup_pct)),
         Cmd::Ingest { events } => rt.block_on(bench_ingest(events)),
         Cmd::Billing { tracking_ids } => rt.block_on(bench_billing(tracking_ids)),
+        Cmd::Latency { rate, seconds } => rt.block_on(bench_latency(rate, seconds)),
         Cmd::All => {
             codec(1_000_000, 3)?;
             memory(1_000_000)?;
             rt.block_on(bench_ingest(300_000))?;
             rt.block_on(bench_billing(10_000))?;
+            rt.block_on(bench_latency(20_000, 60))?;
             rt.block_on(bench_aggregator(2_000_000, 200_000, 1))
         }
     }
@@ -105,6 +114,116 @@ async fn bench_aggregator(events: usize, viewers: usize, dup_pct: usize) -> Resu
         ours_msgs / baseline
     );
     Ok(())
+}
+
+async fn bench_latency(rate: usize, seconds: usize) -> Result<()> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let topic = format!("bench-lat-{}", stack::stamp());
+    stack::create_topic(&topic, 4).await?;
+    let db = schemas::ch::ClickHouseConfig { database: format!("bench_lat_{}", stack::stamp()), ..Default::default() };
+    schemas::ch::migrate(&db).await?;
+    let mut agg = std::process::Command::new(stack::release_bin("aggregator")?)
+        .arg("run")
+        .env("AGGREGATOR__KAFKA__TOPIC", &topic)
+        .env("AGGREGATOR__CLICKHOUSE__DATABASE", &db.database)
+        .env("AGGREGATOR__GROUP_ID", format!("bench-{topic}"))
+        .env("AGGREGATOR__METRICS_LISTEN", "")
+        .env("RUST_LOG", "warn")
+        .spawn()?;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", stack::BROKERS)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .create()?;
+    let codec = Codec::new();
+    // one tracking id per second of load: batch s is visible when all its events are
+    let mut produced_at = Vec::with_capacity(seconds);
+    let start = Instant::now();
+    for s in 0..seconds {
+        let due = start + std::time::Duration::from_secs(s as u64);
+        tokio::time::sleep_until(due.into()).await;
+        let now_ms = chrono_like_now_ms();
+        let mut futs = Vec::with_capacity(rate);
+        for i in 0..rate {
+            let viewer = format!("lat-{s}-{i}");
+            let ev = schemas::ViewerUsage {
+                viewer_id: viewer.as_str().into(),
+                seq: 0,
+                interval_start: now_ms - 10_000,
+                interval_end: now_ms,
+                bytes_out: 1_000,
+                bytes_in: 0,
+                account_id: "acct".into(),
+                stream_name: "live".into(),
+                cluster: "fra-1".into(),
+                server_id: "srv".into(),
+                protocol: schemas::Protocol::Webrtc,
+                token_id: None,
+                tracking_id: Some(format!("lat-{s}").into()),
+                custom_viewer_data: None,
+            };
+            let payload = codec.encode_to_vec(&ev);
+            loop {
+                match producer.send_result(FutureRecord::to(&topic).key(&viewer).payload(&payload)) {
+                    Ok(f) => {
+                        futs.push(f);
+                        break;
+                    }
+                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(1)).await,
+                }
+            }
+        }
+        produced_at.push(Instant::now());
+        tokio::spawn(futures::future::join_all(futs));
+    }
+    let mut seen: Vec<Option<Instant>> = vec![None; seconds];
+    let deadline = Instant::now() + std::time::Duration::from_secs(120);
+    while seen.iter().any(|s| s.is_none()) && Instant::now() < deadline {
+        #[derive(serde::Deserialize, clickhouse::Row)]
+        struct R {
+            t: String,
+            n: u64,
+        }
+        let rows: Vec<R> = db
+            .client()
+            .query(&format!("SELECT tracking_id, sum(events) FROM {}.usage_by_tracking GROUP BY tracking_id", db.database))
+            .fetch_all()
+            .await?;
+        let now = Instant::now();
+        for r in rows {
+            if let Some(i) = r.t.strip_prefix("lat-").and_then(|x| x.parse::<usize>().ok()) {
+                if i < seconds && seen[i].is_none() && r.n as usize >= rate {
+                    seen[i] = Some(now);
+                }
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let _ = agg.kill();
+    let _ = agg.wait();
+    let _ = db.server_client().query(&format!("DROP DATABASE IF EXISTS {}", db.database)).execute().await;
+    let mut lat: Vec<f64> = produced_at
+        .iter()
+        .zip(&seen)
+        .map(|(p, s)| s.map(|s| s.saturating_duration_since(*p).as_secs_f64()).unwrap_or(f64::INFINITY))
+        .collect();
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let pct = |q: f64| lat[((lat.len() as f64 - 1.0) * q).round() as usize];
+    let achieved = (rate * seconds) as f64 / produced_at.last().map(|l| l.duration_since(start).as_secs_f64() + 1.0).unwrap_or(1.0);
+    header();
+    println!(
+        "| latency produced -> visible in usage_by_tracking at {rate} events/s (achieved {achieved:.0}), {seconds} s | p50 {:.1} s, p99 {:.1} s | flush interval 5.0 s (default) | p99/flush {:.1} |",
+        pct(0.5),
+        pct(0.99),
+        pct(0.99) / 5.0
+    );
+    Ok(())
+}
+
+fn chrono_like_now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 async fn bench_ingest(events: usize) -> Result<()> {
