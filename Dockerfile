@@ -1,5 +1,5 @@
 # One image with every binary of the workspace (ingest, aggregator, billing, api).
-FROM rust:1.85-bookworm AS build
+FROM rust:1-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends cmake && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .

@@ -36,7 +36,6 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
-use subtle::ConstantTimeEq;
 use thiserror::Error;
 
 /// Longest accepted `expires`, seconds (10 years).
@@ -162,17 +161,10 @@ async fn count_requests(State(s): State<Arc<AppState>>, req: Request, next: Next
 }
 
 /// Whether `given` is one of `secrets`; every secret is compared, each in constant time.
-fn secret_matches(given: &[u8], secrets: &[String]) -> bool {
-    secrets.iter().fold(0u8, |acc, s| acc | given.ct_eq(s.as_bytes()).unwrap_u8()) == 1
-}
 
 async fn require_secret(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let ok = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' ').filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer")).map(|(_, k)| k))
-        .is_some_and(|given| secret_matches(given.trim().as_bytes(), &s.secrets));
+    let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let ok = schemas::auth::bearer(header).is_some_and(|given| schemas::auth::matches_any(given, &s.secrets));
     if !ok {
         let mut r = error_body(StatusCode::UNAUTHORIZED, "missing or invalid API secret (Authorization: Bearer <secret>)");
         r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -543,16 +535,6 @@ async fn verify_token(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Res
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn secrets_compare() {
-        let secrets = vec!["0123456789abcdef".to_string(), "another-secret-000".to_string()];
-        assert!(secret_matches(b"0123456789abcdef", &secrets));
-        assert!(secret_matches(b"another-secret-000", &secrets));
-        assert!(!secret_matches(b"0123456789abcdeF", &secrets));
-        assert!(!secret_matches(b"0123456789abcde", &secrets));
-        assert!(!secret_matches(b"", &secrets));
-    }
 
     #[test]
     fn ip_validation() {

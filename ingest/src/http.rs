@@ -169,21 +169,9 @@ fn with_retry_after(mut r: Response, secs: u32) -> Response {
     r
 }
 
-/// Constant-time comparison, so response timing does not reveal key prefixes.
-fn key_matches(given: &[u8], key: &[u8]) -> bool {
-    if given.len() != key.len() {
-        return false;
-    }
-    given.iter().zip(key).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
-}
-
 async fn require_key(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let ok = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' ').filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer")).map(|(_, k)| k))
-        .is_some_and(|given| s.cfg.api_keys.iter().any(|k| key_matches(given.trim().as_bytes(), k.as_bytes())));
+    let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let ok = schemas::auth::bearer(header).is_some_and(|given| schemas::auth::matches_any(given, &s.cfg.api_keys));
     if !ok {
         s.metrics.requests.with_label_values(&["401"]).inc();
         let mut r = error_reply(StatusCode::UNAUTHORIZED, "missing or invalid API key (Authorization: Bearer <key>)", None);

@@ -2,6 +2,7 @@
 //! single-object codec, the contract's validity rules, ClickHouse migrations,
 //! and configuration helpers.
 
+pub mod auth;
 pub mod ch;
 pub mod codec;
 pub mod config;
