@@ -12,6 +12,7 @@ pub mod json;
 pub mod producer;
 pub mod sim_run;
 pub mod simulate;
+pub mod tokens;
 
 pub use error::IngestError;
 pub use producer::{ProducerOptions, UsageProducer};

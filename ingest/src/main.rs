@@ -102,6 +102,16 @@ struct SimArgs {
     /// Pace events to the wall clock
     #[arg(long)]
     realtime: bool,
+    /// Admit every viewer through the token service at this URL first (master
+    /// token per partner, self-signed viewer JWT, verification)
+    #[arg(long)]
+    token_api: Option<String>,
+    /// API secret of the token service
+    #[arg(long, env = "API_SECRET", default_value = "")]
+    token_secret: String,
+    /// Fraction of viewers presenting a forged token (refused: no usage)
+    #[arg(long, default_value_t = 0.0)]
+    invalid_tokens: f64,
     /// Write the expected totals as JSON here
     #[arg(long)]
     expected_out: Option<PathBuf>,
@@ -183,7 +193,12 @@ async fn simulate(a: SimArgs) -> Result<()> {
             Target::Http { url: a.url, api_key: a.api_key }
         }
     };
-    let opts = RunOptions { realtime: a.realtime, batch: a.batch, progress: !a.quiet, ..Default::default() };
+    let tokens = a.token_api.map(|url| ingest::tokens::TokenApi {
+        url,
+        secret: a.token_secret.clone(),
+        invalid_fraction: a.invalid_tokens,
+    });
+    let opts = RunOptions { realtime: a.realtime, batch: a.batch, progress: !a.quiet, tokens, ..Default::default() };
     let expected = ingest::sim_run::run(&cfg, &target, &opts).await?;
     if let Some(path) = &a.expected_out {
         std::fs::write(path, serde_json::to_vec_pretty(&expected)?).with_context(|| format!("writing {}", path.display()))?;

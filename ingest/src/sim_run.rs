@@ -37,19 +37,41 @@ pub struct RunOptions {
     pub progress: bool,
     /// Kafka: most messages awaiting acknowledgement at once.
     pub max_inflight: usize,
+    /// Admit every viewer through the token service first (see [`crate::tokens`]).
+    pub tokens: Option<crate::tokens::TokenApi>,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { realtime: false, batch: 1000, progress: false, max_inflight: 50_000 }
+        RunOptions { realtime: false, batch: 1000, progress: false, max_inflight: 50_000, tokens: None }
     }
 }
 
 /// Send every message of the simulation; returns the exact expected totals.
 /// Fails if any message could not be delivered (the totals would be wrong).
 pub async fn run(cfg: &SimConfig, target: &Target, opts: &RunOptions) -> Result<Expected, IngestError> {
+    run_admitted(cfg, target, opts).await.map(|(e, _)| e)
+}
+
+/// [`run`], also returning what the token admission did (when `opts.tokens` is set).
+pub async fn run_admitted(
+    cfg: &SimConfig,
+    target: &Target,
+    opts: &RunOptions,
+) -> Result<(Expected, Option<crate::tokens::Admission>), IngestError> {
     let mut expected = Expected::default();
-    let mut msgs = Messages::new(cfg);
+    let mut admission = None;
+    let mut msgs = match &opts.tokens {
+        None => Messages::new(cfg),
+        Some(api) => {
+            let (sessions, adm) = crate::tokens::admit(cfg, crate::simulate::sessions(cfg), api).await?;
+            if opts.progress {
+                eprintln!("[simulate] token service admitted {} sessions, refused {}", adm.admitted, adm.refused.len());
+            }
+            admission = Some(adm);
+            Messages::with_sessions(cfg, sessions)
+        }
+    };
     let started = Instant::now();
     let mut last_progress = Instant::now();
     let period_ms = (cfg.duration_secs as i64 * 1000).max(1);
@@ -145,7 +167,7 @@ pub async fn run(cfg: &SimConfig, target: &Target, opts: &RunOptions) -> Result<
             progress(sent, msgs.sim_time_ms, true);
         }
     }
-    Ok(expected)
+    Ok((expected, admission))
 }
 
 fn check(

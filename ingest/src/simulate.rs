@@ -205,7 +205,11 @@ pub struct Messages {
 
 impl Messages {
     pub fn new(cfg: &SimConfig) -> Self {
-        let sessions = sessions(cfg);
+        Self::with_sessions(cfg, sessions(cfg))
+    }
+
+    /// Messages of the given sessions (e.g. after token admission dropped some).
+    pub fn with_sessions(cfg: &SimConfig, sessions: Vec<Session>) -> Self {
         let heap = sessions.iter().enumerate().filter(|(_, s)| s.end_ms > s.start_ms).map(|(i, s)| Reverse((s.start_ms, i, 0))).collect();
         Messages {
             rng: ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed_f00d),
