@@ -23,11 +23,17 @@ pub const MAGIC: [u8; 2] = [0xC3, 0x01];
 /// Length of the single-object header: magic plus fingerprint.
 pub const HEADER_LEN: usize = 10;
 
-/// Schema versions this build knows, oldest first. The last one is the
-/// current schema: the one written by [`Codec::encode`] and read into.
+/// Schema versions this build knows, oldest first. Every released version
+/// stays here so that old (and newer) writers stay readable.
 pub const SCHEMA_VERSIONS: &[(&str, &str)] = &[
     ("v1", include_str!("../avro/viewer_usage.v1.avsc")),
+    ("v2", include_str!("../avro/viewer_usage.v2.avsc")),
 ];
+
+/// The version this build writes, decodes on the fast path and resolves every
+/// other version to (the contract's schema). v2 adds an optional field that
+/// is read but not stored yet.
+pub const CURRENT_VERSION: &str = "v1";
 
 /// Why a message could not be decoded. Every variant is a poison record for
 /// the consumer: it is dead-lettered with [`DecodeError::reason`].
@@ -72,6 +78,8 @@ pub struct SchemaVersion {
 #[derive(Debug, Clone)]
 pub struct Codec {
     versions: Vec<SchemaVersion>,
+    /// Index of the version written and decoded on the fast path.
+    current: usize,
 }
 
 impl Default for Codec {
@@ -108,9 +116,11 @@ pub fn fingerprint(schema: &Schema) -> [u8; 8] {
 }
 
 impl Codec {
-    /// A codec that knows every version in [`SCHEMA_VERSIONS`].
+    /// A codec that knows every version in [`SCHEMA_VERSIONS`] and writes [`CURRENT_VERSION`].
     pub fn new() -> Self {
-        Self::with_versions(SCHEMA_VERSIONS).expect("built-in schemas parse")
+        let mut c = Self::with_versions(SCHEMA_VERSIONS).expect("built-in schemas parse");
+        c.current = c.versions.iter().position(|v| v.name == CURRENT_VERSION).expect("current version is known");
+        c
     }
 
     /// A codec for the given `(name, schema JSON)` versions, oldest first; the
@@ -124,12 +134,12 @@ impl Codec {
             })
             .collect::<Result<Vec<_>, apache_avro::Error>>()?;
         assert!(!versions.is_empty(), "a codec needs at least one schema version");
-        Ok(Codec { versions })
+        Ok(Codec { current: versions.len() - 1, versions })
     }
 
     /// The current schema: written by [`Codec::encode`].
     pub fn current(&self) -> &SchemaVersion {
-        self.versions.last().expect("at least one schema version")
+        &self.versions[self.current]
     }
 
     /// All known versions, oldest first.
@@ -442,6 +452,14 @@ mod tests {
     }
 
     #[test]
+    fn v2_is_known_and_v1_is_written() {
+        let codec = Codec::new();
+        assert_eq!(codec.current().name, "v1");
+        assert_eq!(codec.versions().len(), 2);
+        assert_ne!(codec.versions()[1].fingerprint, codec.current().fingerprint);
+    }
+
+    #[test]
     fn fingerprint_matches_the_contract_test_vector() {
         let codec = Codec::new();
         assert_eq!(codec.current().fingerprint, [0x2a, 0x9c, 0xa5, 0x0d, 0x2b, 0xf4, 0x8a, 0x30]);
@@ -537,6 +555,7 @@ mod tests {
         // A "v0" writer without the three optional fields; the current schema
         // gives them their defaults.
         let v1: serde_json::Value = serde_json::from_str(SCHEMA_VERSIONS[0].1).unwrap();
+        assert_eq!(SCHEMA_VERSIONS[0].0, "v1");
         let mut v0 = v1.clone();
         let fields = v0["fields"].as_array_mut().unwrap();
         fields.retain(|f| !["token_id", "tracking_id", "custom_viewer_data"].contains(&f["name"].as_str().unwrap()));

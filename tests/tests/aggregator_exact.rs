@@ -106,3 +106,70 @@ async fn duplicates_late_out_of_order_and_poison_including_duplicates_after_a_re
     assert!(reasons.len() >= 2, "{reasons:?}");
     drop_db(&db).await;
 }
+
+/// A v2 writer (new optional field `player_version`) and v1 writers on one
+/// topic: both are counted, exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_and_v2_events_on_one_topic_are_both_counted() {
+    use apache_avro::types::{Record, Value};
+    let topic = unique("agg_v2");
+    create_topic(&topic, 2).await;
+    let db = test_db().await;
+    let codec = schemas::Codec::new();
+    let v2 = codec.versions().iter().find(|v| v.name == "v2").expect("v2 known");
+    let p = producer(&topic);
+    let (mut v1_bytes, mut v2_bytes) = (0u64, 0u64);
+    for i in 0..200i64 {
+        let viewer = format!("{topic}-v{}", i % 20);
+        let t = 1_790_000_000_000 + (i / 20) * 10_000;
+        if i % 2 == 0 {
+            let ev = schemas::ViewerUsage {
+                viewer_id: viewer.as_str().into(),
+                seq: i / 20,
+                interval_start: t,
+                interval_end: t + 10_000,
+                bytes_out: 1000 + i,
+                bytes_in: 1,
+                account_id: "a".into(),
+                stream_name: "s".into(),
+                cluster: "c".into(),
+                server_id: "x".into(),
+                protocol: schemas::Protocol::Whep,
+                token_id: None,
+                tracking_id: Some("v1-partner".into()),
+                custom_viewer_data: None,
+            };
+            p.send(&ev).await.expect("v1 produced");
+            v1_bytes += 1000 + i as u64;
+        } else {
+            let mut r = Record::new(&v2.schema).unwrap();
+            r.put("viewer_id", viewer.clone());
+            r.put("seq", i / 20);
+            r.put("interval_start", Value::TimestampMillis(t));
+            r.put("interval_end", Value::TimestampMillis(t + 10_000));
+            r.put("bytes_out", 1000 + i);
+            r.put("bytes_in", 1i64);
+            r.put("account_id", "a");
+            r.put("stream_name", "s");
+            r.put("cluster", "c");
+            r.put("server_id", "x");
+            r.put("protocol", Value::Enum(1, "WHEP".into()));
+            r.put("token_id", Value::Union(0, Box::new(Value::Null)));
+            r.put("tracking_id", Value::Union(1, Box::new(Value::String("v2-partner".into()))));
+            r.put("custom_viewer_data", Value::Union(0, Box::new(Value::Null)));
+            r.put("player_version", Value::Union(1, Box::new(Value::String("web-sdk/4.2.0".into()))));
+            let mut msg = schemas::codec::MAGIC.to_vec();
+            msg.extend_from_slice(&v2.fingerprint);
+            msg.extend(apache_avro::to_avro_datum(&v2.schema, r).unwrap());
+            p.send_encoded(&viewer, &msg).await.expect("v2 produced");
+            v2_bytes += 1000 + i as u64;
+        }
+    }
+    let _agg = spawn_aggregator(&topic, &db, &unique("g"), &[]);
+    assert_eq!(wait_for_events(&db, 200, Duration::from_secs(60)).await, 200);
+    let got = sums_by(&db, "usage_by_tracking", "tracking_id").await;
+    assert_eq!(got["v1-partner"].bytes_out, v1_bytes);
+    assert_eq!(got["v2-partner"].bytes_out, v2_bytes);
+    assert_eq!(count(&db, &format!("SELECT count() FROM {}.usage_dead_letters", db.database)).await, 0);
+    drop_db(&db).await;
+}
