@@ -69,6 +69,7 @@
 pub mod config;
 pub mod consumer;
 pub mod core;
+pub mod dead_letters;
 pub mod dedup;
 pub mod error;
 pub mod metrics;

@@ -25,6 +25,18 @@ enum Cmd {
     Migrate,
     /// Print the effective configuration as TOML and exit
     Config,
+    /// Export dead letters as NDJSON (decoded event included when it decodes), to fix and re-inject with `ingest replay`
+    DeadLetters {
+        /// Only those received at or after this time (RFC 3339)
+        #[arg(long)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only reasons starting with this (e.g. `invalid`, `too_late`)
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Output file (default: standard output)
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -44,6 +56,16 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Run => run(cfg, rt),
+        Cmd::DeadLetters { since, reason, out } => {
+            let since = since.map(|t| t.timestamp().clamp(0, u32::MAX as i64) as u32).unwrap_or(0);
+            let mut w: Box<dyn std::io::Write> = match &out {
+                Some(p) => Box::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?),
+                None => Box::new(std::io::stdout()),
+            };
+            let n = rt.block_on(aggregator::dead_letters::export(&cfg.clickhouse, since, &reason, &mut w))?;
+            eprintln!("{n} dead letters exported");
+            Ok(())
+        }
     }
 }
 

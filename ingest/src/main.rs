@@ -25,6 +25,16 @@ enum Cmd {
     Serve,
     /// Generate simulated usage and send it to Kafka or the gateway
     Simulate(SimArgs),
+    /// Re-inject fixed dead letters: NDJSON from `aggregator dead-letters`, each line's `event` is validated and produced
+    Replay {
+        /// The (fixed) export file
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        brokers: String,
+        #[arg(long, default_value = "viewer-usage")]
+        topic: String,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -151,6 +161,10 @@ fn main() -> Result<()> {
             schemas::telemetry::init_tracing(false);
             rt.block_on(simulate(a))
         }
+        Cmd::Replay { file, brokers, topic } => {
+            schemas::telemetry::init_tracing(false);
+            rt.block_on(replay(&file, brokers, topic))
+        }
     }
 }
 
@@ -214,6 +228,44 @@ async fn simulate(a: SimArgs) -> Result<()> {
     }
     if let Some(path) = &a.expected_out {
         println!("expected totals written to {}", path.display());
+    }
+    Ok(())
+}
+
+async fn replay(file: &std::path::Path, brokers: String, topic: String) -> Result<()> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let kafka = schemas::kafka::KafkaConfig { brokers, topic, ..Default::default() };
+    let producer = UsageProducer::new(&kafka, ProducerOptions::default())?;
+    let (mut sent, mut failed) = (0usize, 0usize);
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("line {}: bad JSON", n + 1))?;
+        let source = v["source"].as_str().unwrap_or("?").to_string();
+        if v["event"].is_null() {
+            eprintln!("line {}: {source}: no decodable event ({}); not re-injected", n + 1, v["reason"].as_str().unwrap_or(""));
+            failed += 1;
+            continue;
+        }
+        let ev = match ingest::json::parse_value(n, v["event"].clone()) {
+            Ok(ev) => ev,
+            Err(errs) => {
+                for e in errs {
+                    eprintln!("line {}: {source}: {}: {}", n + 1, e.field, e.reason);
+                }
+                failed += 1;
+                continue;
+            }
+        };
+        match producer.send(&ev).await {
+            Ok(()) => sent += 1,
+            Err(e) => {
+                eprintln!("line {}: {source}: {e}", n + 1);
+                failed += 1;
+            }
+        }
+    }
+    println!("re-injected {sent} events; {failed} lines not re-injected");
+    if failed > 0 {
+        bail!("{failed} lines could not be re-injected (fix them and run again: duplicates are dropped by (viewer_id, seq))");
     }
     Ok(())
 }
