@@ -22,6 +22,22 @@ pub struct ApiConfig {
     pub store_path: PathBuf,
     /// Log as JSON lines.
     pub json_logs: bool,
+    /// ClickHouse holding the usage tables (read by `/api/analytics/...` and
+    /// `/api/records/...`).
+    pub clickhouse: schemas::ch::ClickHouseConfig,
+    /// Secrets limited to some tracking ids: they see only those ids in the
+    /// analytics and records routes and are refused (`403`) on token routes.
+    pub scoped_secrets: Vec<ScopedSecret>,
+}
+
+/// A secret that sees only its `tracking_ids`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopedSecret {
+    /// The bearer secret (at least 16 characters).
+    pub secret: String,
+    /// Tracking ids it may read (at least one).
+    pub tracking_ids: Vec<String>,
 }
 
 impl Default for ApiConfig {
@@ -31,6 +47,8 @@ impl Default for ApiConfig {
             api_secrets: vec![],
             store_path: PathBuf::from(".stack/api/tokens.db"),
             json_logs: false,
+            clickhouse: schemas::ch::ClickHouseConfig::default(),
+            scoped_secrets: vec![],
         }
     }
 }
@@ -43,6 +61,18 @@ impl ApiConfig {
                 "api_secrets: at least one secret of {MIN_SECRET_CHARS} or more characters is required, and none shorter (API__API_SECRETS='[\"...\"]')"
             ));
         }
+        for (i, s) in self.scoped_secrets.iter().enumerate() {
+            if s.secret.chars().count() < MIN_SECRET_CHARS {
+                return Err(format!("scoped_secrets[{i}].secret: at least {MIN_SECRET_CHARS} characters"));
+            }
+            if s.tracking_ids.is_empty() || s.tracking_ids.iter().any(|t| t.is_empty()) {
+                return Err(format!("scoped_secrets[{i}].tracking_ids: at least one non-empty tracking id"));
+            }
+            if self.api_secrets.contains(&s.secret) {
+                return Err(format!("scoped_secrets[{i}].secret is also an unscoped api secret"));
+            }
+        }
+        self.clickhouse.db().map_err(|e| format!("clickhouse.database: {e}"))?;
         if self.store_path.as_os_str().is_empty() {
             return Err("store_path must not be empty".into());
         }
@@ -67,6 +97,32 @@ mod tests {
         let short = ApiConfig { api_secrets: vec!["short".into()], ..Default::default() };
         assert!(short.validate().is_err());
         assert!(ApiConfig::default().validate().is_err());
+        let c: ApiConfig = schemas::config::load_from(
+            None,
+            "API",
+            vec![
+                ("API__API_SECRETS".to_string(), "[\"0123456789abcdef\"]".to_string()),
+                ("API__CLICKHOUSE__DATABASE".to_string(), "metering_x".to_string()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.clickhouse.database, "metering_x");
+        assert!(c.validate().is_ok());
+        let scoped = |secret: &str, ids: Vec<String>| ApiConfig {
+            api_secrets: vec!["0123456789abcdef".into()],
+            scoped_secrets: vec![ScopedSecret { secret: secret.into(), tracking_ids: ids }],
+            ..Default::default()
+        };
+        assert!(scoped("scoped-0123456789", vec!["acme".into()]).validate().is_ok());
+        assert!(scoped("short", vec!["acme".into()]).validate().is_err());
+        assert!(scoped("scoped-0123456789", vec![]).validate().is_err());
+        assert!(scoped("0123456789abcdef", vec!["acme".into()]).validate().is_err());
+        let bad_db = ApiConfig {
+            api_secrets: vec!["0123456789abcdef".into()],
+            clickhouse: schemas::ch::ClickHouseConfig { database: "a;b".into(), ..Default::default() },
+            ..Default::default()
+        };
+        assert!(bad_db.validate().is_err());
         let err = schemas::config::load_from::<ApiConfig>(None, "API", vec![("API__NOPE".into(), "1".into())]);
         assert!(err.is_err());
     }

@@ -15,6 +15,11 @@
 //! | `DELETE /api/subscribe_token/{id}` | delete |
 //! | `POST /api/publish_token`, `GET /api/publish_token[/list]`, `GET`/`DELETE /api/publish_token/{id}` | publish tokens (`label`, `streams`, `subscribeRequiresAuth`) |
 //! | `POST /api/token/verify` | `{token, streamName, cluster}` → `{tokenId, trackingId, customViewerData}` |
+//! | `GET /api/analytics/...`, `POST /api/records/viewers` | usage statistics from ClickHouse, see [`crate::stats`] |
+//! | `GET /api/openapi.json` | OpenAPI 3 description of every route |
+//!
+//! Secrets in `scoped_secrets` reach only the statistics routes and
+//! `openapi.json` (elsewhere `403`), and only for their tracking ids.
 //!
 //! `GET /healthz` and `GET /metrics` (Prometheus: `api_requests_total{status}`,
 //! `api_verify_total{result}`) need no secret.
@@ -62,8 +67,9 @@ pub enum ApiError {
 
 /// An error reply.
 #[derive(Debug)]
-enum Reply {
+pub(crate) enum Reply {
     BadRequest(String),
+    Forbidden(String),
     NotFound(String),
     Internal(String),
 }
@@ -75,7 +81,7 @@ impl From<StoreError> for Reply {
     }
 }
 
-fn error_body(status: StatusCode, message: &str) -> Response {
+pub(crate) fn error_body(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({"status": "error", "message": message}))).into_response()
 }
 
@@ -83,13 +89,14 @@ impl IntoResponse for Reply {
     fn into_response(self) -> Response {
         match self {
             Reply::BadRequest(m) => error_body(StatusCode::BAD_REQUEST, &m),
+            Reply::Forbidden(m) => error_body(StatusCode::FORBIDDEN, &m),
             Reply::NotFound(m) => error_body(StatusCode::NOT_FOUND, &m),
             Reply::Internal(m) => error_body(StatusCode::INTERNAL_SERVER_ERROR, &m),
         }
     }
 }
 
-fn success(data: Value) -> Response {
+pub(crate) fn success(data: Value) -> Response {
     (StatusCode::OK, Json(json!({"status": "success", "data": data}))).into_response()
 }
 
@@ -113,17 +120,31 @@ impl Metrics {
     }
 }
 
-struct AppState {
+pub(crate) struct AppState {
     store: Arc<Store>,
     secrets: Vec<String>,
+    scoped: Vec<crate::config::ScopedSecret>,
     metrics: Metrics,
+    /// Client of the ClickHouse holding the usage tables.
+    pub(crate) ch: clickhouse::Client,
 }
+
+/// What the caller's secret may see: `None` everything, `Some(ids)` only
+/// those tracking ids (a scoped secret).
+#[derive(Debug, Clone)]
+pub(crate) struct Scope(pub(crate) Option<Arc<Vec<String>>>);
 
 /// The service's router on an open store (also used by tests).
 pub fn router(cfg: &ApiConfig, store: Arc<Store>) -> Result<Router, ApiError> {
     cfg.validate().map_err(ApiError::Config)?;
     let metrics = Metrics::new().map_err(|e| ApiError::Config(format!("metrics: {e}")))?;
-    let state = Arc::new(AppState { store, secrets: cfg.api_secrets.clone(), metrics });
+    let state = Arc::new(AppState {
+        store,
+        secrets: cfg.api_secrets.clone(),
+        scoped: cfg.scoped_secrets.clone(),
+        metrics,
+        ch: cfg.clickhouse.client(),
+    });
     let api = Router::new()
         .route("/api/subscribe_token", post(create_subscribe).get(list_subscribe))
         .route("/api/subscribe_token/list", get(list_subscribe))
@@ -132,6 +153,12 @@ pub fn router(cfg: &ApiConfig, store: Arc<Store>) -> Result<Router, ApiError> {
         .route("/api/publish_token/list", get(list_publish))
         .route("/api/publish_token/{id}", get(get_publish).delete(delete_publish))
         .route("/api/token/verify", post(verify_token))
+        .route("/api/analytics/tracking/total", get(crate::stats::tracking_total))
+        .route("/api/analytics/tracking/series", get(crate::stats::tracking_series))
+        .route("/api/analytics/tracking/streams/total", get(crate::stats::streams_total))
+        .route("/api/analytics/tracking/streams/series", get(crate::stats::streams_series))
+        .route("/api/records/viewers", post(crate::stats::viewer_records))
+        .route("/api/openapi.json", get(crate::stats::openapi))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), require_secret));
     Ok(Router::new()
@@ -160,11 +187,32 @@ async fn count_requests(State(s): State<Arc<AppState>>, req: Request, next: Next
     r
 }
 
-/// Whether `given` is one of `secrets`; every secret is compared, each in constant time.
-
-async fn require_secret(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+/// Check the bearer secret: every secret (unscoped and scoped) is compared,
+/// each in constant time. Puts the caller's [`Scope`] into the request.
+async fn require_secret(State(s): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let ok = schemas::auth::bearer(header).is_some_and(|given| schemas::auth::matches_any(given, &s.secrets));
+    let given = schemas::auth::bearer(header);
+    let ok = given.is_some_and(|given| schemas::auth::matches_any(given, &s.secrets));
+    // every scoped secret is compared too (constant time each)
+    let scoped = given.and_then(|given| {
+        let mut found = None;
+        for sc in &s.scoped {
+            if schemas::auth::matches_any(given, std::slice::from_ref(&sc.secret)) && found.is_none() {
+                found = Some(Arc::new(sc.tracking_ids.clone()));
+            }
+        }
+        found
+    });
+    if !ok && scoped.is_some() {
+        let path = req.uri().path();
+        let allowed = path.starts_with("/api/analytics/") || path.starts_with("/api/records/") || path == "/api/openapi.json";
+        if !allowed {
+            return error_body(StatusCode::FORBIDDEN, "this API secret is limited to the statistics routes");
+        }
+        req.extensions_mut().insert(Scope(scoped));
+        return next.run(req).await;
+    }
+    req.extensions_mut().insert(Scope(None));
     if !ok {
         let mut r = error_body(StatusCode::UNAUTHORIZED, "missing or invalid API secret (Authorization: Bearer <secret>)");
         r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

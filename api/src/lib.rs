@@ -12,12 +12,15 @@
 //! - [`store`]: tokens in SQLite (persist across restarts).
 //! - [`http`]: `api serve`, the REST API (`/api/subscribe_token`,
 //!   `/api/publish_token`, `/api/token/verify`) behind an API secret.
+//! - [`stats`]: usage statistics (`/api/analytics/...`, `/api/records/viewers`)
+//!   read from ClickHouse.
 //! - [`sign`]: self-signing viewer JWTs (`api token sign`).
 //! - [`verify`]: the admission rules and the attribution.
 
 pub mod config;
 pub mod http;
 pub mod sign;
+pub mod stats;
 pub mod store;
 pub mod verify;
 

@@ -1,0 +1,327 @@
+//! Statistics API against the real stack: simulated usage (crossing midnight
+//! and a month boundary, with duplicates) goes through Kafka and the
+//! aggregator into ClickHouse; the API's totals, series and viewer records
+//! equal the exact expected totals.
+
+use api::config::{ApiConfig, ScopedSecret};
+use api::store::Store;
+use e2e::*;
+use ingest::simulate::{Expected, SimConfig};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+const SECRET: &str = "stats-test-secret-0123456789";
+const SCOPED: &str = "stats-scoped-secret-0123456789";
+
+struct Api {
+    url: String,
+    client: reqwest::Client,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl Api {
+    async fn get_as(&self, path: &str, secret: Option<&str>) -> (u16, Value) {
+        let mut rb = self.client.get(format!("{}{path}", self.url));
+        if let Some(s) = secret {
+            rb = rb.bearer_auth(s);
+        }
+        let r = rb.send().await.expect("request");
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+    async fn get(&self, path: &str) -> (u16, Value) {
+        self.get_as(path, Some(SECRET)).await
+    }
+    async fn records(&self, body: Value, csv: bool, secret: &str) -> (u16, String, String) {
+        let mut rb = self.client.post(format!("{}/api/records/viewers", self.url)).bearer_auth(secret).json(&body);
+        if csv {
+            rb = rb.header("Accept", "text/csv");
+        }
+        let r = rb.send().await.expect("request");
+        let status = r.status().as_u16();
+        let ctype = r.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+        (status, ctype, r.text().await.unwrap())
+    }
+}
+
+fn q(ids: &[&str], key: &str, extra: &str) -> String {
+    let mut s: String = ids.iter().map(|i| format!("{key}={}&", urlencode(i))).collect();
+    s.push_str(extra);
+    s
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-_.".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+const RANGE: &str = "startDate=2026-10-31&stopDate=2026-11-02";
+
+/// (tracking id, bucket) -> (bytes_out, bytes_in) from a tracking series/total reply.
+fn by_bucket(data: &Value) -> BTreeMap<(String, String), (u64, u64)> {
+    let mut m = BTreeMap::new();
+    for (id, list) in data.as_object().unwrap() {
+        for item in list.as_array().unwrap() {
+            let ts = item.get("timestamp").and_then(Value::as_str).unwrap_or("").to_string();
+            let e = m.entry((id.clone(), ts)).or_insert((0u64, 0u64));
+            e.0 += item["bytesOut"].as_u64().unwrap();
+            e.1 += item["bytesIn"].as_u64().unwrap();
+        }
+    }
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statistics_api_equals_the_expected_usage() {
+    let topic = unique("stats");
+    create_topic(&topic, 4).await;
+    let db = test_db().await;
+    let start = chrono::DateTime::parse_from_rfc3339("2026-10-31T20:00:00Z").unwrap().timestamp_millis();
+    let cfg = SimConfig {
+        seed: 21,
+        run_id: topic.clone(),
+        partners: 3,
+        viewers_per_partner: 12,
+        untracked_viewers: 4,
+        streams: 2,
+        start_ms: start,
+        duration_secs: 8 * 3600,
+        session_secs: (60, 2400),
+        duplicates: 0.02,
+        ..Default::default()
+    };
+    let exp: Expected = simulate_to_kafka(&cfg, &topic).await;
+    assert!(exp.duplicates_sent > 0);
+    assert!(exp.unique_valid_events > 1_000, "a meaningful run: {}", exp.unique_valid_events);
+    let mut agg = spawn_aggregator(&topic, &db, &unique("g"), &[]);
+    let got = wait_for_events(&db, exp.unique_valid_events, Duration::from_secs(180)).await;
+    assert_eq!(got, exp.unique_valid_events, "events in ClickHouse");
+    agg.terminate(Duration::from_secs(30));
+
+    let tracked: Vec<String> = exp.by_tracking.keys().filter(|k| !k.is_empty()).cloned().collect();
+    assert!(tracked.len() >= 2, "{tracked:?}");
+    let partner = tracked[0].clone();
+    let api_cfg = ApiConfig {
+        api_secrets: vec![SECRET.into()],
+        store_path: std::env::temp_dir().join(format!("{}.db", unique("stats_tokens"))),
+        clickhouse: db.clone(),
+        scoped_secrets: vec![ScopedSecret { secret: SCOPED.into(), tracking_ids: vec![partner.clone()] }],
+        ..Default::default()
+    };
+    let store = Arc::new(Store::open(&api_cfg.store_path).expect("store"));
+    let app = api::http::router(&api_cfg, store).expect("router");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app).await.expect("serve");
+    });
+    let api = Api { url: format!("http://{addr}"), client: reqwest::Client::new(), server };
+    let ids_tracked: Vec<&str> = tracked.iter().map(String::as_str).collect();
+
+    // totals per tracking id
+    let (st, body) = api.get(&format!("/api/analytics/tracking/total?{}", q(&ids_tracked, "trackingIds", RANGE))).await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["status"], "success");
+    let totals = by_bucket(&body["data"]);
+    for t in &tracked {
+        let e = &exp.by_tracking[t];
+        assert_eq!(totals.get(&(t.clone(), String::new())), Some(&(e.bytes_out, e.bytes_in)), "total of {t}");
+    }
+
+    // stopDate is exclusive: one day's totals equal that day
+    let (st, body) =
+        api.get(&format!("/api/analytics/tracking/total?{}", q(&ids_tracked, "trackingIds", "startDate=2026-10-31&stopDate=2026-11-01"))).await;
+    assert_eq!(st, 200, "{body}");
+    let day1 = by_bucket(&body["data"]);
+    for t in &tracked {
+        let want = exp.by_day["2026-10-31"].get(t).map(|s| (s.bytes_out, s.bytes_in));
+        assert_eq!(day1.get(&(t.clone(), String::new())).copied(), want, "2026-10-31 of {t}");
+    }
+
+    // series: Hour, Day, Month, Minute
+    let series = |res: &'static str| {
+        let path = format!("/api/analytics/tracking/series?{}", q(&ids_tracked, "trackingIds", &format!("{RANGE}&resolution={res}")));
+        let api = &api;
+        async move {
+            let (st, body) = api.get(&path).await;
+            assert_eq!(st, 200, "{res}: {body}");
+            by_bucket(&body["data"])
+        }
+    };
+    let want = |m: &BTreeMap<String, BTreeMap<String, ingest::simulate::Totals>>, fmt: &dyn Fn(&str) -> String| {
+        let mut w: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+        for (bucket, per) in m {
+            for (t, s) in per {
+                if t.is_empty() {
+                    continue;
+                }
+                let e = w.entry((t.clone(), fmt(bucket))).or_default();
+                e.0 += s.bytes_out;
+                e.1 += s.bytes_in;
+            }
+        }
+        w
+    };
+    assert_eq!(series("Hour").await, want(&exp.by_hour, &|h| h.to_string()), "hourly series");
+    assert!(exp.by_day.len() == 2, "crosses midnight: {:?}", exp.by_day.keys());
+    assert_eq!(series("Day").await, want(&exp.by_day, &|d| format!("{d}T00:00:00Z")), "daily series");
+    let months = want(&exp.by_day, &|d| format!("{}-01T00:00:00Z", &d[..7]));
+    assert_eq!(months.keys().map(|k| k.1.clone()).collect::<std::collections::BTreeSet<_>>().len(), 2, "two months");
+    assert_eq!(series("Month").await, months, "monthly series");
+    let minute = series("Minute").await;
+    assert!(minute.len() > 100, "many minute buckets");
+    assert!(minute.keys().all(|(_, ts)| ts.ends_with(":00Z")));
+    for t in &tracked {
+        let sum = minute.iter().filter(|(k, _)| &k.0 == t).fold((0, 0), |a, (_, v)| (a.0 + v.0, a.1 + v.1));
+        assert_eq!(sum, (exp.by_tracking[t].bytes_out, exp.by_tracking[t].bytes_in), "minute series of {t}");
+    }
+
+    // streams: per stream and tracking id, adding up to the grand total (untracked included)
+    let streams: std::collections::BTreeSet<&str> = exp.by_viewer.values().map(|v| v.stream_name.as_str()).collect();
+    assert_eq!(streams.len(), 2, "{streams:?}");
+    let sv: Vec<&str> = streams.iter().copied().collect();
+    let (st, body) = api.get(&format!("/api/analytics/tracking/streams/total?{}", q(&sv, "streamNames", RANGE))).await;
+    assert_eq!(st, 200, "{body}");
+    let mut per_tracking: BTreeMap<String, u64> = BTreeMap::new();
+    for (_, list) in body["data"].as_object().unwrap() {
+        for item in list.as_array().unwrap() {
+            *per_tracking.entry(item["trackingId"].as_str().unwrap().to_string()).or_default() += item["bytesOut"].as_u64().unwrap();
+        }
+    }
+    let want_pt: BTreeMap<String, u64> = exp.by_tracking.iter().map(|(k, t)| (k.clone(), t.bytes_out)).collect();
+    assert_eq!(per_tracking, want_pt, "streams/total per tracking id");
+    assert_eq!(per_tracking.values().sum::<u64>(), exp.total.bytes_out);
+    let (st, body) =
+        api.get(&format!("/api/analytics/tracking/streams/series?{}", q(&sv, "streamNames", &format!("{RANGE}&resolution=Hour")))).await;
+    assert_eq!(st, 200, "{body}");
+    let grand: u64 = body["data"].as_object().unwrap().values().flat_map(|l| l.as_array().unwrap()).map(|i| i["bytesOut"].as_u64().unwrap()).sum();
+    assert_eq!(grand, exp.total.bytes_out, "streams/series grand total");
+
+    // viewer records, NDJSON and CSV
+    let chosen: Vec<&str> = ids_tracked[..2].to_vec();
+    let want_viewers: BTreeMap<&String, &ingest::simulate::ViewerTotals> =
+        exp.by_viewer.iter().filter(|(_, v)| chosen.contains(&v.tracking_id.as_str())).collect();
+    assert!(!want_viewers.is_empty());
+    let body = json!({"startTime": "2026-10-31T20:00:00Z", "endTime": "2026-11-01T05:00:00Z", "trackingIds": chosen});
+    let (st, ctype, text) = api.records(body.clone(), false, SECRET).await;
+    assert_eq!(st, 200, "{text}");
+    assert!(ctype.starts_with("application/x-ndjson"), "{ctype}");
+    let recs: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
+    assert_eq!(recs.len(), want_viewers.len(), "one record per viewer");
+    for r in &recs {
+        let v = want_viewers[&r["viewerId"].as_str().unwrap().to_string()];
+        assert_eq!(r["bytesOut"].as_u64().unwrap(), v.totals.bytes_out);
+        assert_eq!(r["bytesIn"].as_u64().unwrap(), v.totals.bytes_in);
+        assert_eq!(r["customViewerData"].as_str().unwrap(), v.custom_viewer_data);
+        assert_eq!(r["trackingId"].as_str().unwrap(), v.tracking_id);
+        assert_eq!(r["streamName"].as_str().unwrap(), v.stream_name);
+        assert!(r["startTime"].as_str().unwrap() < r["endTime"].as_str().unwrap());
+    }
+    let (st, ctype, text) = api.records(body.clone(), true, SECRET).await;
+    assert_eq!(st, 200, "{text}");
+    assert!(ctype.starts_with("text/csv"), "{ctype}");
+    let mut lines = text.lines();
+    assert!(lines.next().unwrap().starts_with("viewerId,trackingId,customViewerData"));
+    let csv_rows: Vec<&str> = lines.collect();
+    assert_eq!(csv_rows.len(), want_viewers.len());
+    for l in csv_rows {
+        let viewer = l.split(',').next().unwrap().to_string();
+        let v = want_viewers[&viewer];
+        let bytes_out: u64 = l.rsplit(',').nth(1).unwrap().parse().unwrap();
+        assert_eq!(bytes_out, v.totals.bytes_out, "csv {l}");
+        if !v.custom_viewer_data.contains([',', '"']) {
+            assert!(l.contains(&format!(",{},", v.custom_viewer_data)), "{l}");
+        }
+    }
+
+    // injection attempts: empty or 400, never someone else's data
+    for evil in ["x' OR 1=1 --", "x') OR ('1'='1", "x\\' OR 1=1 --", "'; DROP TABLE usage_by_tracking; --"] {
+        let (st, body) = api.get(&format!("/api/analytics/tracking/total?{}", q(&[evil], "trackingIds", RANGE))).await;
+        assert!(st == 200 || st == 400, "{evil}: {st}");
+        if st == 200 {
+            assert_eq!(body["data"], json!({evil: []}), "{evil}");
+        }
+        let (st, _, text) =
+            api.records(json!({"startTime": "2026-10-31T20:00:00Z", "endTime": "2026-11-01T05:00:00Z", "trackingIds": [evil]}), false, SECRET).await;
+        assert!(st == 400 || (st == 200 && text.is_empty()), "{evil}: {st} {text}");
+    }
+    for evil in ["live' OR 1=1 --", "x\\' OR stream_name != '"] {
+        let (st, body) = api.get(&format!("/api/analytics/tracking/streams/total?{}", q(&[evil], "streamNames", RANGE))).await;
+        assert_eq!(st, 200, "{evil}: {body}");
+        assert_eq!(body["data"], json!({evil: []}), "{evil}");
+        let (st, body) =
+            api.get(&format!("/api/analytics/tracking/series?{}", q(&[evil], "trackingIds", &format!("{RANGE}&resolution=Minute")))).await;
+        assert_eq!(st, 200, "{evil}: {body}");
+        assert_eq!(body["data"], json!({evil: []}), "{evil}");
+    }
+    let (st, _) = api.get(&format!("/api/analytics/tracking/total?{}", q(&[&"x".repeat(129)], "trackingIds", RANGE))).await;
+    assert_eq!(st, 400, "id over 128 characters");
+    assert!(count(&db, &format!("SELECT count() FROM {}.usage_by_tracking", db.database)).await > 0, "tables intact");
+
+    // limits
+    let eleven: Vec<String> = (0..11).map(|i| format!("t{i}")).collect();
+    let eleven: Vec<&str> = eleven.iter().map(String::as_str).collect();
+    for (path, why) in [
+        (format!("/api/analytics/tracking/total?{}", q(&eleven, "trackingIds", RANGE)), "11 ids"),
+        (format!("/api/analytics/tracking/total?{}", q(&ids_tracked, "trackingIds", "startDate=2026-10-31&stopDate=2026-10-31")), "start == stop"),
+        (format!("/api/analytics/tracking/total?{}", q(&ids_tracked, "trackingIds", "startDate=2026-31-10&stopDate=2026-11-02")), "bad date"),
+        (format!("/api/analytics/tracking/total?{}", q(&ids_tracked, "trackingIds", "startDate=2025-01-01&stopDate=2026-11-02")), "totals > 366 days"),
+        (format!("/api/analytics/tracking/series?{}", q(&ids_tracked, "trackingIds", "startDate=2026-10-01&stopDate=2026-10-04&resolution=Minute")), "minute > 2 days"),
+        (format!("/api/analytics/tracking/series?{}", q(&ids_tracked, "trackingIds", "startDate=2026-09-01&stopDate=2026-11-02&resolution=Hour")), "hour > 31 days"),
+        (format!("/api/analytics/tracking/series?{}", q(&ids_tracked, "trackingIds", &format!("{RANGE}&resolution=Week"))), "bad resolution"),
+        (format!("/api/analytics/tracking/total?{RANGE}"), "no ids"),
+    ] {
+        let (st, body) = api.get(&path).await;
+        assert_eq!(st, 400, "{why}: {body}");
+        assert_eq!(body["status"], "error", "{why}");
+        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{why}");
+    }
+    let (st, _, _) = api.records(json!({"startTime": "2026-09-01T00:00:00Z", "endTime": "2026-11-01T00:00:00Z", "trackingIds": [partner]}), false, SECRET).await;
+    assert_eq!(st, 400, "records > 31 days");
+    let (st, _, _) = api.records(json!({"startTime": "yesterday", "endTime": "2026-11-01T00:00:00Z", "trackingIds": [partner]}), false, SECRET).await;
+    assert_eq!(st, 400, "records bad time");
+
+    // authentication and scoping
+    let own = format!("/api/analytics/tracking/total?{}", q(&[&partner], "trackingIds", RANGE));
+    assert_eq!(api.get_as(&own, None).await.0, 401);
+    assert_eq!(api.get_as(&own, Some("wrong-secret-0123456789abcdef")).await.0, 401);
+    let (st, body) = api.get_as(&own, Some(SCOPED)).await;
+    assert_eq!(st, 200, "{body}");
+    let e = &exp.by_tracking[&partner];
+    assert_eq!(by_bucket(&body["data"]).get(&(partner.clone(), String::new())), Some(&(e.bytes_out, e.bytes_in)));
+    let other = format!("/api/analytics/tracking/total?{}", q(&[&partner, ids_tracked[1]], "trackingIds", RANGE));
+    assert_eq!(api.get_as(&other, Some(SCOPED)).await.0, 403, "another partner's id");
+    let (st, body) = api.get_as(&format!("/api/analytics/tracking/streams/total?{}", q(&sv, "streamNames", RANGE)), Some(SCOPED)).await;
+    assert_eq!(st, 200);
+    let seen: std::collections::BTreeSet<&str> =
+        body["data"].as_object().unwrap().values().flat_map(|l| l.as_array().unwrap()).map(|i| i["trackingId"].as_str().unwrap()).collect();
+    assert_eq!(seen, [partner.as_str()].into_iter().collect(), "streams filtered to the scoped ids");
+    let (st, _, text) = api.records(json!({"startTime": "2026-10-31T20:00:00Z", "endTime": "2026-11-01T05:00:00Z", "streamNames": sv}), false, SCOPED).await;
+    assert_eq!(st, 200);
+    assert!(!text.is_empty() && text.lines().all(|l| serde_json::from_str::<Value>(l).unwrap()["trackingId"] == partner.as_str()));
+    assert_eq!(api.records(body_for(&ids_tracked[1]), false, SCOPED).await.0, 403);
+    assert_eq!(api.get_as("/api/subscribe_token", Some(SCOPED)).await.0, 403, "scoped secret on token routes");
+    assert_eq!(api.get("/api/subscribe_token").await.0, 200, "token routes still work");
+    let (st, doc) = api.get("/api/openapi.json").await;
+    assert_eq!(st, 200);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for p in ["/api/subscribe_token", "/api/analytics/tracking/total", "/api/analytics/tracking/series", "/api/records/viewers"] {
+        assert!(doc["paths"].get(p).is_some(), "{p}");
+    }
+    let _ = std::fs::remove_file(&api_cfg.store_path);
+    drop_db(&db).await;
+}
+
+fn body_for(tracking_id: &str) -> Value {
+    json!({"startTime": "2026-10-31T20:00:00Z", "endTime": "2026-11-01T05:00:00Z", "trackingIds": [tracking_id]})
+}
