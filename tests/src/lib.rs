@@ -92,7 +92,7 @@ impl Proc {
 
     /// SIGTERM and wait for a graceful exit.
     pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        unsafe_kill(self.child.id(), 15);
+        send_signal(self.child.id(), 15);
         let t = Instant::now();
         while t.elapsed() < timeout {
             if let Ok(Some(st)) = self.child.try_wait() {
@@ -109,7 +109,7 @@ impl Proc {
     }
 }
 
-fn unsafe_kill(pid: u32, sig: i32) {
+fn send_signal(pid: u32, sig: i32) {
     let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
 }
 
