@@ -97,12 +97,15 @@ pub async fn compute(store: &Store, card: &RateCard, period: &str) -> Result<Com
     let mut adjustments_report = Vec::new();
     let mut pending = Vec::new();
     let mut usage_by_partner = BTreeMap::new();
+    let mut issued_invoices = store.issued_invoices(&period).await?;
+    let billed_all = store.billed().await?;
+    let no_billing = BTreeMap::new();
     for partner in &card.partners {
         let own: BTreeMap<String, u64> =
             partner.tracking_ids.iter().filter_map(|t| usage.get(t).map(|b| (t.clone(), *b))).collect();
-        let billed = store.billed(&partner.id).await?;
-        let inv = if let Some(issued) = store.issued_invoice(&partner.id, &period).await? {
-            if let Some(late) = late_usage(&billed, &own, &partner.id, &period) {
+        let billed = billed_all.get(&partner.id).unwrap_or(&no_billing);
+        let inv = if let Some(issued) = issued_invoices.remove(&partner.id) {
+            if let Some(late) = late_usage(billed, &own, &period) {
                 let list = partner.pricing_at(from);
                 let billed_bytes: u64 = partner.tracking_ids.iter().filter_map(|t| billed.get(&(period.clone(), t.clone()))).sum();
                 let adj = price_late_usage(&list, billed_bytes, late.1, &period);
@@ -128,7 +131,7 @@ pub async fn compute(store: &Store, card: &RateCard, period: &str) -> Result<Com
                 let q_usage = &usage_cache[&q];
                 let q_own: BTreeMap<String, u64> =
                     partner.tracking_ids.iter().filter_map(|t| q_usage.get(t).map(|b| (t.clone(), *b))).collect();
-                if let Some((per_tracking, late)) = late_usage(&billed, &q_own, &partner.id, &q) {
+                if let Some((per_tracking, late)) = late_usage(billed, &q_own, &q) {
                     let (_, qf, _) = bounds(&q)?;
                     let billed_bytes: u64 = partner.tracking_ids.iter().filter_map(|t| billed.get(&(q.clone(), t.clone()))).sum();
                     let adj = price_late_usage(&partner.pricing_at(qf), billed_bytes, late, &q);
@@ -177,7 +180,6 @@ pub async fn compute(store: &Store, card: &RateCard, period: &str) -> Result<Com
 fn late_usage(
     billed: &BTreeMap<(String, String), u64>,
     usage_now: &BTreeMap<String, u64>,
-    _partner: &str,
     period: &str,
 ) -> Option<(BTreeMap<String, u64>, u64)> {
     let per: BTreeMap<String, u64> = usage_now
@@ -339,13 +341,15 @@ pub async fn reconcile(store: &Store, card: &RateCard, period: &str) -> Result<V
         detail: if over.is_empty() { format!("billed {billed_total}, late not yet billed {pending}") } else { over.join("; ") },
     });
     // issued invoices: usage lines sum to total_bytes, which equals what was recorded as billed
+    let issued = store.issued_invoices(period).await?;
+    let billed_all = store.billed().await?;
     for partner in &card.partners {
-        if let Some(inv) = store.issued_invoice(&partner.id, period).await? {
+        if let Some(inv) = issued.get(&partner.id) {
             let lines: u64 = inv.lines.iter().filter(|l| l.kind == crate::invoice::LineKind::Usage).map(|l| l.bytes).sum();
-            let recorded: u64 = store
-                .billed(&partner.id)
-                .await?
-                .iter()
+            let recorded: u64 = billed_all
+                .get(&partner.id)
+                .into_iter()
+                .flatten()
                 .filter(|((p, _), _)| p == period)
                 .map(|(_, b)| b)
                 .sum::<u64>();

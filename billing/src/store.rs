@@ -32,11 +32,6 @@ struct KeyBytes {
     bytes: u64,
 }
 
-#[derive(Debug, Deserialize, clickhouse::Row)]
-struct Doc {
-    document: String,
-}
-
 #[derive(Debug, Serialize, clickhouse::Row)]
 struct InvoiceRow<'a> {
     invoice_number: &'a str,
@@ -134,29 +129,40 @@ impl Store {
         self.by_key(&sql, from, to).await
     }
 
-    /// The issued invoice of `partner` for `period`, if any.
-    pub async fn issued_invoice(&self, partner: &str, period: &str) -> Result<Option<Invoice>, StoreError> {
-        let rows: Vec<Doc> = self
+    /// The issued invoice of every partner for `period` (one query for all partners).
+    pub async fn issued_invoices(&self, period: &str) -> Result<BTreeMap<String, Invoice>, StoreError> {
+        #[derive(Deserialize, clickhouse::Row)]
+        struct R {
+            partner_id: String,
+            document: String,
+        }
+        let rows: Vec<R> = self
             .client
             .query(&format!(
-                "SELECT document FROM {}.billing_invoices WHERE partner_id = ? AND period = ? AND status = 'issued' \
-                 ORDER BY created_at LIMIT 1",
+                "SELECT partner_id, document FROM {}.billing_invoices WHERE period = ? AND status = 'issued' \
+                 ORDER BY partner_id, created_at",
                 self.db
             ))
-            .bind(partner)
             .bind(period)
             .fetch_all()
             .await?;
-        rows.into_iter()
-            .next()
-            .map(|d| Invoice::from_json(&d.document).map_err(|e| StoreError::Corrupt(format!("{partner}/{period}"), e.to_string())))
-            .transpose()
+        let mut out = BTreeMap::new();
+        for r in rows {
+            if out.contains_key(&r.partner_id) {
+                continue; // the first issue wins; later rows would be a concurrent re-issue
+            }
+            let inv = Invoice::from_json(&r.document)
+                .map_err(|e| StoreError::Corrupt(format!("{}/{period}", r.partner_id), e.to_string()))?;
+            out.insert(r.partner_id, inv);
+        }
+        Ok(out)
     }
 
-    /// Bytes billed so far, per usage period and tracking id, for `partner`.
-    pub async fn billed(&self, partner: &str) -> Result<BTreeMap<(String, String), u64>, StoreError> {
+    /// Bytes billed so far, per partner, then per usage period and tracking id (one query).
+    pub async fn billed(&self) -> Result<BTreeMap<String, BTreeMap<(String, String), u64>>, StoreError> {
         #[derive(Deserialize, clickhouse::Row)]
         struct R {
+            partner_id: String,
             usage_period: String,
             tracking_id: String,
             bytes: u64,
@@ -164,14 +170,17 @@ impl Store {
         let rows: Vec<R> = self
             .client
             .query(&format!(
-                "SELECT usage_period, tracking_id, sum(bytes) FROM {}.billing_billed_usage WHERE partner_id = ? \
-                 GROUP BY usage_period, tracking_id",
+                "SELECT partner_id, usage_period, tracking_id, sum(bytes) FROM {}.billing_billed_usage \
+                 GROUP BY partner_id, usage_period, tracking_id",
                 self.db
             ))
-            .bind(partner)
             .fetch_all()
             .await?;
-        Ok(rows.into_iter().map(|r| ((r.usage_period, r.tracking_id), r.bytes)).collect())
+        let mut out: BTreeMap<String, BTreeMap<(String, String), u64>> = BTreeMap::new();
+        for r in rows {
+            out.entry(r.partner_id).or_default().insert((r.usage_period, r.tracking_id), r.bytes);
+        }
+        Ok(out)
     }
 
     /// Bytes billed for `usage_period`, per tracking id, across all invoices.
