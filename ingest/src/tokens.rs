@@ -85,9 +85,15 @@ pub async fn admit(cfg: &SimConfig, sessions: Vec<Session>, api: &TokenApi) -> R
         };
         let mut jwt = api::sign::sign(parent, &req, chrono::Utc::now()).map_err(|e| IngestError::Config(e.to_string()))?;
         if rng.gen_bool(api.invalid_fraction.clamp(0.0, 1.0)) {
-            // a forged token: the signature no longer matches
-            let last = jwt.pop().unwrap_or('A');
-            jwt.push(if last == 'A' { 'B' } else { 'A' });
+            // a forged token: the signature no longer matches. Change the
+            // signature's first character (six data bits); the last one also
+            // holds padding bits, so changing it could leave the signature
+            // valid or make the token non-canonical base64 instead.
+            if let Some(dot) = jwt.rfind('.') {
+                let i = dot + 1;
+                let c = if jwt.as_bytes().get(i) == Some(&b'A') { "B" } else { "A" };
+                jwt.replace_range(i..i + 1, c);
+            }
         }
         let (status, v) =
             call(&client, api, "/api/token/verify", json!({"token": jwt, "streamName": s.stream_name, "cluster": s.cluster})).await?;
