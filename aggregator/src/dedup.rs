@@ -18,13 +18,79 @@
 //! media server that re-sends two days of reports at once) is still deduped,
 //! since freshness follows arrival on the partition, not the event's own time.
 
-use rustc_hash::FxHashMap;
+use crate::state::RowCache;
+use hashbrown::hash_map::EntryRef;
+use smallvec::SmallVec;
+use rustc_hash::FxBuildHasher;
+
+type ViewerMap = hashbrown::HashMap<ViewerKey, ViewerSeqs, FxBuildHasher>;
+
+/// A viewer id as a map key: ids up to [`ViewerKey::INLINE`] bytes (UUIDs,
+/// the simulator's ids) live inside the map's slot, so a lookup compares
+/// bytes already in cache instead of following a pointer to the heap.
+#[derive(Clone)]
+pub enum ViewerKey {
+    Inline { len: u8, bytes: [u8; ViewerKey::INLINE] },
+    Heap(Box<str>),
+}
+
+impl ViewerKey {
+    pub const INLINE: usize = 38; // with `len` and the tag: 40 bytes
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            // SAFETY: built from a `&str` in `From<&str>`; `len` bytes are that str's
+            ViewerKey::Inline { len, bytes } => unsafe { std::str::from_utf8_unchecked(&bytes[..*len as usize]) },
+            ViewerKey::Heap(s) => s,
+        }
+    }
+}
+
+impl From<&str> for ViewerKey {
+    fn from(s: &str) -> Self {
+        if s.len() <= ViewerKey::INLINE {
+            let mut bytes = [0u8; ViewerKey::INLINE];
+            bytes[..s.len()].copy_from_slice(s.as_bytes());
+            ViewerKey::Inline { len: s.len() as u8, bytes }
+        } else {
+            ViewerKey::Heap(s.into())
+        }
+    }
+}
+
+impl std::borrow::Borrow<str> for ViewerKey {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+// Hash and Eq agree with `str`'s, as `Borrow<str>` requires.
+impl std::hash::Hash for ViewerKey {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.as_str().hash(h)
+    }
+}
+
+impl PartialEq for ViewerKey {
+    fn eq(&self, o: &Self) -> bool {
+        self.as_str() == o.as_str()
+    }
+}
+
+impl Eq for ViewerKey {}
+
+impl std::fmt::Debug for ViewerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_str().fmt(f)
+    }
+}
 
 /// Counted `seq` numbers of one viewer.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SeqSet {
-    /// Sorted, disjoint, non-adjacent inclusive ranges.
-    ranges: Vec<(i64, i64)>,
+    /// Sorted, disjoint, non-adjacent inclusive ranges; the usual single
+    /// range is stored inline (no allocation, no pointer to follow).
+    ranges: SmallVec<[(i64, i64); 1]>,
 }
 
 impl SeqSet {
@@ -74,7 +140,7 @@ impl SeqSet {
         if flat.len() % 2 != 0 {
             return None;
         }
-        let ranges: Vec<(i64, i64)> = flat.chunks(2).map(|c| (c[0], c[1])).collect();
+        let ranges: SmallVec<[(i64, i64); 1]> = flat.chunks(2).map(|c| (c[0], c[1])).collect();
         let ok = ranges.iter().all(|&(s, e)| s <= e)
             && ranges.windows(2).all(|w| w[0].1.checked_add(1).is_some_and(|n| n < w[1].0));
         ok.then_some(SeqSet { ranges })
@@ -89,6 +155,9 @@ pub struct ViewerSeqs {
     pub last_seen_ms: i64,
     /// Changed since the last checkpoint.
     pub dirty: bool,
+    /// Where this viewer's last event went in the pending aggregates (the hot
+    /// path's shortcut around interning and row lookups; not persisted).
+    pub(crate) cache: RowCache,
 }
 
 /// What [`Dedup::check_and_insert`] decided.
@@ -104,42 +173,53 @@ pub enum Seen {
 /// partition, since the Kafka key is `viewer_id`).
 #[derive(Debug, Default)]
 pub struct Dedup {
-    viewers: FxHashMap<Box<str>, ViewerSeqs>,
+    viewers: ViewerMap,
     horizon_ms: i64,
 }
 
 impl Dedup {
     pub fn new(horizon_ms: i64) -> Self {
-        Dedup { viewers: FxHashMap::default(), horizon_ms }
+        Dedup { viewers: ViewerMap::default(), horizon_ms }
     }
 
     /// Decide whether `(viewer, seq)` is new, and record it. `watermark_ms`
     /// is the partition watermark including this event.
     pub fn check_and_insert(&mut self, viewer: &str, seq: i64, watermark_ms: i64) -> Seen {
+        self.check_and_insert_cached(viewer, seq, watermark_ms).0
+    }
+
+    /// [`Dedup::check_and_insert`], also handing out the viewer's row cache
+    /// when the event is new (one hash lookup for both).
+    pub(crate) fn check_and_insert_cached(&mut self, viewer: &str, seq: i64, watermark_ms: i64) -> (Seen, Option<&mut RowCache>) {
         let cutoff = watermark_ms.saturating_sub(self.horizon_ms);
-        if let Some(v) = self.viewers.get_mut(viewer) {
-            let mut result = Seen::New;
-            if v.last_seen_ms < cutoff {
-                // forgotten: start afresh
-                v.seqs = SeqSet::default();
-                result = Seen::NewBeyondHorizon;
+        match self.viewers.entry_ref(viewer) {
+            EntryRef::Occupied(o) => {
+                let v = o.into_mut();
+                let mut result = Seen::New;
+                if v.last_seen_ms < cutoff {
+                    // forgotten: start afresh
+                    v.seqs = SeqSet::default();
+                    result = Seen::NewBeyondHorizon;
+                }
+                if !v.seqs.insert(seq) {
+                    return (Seen::Duplicate, None);
+                }
+                v.last_seen_ms = watermark_ms;
+                v.dirty = true;
+                (result, Some(&mut v.cache))
             }
-            if !v.seqs.insert(seq) {
-                return Seen::Duplicate;
+            EntryRef::Vacant(e) => {
+                let mut seqs = SeqSet::default();
+                seqs.insert(seq);
+                let v = e.insert(ViewerSeqs { seqs, last_seen_ms: watermark_ms, dirty: true, cache: RowCache::default() });
+                (Seen::New, Some(&mut v.cache))
             }
-            v.last_seen_ms = watermark_ms;
-            v.dirty = true;
-            return result;
         }
-        let mut seqs = SeqSet::default();
-        seqs.insert(seq);
-        self.viewers.insert(viewer.into(), ViewerSeqs { seqs, last_seen_ms: watermark_ms, dirty: true });
-        Seen::New
     }
 
     /// Put back a viewer's state loaded from a checkpoint.
     pub fn restore(&mut self, viewer: &str, seqs: SeqSet, last_seen_ms: i64) {
-        self.viewers.insert(viewer.into(), ViewerSeqs { seqs, last_seen_ms, dirty: false });
+        self.viewers.insert(viewer.into(), ViewerSeqs { seqs, last_seen_ms, dirty: false, cache: RowCache::default() });
     }
 
     /// Drop viewers past the horizon (memory only: lookups already treat them as forgotten).
@@ -152,7 +232,7 @@ impl Dedup {
 
     /// Viewers changed since the last [`Dedup::mark_clean`].
     pub fn dirty(&self) -> impl Iterator<Item = (&str, &ViewerSeqs)> {
-        self.viewers.iter().filter(|(_, v)| v.dirty).map(|(k, v)| (&**k, v))
+        self.viewers.iter().filter(|(_, v)| v.dirty).map(|(k, v)| (k.as_str(), v))
     }
 
     pub fn mark_clean(&mut self) {
@@ -212,6 +292,23 @@ mod tests {
         assert_eq!(d.check_and_insert("v", 0, 1_001 + 2 * h), Seen::NewBeyondHorizon);
         assert_eq!(d.check_and_insert("v", 0, 1_001 + 2 * h), Seen::Duplicate, "a fresh state dedups again");
         assert_eq!(d.check_and_insert("v", 1, 1_001 + 2 * h), Seen::New, "the forgotten seq 1 counts again");
+    }
+
+    #[test]
+    fn short_and_long_viewer_ids_are_keys() {
+        let mut d = Dedup::new(1_000);
+        let long = "v".repeat(ViewerKey::INLINE + 1);
+        let at_limit = "w".repeat(ViewerKey::INLINE);
+        for id in [long.as_str(), at_limit.as_str(), "", "ü"] {
+            assert_eq!(d.check_and_insert(id, 7, 0), Seen::New, "{id}");
+            assert_eq!(d.check_and_insert(id, 7, 0), Seen::Duplicate, "{id}");
+        }
+        assert!(matches!(ViewerKey::from(long.as_str()), ViewerKey::Heap(_)));
+        assert!(matches!(ViewerKey::from(at_limit.as_str()), ViewerKey::Inline { .. }));
+        assert_eq!(std::mem::size_of::<ViewerKey>(), 40);
+        let mut dirty: Vec<&str> = d.dirty().map(|(k, _)| k).collect();
+        dirty.sort();
+        assert_eq!(dirty, ["", &long, &at_limit, "ü"]);
     }
 
     proptest! {

@@ -99,18 +99,72 @@ pub struct DeadLetter {
     pub payload: Vec<u8>,
 }
 
+/// Rows of one table: sums in arrival order, with an index by key.
+#[derive(Debug)]
+struct Rows<K> {
+    index: FxHashMap<K, u32>,
+    rows: Vec<(K, Sums)>,
+}
+
+impl<K> Default for Rows<K> {
+    fn default() -> Self {
+        Rows { index: FxHashMap::default(), rows: Vec::new() }
+    }
+}
+
+impl<K: Copy + Eq + std::hash::Hash> Rows<K> {
+    /// Index of `key`'s row, created empty if new.
+    #[inline]
+    fn slot(&mut self, key: K) -> u32 {
+        let rows = &mut self.rows;
+        *self.index.entry(key).or_insert_with(|| {
+            rows.push((key, Sums::default()));
+            (rows.len() - 1) as u32
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.rows.len()
+    }
+}
+
 /// Aggregates accumulated since the last flush cut.
 #[derive(Debug, Default)]
 struct Pending {
     strings: Interner,
-    tracking: FxHashMap<TrackingKey, Sums>,
-    viewer: FxHashMap<ViewerKey, Sums>,
+    tracking: Rows<TrackingKey>,
+    viewer: Rows<ViewerKey>,
     dead: Vec<DeadLetter>,
 }
 
 impl Pending {
     fn rows(&self) -> usize {
         self.tracking.len() + self.viewer.len() + self.dead.len()
+    }
+}
+
+/// No row (the table already holds the event's offset).
+const NO_ROW: u32 = u32::MAX;
+
+/// Where a viewer's last event went, kept in the viewer's dedup entry so the
+/// viewer's next event (usually the same window and attributes) skips the
+/// interning and both row lookups: the event's strings are compared with the
+/// cached ones instead of hashed. Valid only for the accumulation it was
+/// made in (`generation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RowCache {
+    generation: u32,
+    window: u32,
+    protocol: Protocol,
+    /// tracking, account, stream, cluster, custom viewer data
+    syms: [Sym; 5],
+    tracking_row: u32,
+    viewer_row: u32,
+}
+
+impl Default for RowCache {
+    fn default() -> Self {
+        RowCache { generation: 0, window: 0, protocol: Protocol::Webrtc, syms: [0; 5], tracking_row: NO_ROW, viewer_row: NO_ROW }
     }
 }
 
@@ -146,6 +200,8 @@ pub struct PartitionState {
     pub thresholds: Thresholds,
     pub dedup: Dedup,
     pending: Pending,
+    /// Counts flush cuts: tells row caches of an earlier accumulation apart.
+    generation: u32,
 }
 
 impl PartitionState {
@@ -158,6 +214,7 @@ impl PartitionState {
             thresholds,
             dedup,
             pending: Pending::default(),
+            generation: 1,
         }
     }
 
@@ -168,7 +225,7 @@ impl PartitionState {
 
     /// Distinct windows with pending rows (the "open windows" metric).
     pub fn open_windows(&self) -> usize {
-        let mut w: Vec<u32> = self.pending.tracking.keys().map(|k| k.window).collect();
+        let mut w: Vec<u32> = self.pending.tracking.rows.iter().map(|(k, _)| k.window).collect();
         w.sort_unstable();
         w.dedup();
         w.len()
@@ -202,35 +259,50 @@ impl PartitionState {
         let window_ms = ev.window_start_ms(width_ms);
         let late = window_ms + width_ms <= self.watermark_ms;
         self.watermark_ms = self.watermark_ms.max(ev.interval_start);
-        let seen = self.dedup.check_and_insert(&ev.viewer_id, ev.seq, self.watermark_ms);
-        if seen == Seen::Duplicate {
+        let (seen, cache) = self.dedup.check_and_insert_cached(&ev.viewer_id, ev.seq, self.watermark_ms);
+        let Some(cache) = cache else {
             return Outcome::Duplicate;
-        }
+        };
         let window = (window_ms / 1000) as u32;
         let p = &mut self.pending;
         let (to_tracking, to_viewer) = (offset >= self.thresholds.tracking, offset >= self.thresholds.viewer);
-        if to_tracking || to_viewer {
-            // intern the shared dimensions once for both tables
-            let tracking = p.strings.intern(ev.tracking_id_or_empty());
-            let account = p.strings.intern(&ev.account_id);
-            let stream = p.strings.intern(&ev.stream_name);
-            let cluster = p.strings.intern(&ev.cluster);
+        let fields = [
+            ev.tracking_id_or_empty(),
+            &*ev.account_id,
+            &*ev.stream_name,
+            &*ev.cluster,
+            ev.custom_viewer_data_or_empty(),
+        ];
+        let hit = cache.generation == self.generation
+            && cache.window == window
+            && cache.protocol == ev.protocol
+            && (!to_tracking || cache.tracking_row != NO_ROW)
+            && (!to_viewer || cache.viewer_row != NO_ROW)
+            && cache.syms.iter().zip(fields).all(|(&sym, f)| p.strings.get(sym) == f);
+        if !hit && (to_tracking || to_viewer) {
+            let [tracking, account, stream, cluster, cvd] = fields.map(|f| p.strings.intern(f));
+            *cache = RowCache {
+                generation: self.generation,
+                window,
+                protocol: ev.protocol,
+                syms: [tracking, account, stream, cluster, cvd],
+                tracking_row: NO_ROW,
+                viewer_row: NO_ROW,
+            };
             if to_tracking {
-                let key = TrackingKey { window, tracking, account, stream, cluster, protocol: ev.protocol };
-                p.tracking.entry(key).or_default().add(&ev);
+                cache.tracking_row =
+                    p.tracking.slot(TrackingKey { window, tracking, account, stream, cluster, protocol: ev.protocol });
             }
             if to_viewer {
-                let key = ViewerKey {
-                    window,
-                    tracking,
-                    cvd: p.strings.intern(ev.custom_viewer_data_or_empty()),
-                    viewer: p.strings.intern(&ev.viewer_id),
-                    account,
-                    stream,
-                    cluster,
-                };
-                p.viewer.entry(key).or_default().add(&ev);
+                let viewer = p.strings.intern(&ev.viewer_id);
+                cache.viewer_row = p.viewer.slot(ViewerKey { window, tracking, cvd, viewer, account, stream, cluster });
             }
+        }
+        if to_tracking {
+            p.tracking.rows[cache.tracking_row as usize].1.add(&ev);
+        }
+        if to_viewer {
+            p.viewer.rows[cache.viewer_row as usize].1.add(&ev);
         }
         Outcome::Counted { late, beyond_horizon: seen == Seen::NewBeyondHorizon }
     }
@@ -251,11 +323,13 @@ impl PartitionState {
     /// and start a fresh accumulation.
     pub fn cut(&mut self, topic: &str, now_secs: u32, out: &mut tables::BatchRows) {
         let p = std::mem::take(&mut self.pending);
+        // row caches point into the accumulation just taken
+        self.generation = self.generation.wrapping_add(1).max(1);
         let part = self.partition as u32;
         let pos = self.position as u64;
         let s = &p.strings;
         let mut any = [false; 3];
-        for (k, v) in &p.tracking {
+        for (k, v) in &p.tracking.rows {
             tables::tracking_row(
                 &mut out.tracking,
                 k.window,
@@ -266,7 +340,7 @@ impl PartitionState {
             );
             any[0] = true;
         }
-        for (k, v) in &p.viewer {
+        for (k, v) in &p.viewer.rows {
             tables::viewer_row(
                 &mut out.viewer,
                 k.window,
@@ -351,8 +425,8 @@ mod tests {
     }
 
     fn total(st: &PartitionState) -> (u64, u64) {
-        let t: u64 = st.pending.tracking.values().map(|s| s.bytes_out).sum();
-        let v: u64 = st.pending.viewer.values().map(|s| s.bytes_out).sum();
+        let t: u64 = st.pending.tracking.rows.iter().map(|(_, s)| s.bytes_out).sum();
+        let v: u64 = st.pending.viewer.rows.iter().map(|(_, s)| s.bytes_out).sum();
         (t, v)
     }
 
@@ -375,6 +449,74 @@ mod tests {
         assert_eq!(total(&st), (150, 150));
         assert_eq!(st.pending.dead.len(), 4);
         assert_eq!(st.position, 7);
+    }
+
+    /// Pending viewer rows as `(window, [tracking, cvd, viewer, stream], protocol-free) -> bytes_out`,
+    /// taken out as a flush cut does.
+    fn take_viewer_rows(st: &mut PartitionState) -> std::collections::BTreeMap<(u32, [String; 4]), u64> {
+        let mut out = tables::BatchRows::default();
+        let p = &st.pending;
+        let s = &p.strings;
+        let rows = p
+            .viewer
+            .rows
+            .iter()
+            .map(|(k, v)| {
+                let names = [k.tracking, k.cvd, k.viewer, k.stream].map(|x| s.get(x).to_string());
+                ((k.window, names), v.bytes_out)
+            })
+            .collect();
+        st.cut("t", 0, &mut out);
+        rows
+    }
+
+    proptest::proptest! {
+        /// The row cache (viewer -> last rows) never sends bytes to another
+        /// key's row: viewers switching stream, tracking id, custom data or
+        /// window, with flush cuts in between, give the same rows as summing
+        /// each event under its own key.
+        #[test]
+        fn cached_rows_equal_a_plain_sum(
+            evs in proptest::collection::vec((0u8..3, 0u8..2, 0u8..2, 0u8..2, 0u8..3, 1i64..1000, proptest::bool::ANY), 1..200)
+        ) {
+            let codec = Codec::new();
+            let mut st = state();
+            let t0 = 1_764_000_000_000;
+            let mut want = std::collections::BTreeMap::new();
+            let mut got = std::collections::BTreeMap::new();
+            for (i, (viewer, stream, tracking, cvd, window, bytes, cut)) in evs.into_iter().enumerate() {
+                let names = [format!("t{tracking}"), if cvd == 0 { String::new() } else { format!("c{cvd}") }, format!("v{viewer}"), format!("s{stream}")];
+                let t = t0 + window as i64 * 60_000;
+                let e = ViewerUsage {
+                    viewer_id: Cow::Borrowed(&names[2]),
+                    seq: i as i64,
+                    interval_start: t,
+                    interval_end: t + 1000,
+                    bytes_out: bytes,
+                    bytes_in: 0,
+                    account_id: "a".into(),
+                    stream_name: Cow::Borrowed(&names[3]),
+                    cluster: "c".into(),
+                    server_id: "x".into(),
+                    protocol: Protocol::Webrtc,
+                    token_id: None,
+                    tracking_id: Some(Cow::Borrowed(&names[0])),
+                    custom_viewer_data: (cvd != 0).then(|| Cow::Borrowed(names[1].as_str())),
+                };
+                let counted = matches!(st.process(i as i64, &codec.encode_to_vec(&e), &codec, &limits(), NOW), Outcome::Counted { .. });
+                proptest::prop_assert!(counted);
+                *want.entry(((t / 1000) as u32 / 60 * 60, names.clone())).or_insert(0u64) += bytes as u64;
+                if cut {
+                    for (k, v) in take_viewer_rows(&mut st) {
+                        *got.entry(k).or_insert(0) += v;
+                    }
+                }
+            }
+            for (k, v) in take_viewer_rows(&mut st) {
+                *got.entry(k).or_insert(0) += v;
+            }
+            proptest::prop_assert_eq!(got, want);
+        }
     }
 
     #[test]

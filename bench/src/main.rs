@@ -64,6 +64,10 @@ enum Cmd {
         /// Repetitions (best is reported)
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// Run only the project's hot path, many rounds, for a profiler
+        /// (`perf record -- bench codec --profile`)
+        #[arg(long)]
+        profile: bool,
     },
 }
 
@@ -71,14 +75,14 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     eprintln!("machine: {}", machine());
     match Cli::parse().cmd {
-        Cmd::Codec { events, rounds } => codec(events, rounds),
+        Cmd::Codec { events, rounds, profile } => codec(events, rounds, profile),
         Cmd::Memory { viewers } => memory(viewers),
         Cmd::Aggregator { events, viewers, dup_pct } => rt.block_on(bench_aggregator(events, viewers, dup_pct)),
         Cmd::Ingest { events } => rt.block_on(bench_ingest(events)),
         Cmd::Billing { tracking_ids } => rt.block_on(bench_billing(tracking_ids)),
         Cmd::Latency { rate, seconds } => rt.block_on(bench_latency(rate, seconds)),
         Cmd::All => {
-            codec(1_000_000, 3)?;
+            codec(1_000_000, 3, false)?;
             memory(1_000_000)?;
             rt.block_on(bench_ingest(300_000))?;
             rt.block_on(bench_billing(10_000))?;
@@ -370,7 +374,7 @@ fn machine() -> String {
     format!("{} cores, {cpu}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
 }
 
-fn codec(events: usize, rounds: usize) -> Result<()> {
+fn codec(events: usize, rounds: usize, profile: bool) -> Result<()> {
     let codec = Codec::new();
     // realistic events: the simulator's, many viewers
     let cfg = SimConfig {
@@ -411,6 +415,10 @@ fn codec(events: usize, rounds: usize) -> Result<()> {
         }
         st.pending_rows() as u64
     });
+    if profile {
+        eprintln!("hot path only: {:.0} events/s", n as f64 / ours);
+        return Ok(());
+    }
     // project: decode only
     let decode_only = best(&mut || {
         let mut s = 0u64;

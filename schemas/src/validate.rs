@@ -68,14 +68,16 @@ pub fn validate(ev: &ViewerUsage<'_>, now_ms: Option<i64>) -> Result<(), Vec<Fie
             bad("interval_end", "is more than 5 minutes in the future".into());
         }
     }
+    // a string of at most N bytes has at most N characters: count only longer ones
+    let chars = |s: &str, max: usize| if s.len() <= max { s.len() } else { s.chars().count() };
     if let Some(t) = &ev.tracking_id {
-        let n = t.chars().count();
+        let n = chars(t, MAX_TRACKING_ID_CHARS);
         if n > MAX_TRACKING_ID_CHARS {
             bad("tracking_id", format!("{n} characters, at most {MAX_TRACKING_ID_CHARS} allowed"));
         }
     }
     if let Some(c) = &ev.custom_viewer_data {
-        let n = c.chars().count();
+        let n = chars(c, MAX_CUSTOM_VIEWER_DATA_CHARS);
         if n > MAX_CUSTOM_VIEWER_DATA_CHARS {
             bad(
                 "custom_viewer_data",
