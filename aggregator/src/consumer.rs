@@ -123,6 +123,7 @@ pub fn run(cfg: &AggregatorConfig, consumer: BaseConsumer<AggContext>, shutdown:
     let mut next_lag = Instant::now();
     let mut backoff = Duration::from_millis(250);
     let mut paused = false;
+    let topic_c = std::ffi::CString::new(cfg.kafka.topic.as_str()).map_err(|_| AggError::Config("topic contains NUL".into()))?;
     while !shutdown.load(Ordering::Relaxed) {
         if let Some(msg) = ctx.fatal.lock().expect("lock").take() {
             return Err(AggError::Config(format!("cannot load partition state: {msg}")));
@@ -183,9 +184,7 @@ pub fn run(cfg: &AggregatorConfig, consumer: BaseConsumer<AggContext>, shutdown:
         if Instant::now() >= next_lag {
             next_lag = Instant::now() + Duration::from_secs(10);
             for p in core.assigned() {
-                if let (Ok((_, high)), Some(pos)) =
-                    (consumer.fetch_watermarks(&cfg.kafka.topic, p, Duration::from_millis(200)), core.position(p))
-                {
+                if let (Some(high), Some(pos)) = (cached_high_watermark(&consumer, &topic_c, p), core.position(p)) {
                     core.metrics.consumer_lag.with_label_values(&[&p.to_string()]).set((high - pos).max(0));
                 }
             }
@@ -216,6 +215,27 @@ pub fn run(cfg: &AggregatorConfig, consumer: BaseConsumer<AggContext>, shutdown:
     consumer.unsubscribe();
     info!("AggregatorStopped");
     Ok(())
+}
+
+/// The partition's high watermark as of the last fetch response, without a
+/// request to the broker. (`fetch_watermarks` sends a ListOffsets request;
+/// with a short timeout librdkafka times it out behind the fetches queued on
+/// the same connection, and repeated timeouts make it drop the connection,
+/// fetches included: a stall of seconds every time the lag was measured.)
+fn cached_high_watermark(consumer: &BaseConsumer<AggContext>, topic: &std::ffi::CStr, partition: i32) -> Option<i64> {
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: a live client handle, a NUL-terminated topic and two out-pointers
+    // to locals; librdkafka only reads its cached values under its own lock.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
 }
 
 fn commit_positions(consumer: &BaseConsumer<AggContext>, topic: &str, positions: &[(i32, i64)]) {
