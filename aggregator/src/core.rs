@@ -97,6 +97,7 @@ impl Core {
             out.push((p, l.position));
         }
         self.metrics.assigned_partitions.set(self.parts.len() as i64);
+        self.metrics.group_joined.set(1);
         Ok(out)
     }
 
@@ -229,6 +230,7 @@ impl Core {
                     Ok(false) => {}
                     Err(e) => {
                         self.metrics.flush_errors.inc();
+                        self.metrics.flush_failing.set(1);
                         return Err(e);
                     }
                 }
@@ -245,10 +247,12 @@ impl Core {
                 Err(e) => {
                     batch.uncertain[i] = true;
                     self.metrics.flush_errors.inc();
+                    self.metrics.flush_failing.set(1);
                     return Err(e);
                 }
             }
         }
+        self.metrics.flush_failing.set(0);
         let batch = self.inflight.take().expect("batch in flight");
         let mut report = FlushReport { rows: batch.rows.total_rows(), checkpointed: vec![] };
         for &(p, pos, wm) in &batch.rows.positions {

@@ -19,6 +19,10 @@ pub struct Metrics {
     pub pending_rows: IntGauge,
     pub dedup_viewers: IntGauge,
     pub assigned_partitions: IntGauge,
+    /// 1 once the member completed its first partition assignment (also of zero partitions).
+    pub group_joined: IntGauge,
+    /// 1 while the latest flush attempt failed (ClickHouse not writable).
+    pub flush_failing: IntGauge,
 }
 
 impl Metrics {
@@ -72,6 +76,8 @@ impl Metrics {
             pending_rows: reg!(IntGauge::new("aggregator_pending_rows", "Aggregate rows not yet written").unwrap()),
             dedup_viewers: reg!(IntGauge::new("aggregator_dedup_viewers", "Viewers held in the dedup state").unwrap()),
             assigned_partitions: reg!(IntGauge::new("aggregator_assigned_partitions", "Partitions assigned to this member").unwrap()),
+            group_joined: reg!(IntGauge::new("aggregator_group_joined", "1 once the first partition assignment completed").unwrap()),
+            flush_failing: reg!(IntGauge::new("aggregator_flush_failing", "1 while the latest flush attempt failed").unwrap()),
             registry,
         }
     }

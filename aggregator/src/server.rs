@@ -1,4 +1,6 @@
-//! `/metrics` (Prometheus text) and `/healthz` over HTTP.
+//! `/metrics` (Prometheus text), `/healthz` (liveness: ClickHouse answers)
+//! and `/readyz` (readiness: also joined the consumer group and the latest
+//! flush succeeded) over HTTP.
 
 use crate::metrics::Metrics;
 use axum::{extract::State, http::StatusCode, routing::get, Router};
@@ -23,7 +25,30 @@ pub async fn serve(listen: &str, metrics: Arc<Metrics>, ch: clickhouse::Client) 
                 }
             }),
         )
+        .route("/readyz", get(readyz))
         .with_state(AppState { metrics, ch });
     let listener = tokio::net::TcpListener::bind(listen).await?;
     axum::serve(listener, app).await
+}
+
+/// 200 with `{"ready": true, ...}` when this member can do its job: ClickHouse
+/// answers, it has joined the consumer group, and its latest flush was written;
+/// otherwise 503 with the reasons.
+async fn readyz(State(s): State<AppState>) -> (StatusCode, axum::Json<serde_json::Value>) {
+    let mut reasons = Vec::new();
+    if let Err(e) = s.ch.query("SELECT 1").fetch_one::<u8>().await {
+        reasons.push(format!("clickhouse: {e}"));
+    }
+    if s.metrics.group_joined.get() == 0 {
+        reasons.push("not yet assigned partitions by the consumer group".to_string());
+    }
+    if s.metrics.flush_failing.get() != 0 {
+        reasons.push("the latest flush to ClickHouse failed (retrying)".to_string());
+    }
+    let body = serde_json::json!({
+        "ready": reasons.is_empty(),
+        "reasons": reasons,
+        "assignedPartitions": s.metrics.assigned_partitions.get(),
+    });
+    (if reasons.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, axum::Json(body))
 }

@@ -164,6 +164,7 @@ pub fn router(cfg: &ApiConfig, store: Arc<Store>) -> Result<Router, ApiError> {
     Ok(Router::new()
         .merge(api)
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_handler))
         .layer(middleware::from_fn_with_state(state.clone(), count_requests))
         .with_state(state))
@@ -229,6 +230,20 @@ async fn healthz(State(s): State<Arc<AppState>>) -> Response {
             (StatusCode::SERVICE_UNAVAILABLE, "token store unavailable").into_response()
         }
     }
+}
+
+/// Readiness: the token store and ClickHouse (statistics) both answer.
+async fn readyz(State(s): State<Arc<AppState>>) -> Response {
+    let mut reasons = Vec::new();
+    if let Err(e) = s.store.list_publish() {
+        tracing::error!(error = %e, "ReadinessCheckFailed");
+        reasons.push("token store unavailable".to_string());
+    }
+    if let Err(e) = s.ch.query("SELECT 1").fetch_one::<u8>().await {
+        reasons.push(format!("clickhouse: {e}"));
+    }
+    let status = if reasons.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(serde_json::json!({"ready": reasons.is_empty(), "reasons": reasons}))).into_response()
 }
 
 async fn metrics_handler(State(s): State<Arc<AppState>>) -> Response {

@@ -142,6 +142,7 @@ pub fn router(cfg: IngestConfig) -> Result<Router, crate::IngestError> {
     Ok(Router::new()
         .merge(api)
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state))
 }
@@ -287,6 +288,23 @@ async fn healthz(State(s): State<Arc<AppState>>) -> Response {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "error", "kafka": "unreachable"}))).into_response()
     }
+}
+
+/// Readiness: the broker answers and the in-flight queue has room, so a
+/// request sent now would be taken (a load balancer stops routing here
+/// otherwise). 503 with the reasons.
+async fn readyz(State(s): State<Arc<AppState>>) -> Response {
+    let p = s.producer.clone();
+    let up = tokio::task::spawn_blocking(move || p.broker_reachable(Duration::from_secs(2))).await.unwrap_or(false);
+    let mut reasons = Vec::new();
+    if !up {
+        reasons.push("kafka unreachable");
+    }
+    if s.inflight.available_permits() == 0 {
+        reasons.push("in-flight request queue is full");
+    }
+    let status = if reasons.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({"ready": reasons.is_empty(), "reasons": reasons}))).into_response()
 }
 
 async fn metrics(State(s): State<Arc<AppState>>) -> Response {

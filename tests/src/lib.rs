@@ -293,3 +293,8 @@ pub async fn read_topic(topic: &str, partitions: i32, want: usize, quiet: Durati
     .await
     .unwrap()
 }
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (for a child process to listen on).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}

@@ -121,6 +121,11 @@ async fn broker_down_gives_503_with_retry_after_and_loses_nothing_acknowledged()
         let h = client.get(format!("{url}/healthz")).send().await.unwrap();
         assert_eq!(h.status().as_u16(), 503, "/healthz with Kafka down");
         assert!(t.elapsed() < Duration::from_secs(15), "/healthz answered in {:?}", t.elapsed());
+        let r = client.get(format!("{url}/readyz")).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 503, "/readyz with Kafka down");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["ready"], false);
+        assert!(body["reasons"].to_string().contains("kafka unreachable"), "{body}");
 
         assert!(stack("start-kafka"), "Kafka started");
         // the client re-sends its last refused batch until it is accepted
@@ -145,6 +150,7 @@ async fn broker_down_gives_503_with_retry_after_and_loses_nothing_acknowledged()
     assert_eq!(r.status, 200, "{}", r.text);
     acked.extend(after);
     assert_eq!(client.get(format!("{url}/healthz")).send().await.unwrap().status().as_u16(), 200);
+    assert_eq!(client.get(format!("{url}/readyz")).send().await.unwrap().status().as_u16(), 200);
 
     let on_topic: HashSet<OwnedViewerUsage> = read_topic(&topic, acked.len()).await.into_iter().collect();
     let lost: Vec<_> = acked.iter().filter(|e| !on_topic.contains(*e)).collect();
