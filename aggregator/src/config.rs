@@ -32,6 +32,14 @@ pub struct AggregatorConfig {
     pub max_future_secs: u64,
     /// Address of the `/metrics` and `/healthz` HTTP endpoint; empty disables it.
     pub metrics_listen: String,
+    /// Where to start a partition that has no checkpoint in ClickHouse yet (a
+    /// new deployment, or a backfill into a fresh database): `earliest` (the
+    /// default), `latest`, an RFC 3339 time (the first offset at or after it,
+    /// by Kafka timestamp; needs a broker with ListOffsets by time, which
+    /// tansu 0.6 lacks), or offsets per partition `0:1200,1:1187`
+    /// (unlisted partitions start at the earliest). Ignored once a
+    /// partition has a checkpoint: restarts always resume from ClickHouse.
+    pub start_from: String,
     /// Name of this member in checkpoints and logs; default host name and pid.
     pub member_id: String,
     /// Log as JSON lines.
@@ -53,6 +61,7 @@ impl Default for AggregatorConfig {
             max_lateness_secs: 35 * 24 * 3600,
             max_future_secs: 3600,
             metrics_listen: "127.0.0.1:9101".into(),
+            start_from: "earliest".into(),
             member_id: String::new(),
             json_logs: false,
         }
@@ -78,6 +87,8 @@ impl AggregatorConfig {
             return Err("group_id and kafka.topic must not be empty".into());
         }
         schemas::ch::check_identifier(&self.clickhouse.database).map_err(|e| e.to_string())?;
+        self.clickhouse.layout().map_err(|e| format!("clickhouse.cluster: {e}"))?;
+        StartFrom::parse(&self.start_from)?;
         Ok(())
     }
 
@@ -87,6 +98,60 @@ impl AggregatorConfig {
             format!("{}-{}", host.trim(), std::process::id())
         } else {
             self.member_id.clone()
+        }
+    }
+}
+
+/// Parsed [`AggregatorConfig::start_from`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartFrom {
+    Earliest,
+    Latest,
+    /// Epoch milliseconds.
+    Time(i64),
+    /// `(partition, offset)`; other partitions start at the earliest.
+    Offsets(Vec<(i32, i64)>),
+}
+
+impl StartFrom {
+    pub fn parse(s: &str) -> Result<StartFrom, String> {
+        let s = s.trim();
+        match s {
+            "" | "earliest" => return Ok(StartFrom::Earliest),
+            "latest" => return Ok(StartFrom::Latest),
+            _ => {}
+        }
+        if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+            return Ok(StartFrom::Time(t.timestamp_millis()));
+        }
+        let bad = || format!("start_from = {s:?}: expected earliest, latest, an RFC 3339 time or partition:offset pairs like 0:1200,1:1187");
+        let mut out = Vec::new();
+        for pair in s.split(',') {
+            let (p, o) = pair.trim().split_once(':').ok_or_else(bad)?;
+            let p: i32 = p.trim().parse().map_err(|_| bad())?;
+            let o: i64 = o.trim().parse().map_err(|_| bad())?;
+            if p < 0 || o < 0 || out.iter().any(|&(q, _)| q == p) {
+                return Err(bad());
+            }
+            out.push((p, o));
+        }
+        Ok(StartFrom::Offsets(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_from_forms() {
+        assert_eq!(StartFrom::parse("earliest"), Ok(StartFrom::Earliest));
+        assert_eq!(StartFrom::parse("latest"), Ok(StartFrom::Latest));
+        assert_eq!(StartFrom::parse("2026-11-01T00:00:00Z"), Ok(StartFrom::Time(1_793_491_200_000)));
+        assert_eq!(StartFrom::parse("0:12, 3:0"), Ok(StartFrom::Offsets(vec![(0, 12), (3, 0)])));
+        for bad in ["yesterday", "0:", "0:1,0:2", "-1:5", "1:-5", "2026-11-01"] {
+            let e = StartFrom::parse(bad).unwrap_err();
+            assert!(e.contains("start_from"), "{bad}: {e}");
         }
     }
 }

@@ -3,7 +3,7 @@
 //! partition state. All ClickHouse I/O runs on the tokio runtime through
 //! `Handle::block_on`, so the loop stays strictly sequential.
 
-use crate::config::AggregatorConfig;
+use crate::config::{AggregatorConfig, StartFrom};
 use crate::core::{clock_ms, Core};
 use crate::error::AggError;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
@@ -31,9 +31,54 @@ pub struct AggContext {
     reload: Mutex<Vec<i32>>,
     /// Set when the callback could not load state: the loop stops with this error.
     fatal: Mutex<Option<String>>,
+    /// Where partitions without a checkpoint start.
+    start_from: StartFrom,
 }
 
 impl ClientContext for AggContext {}
+
+impl AggContext {
+    /// Where each partition starts: its checkpoint, or `start_from` when
+    /// ClickHouse has none for it.
+    fn start_offsets(&self, consumer: &BaseConsumer<Self>, positions: &[(i32, Option<i64>)]) -> Result<Vec<(i32, Offset)>, String> {
+        let mut out = Vec::new();
+        let mut by_time = TopicPartitionList::new();
+        for &(p, pos) in positions {
+            let offset = match (pos, &self.start_from) {
+                (Some(pos), _) => Offset::Offset(pos),
+                (None, StartFrom::Earliest) => Offset::Beginning,
+                (None, StartFrom::Latest) => Offset::End,
+                (None, StartFrom::Offsets(list)) => {
+                    list.iter().find(|&&(q, _)| q == p).map(|&(_, o)| Offset::Offset(o)).unwrap_or(Offset::Beginning)
+                }
+                (None, StartFrom::Time(ms)) => {
+                    by_time.add_partition_offset(&self.topic, p, Offset::Offset(*ms)).map_err(|e| e.to_string())?;
+                    continue;
+                }
+            };
+            if pos.is_none() {
+                info!(partition = p, ?offset, "PartitionStartsWithoutCheckpoint");
+            }
+            out.push((p, offset));
+        }
+        if by_time.count() > 0 {
+            let found = consumer
+                .offsets_for_times(by_time, Duration::from_secs(30))
+                .map_err(|e| format!("start_from by time: offsets for times failed ({e}); use partition:offset pairs"))?;
+            for e in found.elements() {
+                let offset = match e.offset() {
+                    Offset::Offset(o) => Offset::Offset(o),
+                    // no message at or after the time yet
+                    Offset::End => Offset::End,
+                    other => return Err(format!("start_from by time: the broker answered {other:?} for partition {}; use partition:offset pairs", e.partition())),
+                };
+                info!(partition = e.partition(), ?offset, "PartitionStartsWithoutCheckpoint");
+                out.push((e.partition(), offset));
+            }
+        }
+        Ok(out)
+    }
+}
 
 impl ConsumerContext for AggContext {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
@@ -62,8 +107,16 @@ impl ConsumerContext for AggContext {
                     let _ = consumer.assign(&TopicPartitionList::new());
                     return;
                 };
-                for (p, pos) in positions {
-                    let offset = pos.map(Offset::Offset).unwrap_or(Offset::Beginning);
+                let starts = match self.start_offsets(consumer, &positions) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        error!(error = %e, "PartitionLoadFailed: giving up");
+                        *self.fatal.lock().expect("lock") = Some(e);
+                        let _ = consumer.assign(&TopicPartitionList::new());
+                        return;
+                    }
+                };
+                for (p, offset) in starts {
                     if let Err(e) = tpl.set_partition_offset(&self.topic, p, offset) {
                         error!(partition = p, error = %e, "cannot set start offset");
                     }
@@ -96,6 +149,7 @@ pub fn create_consumer(cfg: &AggregatorConfig, core: Core, rt: Handle) -> KafkaR
         topic: cfg.kafka.topic.clone(),
         reload: Mutex::new(Vec::new()),
         fatal: Mutex::new(None),
+        start_from: StartFrom::parse(&cfg.start_from).map_err(|e| rdkafka::error::KafkaError::ClientCreation(e))?,
     };
     let mut c = cfg.kafka.client_config();
     c.set("group.id", &cfg.group_id)
@@ -129,7 +183,9 @@ pub fn run(cfg: &AggregatorConfig, consumer: BaseConsumer<AggContext>, shutdown:
             return Err(AggError::Config(format!("cannot load partition state: {msg}")));
         }
         reload_dropped(&consumer, &ctx)?;
-        let wait = next_flush.saturating_duration_since(Instant::now()).min(Duration::from_millis(100));
+        // at least a few ms: while a batch is written in the background a due
+        // flush waits for it, and the loop must not spin meanwhile
+        let wait = next_flush.saturating_duration_since(Instant::now()).clamp(Duration::from_millis(5), Duration::from_millis(100));
         if let Some(first) = consumer.poll(wait) {
             let mut core = ctx.core.lock().expect("core lock");
             let now = clock_ms();
@@ -151,12 +207,11 @@ pub fn run(cfg: &AggregatorConfig, consumer: BaseConsumer<AggContext>, shutdown:
             }
         }
         let mut core = ctx.core.lock().expect("core lock");
-        let due = Instant::now() >= next_flush || core.pending_rows() >= cfg.flush_max_rows;
-        if due {
-            match ctx.rt.block_on(core.flush(false)) {
+        // collect the batch written in the background, if it is done
+        if let Some(result) = core.poll_flush(&ctx.rt) {
+            match result {
                 Ok(report) => {
                     backoff = Duration::from_millis(250);
-                    next_flush = Instant::now() + if core.has_inflight() { Duration::ZERO } else { interval };
                     if paused && core.pending_rows() < cfg.max_pending_rows {
                         if let Ok(a) = consumer.assignment() {
                             let _ = consumer.resume(&a);
@@ -166,12 +221,24 @@ pub fn run(cfg: &AggregatorConfig, consumer: BaseConsumer<AggContext>, shutdown:
                     }
                     commit_positions(&consumer, &cfg.kafka.topic, &report.checkpointed);
                 }
+                Err(e @ AggError::ConflictingOffsets { .. }) => {
+                    warn!(error = %e, "FlushFailed: partial insert; reloading every partition from ClickHouse");
+                    let parts = core.drop_all_state();
+                    ctx.reload.lock().expect("lock").extend(parts);
+                }
                 Err(e) => {
                     warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "FlushFailed");
                     next_flush = Instant::now() + backoff;
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             }
+            core.update_gauges();
+        }
+        let due = Instant::now() >= next_flush || core.pending_rows() >= cfg.flush_max_rows;
+        if due && !core.is_flushing() {
+            // write in the background and keep consuming meanwhile
+            core.start_flush(&ctx.rt);
+            next_flush = Instant::now() + interval;
             if !paused && core.pending_rows() >= cfg.max_pending_rows {
                 if let Ok(a) = consumer.assignment() {
                     let _ = consumer.pause(&a);
@@ -200,6 +267,10 @@ pub fn run(cfg: &AggregatorConfig, consumer: BaseConsumer<AggContext>, shutdown:
                 if !core.has_inflight() && core.pending_rows() == 0 {
                     break;
                 }
+            }
+            Err(e @ AggError::ConflictingOffsets { .. }) => {
+                warn!(error = %e, "stopping without the final flush; the next start reloads from ClickHouse");
+                break;
             }
             Err(e) if started.elapsed() < SHUTDOWN_FLUSH_FOR => {
                 warn!(error = %e, "FlushFailed during shutdown; retrying");
@@ -251,8 +322,8 @@ fn commit_positions(consumer: &BaseConsumer<AggContext>, topic: &str, positions:
     }
 }
 
-/// After a rebalance interrupted a flush, reload the partitions we kept and
-/// seek them back to what ClickHouse holds.
+/// After a rebalance interrupted a flush (or a partial insert), reload the
+/// partitions we kept and seek them back to what ClickHouse holds.
 fn reload_dropped(consumer: &BaseConsumer<AggContext>, ctx: &AggContext) -> Result<(), AggError> {
     let parts: Vec<i32> = std::mem::take(&mut *ctx.reload.lock().expect("lock"));
     if parts.is_empty() {
@@ -260,8 +331,7 @@ fn reload_dropped(consumer: &BaseConsumer<AggContext>, ctx: &AggContext) -> Resu
     }
     let mut core = ctx.core.lock().expect("core lock");
     let positions = ctx.rt.block_on(core.assign(&parts))?;
-    for (p, pos) in positions {
-        let offset = pos.map(Offset::Offset).unwrap_or(Offset::Beginning);
+    for (p, offset) in ctx.start_offsets(consumer, &positions).map_err(AggError::Config)? {
         consumer.seek(&ctx.topic, p, offset, Duration::from_secs(10))?;
         info!(partition = p, ?offset, "PartitionReloaded");
     }

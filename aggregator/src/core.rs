@@ -5,6 +5,11 @@
 //! that failed is retried (same bytes, same `query_id`) until it lands, and
 //! nothing after it is written before. The batch stays in flight while new
 //! events keep accumulating for the next one.
+//!
+//! The consume loop writes a batch on the tokio runtime
+//! ([`Core::start_flush`], [`Core::poll_flush`]) and keeps consuming while
+//! ClickHouse works; at most one batch is in flight, so batches land in
+//! order. Rebalances and shutdown wait for it ([`Core::flush`]).
 
 use crate::config::AggregatorConfig;
 use crate::error::AggError;
@@ -16,6 +21,8 @@ use schemas::Codec;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 struct Inflight {
@@ -24,6 +31,15 @@ struct Inflight {
     done: [bool; 5],
     /// Tables whose insert failed at least once: check whether it landed before re-sending.
     uncertain: [bool; 5],
+}
+
+/// The batch in flight, if any.
+enum Flight {
+    Idle,
+    /// Cut and not being written: not started yet, or its last attempt failed.
+    Ready(Inflight),
+    /// Being written by a task on the runtime.
+    Running { task: JoinHandle<(Inflight, Result<(), AggError>)>, rows: usize },
 }
 
 /// What a completed flush wrote.
@@ -43,7 +59,7 @@ pub struct Core {
     member: String,
     checkpoint_every: u32,
     parts: BTreeMap<i32, PartitionState>,
-    inflight: Option<Inflight>,
+    flight: Flight,
     batches: u64,
     flushes_since_checkpoint: u32,
     started_ms: i64,
@@ -63,7 +79,7 @@ impl Core {
             member: cfg.member(),
             checkpoint_every: cfg.checkpoint_every,
             parts: BTreeMap::new(),
-            inflight: None,
+            flight: Flight::Idle,
             batches: 0,
             flushes_since_checkpoint: 0,
             started_ms: now_ms(),
@@ -117,7 +133,7 @@ impl Core {
         self.metrics.assigned_partitions.set(self.parts.len() as i64);
         if let Err(e) = flushed {
             warn!(error = %e, "FlushAbandoned: revoked before the batch was written; the next owner resumes from the last checkpoint");
-            self.inflight = None;
+            self.flight = Flight::Idle;
             // Partitions we keep may have had rows in the dropped batch: their
             // in-memory state is now ahead of ClickHouse. Drop it as well; the
             // caller reloads and seeks them.
@@ -157,11 +173,21 @@ impl Core {
 
     pub fn pending_rows(&self) -> usize {
         self.parts.values().map(|p| p.pending_rows()).sum::<usize>()
-            + self.inflight.as_ref().map_or(0, |b| b.rows.total_rows())
+            + match &self.flight {
+                Flight::Idle => 0,
+                Flight::Ready(b) => b.rows.total_rows(),
+                Flight::Running { rows, .. } => *rows,
+            }
     }
 
+    /// A batch is cut and not yet written.
     pub fn has_inflight(&self) -> bool {
-        self.inflight.is_some()
+        !matches!(self.flight, Flight::Idle)
+    }
+
+    /// A batch is being written right now.
+    pub fn is_flushing(&self) -> bool {
+        matches!(self.flight, Flight::Running { .. })
     }
 
     /// Refresh the gauges that describe held state.
@@ -192,7 +218,7 @@ impl Core {
         }
         if rows.total_rows() > 0 {
             self.batches += 1;
-            self.inflight = Some(Inflight {
+            self.flight = Flight::Ready(Inflight {
                 seq: self.batches,
                 rows,
                 done: [false; 5],
@@ -201,59 +227,78 @@ impl Core {
         }
     }
 
-    /// Write the batch in flight, cutting a new one first when none is.
+    /// Write the batch in flight, cutting a new one first when none is, and
+    /// wait until it is written. A batch being written in the background is
+    /// waited for first (and then that is the flush).
     /// `force_checkpoint` checkpoints regardless of `checkpoint_every`.
     pub async fn flush(&mut self, force_checkpoint: bool) -> Result<FlushReport, AggError> {
-        if self.inflight.is_none() {
-            self.cut(force_checkpoint);
-        }
-        let Some(batch) = self.inflight.as_mut() else {
-            return Ok(FlushReport::default());
+        let (batch, result) = match std::mem::replace(&mut self.flight, Flight::Idle) {
+            Flight::Running { task, .. } => task.await.map_err(|e| AggError::Config(format!("flush task failed: {e}")))?,
+            other => {
+                self.flight = other;
+                if !self.has_inflight() {
+                    self.cut(force_checkpoint);
+                }
+                let Flight::Ready(batch) = std::mem::replace(&mut self.flight, Flight::Idle) else {
+                    return Ok(FlushReport::default());
+                };
+                write_batch(self.sink.clone(), self.metrics.clone(), self.query_prefix(), batch).await
+            }
         };
-        let started = Instant::now();
-        for (i, table) in Table::ORDER.iter().copied().enumerate() {
-            if batch.done[i] {
-                continue;
-            }
-            let rows = batch.rows.rows(table);
-            if rows.rows == 0 {
-                batch.done[i] = true;
-                continue;
-            }
-            if batch.uncertain[i] && table.is_data() {
-                match self.sink.landed(table, batch.rows.tags(table)).await {
-                    Ok(true) => {
-                        info!(table = table.name(), batch = batch.seq, "InsertFoundLanded");
-                        batch.done[i] = true;
-                        continue;
-                    }
-                    Ok(false) => {}
-                    Err(e) => {
-                        self.metrics.flush_errors.inc();
-                        self.metrics.flush_failing.set(1);
-                        return Err(e);
-                    }
-                }
-            }
-            // The same id on every attempt: ClickHouse refuses to start a query
-            // whose id is still running, so a retry can never race an earlier
-            // attempt that is still being processed.
-            let query_id = format!("agg-{}-{}-{}-{}", self.member, self.started_ms, batch.seq, table.name());
-            match self.sink.insert_with_id(table, &rows.buf, &query_id).await {
-                Ok(()) => {
-                    batch.done[i] = true;
-                    self.metrics.flush_rows.with_label_values(&[table.name()]).inc_by(rows.rows as u64);
-                }
-                Err(e) => {
-                    batch.uncertain[i] = true;
-                    self.metrics.flush_errors.inc();
-                    self.metrics.flush_failing.set(1);
-                    return Err(e);
-                }
-            }
+        self.finish(batch, result)
+    }
+
+    /// Start writing a batch on `rt` (cutting one first when none is) and
+    /// return at once; [`Core::poll_flush`] collects the result. No-op while
+    /// a batch is being written.
+    pub fn start_flush(&mut self, rt: &Handle) {
+        if self.is_flushing() {
+            return;
         }
-        self.metrics.flush_failing.set(0);
-        let batch = self.inflight.take().expect("batch in flight");
+        if !self.has_inflight() {
+            self.cut(false);
+        }
+        if let Flight::Ready(batch) = std::mem::replace(&mut self.flight, Flight::Idle) {
+            let rows = batch.rows.total_rows();
+            let task = rt.spawn(write_batch(self.sink.clone(), self.metrics.clone(), self.query_prefix(), batch));
+            self.flight = Flight::Running { task, rows };
+        }
+    }
+
+    /// The result of the background flush once it is done (`None` while it
+    /// runs or when none was started).
+    pub fn poll_flush(&mut self, rt: &Handle) -> Option<Result<FlushReport, AggError>> {
+        let done = matches!(&self.flight, Flight::Running { task, .. } if task.is_finished());
+        if !done {
+            return None;
+        }
+        let Flight::Running { task, .. } = std::mem::replace(&mut self.flight, Flight::Idle) else { unreachable!() };
+        Some(match rt.block_on(task) {
+            Ok((batch, result)) => self.finish(batch, result),
+            Err(e) => Err(AggError::Config(format!("flush task failed: {e}"))),
+        })
+    }
+
+    /// Drop all partition state and the batch in flight (after
+    /// [`AggError::ConflictingOffsets`]); returns the partitions to reload.
+    pub fn drop_all_state(&mut self) -> Vec<i32> {
+        let parts = self.assigned();
+        self.parts.clear();
+        self.flight = Flight::Idle;
+        parts
+    }
+
+    fn query_prefix(&self) -> String {
+        format!("agg-{}-{}", self.member, self.started_ms)
+    }
+
+    /// Take a written batch's checkpoints into the partitions' state, or keep
+    /// a failed batch for the next attempt.
+    fn finish(&mut self, batch: Inflight, result: Result<(), AggError>) -> Result<FlushReport, AggError> {
+        if let Err(e) = result {
+            self.flight = Flight::Ready(batch);
+            return Err(e);
+        }
         let mut report = FlushReport { rows: batch.rows.total_rows(), checkpointed: vec![] };
         for &(p, pos, wm) in &batch.rows.positions {
             if let Some(st) = self.parts.get_mut(&p) {
@@ -261,10 +306,64 @@ impl Core {
             }
             report.checkpointed.push((p, pos));
         }
-        self.metrics.flush_seconds.observe(started.elapsed().as_secs_f64());
-        tracing::debug!(batch = batch.seq, rows = report.rows, ms = started.elapsed().as_millis() as u64, "BatchFlushed");
         Ok(report)
     }
+}
+
+/// Write `batch` table by table in [`Table::ORDER`], skipping tables already
+/// written; the batch comes back with its progress for a retry.
+async fn write_batch(sink: Sink, metrics: Arc<Metrics>, query_prefix: String, mut batch: Inflight) -> (Inflight, Result<(), AggError>) {
+    let started = Instant::now();
+    for (i, table) in Table::ORDER.iter().copied().enumerate() {
+        if batch.done[i] {
+            continue;
+        }
+        let rows = batch.rows.rows(table);
+        if rows.rows == 0 {
+            batch.done[i] = true;
+            continue;
+        }
+        if batch.uncertain[i] && table.is_data() {
+            let total = batch.rows.tags(table).len();
+            match sink.landed(table, batch.rows.tags(table)).await {
+                Ok(n) if n == total => {
+                    info!(table = table.name(), batch = batch.seq, "InsertFoundLanded");
+                    batch.done[i] = true;
+                    continue;
+                }
+                Ok(0) => {}
+                Ok(landed) => {
+                    metrics.flush_errors.inc();
+                    return (batch, Err(AggError::ConflictingOffsets { table: table.name(), landed, total }));
+                }
+                Err(e) => {
+                    metrics.flush_errors.inc();
+                    metrics.flush_failing.set(1);
+                    return (batch, Err(e));
+                }
+            }
+        }
+        // The same id on every attempt: ClickHouse refuses to start a query
+        // whose id is still running, so a retry can never race an earlier
+        // attempt that is still being processed.
+        let query_id = format!("{query_prefix}-{}-{}", batch.seq, table.name());
+        match sink.insert_with_id(table, &rows.buf, &query_id).await {
+            Ok(()) => {
+                batch.done[i] = true;
+                metrics.flush_rows.with_label_values(&[table.name()]).inc_by(rows.rows as u64);
+            }
+            Err(e) => {
+                batch.uncertain[i] = true;
+                metrics.flush_errors.inc();
+                metrics.flush_failing.set(1);
+                return (batch, Err(e));
+            }
+        }
+    }
+    metrics.flush_failing.set(0);
+    metrics.flush_seconds.observe(started.elapsed().as_secs_f64());
+    tracing::debug!(batch = batch.seq, rows = batch.rows.total_rows(), ms = started.elapsed().as_millis() as u64, "BatchFlushed");
+    (batch, Ok(()))
 }
 
 /// Current wall clock, epoch ms (the only clock the hot path sees, for `in_future`).

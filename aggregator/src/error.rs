@@ -20,6 +20,13 @@ pub enum AggError {
     /// dropped and the new owner re-reads from the stored positions.
     #[error("rebalance interrupted a flush of partitions {0:?}")]
     RebalanceInterrupt(Vec<i32>),
+    /// A failed insert landed for some of the batch's partitions and not for
+    /// others (a sharded cluster, where each shard takes its part of an insert
+    /// separately): in-memory state no longer matches ClickHouse. Drop it and
+    /// reload every partition from ClickHouse, whose per-partition thresholds
+    /// then decide exactly what is still missing.
+    #[error("insert into {table} landed for {landed} of {total} partitions: reloading state from ClickHouse")]
+    ConflictingOffsets { table: &'static str, landed: usize, total: usize },
 }
 
 impl AggError {

@@ -11,7 +11,9 @@
 //! position, watermark, dedup state and the pending aggregates. Every
 //! `flush_interval_ms` (and when `flush_max_rows` rows are pending) the
 //! pending aggregates of all partitions are cut into one batch and written
-//! ([`core::Core::flush`]).
+//! on the tokio runtime while the loop keeps consuming; at most one batch
+//! is in flight, so batches land in order ([`core::Core::start_flush`];
+//! rebalances and shutdown wait for it, [`core::Core::flush`]).
 //!
 //! ## Exactly once, without Kafka transactions
 //! ClickHouse has no multi-table transactions, but one `INSERT` into a
@@ -47,10 +49,13 @@
 //! 6. **Rebalances.** The eager protocol revokes every partition; the revoke
 //!    callback tries one flush and drops the state. If the flush failed, the
 //!    batch is dropped too: the next owner starts from the checkpoint, and
-//!    thresholds protect whatever part of the batch did land. A member that
-//!    stalls past `max.poll.interval.ms` while inserting could still write
-//!    after losing its partitions (a zombie); inserts time out after 60 s,
-//!    far below the 300 s poll interval, which bounds that window.
+//!    thresholds protect whatever part of the batch did land. The loop keeps
+//!    polling while a batch is written, so a slow insert does not push the
+//!    member past `max.poll.interval.ms`. The remaining window is a member
+//!    cut off from Kafka (not from ClickHouse) for longer than the session
+//!    timeout, whose insert lands after the next owner read its thresholds
+//!    (a zombie write); inserts time out after 60 s, which bounds it, and
+//!    Kafka alone cannot fence it without transactions.
 //!
 //! Kafka offset commits are made after each checkpoint for lag tools only;
 //! they are never read back.

@@ -161,24 +161,29 @@ impl Sink {
         Ok(())
     }
 
-    /// Did an earlier attempt of this insert land? True when the table holds a
-    /// row with one of the batch's `(partition, position)` tags: inserts are
-    /// atomic and tags are unique per table, so one row means all of them.
-    pub async fn landed(&self, table: Table, tags: &[(i32, i64)]) -> Result<bool, AggError> {
-        let Some(&(p, pos)) = tags.first() else { return Ok(false) };
+    /// How many of a batch's `(partition, position)` tags `table` holds: did
+    /// an earlier attempt of this insert land? On one server an insert is one
+    /// part, so the answer is all or none; on a sharded cluster each shard
+    /// takes its partitions' rows separately and it can be some.
+    pub async fn landed(&self, table: Table, tags: &[(i32, i64)]) -> Result<usize, AggError> {
+        if tags.is_empty() {
+            return Ok(0);
+        }
+        // integers only: formatted into the query, nothing to escape
+        let list: Vec<String> = tags.iter().map(|&(p, pos)| format!("({p}, {pos})")).collect();
         let n: u64 = self
             .client
             .query(&format!(
-                "SELECT count() FROM {}.{} WHERE src_topic = ? AND src_partition = ? AND src_offset = ?",
+                "SELECT uniqExact(src_partition, src_offset) FROM {}.{} \
+                 WHERE src_topic = ? AND (src_partition, src_offset) IN ({})",
                 self.db,
-                table.name()
+                table.name(),
+                list.join(", ")
             ))
             .bind(&self.topic)
-            .bind(p as u32)
-            .bind(pos as u64)
             .fetch_one()
             .await?;
-        Ok(n > 0)
+        Ok(n as usize)
     }
 
     /// Cheap reachability check.

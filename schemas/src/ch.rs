@@ -7,6 +7,19 @@
 //! file; an applied file that was edited afterwards is an error. Every
 //! statement is written to be safe to re-run (`IF NOT EXISTS`), so two
 //! processes migrating at once, or a run interrupted half-way, do no harm.
+//!
+//! ## Layouts
+//! The files describe the single-server layout. With [`ClickHouseConfig::cluster`]
+//! set, [`Migration::statements_for`] renders the same files for a sharded
+//! (and by default replicated) cluster: every table `T` becomes a local table
+//! `T_local` (`Replicated*MergeTree`, or the plain engine when `replicated`
+//! is off) on every server, plus a `Distributed` table `T` over the cluster
+//! under the contract name, so readers and writers keep using `T`.
+//! Materialized views read and write the local tables on each shard. The
+//! aggregator's tables are sharded by source Kafka partition, so one
+//! partition's rows of an insert land on one shard in one part, which keeps
+//! its exactly-once design (see `aggregator/src/lib.rs`) per partition. Inserts
+//! go through the `Distributed` tables synchronously (`insert_distributed_sync`).
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -23,6 +36,17 @@ pub struct ClickHouseConfig {
     pub password: String,
     /// Database that holds the metering tables.
     pub database: String,
+    /// Cluster layout: the cluster's name in the servers' `remote_servers`.
+    /// Empty (the default): one server, plain `MergeTree` tables.
+    pub cluster: String,
+    /// With `cluster`: local tables are `Replicated*MergeTree` (needs
+    /// ClickHouse Keeper or ZooKeeper and the `{shard}`/`{replica}` macros).
+    /// Off: plain engines on each shard (sharded, not replicated).
+    pub replicated: bool,
+    /// With `cluster`: run the DDL `ON CLUSTER` (distributed DDL, needs
+    /// Keeper). Off: `migrate` creates the tables on the server it talks to
+    /// only; run it against every server.
+    pub on_cluster: bool,
 }
 
 impl Default for ClickHouseConfig {
@@ -32,6 +56,9 @@ impl Default for ClickHouseConfig {
             user: "default".into(),
             password: String::new(),
             database: "metering".into(),
+            cluster: String::new(),
+            replicated: true,
+            on_cluster: true,
         }
     }
 }
@@ -79,6 +106,10 @@ impl ClickHouseConfig {
             .with_user(&self.user)
             .with_compression(clickhouse::Compression::None)
             .with_validation(false);
+        if !self.cluster.is_empty() {
+            // an insert into a Distributed table returns once every shard has its rows
+            c = c.with_option("insert_distributed_sync", "1");
+        }
         if !self.password.is_empty() {
             c = c.with_password(&self.password);
         }
@@ -88,6 +119,107 @@ impl ClickHouseConfig {
     /// The database name, checked to be a plain identifier.
     pub fn db(&self) -> Result<&str, ChError> {
         check_identifier(&self.database)
+    }
+
+    /// The table layout these settings select.
+    pub fn layout(&self) -> Result<Layout, ChError> {
+        if self.cluster.is_empty() {
+            return Ok(Layout::Single);
+        }
+        check_identifier(&self.cluster)?;
+        Ok(Layout::Cluster { cluster: self.cluster.clone(), replicated: self.replicated, on_cluster: self.on_cluster })
+    }
+}
+
+/// How the tables are laid out (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Layout {
+    Single,
+    Cluster { cluster: String, replicated: bool, on_cluster: bool },
+}
+
+/// Column that shards a table across a cluster: the aggregator's tables by
+/// source partition (one partition's rows of an insert on one shard), the rest
+/// at random (written by materialized views on each shard, or small).
+fn sharding_key(table: &str) -> &'static str {
+    match table {
+        "usage_by_tracking" | "usage_by_viewer" | "usage_dead_letters" => "src_partition",
+        "aggregator_checkpoints" | "aggregator_dedup" => "partition",
+        _ => "rand()",
+    }
+}
+
+/// The table name after `{db}.` at the start of `rest`.
+fn table_name(rest: &str) -> &str {
+    let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
+    &rest[..end]
+}
+
+/// Render one single-server statement for a cluster.
+fn cluster_statement(stmt: &str, db: &str, cluster: &str, replicated: bool, on_cluster: bool) -> Vec<String> {
+    let on = if on_cluster { format!(" ON CLUSTER {cluster}") } else { String::new() };
+    let create_table = format!("CREATE TABLE IF NOT EXISTS {db}.");
+    let create_mv = format!("CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.");
+    if let Some(rest) = stmt.strip_prefix(&create_table) {
+        let name = table_name(rest);
+        let body = &rest[name.len()..];
+        let Some(at) = body.find("ENGINE = ") else { return vec![stmt.to_string()] };
+        let engine_text = &body[at + "ENGINE = ".len()..];
+        let engine_name = table_name(engine_text);
+        let after_name = &engine_text[engine_name.len()..];
+        // engine arguments: a balanced (...) right after the name, if any
+        let (args, tail) = if after_name.starts_with('(') {
+            let mut depth = 0;
+            let mut end = after_name.len();
+            for (i, c) in after_name.char_indices() {
+                match c {
+                    '(' => depth += 1,
+                    ')' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            end = i + 1;
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            (&after_name[1..end - 1], &after_name[end..])
+        } else {
+            ("", after_name)
+        };
+        let local = format!("{name}_local");
+        let engine = if replicated {
+            let path = format!("'/clickhouse/tables/{{shard}}/{db}/{local}', '{{replica}}'");
+            let args = if args.is_empty() { path } else { format!("{path}, {args}") };
+            format!("Replicated{engine_name}({args})")
+        } else if args.is_empty() {
+            engine_name.to_string()
+        } else {
+            format!("{engine_name}({args})")
+        };
+        vec![
+            format!("CREATE TABLE IF NOT EXISTS {db}.{local}{on}{}ENGINE = {engine}{tail}", &body[..at]),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {db}.{name}{on} AS {db}.{local} ENGINE = Distributed({cluster}, {db}, {local}, {})",
+                sharding_key(name)
+            ),
+        ]
+    } else if let Some(rest) = stmt.strip_prefix(&create_mv) {
+        // a view per shard, from the local source into the local target
+        let name = table_name(rest);
+        let mut body = rest[name.len()..].to_string();
+        for kw in ["TO ", "FROM "] {
+            let pat = format!("{kw}{db}.");
+            let at = body.match_indices(&pat).map(|(i, _)| i).find(|&i| i > 0 && body[..i].ends_with(char::is_whitespace));
+            if let Some(i) = at {
+                let t = table_name(&body[i + pat.len()..]).to_string();
+                body.replace_range(i..i + pat.len() + t.len(), &format!("{pat}{t}_local"));
+            }
+        }
+        vec![format!("CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{name}{on}{body}")]
+    } else {
+        vec![stmt.to_string()]
     }
 }
 
@@ -139,6 +271,18 @@ impl Migration {
             .collect()
     }
 
+    /// The statements for `layout` (see the module docs for the cluster rendering).
+    pub fn statements_for(&self, db: &str, layout: &Layout) -> Vec<String> {
+        match layout {
+            Layout::Single => self.statements(db),
+            Layout::Cluster { cluster, replicated, on_cluster } => self
+                .statements(db)
+                .iter()
+                .flat_map(|s| cluster_statement(s, db, cluster, *replicated, *on_cluster))
+                .collect(),
+        }
+    }
+
     /// FNV-1a 64 of the file text: detects edits of an applied migration.
     pub fn checksum(&self) -> String {
         let mut h: u64 = 0xcbf29ce484222325;
@@ -166,8 +310,13 @@ pub struct MigrationReport {
 /// Apply every migration not yet recorded in `{db}.schema_migrations`.
 pub async fn migrate(cfg: &ClickHouseConfig) -> Result<MigrationReport, ChError> {
     let db = cfg.db()?;
+    let layout = cfg.layout()?;
     let server = cfg.server_client();
-    server.query(&format!("CREATE DATABASE IF NOT EXISTS {db}")).execute().await?;
+    let on = match &layout {
+        Layout::Cluster { cluster, on_cluster: true, .. } => format!(" ON CLUSTER {cluster}"),
+        _ => String::new(),
+    };
+    server.query(&format!("CREATE DATABASE IF NOT EXISTS {db}{on}")).execute().await?;
     server
         .query(&format!(
             "CREATE TABLE IF NOT EXISTS {db}.schema_migrations \
@@ -194,7 +343,7 @@ pub async fn migrate(cfg: &ClickHouseConfig) -> Result<MigrationReport, ChError>
             report.already.push(m.version);
             continue;
         }
-        for (index, stmt) in m.statements(db).iter().enumerate() {
+        for (index, stmt) in m.statements_for(db, &layout).iter().enumerate() {
             server.query(stmt).execute().await.map_err(|source| ChError::Statement {
                 version: m.version,
                 name: m.name.into(),
@@ -242,9 +391,40 @@ mod tests {
             }
         }
         let versions: Vec<u32> = MIGRATIONS.iter().map(|m| m.version).collect();
+        assert!(!versions.is_empty());
         let mut sorted = versions.clone();
         sorted.sort();
         sorted.dedup();
         assert_eq!(versions, sorted, "versions must be unique and ascending");
+    }
+
+    #[test]
+    fn cluster_layout_renders_local_replicated_tables_distributed_tables_and_local_views() {
+        let layout = Layout::Cluster { cluster: "metering".into(), replicated: true, on_cluster: true };
+        let all: Vec<String> = MIGRATIONS.iter().flat_map(|m| m.statements_for("db", &layout)).collect();
+        let single: Vec<String> = MIGRATIONS.iter().flat_map(|m| m.statements("db")).collect();
+        let tables = single.iter().filter(|s| s.starts_with("CREATE TABLE")).count();
+        let views = single.iter().filter(|s| s.starts_with("CREATE MATERIALIZED VIEW")).count();
+        assert_eq!(all.len(), 2 * tables + views + (single.len() - tables - views));
+        let find = |prefix: &str| all.iter().find(|s| s.starts_with(prefix)).unwrap_or_else(|| panic!("{prefix}: {all:#?}"));
+        let local = find("CREATE TABLE IF NOT EXISTS db.usage_by_tracking_local ON CLUSTER metering (");
+        assert!(local.contains("ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/db/usage_by_tracking_local', '{replica}')\nORDER BY (tracking_id,"), "{local}");
+        assert!(local.contains("src_offset    UInt64"), "columns kept: {local}");
+        assert_eq!(
+            find("CREATE TABLE IF NOT EXISTS db.usage_by_tracking ON"),
+            "CREATE TABLE IF NOT EXISTS db.usage_by_tracking ON CLUSTER metering AS db.usage_by_tracking_local \
+             ENGINE = Distributed(metering, db, usage_by_tracking_local, src_partition)"
+        );
+        let rollup = find("CREATE TABLE IF NOT EXISTS db.usage_by_tracking_hourly_local");
+        assert!(rollup.contains("ReplicatedSummingMergeTree('/clickhouse/tables/{shard}/db/usage_by_tracking_hourly_local', '{replica}', (bytes_out, bytes_in, events))"), "{rollup}");
+        let mv = find("CREATE MATERIALIZED VIEW IF NOT EXISTS db.usage_by_tracking_hourly_mv");
+        assert!(mv.contains(" ON CLUSTER metering\nTO db.usage_by_tracking_hourly_local AS"), "{mv}");
+        assert!(mv.contains("FROM db.usage_by_tracking_local"), "{mv}");
+        assert!(find("CREATE TABLE IF NOT EXISTS db.aggregator_dedup ON").ends_with(", partition)"));
+        // without replication and distributed DDL: plain engines, no ON CLUSTER
+        let plain = Layout::Cluster { cluster: "c".into(), replicated: false, on_cluster: false };
+        let all: Vec<String> = MIGRATIONS.iter().flat_map(|m| m.statements_for("db", &plain)).collect();
+        assert!(all.iter().all(|s| !s.contains("ON CLUSTER") && !s.contains("Replicated")));
+        assert!(all.iter().any(|s| s.contains("ENGINE = SummingMergeTree((bytes_out, bytes_in, events))")));
     }
 }

@@ -173,3 +173,85 @@ async fn v1_and_v2_events_on_one_topic_are_both_counted() {
     assert_eq!(count(&db, &format!("SELECT count() FROM {}.usage_dead_letters", db.database)).await, 0);
     drop_db(&db).await;
 }
+
+/// The cluster table layout (local tables, `Distributed` tables under the
+/// contract names, materialized views per shard) on the stack's one-shard
+/// cluster `metering_local`, without replication (no Keeper here): the
+/// aggregator reads its state and writes through the `Distributed` tables,
+/// is killed mid-run and restarted, and every total is still exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_layout_through_distributed_tables_is_exact_across_a_kill() {
+    let topic = unique("agg_cluster");
+    create_topic(&topic, 4).await;
+    let db = schemas::ch::ClickHouseConfig {
+        url: clickhouse_url(),
+        database: unique("mtc"),
+        cluster: "metering_local".into(),
+        replicated: false,
+        on_cluster: false,
+        ..Default::default()
+    };
+    schemas::ch::migrate(&db).await.expect("cluster-layout migrations (is metering_local in the server's remote_servers? scripts/stack up writes it)");
+    let engines: BTreeMap<String, String> = db
+        .client()
+        .query(&format!("SELECT name, engine FROM system.tables WHERE database = '{}'", db.database))
+        .fetch_all::<(String, String)>()
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    for t in ["usage_by_tracking", "usage_by_viewer", "usage_dead_letters", "usage_by_tracking_daily", "aggregator_checkpoints"] {
+        assert_eq!(engines.get(t).map(String::as_str), Some("Distributed"), "{t}: {engines:?}");
+        assert!(engines.get(&format!("{t}_local")).is_some_and(|e| e.ends_with("MergeTree")), "{t}_local: {engines:?}");
+    }
+    let cfg = SimConfig { duplicates: 0.05, out_of_order: 0.05, poison: 0.005, ..sim(13, &topic) };
+    let exp = simulate_to_kafka(&cfg, &topic).await;
+    let layout = [
+        ("AGGREGATOR__CLICKHOUSE__CLUSTER", "metering_local".to_string()),
+        ("AGGREGATOR__CLICKHOUSE__REPLICATED", "false".to_string()),
+        ("AGGREGATOR__CLICKHOUSE__ON_CLUSTER", "false".to_string()),
+    ];
+    let group = unique("g");
+    let mut agg = spawn_aggregator(&topic, &db, &group, &layout);
+    let sql = format!("SELECT sum(events) FROM {}.usage_by_tracking", db.database);
+    assert!(wait_until(Duration::from_secs(60), || async { count(&db, &sql).await > 0 }).await, "progress");
+    agg.kill9();
+    let _agg = spawn_aggregator(&topic, &db, &group, &layout);
+    assert_exact(&db, &exp).await;
+    let dl = format!("SELECT count() FROM {}.usage_dead_letters", db.database);
+    assert!(wait_until(Duration::from_secs(30), || async { count(&db, &dl).await == exp.poison_sent }).await);
+    assert_eq!(count(&db, &dl).await, exp.poison_sent, "poison dead-lettered once");
+    drop_db(&db).await;
+}
+
+/// Backfill from an offset: a fresh database and group with `start_from`
+/// set to the offsets where run B began count run B exactly and nothing of
+/// run A before it; a restart resumes from the checkpoints, not from
+/// `start_from` again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_from_offsets_counts_exactly_what_follows_them() {
+    use rdkafka::consumer::Consumer;
+    let topic = unique("agg_from");
+    create_topic(&topic, 2).await;
+    let _a = simulate_to_kafka(&sim(14, &format!("{topic}-a")), &topic).await;
+    let reader = topic_reader(&topic, 2);
+    let starts: Vec<String> = (0..2)
+        .map(|p| format!("{p}:{}", reader.fetch_watermarks(&topic, p, Duration::from_secs(10)).expect("watermarks").1))
+        .collect();
+    let b = simulate_to_kafka(&sim(15, &format!("{topic}-b")), &topic).await;
+    let db = test_db().await;
+    let group = unique("g");
+    let from = [("AGGREGATOR__START_FROM", starts.join(","))];
+    let mut agg = spawn_aggregator(&topic, &db, &group, &from);
+    assert_exact(&db, &b).await;
+    assert!(agg.terminate(Duration::from_secs(30)).is_some());
+    // a restart with start_from now pointing at the beginning changes nothing
+    let _agg = spawn_aggregator(&topic, &db, &group, &[("AGGREGATOR__START_FROM", "0:0,1:0".to_string())]);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_exact(&db, &b).await;
+    // a malformed start_from is a configuration error that names the key
+    let mut bad = spawn_aggregator(&topic, &db, &unique("g"), &[("AGGREGATOR__START_FROM", "yesterday".to_string())]);
+    let status = bad.wait_exit(Duration::from_secs(20));
+    assert!(status.is_some_and(|s| !s.success()), "exits by itself with an error: {status:?}");
+    drop_db(&db).await;
+}
