@@ -21,7 +21,8 @@
 //! Secrets in `scoped_secrets` reach only the statistics routes and
 //! `openapi.json` (elsewhere `403`), and only for their tracking ids.
 //!
-//! `GET /healthz` and `GET /metrics` (Prometheus: `api_requests_total{status}`,
+//! `GET /healthz`, `GET /readyz` (token store and ClickHouse answer) and
+//! `GET /metrics` (Prometheus: `api_requests_total{status}`,
 //! `api_verify_total{result}`) need no secret.
 
 use crate::config::ApiConfig;

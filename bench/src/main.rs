@@ -185,6 +185,9 @@ async fn produce_load(topic: &str, rate: usize, seconds: usize, delivered: Arc<V
             delivered[s].store(ok, Ordering::SeqCst);
         });
     }
+    // dropping a producer purges what it still holds: wait for it first
+    let p = producer.clone();
+    tokio::task::spawn_blocking(move || rdkafka::producer::Producer::flush(&p, std::time::Duration::from_secs(60))).await??;
     Ok(produced_at)
 }
 

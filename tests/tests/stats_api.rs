@@ -128,6 +128,11 @@ async fn statistics_api_equals_the_expected_usage() {
     let api = Api { url: format!("http://{addr}"), client: reqwest::Client::new(), server };
     let ids_tracked: Vec<&str> = tracked.iter().map(String::as_str).collect();
 
+    // ready (token store and ClickHouse answer), without a secret
+    let r = api.client.get(format!("{}/readyz", api.url)).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["ready"], true);
+
     // totals per tracking id
     let (st, body) = api.get(&format!("/api/analytics/tracking/total?{}", q(&ids_tracked, "trackingIds", RANGE))).await;
     assert_eq!(st, 200, "{body}");
