@@ -149,7 +149,7 @@ pub fn create_consumer(cfg: &AggregatorConfig, core: Core, rt: Handle) -> KafkaR
         topic: cfg.kafka.topic.clone(),
         reload: Mutex::new(Vec::new()),
         fatal: Mutex::new(None),
-        start_from: StartFrom::parse(&cfg.start_from).map_err(|e| rdkafka::error::KafkaError::ClientCreation(e))?,
+        start_from: StartFrom::parse(&cfg.start_from).map_err(rdkafka::error::KafkaError::ClientCreation)?,
     };
     let mut c = cfg.kafka.client_config();
     c.set("group.id", &cfg.group_id)
@@ -221,8 +221,8 @@ pub fn run(cfg: &AggregatorConfig, consumer: BaseConsumer<AggContext>, shutdown:
                     }
                     commit_positions(&consumer, &cfg.kafka.topic, &report.checkpointed);
                 }
-                Err(e @ AggError::ConflictingOffsets { .. }) => {
-                    warn!(error = %e, "FlushFailed: partial insert; reloading every partition from ClickHouse");
+                Err(e) if e.needs_reload() => {
+                    warn!(error = %e, "FlushFailed: reloading every partition from ClickHouse");
                     let parts = core.drop_all_state();
                     ctx.reload.lock().expect("lock").extend(parts);
                 }
@@ -268,7 +268,7 @@ pub fn run(cfg: &AggregatorConfig, consumer: BaseConsumer<AggContext>, shutdown:
                     break;
                 }
             }
-            Err(e @ AggError::ConflictingOffsets { .. }) => {
+            Err(e) if e.needs_reload() => {
                 warn!(error = %e, "stopping without the final flush; the next start reloads from ClickHouse");
                 break;
             }

@@ -37,9 +37,9 @@ struct Inflight {
 enum Flight {
     Idle,
     /// Cut and not being written: not started yet, or its last attempt failed.
-    Ready(Inflight),
+    Ready(Box<Inflight>),
     /// Being written by a task on the runtime.
-    Running { task: JoinHandle<(Inflight, Result<(), AggError>)>, rows: usize },
+    Running { task: JoinHandle<(Box<Inflight>, Result<(), AggError>)>, rows: usize },
 }
 
 /// What a completed flush wrote.
@@ -218,12 +218,12 @@ impl Core {
         }
         if rows.total_rows() > 0 {
             self.batches += 1;
-            self.flight = Flight::Ready(Inflight {
+            self.flight = Flight::Ready(Box::new(Inflight {
                 seq: self.batches,
                 rows,
                 done: [false; 5],
                 uncertain: [false; 5],
-            });
+            }));
         }
     }
 
@@ -233,7 +233,7 @@ impl Core {
     /// `force_checkpoint` checkpoints regardless of `checkpoint_every`.
     pub async fn flush(&mut self, force_checkpoint: bool) -> Result<FlushReport, AggError> {
         let (batch, result) = match std::mem::replace(&mut self.flight, Flight::Idle) {
-            Flight::Running { task, .. } => task.await.map_err(|e| AggError::Config(format!("flush task failed: {e}")))?,
+            Flight::Running { task, .. } => task.await.map_err(|e| AggError::FlushLost(e.to_string()))?,
             other => {
                 self.flight = other;
                 if !self.has_inflight() {
@@ -275,7 +275,7 @@ impl Core {
         let Flight::Running { task, .. } = std::mem::replace(&mut self.flight, Flight::Idle) else { unreachable!() };
         Some(match rt.block_on(task) {
             Ok((batch, result)) => self.finish(batch, result),
-            Err(e) => Err(AggError::Config(format!("flush task failed: {e}"))),
+            Err(e) => Err(AggError::FlushLost(e.to_string())),
         })
     }
 
@@ -294,7 +294,7 @@ impl Core {
 
     /// Take a written batch's checkpoints into the partitions' state, or keep
     /// a failed batch for the next attempt.
-    fn finish(&mut self, batch: Inflight, result: Result<(), AggError>) -> Result<FlushReport, AggError> {
+    fn finish(&mut self, batch: Box<Inflight>, result: Result<(), AggError>) -> Result<FlushReport, AggError> {
         if let Err(e) = result {
             self.flight = Flight::Ready(batch);
             return Err(e);
@@ -312,7 +312,12 @@ impl Core {
 
 /// Write `batch` table by table in [`Table::ORDER`], skipping tables already
 /// written; the batch comes back with its progress for a retry.
-async fn write_batch(sink: Sink, metrics: Arc<Metrics>, query_prefix: String, mut batch: Inflight) -> (Inflight, Result<(), AggError>) {
+async fn write_batch(
+    sink: Sink,
+    metrics: Arc<Metrics>,
+    query_prefix: String,
+    mut batch: Box<Inflight>,
+) -> (Box<Inflight>, Result<(), AggError>) {
     let started = Instant::now();
     for (i, table) in Table::ORDER.iter().copied().enumerate() {
         if batch.done[i] {

@@ -27,11 +27,20 @@ pub enum AggError {
     /// then decide exactly what is still missing.
     #[error("insert into {table} landed for {landed} of {total} partitions: reloading state from ClickHouse")]
     ConflictingOffsets { table: &'static str, landed: usize, total: usize },
+    /// The task writing a batch died (a panic) and took the batch with it:
+    /// like [`AggError::ConflictingOffsets`], reload every partition.
+    #[error("the flush task failed ({0}): reloading state from ClickHouse")]
+    FlushLost(String),
 }
 
 impl AggError {
     /// Worth retrying (the same operation may succeed later).
     pub fn is_transient(&self) -> bool {
         matches!(self, AggError::ClickHouse(_) | AggError::Kafka(_))
+    }
+
+    /// In-memory state no longer matches ClickHouse: drop it and reload.
+    pub fn needs_reload(&self) -> bool {
+        matches!(self, AggError::ConflictingOffsets { .. } | AggError::FlushLost(_))
     }
 }
