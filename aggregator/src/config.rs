@@ -36,7 +36,7 @@ pub struct AggregatorConfig {
     /// new deployment, or a backfill into a fresh database): `earliest` (the
     /// default), `latest`, an RFC 3339 time (the first offset at or after it,
     /// by Kafka timestamp; needs a broker with ListOffsets by time, which
-    /// tansu 0.6 lacks), or offsets per partition `0:1200,1:1187`
+    /// tansu 0.6 lacks: it answers offset 0 for any time), or offsets per partition `0:1200,1:1187`
     /// (unlisted partitions start at the earliest). Ignored once a
     /// partition has a checkpoint: restarts always resume from ClickHouse.
     pub start_from: String,
