@@ -410,8 +410,9 @@ async fn bench_billing(tracking_ids: usize) -> Result<()> {
         .await?;
     let baseline = t.elapsed().as_secs_f64();
     anyhow::ensure!(n as usize == tracking_ids, "aggregate saw {n} tracking ids");
+    let billing = stack::release_bin("billing")?;
     let t = Instant::now();
-    let out = std::process::Command::new(stack::release_bin("billing")?)
+    let out = std::process::Command::new(billing)
         .args(["run", "--period", "2026-10", "--rates", rates.to_str().unwrap(), "--out", dir.join("out").to_str().unwrap()])
         .env("BILLING__CLICKHOUSE__DATABASE", &db.database)
         .output()?;

@@ -134,11 +134,24 @@ pub fn consume_only(topic: &str, partitions: i32, total: usize) -> Result<f64> {
     Ok(n as f64 / t.elapsed().as_secs_f64())
 }
 
+/// The release binary `name` of this workspace, next to this benchmark's own
+/// executable. It is (re)built first with `cargo build --release` (a no-op
+/// when up to date), so a benchmark never measures a stale binary.
 pub fn release_bin(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let p = exe.parent().context("exe dir")?.join(name);
-    if !p.exists() {
-        bail!("{} missing: cargo build --release --bins", p.display());
+    let dir = exe.parent().context("exe dir")?;
+    let target = dir.parent().context("target dir")?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
+    eprintln!("building {name} (release)...");
+    let st = Command::new(&cargo)
+        .args(["build", "--release", "--quiet", "-p", &format!("metering-{name}"), "--bin", name, "--manifest-path", manifest, "--target-dir"])
+        .arg(target)
+        .status()
+        .with_context(|| format!("running {cargo}"))?;
+    let p = dir.join(name);
+    if !st.success() || !p.exists() {
+        bail!("{} missing and `cargo build --release -p metering-{name}` failed", p.display());
     }
     Ok(p)
 }
@@ -164,8 +177,9 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
 pub async fn aggregator_drain(topic: &str, unique: u64) -> Result<(f64, u64)> {
     let db = ClickHouseConfig { database: format!("bench_{}", stamp()), ..Default::default() };
     schemas::ch::migrate(&db).await?;
+    let aggregator = release_bin("aggregator")?;
     let t = Instant::now();
-    let mut child = Command::new(release_bin("aggregator")?)
+    let mut child = Command::new(aggregator)
         .arg("run")
         .env("AGGREGATOR__KAFKA__TOPIC", topic)
         .env("AGGREGATOR__CLICKHOUSE__DATABASE", &db.database)
