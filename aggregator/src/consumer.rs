@@ -232,7 +232,6 @@ pub fn run(cfg: &AggregatorConfig, consumer: BaseConsumer<AggContext>, shutdown:
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             }
-            core.update_gauges();
         }
         let due = Instant::now() >= next_flush || core.pending_rows() >= cfg.flush_max_rows;
         if due && !core.is_flushing() {

@@ -224,21 +224,25 @@ async fn require_secret(State(s): State<Arc<AppState>>, mut req: Request, next: 
 }
 
 async fn healthz(State(s): State<Arc<AppState>>) -> Response {
-    match s.store.list_publish() {
-        Ok(_) => (StatusCode::OK, "ok").into_response(),
-        Err(e) => {
-            tracing::error!(error = %e, "HealthCheckFailed");
-            (StatusCode::SERVICE_UNAVAILABLE, "token store unavailable").into_response()
-        }
+    match store_up(&s) {
+        Ok(()) => (StatusCode::OK, "ok").into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
     }
+}
+
+/// The token store answers; the error is the reason to show.
+fn store_up(s: &AppState) -> Result<(), &'static str> {
+    s.store.ping().map_err(|e| {
+        tracing::error!(error = %e, "HealthCheckFailed");
+        "token store unavailable"
+    })
 }
 
 /// Readiness: the token store and ClickHouse (statistics) both answer.
 async fn readyz(State(s): State<Arc<AppState>>) -> Response {
     let mut reasons = Vec::new();
-    if let Err(e) = s.store.list_publish() {
-        tracing::error!(error = %e, "ReadinessCheckFailed");
-        reasons.push("token store unavailable".to_string());
+    if let Err(e) = store_up(&s) {
+        reasons.push(e.to_string());
     }
     if let Err(e) = s.ch.query("SELECT 1").fetch_one::<u8>().await {
         reasons.push(format!("clickhouse: {e}"));

@@ -334,6 +334,12 @@ impl Store {
         self.conn.lock().map_err(|_| StoreError::Poisoned)
     }
 
+    /// A cheap query that proves the store answers (health checks).
+    pub fn ping(&self) -> Result<(), StoreError> {
+        self.conn()?.query_row("SELECT count(*) FROM subscribe_tokens WHERE 0", [], |_| Ok(()))?;
+        Ok(())
+    }
+
     /// Create an active Subscribe token with a fresh token string.
     pub fn create_subscribe(&self, new: NewSubscribeToken, now: DateTime<Utc>) -> Result<SubscribeToken, StoreError> {
         let token = generate_token();

@@ -281,9 +281,7 @@ async fn handle_usage(s: &AppState, headers: &HeaderMap, body: &[u8]) -> Respons
 }
 
 async fn healthz(State(s): State<Arc<AppState>>) -> Response {
-    let p = s.producer.clone();
-    let up = tokio::task::spawn_blocking(move || p.broker_reachable(Duration::from_secs(2))).await.unwrap_or(false);
-    if up {
+    if broker_up(&s).await {
         (StatusCode::OK, Json(json!({"status": "ok", "kafka": "reachable"}))).into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "error", "kafka": "unreachable"}))).into_response()
@@ -294,10 +292,8 @@ async fn healthz(State(s): State<Arc<AppState>>) -> Response {
 /// request sent now would be taken (a load balancer stops routing here
 /// otherwise). 503 with the reasons.
 async fn readyz(State(s): State<Arc<AppState>>) -> Response {
-    let p = s.producer.clone();
-    let up = tokio::task::spawn_blocking(move || p.broker_reachable(Duration::from_secs(2))).await.unwrap_or(false);
     let mut reasons = Vec::new();
-    if !up {
+    if !broker_up(&s).await {
         reasons.push("kafka unreachable");
     }
     if s.inflight.available_permits() == 0 {
@@ -305,6 +301,12 @@ async fn readyz(State(s): State<Arc<AppState>>) -> Response {
     }
     let status = if reasons.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(json!({"ready": reasons.is_empty(), "reasons": reasons}))).into_response()
+}
+
+/// The broker answers a metadata request within 2 s (off the async threads).
+async fn broker_up(s: &AppState) -> bool {
+    let p = s.producer.clone();
+    tokio::task::spawn_blocking(move || p.broker_reachable(Duration::from_secs(2))).await.unwrap_or(false)
 }
 
 async fn metrics(State(s): State<Arc<AppState>>) -> Response {

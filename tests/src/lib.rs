@@ -93,15 +93,11 @@ impl Proc {
     /// SIGTERM and wait for a graceful exit.
     pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         send_signal(self.child.id(), 15);
-        let t = Instant::now();
-        while t.elapsed() < timeout {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                return Some(st);
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let st = self.wait_exit(timeout);
+        if st.is_none() {
+            self.kill9();
         }
-        self.kill9();
-        None
+        st
     }
 
     /// Wait up to `timeout` for the process to exit by itself.
