@@ -24,12 +24,27 @@ pub struct AggregatorConfig {
     pub max_pending_rows: usize,
     /// Write the dedup state and consumer positions every N flushes (1 = every flush).
     pub checkpoint_every: u32,
-    /// How long a viewer's counted `seq` numbers are remembered after its last event (event time), seconds.
+    /// How long a viewer's counted `seq` numbers are remembered after its
+    /// last event arrived, seconds, measured by the partition's arrival clock
+    /// (Kafka record timestamps), never by event time.
     pub dedup_horizon_secs: u64,
     /// Events older than the partition watermark minus this are dead-lettered as `too_late`, seconds.
     pub max_lateness_secs: u64,
-    /// Events whose `interval_start` is further than this ahead of the wall clock are dead-lettered as `in_future`, seconds.
+    /// Events whose `interval_start` is further than this after their
+    /// record's Kafka timestamp are dead-lettered as `in_future`, seconds.
     pub max_future_secs: u64,
+    /// Per-event maximum of `bytes_out` and `bytes_in`; larger events are
+    /// dead-lettered as `too_large` (default: 10 Gbit/s over the longest
+    /// allowed interval, as in the gateway).
+    pub max_event_bytes: i64,
+    /// Partitions whose checkpoint lies before the start of the Kafka log
+    /// (retention deleted records never aggregated) are refused: not
+    /// consumed, readiness false, an error logged. Listing a partition here
+    /// accepts the gap for it: it resumes at the log start, and the records
+    /// lost to retention are not counted. A checkpoint past the log end
+    /// (topic deleted and recreated) is always refused: use a new topic
+    /// name or a fresh database (docs/operations.md).
+    pub accept_gap_partitions: Vec<i32>,
     /// Address of the `/metrics` and `/healthz` HTTP endpoint; empty disables it.
     pub metrics_listen: String,
     /// Where to start a partition that has no checkpoint in ClickHouse yet (a
@@ -60,6 +75,8 @@ impl Default for AggregatorConfig {
             dedup_horizon_secs: 24 * 3600,
             max_lateness_secs: 35 * 24 * 3600,
             max_future_secs: 3600,
+            max_event_bytes: schemas::validate::DEFAULT_MAX_EVENT_BYTES,
+            accept_gap_partitions: vec![],
             metrics_listen: "127.0.0.1:9101".into(),
             start_from: "earliest".into(),
             member_id: String::new(),
@@ -82,6 +99,9 @@ impl AggregatorConfig {
         }
         if self.flush_max_rows == 0 || self.max_pending_rows < self.flush_max_rows {
             return Err("need 0 < flush_max_rows <= max_pending_rows".into());
+        }
+        if self.max_event_bytes <= 0 {
+            return Err("max_event_bytes must be > 0".into());
         }
         if self.group_id.is_empty() || self.kafka.topic.is_empty() {
             return Err("group_id and kafka.topic must not be empty".into());

@@ -4,10 +4,12 @@
 //! `Handle::block_on`, so the loop stays strictly sequential.
 
 use crate::config::{AggregatorConfig, StartFrom};
-use crate::core::{clock_ms, Core};
+use crate::core::Core;
 use crate::error::AggError;
+use crate::sink::Sink;
+use std::collections::BTreeSet;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
-use rdkafka::error::KafkaResult;
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,11 +26,17 @@ const SHUTDOWN_FLUSH_FOR: Duration = Duration::from_secs(60);
 
 /// librdkafka context: owns the aggregator core so that rebalances can reach it.
 pub struct AggContext {
-    pub core: Mutex<Core>,
+    pub core: Mutex<Core<Sink>>,
     rt: Handle,
     topic: String,
-    /// Partitions whose state was dropped and must be reloaded and seeked.
+    /// Partitions whose state was dropped and must be claimed again, seeked
+    /// and resumed (paused meanwhile).
     reload: Mutex<Vec<i32>>,
+    /// Assigned partitions this member does not consume: checkpoint outside
+    /// the log, or claimed by another member (until the next assignment).
+    refused: Mutex<BTreeSet<i32>>,
+    /// Partitions whose checkpoint may lie before the log start.
+    accept_gap: Vec<i32>,
     /// Set when the callback could not load state: the loop stops with this error.
     fatal: Mutex<Option<String>>,
     /// Where partitions without a checkpoint start.
@@ -39,13 +47,26 @@ impl ClientContext for AggContext {}
 
 impl AggContext {
     /// Where each partition starts: its checkpoint, or `start_from` when
-    /// ClickHouse has none for it.
-    fn start_offsets(&self, consumer: &BaseConsumer<Self>, positions: &[(i32, Option<i64>)]) -> Result<Vec<(i32, Offset)>, String> {
+    /// ClickHouse has none for it. A checkpoint outside the partition's log
+    /// is refused (second list), never reset silently.
+    #[allow(clippy::type_complexity)]
+    fn start_offsets(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        positions: &[(i32, Option<i64>)],
+    ) -> Result<(Vec<(i32, Offset)>, Vec<AggError>), String> {
         let mut out = Vec::new();
+        let mut refused = Vec::new();
         let mut by_time = TopicPartitionList::new();
         for &(p, pos) in positions {
             let offset = match (pos, &self.start_from) {
-                (Some(pos), _) => Offset::Offset(pos),
+                (Some(pos), _) => match self.check_checkpoint(consumer, p, pos) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        refused.push(e);
+                        continue;
+                    }
+                },
                 (None, StartFrom::Earliest) => Offset::Beginning,
                 (None, StartFrom::Latest) => Offset::End,
                 (None, StartFrom::Offsets(list)) => {
@@ -76,12 +97,73 @@ impl AggContext {
                 out.push((e.partition(), offset));
             }
         }
-        Ok(out)
+        Ok((out, refused))
+    }
+
+    /// Compare a checkpoint with the partition's log: inside `[start, end]`
+    /// it is where to resume; before the start only with the operator's
+    /// consent (`accept_gap_partitions`); past the end never.
+    fn check_checkpoint(&self, consumer: &BaseConsumer<Self>, p: i32, pos: i64) -> Result<Offset, AggError> {
+        let mut last_err = None;
+        for _ in 0..3 {
+            match consumer.fetch_watermarks(&self.topic, p, Duration::from_secs(5)) {
+                Ok((low, high)) if pos > high => {
+                    return Err(AggError::OffsetOutOfRange {
+                        partition: p,
+                        checkpoint: pos,
+                        log_start: low,
+                        log_end: high,
+                        hint: "the log ends before the checkpoint (topic deleted and recreated?); \
+                               consume it under a new topic name or into a fresh database",
+                    })
+                }
+                Ok((low, high)) if pos < low && !self.accept_gap.contains(&p) => {
+                    return Err(AggError::OffsetOutOfRange {
+                        partition: p,
+                        checkpoint: pos,
+                        log_start: low,
+                        log_end: high,
+                        hint: "retention deleted records that were never aggregated; \
+                               to accept the loss and resume at the log start, add the partition to accept_gap_partitions",
+                    })
+                }
+                Ok((low, _)) if pos < low => {
+                    warn!(partition = p, checkpoint = pos, log_start = low, lost = low - pos, "OffsetGapAccepted: resuming at the log start");
+                    return Ok(Offset::Offset(low));
+                }
+                Ok(_) => return Ok(Offset::Offset(pos)),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        // The broker did not answer: resume at the checkpoint. The consumer
+        // runs with auto.offset.reset=error, so an offset outside the log
+        // still stops the partition with an error instead of a silent reset.
+        warn!(partition = p, error = ?last_err, "could not read the log bounds; resuming at the checkpoint");
+        Ok(Offset::Offset(pos))
+    }
+
+    fn refuse(&self, consumer: &BaseConsumer<Self>, core: &mut Core<Sink>, errors: &[AggError]) -> Vec<i32> {
+        let mut parts = Vec::new();
+        for e in errors {
+            if let AggError::OffsetOutOfRange { partition, .. } = e {
+                error!(error = %e, partition, "PartitionRefused");
+                core.metrics.offset_errors.inc();
+                parts.push(*partition);
+            }
+        }
+        core.forget(&parts);
+        let mut refused = self.refused.lock().expect("lock");
+        refused.extend(parts.iter().copied());
+        core.metrics.partitions_refused.set(refused.len() as i64);
+        drop(refused);
+        set_paused(consumer, &self.topic, &parts, true);
+        parts
     }
 }
 
 impl ConsumerContext for AggContext {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let _ = &tpl;
         let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
@@ -107,7 +189,7 @@ impl ConsumerContext for AggContext {
                     let _ = consumer.assign(&TopicPartitionList::new());
                     return;
                 };
-                let starts = match self.start_offsets(consumer, &positions) {
+                let (starts, refused) = match self.start_offsets(consumer, &positions) {
                     Ok(s) => s,
                     Err(e) => {
                         error!(error = %e, "PartitionLoadFailed: giving up");
@@ -116,20 +198,36 @@ impl ConsumerContext for AggContext {
                         return;
                     }
                 };
-                for (p, offset) in starts {
-                    if let Err(e) = tpl.set_partition_offset(&self.topic, p, offset) {
+                core.metrics.claims.inc_by(positions.len() as u64);
+                {
+                    let mut r = self.refused.lock().expect("lock");
+                    r.clear();
+                    core.metrics.partitions_refused.set(0);
+                }
+                // assign what is consumed; refused partitions stay with this
+                // member in the group but are not fetched
+                let mut assign = TopicPartitionList::new();
+                for (p, offset) in &starts {
+                    if let Err(e) = assign.add_partition_offset(&self.topic, *p, *offset) {
                         error!(partition = p, error = %e, "cannot set start offset");
                     }
                 }
-                if let Err(e) = consumer.assign(tpl) {
+                if let Err(e) = consumer.assign(&assign) {
                     error!(error = %e, "assign failed");
                 }
+                // a partition paused before a rebalance stays paused otherwise
+                let consumed: Vec<i32> = starts.iter().map(|s| s.0).collect();
+                set_paused(consumer, &self.topic, &consumed, false);
+                self.refuse(consumer, &mut core, &refused);
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let mut core = self.core.lock().expect("core lock");
                 if let Err(AggError::RebalanceInterrupt(kept)) = self.rt.block_on(core.revoke(&parts)) {
                     self.reload.lock().expect("lock").extend(kept);
                 }
+                let mut refused = self.refused.lock().expect("lock");
+                refused.retain(|p| !parts.contains(p));
+                core.metrics.partitions_refused.set(refused.len() as i64);
                 let _ = consumer.unassign();
             }
             other => {
@@ -140,14 +238,21 @@ impl ConsumerContext for AggContext {
     }
 }
 
+/// Consumer properties that user settings may not override: each would
+/// break the exactly-once design (offsets come from ClickHouse, and an
+/// offset outside the log must stop the partition, not reset it).
+const PROTECTED: &[&str] = &["auto.offset.reset", "enable.auto.commit", "enable.auto.offset.store", "group.id"];
+
 /// Build the consumer. Offsets come from ClickHouse; Kafka commits are only
 /// informative (for lag tools), never read back.
-pub fn create_consumer(cfg: &AggregatorConfig, core: Core, rt: Handle) -> KafkaResult<BaseConsumer<AggContext>> {
+pub fn create_consumer(cfg: &AggregatorConfig, core: Core<Sink>, rt: Handle) -> KafkaResult<BaseConsumer<AggContext>> {
     let ctx = AggContext {
         core: Mutex::new(core),
         rt,
         topic: cfg.kafka.topic.clone(),
         reload: Mutex::new(Vec::new()),
+        refused: Mutex::new(BTreeSet::new()),
+        accept_gap: cfg.accept_gap_partitions.clone(),
         fatal: Mutex::new(None),
         start_from: StartFrom::parse(&cfg.start_from).map_err(rdkafka::error::KafkaError::ClientCreation)?,
     };
@@ -155,7 +260,8 @@ pub fn create_consumer(cfg: &AggregatorConfig, core: Core, rt: Handle) -> KafkaR
     c.set("group.id", &cfg.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
+        // never reset silently: an offset outside the log is an error
+        .set("auto.offset.reset", "error")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
         // also the rebalance timeout: how long a rebalance waits for members
@@ -163,8 +269,13 @@ pub fn create_consumer(cfg: &AggregatorConfig, core: Core, rt: Handle) -> KafkaR
         .set("max.poll.interval.ms", "60000")
         // eager protocol: a revoke always covers every partition
         .set("partition.assignment.strategy", "range,roundrobin");
-    let c = cfg.kafka.finish(c);
-    c.create_with_context(ctx)
+    let mut kafka = cfg.kafka.clone();
+    for key in PROTECTED {
+        if let Some(v) = kafka.properties.remove(*key) {
+            warn!(property = key, value = %v, "ignoring a kafka property the aggregator sets itself (exactly-once needs it)");
+        }
+    }
+    kafka.finish(c).create_with_context(ctx)
 }
 
 /// Run until `shutdown` is set, then flush what is held.
@@ -175,6 +286,7 @@ pub fn run(cfg: &AggregatorConfig, consumer: BaseConsumer<AggContext>, shutdown:
     let interval = Duration::from_millis(cfg.flush_interval_ms);
     let mut next_flush = Instant::now() + interval;
     let mut next_lag = Instant::now();
+    let mut next_reload = Instant::now();
     let mut backoff = Duration::from_millis(250);
     let mut paused = false;
     let topic_c = std::ffi::CString::new(cfg.kafka.topic.as_str()).map_err(|_| AggError::Config("topic contains NUL".into()))?;
@@ -182,19 +294,31 @@ pub fn run(cfg: &AggregatorConfig, consumer: BaseConsumer<AggContext>, shutdown:
         if let Some(msg) = ctx.fatal.lock().expect("lock").take() {
             return Err(AggError::Config(format!("cannot load partition state: {msg}")));
         }
-        reload_dropped(&consumer, &ctx)?;
+        if Instant::now() >= next_reload {
+            if let Err(e) = reload_dropped(&consumer, &ctx) {
+                warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "PartitionReloadFailed");
+                next_reload = Instant::now() + backoff;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
         // at least a few ms: while a batch is written in the background a due
         // flush waits for it, and the loop must not spin meanwhile
         let wait = next_flush.saturating_duration_since(Instant::now()).clamp(Duration::from_millis(5), Duration::from_millis(100));
         if let Some(first) = consumer.poll(wait) {
             let mut core = ctx.core.lock().expect("core lock");
-            let now = clock_ms();
             let mut next = Some(first);
             let mut n = 0;
             while let Some(m) = next.take() {
                 match m {
                     Ok(m) => {
-                        core.process(m.partition(), m.offset(), m.payload().unwrap_or(&[]), now);
+                        core.process(m.partition(), m.offset(), m.timestamp().to_millis(), m.payload().unwrap_or(&[]));
+                    }
+                    Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset)) => {
+                        // an offset outside the log (retention passed a lagging
+                        // member, or a truncated topic): the partition stops
+                        error!("OffsetOutOfRange: a partition's position left the log; it is not consumed (see the broker log for which)");
+                        core.metrics.offset_errors.inc();
+                        core.metrics.partitions_refused.set(core.metrics.partitions_refused.get().max(1));
                     }
                     Err(e) => warn!(error = %e, "KafkaErrorReceived"),
                 }
@@ -213,22 +337,28 @@ pub fn run(cfg: &AggregatorConfig, consumer: BaseConsumer<AggContext>, shutdown:
                 Ok(report) => {
                     backoff = Duration::from_millis(250);
                     if paused && core.pending_rows() < cfg.max_pending_rows {
-                        if let Ok(a) = consumer.assignment() {
-                            let _ = consumer.resume(&a);
-                        }
+                        set_paused(&consumer, &cfg.kafka.topic, &core.assigned(), false);
                         paused = false;
                         info!("ConsumptionResumed");
                     }
                     commit_positions(&consumer, &cfg.kafka.topic, &report.checkpointed);
                 }
-                Err(e) if e.needs_reload() => {
-                    warn!(error = %e, "FlushFailed: reloading every partition from ClickHouse");
-                    let parts = core.drop_all_state();
-                    ctx.reload.lock().expect("lock").extend(parts);
-                }
                 Err(e) => {
-                    warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "FlushFailed");
-                    next_flush = Instant::now() + backoff;
+                    let fenced = if let AggError::Fenced(f) = &e { f.clone() } else { vec![] };
+                    warn!(error = %e, "FlushFailed: dropping the in-memory state; claiming the partitions again from their last checkpoint");
+                    let parts = core.drop_all_state();
+                    let (lost, reclaim): (Vec<i32>, Vec<i32>) = parts.into_iter().partition(|p| fenced.contains(p));
+                    set_paused(&consumer, &cfg.kafka.topic, &lost, true);
+                    set_paused(&consumer, &cfg.kafka.topic, &reclaim, true);
+                    if !lost.is_empty() {
+                        error!(partitions = ?lost, "PartitionFenced: another member claimed these partitions; not consuming them until Kafka assigns them again");
+                        let mut refused = ctx.refused.lock().expect("lock");
+                        refused.extend(lost.iter().copied());
+                        core.metrics.partitions_refused.set(refused.len() as i64);
+                    }
+                    ctx.reload.lock().expect("lock").extend(reclaim);
+                    paused = false;
+                    next_reload = Instant::now() + backoff;
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             }
@@ -239,9 +369,7 @@ pub fn run(cfg: &AggregatorConfig, consumer: BaseConsumer<AggContext>, shutdown:
             core.start_flush(&ctx.rt);
             next_flush = Instant::now() + interval;
             if !paused && core.pending_rows() >= cfg.max_pending_rows {
-                if let Ok(a) = consumer.assignment() {
-                    let _ = consumer.pause(&a);
-                }
+                set_paused(&consumer, &cfg.kafka.topic, &core.assigned(), true);
                 paused = true;
                 warn!(pending = core.pending_rows(), "ConsumptionPaused: too many rows wait for ClickHouse");
             }
@@ -257,34 +385,44 @@ pub fn run(cfg: &AggregatorConfig, consumer: BaseConsumer<AggContext>, shutdown:
         }
     }
     info!("AggregatorStopping: flushing what is held");
-    let started = Instant::now();
     let mut core = ctx.core.lock().expect("core lock");
+    let started = Instant::now();
     loop {
         match ctx.rt.block_on(core.flush(true)) {
             Ok(report) => {
                 commit_positions(&consumer, &cfg.kafka.topic, &report.checkpointed);
-                if !core.has_inflight() && core.pending_rows() == 0 {
+                if !core.is_flushing() && core.pending_rows() == 0 {
                     break;
                 }
             }
-            Err(e) if e.needs_reload() => {
-                warn!(error = %e, "stopping without the final flush; the next start reloads from ClickHouse");
-                break;
-            }
-            Err(e) if started.elapsed() < SHUTDOWN_FLUSH_FOR => {
-                warn!(error = %e, "FlushFailed during shutdown; retrying");
-                std::thread::sleep(Duration::from_millis(500));
-            }
             Err(e) => {
-                error!(error = %e, "giving up the final flush; the next start resumes from the last checkpoint");
+                warn!(error = %e, "stopping without the final flush; the next start resumes from the last checkpoint");
                 break;
             }
+        }
+        if started.elapsed() > SHUTDOWN_FLUSH_FOR {
+            break;
         }
     }
     drop(core);
     consumer.unsubscribe();
     info!("AggregatorStopped");
     Ok(())
+}
+
+/// Pause or resume `partitions` of `topic`.
+fn set_paused(consumer: &BaseConsumer<AggContext>, topic: &str, partitions: &[i32], pause: bool) {
+    if partitions.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for &p in partitions {
+        tpl.add_partition(topic, p);
+    }
+    let r = if pause { consumer.pause(&tpl) } else { consumer.resume(&tpl) };
+    if let Err(e) = r {
+        warn!(error = %e, ?partitions, pause, "pause/resume failed");
+    }
 }
 
 /// The partition's high watermark as of the last fetch response, without a
@@ -308,12 +446,12 @@ fn cached_high_watermark(consumer: &BaseConsumer<AggContext>, topic: &std::ffi::
     (err == RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
 }
 
-fn commit_positions(consumer: &BaseConsumer<AggContext>, topic: &str, positions: &[(i32, i64)]) {
+fn commit_positions(consumer: &BaseConsumer<AggContext>, topic: &str, positions: &[(i32, u64, i64)]) {
     if positions.is_empty() {
         return;
     }
     let mut tpl = TopicPartitionList::new();
-    for &(p, pos) in positions {
+    for &(p, _, pos) in positions {
         let _ = tpl.add_partition_offset(topic, p, Offset::Offset(pos));
     }
     if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
@@ -321,18 +459,38 @@ fn commit_positions(consumer: &BaseConsumer<AggContext>, topic: &str, positions:
     }
 }
 
-/// After a rebalance interrupted a flush (or a partial insert), reload the
-/// partitions we kept and seek them back to what ClickHouse holds.
+/// After a failed flush or an interrupted rebalance, claim the dropped
+/// partitions again and seek them back to their last checkpoint. On error
+/// they stay in the list (paused) for the next attempt.
 fn reload_dropped(consumer: &BaseConsumer<AggContext>, ctx: &AggContext) -> Result<(), AggError> {
     let parts: Vec<i32> = std::mem::take(&mut *ctx.reload.lock().expect("lock"));
     if parts.is_empty() {
         return Ok(());
     }
+    // only what Kafka still assigns to this member
+    let assigned: Vec<i32> = match consumer.assignment() {
+        Ok(a) => a.elements().iter().map(|e| e.partition()).collect(),
+        Err(e) => {
+            ctx.reload.lock().expect("lock").extend(parts);
+            return Err(e.into());
+        }
+    };
+    let parts: Vec<i32> = parts.into_iter().filter(|p| assigned.contains(p)).collect();
     let mut core = ctx.core.lock().expect("core lock");
-    let positions = ctx.rt.block_on(core.assign(&parts))?;
-    for (p, offset) in ctx.start_offsets(consumer, &positions).map_err(AggError::Config)? {
+    let positions = match ctx.rt.block_on(core.assign(&parts)) {
+        Ok(p) => p,
+        Err(e) => {
+            ctx.reload.lock().expect("lock").extend(parts);
+            return Err(e);
+        }
+    };
+    core.metrics.claims.inc_by(positions.len() as u64);
+    let (starts, refused) = ctx.start_offsets(consumer, &positions).map_err(AggError::Config)?;
+    for (p, offset) in starts {
         consumer.seek(&ctx.topic, p, offset, Duration::from_secs(10))?;
+        set_paused(consumer, &ctx.topic, &[p], false);
         info!(partition = p, ?offset, "PartitionReloaded");
     }
+    ctx.refuse(consumer, &mut core, &refused);
     Ok(())
 }

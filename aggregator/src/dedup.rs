@@ -5,20 +5,31 @@
 //! connection needs one range however long it lives, and memory grows with
 //! active viewers, not with events.
 //!
-//! **Horizon.** A viewer's state is forgotten once the partition's watermark
-//! (largest `interval_start` seen on the partition) has moved more than
-//! `horizon` (default 24 h) past the watermark at which the viewer was last
-//! counted: a viewer unheard of for 24 h of event time. Forgetting is decided
-//! lazily, at lookup, from event time only, so decisions are a pure function
-//! of the partition's message sequence and identical on replay after a crash.
-//! An event of a forgotten viewer is counted as new: a duplicate re-sent more
-//! than `horizon` after the viewer's previous report was counted would be
-//! counted twice. That is the documented limit; such events are counted in
-//! the metric `aggregator_dedup_horizon_exceeded_total`. A late burst (a
-//! media server that re-sends two days of reports at once) is still deduped,
-//! since freshness follows arrival on the partition, not the event's own time.
+//! **Horizon, in arrival time.** A viewer's state is kept until the
+//! partition's *arrival clock* (the largest Kafka record timestamp seen on
+//! the partition) has moved more than `horizon` (default 24 h) past the
+//! arrival clock at the viewer's last counted event: a viewer unheard of for
+//! 24 h of arrival. Event time plays no part: a backlog spanning days of
+//! event time, a backfill, or a media server whose clock runs a day ahead
+//! arrive within minutes and forget nobody, and an active viewer (one whose
+//! reports keep arriving) is never forgotten. Payment meters keep idempotency
+//! keys the same way, by the time they were received.
+//!
+//! Forgetting is decided lazily, at lookup, from the arrival clock, which is
+//! part of the log (record timestamps are stored with the records), so the
+//! decisions are a pure function of the partition's message sequence and
+//! identical on replay. An event of a forgotten viewer is counted as new: a
+//! duplicate re-sent more than `horizon` after the viewer's last report
+//! arrived would be counted twice. That is the documented limit
+//! (`docs/clickhouse.md`); such events are counted in the metric
+//! `aggregator_dedup_horizon_exceeded_total` while the forgotten entry is
+//! still in memory (until the next checkpoint evicts it).
+//!
+//! Record timestamps are the producers' (`CreateTime`: the gateway's and
+//! `UsageProducer`'s clocks) unless the topic uses `LogAppendTime`, which the
+//! production compose file sets so that the broker's clock decides.
 
-use crate::state::RowCache;
+use crate::rows::RowCache;
 use hashbrown::hash_map::EntryRef;
 use smallvec::SmallVec;
 use rustc_hash::FxBuildHasher;
@@ -151,7 +162,7 @@ impl SeqSet {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ViewerSeqs {
     pub seqs: SeqSet,
-    /// Partition watermark when the viewer was last counted.
+    /// Partition arrival clock (epoch ms) when the viewer was last counted.
     pub last_seen_ms: i64,
     /// Changed since the last checkpoint.
     pub dirty: bool,
@@ -182,16 +193,16 @@ impl Dedup {
         Dedup { viewers: ViewerMap::default(), horizon_ms }
     }
 
-    /// Decide whether `(viewer, seq)` is new, and record it. `watermark_ms`
-    /// is the partition watermark including this event.
-    pub fn check_and_insert(&mut self, viewer: &str, seq: i64, watermark_ms: i64) -> Seen {
-        self.check_and_insert_cached(viewer, seq, watermark_ms).0
+    /// Decide whether `(viewer, seq)` is new, and record it. `arrival_ms`
+    /// is the partition's arrival clock including this event.
+    pub fn check_and_insert(&mut self, viewer: &str, seq: i64, arrival_ms: i64) -> Seen {
+        self.check_and_insert_cached(viewer, seq, arrival_ms).0
     }
 
     /// [`Dedup::check_and_insert`], also handing out the viewer's row cache
     /// when the event is new (one hash lookup for both).
-    pub(crate) fn check_and_insert_cached(&mut self, viewer: &str, seq: i64, watermark_ms: i64) -> (Seen, Option<&mut RowCache>) {
-        let cutoff = watermark_ms.saturating_sub(self.horizon_ms);
+    pub(crate) fn check_and_insert_cached(&mut self, viewer: &str, seq: i64, arrival_ms: i64) -> (Seen, Option<&mut RowCache>) {
+        let cutoff = arrival_ms.saturating_sub(self.horizon_ms);
         match self.viewers.entry_ref(viewer) {
             EntryRef::Occupied(o) => {
                 let v = o.into_mut();
@@ -204,14 +215,14 @@ impl Dedup {
                 if !v.seqs.insert(seq) {
                     return (Seen::Duplicate, None);
                 }
-                v.last_seen_ms = watermark_ms;
+                v.last_seen_ms = v.last_seen_ms.max(arrival_ms);
                 v.dirty = true;
                 (result, Some(&mut v.cache))
             }
             EntryRef::Vacant(e) => {
                 let mut seqs = SeqSet::default();
                 seqs.insert(seq);
-                let v = e.insert(ViewerSeqs { seqs, last_seen_ms: watermark_ms, dirty: true, cache: RowCache::default() });
+                let v = e.insert(ViewerSeqs { seqs, last_seen_ms: arrival_ms, dirty: true, cache: RowCache::default() });
                 (Seen::New, Some(&mut v.cache))
             }
         }
@@ -223,8 +234,8 @@ impl Dedup {
     }
 
     /// Drop viewers past the horizon (memory only: lookups already treat them as forgotten).
-    pub fn evict(&mut self, watermark_ms: i64) -> usize {
-        let cutoff = watermark_ms.saturating_sub(self.horizon_ms);
+    pub fn evict(&mut self, arrival_ms: i64) -> usize {
+        let cutoff = arrival_ms.saturating_sub(self.horizon_ms);
         let before = self.viewers.len();
         self.viewers.retain(|_, v| v.last_seen_ms >= cutoff || v.dirty);
         before - self.viewers.len()
@@ -283,7 +294,7 @@ mod tests {
     }
 
     #[test]
-    fn horizon_is_decided_by_event_time() {
+    fn horizon_is_decided_by_the_arrival_clock() {
         let h = 24 * 3600 * 1000;
         let mut d = Dedup::new(h);
         assert_eq!(d.check_and_insert("v", 0, 1_000), Seen::New);
@@ -292,6 +303,31 @@ mod tests {
         assert_eq!(d.check_and_insert("v", 0, 1_001 + 2 * h), Seen::NewBeyondHorizon);
         assert_eq!(d.check_and_insert("v", 0, 1_001 + 2 * h), Seen::Duplicate, "a fresh state dedups again");
         assert_eq!(d.check_and_insert("v", 1, 1_001 + 2 * h), Seen::New, "the forgotten seq 1 counts again");
+    }
+
+    /// Viewers interleaved over days of *event* time but arriving within
+    /// minutes: nobody is forgotten, every re-sent report is a duplicate.
+    /// (The partition's clock here is arrival; event time never reaches Dedup.)
+    #[test]
+    fn active_viewers_are_never_forgotten_whatever_their_event_times() {
+        let h = 24 * 3600 * 1000;
+        let mut d = Dedup::new(h);
+        let arrival0 = 1_800_000_000_000;
+        let mut n = 0;
+        for seq in 0..50 {
+            for v in 0..20 {
+                assert_eq!(d.check_and_insert(&format!("v{v}"), seq, arrival0 + n), Seen::New);
+                n += 10;
+            }
+        }
+        for seq in 0..50 {
+            for v in 0..20 {
+                assert_eq!(d.check_and_insert(&format!("v{v}"), seq, arrival0 + n), Seen::Duplicate, "v{v} seq {seq}");
+            }
+        }
+        assert_eq!(d.evict(arrival0 + n), 0);
+        // a viewer silent for longer than the horizon of arrival is forgotten
+        assert_eq!(d.check_and_insert("v0", 0, arrival0 + n + h + 1), Seen::NewBeyondHorizon);
     }
 
     #[test]

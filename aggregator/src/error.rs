@@ -7,7 +7,10 @@ pub enum AggError {
     /// Bad configuration: fix it and restart.
     #[error("configuration: {0}")]
     Config(String),
-    /// ClickHouse failed or is unreachable: retry with backoff; offsets stay unadvanced.
+    /// ClickHouse failed or is unreachable: drop the in-memory state, claim
+    /// the partitions again (with backoff) and re-read from the last
+    /// checkpoint. Whatever part of the failed batch landed is superseded by
+    /// the new claim.
     #[error("ClickHouse: {0}")]
     ClickHouse(#[from] clickhouse::error::Error),
     /// Kafka failed: librdkafka reconnects by itself; fatal only at start-up.
@@ -20,27 +23,27 @@ pub enum AggError {
     /// dropped and the new owner re-reads from the stored positions.
     #[error("rebalance interrupted a flush of partitions {0:?}")]
     RebalanceInterrupt(Vec<i32>),
-    /// A failed insert landed for some of the batch's partitions and not for
-    /// others (a sharded cluster, where each shard takes its part of an insert
-    /// separately): in-memory state no longer matches ClickHouse. Drop it and
-    /// reload every partition from ClickHouse, whose per-partition thresholds
-    /// then decide exactly what is still missing.
-    #[error("insert into {table} landed for {landed} of {total} partitions: reloading state from ClickHouse")]
-    ConflictingOffsets { table: &'static str, landed: usize, total: usize },
+    /// Another member claimed these partitions after this member did: its
+    /// writes to them no longer count. Drop their state and wait for Kafka to
+    /// assign them again (never claim them back on our own).
+    #[error("partitions {0:?} were claimed by another member: this member's writes to them no longer count")]
+    Fenced(Vec<i32>),
+    /// A partition's checkpoint lies outside the Kafka log: the partition is
+    /// refused rather than silently skipped or re-read.
+    #[error("partition {partition}: checkpoint at offset {checkpoint} is outside the log [{log_start}, {log_end}]: {hint}")]
+    OffsetOutOfRange { partition: i32, checkpoint: i64, log_start: i64, log_end: i64, hint: &'static str },
     /// The task writing a batch died (a panic) and took the batch with it:
-    /// like [`AggError::ConflictingOffsets`], reload every partition.
+    /// reload every partition.
     #[error("the flush task failed ({0}): reloading state from ClickHouse")]
     FlushLost(String),
+    /// A fault injected by a test.
+    #[error("injected fault: {0}")]
+    Injected(String),
 }
 
 impl AggError {
     /// Worth retrying (the same operation may succeed later).
     pub fn is_transient(&self) -> bool {
-        matches!(self, AggError::ClickHouse(_) | AggError::Kafka(_))
-    }
-
-    /// In-memory state no longer matches ClickHouse: drop it and reload.
-    pub fn needs_reload(&self) -> bool {
-        matches!(self, AggError::ConflictingOffsets { .. } | AggError::FlushLost(_))
+        matches!(self, AggError::ClickHouse(_) | AggError::Kafka(_) | AggError::Injected(_))
     }
 }

@@ -79,9 +79,11 @@ pub mod dedup;
 pub mod error;
 pub mod metrics;
 pub mod rowbinary;
+pub mod rows;
 pub mod server;
 pub mod sink;
 pub mod state;
+pub mod store;
 pub mod tables;
 
 pub use config::AggregatorConfig;

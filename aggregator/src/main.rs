@@ -94,7 +94,7 @@ fn run(cfg: AggregatorConfig, rt: tokio::runtime::Runtime) -> Result<()> {
             shutdown.store(true, Ordering::Relaxed);
         });
     }
-    let core = Core::new(&cfg, sink, metrics);
+    let core = Core::new(&cfg, sink, metrics).with_kill_after(aggregator::core::KillAfter::from_env()?);
     let consumer = consumer::create_consumer(&cfg, core, rt.handle().clone()).context("creating the Kafka consumer")?;
     let handle = std::thread::Builder::new()
         .name("consume-loop".into())

@@ -23,6 +23,10 @@ pub struct Metrics {
     pub group_joined: IntGauge,
     /// 1 while the latest flush attempt failed (ClickHouse not writable).
     pub flush_failing: IntGauge,
+    pub fenced: IntCounter,
+    pub claims: IntCounter,
+    pub partitions_refused: IntGauge,
+    pub offset_errors: IntCounter,
 }
 
 impl Metrics {
@@ -66,7 +70,7 @@ impl Metrics {
                 &["table"]
             )
             .unwrap()),
-            flush_errors: reg!(IntCounter::new("aggregator_flush_errors_total", "Failed flush attempts (retried)").unwrap()),
+            flush_errors: reg!(IntCounter::new("aggregator_flush_errors_total", "Failed flushes (the partitions are claimed again and re-read)").unwrap()),
             consumer_lag: reg!(IntGaugeVec::new(
                 Opts::new("aggregator_consumer_lag", "High watermark minus position, by partition"),
                 &["partition"]
@@ -78,6 +82,22 @@ impl Metrics {
             assigned_partitions: reg!(IntGauge::new("aggregator_assigned_partitions", "Partitions assigned to this member").unwrap()),
             group_joined: reg!(IntGauge::new("aggregator_group_joined", "1 once the first partition assignment completed").unwrap()),
             flush_failing: reg!(IntGauge::new("aggregator_flush_failing", "1 while the latest flush attempt failed").unwrap()),
+            fenced: reg!(IntCounter::new(
+                "aggregator_fenced_total",
+                "Partitions found claimed by another member before a flush (their batch was dropped)"
+            )
+            .unwrap()),
+            claims: reg!(IntCounter::new("aggregator_claims_total", "Partition claims written (assignments and re-claims after a failed flush)").unwrap()),
+            partitions_refused: reg!(IntGauge::new(
+                "aggregator_partitions_refused",
+                "Assigned partitions not consumed: checkpoint outside the Kafka log, or claimed by another member"
+            )
+            .unwrap()),
+            offset_errors: reg!(IntCounter::new(
+                "aggregator_offset_errors_total",
+                "Checkpoints found outside the Kafka log, and offset-out-of-range errors from the broker"
+            )
+            .unwrap()),
             registry,
         }
     }

@@ -43,7 +43,13 @@ async fn readyz(State(s): State<AppState>) -> (StatusCode, axum::Json<serde_json
         reasons.push("not yet assigned partitions by the consumer group".to_string());
     }
     if s.metrics.flush_failing.get() != 0 {
-        reasons.push("the latest flush to ClickHouse failed (retrying)".to_string());
+        reasons.push("the latest flush to ClickHouse failed (re-reading from the last checkpoint)".to_string());
+    }
+    let refused = s.metrics.partitions_refused.get();
+    if refused > 0 {
+        reasons.push(format!(
+            "{refused} assigned partition(s) refused: checkpoint outside the Kafka log or claimed by another member (see the logs)"
+        ));
     }
     let body = serde_json::json!({
         "ready": reasons.is_empty(),

@@ -2,9 +2,11 @@
 //! roll into windows. No I/O here; `sink` and `core` do that.
 
 use crate::dedup::{Dedup, Seen};
-use crate::tables;
+use crate::rows::{DeadLetter, RowCache, Sums, Sym, NO_ROW};
+use crate::tables::{self, Src, Table};
 use rustc_hash::FxHashMap;
-use schemas::{Codec, Protocol, ViewerUsage};
+use schemas::validate::{code_of, reason_text, Rules};
+use schemas::{Codec, Protocol};
 
 /// Settings the hot path needs.
 #[derive(Debug, Clone)]
@@ -13,6 +15,7 @@ pub struct Limits {
     pub dedup_horizon_ms: i64,
     pub max_lateness_ms: i64,
     pub max_future_ms: i64,
+    pub max_event_bytes: i64,
 }
 
 impl Limits {
@@ -22,12 +25,10 @@ impl Limits {
             dedup_horizon_ms: (c.dedup_horizon_secs as i64).saturating_mul(1000),
             max_lateness_ms: (c.max_lateness_secs as i64).saturating_mul(1000),
             max_future_ms: (c.max_future_secs as i64).saturating_mul(1000),
+            max_event_bytes: c.max_event_bytes,
         }
     }
 }
-
-/// Interned string id, valid until the next flush cut.
-type Sym = u32;
 
 #[derive(Debug, Default)]
 struct Interner {
@@ -73,32 +74,6 @@ struct ViewerKey {
     cluster: Sym,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Sums {
-    pub bytes_out: u64,
-    pub bytes_in: u64,
-    pub events: u64,
-}
-
-impl Sums {
-    #[inline]
-    fn add(&mut self, ev: &ViewerUsage<'_>) {
-        // validated: 0 <= bytes < 2^63, and events per flush are far below 2
-        self.bytes_out += ev.bytes_out as u64;
-        self.bytes_in += ev.bytes_in as u64;
-        self.events += 1;
-    }
-}
-
-/// A poison or rejected record, waiting for the dead-letter table.
-#[derive(Debug, Clone)]
-pub struct DeadLetter {
-    pub received_at: u32,
-    pub offset: i64,
-    pub reason: String,
-    pub payload: Vec<u8>,
-}
-
 /// Rows of one table: sums in arrival order, with an index by key.
 #[derive(Debug)]
 struct Rows<K> {
@@ -126,6 +101,23 @@ impl<K: Copy + Eq + std::hash::Hash> Rows<K> {
     fn len(&self) -> usize {
         self.rows.len()
     }
+
+    /// Add an event to row `*idx`; when a sum would overflow, start another
+    /// partial row for the same key and point `*idx` (and the index) at it.
+    #[inline]
+    fn add(&mut self, idx: &mut u32, bytes_out: i64, bytes_in: i64) {
+        if self.rows[*idx as usize].1.try_add(bytes_out, bytes_in) {
+            return;
+        }
+        let key = self.rows[*idx as usize].0;
+        let mut fresh = Sums::default();
+        // bytes are validated non-negative and below 2^63: a fresh row takes them
+        let added = fresh.try_add(bytes_out, bytes_in);
+        debug_assert!(added);
+        self.rows.push((key, fresh));
+        *idx = (self.rows.len() - 1) as u32;
+        self.index.insert(key, *idx);
+    }
 }
 
 /// Aggregates accumulated since the last flush cut.
@@ -143,40 +135,6 @@ impl Pending {
     }
 }
 
-/// No row (the table already holds the event's offset).
-const NO_ROW: u32 = u32::MAX;
-
-/// Where a viewer's last event went, kept in the viewer's dedup entry so the
-/// viewer's next event (usually the same window and attributes) skips the
-/// interning and both row lookups: the event's strings are compared with the
-/// cached ones instead of hashed. Valid only for the accumulation it was
-/// made in (`generation`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct RowCache {
-    generation: u32,
-    window: u32,
-    protocol: Protocol,
-    /// tracking, account, stream, cluster, custom viewer data
-    syms: [Sym; 5],
-    tracking_row: u32,
-    viewer_row: u32,
-}
-
-impl Default for RowCache {
-    fn default() -> Self {
-        RowCache { generation: 0, window: 0, protocol: Protocol::Webrtc, syms: [0; 5], tracking_row: NO_ROW, viewer_row: NO_ROW }
-    }
-}
-
-/// How far each data table already holds this partition: events with an
-/// offset below the threshold are in that table and must not be added again.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Thresholds {
-    pub viewer: i64,
-    pub tracking: i64,
-    pub dead: i64,
-}
-
 /// What happened to one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -191,13 +149,18 @@ pub enum Outcome {
 #[derive(Debug)]
 pub struct PartitionState {
     pub partition: i32,
+    /// This member's claim on the partition: every row it writes carries it.
+    pub epoch: u64,
     /// Next offset to read.
     pub position: i64,
-    /// Largest `interval_start` of a valid event, epoch ms (`i64::MIN` before the first).
+    /// Largest `interval_start` of a valid event, epoch ms (`i64::MIN` before
+    /// the first): decides lateness.
     pub watermark_ms: i64,
-    /// Position and watermark written by the last completed checkpoint.
-    pub checkpointed: Option<(i64, i64)>,
-    pub thresholds: Thresholds,
+    /// Largest Kafka record timestamp seen, epoch ms (`i64::MIN` before the
+    /// first): the clock of the dedup horizon and of the `in_future` check.
+    pub arrival_ms: i64,
+    /// Position written by the last completed checkpoint.
+    pub checkpointed: Option<i64>,
     pub dedup: Dedup,
     pending: Pending,
     /// Counts flush cuts: tells row caches of an earlier accumulation apart.
@@ -205,13 +168,14 @@ pub struct PartitionState {
 }
 
 impl PartitionState {
-    pub fn new(partition: i32, position: i64, watermark_ms: i64, thresholds: Thresholds, dedup: Dedup) -> Self {
+    pub fn new(partition: i32, epoch: u64, position: i64, watermark_ms: i64, arrival_ms: i64, dedup: Dedup) -> Self {
         PartitionState {
             partition,
+            epoch,
             position,
             watermark_ms,
+            arrival_ms,
             checkpointed: None,
-            thresholds,
             dedup,
             pending: Pending::default(),
             generation: 1,
@@ -231,41 +195,52 @@ impl PartitionState {
         w.len()
     }
 
-    /// The hot path: one Kafka message at `offset`.
-    pub fn process(&mut self, offset: i64, payload: &[u8], codec: &Codec, limits: &Limits, now_ms: i64) -> Outcome {
+    /// The hot path: one Kafka message at `offset` with record timestamp
+    /// `timestamp_ms` (`None` when the broker gave none). Every decision is a
+    /// function of the partition's messages (offsets, timestamps, payloads)
+    /// and of the state restored from the last checkpoint, never of the wall
+    /// clock, so a replay decides exactly as the first run did.
+    pub fn process(&mut self, offset: i64, timestamp_ms: Option<i64>, payload: &[u8], codec: &Codec, limits: &Limits) -> Outcome {
         if offset < self.position {
             return Outcome::Stale;
         }
         self.position = offset + 1;
+        if let Some(ts) = timestamp_ms {
+            self.arrival_ms = self.arrival_ms.max(ts);
+        }
         let ev = match codec.decode(payload) {
             Ok(ev) => ev,
-            Err(e) => return self.dead_letter(offset, e.reason(), e.to_string(), payload, now_ms),
+            Err(e) => return self.dead_letter(offset, e.reason(), e.to_string(), payload),
         };
-        if let Err(errs) = schemas::validate(&ev, None) {
-            return self.dead_letter(offset, "invalid", schemas::validate::reason_text(&errs), payload, now_ms);
+        if let Err(errs) = schemas::validate_with(&ev, &Rules { now_ms: None, max_event_bytes: limits.max_event_bytes }) {
+            return self.dead_letter(offset, code_of(&errs), reason_text(&errs), payload);
         }
-        if ev.interval_start > now_ms.saturating_add(limits.max_future_ms) {
-            let reason = format!("in_future: interval_start is more than {} s ahead of the clock", limits.max_future_ms / 1000);
-            return self.dead_letter(offset, "in_future", reason, payload, now_ms);
+        // "in the future" relative to when the record reached Kafka
+        let arrived = timestamp_ms.unwrap_or(self.arrival_ms);
+        if arrived != i64::MIN && ev.interval_start > arrived.saturating_add(limits.max_future_ms) {
+            let reason = format!(
+                "in_future: interval_start is more than {} s after the record's Kafka timestamp",
+                limits.max_future_ms / 1000
+            );
+            return self.dead_letter(offset, "in_future", reason, payload);
         }
         if ev.interval_start < self.watermark_ms.saturating_sub(limits.max_lateness_ms) {
             let reason = format!(
                 "too_late: interval_start is more than {} s before the partition watermark",
                 limits.max_lateness_ms / 1000
             );
-            return self.dead_letter(offset, "too_late", reason, payload, now_ms);
+            return self.dead_letter(offset, "too_late", reason, payload);
         }
         let width_ms = limits.window_secs as i64 * 1000;
         let window_ms = ev.window_start_ms(width_ms);
         let late = window_ms + width_ms <= self.watermark_ms;
         self.watermark_ms = self.watermark_ms.max(ev.interval_start);
-        let (seen, cache) = self.dedup.check_and_insert_cached(&ev.viewer_id, ev.seq, self.watermark_ms);
+        let (seen, cache) = self.dedup.check_and_insert_cached(&ev.viewer_id, ev.seq, self.arrival_ms);
         let Some(cache) = cache else {
             return Outcome::Duplicate;
         };
         let window = (window_ms / 1000) as u32;
         let p = &mut self.pending;
-        let (to_tracking, to_viewer) = (offset >= self.thresholds.tracking, offset >= self.thresholds.viewer);
         let fields = [
             ev.tracking_id_or_empty(),
             &*ev.account_id,
@@ -276,118 +251,92 @@ impl PartitionState {
         let hit = cache.generation == self.generation
             && cache.window == window
             && cache.protocol == ev.protocol
-            && (!to_tracking || cache.tracking_row != NO_ROW)
-            && (!to_viewer || cache.viewer_row != NO_ROW)
+            && cache.tracking_row != NO_ROW
+            && cache.viewer_row != NO_ROW
             && cache.syms.iter().zip(fields).all(|(&sym, f)| p.strings.get(sym) == f);
-        if !hit && (to_tracking || to_viewer) {
+        if !hit {
             let [tracking, account, stream, cluster, cvd] = fields.map(|f| p.strings.intern(f));
+            let viewer = p.strings.intern(&ev.viewer_id);
             *cache = RowCache {
                 generation: self.generation,
                 window,
                 protocol: ev.protocol,
                 syms: [tracking, account, stream, cluster, cvd],
-                tracking_row: NO_ROW,
-                viewer_row: NO_ROW,
+                tracking_row: p.tracking.slot(TrackingKey { window, tracking, account, stream, cluster, protocol: ev.protocol }),
+                viewer_row: p.viewer.slot(ViewerKey { window, tracking, cvd, viewer, account, stream, cluster }),
             };
-            if to_tracking {
-                cache.tracking_row =
-                    p.tracking.slot(TrackingKey { window, tracking, account, stream, cluster, protocol: ev.protocol });
-            }
-            if to_viewer {
-                let viewer = p.strings.intern(&ev.viewer_id);
-                cache.viewer_row = p.viewer.slot(ViewerKey { window, tracking, cvd, viewer, account, stream, cluster });
-            }
         }
-        if to_tracking {
-            p.tracking.rows[cache.tracking_row as usize].1.add(&ev);
-        }
-        if to_viewer {
-            p.viewer.rows[cache.viewer_row as usize].1.add(&ev);
-        }
+        p.tracking.add(&mut cache.tracking_row, ev.bytes_out, ev.bytes_in);
+        p.viewer.add(&mut cache.viewer_row, ev.bytes_out, ev.bytes_in);
         Outcome::Counted { late, beyond_horizon: seen == Seen::NewBeyondHorizon }
     }
 
-    fn dead_letter(&mut self, offset: i64, kind: &'static str, reason: String, payload: &[u8], now_ms: i64) -> Outcome {
-        if offset >= self.thresholds.dead {
-            self.pending.dead.push(DeadLetter {
-                received_at: (now_ms / 1000).clamp(0, u32::MAX as i64) as u32,
-                offset,
-                reason,
-                payload: payload.to_vec(),
-            });
-        }
+    fn dead_letter(&mut self, offset: i64, kind: &'static str, reason: String, payload: &[u8]) -> Outcome {
+        // the record's arrival, not the wall clock: a replay writes the same row
+        let received_at = if self.arrival_ms == i64::MIN { 0 } else { (self.arrival_ms / 1000).clamp(0, u32::MAX as i64) as u32 };
+        self.pending.dead.push(DeadLetter { received_at, offset, reason, payload: payload.to_vec() });
         Outcome::DeadLettered(kind)
     }
 
-    /// Encode the pending rows into `out` (tagged with the current position)
-    /// and start a fresh accumulation.
+    fn src<'a>(&self, topic: &'a str) -> Src<'a> {
+        Src { topic, partition: self.partition as u32, epoch: self.epoch, position: self.position as u64 }
+    }
+
+    /// Encode the pending rows into `out` (tagged with the claim and the
+    /// current position) and start a fresh accumulation.
     pub fn cut(&mut self, topic: &str, now_secs: u32, out: &mut tables::BatchRows) {
         let p = std::mem::take(&mut self.pending);
         // row caches point into the accumulation just taken
         self.generation = self.generation.wrapping_add(1).max(1);
-        let part = self.partition as u32;
-        let pos = self.position as u64;
+        let at = self.src(topic);
         let s = &p.strings;
-        let mut any = [false; 3];
         for (k, v) in &p.tracking.rows {
             tables::tracking_row(
-                &mut out.tracking,
+                out.rows_mut(Table::Tracking),
                 k.window,
                 [s.get(k.tracking), s.get(k.account), s.get(k.stream), s.get(k.cluster), k.protocol.as_str()],
                 v,
-                (topic, part, pos),
+                at,
                 now_secs,
             );
-            any[0] = true;
         }
         for (k, v) in &p.viewer.rows {
             tables::viewer_row(
-                &mut out.viewer,
+                out.rows_mut(Table::Viewer),
                 k.window,
                 [s.get(k.tracking), s.get(k.cvd), s.get(k.viewer), s.get(k.account), s.get(k.stream), s.get(k.cluster)],
                 v,
-                (topic, part, pos),
+                at,
                 now_secs,
             );
-            any[1] = true;
         }
         for d in &p.dead {
             let source = format!("kafka:{topic}/{}@{}", self.partition, d.offset);
-            tables::dead_letter_row(&mut out.dead, d, &source, (topic, part, pos));
-            any[2] = true;
+            tables::dead_letter_row(out.rows_mut(Table::DeadLetters), d, &source, at);
         }
-        if any[0] {
-            out.tracking_tags.push((self.partition, self.position));
-        }
-        if any[1] {
-            out.viewer_tags.push((self.partition, self.position));
-        }
-        if any[2] {
-            out.dead_tags.push((self.partition, self.position));
+        if p.rows() > 0 {
+            out.touch(self.partition, self.epoch);
         }
     }
 
     /// Encode the dedup state of viewers changed since the last checkpoint and
     /// this partition's checkpoint row.
     pub fn checkpoint(&mut self, topic: &str, member: &str, now_secs: u32, out: &mut tables::BatchRows) {
+        let at = self.src(topic);
         for (viewer, v) in self.dedup.dirty() {
-            tables::dedup_row(&mut out.dedup, (topic, self.partition as u32, self.position as u64), viewer, v, now_secs);
+            tables::dedup_row(out.rows_mut(Table::Dedup), at, viewer, &v.seqs.to_flat(), v.last_seen_ms, now_secs);
         }
         self.dedup.mark_clean();
-        tables::checkpoint_row(
-            &mut out.checkpoints,
-            (topic, self.partition as u32, self.position as u64),
-            self.watermark_ms,
-            member,
-            now_secs,
-        );
-        out.positions.push((self.partition, self.position, self.watermark_ms));
+        tables::checkpoint_row(out.rows_mut(Table::Checkpoints), at, self.watermark_ms, self.arrival_ms, member, now_secs);
+        out.touch(self.partition, self.epoch);
+        out.positions.push((self.partition, self.epoch, self.position, self.watermark_ms, self.arrival_ms));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use schemas::ViewerUsage;
     use std::borrow::Cow;
 
     fn limits() -> Limits {
@@ -396,6 +345,7 @@ mod tests {
             dedup_horizon_ms: 86_400_000,
             max_lateness_ms: 35 * 86_400_000,
             max_future_ms: 3_600_000,
+            max_event_bytes: schemas::validate::DEFAULT_MAX_EVENT_BYTES,
         }
     }
 
@@ -421,7 +371,7 @@ mod tests {
     const NOW: i64 = 1_800_000_000_000;
 
     fn state() -> PartitionState {
-        PartitionState::new(0, 0, i64::MIN, Thresholds::default(), Dedup::new(86_400_000))
+        PartitionState::new(0, 1, 0, i64::MIN, i64::MIN, Dedup::new(86_400_000))
     }
 
     fn total(st: &PartitionState) -> (u64, u64) {
@@ -435,17 +385,17 @@ mod tests {
         let codec = Codec::new();
         let mut st = state();
         let t0 = 1_764_000_000_000;
-        assert!(matches!(st.process(0, &ev("v1", 0, t0, 100), &codec, &limits(), NOW), Outcome::Counted { .. }));
-        assert_eq!(st.process(1, &ev("v1", 0, t0, 100), &codec, &limits(), NOW), Outcome::Duplicate);
-        assert!(matches!(st.process(2, &ev("v1", 1, t0 + 10_000, 50), &codec, &limits(), NOW), Outcome::Counted { .. }));
-        assert_eq!(st.process(3, b"garbage!!!!!", &codec, &limits(), NOW), Outcome::DeadLettered("bad_header"));
-        assert_eq!(st.process(4, &ev("v2", 0, t0, -5), &codec, &limits(), NOW), Outcome::DeadLettered("invalid"));
+        assert!(matches!(st.process(0, Some(NOW), &ev("v1", 0, t0, 100), &codec, &limits()), Outcome::Counted { .. }));
+        assert_eq!(st.process(1, Some(NOW), &ev("v1", 0, t0, 100), &codec, &limits()), Outcome::Duplicate);
+        assert!(matches!(st.process(2, Some(NOW), &ev("v1", 1, t0 + 10_000, 50), &codec, &limits()), Outcome::Counted { .. }));
+        assert_eq!(st.process(3, Some(NOW), b"garbage!!!!!", &codec, &limits()), Outcome::DeadLettered("bad_header"));
+        assert_eq!(st.process(4, Some(NOW), &ev("v2", 0, t0, -5), &codec, &limits()), Outcome::DeadLettered("invalid"));
         assert_eq!(
-            st.process(5, &ev("v3", 0, t0 - 36 * 86_400_000, 5), &codec, &limits(), NOW),
+            st.process(5, Some(NOW), &ev("v3", 0, t0 - 36 * 86_400_000, 5), &codec, &limits()),
             Outcome::DeadLettered("too_late")
         );
-        assert_eq!(st.process(6, &ev("v3", 0, NOW + 7_200_000, 5), &codec, &limits(), NOW), Outcome::DeadLettered("in_future"));
-        assert_eq!(st.process(6, &ev("v9", 0, t0, 5), &codec, &limits(), NOW), Outcome::Stale);
+        assert_eq!(st.process(6, Some(NOW), &ev("v3", 0, NOW + 7_200_000, 5), &codec, &limits()), Outcome::DeadLettered("in_future"));
+        assert_eq!(st.process(6, Some(NOW), &ev("v9", 0, t0, 5), &codec, &limits()), Outcome::Stale);
         assert_eq!(total(&st), (150, 150));
         assert_eq!(st.pending.dead.len(), 4);
         assert_eq!(st.position, 7);
@@ -503,7 +453,7 @@ mod tests {
                     tracking_id: Some(Cow::Borrowed(&names[0])),
                     custom_viewer_data: (cvd != 0).then(|| Cow::Borrowed(names[1].as_str())),
                 };
-                let counted = matches!(st.process(i as i64, &codec.encode_to_vec(&e), &codec, &limits(), NOW), Outcome::Counted { .. });
+                let counted = matches!(st.process(i as i64, Some(NOW), &codec.encode_to_vec(&e), &codec, &limits()), Outcome::Counted { .. });
                 proptest::prop_assert!(counted);
                 *want.entry(((t / 1000) as u32 / 60 * 60, names.clone())).or_insert(0u64) += bytes as u64;
                 if cut {
@@ -524,25 +474,51 @@ mod tests {
         let codec = Codec::new();
         let mut st = state();
         let t0 = 1_764_000_000_000;
-        st.process(0, &ev("v1", 5, t0 + 600_000, 1), &codec, &limits(), NOW);
+        st.process(0, Some(NOW), &ev("v1", 5, t0 + 600_000, 1), &codec, &limits());
         assert_eq!(
-            st.process(1, &ev("v1", 0, t0, 7), &codec, &limits(), NOW),
+            st.process(1, Some(NOW), &ev("v1", 0, t0, 7), &codec, &limits()),
             Outcome::Counted { late: true, beyond_horizon: false }
         );
         assert_eq!(total(&st), (8, 8));
     }
 
     #[test]
-    fn thresholds_skip_tables_that_already_hold_an_offset() {
+    fn in_future_is_judged_by_the_record_timestamp_not_the_clock() {
         let codec = Codec::new();
         let mut st = state();
-        st.thresholds = Thresholds { viewer: 2, tracking: 1, dead: 0 };
+        let t = 1_764_000_000_000;
+        // two hours after its record's timestamp: in the future, whenever it is replayed
+        assert_eq!(st.process(0, Some(t), &ev("v1", 0, t + 7_200_000, 1), &codec, &limits()), Outcome::DeadLettered("in_future"));
+        // half an hour after: fine, even though the wall clock is years later
+        assert!(matches!(st.process(1, Some(t), &ev("v1", 1, t + 1_800_000, 1), &codec, &limits()), Outcome::Counted { .. }));
+        // no timestamp: the partition's arrival clock decides
+        assert_eq!(st.process(2, None, &ev("v1", 2, t + 7_200_000, 1), &codec, &limits()), Outcome::DeadLettered("in_future"));
+        assert_eq!(st.pending.dead[0].received_at as i64, t / 1000, "dead letters carry the record's time");
+    }
+
+    #[test]
+    fn too_large_events_are_dead_lettered_and_sums_never_wrap() {
+        let codec = Codec::new();
+        let mut st = state();
         let t0 = 1_764_000_000_000;
-        for (o, b) in [(0, 1), (1, 10), (2, 100)] {
-            st.process(o, &ev("v1", o, t0, b), &codec, &limits(), NOW);
+        let max = schemas::validate::DEFAULT_MAX_EVENT_BYTES;
+        assert_eq!(st.process(0, Some(NOW), &ev("v1", 0, t0, i64::MAX), &codec, &limits()), Outcome::DeadLettered("too_large"));
+        assert_eq!(st.process(1, Some(NOW), &ev("v1", 1, t0, max + 1), &codec, &limits()), Outcome::DeadLettered("too_large"));
+        assert!(st.pending.dead[0].reason.starts_with("too_large: bytes_out"), "{}", st.pending.dead[0].reason);
+        // with a small maximum per event, sums would still fit; force the
+        // overflow path with a row already near u64::MAX
+        let n = 5u64;
+        for i in 0..n {
+            assert!(matches!(st.process(2 + i as i64, Some(NOW), &ev("v1", 2 + i as i64, t0, max), &codec, &limits()), Outcome::Counted { .. }));
         }
-        assert_eq!(total(&st), (110, 100));
-        // the dedup state saw all three
-        assert_eq!(st.process(3, &ev("v1", 0, t0, 1), &codec, &limits(), NOW), Outcome::Duplicate);
+        st.pending.tracking.rows[0].1.bytes_out = u64::MAX - 10;
+        assert!(matches!(st.process(20, Some(NOW), &ev("v1", 20, t0, max), &codec, &limits()), Outcome::Counted { .. }));
+        let rows: Vec<Sums> = st.pending.tracking.rows.iter().map(|r| r.1).collect();
+        assert_eq!(rows.len(), 2, "a second partial row for the same key");
+        assert_eq!(rows[0].bytes_out, u64::MAX - 10, "the full row is left as it was");
+        assert_eq!(rows[1], Sums { bytes_out: max as u64, bytes_in: 1, events: 1 });
+        // and the next event of the key goes to the new row
+        assert!(matches!(st.process(21, Some(NOW), &ev("v1", 21, t0, 7), &codec, &limits()), Outcome::Counted { .. }));
+        assert_eq!(st.pending.tracking.rows[1].1.bytes_out, max as u64 + 7);
     }
 }

@@ -1,9 +1,13 @@
-//! The tables the aggregator writes, their column lists and row encoders.
-//! Column order here must match the `INSERT` column lists below.
+//! The tables the aggregator writes: names, column lists and row encoders,
+//! each from one definition ([`Table::COLUMNS`]), which a test compares with
+//! the migrated tables' columns and types.
+//!
+//! Every data row carries `(src_topic, src_partition, src_epoch, src_offset)`:
+//! the claim it was written under and the partition position of its flush
+//! (see the crate docs, "Exactly once").
 
-use crate::dedup::ViewerSeqs;
 use crate::rowbinary::RowBinary;
-use crate::state::{DeadLetter, Sums};
+use crate::rows::{DeadLetter, Sums};
 use base64::Engine;
 
 /// A table written by a flush, in the order a flush writes them: the
@@ -17,89 +21,159 @@ pub enum Table {
     Checkpoints,
 }
 
+/// The provenance of a flush's rows: `(topic, partition, epoch, position)`.
+#[derive(Debug, Clone, Copy)]
+pub struct Src<'a> {
+    pub topic: &'a str,
+    pub partition: u32,
+    pub epoch: u64,
+    pub position: u64,
+}
+
 impl Table {
     pub const ORDER: [Table; 5] = [Table::DeadLetters, Table::Viewer, Table::Tracking, Table::Dedup, Table::Checkpoints];
 
+    /// The physical table (the analyst views under the contract names read
+    /// the data tables through the claim fences).
     pub fn name(self) -> &'static str {
         match self {
-            Table::DeadLetters => "usage_dead_letters",
-            Table::Viewer => "usage_by_viewer",
-            Table::Tracking => "usage_by_tracking",
+            Table::DeadLetters => "usage_dead_letters_log",
+            Table::Viewer => "usage_by_viewer_log",
+            Table::Tracking => "usage_by_tracking_log",
             Table::Dedup => "aggregator_dedup",
             Table::Checkpoints => "aggregator_checkpoints",
         }
     }
 
-    pub fn columns(self) -> &'static str {
+    /// Columns in encoding order, with their ClickHouse types.
+    pub fn columns(self) -> &'static [(&'static str, &'static str)] {
+        const SRC: [(&str, &str); 4] =
+            [("src_topic", "String"), ("src_partition", "UInt32"), ("src_epoch", "UInt64"), ("src_offset", "UInt64")];
+        const DEAD: &[(&str, &str)] = &[
+            ("received_at", "DateTime('UTC')"),
+            ("source", "String"),
+            ("reason", "String"),
+            ("payload", "String"),
+            SRC[0],
+            SRC[1],
+            SRC[2],
+            SRC[3],
+        ];
+        const VIEWER: &[(&str, &str)] = &[
+            ("window_start", "DateTime('UTC')"),
+            ("tracking_id", "String"),
+            ("custom_viewer_data", "String"),
+            ("viewer_id", "String"),
+            ("account_id", "String"),
+            ("stream_name", "String"),
+            ("cluster", "String"),
+            ("bytes_out", "UInt64"),
+            ("bytes_in", "UInt64"),
+            ("events", "UInt64"),
+            SRC[0],
+            SRC[1],
+            SRC[2],
+            SRC[3],
+            ("inserted_at", "DateTime('UTC')"),
+        ];
+        const TRACKING: &[(&str, &str)] = &[
+            ("window_start", "DateTime('UTC')"),
+            ("tracking_id", "String"),
+            ("account_id", "String"),
+            ("stream_name", "String"),
+            ("cluster", "String"),
+            ("protocol", "String"),
+            ("bytes_out", "UInt64"),
+            ("bytes_in", "UInt64"),
+            ("events", "UInt64"),
+            SRC[0],
+            SRC[1],
+            SRC[2],
+            SRC[3],
+            ("inserted_at", "DateTime('UTC')"),
+        ];
+        const DEDUP: &[(&str, &str)] = &[
+            ("topic", "String"),
+            ("partition", "UInt32"),
+            ("epoch", "UInt64"),
+            ("position", "UInt64"),
+            ("viewer_id", "String"),
+            ("seq_ranges", "Array(Int64)"),
+            ("last_seen_ms", "Int64"),
+            ("created_at", "DateTime('UTC')"),
+        ];
+        const CHECKPOINTS: &[(&str, &str)] = &[
+            ("topic", "String"),
+            ("partition", "UInt32"),
+            ("epoch", "UInt64"),
+            ("position", "UInt64"),
+            ("watermark_ms", "Int64"),
+            ("arrival_ms", "Int64"),
+            ("member", "String"),
+            ("created_at", "DateTime('UTC')"),
+        ];
         match self {
-            Table::DeadLetters => "received_at, source, reason, payload, src_topic, src_partition, src_offset",
-            Table::Viewer => "window_start, tracking_id, custom_viewer_data, viewer_id, account_id, stream_name, cluster, bytes_out, bytes_in, events, src_topic, src_partition, src_offset, inserted_at",
-            Table::Tracking => "window_start, tracking_id, account_id, stream_name, cluster, protocol, bytes_out, bytes_in, events, src_topic, src_partition, src_offset, inserted_at",
-            Table::Dedup => "topic, partition, position, viewer_id, seq_ranges, last_seen_ms, created_at",
-            Table::Checkpoints => "topic, partition, position, watermark_ms, member, created_at",
+            Table::DeadLetters => DEAD,
+            Table::Viewer => VIEWER,
+            Table::Tracking => TRACKING,
+            Table::Dedup => DEDUP,
+            Table::Checkpoints => CHECKPOINTS,
         }
     }
 
-    /// Data tables are protected by per-table thresholds and must be written
-    /// exactly once; state tables tolerate repeats.
+    /// Data tables are read through the claim fences; state tables are read
+    /// by the aggregator alone, which applies the same fences.
     pub fn is_data(self) -> bool {
         matches!(self, Table::DeadLetters | Table::Viewer | Table::Tracking)
     }
 
     /// The `INSERT` statement for this table in database `db`.
     pub fn insert_sql(self, db: &str) -> String {
-        format!("INSERT INTO {db}.{} ({}) FORMAT RowBinary", self.name(), self.columns())
+        let cols: Vec<&str> = self.columns().iter().map(|c| c.0).collect();
+        format!("INSERT INTO {db}.{} ({}) FORMAT RowBinary", self.name(), cols.join(", "))
+    }
+
+    fn index(self) -> usize {
+        self as usize
     }
 }
 
-/// `(src_topic, src_partition, src_offset)` of a flush.
-pub type Src<'a> = (&'a str, u32, u64);
-
-/// Encoded rows of one flush batch, per table, with the `(partition, position)`
-/// tags each data table received.
+/// Encoded rows of one flush batch, per table.
 #[derive(Debug, Default)]
 pub struct BatchRows {
-    pub tracking: RowBinary,
-    pub viewer: RowBinary,
-    pub dead: RowBinary,
-    pub dedup: RowBinary,
-    pub checkpoints: RowBinary,
-    pub tracking_tags: Vec<(i32, i64)>,
-    pub viewer_tags: Vec<(i32, i64)>,
-    pub dead_tags: Vec<(i32, i64)>,
-    /// `(partition, position, watermark)` checkpointed by this batch.
-    pub positions: Vec<(i32, i64, i64)>,
+    tables: [RowBinary; 5],
+    /// `(partition, epoch, position, watermark, arrival)` checkpointed by this batch.
+    pub positions: Vec<(i32, u64, i64, i64, i64)>,
+    /// `(partition, epoch)` of every partition with rows in this batch.
+    pub epochs: Vec<(i32, u64)>,
 }
 
 impl BatchRows {
     pub fn rows(&self, t: Table) -> &RowBinary {
-        match t {
-            Table::DeadLetters => &self.dead,
-            Table::Viewer => &self.viewer,
-            Table::Tracking => &self.tracking,
-            Table::Dedup => &self.dedup,
-            Table::Checkpoints => &self.checkpoints,
-        }
+        &self.tables[t.index()]
     }
 
-    pub fn tags(&self, t: Table) -> &[(i32, i64)] {
-        match t {
-            Table::DeadLetters => &self.dead_tags,
-            Table::Viewer => &self.viewer_tags,
-            Table::Tracking => &self.tracking_tags,
-            _ => &[],
-        }
+    pub fn rows_mut(&mut self, t: Table) -> &mut RowBinary {
+        &mut self.tables[t.index()]
     }
 
     pub fn total_rows(&self) -> usize {
-        Table::ORDER.iter().map(|t| self.rows(*t).rows).sum()
+        self.tables.iter().map(|t| t.rows).sum()
+    }
+
+    /// Note that `partition` (claimed at `epoch`) has rows in this batch.
+    pub fn touch(&mut self, partition: i32, epoch: u64) {
+        if !self.epochs.contains(&(partition, epoch)) {
+            self.epochs.push((partition, epoch));
+        }
     }
 }
 
-fn src(w: &mut RowBinary, (topic, part, off): Src<'_>) {
-    w.string(topic).u32(part).u64(off);
+fn src(w: &mut RowBinary, s: Src<'_>) {
+    w.string(s.topic).u32(s.partition).u64(s.epoch).u64(s.position);
 }
 
+/// `usage_by_tracking_log`: `strs` = tracking, account, stream, cluster, protocol.
 pub fn tracking_row(w: &mut RowBinary, window: u32, strs: [&str; 5], s: &Sums, at: Src<'_>, now: u32) {
     w.datetime(window);
     for x in strs {
@@ -111,6 +185,7 @@ pub fn tracking_row(w: &mut RowBinary, window: u32, strs: [&str; 5], s: &Sums, a
     w.end_row();
 }
 
+/// `usage_by_viewer_log`: `strs` = tracking, custom viewer data, viewer, account, stream, cluster.
 pub fn viewer_row(w: &mut RowBinary, window: u32, strs: [&str; 6], s: &Sums, at: Src<'_>, now: u32) {
     w.datetime(window);
     for x in strs {
@@ -130,14 +205,32 @@ pub fn dead_letter_row(w: &mut RowBinary, d: &DeadLetter, source: &str, at: Src<
     w.end_row();
 }
 
-pub fn dedup_row(w: &mut RowBinary, at: Src<'_>, viewer: &str, v: &ViewerSeqs, now: u32) {
+/// `aggregator_dedup`: a viewer's counted seqs as flat `[start, end, ...]` ranges.
+pub fn dedup_row(w: &mut RowBinary, at: Src<'_>, viewer: &str, seq_ranges: &[i64], last_seen_ms: i64, now: u32) {
     src(w, at);
-    w.string(viewer).array_i64(&v.seqs.to_flat()).i64(v.last_seen_ms).datetime(now);
+    w.string(viewer).array_i64(seq_ranges).i64(last_seen_ms).datetime(now);
     w.end_row();
 }
 
-pub fn checkpoint_row(w: &mut RowBinary, at: Src<'_>, watermark_ms: i64, member: &str, now: u32) {
+/// `aggregator_checkpoints`.
+pub fn checkpoint_row(w: &mut RowBinary, at: Src<'_>, watermark_ms: i64, arrival_ms: i64, member: &str, now: u32) {
     src(w, at);
-    w.i64(watermark_ms).string(member).datetime(now);
+    w.i64(watermark_ms).i64(arrival_ms).string(member).datetime(now);
     w.end_row();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_is_data_then_state_with_the_checkpoint_last() {
+        assert_eq!(Table::ORDER.map(|t| t.index()), [0, 1, 2, 3, 4]);
+        assert_eq!(Table::ORDER.last(), Some(&Table::Checkpoints));
+        assert!(Table::ORDER.iter().take(3).all(|t| t.is_data()));
+        assert_eq!(
+            Table::Checkpoints.insert_sql("db"),
+            "INSERT INTO db.aggregator_checkpoints (topic, partition, epoch, position, watermark_ms, arrival_ms, member, created_at) FORMAT RowBinary"
+        );
+    }
 }

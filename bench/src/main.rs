@@ -5,7 +5,7 @@
 //! between machines and runs; the ratio is what to compare.
 
 use aggregator::dedup::Dedup;
-use aggregator::state::{Limits, PartitionState, Thresholds};
+use aggregator::state::{Limits, PartitionState};
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use ingest::simulate::{Messages, SimConfig, SimMessage};
@@ -486,7 +486,13 @@ fn codec(events: usize, rounds: usize, profile: bool) -> Result<()> {
     let n = msgs.len();
     let bytes: usize = msgs.iter().map(|m| m.len()).sum();
     eprintln!("{n} events, {:.0} bytes each on average", bytes as f64 / n as f64);
-    let limits = Limits { window_secs: 60, dedup_horizon_ms: 86_400_000, max_lateness_ms: 35 * 86_400_000, max_future_ms: 3_600_000 };
+    let limits = Limits {
+        window_secs: 60,
+        dedup_horizon_ms: 86_400_000,
+        max_lateness_ms: 35 * 86_400_000,
+        max_future_ms: 3_600_000,
+        max_event_bytes: schemas::validate::DEFAULT_MAX_EVENT_BYTES,
+    };
     let now = 1_900_000_000_000;
 
     let best = |f: &mut dyn FnMut() -> u64| -> f64 {
@@ -500,9 +506,9 @@ fn codec(events: usize, rounds: usize, profile: bool) -> Result<()> {
     };
     // project: the aggregator's hot path (decode, validate, dedup, window update)
     let ours = best(&mut || {
-        let mut st = PartitionState::new(0, 0, i64::MIN, Thresholds::default(), Dedup::new(limits.dedup_horizon_ms));
+        let mut st = PartitionState::new(0, 1, 0, i64::MIN, i64::MIN, Dedup::new(limits.dedup_horizon_ms));
         for (i, m) in msgs.iter().enumerate() {
-            st.process(i as i64, m, &codec, &limits, now);
+            st.process(i as i64, Some(now), m, &codec, &limits);
         }
         st.pending_rows() as u64
     });

@@ -47,6 +47,9 @@ pub struct IngestConfig {
     pub max_inflight_events: usize,
     /// How long Kafka may take to acknowledge an event, ms.
     pub delivery_timeout_ms: u64,
+    /// Per-event maximum of `bytes_out` and `bytes_in` (default: 10 Gbit/s
+    /// over the longest allowed interval, `schemas::validate::DEFAULT_MAX_EVENT_BYTES`).
+    pub max_event_bytes: i64,
     /// Log as JSON lines.
     pub json_logs: bool,
 }
@@ -61,6 +64,7 @@ impl Default for IngestConfig {
             max_events_per_request: 10_000,
             max_inflight_events: 200_000,
             delivery_timeout_ms: 10_000,
+            max_event_bytes: schemas::validate::DEFAULT_MAX_EVENT_BYTES,
             json_logs: false,
         }
     }
@@ -126,7 +130,11 @@ pub fn router(cfg: IngestConfig) -> Result<Router, crate::IngestError> {
     cfg.validate().map_err(crate::IngestError::Config)?;
     let producer = UsageProducer::new(
         &cfg.kafka,
-        ProducerOptions { delivery_timeout: Duration::from_millis(cfg.delivery_timeout_ms), ..Default::default() },
+        ProducerOptions {
+            delivery_timeout: Duration::from_millis(cfg.delivery_timeout_ms),
+            max_event_bytes: cfg.max_event_bytes,
+            ..Default::default()
+        },
     )?;
     let state = Arc::new(AppState {
         inflight: Semaphore::new(cfg.max_inflight_events),
@@ -202,7 +210,7 @@ async fn handle_usage(s: &AppState, headers: &HeaderMap, body: &[u8]) -> Respons
             None,
         );
     };
-    let events = match parse_body(body, ndjson, Some(chrono::Utc::now().timestamp_millis())) {
+    let events = match parse_body(body, ndjson, &schemas::Rules { now_ms: Some(chrono::Utc::now().timestamp_millis()), max_event_bytes: s.cfg.max_event_bytes }) {
         Ok(evs) => evs,
         Err(errors) => {
             for e in &errors {

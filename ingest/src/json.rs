@@ -49,7 +49,7 @@ impl JsonTime {
             JsonTime::Millis(ms) => Ok(*ms),
             JsonTime::Text(s) => chrono::DateTime::parse_from_rfc3339(s)
                 .map(|t| t.timestamp_millis())
-                .map_err(|e| FieldError { field, reason: format!("not an RFC 3339 time or epoch milliseconds: {e}") }),
+                .map_err(|e| FieldError::invalid(field, format!("not an RFC 3339 time or epoch milliseconds: {e}"))),
         }
     }
 }
@@ -63,10 +63,7 @@ impl JsonEvent {
         let protocol = match self.protocol.as_deref() {
             None => Protocol::Other,
             Some(s) => Protocol::from_symbol(s).unwrap_or_else(|| {
-                errs.push(FieldError {
-                    field: "protocol",
-                    reason: format!("{s:?} is not one of WEBRTC, WHEP, RTMP, SRT, OTHER"),
-                });
+                errs.push(FieldError::invalid("protocol", format!("{s:?} is not one of WEBRTC, WHEP, RTMP, SRT, OTHER")));
                 Protocol::Other
             }),
         };
@@ -133,7 +130,7 @@ fn strip_position(msg: &str) -> String {
 /// line, blank lines ignored), and check every event against the contract
 /// (`schemas::validate`, with the clock when `now_ms` is given). Returns all
 /// events or all errors, parse and contract errors alike.
-pub fn parse_body(body: &[u8], ndjson: bool, now_ms: Option<i64>) -> Result<Vec<OwnedViewerUsage>, Vec<EventError>> {
+pub fn parse_body(body: &[u8], ndjson: bool, rules: &schemas::Rules) -> Result<Vec<OwnedViewerUsage>, Vec<EventError>> {
     let values: Vec<serde_json::Value> = if ndjson {
         let text = std::str::from_utf8(body).map_err(|e| {
             vec![EventError { index: None, field: String::new(), reason: format!("body is not UTF-8: {e}") }]
@@ -170,7 +167,7 @@ pub fn parse_body(body: &[u8], ndjson: bool, now_ms: Option<i64>) -> Result<Vec<
     for (i, v) in values.into_iter().enumerate() {
         match parse_value(i, v) {
             Ok(ev) => {
-                if let Err(fe) = schemas::validate(&ev, now_ms) {
+                if let Err(fe) = schemas::validate_with(&ev, rules) {
                     errs.extend(fe.into_iter().map(|e| EventError { index: Some(i), field: e.field.to_string(), reason: e.reason }));
                 }
                 events.push(ev)
@@ -230,12 +227,12 @@ mod tests {
     #[test]
     fn bodies_array_and_ndjson() {
         let arr = serde_json::to_vec(&serde_json::json!([good(), good()])).unwrap();
-        assert_eq!(parse_body(&arr, false, None).unwrap().len(), 2);
+        assert_eq!(parse_body(&arr, false, &schemas::Rules::default()).unwrap().len(), 2);
         let nd = format!("{}\n\n{}\n", good(), good());
-        assert_eq!(parse_body(nd.as_bytes(), true, None).unwrap().len(), 2);
-        assert_eq!(parse_body(b"{\"a\":1}", false, None).unwrap_err()[0].index, None);
-        assert_eq!(parse_body(b"[1,", false, None).unwrap_err()[0].index, None);
+        assert_eq!(parse_body(nd.as_bytes(), true, &schemas::Rules::default()).unwrap().len(), 2);
+        assert_eq!(parse_body(b"{\"a\":1}", false, &schemas::Rules::default()).unwrap_err()[0].index, None);
+        assert_eq!(parse_body(b"[1,", false, &schemas::Rules::default()).unwrap_err()[0].index, None);
         let nd = format!("{}\nnot json\n", good());
-        assert_eq!(parse_body(nd.as_bytes(), true, None).unwrap_err()[0].index, Some(1));
+        assert_eq!(parse_body(nd.as_bytes(), true, &schemas::Rules::default()).unwrap_err()[0].index, Some(1));
     }
 }

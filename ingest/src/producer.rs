@@ -28,11 +28,18 @@ pub struct ProducerOptions {
     pub check_clock: bool,
     /// librdkafka `linger.ms`: batching delay.
     pub linger_ms: u32,
+    /// Per-event maximum of `bytes_out` and `bytes_in`.
+    pub max_event_bytes: i64,
 }
 
 impl Default for ProducerOptions {
     fn default() -> Self {
-        ProducerOptions { delivery_timeout: Duration::from_secs(10), check_clock: true, linger_ms: 5 }
+        ProducerOptions {
+            delivery_timeout: Duration::from_secs(10),
+            check_clock: true,
+            linger_ms: 5,
+            max_event_bytes: schemas::validate::DEFAULT_MAX_EVENT_BYTES,
+        }
     }
 }
 
@@ -70,7 +77,8 @@ impl UsageProducer {
     /// Check an event against the contract (and the clock, if configured).
     pub fn validate(&self, ev: &ViewerUsage<'_>) -> Result<(), IngestError> {
         let now = self.opts.check_clock.then(|| chrono::Utc::now().timestamp_millis());
-        schemas::validate(ev, now).map_err(IngestError::Invalid)
+        schemas::validate_with(ev, &schemas::Rules { now_ms: now, max_event_bytes: self.opts.max_event_bytes })
+            .map_err(IngestError::Invalid)
     }
 
     /// Validate, encode and produce one event; resolves when Kafka acknowledged it.

@@ -143,8 +143,9 @@ pub enum Layout {
 /// at random (written by materialized views on each shard, or small).
 fn sharding_key(table: &str) -> &'static str {
     match table {
-        "usage_by_tracking" | "usage_by_viewer" | "usage_dead_letters" => "src_partition",
-        "aggregator_checkpoints" | "aggregator_dedup" => "partition",
+        "usage_by_tracking" | "usage_by_viewer" | "usage_dead_letters" | "usage_by_tracking_log" | "usage_by_viewer_log"
+        | "usage_dead_letters_log" => "src_partition",
+        "aggregator_checkpoints" | "aggregator_dedup" | "aggregator_claims" => "partition",
         _ => "rand()",
     }
 }
@@ -160,6 +161,46 @@ fn cluster_statement(stmt: &str, db: &str, cluster: &str, replicated: bool, on_c
     let on = if on_cluster { format!(" ON CLUSTER {cluster}") } else { String::new() };
     let create_table = format!("CREATE TABLE IF NOT EXISTS {db}.");
     let create_mv = format!("CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.");
+    let create_view = format!("CREATE VIEW IF NOT EXISTS {db}.");
+    let drop = format!("DROP TABLE IF EXISTS {db}.");
+    let rename = format!("RENAME TABLE {db}.");
+    let alter = format!("ALTER TABLE {db}.");
+    let distributed = |name: &str| {
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.{name}{on} AS {db}.{name}_local ENGINE = Distributed({cluster}, {db}, {name}_local, {})",
+            sharding_key(name)
+        )
+    };
+    if let Some(rest) = stmt.strip_prefix(&create_view) {
+        // plain views read the Distributed tables: one per server
+        let name = table_name(rest);
+        return vec![format!("CREATE VIEW IF NOT EXISTS {db}.{name}{on}{}", &rest[name.len()..])];
+    }
+    if let Some(rest) = stmt.strip_prefix(&drop) {
+        // a table is a local table and its Distributed table; a view has no local twin
+        let name = table_name(rest);
+        return vec![format!("DROP TABLE IF EXISTS {db}.{name}{on}"), format!("DROP TABLE IF EXISTS {db}.{name}_local{on}")];
+    }
+    if let Some(rest) = stmt.strip_prefix(&rename) {
+        // rename the local tables; the Distributed table names its local table, so recreate it
+        let from = table_name(rest);
+        let Some(to) = rest[from.len()..].trim_start().strip_prefix("TO ").and_then(|r| r.trim_start().strip_prefix(&format!("{db}.")))
+        else {
+            return vec![stmt.to_string()];
+        };
+        let to = table_name(to);
+        return vec![
+            format!("RENAME TABLE {db}.{from}_local TO {db}.{to}_local{on}"),
+            format!("DROP TABLE IF EXISTS {db}.{from}{on}"),
+            distributed(to),
+        ];
+    }
+    if let Some(rest) = stmt.strip_prefix(&alter) {
+        // the local tables and the Distributed table both carry the columns
+        let name = table_name(rest);
+        let tail = &rest[name.len()..];
+        return vec![format!("ALTER TABLE {db}.{name}_local{on}{tail}"), format!("ALTER TABLE {db}.{name}{on}{tail}")];
+    }
     if let Some(rest) = stmt.strip_prefix(&create_table) {
         let name = table_name(rest);
         let body = &rest[name.len()..];
@@ -198,13 +239,7 @@ fn cluster_statement(stmt: &str, db: &str, cluster: &str, replicated: bool, on_c
         } else {
             format!("{engine_name}({args})")
         };
-        vec![
-            format!("CREATE TABLE IF NOT EXISTS {db}.{local}{on}{}ENGINE = {engine}{tail}", &body[..at]),
-            format!(
-                "CREATE TABLE IF NOT EXISTS {db}.{name}{on} AS {db}.{local} ENGINE = Distributed({cluster}, {db}, {local}, {})",
-                sharding_key(name)
-            ),
-        ]
+        vec![format!("CREATE TABLE IF NOT EXISTS {db}.{local}{on}{}ENGINE = {engine}{tail}", &body[..at]), distributed(name)]
     } else if let Some(rest) = stmt.strip_prefix(&create_mv) {
         // a view per shard, from the local source into the local target
         let name = table_name(rest);
@@ -253,6 +288,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "billing",
         sql: include_str!("../migrations/0004_billing.sql"),
     },
+    Migration {
+        version: 5,
+        name: "epoch_fencing",
+        sql: include_str!("../migrations/0005_epoch_fencing.sql"),
+    },
 ];
 
 impl Migration {
@@ -292,6 +332,37 @@ impl Migration {
         }
         format!("{h:016x}")
     }
+}
+
+/// Whether a statement that cannot be written to be re-run safely
+/// (`RENAME TABLE`, `ALTER TABLE ... ADD COLUMN`) already took effect: a
+/// migration interrupted half-way then goes on where it stopped.
+async fn already_done(server: &clickhouse::Client, db: &str, stmt: &str) -> Result<bool, ChError> {
+    if let Some(rest) = stmt.strip_prefix(&format!("RENAME TABLE {db}.")) {
+        let from = table_name(rest);
+        let n: u64 = server
+            .query("SELECT count() FROM system.tables WHERE database = ? AND name = ?")
+            .bind(db)
+            .bind(from)
+            .fetch_one()
+            .await?;
+        return Ok(n == 0);
+    }
+    if let Some(rest) = stmt.strip_prefix(&format!("ALTER TABLE {db}.")) {
+        let table = table_name(rest);
+        if let Some(at) = rest.find(" ADD COLUMN ") {
+            let column = table_name(&rest[at + " ADD COLUMN ".len()..]);
+            let n: u64 = server
+                .query("SELECT count() FROM system.columns WHERE database = ? AND table = ? AND name = ?")
+                .bind(db)
+                .bind(table)
+                .bind(column)
+                .fetch_one()
+                .await?;
+            return Ok(n > 0);
+        }
+    }
+    Ok(false)
 }
 
 #[derive(Debug, clickhouse::Row, Deserialize)]
@@ -344,6 +415,10 @@ pub async fn migrate(cfg: &ClickHouseConfig) -> Result<MigrationReport, ChError>
             continue;
         }
         for (index, stmt) in m.statements_for(db, &layout).iter().enumerate() {
+            if already_done(&server, db, stmt).await? {
+                tracing::info!(version = m.version, statement = index + 1, "MigrationStatementAlreadyApplied");
+                continue;
+            }
             server.query(stmt).execute().await.map_err(|source| ChError::Statement {
                 version: m.version,
                 name: m.name.into(),
@@ -403,9 +478,12 @@ mod tests {
         let layout = Layout::Cluster { cluster: "metering".into(), replicated: true, on_cluster: true };
         let all: Vec<String> = MIGRATIONS.iter().flat_map(|m| m.statements_for("db", &layout)).collect();
         let single: Vec<String> = MIGRATIONS.iter().flat_map(|m| m.statements("db")).collect();
-        let tables = single.iter().filter(|s| s.starts_with("CREATE TABLE")).count();
-        let views = single.iter().filter(|s| s.starts_with("CREATE MATERIALIZED VIEW")).count();
-        assert_eq!(all.len(), 2 * tables + views + (single.len() - tables - views));
+        let kind = |p: &str| single.iter().filter(|s| s.starts_with(p)).count();
+        let (tables, mvs, views) = (kind("CREATE TABLE"), kind("CREATE MATERIALIZED VIEW"), kind("CREATE VIEW"));
+        let (drops, renames, alters) = (kind("DROP TABLE"), kind("RENAME TABLE"), kind("ALTER TABLE"));
+        let others = single.len() - tables - mvs - views - drops - renames - alters;
+        // a table: local + Distributed; a drop: both; a rename: local rename, drop and new Distributed; an alter: both
+        assert_eq!(all.len(), 2 * tables + mvs + views + 2 * drops + 3 * renames + 2 * alters + others);
         let find = |prefix: &str| all.iter().find(|s| s.starts_with(prefix)).unwrap_or_else(|| panic!("{prefix}: {all:#?}"));
         let local = find("CREATE TABLE IF NOT EXISTS db.usage_by_tracking_local ON CLUSTER metering (");
         assert!(local.contains("ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/db/usage_by_tracking_local', '{replica}')\nORDER BY (tracking_id,"), "{local}");
@@ -421,6 +499,19 @@ mod tests {
         assert!(mv.contains(" ON CLUSTER metering\nTO db.usage_by_tracking_hourly_local AS"), "{mv}");
         assert!(mv.contains("FROM db.usage_by_tracking_local"), "{mv}");
         assert!(find("CREATE TABLE IF NOT EXISTS db.aggregator_dedup ON").ends_with(", partition)"));
+        // the fencing migration: renamed local tables under a new Distributed table, columns on both
+        find("RENAME TABLE db.usage_by_tracking_local TO db.usage_by_tracking_log_local ON CLUSTER metering");
+        find("DROP TABLE IF EXISTS db.usage_by_tracking ON CLUSTER metering");
+        assert_eq!(
+            find("CREATE TABLE IF NOT EXISTS db.usage_by_tracking_log ON"),
+            "CREATE TABLE IF NOT EXISTS db.usage_by_tracking_log ON CLUSTER metering AS db.usage_by_tracking_log_local \
+             ENGINE = Distributed(metering, db, usage_by_tracking_log_local, src_partition)"
+        );
+        find("ALTER TABLE db.usage_by_tracking_log_local ON CLUSTER metering ADD COLUMN src_epoch UInt64");
+        find("ALTER TABLE db.usage_by_tracking_log ON CLUSTER metering ADD COLUMN src_epoch UInt64");
+        assert!(find("CREATE VIEW IF NOT EXISTS db.usage_by_tracking ON CLUSTER metering AS").contains("FROM db.usage_by_tracking_log\n"));
+        find("DROP TABLE IF EXISTS db.usage_by_tracking_hourly_mv ON CLUSTER metering");
+        find("DROP TABLE IF EXISTS db.usage_by_tracking_hourly_local ON CLUSTER metering");
         // without replication and distributed DDL: plain engines, no ON CLUSTER
         let plain = Layout::Cluster { cluster: "c".into(), replicated: false, on_cluster: false };
         let all: Vec<String> = MIGRATIONS.iter().flat_map(|m| m.statements_for("db", &plain)).collect();

@@ -13,4 +13,4 @@ pub mod validate;
 
 pub use codec::{Codec, DecodeError};
 pub use event::{OwnedViewerUsage, Protocol, ViewerUsage};
-pub use validate::{validate, FieldError};
+pub use validate::{validate, validate_with, FieldError, Rules};

@@ -174,8 +174,8 @@ async fn v1_and_v2_events_on_one_topic_are_both_counted() {
     drop_db(&db).await;
 }
 
-/// The cluster table layout (local tables, `Distributed` tables under the
-/// contract names, materialized views per shard) on the stack's one-shard
+/// The cluster table layout (local tables, `Distributed` tables over them,
+/// fenced views under the contract names) on the stack's one-shard
 /// cluster `metering_local`, without replication (no Keeper here): the
 /// aggregator reads its state and writes through the `Distributed` tables,
 /// is killed mid-run and restarted, and every total is still exact.
@@ -200,9 +200,13 @@ async fn cluster_layout_through_distributed_tables_is_exact_across_a_kill() {
         .unwrap()
         .into_iter()
         .collect();
-    for t in ["usage_by_tracking", "usage_by_viewer", "usage_dead_letters", "usage_by_tracking_daily", "aggregator_checkpoints"] {
+    for t in ["usage_by_tracking_log", "usage_by_viewer_log", "usage_dead_letters_log", "aggregator_checkpoints", "aggregator_claims"] {
         assert_eq!(engines.get(t).map(String::as_str), Some("Distributed"), "{t}: {engines:?}");
         assert!(engines.get(&format!("{t}_local")).is_some_and(|e| e.ends_with("MergeTree")), "{t}_local: {engines:?}");
+    }
+    // analysts read views under the contract names, which apply the claim fences
+    for t in ["usage_by_tracking", "usage_by_viewer", "usage_dead_letters", "usage_by_tracking_hourly", "usage_by_tracking_daily"] {
+        assert_eq!(engines.get(t).map(String::as_str), Some("View"), "{t}: {engines:?}");
     }
     let cfg = SimConfig { duplicates: 0.05, out_of_order: 0.05, poison: 0.005, ..sim(13, &topic) };
     let exp = simulate_to_kafka(&cfg, &topic).await;

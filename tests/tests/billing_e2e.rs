@@ -190,8 +190,10 @@ async fn invoices_match_the_simulated_usage_and_late_usage_becomes_an_adjustment
     // ... and fails when a row is tampered with
     db.client()
         .query(&format!(
-            "INSERT INTO {}.usage_by_viewer (window_start, tracking_id, viewer_id, bytes_out, events) VALUES (toDateTime('2026-10-31 20:00:00', 'UTC'), 'acme-web', 'forged', 12345, 1)",
-            db.database
+            "INSERT INTO {db}.usage_by_viewer_log (window_start, tracking_id, viewer_id, bytes_out, events, src_topic, src_partition, src_epoch, src_offset) \
+             SELECT toDateTime('2026-10-31 20:00:00', 'UTC'), 'acme-web', 'forged', 12345, 1, src_topic, src_partition, src_epoch, src_offset \
+             FROM {db}.usage_by_viewer LIMIT 1",
+            db = db.database
         ))
         .execute()
         .await

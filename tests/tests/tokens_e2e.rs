@@ -131,7 +131,7 @@ async fn partners_viewers_are_attributed_by_their_master_token() {
 
     // The attributions are valid usage events for the gateway, per channel.
     let body = serde_json::to_vec(&events).unwrap();
-    let parsed = ingest::json::parse_body(&body, false, Some(now.timestamp_millis()))
+    let parsed = ingest::json::parse_body(&body, false, &schemas::Rules { now_ms: Some(now.timestamp_millis()), ..Default::default() })
         .unwrap_or_else(|e| panic!("attribution does not fit the usage contract: {e:?}"));
     let mut per_channel: BTreeMap<String, usize> = BTreeMap::new();
     for ev in &parsed {

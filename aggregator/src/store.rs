@@ -1,0 +1,50 @@
+//! What the flush protocol needs from storage, as a trait: the ClickHouse
+//! implementation is [`crate::sink::Sink`]; tests use a fault-injecting
+//! in-memory fake (`store::fake`) that applies the same fencing rule.
+
+use crate::dedup::Dedup;
+use crate::error::AggError;
+use crate::rowbinary::RowBinary;
+use crate::tables::Table;
+use std::collections::HashMap;
+use std::future::Future;
+
+/// A partition claimed by this member: where to resume and with what state.
+#[derive(Debug)]
+pub struct LoadedPartition {
+    /// This member's new claim epoch: every row it writes carries it.
+    pub epoch: u64,
+    /// Position of the last valid checkpoint (`None`: none yet; the claim
+    /// then starts at 0 and `start_from` decides where reading begins).
+    pub position: Option<i64>,
+    pub watermark_ms: i64,
+    pub arrival_ms: i64,
+    pub dedup: Dedup,
+    pub viewers_restored: usize,
+}
+
+/// Storage of the aggregator's rows, claims and state.
+pub trait Store: Clone + Send + Sync + 'static {
+    /// The Kafka topic whose partitions this store holds.
+    fn topic(&self) -> &str;
+
+    /// Claim `partitions` for `member`: read each partition's last valid
+    /// checkpoint `R` and latest epoch `e`, record the claim
+    /// `(partition, e + 1, R)` (which supersedes every row of an earlier
+    /// epoch past `R`), and load the dedup state as of `R`.
+    fn claim(
+        &self,
+        partitions: &[i32],
+        member: &str,
+        horizon_ms: i64,
+    ) -> impl Future<Output = Result<HashMap<i32, LoadedPartition>, AggError>> + Send;
+
+    /// The latest claim epoch of each of `partitions` (absent: none).
+    fn latest_epochs(&self, partitions: &[i32]) -> impl Future<Output = Result<HashMap<i32, u64>, AggError>> + Send;
+
+    /// Write one table's rows of a batch in a single insert.
+    fn insert(&self, table: Table, rows: &RowBinary, query_id: &str) -> impl Future<Output = Result<(), AggError>> + Send;
+}
+
+#[cfg(test)]
+pub mod fake;
