@@ -377,10 +377,19 @@ async fn bench_billing(tracking_ids: usize) -> Result<()> {
     let rows = tracking_ids * 744;
     let c = db.client();
     let t = Instant::now();
+    // one row per tracking id and hour, as an aggregator (claim epoch 1 of
+    // partition 0) would have written it; the hourly rollup is a view over it
     c.query(&format!(
-        "INSERT INTO {}.usage_by_tracking_hourly (hour, tracking_id, account_id, stream_name, cluster, protocol, bytes_out, bytes_in, events) \
+        "INSERT INTO {}.aggregator_claims (topic, partition, epoch, start_offset, member, claimed_at) VALUES ('bench', 0, 1, 0, 'bench', now())",
+        db.database
+    ))
+    .execute()
+    .await?;
+    c.query(&format!(
+        "INSERT INTO {}.usage_by_tracking_log (window_start, tracking_id, account_id, stream_name, cluster, protocol, bytes_out, bytes_in, events, \
+         src_topic, src_partition, src_epoch, src_offset) \
          SELECT toDateTime(1790812800 + (number % 744) * 3600), concat('t-', toString(intDiv(number, 744))), 'acct', 'live', 'fra-1', 'WEBRTC', \
-         1000000 + number % 1000, 0, 1 FROM numbers({rows})",
+         1000000 + number % 1000, 0, 1, 'bench', 0, 1, 1 FROM numbers({rows})",
         db.database
     ))
     .execute()

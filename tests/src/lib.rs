@@ -84,6 +84,24 @@ impl Proc {
         Proc { child, name: name.to_string() }
     }
 
+    /// Like [`Proc::spawn`], with standard error appended to `log` (to read what it logged).
+    pub fn spawn_logged(name: &str, args: &[&str], env: &[(&str, String)], log: &std::path::Path) -> Proc {
+        let mut cmd = Command::new(bin(name));
+        cmd.args(args).stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let f = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
+        cmd.stderr(f);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        Proc { child, name: name.to_string() }
+    }
+
+    /// Send a signal (e.g. 19 SIGSTOP, 18 SIGCONT).
+    pub fn signal(&self, sig: i32) {
+        send_signal(self.child.id(), sig);
+    }
+
     /// SIGKILL: no chance to flush.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
