@@ -2,69 +2,121 @@
 //!
 //! Consumes `media.metering.v1.ViewerUsage` events (Avro single-object
 //! encoding) from Kafka and writes exact usage into ClickHouse: tumbling
-//! windows (default 60 s) per tracking id into `usage_by_tracking`, per viewer
-//! into `usage_by_viewer`, poison records into `usage_dead_letters`.
+//! windows (default 60 s) per tracking id and per viewer, poison records as
+//! dead letters. Analysts read `usage_by_tracking`, `usage_by_viewer`,
+//! `usage_dead_letters` and the rollups, all views (`docs/clickhouse.md`).
 //!
 //! ## Shape
 //! One sequential consume loop ([`consumer::run`]) over a librdkafka
 //! `BaseConsumer`. Each Kafka partition has a [`state::PartitionState`]:
-//! position, watermark, dedup state and the pending aggregates. Every
-//! `flush_interval_ms` (and when `flush_max_rows` rows are pending) the
-//! pending aggregates of all partitions are cut into one batch and written
-//! on the tokio runtime while the loop keeps consuming; at most one batch
-//! is in flight, so batches land in order ([`core::Core::start_flush`];
-//! rebalances and shutdown wait for it, [`core::Core::flush`]).
+//! claim epoch, position, watermark, arrival clock, dedup state and the
+//! pending aggregates. Every `flush_interval_ms` (and when `flush_max_rows`
+//! rows are pending) the pending aggregates of all partitions are cut into
+//! one batch and written on the tokio runtime while the loop keeps
+//! consuming; at most one batch is in flight ([`core::Core::start_flush`]).
+//! Storage is behind the [`store::Store`] trait: [`sink::Sink`] is
+//! ClickHouse; the tests' fake injects faults at any insert.
 //!
-//! ## Exactly once, without Kafka transactions
-//! ClickHouse has no multi-table transactions, but one `INSERT` into a
-//! `MergeTree` table without `PARTITION BY` writes one part, atomically. The
-//! design rests on that and on determinism:
+//! Modules without cycles: [`rows`] (row values, a leaf) ← [`dedup`],
+//! [`tables`] ← [`state`] ← [`core`] ← [`consumer`]; [`store`] and [`sink`]
+//! beside them.
 //!
-//! 1. **Every row says where it came from.** Rows written by a flush carry
-//!    `(src_topic, src_partition, src_offset)`, where `src_offset` is the
-//!    partition's position (next offset to read) at that flush. Aggregates are
-//!    kept per partition so that every row has one source partition.
-//! 2. **The sink owns the offsets.** A flush writes, in order, dead letters,
+//! ## Exactly once: epoch fencing at read time
+//! ClickHouse has no multi-table transactions, no compare-and-set, and on
+//! 18.16 no insert deduplication tokens; materialized views are written
+//! after the base part, not with it. A writer therefore cannot be stopped
+//! from writing: a member paused past its session timeout (GC, SIGSTOP, a
+//! VM pause) resumes and writes; an insert whose body was sent before a
+//! crash commits after the successor started; a batch stops half-way. The
+//! design makes such writes *not count*, and makes every reader apply that:
+//!
+//! 1. **Claims.** A member that is assigned a partition (or must re-read it
+//!    after a failed flush) writes a claim `(partition, epoch, start)` to
+//!    `aggregator_claims`: `epoch` is one more than the partition's latest,
+//!    `start` is the partition's last *valid* checkpoint `R`. The claim is
+//!    written before any row of the new epoch.
+//! 2. **Every row says who wrote it and where.** Rows carry
+//!    `(src_topic, src_partition, src_epoch, src_offset)`: the writer's
+//!    claim and the partition position after its flush. Aggregates are kept
+//!    per partition so that every row has one source partition.
+//! 3. **The fence rule.** A row of epoch `e` at position `p` is valid iff
+//!    `p <= fence(e)`, where `fence(e)` is the smallest `start` of any later
+//!    claim of the partition (∞ while `e` is the latest). A superseded
+//!    writer's rows past the successor's start are invalid whenever they
+//!    land; its rows up to that start are exactly what the successor
+//!    resumed from. The views `aggregator_fences`, `usage_by_tracking`,
+//!    `usage_by_viewer`, `usage_dead_letters` apply the rule; the rollups
+//!    (`usage_by_tracking_hourly`, `..._daily`, `usage_by_viewer_daily`) are
+//!    views over those, so they can never disagree with them; billing and
+//!    the statistics API read the views. The aggregator applies the rule
+//!    to its own state: the valid checkpoint with the largest position is
+//!    where a claim resumes, and the dedup state is restored from valid
+//!    rows at or before it.
+//! 4. **The sink owns the offsets.** A flush writes, in order, dead letters,
 //!    viewer rows, tracking rows, the dedup state of touched viewers, and last
-//!    a checkpoint row per partition `(position, watermark)`. A checkpoint
-//!    therefore implies that everything before it is in every table.
-//! 3. **On assignment, the consumer seeks to what ClickHouse holds.** The
-//!    rebalance callback reads, per partition, the last checkpoint `R`, and per
-//!    data table `T` the threshold `thr(T) = max(R, max(src_offset) in T)`. It
-//!    assigns the partition at offset `R`. While replaying, an event at offset
-//!    `o` is added to table `T` only if `o >= thr(T)`: a table that already
-//!    received a flush the crash cut short (inserts are atomic, so it holds all
-//!    of it or nothing) is not written twice.
-//! 4. **Replays decide the same way.** Dedup, lateness and window assignment
-//!    depend only on the partition's message sequence and event time (the
-//!    partition watermark), never on the wall clock or on flush timing. The
-//!    dedup state is restored as of `R` (`aggregator_dedup`, rows with
-//!    `position <= R`), so replaying `[R, ...)` repeats exactly the decisions
-//!    of the first run. (One exception: `in_future`, checked against the clock
-//!    with a one-hour tolerance; the ingest gateway rejects such events first.)
-//! 5. **Retries never double-write.** A failed insert is retried with the same
-//!    bytes and the same `query_id` (ClickHouse refuses a second query with the
-//!    id of one still running), and before re-sending, the sink checks whether
-//!    the earlier attempt landed after all (a row with the batch's tag).
-//! 6. **Rebalances.** The eager protocol revokes every partition; the revoke
-//!    callback tries one flush and drops the state. If the flush failed, the
-//!    batch is dropped too: the next owner starts from the checkpoint, and
-//!    thresholds protect whatever part of the batch did land. The loop keeps
-//!    polling while a batch is written, so a slow insert does not push the
-//!    member past `max.poll.interval.ms`. The remaining window is a member
-//!    cut off from Kafka (not from ClickHouse) for longer than the session
-//!    timeout, whose insert lands after the next owner read its thresholds
-//!    (a zombie write); inserts time out after 60 s, which bounds it, and
-//!    Kafka alone cannot fence it without transactions.
+//!    a checkpoint row per partition `(epoch, position, watermark, arrival)`.
+//!    A valid checkpoint therefore implies that its epoch's rows up to it are
+//!    all there. Kafka offset commits are made after each checkpoint for lag
+//!    tools only; they are never read back.
+//! 5. **No retry of an uncertain write.** A batch is never re-sent. Any
+//!    failed insert (an error, a timeout after the body was sent, a dead
+//!    flush task) drops the in-memory state; the partitions are claimed again
+//!    with backoff (paused meanwhile) and re-read from their last valid
+//!    checkpoint. The new claim supersedes whatever part of the failed batch
+//!    landed, now or later: there is no "did it land?" check to race.
+//! 6. **Replays decide the same way.** Dedup, lateness, window assignment,
+//!    the `in_future` check and dead letters' `received_at` depend only on
+//!    the partition's messages (payloads, offsets, Kafka timestamps) and the
+//!    state restored from the checkpoint, never on the wall clock or on flush
+//!    timing. So a replay by any member rewrites exactly what the superseded
+//!    rows held.
+//! 7. **Stale members notice.** Before each batch the writer reads the
+//!    latest epoch of its partitions; if another member claimed one since,
+//!    the batch is dropped, the partition is paused and reported (readiness
+//!    false, `aggregator_fenced_total`) until Kafka assigns it again. A
+//!    fenced member never claims a partition back on its own. The check is an
+//!    optimisation (the fence rule alone keeps the totals exact).
 //!
-//! Kafka offset commits are made after each checkpoint for lag tools only;
-//! they are never read back.
+//! Why not idempotent segments (deterministic cut points, replayed segments
+//! byte-identical and deduplicated by the server)? They need insert
+//! deduplication tokens, which 18.16 lacks, and rewriting the growing last
+//! segment at every flush; fencing keeps append-only inserts, one query per
+//! flush more, and a join with a table of claims (a few rows per partition
+//! and rebalance) at read time.
 //!
-//! ## Duplicates, lateness
-//! See [`dedup`] for the `(viewer_id, seq)` horizon (default 24 h of event
-//! time). Events older than the partition watermark minus `max_lateness_secs`
-//! (default 35 days) are dead-lettered as `too_late`; later events within it
-//! are added as further partial rows of their (already written) window.
+//! **Limits.** Claims are read and written through ClickHouse without
+//! compare-and-set: two members claiming one partition at the same instant
+//! (only possible when Kafka assigns it to both, i.e. two consumer groups on
+//! one topic) both get an epoch; the later one wins the partition and the
+//! other is fenced at its next flush. A fenced member waits for Kafka to
+//! assign the partition again; if the member that fenced it was itself a
+//! stale one that has since left (a paused member whose flush failed on
+//! resuming, so that it claimed again before learning it was expelled), the
+//! partition stays unconsumed until the next rebalance: readiness is false
+//! and `aggregator_partitions_refused` > 0 until then, and restarting the
+//! member resolves it. Exactness holds throughout. On a replicated cluster, claims and
+//! checkpoints must be read from an up-to-date replica
+//! (`docs/operations.md`).
+//!
+//! ## Offsets
+//! A checkpoint past the end of the partition's log (topic recreated) or
+//! before its start (retention deleted records never aggregated) is refused:
+//! the partition is not consumed, readiness is false, `aggregator_offset_errors_total`
+//! and `aggregator_partitions_refused` say so, and the log names the
+//! partition and the offsets. `accept_gap_partitions` accepts a retention
+//! gap for listed partitions. The consumer runs with
+//! `auto.offset.reset=error`; user properties that would change it are
+//! ignored with a warning.
+//!
+//! ## Duplicates, lateness, bounds
+//! See [`dedup`] for the `(viewer_id, seq)` horizon: 24 h of *arrival* (the
+//! partition's largest Kafka timestamp), so a stream spanning days of event
+//! time forgets no active viewer. Events older than the partition watermark
+//! minus `max_lateness_secs` (default 35 days) are dead-lettered as
+//! `too_late`; later events within it are added as further partial rows of
+//! their (already written) window. Events over `max_event_bytes` are
+//! dead-lettered as `too_large`; sums are checked, and a row that would
+//! overflow is continued in another partial row.
 //!
 //! ## Memory
 //! Bounded by active viewers (dedup state, one range per well-behaved viewer)

@@ -23,6 +23,13 @@ pub enum BillingError {
     Period(String),
     #[error("writing {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("{0}: the byte total does not fit 64 bits")]
+    Overflow(&'static str),
+}
+
+/// A checked sum of byte counts: an overflow is an error, never a wrap.
+fn total<'a>(what: &'static str, bytes: impl IntoIterator<Item = &'a u64>) -> Result<u64, BillingError> {
+    bytes.into_iter().try_fold(0u64, |a, b| a.checked_add(*b)).ok_or(BillingError::Overflow(what))
 }
 
 /// Usage of an already issued period that arrived after it was issued.
@@ -105,9 +112,9 @@ pub async fn compute(store: &Store, card: &RateCard, period: &str) -> Result<Com
             partner.tracking_ids.iter().filter_map(|t| usage.get(t).map(|b| (t.clone(), *b))).collect();
         let billed = billed_all.get(&partner.id).unwrap_or(&no_billing);
         let inv = if let Some(issued) = issued_invoices.remove(&partner.id) {
-            if let Some(late) = late_usage(billed, &own, &period) {
+            if let Some(late) = late_usage(billed, &own, &period)? {
                 let list = partner.pricing_at(from);
-                let billed_bytes: u64 = partner.tracking_ids.iter().filter_map(|t| billed.get(&(period.clone(), t.clone()))).sum();
+                let billed_bytes = total("billed bytes", partner.tracking_ids.iter().filter_map(|t| billed.get(&(period.clone(), t.clone()))))?;
                 let adj = price_late_usage(&list, billed_bytes, late.1, &period);
                 pending.push(LateUsage {
                     partner_id: partner.id.clone(),
@@ -131,9 +138,9 @@ pub async fn compute(store: &Store, card: &RateCard, period: &str) -> Result<Com
                 let q_usage = &usage_cache[&q];
                 let q_own: BTreeMap<String, u64> =
                     partner.tracking_ids.iter().filter_map(|t| q_usage.get(t).map(|b| (t.clone(), *b))).collect();
-                if let Some((per_tracking, late)) = late_usage(billed, &q_own, &q) {
+                if let Some((per_tracking, late)) = late_usage(billed, &q_own, &q)? {
                     let (_, qf, _) = bounds(&q)?;
-                    let billed_bytes: u64 = partner.tracking_ids.iter().filter_map(|t| billed.get(&(q.clone(), t.clone()))).sum();
+                    let billed_bytes = total("billed bytes", partner.tracking_ids.iter().filter_map(|t| billed.get(&(q.clone(), t.clone()))))?;
                     let adj = price_late_usage(&partner.pricing_at(qf), billed_bytes, late, &q);
                     adjustments_report.push(LateUsage {
                         partner_id: partner.id.clone(),
@@ -146,7 +153,7 @@ pub async fn compute(store: &Store, card: &RateCard, period: &str) -> Result<Com
                     adjustments.push(adj);
                 }
             }
-            build_invoice(partner, ym, own.values().sum(), &adjustments, 1)?
+            build_invoice(partner, ym, total("partner usage", own.values())?, &adjustments, 1)?
         };
         partners.push(PartnerSummary {
             partner_id: partner.id.clone(),
@@ -166,7 +173,7 @@ pub async fn compute(store: &Store, card: &RateCard, period: &str) -> Result<Com
         .collect();
     let report = RunReport {
         period: period.clone(),
-        total_bytes: usage.values().sum(),
+        total_bytes: total("period usage", usage.values())?,
         partners,
         unowned_tracking_ids: unowned,
         untracked_bytes: usage.get("").copied().unwrap_or(0),
@@ -181,7 +188,7 @@ fn late_usage(
     billed: &BTreeMap<(String, String), u64>,
     usage_now: &BTreeMap<String, u64>,
     period: &str,
-) -> Option<(BTreeMap<String, u64>, u64)> {
+) -> Result<Option<(BTreeMap<String, u64>, u64)>, BillingError> {
     let per: BTreeMap<String, u64> = usage_now
         .iter()
         .filter_map(|(t, now)| {
@@ -189,8 +196,8 @@ fn late_usage(
             (*now > b).then(|| (t.clone(), now - b))
         })
         .collect();
-    let total: u64 = per.values().sum();
-    (total > 0).then_some((per, total))
+    let late = total("late usage", per.values())?;
+    Ok((late > 0).then_some((per, late)))
 }
 
 /// Files written by a run.
@@ -296,9 +303,8 @@ pub async fn reconcile(store: &Store, card: &RateCard, period: &str) -> Result<V
     let hourly = store.total("usage_by_tracking_hourly", "hour", from, to).await?;
     let daily = store.total("usage_by_tracking_daily", "day", from, to).await?;
     let viewer_daily = store.total("usage_by_viewer_daily", "day", from, to).await?;
-    let sum = |m: &BTreeMap<String, u64>| m.values().sum::<u64>();
     let mut checks = Vec::new();
-    let base = sum(&tracking);
+    let base = total("usage_by_tracking", tracking.values())?;
     for (name, m) in [
         ("usage_by_viewer", &viewer),
         ("usage_by_tracking_hourly", &hourly),
@@ -320,12 +326,13 @@ pub async fn reconcile(store: &Store, card: &RateCard, period: &str) -> Result<V
         });
     }
     let billed = store.billed_for_period(period).await?;
-    let owned: u64 = tracking.iter().filter(|(t, _)| card.partner_for_tracking_id(t).is_some()).map(|(_, b)| b).sum();
-    let unowned: u64 = tracking.iter().filter(|(t, _)| !t.is_empty() && card.partner_for_tracking_id(t).is_none()).map(|(_, b)| b).sum();
+    let owned = total("owned usage", tracking.iter().filter(|(t, _)| card.partner_for_tracking_id(t).is_some()).map(|(_, b)| b))?;
+    let unowned =
+        total("unowned usage", tracking.iter().filter(|(t, _)| !t.is_empty() && card.partner_for_tracking_id(t).is_none()).map(|(_, b)| b))?;
     let untracked = tracking.get("").copied().unwrap_or(0);
     checks.push(Check {
         name: "owned + unowned + untracked = total".into(),
-        ok: owned + unowned + untracked == base,
+        ok: total("usage", [&owned, &unowned, &untracked])? == base,
         detail: format!("{owned} + {unowned} + {untracked} = {base}"),
     });
     let over: Vec<String> = billed
@@ -333,8 +340,9 @@ pub async fn reconcile(store: &Store, card: &RateCard, period: &str) -> Result<V
         .filter(|(t, b)| tracking.get(*t).copied().unwrap_or(0) < **b)
         .map(|(t, b)| format!("{t:?}: billed {b} > usage {}", tracking.get(t).copied().unwrap_or(0)))
         .collect();
-    let billed_total: u64 = billed.values().sum();
-    let pending: u64 = billed.keys().map(|t| tracking.get(t).copied().unwrap_or(0)).sum::<u64>().saturating_sub(billed_total);
+    let billed_total = total("billed usage", billed.values())?;
+    let billed_ids_usage = total("usage of billed tracking ids", billed.keys().filter_map(|t| tracking.get(t)))?;
+    let pending = billed_ids_usage.saturating_sub(billed_total);
     checks.push(Check {
         name: "billed <= usage (per tracking id); the difference is late usage not yet billed".into(),
         ok: over.is_empty(),
@@ -345,14 +353,9 @@ pub async fn reconcile(store: &Store, card: &RateCard, period: &str) -> Result<V
     let billed_all = store.billed().await?;
     for partner in &card.partners {
         if let Some(inv) = issued.get(&partner.id) {
-            let lines: u64 = inv.lines.iter().filter(|l| l.kind == crate::invoice::LineKind::Usage).map(|l| l.bytes).sum();
-            let recorded: u64 = billed_all
-                .get(&partner.id)
-                .into_iter()
-                .flatten()
-                .filter(|((p, _), _)| p == period)
-                .map(|(_, b)| b)
-                .sum::<u64>();
+            let lines = total("invoice lines", inv.lines.iter().filter(|l| l.kind == crate::invoice::LineKind::Usage).map(|l| &l.bytes))?;
+            let recorded =
+                total("recorded billed usage", billed_all.get(&partner.id).into_iter().flatten().filter(|((p, _), _)| p == period).map(|(_, b)| b))?;
             let late_billed_later = recorded.saturating_sub(inv.total_bytes);
             let ok = lines == inv.total_bytes && recorded >= inv.total_bytes;
             checks.push(Check {

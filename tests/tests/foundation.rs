@@ -135,6 +135,13 @@ async fn migrations_are_idempotent_and_every_contract_table_takes_a_row() {
     assert_eq!(recorded, schemas::ch::MIGRATIONS.len() as u64, "each migration recorded once");
 
     let c = db.client();
+    // Rows are written to the append-only logs under a claim (here epoch 0 of
+    // partition 0 of topic '', the columns' defaults) and read back through
+    // the views under the contract names.
+    c.query("INSERT INTO aggregator_claims (topic, partition, epoch, start_offset, member, claimed_at) VALUES ('', 0, 0, 0, 'test', now())")
+        .execute()
+        .await
+        .unwrap();
     let t = TrackingRow {
         window_start: 1_759_276_800,
         tracking_id: "acme-web".into(),
@@ -146,7 +153,7 @@ async fn migrations_are_idempotent_and_every_contract_table_takes_a_row() {
         bytes_in: 2,
         events: 3,
     };
-    let mut ins = c.insert::<TrackingRow>("usage_by_tracking").await.unwrap();
+    let mut ins = c.insert::<TrackingRow>("usage_by_tracking_log").await.unwrap();
     ins.write(&t).await.unwrap();
     ins.end().await.unwrap();
     let back: Vec<TrackingRow> = c
@@ -168,7 +175,7 @@ async fn migrations_are_idempotent_and_every_contract_table_takes_a_row() {
         bytes_in: 1,
         events: 1,
     };
-    let mut ins = c.insert::<ViewerRow>("usage_by_viewer").await.unwrap();
+    let mut ins = c.insert::<ViewerRow>("usage_by_viewer_log").await.unwrap();
     ins.write(&v).await.unwrap();
     ins.end().await.unwrap();
     let back: Vec<ViewerRow> = c
@@ -179,7 +186,7 @@ async fn migrations_are_idempotent_and_every_contract_table_takes_a_row() {
     assert_eq!(back, vec![v]);
 
     let d = DeadRow { received_at: 1_764_000_000, source: "http".into(), reason: "invalid: bytes_out".into(), payload: "{}".into() };
-    let mut ins = c.insert::<DeadRow>("usage_dead_letters").await.unwrap();
+    let mut ins = c.insert::<DeadRow>("usage_dead_letters_log").await.unwrap();
     ins.write(&d).await.unwrap();
     ins.end().await.unwrap();
     let back: Vec<DeadRow> = c
@@ -224,4 +231,26 @@ fn compose_file_is_valid_for_a_real_compose_parser() {
     assert!(cfg.contains("healthcheck:"), "healthchecks present");
     assert!(cfg.contains("replicas: 2"), "two aggregator replicas in one group");
     assert!(cfg.contains("--partitions") && cfg.contains("service_completed_successfully"), "topic created before the services start");
+}
+
+/// The aggregator's row encoders and `INSERT` column lists come from one
+/// definition per table (`aggregator::tables::Table::columns`); it must be
+/// exactly the migrated table's columns, in order, with the same types.
+#[tokio::test]
+async fn aggregator_row_layouts_match_the_migrated_tables() {
+    let db = test_db().await;
+    for table in aggregator::tables::Table::ORDER {
+        let got: Vec<(String, String)> = db
+            .client()
+            // in table order (18.16 has no `position` column to sort by)
+            .query("SELECT name, type FROM system.columns WHERE database = ? AND table = ?")
+            .bind(&db.database)
+            .bind(table.name())
+            .fetch_all()
+            .await
+            .unwrap();
+        let want: Vec<(String, String)> = table.columns().iter().map(|(n, t)| (n.to_string(), t.to_string())).collect();
+        assert_eq!(got, want, "{}", table.name());
+    }
+    drop_db(&db).await;
 }
