@@ -226,7 +226,7 @@ fn batch(gw: &Gateway, n: i64) -> Vec<OwnedViewerUsage> {
         evs[12].bytes_out = 0;
         evs[12].bytes_in = 0;
         evs[12].interval_end = evs[12].interval_start; // empty interval is allowed
-        evs[13].bytes_out = 9_000_000_000_000; // more than 2^32
+        evs[13].bytes_out = schemas::validate::DEFAULT_MAX_EVENT_BYTES; // the largest allowed, more than 2^32
         evs[13].interval_end = now_ms() + 60_000; // within the 5 minutes of clock skew
     }
     evs
