@@ -179,7 +179,7 @@ pub async fn serve(cfg: ApiConfig, shutdown: impl std::future::Future<Output = (
     let app = router(&cfg, store)?;
     let listener = tokio::net::TcpListener::bind(&cfg.listen).await?;
     tracing::info!(listen = %cfg.listen, store = %cfg.store_path.display(), "ApiListening");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    schemas::serve::serve(listener, app, schemas::serve::Timeouts::default(), shutdown).await?;
     Ok(())
 }
 

@@ -10,7 +10,7 @@
 //! and re-sending the whole request is safe because events are identified by
 //! `(viewer_id, seq)` and duplicates are dropped downstream.
 
-use crate::json::{parse_body, EventError};
+use crate::json::{metric_reason, parse_body_limited, BodyLimits, EventError, Rejection};
 use crate::producer::{ProducerOptions, SendAllError, UsageProducer};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -123,6 +123,10 @@ struct AppState {
     metrics: Metrics,
     /// Set after a produce failed for lack of a broker; cleared by a success.
     broker_down: AtomicBool,
+    /// The last broker probe and when it was made: health and readiness
+    /// answer from it for a second, so probes cost the broker at most one
+    /// metadata request per second whatever the request rate (one at a time).
+    broker_probe: tokio::sync::Mutex<Option<(Instant, bool)>>,
 }
 
 /// Build the gateway's router (also used by tests).
@@ -141,6 +145,7 @@ pub fn router(cfg: IngestConfig) -> Result<Router, crate::IngestError> {
         producer,
         metrics: Metrics::new(),
         broker_down: AtomicBool::new(false),
+        broker_probe: tokio::sync::Mutex::new(None),
         cfg,
     });
     let api = Router::new()
@@ -161,7 +166,7 @@ pub async fn serve(cfg: IngestConfig, shutdown: impl std::future::Future<Output 
     let app = router(cfg)?;
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     tracing::info!(listen = %listen, "IngestListening");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    schemas::serve::serve(listener, app, schemas::serve::Timeouts::default(), shutdown).await?;
     Ok(())
 }
 
@@ -172,6 +177,9 @@ fn error_reply(status: StatusCode, message: impl Into<String>, errors: Option<Ve
     }
     (status, Json(body)).into_response()
 }
+
+/// At most this many problems are listed in a 400 answer (all are counted).
+pub const MAX_LISTED_ERRORS: usize = 100;
 
 fn with_retry_after(mut r: Response, secs: u32) -> Response {
     r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
@@ -210,26 +218,38 @@ async fn handle_usage(s: &AppState, headers: &HeaderMap, body: &[u8]) -> Respons
             None,
         );
     };
-    let events = match parse_body(body, ndjson, &schemas::Rules { now_ms: Some(chrono::Utc::now().timestamp_millis()), max_event_bytes: s.cfg.max_event_bytes }) {
+    let rules = schemas::Rules { now_ms: Some(chrono::Utc::now().timestamp_millis()), max_event_bytes: s.cfg.max_event_bytes };
+    let limits = BodyLimits { max_events: s.cfg.max_events_per_request, max_errors: MAX_LISTED_ERRORS };
+    let events = match parse_body_limited(body, ndjson, &rules, limits) {
         Ok(evs) => evs,
-        Err(errors) => {
+        Err(Rejection::TooManyEvents { max, seen }) => {
+            s.metrics.rejected.with_label_values(&["too_many_events"]).inc_by(seen as u64);
+            return error_reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("more than {max} events in one request (at most {max} allowed); split it"),
+                None,
+            );
+        }
+        Err(Rejection::Invalid { errors, total }) => {
             for e in &errors {
-                let reason = if e.field.is_empty() { "bad_json" } else { e.field.as_str() };
-                s.metrics.rejected.with_label_values(&[reason]).inc();
+                s.metrics.rejected.with_label_values(&[metric_reason(e)]).inc();
             }
-            return error_reply(StatusCode::BAD_REQUEST, "invalid events; nothing was produced", Some(errors));
+            let listed = errors.len();
+            let body = json!({
+                "status": "error",
+                "message": if total > listed {
+                    format!("invalid events: {total} problems, the first {listed} listed; nothing was produced")
+                } else {
+                    "invalid events; nothing was produced".to_string()
+                },
+                "errors": errors,
+                "error_count": total,
+            });
+            return (StatusCode::BAD_REQUEST, Json(body)).into_response();
         }
     };
     if events.is_empty() {
         return (StatusCode::OK, Json(json!({"status": "success", "accepted": 0}))).into_response();
-    }
-    if events.len() > s.cfg.max_events_per_request {
-        s.metrics.rejected.with_label_values(&["too_many_events"]).inc_by(events.len() as u64);
-        return error_reply(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("{} events in one request; at most {} allowed", events.len(), s.cfg.max_events_per_request),
-            None,
-        );
     }
     if s.broker_down.load(Ordering::Relaxed) {
         let p = s.producer.clone();
@@ -268,9 +288,19 @@ async fn handle_usage(s: &AppState, headers: &HeaderMap, body: &[u8]) -> Respons
                 })
                 .collect();
             for e in &errors {
-                s.metrics.rejected.with_label_values(&[e.field.as_str()]).inc();
+                s.metrics.rejected.with_label_values(&[metric_reason(e)]).inc();
             }
             error_reply(StatusCode::BAD_REQUEST, "invalid events; nothing was produced", Some(errors))
+        }
+        Err(SendAllError::Kafka(e)) if crate::producer::is_record_error(&e) => {
+            // the broker is up and refused one of this request's records
+            s.metrics.rejected.with_label_values(&["kafka_refused_record"]).inc_by(events.len() as u64);
+            tracing::warn!(error = %e, events = events.len(), "RecordRefused");
+            error_reply(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("Kafka refused a record of this request ({e}); some events may have been written, none will be counted twice if the request is fixed and re-sent"),
+                None,
+            )
         }
         Err(SendAllError::Kafka(e)) => {
             s.broker_down.store(true, Ordering::Relaxed);
@@ -311,10 +341,19 @@ async fn readyz(State(s): State<Arc<AppState>>) -> Response {
     (status, Json(json!({"ready": reasons.is_empty(), "reasons": reasons}))).into_response()
 }
 
-/// The broker answers a metadata request within 2 s (off the async threads).
+/// The broker answered a metadata request within 2 s (off the async
+/// threads), at most a second ago.
 async fn broker_up(s: &AppState) -> bool {
+    let mut probe = s.broker_probe.lock().await;
+    if let Some((at, up)) = *probe {
+        if at.elapsed() < Duration::from_secs(1) {
+            return up;
+        }
+    }
     let p = s.producer.clone();
-    tokio::task::spawn_blocking(move || p.broker_reachable(Duration::from_secs(2))).await.unwrap_or(false)
+    let up = tokio::task::spawn_blocking(move || p.broker_reachable(Duration::from_secs(2))).await.unwrap_or(false);
+    *probe = Some((Instant::now(), up));
+    up
 }
 
 async fn metrics(State(s): State<Arc<AppState>>) -> Response {

@@ -101,17 +101,49 @@ pub struct EventError {
 
 /// Parse one JSON value into an event; errors carry `index`.
 pub fn parse_value(index: usize, v: serde_json::Value) -> Result<OwnedViewerUsage, Vec<EventError>> {
-    let ev: JsonEvent = serde_path_to_error::deserialize(v).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner().to_string();
-        let field = if path == "." || path.is_empty() {
-            // serde names the field in the message for unknown/missing fields
-            inner.split('`').nth(1).unwrap_or("").to_string()
-        } else {
-            path
-        };
-        vec![EventError { index: Some(index), field, reason: strip_position(&inner) }]
-    })?;
+    let ev: JsonEvent = serde_path_to_error::deserialize(v).map_err(|e| vec![path_error(index, e)])?;
+    to_event(index, ev)
+}
+
+/// Parse one event from its JSON text; errors carry `index`.
+fn parse_text(index: usize, text: &[u8]) -> Result<OwnedViewerUsage, Vec<EventError>> {
+    let mut de = serde_json::Deserializer::from_slice(text);
+    let ev: JsonEvent = serde_path_to_error::deserialize(&mut de).map_err(|e| vec![path_error(index, e)])?;
+    de.end().map_err(|e| vec![EventError { index: Some(index), field: String::new(), reason: format!("bad JSON: {e}") }])?;
+    to_event(index, ev)
+}
+
+fn path_error(index: usize, e: serde_path_to_error::Error<serde_json::Error>) -> EventError {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    let syntax = inner.is_syntax() || inner.is_eof();
+    let inner = inner.to_string();
+    let field = if syntax {
+        String::new()
+    } else if path == "." || path.is_empty() {
+        // serde names the field in the message for unknown/missing fields
+        inner.split('`').nth(1).unwrap_or("").to_string()
+    } else {
+        path
+    };
+    let reason = if syntax { format!("bad JSON: {inner}") } else { strip_position(&inner) };
+    EventError { index: Some(index), field: truncate(&field, 64), reason: truncate(&reason, 256) }
+}
+
+/// At most `max` bytes of `s` (on a character boundary), marked when cut:
+/// an error answer never echoes a large part of the request.
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+fn to_event(index: usize, ev: JsonEvent) -> Result<OwnedViewerUsage, Vec<EventError>> {
     ev.into_event().map_err(|errs| {
         errs.into_iter()
             .map(|e| EventError { index: Some(index), field: e.field.to_string(), reason: e.reason })
@@ -126,59 +158,179 @@ fn strip_position(msg: &str) -> String {
     }
 }
 
-/// Parse a request body: a JSON array of events, or NDJSON (one object per
-/// line, blank lines ignored), and check every event against the contract
-/// (`schemas::validate`, with the clock when `now_ms` is given). Returns all
-/// events or all errors, parse and contract errors alike.
-pub fn parse_body(body: &[u8], ndjson: bool, rules: &schemas::Rules) -> Result<Vec<OwnedViewerUsage>, Vec<EventError>> {
-    let values: Vec<serde_json::Value> = if ndjson {
-        let text = std::str::from_utf8(body).map_err(|e| {
-            vec![EventError { index: None, field: String::new(), reason: format!("body is not UTF-8: {e}") }]
-        })?;
-        let mut out = Vec::new();
-        let mut errs = Vec::new();
-        for (i, line) in text.lines().filter(|l| !l.trim().is_empty()).enumerate() {
-            match serde_json::from_str(line) {
-                Ok(v) => out.push(v),
-                Err(e) => errs.push(EventError { index: Some(i), field: String::new(), reason: format!("bad JSON: {e}") }),
-            }
-        }
-        if !errs.is_empty() {
-            return Err(errs);
-        }
-        out
+/// The field names of an event: metric labels come from this fixed set
+/// (plus the codes of [`metric_reason`]), never from request text.
+pub const FIELDS: [&str; 14] = [
+    "viewer_id",
+    "seq",
+    "interval_start",
+    "interval_end",
+    "bytes_out",
+    "bytes_in",
+    "account_id",
+    "stream_name",
+    "cluster",
+    "server_id",
+    "protocol",
+    "token_id",
+    "tracking_id",
+    "custom_viewer_data",
+];
+
+/// The metric label of an error: the field when it is one of [`FIELDS`],
+/// `unknown_field` for any other name, `bad_json` when no field is named.
+pub fn metric_reason(e: &EventError) -> &'static str {
+    if e.field.is_empty() {
+        "bad_json"
     } else {
-        match serde_json::from_slice::<serde_json::Value>(body) {
-            Ok(serde_json::Value::Array(a)) => a,
-            Ok(_) => {
-                return Err(vec![EventError {
-                    index: None,
-                    field: String::new(),
-                    reason: "body must be a JSON array of events".into(),
-                }])
-            }
-            Err(e) => {
-                return Err(vec![EventError { index: None, field: String::new(), reason: format!("bad JSON: {e}") }])
-            }
+        FIELDS.iter().find(|f| **f == e.field).copied().unwrap_or("unknown_field")
+    }
+}
+
+/// How much of a request body is read.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    /// More events than this: the request is refused as soon as the next one is seen.
+    pub max_events: usize,
+    /// At most this many errors are listed (all are counted).
+    pub max_errors: usize,
+}
+
+impl Default for BodyLimits {
+    fn default() -> Self {
+        BodyLimits { max_events: usize::MAX, max_errors: 100 }
+    }
+}
+
+/// Why a body was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    /// Some events are invalid (or the body is not JSON): the first
+    /// `max_errors` problems, and how many there were in all.
+    Invalid { errors: Vec<EventError>, total: usize },
+    /// More than `max_events` events: refused when event `max + 1` was
+    /// seen (`seen`), without reading further.
+    TooManyEvents { max: usize, seen: usize },
+}
+
+/// Reads a body element by element: each element is parsed on its own
+/// (an error in one does not stop the others from being checked), at most
+/// `max_events` are kept, and errors beyond `max_errors` are only counted.
+/// Memory stays within the body plus the kept events.
+struct Collector<'r> {
+    rules: &'r schemas::Rules,
+    limits: BodyLimits,
+    seen: usize,
+    events: Vec<OwnedViewerUsage>,
+    errors: Vec<EventError>,
+    total_errors: usize,
+    too_many: bool,
+}
+
+impl Collector<'_> {
+    /// Take element `text`; false once the body has too many events.
+    fn take(&mut self, text: &[u8]) -> bool {
+        let index = self.seen;
+        self.seen += 1;
+        if self.seen > self.limits.max_events {
+            self.too_many = true;
+            return false;
         }
-    };
-    let mut events = Vec::with_capacity(values.len());
-    let mut errs = Vec::new();
-    for (i, v) in values.into_iter().enumerate() {
-        match parse_value(i, v) {
-            Ok(ev) => {
-                if let Err(fe) = schemas::validate_with(&ev, rules) {
-                    errs.extend(fe.into_iter().map(|e| EventError { index: Some(i), field: e.field.to_string(), reason: e.reason }));
-                }
-                events.push(ev)
-            }
-            Err(e) => errs.extend(e),
+        let result = parse_text(index, text).and_then(|ev| match schemas::validate_with(&ev, self.rules) {
+            Ok(()) => Ok(ev),
+            Err(fe) => Err(fe.into_iter().map(|e| EventError { index: Some(index), field: e.field.to_string(), reason: e.reason }).collect()),
+        });
+        match result {
+            Ok(ev) if self.total_errors == 0 => self.events.push(ev),
+            // after the first error the request is refused: keep checking, stop keeping
+            Ok(_) => {}
+            Err(errs) => self.error(errs),
+        }
+        true
+    }
+
+    fn error(&mut self, errs: Vec<EventError>) {
+        if self.total_errors == 0 {
+            self.events = Vec::new();
+        }
+        self.total_errors += errs.len();
+        let room = self.limits.max_errors.saturating_sub(self.errors.len());
+        self.errors.extend(errs.into_iter().take(room));
+    }
+
+    fn finish(self) -> Result<Vec<OwnedViewerUsage>, Rejection> {
+        if self.too_many {
+            Err(Rejection::TooManyEvents { max: self.limits.max_events, seen: self.seen })
+        } else if self.total_errors > 0 {
+            Err(Rejection::Invalid { errors: self.errors, total: self.total_errors })
+        } else {
+            Ok(self.events)
         }
     }
-    if errs.is_empty() {
-        Ok(events)
-    } else {
-        Err(errs)
+}
+
+/// Marks a stop of the array walk (too many events), not a JSON error.
+const STOP: &str = "\u{0}stop";
+
+struct Elements<'c, 'r>(&'c mut Collector<'r>);
+
+impl<'de> serde::de::Visitor<'de> for Elements<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON array of events")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        // each element as its raw text: parsed (and failed) on its own
+        while let Some(raw) = seq.next_element::<&'de serde_json::value::RawValue>()? {
+            if !self.0.take(raw.get().as_bytes()) {
+                return Err(serde::de::Error::custom(STOP));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parse a request body: a JSON array of events, or NDJSON (one object per
+/// line, blank lines ignored), and check every event against the contract
+/// under `rules`. Returns all events, or the errors (parse and contract
+/// errors alike, at most `limits.max_errors` listed), or
+/// [`Rejection::TooManyEvents`] as soon as the body holds more than
+/// `limits.max_events`. Memory is bounded by the body and the kept events:
+/// no JSON tree of the body is built.
+pub fn parse_body_limited(body: &[u8], ndjson: bool, rules: &schemas::Rules, limits: BodyLimits) -> Result<Vec<OwnedViewerUsage>, Rejection> {
+    let mut c = Collector { rules, limits, seen: 0, events: Vec::new(), errors: Vec::new(), total_errors: 0, too_many: false };
+    if ndjson {
+        for line in body.split(|&b| b == b'\n') {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            if !c.take(line) {
+                break;
+            }
+        }
+        return c.finish();
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let walked = serde::Deserializer::deserialize_seq(&mut de, Elements(&mut c)).and_then(|()| de.end());
+    match walked {
+        Err(_) if c.too_many => c.finish(),
+        Err(e) => {
+            // the body as a whole is not an array of JSON values: that is the one error
+            let reason = if e.is_data() { "body must be a JSON array of events".to_string() } else { format!("bad JSON: {e}") };
+            Err(Rejection::Invalid { errors: vec![EventError { index: None, field: String::new(), reason }], total: 1 })
+        }
+        Ok(()) => c.finish(),
+    }
+}
+
+/// [`parse_body_limited`] without an event limit, listing at most 100 errors.
+pub fn parse_body(body: &[u8], ndjson: bool, rules: &schemas::Rules) -> Result<Vec<OwnedViewerUsage>, Vec<EventError>> {
+    match parse_body_limited(body, ndjson, rules, BodyLimits::default()) {
+        Ok(evs) => Ok(evs),
+        Err(Rejection::Invalid { errors, .. }) => Err(errors),
+        Err(Rejection::TooManyEvents { .. }) => unreachable!("no event limit"),
     }
 }
 

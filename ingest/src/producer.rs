@@ -166,6 +166,17 @@ impl UsageProducer {
     }
 }
 
+/// Whether a produce error concerns the record itself (too large, refused
+/// as invalid), not the broker's availability: the request that carried it
+/// gets a 4xx, and the broker is not marked down.
+pub fn is_record_error(e: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(C::MessageSizeTooLarge | C::InvalidMessageSize | C::InvalidRecord | C::InvalidMessage | C::MessageBatchTooLarge | C::InvalidArgument)
+    )
+}
+
 /// Why [`UsageProducer::send_all`] did not accept a batch.
 #[derive(Debug, thiserror::Error)]
 pub enum SendAllError {

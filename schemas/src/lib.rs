@@ -8,6 +8,7 @@ pub mod codec;
 pub mod config;
 pub mod event;
 pub mod kafka;
+pub mod serve;
 pub mod telemetry;
 pub mod validate;
 
