@@ -4,8 +4,7 @@
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-/// Shortest accepted API secret, characters.
-pub const MIN_SECRET_CHARS: usize = 16;
+pub use schemas::auth::MIN_SECRET_CHARS;
 
 /// Settings of `api serve` (file plus `API__...` environment overrides, e.g.
 /// `API__API_SECRETS='["a-secret-of-16-chars+"]'`).
@@ -14,9 +13,13 @@ pub const MIN_SECRET_CHARS: usize = 16;
 pub struct ApiConfig {
     /// Address to listen on (default `127.0.0.1:8090`).
     pub listen: String,
-    /// Accepted API secrets (`Authorization: Bearer <secret>`), each at least
-    /// 16 characters. Required: the service refuses to start without one.
+    /// Admin secrets (`Authorization: Bearer <secret>`): token management
+    /// and everything else. Each at least 32 characters and not a documented
+    /// placeholder. Required: the service refuses to start without one.
     pub api_secrets: Vec<String>,
+    /// Verify-only secrets: what media servers hold. They reach
+    /// `POST /api/token/verify` and nothing else (`403`).
+    pub verify_secrets: Vec<String>,
     /// SQLite file holding the tokens (default `.stack/api/tokens.db`); its
     /// parent directories are created at startup.
     pub store_path: PathBuf,
@@ -28,6 +31,13 @@ pub struct ApiConfig {
     /// Secrets limited to some tracking ids: they see only those ids in the
     /// analytics and records routes and are refused (`403`) on token routes.
     pub scoped_secrets: Vec<ScopedSecret>,
+    /// Let a viewer token of an untracked master token carry its own
+    /// `trackingId` (the platform's rule). Off: such tokens are refused with
+    /// `tracking_not_allowed`, so usage is only ever attributed to a
+    /// tracking id the content owner put on a master token (docs/security.md).
+    pub untracked_parent_sets_tracking: bool,
+    /// Longest accepted viewer-token lifetime, seconds (default 7 days).
+    pub max_viewer_token_secs: u64,
 }
 
 /// A secret that sees only its `tracking_ids`.
@@ -45,10 +55,13 @@ impl Default for ApiConfig {
         ApiConfig {
             listen: "127.0.0.1:8090".into(),
             api_secrets: vec![],
+            verify_secrets: vec![],
             store_path: PathBuf::from(".stack/api/tokens.db"),
             json_logs: false,
             clickhouse: schemas::ch::ClickHouseConfig::default(),
             scoped_secrets: vec![],
+            untracked_parent_sets_tracking: false,
+            max_viewer_token_secs: 7 * 86_400,
         }
     }
 }
@@ -56,14 +69,22 @@ impl Default for ApiConfig {
 impl ApiConfig {
     /// Check the settings that have no safe default.
     pub fn validate(&self) -> Result<(), String> {
-        if self.api_secrets.is_empty() || self.api_secrets.iter().any(|k| k.chars().count() < MIN_SECRET_CHARS) {
-            return Err(format!(
-                "api_secrets: at least one secret of {MIN_SECRET_CHARS} or more characters is required, and none shorter (API__API_SECRETS='[\"...\"]')"
-            ));
+        if self.api_secrets.is_empty() {
+            return Err("api_secrets: at least one admin secret is required (API__API_SECRETS='[\"...\"]')".into());
+        }
+        for (i, k) in self.api_secrets.iter().enumerate() {
+            schemas::auth::check_secret(&format!("api_secrets[{i}]"), k)?;
+        }
+        for (i, k) in self.verify_secrets.iter().enumerate() {
+            schemas::auth::check_secret(&format!("verify_secrets[{i}]"), k)?;
+            if self.api_secrets.contains(k) {
+                return Err(format!("verify_secrets[{i}] is also an admin secret"));
+            }
         }
         for (i, s) in self.scoped_secrets.iter().enumerate() {
-            if s.secret.chars().count() < MIN_SECRET_CHARS {
-                return Err(format!("scoped_secrets[{i}].secret: at least {MIN_SECRET_CHARS} characters"));
+            schemas::auth::check_secret(&format!("scoped_secrets[{i}].secret"), &s.secret)?;
+            if self.verify_secrets.contains(&s.secret) {
+                return Err(format!("scoped_secrets[{i}].secret is also a verify secret"));
             }
             if s.tracking_ids.is_empty() || s.tracking_ids.iter().any(|t| t.is_empty()) {
                 return Err(format!("scoped_secrets[{i}].tracking_ids: at least one non-empty tracking id"));
@@ -73,6 +94,9 @@ impl ApiConfig {
             }
         }
         self.clickhouse.db().map_err(|e| format!("clickhouse.database: {e}"))?;
+        if self.max_viewer_token_secs == 0 || self.max_viewer_token_secs > i64::MAX as u64 {
+            return Err("max_viewer_token_secs must be > 0".into());
+        }
         if self.store_path.as_os_str().is_empty() {
             return Err("store_path must not be empty".into());
         }
@@ -89,7 +113,7 @@ mod tests {
         let c: ApiConfig = schemas::config::load_from(
             None,
             "API",
-            vec![("API__API_SECRETS".to_string(), "[\"0123456789abcdef\"]".to_string())],
+            vec![("API__API_SECRETS".to_string(), "[\"0123456789abcdef0123456789abcdef\"]".to_string())],
         )
         .unwrap();
         assert_eq!(c.listen, "127.0.0.1:8090");
@@ -101,7 +125,7 @@ mod tests {
             None,
             "API",
             vec![
-                ("API__API_SECRETS".to_string(), "[\"0123456789abcdef\"]".to_string()),
+                ("API__API_SECRETS".to_string(), "[\"0123456789abcdef0123456789abcdef\"]".to_string()),
                 ("API__CLICKHOUSE__DATABASE".to_string(), "metering_x".to_string()),
             ],
         )
@@ -109,16 +133,25 @@ mod tests {
         assert_eq!(c.clickhouse.database, "metering_x");
         assert!(c.validate().is_ok());
         let scoped = |secret: &str, ids: Vec<String>| ApiConfig {
-            api_secrets: vec!["0123456789abcdef".into()],
+            api_secrets: vec!["0123456789abcdef0123456789abcdef".into()],
             scoped_secrets: vec![ScopedSecret { secret: secret.into(), tracking_ids: ids }],
             ..Default::default()
         };
-        assert!(scoped("scoped-0123456789", vec!["acme".into()]).validate().is_ok());
+        assert!(scoped("scoped-0123456789-0123456789abcdef", vec!["acme".into()]).validate().is_ok());
         assert!(scoped("short", vec!["acme".into()]).validate().is_err());
-        assert!(scoped("scoped-0123456789", vec![]).validate().is_err());
-        assert!(scoped("0123456789abcdef", vec!["acme".into()]).validate().is_err());
+        assert!(scoped("scoped-0123456789-0123456789abcdef", vec![]).validate().is_err());
+        assert!(scoped("0123456789abcdef0123456789abcdef", vec!["acme".into()]).validate().is_err());
+        // the shipped placeholder never starts a service
+        let placeholder = ApiConfig { api_secrets: vec!["change-me-api-secret-0001-xxxxxxxxxxxx".into()], ..Default::default() };
+        assert!(placeholder.validate().unwrap_err().contains("placeholder"));
+        let verify = ApiConfig {
+            api_secrets: vec!["0123456789abcdef0123456789abcdef".into()],
+            verify_secrets: vec!["0123456789abcdef0123456789abcdef".into()],
+            ..Default::default()
+        };
+        assert!(verify.validate().is_err(), "a verify secret cannot also be an admin secret");
         let bad_db = ApiConfig {
-            api_secrets: vec!["0123456789abcdef".into()],
+            api_secrets: vec!["0123456789abcdef0123456789abcdef".into()],
             clickhouse: schemas::ch::ClickHouseConfig { database: "a;b".into(), ..Default::default() },
             ..Default::default()
         };

@@ -1,7 +1,10 @@
 //! `api serve`: the token REST API.
 //!
-//! Every `/api/...` route needs `Authorization: Bearer <secret>` (one of
-//! `api_secrets`, compared in constant time); without it: `401`. Replies are
+//! Every `/api/...` route needs `Authorization: Bearer <secret>`; without a
+//! known one: `401`. Three roles (held as digests, compared in constant
+//! time; `docs/security.md`): `api_secrets` (admin: everything),
+//! `verify_secrets` (media servers: `POST /api/token/verify` only) and
+//! `scoped_secrets` (a partner's statistics only). Replies are
 //! `{"status":"success","data":...}` or `{"status":"error","message":...}`
 //! (`400` invalid request, `401`, `404` unknown id; verification refusals
 //! add `"code"`, see [`crate::verify::VerifyError::code`]).
@@ -27,7 +30,7 @@
 
 use crate::config::ApiConfig;
 use crate::store::{NewPublishToken, NewSubscribeToken, PublishToken, Store, StoreError, StreamRule, SubscribeToken, SubscribeTokenUpdate};
-use crate::verify::{verify, VerifyError};
+use crate::verify::VerifyError;
 use crate::{AUTO_CLUSTER, MAX_TRACKING_ID_CHARS};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
@@ -123,11 +126,18 @@ impl Metrics {
 
 pub(crate) struct AppState {
     store: Arc<Store>,
-    secrets: Vec<String>,
-    scoped: Vec<crate::config::ScopedSecret>,
+    /// Admin secrets, as digests.
+    secrets: schemas::auth::KeySet,
+    /// Verify-only secrets (media servers), as digests.
+    verify_secrets: schemas::auth::KeySet,
+    /// Partner-scoped secrets as digests, and the tracking ids each may see.
+    scoped_keys: schemas::auth::KeySet,
+    scoped_ids: Vec<Arc<Vec<String>>>,
     metrics: Metrics,
     /// Client of the ClickHouse holding the usage tables.
     pub(crate) ch: clickhouse::Client,
+    /// The operator's verification rules.
+    policy: crate::verify::Policy,
 }
 
 /// What the caller's secret may see: `None` everything, `Some(ids)` only
@@ -141,10 +151,17 @@ pub fn router(cfg: &ApiConfig, store: Arc<Store>) -> Result<Router, ApiError> {
     let metrics = Metrics::new().map_err(|e| ApiError::Config(format!("metrics: {e}")))?;
     let state = Arc::new(AppState {
         store,
-        secrets: cfg.api_secrets.clone(),
-        scoped: cfg.scoped_secrets.clone(),
+        secrets: schemas::auth::KeySet::new(&cfg.api_secrets),
+        verify_secrets: schemas::auth::KeySet::new(&cfg.verify_secrets),
+        scoped_keys: schemas::auth::KeySet::new(&cfg.scoped_secrets.iter().map(|s| s.secret.as_str()).collect::<Vec<_>>()),
+        scoped_ids: cfg.scoped_secrets.iter().map(|s| Arc::new(s.tracking_ids.clone())).collect(),
         metrics,
         ch: cfg.clickhouse.client(),
+        policy: crate::verify::Policy {
+            untracked_parent_sets_tracking: cfg.untracked_parent_sets_tracking,
+            max_viewer_token_secs: cfg.max_viewer_token_secs as i64,
+            ..Default::default()
+        },
     });
     let api = Router::new()
         .route("/api/subscribe_token", post(create_subscribe).get(list_subscribe))
@@ -194,33 +211,33 @@ async fn count_requests(State(s): State<Arc<AppState>>, req: Request, next: Next
 async fn require_secret(State(s): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let given = schemas::auth::bearer(header);
-    let ok = given.is_some_and(|given| schemas::auth::matches_any(given, &s.secrets));
-    // every scoped secret is compared too (constant time each)
-    let scoped = given.and_then(|given| {
-        let mut found = None;
-        for sc in &s.scoped {
-            if schemas::auth::matches_any(given, std::slice::from_ref(&sc.secret)) && found.is_none() {
-                found = Some(Arc::new(sc.tracking_ids.clone()));
-            }
+    // every key set is consulted whatever matched first (constant time each)
+    let admin = given.is_some_and(|g| s.secrets.contains(g));
+    let verifier = given.is_some_and(|g| s.verify_secrets.contains(g));
+    let scoped = given.and_then(|g| s.scoped_keys.position(g)).map(|i| s.scoped_ids[i].clone());
+    let path = req.uri().path();
+    if admin {
+        req.extensions_mut().insert(Scope(None));
+        return next.run(req).await;
+    }
+    if verifier {
+        if path != "/api/token/verify" {
+            return error_body(StatusCode::FORBIDDEN, "this API secret may only verify viewer tokens (POST /api/token/verify)");
         }
-        found
-    });
-    if !ok && scoped.is_some() {
-        let path = req.uri().path();
+        req.extensions_mut().insert(Scope(Some(Arc::new(vec![]))));
+        return next.run(req).await;
+    }
+    if let Some(ids) = scoped {
         let allowed = path.starts_with("/api/analytics/") || path.starts_with("/api/records/") || path == "/api/openapi.json";
         if !allowed {
             return error_body(StatusCode::FORBIDDEN, "this API secret is limited to the statistics routes");
         }
-        req.extensions_mut().insert(Scope(scoped));
+        req.extensions_mut().insert(Scope(Some(ids)));
         return next.run(req).await;
     }
-    req.extensions_mut().insert(Scope(None));
-    if !ok {
-        let mut r = error_body(StatusCode::UNAUTHORIZED, "missing or invalid API secret (Authorization: Bearer <secret>)");
-        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return r;
-    }
-    next.run(req).await
+    let mut r = error_body(StatusCode::UNAUTHORIZED, "missing or invalid API secret (Authorization: Bearer <secret>)");
+    r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    r
 }
 
 async fn healthz(State(s): State<Arc<AppState>>) -> Response {
@@ -343,10 +360,7 @@ fn check_streams(streams: &[StreamRule]) -> Result<(), Reply> {
         if s.stream_name.is_empty() || s.stream_name.chars().count() > MAX_STREAM_CHARS {
             return Err(Reply::BadRequest(format!("streams[{i}].streamName: 1 to {MAX_STREAM_CHARS} characters")));
         }
-        if s.is_regex {
-            StreamRule::anchored_regex(&s.stream_name)
-                .map_err(|e| Reply::BadRequest(format!("streams[{i}].streamName: invalid regex: {e}")))?;
-        }
+        s.validate().map_err(|e| Reply::BadRequest(format!("streams[{i}].streamName: invalid regex: {e}")))?;
     }
     Ok(())
 }
@@ -585,7 +599,7 @@ fn verify_status(e: &VerifyError) -> StatusCode {
 
 async fn verify_token(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Response, Reply> {
     let b: VerifyBody = parse(&body)?;
-    match verify(s.store.as_ref(), &b.token, &b.stream_name, &b.cluster, Utc::now()) {
+    match crate::verify::verify_with(s.store.as_ref(), &b.token, &b.stream_name, &b.cluster, Utc::now(), &s.policy) {
         Ok(a) => {
             s.metrics.verify.with_label_values(&["ok"]).inc();
             tracing::debug!(token_id = a.token_id, tracking_id = ?a.tracking_id, stream = %b.stream_name, "TokenVerified");

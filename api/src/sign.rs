@@ -61,6 +61,9 @@ pub struct ViewerClaims {
     /// Expiry, epoch seconds (required by verification).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exp: Option<i64>,
+    /// Not before, epoch seconds (honoured when present).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
 }
 
 /// What a viewer token says, besides its parent and expiry.
@@ -139,6 +142,7 @@ pub fn sign_with(parent_token: &str, req: &SignRequest, now: DateTime<Utc>, alg:
         },
         iat: Some(iat),
         exp: Some(iat.saturating_add(req.expires_in_secs as i64)),
+        nbf: None,
     };
     Ok(jsonwebtoken::encode(&Header::new(alg), &claims, &EncodingKey::from_secret(parent_token.as_bytes()))?)
 }

@@ -352,13 +352,7 @@ fn ts_iso(secs: u32) -> String {
 pub const RECORD_CSV_HEADER: &str = "viewerId,trackingId,customViewerData,streamName,clusterId,startTime,endTime,bytesOut,bytesIn\n";
 
 fn csv_field(out: &mut String, v: &str) {
-    if v.contains([',', '"', '\n', '\r']) {
-        out.push('"');
-        out.push_str(&v.replace('"', "\"\""));
-        out.push('"');
-    } else {
-        out.push_str(v);
-    }
+    out.push_str(&schemas::csv::text(v));
 }
 
 fn record_line(r: &RecordRow, csv: bool) -> String {

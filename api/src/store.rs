@@ -41,10 +41,52 @@ pub struct StreamRule {
     pub is_regex: bool,
 }
 
+/// Largest compiled size of a stream-rule regex (the `regex` crate's
+/// `size_limit`): rules are short name patterns, not programs.
+pub const MAX_REGEX_COMPILED_BYTES: usize = 64 * 1024;
+
 impl StreamRule {
-    /// Compile the anchored pattern of a regex rule (`^(?:pattern)$`).
+    /// Compile the pattern of a regex rule, anchored as a whole. The pattern
+    /// must be a regex on its own first, so that it cannot close the
+    /// anchoring group and escape it (`live)|(.*` is refused, not read as
+    /// `^(?:live)|(.*)$`), and its compiled size is bounded.
     pub fn anchored_regex(pattern: &str) -> Result<regex::Regex, regex::Error> {
-        regex::Regex::new(&format!("^(?:{pattern})$"))
+        regex::RegexBuilder::new(pattern).size_limit(MAX_REGEX_COMPILED_BYTES).build()?;
+        regex::RegexBuilder::new(&format!("^(?:{pattern})$")).size_limit(MAX_REGEX_COMPILED_BYTES).build()
+    }
+
+    /// The compiled rule, compiled once per pattern and process (at create
+    /// or update, or at the first verification after a restart).
+    fn compiled(pattern: &str) -> Option<std::sync::Arc<regex::Regex>> {
+        use std::collections::HashMap;
+        use std::sync::{Arc, Mutex, OnceLock};
+        static CACHE: OnceLock<Mutex<HashMap<String, Option<Arc<regex::Regex>>>>> = OnceLock::new();
+        let cache = CACHE.get_or_init(Default::default);
+        if let Some(hit) = cache.lock().expect("regex cache").get(pattern) {
+            return hit.clone();
+        }
+        let compiled = match Self::anchored_regex(pattern) {
+            Ok(re) => Some(Arc::new(re)),
+            Err(e) => {
+                tracing::warn!(pattern = %pattern, error = %e, "StoredRegexInvalid");
+                None
+            }
+        };
+        let mut c = cache.lock().expect("regex cache");
+        if c.len() >= 10_000 {
+            c.clear();
+        }
+        c.insert(pattern.to_string(), compiled.clone());
+        compiled
+    }
+
+    /// Check (and compile into the cache) a rule before it is stored.
+    pub fn validate(&self) -> Result<(), regex::Error> {
+        if self.is_regex {
+            Self::anchored_regex(&self.stream_name)?;
+            Self::compiled(&self.stream_name);
+        }
+        Ok(())
     }
 
     /// Whether `stream` is granted by this rule. A regex that does not
@@ -53,13 +95,7 @@ impl StreamRule {
         if !self.is_regex {
             return self.stream_name == stream;
         }
-        match Self::anchored_regex(&self.stream_name) {
-            Ok(re) => re.is_match(stream),
-            Err(e) => {
-                tracing::warn!(pattern = %self.stream_name, error = %e, "StoredRegexInvalid");
-                false
-            }
-        }
+        Self::compiled(&self.stream_name).is_some_and(|re| re.is_match(stream))
     }
 }
 
@@ -313,6 +349,19 @@ impl Store {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir { path: dir.to_path_buf(), source })?;
         }
+        // the file holds every master token: readable by this user only
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|source| StoreError::Dir { path: path.to_path_buf(), source })?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|source| StoreError::Dir { path: path.to_path_buf(), source })?;
+        }
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -390,9 +439,16 @@ impl Store {
         rows.into_iter().map(SubRow::decode).collect()
     }
 
-    /// Apply `upd`; `None` when there is no such token.
+    /// Apply `upd`; `None` when there is no such token. Read, change and
+    /// write happen in one transaction under one lock: a concurrent update
+    /// (a revocation, say) is never overwritten by a stale copy.
     pub fn update_subscribe(&self, id: i64, upd: SubscribeTokenUpdate) -> Result<Option<SubscribeToken>, StoreError> {
-        let Some(mut t) = self.get_subscribe(id)? else { return Ok(None) };
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let row = tx
+            .query_row(&format!("SELECT {SUB_COLS} FROM subscribe_tokens WHERE id = ?1"), params![id], SubRow::read)
+            .optional()?;
+        let Some(mut t) = row.map(SubRow::decode).transpose()? else { return Ok(None) };
         if let Some(v) = upd.label {
             t.label = v;
         }
@@ -411,7 +467,7 @@ impl Store {
         if let Some(v) = upd.expires_on {
             t.expires_on = v;
         }
-        let n = self.conn()?.execute(
+        let n = tx.execute(
             "UPDATE subscribe_tokens SET label = ?2, streams = ?3, is_active = ?4, allowed_origins = ?5,
              allowed_ip_addresses = ?6, expires_on_ms = ?7 WHERE id = ?1",
             params![
@@ -424,6 +480,7 @@ impl Store {
                 t.expires_on.map(|e| e.timestamp_millis()),
             ],
         )?;
+        tx.commit()?;
         Ok((n == 1).then_some(t))
     }
 
@@ -518,6 +575,22 @@ mod tests {
         assert!(!s.delete_subscribe(t.id).unwrap());
         assert!(s.get_subscribe(t.id).unwrap().is_none());
         assert!(s.update_subscribe(t.id, Default::default()).unwrap().is_none());
+    }
+
+    #[test]
+    fn regex_rules_cannot_escape_their_anchors() {
+        // `^(?:live)|(.*)$` would match everything: refused, and matches nothing if stored anyway
+        for evil in ["live)|(.*", "a)|(?:.*", ")|("] {
+            assert!(StreamRule::anchored_regex(evil).is_err(), "{evil}");
+            let r = StreamRule { stream_name: evil.into(), is_regex: true };
+            assert!(r.validate().is_err());
+            assert!(!r.matches("anything"), "{evil}");
+        }
+        // and a pattern that compiles to a huge program is refused
+        assert!(StreamRule::anchored_regex("(\\w{1000}){1000}").is_err());
+        let ok = StreamRule { stream_name: "live|backup".into(), is_regex: true };
+        assert!(ok.validate().is_ok());
+        assert!(ok.matches("backup") && !ok.matches("live|backup") && !ok.matches("livebackup"));
     }
 
     #[test]

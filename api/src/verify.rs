@@ -20,7 +20,14 @@
 //!    unless that is `auto`;
 //! 9. tracking: a tracked parent's `trackingId` is inherited, and a JWT
 //!    carrying a different one is rejected (a partner cannot bill another
-//!    partner's channel); an untracked parent lets the JWT set its own.
+//!    partner's channel). A JWT of an *untracked* parent carrying a
+//!    `trackingId` is rejected too (`tracking_not_allowed`): whoever holds an
+//!    untracked master token could otherwise attribute usage to any
+//!    partner, who would be billed for it. The platform's looser rule (the
+//!    JWT sets its own) is an opt-in: [`Policy::untracked_parent_sets_tracking`];
+//! 10. lifetime: `exp` at most [`Policy::max_viewer_token_secs`] (7 days) after
+//!    `iat` and after now; `nbf`, when present, has passed; `iat` is not
+//!    in the future beyond [`Policy::clock_skew_secs`].
 //!
 //! `allowedOrigins` / `allowedIpAddresses` are not checked here: the caller
 //! does not pass the viewer's origin or address.
@@ -47,6 +54,25 @@ pub struct Attribution {
     pub tracking_id: Option<String>,
     /// Opaque viewer data from a JWT.
     pub custom_viewer_data: Option<String>,
+}
+
+/// Verification rules that are the operator's to choose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// Let a viewer token of an untracked parent carry its own `trackingId`
+    /// (the platform's rule). Off by default: attribution then always comes
+    /// from a master token the content owner created.
+    pub untracked_parent_sets_tracking: bool,
+    /// Longest accepted viewer-token lifetime, seconds (default 7 days).
+    pub max_viewer_token_secs: i64,
+    /// Clock skew tolerated for `iat` and `nbf`, seconds (default 60).
+    pub clock_skew_secs: i64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy { untracked_parent_sets_tracking: false, max_viewer_token_secs: 7 * 86_400, clock_skew_secs: 60 }
+    }
 }
 
 /// Why a token was refused. [`VerifyError::code`] is a stable machine string.
@@ -97,6 +123,18 @@ pub enum VerifyError {
     /// The JWT names a trackingId other than its parent's.
     #[error("trackingId {given:?} differs from the parent token's {parent:?}")]
     TrackingOverride { given: String, parent: String },
+    /// The JWT names a trackingId and its parent is untracked (see [`Policy`]).
+    #[error("trackingId {given:?} set by a viewer token of an untracked parent token")]
+    TrackingNotAllowed { given: String },
+    /// The JWT is valid for longer than [`Policy::max_viewer_token_secs`].
+    #[error("token lifetime is longer than {max_secs} s")]
+    LifetimeTooLong { max_secs: i64 },
+    /// The JWT's `nbf` has not come yet.
+    #[error("token not valid before {nbf} (epoch seconds)")]
+    NotYetValid { nbf: i64 },
+    /// The JWT's `iat` is in the future.
+    #[error("token issued in the future ({iat}, epoch seconds)")]
+    IssuedInFuture { iat: i64 },
     /// A claim exceeds its limit.
     #[error("{field} is longer than {max} characters")]
     FieldTooLong { field: &'static str, max: usize },
@@ -124,6 +162,10 @@ impl VerifyError {
             VerifyError::StreamMismatch(_) => "stream_mismatch",
             VerifyError::ClusterMismatch { .. } => "cluster_mismatch",
             VerifyError::TrackingOverride { .. } => "tracking_override",
+            VerifyError::TrackingNotAllowed { .. } => "tracking_not_allowed",
+            VerifyError::LifetimeTooLong { .. } => "lifetime_too_long",
+            VerifyError::NotYetValid { .. } => "not_yet_valid",
+            VerifyError::IssuedInFuture { .. } => "issued_in_future",
             VerifyError::FieldTooLong { .. } => "field_too_long",
             VerifyError::Store(_) => "store_error",
         }
@@ -141,13 +183,26 @@ pub fn is_master_token(token: &str) -> bool {
     token.len() == 64 && token.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// Verify `token` for `stream` on `cluster` at `now`; see the module docs.
+/// Verify `token` for `stream` on `cluster` at `now` under the default
+/// [`Policy`]; see the module docs.
 pub fn verify(
     lookup: &impl TokenLookup,
     token: &str,
     stream: &str,
     cluster: &str,
     now: DateTime<Utc>,
+) -> Result<Attribution, VerifyError> {
+    verify_with(lookup, token, stream, cluster, now, &Policy::default())
+}
+
+/// [`verify`] under `policy`.
+pub fn verify_with(
+    lookup: &impl TokenLookup,
+    token: &str,
+    stream: &str,
+    cluster: &str,
+    now: DateTime<Utc>,
+    policy: &Policy,
 ) -> Result<Attribution, VerifyError> {
     let token = token.trim();
     if is_master_token(token) {
@@ -156,7 +211,7 @@ pub fn verify(
     if token.split('.').count() != 3 {
         return Err(VerifyError::Malformed("neither a 64-hex token nor a JWT (header.payload.signature)".into()));
     }
-    verify_jwt(lookup, token, stream, cluster, now)
+    verify_jwt(lookup, token, stream, cluster, now, policy)
 }
 
 fn store_err(e: crate::store::StoreError) -> VerifyError {
@@ -203,6 +258,7 @@ fn verify_jwt(
     stream: &str,
     cluster: &str,
     now: DateTime<Utc>,
+    policy: &Policy,
 ) -> Result<Attribution, VerifyError> {
     let mut parts = token.split('.');
     let (Some(header_b64), Some(payload_b64)) = (parts.next(), parts.next()) else {
@@ -246,8 +302,23 @@ fn verify_jwt(
     let claims = data.claims;
     // 4. Expiry of the JWT.
     let exp = claims.exp.ok_or(VerifyError::ExpMissing)?;
-    if now.timestamp() >= exp {
+    let t = now.timestamp();
+    if t >= exp {
         return Err(VerifyError::Expired { exp });
+    }
+    if let Some(nbf) = claims.nbf {
+        if t.saturating_add(policy.clock_skew_secs) < nbf {
+            return Err(VerifyError::NotYetValid { nbf });
+        }
+    }
+    if let Some(iat) = claims.iat {
+        if iat > t.saturating_add(policy.clock_skew_secs) {
+            return Err(VerifyError::IssuedInFuture { iat });
+        }
+    }
+    let from = claims.iat.unwrap_or(t).min(t);
+    if exp.saturating_sub(from) > policy.max_viewer_token_secs {
+        return Err(VerifyError::LifetimeTooLong { max_secs: policy.max_viewer_token_secs });
     }
     // 5. The parent's state and expiry.
     if !parent.is_active {
@@ -295,6 +366,7 @@ fn verify_jwt(
         (Some(p), None) => Some(p.clone()),
         (Some(p), Some(t)) if *p == t => Some(t),
         (Some(p), Some(t)) => return Err(VerifyError::TrackingOverride { given: t, parent: p.clone() }),
+        (None, Some(t)) if !policy.untracked_parent_sets_tracking => return Err(VerifyError::TrackingNotAllowed { given: t }),
         (None, t) => t,
     };
     Ok(Attribution { token_id: parent.id, tracking_id, custom_viewer_data: s.custom_viewer_data })

@@ -8,6 +8,7 @@ use rust_decimal::RoundingStrategy;
 use crate::invoice::{Invoice, InvoiceLine, InvoiceStatus, LineKind};
 use crate::pricing;
 use crate::rates::Unit;
+use schemas::csv;
 
 /// CSV header written by [`lines_csv`].
 pub const CSV_HEADER: &str = "invoice_number,partner_id,period,currency,line_no,kind,description,bytes,quantity,unit,unit_price,amount";
@@ -20,39 +21,28 @@ pub fn lines_csv(invoices: &[Invoice]) -> String {
     out.push('\n');
     for inv in invoices {
         for l in &inv.lines {
-            let fields = [
-                inv.invoice_number.clone(),
-                inv.partner_id.clone(),
-                inv.period.clone(),
-                inv.currency.clone(),
-                l.line_no.to_string(),
-                l.kind.as_str().to_owned(),
-                l.description.clone(),
-                l.bytes.to_string(),
-                l.quantity.to_string(),
-                l.unit.clone(),
-                l.unit_price.to_string(),
-                l.amount.to_string(),
-            ];
-            for (i, f) in fields.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&csv_field(f));
-            }
-            out.push('\n');
+            let (line_no, bytes, quantity, unit_price, amount) =
+                (l.line_no.to_string(), l.bytes.to_string(), l.quantity.to_string(), l.unit_price.to_string(), l.amount.to_string());
+            schemas::csv::line(
+                &mut out,
+                [
+                    csv::text(&inv.invoice_number),
+                    csv::text(&inv.partner_id),
+                    csv::text(&inv.period),
+                    csv::text(&inv.currency),
+                    csv::number(&line_no).into(),
+                    csv::text(l.kind.as_str()),
+                    csv::text(&l.description),
+                    csv::number(&bytes).into(),
+                    csv::number(&quantity).into(),
+                    csv::text(&l.unit),
+                    csv::number(&unit_price).into(),
+                    csv::number(&amount).into(),
+                ],
+            );
         }
     }
     out
-}
-
-/// Quotes a field if it contains a comma, quote, CR or LF (RFC 4180).
-fn csv_field(s: &str) -> std::borrow::Cow<'_, str> {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\"")).into()
-    } else {
-        s.into()
-    }
 }
 
 /// Escapes text for HTML element content and attribute values.
@@ -358,11 +348,6 @@ mod tests {
         );
         assert_eq!(lines.len(), 6, "4 lines + header + trailing empty");
         assert!(csv.ends_with('\n') && !csv.contains('\r'));
-        assert_eq!(csv_field("plain"), "plain");
-        assert_eq!(csv_field("a,b"), "\"a,b\"");
-        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
-        assert_eq!(csv_field("two\nlines"), "\"two\nlines\"");
-        assert_eq!(csv_field("cr\r"), "\"cr\r\"");
     }
 
     #[test]
@@ -371,6 +356,9 @@ mod tests {
         invs[0].lines[0].description = "Late, \"quoted\"\nusage".into();
         let csv = lines_csv(&invs);
         assert!(csv.contains(",1,usage,\"Late, \"\"quoted\"\"\nusage\",1000000000000,"));
+        invs[0].lines[0].description = "=cmd|' /C calc'!A0".into();
+        let csv = lines_csv(&invs);
+        assert!(csv.contains(",1,usage,'=cmd|' /C calc'!A0,1000000000000,"), "formula neutralised: {csv}");
     }
 
     #[test]

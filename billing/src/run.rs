@@ -1,6 +1,7 @@
 //! Billing runs: drafts, issuing, files, the run report, reconciliation and
 //! partner statements.
 
+use schemas::csv;
 use crate::invoice::{build_invoice, format_period, parse_period, period_bounds, price_late_usage, Adjustment, Invoice, InvoiceStatus};
 use crate::rates::RateCard;
 use crate::render;
@@ -377,28 +378,20 @@ pub async fn statements(store: &Store, card: &RateCard, period: &str, out: &Path
     for p in &card.partners {
         let mut daily = String::from("tracking_id,day,bytes_out,bytes_in\n");
         for (t, d, o, i) in store.daily(&p.tracking_ids, from, to).await? {
-            daily.push_str(&format!("{},{d},{o},{i}\n", csv(&t)));
+            daily.push_str(&format!("{},{d},{o},{i}\n", csv::text(&t)));
         }
         let path = out.join(format!("statement-{}-{period}-daily.csv", p.id));
         write(&path, &daily)?;
         files.push(path);
         let mut viewers = String::from("tracking_id,custom_viewer_data,viewers,bytes_out,bytes_in\n");
         for (t, cvd, n, o, i) in store.by_viewer_data(&p.tracking_ids, from, to).await? {
-            viewers.push_str(&format!("{},{},{n},{o},{i}\n", csv(&t), csv(&cvd)));
+            viewers.push_str(&format!("{},{},{n},{o},{i}\n", csv::text(&t), csv::text(&cvd)));
         }
         let path = out.join(format!("statement-{}-{period}-viewers.csv", p.id));
         write(&path, &viewers)?;
         files.push(path);
     }
     Ok(files)
-}
-
-fn csv(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
 }
 
 mod u64_str {

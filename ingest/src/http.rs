@@ -72,8 +72,11 @@ impl Default for IngestConfig {
 
 impl IngestConfig {
     pub fn validate(&self) -> Result<(), String> {
-        if self.api_keys.is_empty() || self.api_keys.iter().any(|k| k.len() < 16) {
-            return Err("api_keys: at least one key of 16 or more characters is required (INGEST__API_KEYS='[\"...\"]')".into());
+        if self.api_keys.is_empty() {
+            return Err("api_keys: at least one key is required (INGEST__API_KEYS='[\"...\"]')".into());
+        }
+        for (i, k) in self.api_keys.iter().enumerate() {
+            schemas::auth::check_secret(&format!("api_keys[{i}]"), k)?;
         }
         if self.max_events_per_request == 0 || self.max_inflight_events < self.max_events_per_request {
             return Err("need 0 < max_events_per_request <= max_inflight_events".into());
@@ -127,6 +130,8 @@ struct AppState {
     /// answer from it for a second, so probes cost the broker at most one
     /// metadata request per second whatever the request rate (one at a time).
     broker_probe: tokio::sync::Mutex<Option<(Instant, bool)>>,
+    /// `cfg.api_keys` as digests.
+    keys: schemas::auth::KeySet,
 }
 
 /// Build the gateway's router (also used by tests).
@@ -146,6 +151,7 @@ pub fn router(cfg: IngestConfig) -> Result<Router, crate::IngestError> {
         metrics: Metrics::new(),
         broker_down: AtomicBool::new(false),
         broker_probe: tokio::sync::Mutex::new(None),
+        keys: schemas::auth::KeySet::new(&cfg.api_keys),
         cfg,
     });
     let api = Router::new()
@@ -188,7 +194,7 @@ fn with_retry_after(mut r: Response, secs: u32) -> Response {
 
 async fn require_key(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let ok = schemas::auth::bearer(header).is_some_and(|given| schemas::auth::matches_any(given, &s.cfg.api_keys));
+    let ok = schemas::auth::bearer(header).is_some_and(|given| s.keys.contains(given));
     if !ok {
         s.metrics.requests.with_label_values(&["401"]).inc();
         let mut r = error_reply(StatusCode::UNAUTHORIZED, "missing or invalid API key (Authorization: Bearer <key>)", None);
@@ -277,6 +283,8 @@ async fn handle_usage(s: &AppState, headers: &HeaderMap, body: &[u8]) -> Respons
     match result {
         Ok(n) => {
             s.broker_down.store(false, Ordering::Relaxed);
+            // acknowledged by the broker: as good as a probe
+            *s.broker_probe.lock().await = Some((Instant::now(), true));
             s.metrics.accepted.inc_by(n as u64);
             (StatusCode::OK, Json(json!({"status": "success", "accepted": n}))).into_response()
         }

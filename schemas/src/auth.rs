@@ -1,4 +1,19 @@
 //! Bearer credentials, shared by the HTTP services.
+//!
+//! Keys are held as SHA-256 digests ([`KeySet`]), never as text after
+//! start-up, and compared in constant time (`subtle`): response timing
+//! reveals neither which key nor how much of it matched, and no key can end
+//! up in a log or an error through a `Debug` print.
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// Shortest accepted secret (API secrets, ingest keys), characters.
+pub const MIN_SECRET_CHARS: usize = 32;
+
+/// Words of the documented placeholders (`deploy/*.env`, examples): a secret
+/// containing one is refused, so that a copied example never goes live.
+const PLACEHOLDER_WORDS: [&str; 5] = ["change-me", "changeme", "replace-me", "placeholder", "example"];
 
 /// The credential of an `Authorization: Bearer <credential>` header value
 /// (scheme case-insensitive, surrounding blanks trimmed).
@@ -7,19 +22,72 @@ pub fn bearer(header_value: Option<&str>) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| credential.trim()).filter(|c| !c.is_empty())
 }
 
-/// Whether `given` equals one of `keys`, comparing every key in constant time
-/// so that response timing reveals neither which key nor how much of it matched.
-pub fn matches_any(given: &str, keys: &[String]) -> bool {
-    let mut found = 0u8;
-    for k in keys {
-        let (a, b) = (given.as_bytes(), k.as_bytes());
-        let mut diff = u8::from(a.len() != b.len());
-        for i in 0..b.len() {
-            diff |= a.get(i).copied().unwrap_or(0) ^ b[i];
-        }
-        found |= u8::from(diff == 0);
+/// Why `secret` may not be used (the secret itself is never in the text).
+pub fn check_secret(what: &str, secret: &str) -> Result<(), String> {
+    if secret.chars().count() < MIN_SECRET_CHARS {
+        return Err(format!("{what}: at least {MIN_SECRET_CHARS} characters required"));
     }
-    found == 1
+    let lower = secret.to_ascii_lowercase();
+    if PLACEHOLDER_WORDS.iter().any(|w| lower.contains(w)) {
+        return Err(format!("{what}: a documented placeholder; generate a secret (e.g. `openssl rand -hex 32`)"));
+    }
+    let first = secret.chars().next();
+    if secret.chars().all(|c| Some(c) == first) {
+        return Err(format!("{what}: one repeated character is not a secret"));
+    }
+    Ok(())
+}
+
+/// A set of secrets, held as digests.
+#[derive(Clone, Default)]
+pub struct KeySet(Vec<[u8; 32]>);
+
+impl std::fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeySet({} keys, redacted)", self.0.len())
+    }
+}
+
+fn digest(s: &str) -> [u8; 32] {
+    Sha256::digest(s.as_bytes()).into()
+}
+
+impl KeySet {
+    pub fn new<S: AsRef<str>>(keys: &[S]) -> Self {
+        KeySet(keys.iter().map(|k| digest(k.as_ref())).collect())
+    }
+
+    /// Whether `given` is one of the keys; every key is compared, each in
+    /// constant time.
+    pub fn contains(&self, given: &str) -> bool {
+        let d = digest(given);
+        let mut found = subtle::Choice::from(0);
+        for k in &self.0 {
+            found |= k.ct_eq(&d);
+        }
+        found.into()
+    }
+
+    /// The index of the key `given` is (constant time over all keys).
+    pub fn position(&self, given: &str) -> Option<usize> {
+        let d = digest(given);
+        let mut at = None;
+        for (i, k) in self.0.iter().enumerate() {
+            if bool::from(k.ct_eq(&d)) && at.is_none() {
+                at = Some(i);
+            }
+        }
+        at
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Whether `given` equals one of `keys` (constant time; see [`KeySet`]).
+pub fn matches_any(given: &str, keys: &[String]) -> bool {
+    KeySet::new(keys).contains(given)
 }
 
 #[cfg(test)]
@@ -39,5 +107,19 @@ mod tests {
         assert!(!matches_any("k2-0123456789abcdefg", &keys));
         assert!(!matches_any("", &keys));
         assert!(!matches_any("x", &[]));
+        let set = KeySet::new(&keys);
+        assert_eq!(set.position("k2-0123456789abcdef"), Some(1));
+        assert_eq!(set.position("k3"), None);
+        assert!(!format!("{set:?}").contains("k1"), "Debug never shows a key");
+    }
+
+    #[test]
+    fn short_placeholder_and_trivial_secrets_are_refused() {
+        assert!(check_secret("k", &"a1".repeat(16)).is_ok());
+        assert!(check_secret("k", "short-secret").unwrap_err().contains("at least 32"));
+        assert!(check_secret("k", "change-me-api-secret-0001-0123456789").unwrap_err().contains("placeholder"));
+        assert!(check_secret("k", &"x".repeat(40)).is_err());
+        let e = check_secret("api_secrets[0]", "a-real-looking-secret-but-short").unwrap_err();
+        assert!(!e.contains("a-real-looking"), "the secret is not in the error: {e}");
     }
 }

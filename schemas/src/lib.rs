@@ -6,6 +6,7 @@ pub mod auth;
 pub mod ch;
 pub mod codec;
 pub mod config;
+pub mod csv;
 pub mod event;
 pub mod kafka;
 pub mod serve;

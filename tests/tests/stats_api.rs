@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-const SECRET: &str = "stats-test-secret-0123456789";
-const SCOPED: &str = "stats-scoped-secret-0123456789";
+const SECRET: &str = "stats-test-secret-0123456789abcdef";
+const SCOPED: &str = "stats-scoped-secret-0123456789abcdef";
 
 struct Api {
     url: String,

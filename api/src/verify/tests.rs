@@ -116,12 +116,46 @@ fn jwt_inherits_the_parents_tracking_and_carries_custom_data() {
 }
 
 #[test]
-fn jwt_on_an_untracked_parent_sets_its_own_tracking() {
+fn jwt_on_an_untracked_parent_sets_its_own_tracking_only_when_the_operator_opts_in() {
     let f = fx();
-    let t = f.jwt(&f.open, SignRequest { tracking_id: Some("own-channel".into()), ..req(&f.open, "live") });
-    assert_eq!(f.check(&t, "live", "fra-1").unwrap().tracking_id.as_deref(), Some("own-channel"));
+    // an untracked master token's holder naming another partner's channel
+    let t = f.jwt(&f.open, SignRequest { tracking_id: Some("acme".into()), ..req(&f.open, "live") });
+    assert_eq!(f.code(&t, "live", "fra-1"), "tracking_not_allowed");
+    let loose = Policy { untracked_parent_sets_tracking: true, ..Policy::default() };
+    let a = verify_with(&f.store, &t, "live", "fra-1", f.now, &loose).unwrap();
+    assert_eq!(a.tracking_id.as_deref(), Some("acme"));
+    // without a trackingId the viewer stays untracked either way
     let t = f.jwt(&f.open, req(&f.open, "live"));
     assert_eq!(f.check(&t, "live", "fra-1").unwrap().tracking_id, None);
+}
+
+#[test]
+fn lifetime_nbf_and_iat_are_enforced() {
+    let f = fx();
+    let now = f.now.timestamp();
+    // ten years on a parent without expiry: refused; seven days: fine
+    let t = f.jwt(&f.open, SignRequest { expires_in_secs: 10 * 365 * 86_400, ..req(&f.open, "live") });
+    assert_eq!(f.code(&t, "live", "fra-1"), "lifetime_too_long");
+    let t = f.jwt(&f.open, SignRequest { expires_in_secs: 7 * 86_400, ..req(&f.open, "live") });
+    assert!(f.check(&t, "live", "fra-1").is_ok());
+    let week = Policy { max_viewer_token_secs: 3600, ..Policy::default() };
+    assert_eq!(verify_with(&f.store, &t, "live", "fra-1", f.now, &week).unwrap_err().code(), "lifetime_too_long");
+    // an old iat does not stretch the window: exp counts from iat
+    let mut c = claims(&f, &f.open, json!({}));
+    c["iat"] = json!(now - 30 * 86_400);
+    c["exp"] = json!(now + 600);
+    assert_eq!(f.code(&forge(&f.open.token, c, Algorithm::HS256), "live", "fra-1"), "lifetime_too_long");
+    // nbf in the future (beyond the skew) and at the skew's edge
+    let mut c = claims(&f, &f.open, json!({}));
+    c["nbf"] = json!(now + 120);
+    assert_eq!(f.code(&forge(&f.open.token, c.clone(), Algorithm::HS256), "live", "fra-1"), "not_yet_valid");
+    c["nbf"] = json!(now + 60);
+    assert!(f.check(&forge(&f.open.token, c, Algorithm::HS256), "live", "fra-1").is_ok());
+    // iat in the future
+    let mut c = claims(&f, &f.open, json!({}));
+    c["iat"] = json!(now + 3600);
+    c["exp"] = json!(now + 4000);
+    assert_eq!(f.code(&forge(&f.open.token, c, Algorithm::HS256), "live", "fra-1"), "issued_in_future");
 }
 
 #[test]
@@ -238,8 +272,8 @@ fn exp_after_the_parents_expiry_is_rejected() {
     assert_eq!(f.code(&t, "live", "c"), "exp_after_parent");
     let t = f.jwt(&f.acme, SignRequest { expires_in_secs: 3600, ..req(&f.acme, "live") });
     assert!(f.check(&t, "live", "c").is_ok());
-    // An unexpiring parent does not cap.
-    let t = f.jwt(&f.open, SignRequest { expires_in_secs: 10 * 365 * 86_400, ..req(&f.open, "live") });
+    // An unexpiring parent does not cap; the lifetime limit does (lifetime_nbf_and_iat_are_enforced).
+    let t = f.jwt(&f.open, SignRequest { expires_in_secs: 7 * 86_400, ..req(&f.open, "live") });
     assert!(f.check(&t, "live", "fra-1").is_ok());
 }
 
@@ -326,7 +360,8 @@ fn oversized_fields_are_rejected() {
     let c = claims(&f, &f.open, json!({"tracking": {"trackingId": "t".repeat(129)}}));
     assert_eq!(f.code(&forge(&f.open.token, c, Algorithm::HS256), "live", "fra-1"), "field_too_long");
     let c = claims(&f, &f.open, json!({"tracking": {"trackingId": "t".repeat(128)}}));
-    assert!(f.check(&forge(&f.open.token, c, Algorithm::HS256), "live", "fra-1").is_ok());
+    let loose = Policy { untracked_parent_sets_tracking: true, ..Policy::default() };
+    assert!(verify_with(&f.store, &forge(&f.open.token, c, Algorithm::HS256), "live", "fra-1", f.now, &loose).is_ok());
     // The signer refuses them too.
     assert!(sign(&f.open.token, &SignRequest { custom_viewer_data: Some("x".repeat(1025)), ..req(&f.open, "live") }, f.now).is_err());
     assert!(sign(&f.open.token, &SignRequest { tracking_id: Some("t".repeat(129)), ..req(&f.open, "live") }, f.now).is_err());
