@@ -8,11 +8,11 @@
 //! * [`pricing`]: turn a byte count and a price list into rounded charge lines.
 //! * [`invoice`]: the invoice document and its stable JSON form.
 //! * [`render`]: CSV, HTML and terminal renderings.
-//! * [`store`]: usage from the hourly rollup; invoice tables in ClickHouse.
+//! * [`store`]: usage from the fenced `usage_by_tracking` view; invoice tables in ClickHouse.
 //! * [`run`]: `billing run | issue | reconcile | statements`.
 //!
 //! ## Lifecycle
-//! `billing run` computes drafts from `usage_by_tracking_hourly` (bytes with
+//! `billing run` computes drafts from `usage_by_tracking` (bytes with
 //! `window_start` in the calendar month, UTC) and writes them (JSON, HTML,
 //! CSV, report); re-running gives byte-identical files while usage is
 //! unchanged. `billing issue` makes the drafts final and records, per tracking

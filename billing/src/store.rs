@@ -99,11 +99,14 @@ impl Store {
         Ok(rows.into_iter().map(|r| (r.key, r.bytes)).collect())
     }
 
-    /// `bytes_out` per tracking id with `window_start` in `[from, to)`, from the hourly rollup.
+    /// `bytes_out` per tracking id with `window_start` in `[from, to)`, from
+    /// the fenced `usage_by_tracking` view. (The hourly rollup is a view over
+    /// it that groups by every key first: reading the base view directly is
+    /// the same sum with one aggregation less.)
     pub async fn usage_by_tracking(&self, from: NaiveDate, to: NaiveDate) -> Result<BTreeMap<String, u64>, StoreError> {
         let sql = format!(
-            "SELECT tracking_id AS key, sum(bytes_out) AS bytes FROM {}.usage_by_tracking_hourly \
-             WHERE hour >= toDateTime(?) AND hour < toDateTime(?) GROUP BY tracking_id",
+            "SELECT tracking_id AS key, sum(bytes_out) AS bytes FROM {}.usage_by_tracking \
+             WHERE window_start >= toDateTime(?) AND window_start < toDateTime(?) GROUP BY tracking_id",
             self.db
         );
         self.by_key(&sql, from, to).await
