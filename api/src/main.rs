@@ -21,8 +21,13 @@ enum Cmd {
 
 Configuration (TOML file via --config, each key overridable by API__<KEY>):
   listen       address to listen on (default 127.0.0.1:8090)
-  api_secrets  accepted secrets for `Authorization: Bearer <secret>`, each at least
-               16 characters; required, e.g. API__API_SECRETS='[\"a-secret-of-16+chars\"]'
+  api_secrets  admin secrets for `Authorization: Bearer <secret>`, each at least
+               32 characters; required, e.g. API__API_SECRETS='[\"'$(openssl rand -hex 32)'\"]'
+  verify_secrets  secrets that may only verify viewer tokens (media servers)
+  scoped_secrets  [{secret, tracking_ids}]: statistics of those tracking ids only
+  untracked_parent_sets_tracking  let viewer tokens of untracked master tokens set a
+               trackingId (the platform's rule; default false)
+  max_viewer_token_secs  longest viewer-token lifetime (default 604800, 7 days)
   store_path   SQLite file holding the tokens (default .stack/api/tokens.db;
                parent directories are created)
   json_logs    log as JSON lines (default false)")]
@@ -40,9 +45,12 @@ enum TokenCmd {
 
 #[derive(clap::Args)]
 struct SignArgs {
-    /// The parent (master) Subscribe token string, 64 hex characters
+    /// File holding the parent (master) Subscribe token string (64 hex
+    /// characters), `-` for standard input. Without it the token is read from
+    /// the environment variable METERING_PARENT_TOKEN. (Never an argument:
+    /// process arguments are visible to every user of the machine.)
     #[arg(long)]
-    parent_token: String,
+    parent_token_file: Option<PathBuf>,
     /// Id of the parent Subscribe token
     #[arg(long)]
     token_id: i64,
@@ -101,9 +109,27 @@ fn main() -> Result<()> {
                 allowed_ip_addresses: a.allowed_ip_addresses,
                 expires_in_secs: a.expires_in,
             };
-            let jwt = api::sign::sign(&a.parent_token, &req, chrono::Utc::now())?;
+            let parent = read_parent_token(a.parent_token_file.as_deref())?;
+            let jwt = api::sign::sign(&parent, &req, chrono::Utc::now())?;
             println!("{jwt}");
             Ok(())
         }
     }
+}
+
+/// The parent token from a file, standard input (`-`) or `METERING_PARENT_TOKEN`.
+fn read_parent_token(file: Option<&std::path::Path>) -> Result<String> {
+    let text = match file {
+        Some(p) if p.as_os_str() == "-" => {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).context("reading the parent token from standard input")?;
+            s
+        }
+        Some(p) => std::fs::read_to_string(p).with_context(|| format!("reading the parent token from {}", p.display()))?,
+        None => std::env::var("METERING_PARENT_TOKEN")
+            .context("no parent token: set METERING_PARENT_TOKEN or pass --parent-token-file FILE (or - for standard input)")?,
+    };
+    let token = text.trim().to_string();
+    anyhow::ensure!(api::verify::is_master_token(&token), "the parent token is not 64 hex characters");
+    Ok(token)
 }

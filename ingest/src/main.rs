@@ -103,7 +103,8 @@ struct SimArgs {
     /// Gateway base URL (with --target http)
     #[arg(long, default_value = "http://127.0.0.1:8088")]
     url: String,
-    /// Gateway API key (with --target http)
+    /// Gateway API key (with --target http). Prefer the environment variable:
+    /// process arguments are visible to every user of the machine
     #[arg(long, env = "INGEST_API_KEY", default_value = "")]
     api_key: String,
     /// Events per HTTP request
@@ -116,7 +117,7 @@ struct SimArgs {
     /// token per partner, self-signed viewer JWT, verification)
     #[arg(long)]
     token_api: Option<String>,
-    /// API secret of the token service
+    /// API secret of the token service (prefer the environment variable)
     #[arg(long, env = "API_SECRET", default_value = "")]
     token_secret: String,
     /// Fraction of viewers presenting a forged token (refused: no usage)
