@@ -138,6 +138,22 @@ pub(crate) struct AppState {
     pub(crate) ch: clickhouse::Client,
     /// The operator's verification rules.
     policy: crate::verify::Policy,
+    /// Slots of statistics queries running at once.
+    stats_slots: Arc<tokio::sync::Semaphore>,
+}
+
+/// Most statistics queries running at once (beyond: `503` with `Retry-After`).
+pub const MAX_CONCURRENT_STATS: usize = 8;
+
+/// A statistics request's concurrency slot; a streamed answer takes it
+/// along until its last row is sent.
+#[derive(Clone)]
+pub(crate) struct StatsSlot(Arc<std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>);
+
+impl StatsSlot {
+    pub(crate) fn take(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.0.lock().ok().and_then(|mut p| p.take())
+    }
 }
 
 /// What the caller's secret may see: `None` everything, `Some(ids)` only
@@ -156,7 +172,16 @@ pub fn router(cfg: &ApiConfig, store: Arc<Store>) -> Result<Router, ApiError> {
         scoped_keys: schemas::auth::KeySet::new(&cfg.scoped_secrets.iter().map(|s| s.secret.as_str()).collect::<Vec<_>>()),
         scoped_ids: cfg.scoped_secrets.iter().map(|s| Arc::new(s.tracking_ids.clone())).collect(),
         metrics,
-        ch: cfg.clickhouse.client(),
+        // statistics only read, within limits, whatever user the config names
+        ch: cfg
+            .clickhouse
+            .client()
+            .with_option("readonly", "2")
+            .with_option("max_execution_time", "30")
+            .with_option("max_memory_usage", "2000000000")
+            .with_option("max_result_rows", "2000000")
+            .with_option("result_overflow_mode", "throw"),
+        stats_slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_STATS)),
         policy: crate::verify::Policy {
             untracked_parent_sets_tracking: cfg.untracked_parent_sets_tracking,
             max_viewer_token_secs: cfg.max_viewer_token_secs as i64,
@@ -171,11 +196,15 @@ pub fn router(cfg: &ApiConfig, store: Arc<Store>) -> Result<Router, ApiError> {
         .route("/api/publish_token/list", get(list_publish))
         .route("/api/publish_token/{id}", get(get_publish).delete(delete_publish))
         .route("/api/token/verify", post(verify_token))
-        .route("/api/analytics/tracking/total", get(crate::stats::tracking_total))
-        .route("/api/analytics/tracking/series", get(crate::stats::tracking_series))
-        .route("/api/analytics/tracking/streams/total", get(crate::stats::streams_total))
-        .route("/api/analytics/tracking/streams/series", get(crate::stats::streams_series))
-        .route("/api/records/viewers", post(crate::stats::viewer_records))
+        .merge(
+            Router::new()
+                .route("/api/analytics/tracking/total", get(crate::stats::tracking_total))
+                .route("/api/analytics/tracking/series", get(crate::stats::tracking_series))
+                .route("/api/analytics/tracking/streams/total", get(crate::stats::streams_total))
+                .route("/api/analytics/tracking/streams/series", get(crate::stats::streams_series))
+                .route("/api/records/viewers", post(crate::stats::viewer_records))
+                .layer(middleware::from_fn_with_state(state.clone(), limit_stats)),
+        )
         .route("/api/openapi.json", get(crate::stats::openapi))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), require_secret));
@@ -238,6 +267,17 @@ async fn require_secret(State(s): State<Arc<AppState>>, mut req: Request, next: 
     let mut r = error_body(StatusCode::UNAUTHORIZED, "missing or invalid API secret (Authorization: Bearer <secret>)");
     r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     r
+}
+
+/// At most [`MAX_CONCURRENT_STATS`] statistics queries at once.
+async fn limit_stats(State(s): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+    let Ok(permit) = s.stats_slots.clone().try_acquire_owned() else {
+        let mut r = error_body(StatusCode::SERVICE_UNAVAILABLE, "too many statistics queries at once; retry shortly");
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return r;
+    };
+    req.extensions_mut().insert(StatsSlot(Arc::new(std::sync::Mutex::new(Some(permit)))));
+    next.run(req).await
 }
 
 async fn healthz(State(s): State<Arc<AppState>>) -> Response {

@@ -46,6 +46,9 @@ pub const MAX_STREAM_NAME_CHARS: usize = 256;
 pub const MAX_TOTAL_DAYS: i64 = 366;
 /// Longest range of `/api/records/viewers`, days.
 pub const MAX_RECORD_DAYS: i64 = 31;
+/// Most records one viewer-records answer holds (the `X-Row-Limit` header
+/// says so; narrow the range or the ids for more).
+pub const MAX_RECORD_ROWS: u64 = 1_000_000;
 /// Length of a usage window, seconds (the aggregator's default).
 const WINDOW_SECS: u32 = 60;
 
@@ -389,9 +392,12 @@ fn record_line(r: &RecordRow, csv: bool) -> String {
 pub(crate) async fn viewer_records(
     State(s): State<Arc<AppState>>,
     Extension(scope): Extension<Scope>,
+    Extension(slot): Extension<crate::http::StatsSlot>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Reply> {
+    // the stream below holds the concurrency slot until its last row is sent
+    let permit = slot.take();
     let b: RecordsBody = serde_json::from_slice(&body).map_err(|e| Reply::BadRequest(format!("invalid body: {e}")))?;
     let start = parse_time("startTime", &b.start_time)?;
     let end = parse_time("endTime", &b.end_time)?;
@@ -421,7 +427,8 @@ pub(crate) async fn viewer_records(
          toUInt32(min(window_start)) AS first_ws, toUInt32(max(window_start)) AS last_ws, \
          sum(bytes_out) AS bo, sum(bytes_in) AS bi FROM usage_by_viewer \
          WHERE {col} IN ({}) AND window_start >= toDateTime(?) AND window_start < toDateTime(?){scope_clause} \
-         GROUP BY viewer_id, tracking_id, custom_viewer_data, stream_name, cluster ORDER BY first_ws, viewer_id",
+         GROUP BY viewer_id, tracking_id, custom_viewer_data, stream_name, cluster ORDER BY first_ws, viewer_id \
+         LIMIT {MAX_RECORD_ROWS}",
         placeholders(ids.len())
     );
     let mut query = s.ch.query(&sql);
@@ -443,6 +450,7 @@ pub(crate) async fn viewer_records(
     let first = cursor.next().await.map_err(ch_error)?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     tokio::spawn(async move {
+        let _permit = permit;
         if csv && tx.send(Ok(Bytes::from_static(RECORD_CSV_HEADER.as_bytes()))).await.is_err() {
             return;
         }
@@ -466,7 +474,9 @@ pub(crate) async fn viewer_records(
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
     let ctype = if csv { "text/csv; charset=utf-8" } else { "application/x-ndjson" };
-    Ok((StatusCode::OK, [(header::CONTENT_TYPE, ctype)], Body::from_stream(stream)).into_response())
+    let limit = MAX_RECORD_ROWS.to_string();
+    Ok((StatusCode::OK, [(header::CONTENT_TYPE, ctype), (header::HeaderName::from_static("x-row-limit"), limit.as_str())], Body::from_stream(stream))
+        .into_response())
 }
 
 // ---- OpenAPI ----

@@ -255,7 +255,12 @@ impl Collector<'_> {
         }
         self.total_errors += errs.len();
         let room = self.limits.max_errors.saturating_sub(self.errors.len());
-        self.errors.extend(errs.into_iter().take(room));
+        // never echo a large part of the request
+        self.errors.extend(
+            errs.into_iter()
+                .take(room)
+                .map(|e| EventError { index: e.index, field: truncate(&e.field, 64), reason: truncate(&e.reason, 256) }),
+        );
     }
 
     fn finish(self) -> Result<Vec<OwnedViewerUsage>, Rejection> {
@@ -386,5 +391,67 @@ mod tests {
         assert_eq!(parse_body(b"[1,", false, &schemas::Rules::default()).unwrap_err()[0].index, None);
         let nd = format!("{}\nnot json\n", good());
         assert_eq!(parse_body(nd.as_bytes(), true, &schemas::Rules::default()).unwrap_err()[0].index, Some(1));
+    }
+
+    fn limits() -> BodyLimits {
+        BodyLimits { max_events: 50, max_errors: 100 }
+    }
+
+    /// Whatever the body, the parser answers (no panic), keeps at most
+    /// `max_events` events and lists at most `max_errors` problems.
+    fn bounded(body: &[u8], ndjson: bool) -> Result<(), proptest::test_runner::TestCaseError> {
+        match parse_body_limited(body, ndjson, &schemas::Rules::default(), limits()) {
+            Ok(evs) => proptest::prop_assert!(evs.len() <= 50),
+            Err(Rejection::Invalid { errors, total }) => {
+                proptest::prop_assert!(!errors.is_empty() && errors.len() <= 100 && errors.len() <= total);
+                for e in &errors {
+                    proptest::prop_assert!(e.field.len() <= 64 + 3 && e.reason.len() <= 256 + 3, "{e:?}");
+                }
+            }
+            Err(Rejection::TooManyEvents { max, seen }) => proptest::prop_assert!(max == 50 && seen == 51),
+        }
+        Ok(())
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn random_bytes_never_panic(body in proptest::collection::vec(proptest::num::u8::ANY, 0..2000), ndjson in proptest::bool::ANY) {
+            bounded(&body, ndjson)?;
+        }
+
+        /// JSON-shaped input: arrays and lines of objects with contract and
+        /// foreign field names, wrong types, huge strings, nesting.
+        #[test]
+        fn json_shaped_bodies_are_bounded(
+            objs in proptest::collection::vec(
+                proptest::collection::vec((0usize..20, 0u8..6, 0usize..3000), 0..16), 0..80),
+            ndjson in proptest::bool::ANY,
+        ) {
+            let names: Vec<String> = FIELDS.iter().map(|s| s.to_string()).chain((0..6).map(|i| format!("x{i}"))).collect();
+            let docs: Vec<serde_json::Value> = objs
+                .iter()
+                .map(|fields| {
+                    let mut m = serde_json::Map::new();
+                    for &(name, kind, n) in fields {
+                        let v = match kind {
+                            0 => serde_json::json!(n as i64 - 1500),
+                            1 => serde_json::json!("v".repeat(n)),
+                            2 => serde_json::json!(null),
+                            3 => serde_json::json!([n, {"a": n}]),
+                            4 => serde_json::json!(i64::MAX - n as i64),
+                            _ => serde_json::json!("2026-10-01T00:00:00Z"),
+                        };
+                        m.insert(names[name % names.len()].clone(), v);
+                    }
+                    serde_json::Value::Object(m)
+                })
+                .collect();
+            let body = if ndjson {
+                docs.iter().map(|d| format!("{d}\n")).collect::<String>().into_bytes()
+            } else {
+                serde_json::to_vec(&docs).unwrap()
+            };
+            bounded(&body, ndjson)?;
+        }
     }
 }
