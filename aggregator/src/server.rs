@@ -10,6 +10,14 @@ use std::sync::Arc;
 struct AppState {
     metrics: Arc<Metrics>,
     ch: clickhouse::Client,
+    /// ClickHouse probed at most once a second, however often asked.
+    probe: Arc<schemas::health::Probe>,
+}
+
+impl AppState {
+    async fn clickhouse_up(&self) -> Result<(), String> {
+        self.probe.check(|| schemas::health::clickhouse_ping(&self.ch)).await
+    }
 }
 
 /// Serve until the process ends. `/healthz` answers 200 when ClickHouse answers.
@@ -19,14 +27,14 @@ pub async fn serve(listen: &str, metrics: Arc<Metrics>, ch: clickhouse::Client) 
         .route(
             "/healthz",
             get(|State(s): State<AppState>| async move {
-                match s.ch.query("SELECT 1").fetch_one::<u8>().await {
-                    Ok(_) => (StatusCode::OK, "ok".to_string()),
-                    Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("clickhouse: {e}")),
+                match s.clickhouse_up().await {
+                    Ok(()) => (StatusCode::OK, "ok".to_string()),
+                    Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e),
                 }
             }),
         )
         .route("/readyz", get(readyz))
-        .with_state(AppState { metrics, ch });
+        .with_state(AppState { metrics, ch, probe: Arc::new(schemas::health::Probe::default()) });
     let listener = tokio::net::TcpListener::bind(listen).await?;
     axum::serve(listener, app).await
 }
@@ -36,8 +44,8 @@ pub async fn serve(listen: &str, metrics: Arc<Metrics>, ch: clickhouse::Client) 
 /// otherwise 503 with the reasons.
 async fn readyz(State(s): State<AppState>) -> (StatusCode, axum::Json<serde_json::Value>) {
     let mut reasons = Vec::new();
-    if let Err(e) = s.ch.query("SELECT 1").fetch_one::<u8>().await {
-        reasons.push(format!("clickhouse: {e}"));
+    if let Err(e) = s.clickhouse_up().await {
+        reasons.push(e);
     }
     if s.metrics.group_joined.get() == 0 {
         reasons.push("not yet assigned partitions by the consumer group".to_string());

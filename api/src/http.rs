@@ -140,6 +140,8 @@ pub(crate) struct AppState {
     policy: crate::verify::Policy,
     /// Slots of statistics queries running at once.
     stats_slots: Arc<tokio::sync::Semaphore>,
+    /// ClickHouse probed at most once a second by `/readyz`.
+    ch_probe: schemas::health::Probe,
 }
 
 /// Most statistics queries running at once (beyond: `503` with `Retry-After`).
@@ -182,6 +184,7 @@ pub fn router(cfg: &ApiConfig, store: Arc<Store>) -> Result<Router, ApiError> {
             .with_option("max_result_rows", "2000000")
             .with_option("result_overflow_mode", "throw"),
         stats_slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_STATS)),
+        ch_probe: schemas::health::Probe::default(),
         policy: crate::verify::Policy {
             untracked_parent_sets_tracking: cfg.untracked_parent_sets_tracking,
             max_viewer_token_secs: cfg.max_viewer_token_secs as i64,
@@ -301,8 +304,8 @@ async fn readyz(State(s): State<Arc<AppState>>) -> Response {
     if let Err(e) = store_up(&s) {
         reasons.push(e.to_string());
     }
-    if let Err(e) = s.ch.query("SELECT 1").fetch_one::<u8>().await {
-        reasons.push(format!("clickhouse: {e}"));
+    if let Err(e) = s.ch_probe.check(|| schemas::health::clickhouse_ping(&s.ch)).await {
+        reasons.push(e);
     }
     let status = if reasons.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, axum::Json(serde_json::json!({"ready": reasons.is_empty(), "reasons": reasons}))).into_response()

@@ -8,6 +8,7 @@ pub mod codec;
 pub mod config;
 pub mod csv;
 pub mod event;
+pub mod health;
 pub mod kafka;
 pub mod serve;
 pub mod telemetry;
