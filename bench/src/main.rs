@@ -56,6 +56,10 @@ enum Cmd {
         #[arg(long, default_value_t = 60)]
         seconds: usize,
     },
+    /// The gateway (`ingest serve`, release) answering hostile 16 MiB bodies:
+    /// its peak memory and slowest answer, next to its idle memory and a
+    /// one-event request (needs the stack's broker only for start-up)
+    Hostile,
     /// Every benchmark with its default size
     All,
     /// Decode + window update of single-object events on one core, vs apache-avro's generic decode
@@ -83,10 +87,12 @@ fn main() -> Result<()> {
         Cmd::Ingest { events } => rt.block_on(bench_ingest(events)),
         Cmd::Billing { tracking_ids } => rt.block_on(bench_billing(tracking_ids)),
         Cmd::Latency { rate, seconds } => rt.block_on(bench_latency(rate, seconds)),
+        Cmd::Hostile => rt.block_on(bench_hostile()),
         Cmd::All => {
             codec(1_000_000, 3, false)?;
             memory(1_000_000)?;
             rt.block_on(bench_ingest(300_000))?;
+            rt.block_on(bench_hostile())?;
             rt.block_on(bench_billing(10_000))?;
             rt.block_on(bench_latency(20_000, 60))?;
             rt.block_on(bench_aggregator(2_000_000, 200_000, 1))
@@ -367,6 +373,104 @@ async fn bench_ingest(events: usize) -> Result<()> {
         "| ingest: {} events over HTTP, batches of 1,000, acks=all | {ours:.0} events/s | {baseline:.0} events/s (direct idempotent rdkafka producer) | {:.2} |",
         msgs.len(),
         ours / baseline
+    );
+    Ok(())
+}
+
+/// VmRSS of a process, KiB.
+fn rss_of_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+async fn bench_hostile() -> Result<()> {
+    const MAX_BODY: usize = 16 * 1024 * 1024;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let key = format!("bench-hostile-{}-0123456789abcdef", stack::stamp());
+    let topic = format!("bench-hostile-{}", stack::stamp());
+    stack::create_topic(&topic, 1).await?;
+    let mut gw = std::process::Command::new(stack::release_bin("ingest")?)
+        .arg("serve")
+        .env("INGEST__API_KEYS", format!("[\"{key}\"]"))
+        .env("INGEST__LISTEN", format!("127.0.0.1:{port}"))
+        .env("INGEST__KAFKA__BROKERS", stack::BROKERS)
+        .env("INGEST__KAFKA__TOPIC", &topic)
+        .env("INGEST__MAX_BODY_BYTES", MAX_BODY.to_string())
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .spawn()?;
+    let pid = gw.id();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let mut up = false;
+    for _ in 0..200 {
+        if client.get(format!("{base}/healthz")).send().await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    anyhow::ensure!(up, "the gateway did not start");
+    let post = |ctype: &'static str, body: Vec<u8>| {
+        let (client, url, key) = (client.clone(), format!("{base}/v1/usage"), key.clone());
+        async move {
+            let t = Instant::now();
+            let r = client.post(url).bearer_auth(key).header("Content-Type", ctype).body(body).send().await?;
+            let status = r.status().as_u16();
+            let len = r.bytes().await?.len();
+            anyhow::Ok((status, len, t.elapsed().as_secs_f64()))
+        }
+    };
+    // baseline: idle memory, and one small (invalid) request
+    let idle = rss_of_kib(pid);
+    let (st, _, small) = post("application/json", b"[{}]".to_vec()).await?;
+    anyhow::ensure!(st == 400, "small request answered {st}");
+    // hostile bodies, each just under the body limit
+    let empties_nd = "{}\n".repeat(MAX_BODY / 3 - 16).into_bytes();
+    let empties_arr = format!("[{}]", vec!["{}"; MAX_BODY / 3 - 16].join(",")).into_bytes();
+    let filler = "v".repeat(1600);
+    let one = format!("{{\"viewer_id\":\"{filler}\",\"seq\":0,\"interval_start\":0,\"interval_end\":0,\"bytes_out\":0,\"bytes_in\":0,\"account_id\":\"a\",\"stream_name\":\"s\",\"cluster\":\"c\",\"server_id\":\"x\"}}");
+    let n = (MAX_BODY - 2) / (one.len() + 1);
+    let fat = format!("[{}]", vec![one.as_str(); n.min(10_000)].join(",")).into_bytes();
+    // valid events as large as the contract allows (kept in memory, then produced)
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+    let id = "i".repeat(250);
+    let cvd = "é".repeat(1024);
+    let valid: Vec<String> = (0..)
+        .map(|i| format!("{{\"viewer_id\":\"{id}-{i}\",\"seq\":0,\"interval_start\":{now},\"interval_end\":{now},\"bytes_out\":1,\"bytes_in\":1,\"account_id\":\"{id}\",\"stream_name\":\"{id}\",\"cluster\":\"{id}\",\"server_id\":\"{id}\",\"custom_viewer_data\":\"{cvd}\"}}"))
+        .scan(2usize, |size, e| {
+            *size += e.len() + 1;
+            (*size < MAX_BODY).then_some(e)
+        })
+        .take(10_000)
+        .collect();
+    let valid = format!("[{}]", valid.join(",")).into_bytes();
+    let mut slowest = 0f64;
+    let mut answers = Vec::new();
+    for (what, ctype, body) in [
+        ("16 MiB of {} lines", "application/x-ndjson", empties_nd),
+        ("16 MiB array of {}", "application/json", empties_arr),
+        ("10,000 events with 1.6 kB ids", "application/json", fat),
+        ("the largest valid events, up to the body limit", "application/json", valid),
+    ] {
+        let size = body.len();
+        let (st, len, secs) = post(ctype, body).await?;
+        eprintln!("{what}: {size} bytes -> {st}, {len} bytes answer, {secs:.3} s");
+        slowest = slowest.max(secs);
+        answers.push(len);
+    }
+    let peak = stack::peak_rss_kib(pid);
+    let _ = gw.kill();
+    let _ = gw.wait();
+    header();
+    let over_idle = peak.saturating_sub(idle) as f64 * 1024.0 / MAX_BODY as f64;
+    println!(
+        "| gateway: hostile 16 MiB bodies (empty objects as NDJSON and array, events with oversized ids, the largest valid events) | peak RSS {} MiB ({over_idle:.1}x max_body_bytes above idle), slowest answer {slowest:.2} s, largest answer {} bytes | idle RSS {} MiB, one small request {small:.3} s | goal ≤ 4x, < 1 s |",
+        peak / 1024,
+        answers.iter().max().copied().unwrap_or(0),
+        idle / 1024,
     );
     Ok(())
 }

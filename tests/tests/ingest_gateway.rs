@@ -641,3 +641,23 @@ async fn hostile_bodies_get_bounded_answers_and_bounded_metrics() {
     assert!(!m.text.contains("field_"), "no label from request text");
     assert_eq!(topic_len(&gw.topic).await, 0, "nothing was produced");
 }
+
+/// A record the broker refuses (here, beyond the producer's own message size
+/// limit) is that request's 422; the broker is not marked down, and the next
+/// request is taken at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_record_is_the_requests_4xx_and_never_marks_the_broker_down() {
+    let gw = gateway(|c| {
+        c.kafka.properties.insert("message.max.bytes".into(), "1000".into());
+        c.kafka.properties.insert("batch.size".into(), "1000".into());
+    })
+    .await;
+    let mut big = to_json(&event(&gw.topic, 0), 0);
+    big["custom_viewer_data"] = json!("x".repeat(1000));
+    let r = gw.post_array(&[big]).await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    let small = to_json(&event(&gw.topic, 1), 0);
+    let r = gw.post_array(&[small]).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(gw.get("/readyz").await.status, 200);
+}

@@ -1,0 +1,133 @@
+//! Roles, the token store's file mode, slow clients and concurrent updates
+//! (docs/security.md), against the service in-process.
+
+use api::config::{ApiConfig, ScopedSecret};
+use api::store::{NewSubscribeToken, Store, StreamRule, SubscribeTokenUpdate};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const ADMIN: &str = "sec-admin-secret-0123456789abcdef";
+const VERIFY: &str = "sec-verify-secret-0123456789abcdef";
+const PARTNER: &str = "sec-partner-secret-0123456789abcdef";
+
+async fn start(dir: &std::path::Path, header_timeout: Duration) -> String {
+    let cfg = ApiConfig {
+        api_secrets: vec![ADMIN.into()],
+        verify_secrets: vec![VERIFY.into()],
+        scoped_secrets: vec![ScopedSecret { secret: PARTNER.into(), tracking_ids: vec!["acme".into()] }],
+        store_path: dir.join("tokens.db"),
+        ..Default::default()
+    };
+    let store = Arc::new(Store::open(&cfg.store_path).unwrap());
+    let app = api::http::router(&cfg, store).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let timeouts = schemas::serve::Timeouts { header: header_timeout, body: Duration::from_secs(5) };
+    tokio::spawn(schemas::serve::serve(listener, app, timeouts, std::future::pending()));
+    format!("http://{addr}")
+}
+
+async fn call(url: &str, method: reqwest::Method, path: &str, secret: &str, body: Option<Value>) -> (u16, Value) {
+    let mut rb = reqwest::Client::new().request(method, format!("{url}{path}")).bearer_auth(secret);
+    if let Some(b) = body {
+        rb = rb.json(&b);
+    }
+    let r = rb.send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+#[tokio::test]
+async fn each_role_reaches_only_its_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = start(dir.path(), Duration::from_secs(10)).await;
+    use reqwest::Method as M;
+    let (st, created) = call(&url, M::POST, "/api/subscribe_token", ADMIN, Some(json!({"streams": [{"streamName": "live"}], "tracking": {"trackingId": "acme"}}))).await;
+    assert_eq!(st, 200, "{created}");
+    let token = created["data"]["token"].as_str().unwrap().to_string();
+    let verify = json!({"token": token, "streamName": "live", "cluster": "fra-1"});
+    // media servers: verification only
+    let (st, v) = call(&url, M::POST, "/api/token/verify", VERIFY, Some(verify.clone())).await;
+    assert_eq!((st, v["data"]["trackingId"].clone()), (200, json!("acme")), "{v}");
+    for (m, path) in [(M::GET, "/api/subscribe_token"), (M::GET, "/api/subscribe_token/1"), (M::DELETE, "/api/subscribe_token/1")] {
+        let (st, body) = call(&url, m.clone(), path, VERIFY, None).await;
+        assert_eq!(st, 403, "verify-only secret on {m} {path}: {body}");
+        assert!(!body.to_string().contains(&token), "no token leaks in a refusal");
+    }
+    let (st, _) = call(&url, M::GET, "/api/analytics/tracking/total?trackingIds=acme&startDate=2026-10-01&stopDate=2026-10-02", VERIFY, None).await;
+    assert_eq!(st, 403, "verify-only secret on statistics");
+    // a partner: its statistics only
+    let (st, _) = call(&url, M::GET, "/api/subscribe_token", PARTNER, None).await;
+    assert_eq!(st, 403);
+    let (st, _) = call(&url, M::POST, "/api/token/verify", PARTNER, Some(verify.clone())).await;
+    assert_eq!(st, 403, "a partner secret cannot verify");
+    // the admin: everything; anyone else: 401
+    assert_eq!(call(&url, M::GET, "/api/subscribe_token", ADMIN, None).await.0, 200);
+    assert_eq!(call(&url, M::POST, "/api/token/verify", ADMIN, Some(verify.clone())).await.0, 200);
+    assert_eq!(call(&url, M::GET, "/api/subscribe_token", "sec-unknown-secret-0123456789abcdef", None).await.0, 401);
+    // the token store holds every master token: readable by its owner only
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("tokens.db")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "tokens.db mode {mode:o}");
+}
+
+/// A client that never finishes its headers is disconnected (slowloris).
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = start(dir.path(), Duration::from_millis(500)).await;
+    let addr = url.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+    // the server closes the connection (an answer or EOF); without the
+    // timeout this read would wait forever: bounded by the test's own limit
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the connection was not closed");
+    // and a normal client is still served
+    assert_eq!(reqwest::get(format!("{url}/healthz")).await.unwrap().status(), 200);
+}
+
+/// Updates are read-modify-write in one transaction: a revocation racing
+/// label updates is never undone by a stale copy.
+#[test]
+fn concurrent_updates_never_reactivate_a_revoked_token() {
+    for round in 0..20 {
+        let store = Arc::new(Store::open_in_memory().unwrap());
+        let t = store
+            .create_subscribe(
+                NewSubscribeToken {
+                    label: "t".into(),
+                    streams: vec![StreamRule { stream_name: "live".into(), is_regex: false }],
+                    tracking_id: None,
+                    origin_cluster: "auto".into(),
+                    expires_on: None,
+                    allowed_origins: vec![],
+                    allowed_ip_addresses: vec![],
+                },
+                chrono::Utc::now(),
+            )
+            .unwrap();
+        let barrier = Arc::new(std::sync::Barrier::new(5));
+        let mut threads = Vec::new();
+        for i in 0..4 {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            threads.push(std::thread::spawn(move || {
+                barrier.wait();
+                for j in 0..50 {
+                    let upd = SubscribeTokenUpdate { label: Some(format!("w{i}-{j}")), ..Default::default() };
+                    store.update_subscribe(t.id, upd).unwrap();
+                }
+            }));
+        }
+        barrier.wait();
+        store.update_subscribe(t.id, SubscribeTokenUpdate { is_active: Some(false), ..Default::default() }).unwrap();
+        for th in threads {
+            th.join().unwrap();
+        }
+        assert!(!store.get_subscribe(t.id).unwrap().unwrap().is_active, "round {round}: revoked token re-activated");
+    }
+}
