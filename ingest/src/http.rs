@@ -12,7 +12,6 @@
 
 use crate::json::{metric_reason, parse_body_limited, BodyLimits, EventError, Rejection};
 use crate::producer::{ProducerOptions, SendAllError, UsageProducer};
-use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -204,13 +203,42 @@ async fn require_key(State(s): State<Arc<AppState>>, req: Request, next: Next) -
     next.run(req).await
 }
 
-async fn post_usage(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let r = handle_usage(&s, &headers, &body).await;
+async fn post_usage(State(s): State<Arc<AppState>>, headers: HeaderMap, body: axum::body::Body) -> Response {
+    let r = match read_body(body, &headers, s.cfg.max_body_bytes).await {
+        Ok(body) => handle_usage(&s, &headers, body).await,
+        Err(r) => {
+            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                s.metrics.rejected.with_label_values(&["body_too_large"]).inc();
+            }
+            r
+        }
+    };
     s.metrics.requests.with_label_values(&[r.status().as_str()]).inc();
     r
 }
 
-async fn handle_usage(s: &AppState, headers: &HeaderMap, body: &[u8]) -> Response {
+/// The request body in one buffer sized from `Content-Length` (no second
+/// copy of a large body), refused with `413` as soon as it passes `max`.
+async fn read_body(body: axum::body::Body, headers: &HeaderMap, max: usize) -> Result<Vec<u8>, Response> {
+    use futures::StreamExt;
+    let too_large = || error_reply(StatusCode::PAYLOAD_TOO_LARGE, format!("request body larger than {max} bytes"), None);
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(too_large());
+    }
+    let mut buf = Vec::with_capacity(declared.unwrap_or(0));
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| error_reply(StatusCode::REQUEST_TIMEOUT, format!("reading the request body: {e}"), None))?;
+        if buf.len() + chunk.len() > max {
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
+}
+
+async fn handle_usage(s: &AppState, headers: &HeaderMap, body: Vec<u8>) -> Response {
     let ctype = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let ndjson = if ctype.starts_with("application/x-ndjson") {
         true
@@ -226,7 +254,10 @@ async fn handle_usage(s: &AppState, headers: &HeaderMap, body: &[u8]) -> Respons
     };
     let rules = schemas::Rules { now_ms: Some(chrono::Utc::now().timestamp_millis()), max_event_bytes: s.cfg.max_event_bytes };
     let limits = BodyLimits { max_events: s.cfg.max_events_per_request, max_errors: MAX_LISTED_ERRORS };
-    let events = match parse_body_limited(body, ndjson, &rules, limits) {
+    let parsed = parse_body_limited(&body, ndjson, &rules, limits);
+    // the events own their strings: the body is not needed while producing
+    drop(body);
+    let events = match parsed {
         Ok(evs) => evs,
         Err(Rejection::TooManyEvents { max, seen }) => {
             s.metrics.rejected.with_label_values(&["too_many_events"]).inc_by(seen as u64);
