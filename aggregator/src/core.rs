@@ -412,7 +412,9 @@ mod tests {
     /// A partition's messages: viewers interleaved over 27 days of event
     /// time, arriving 10 ms apart, duplicates re-sent after all originals,
     /// and a few poison records.
-    fn messages(seed: u64) -> (Vec<Msg>, BTreeMap<UsageKey, [u64; 3]>, BTreeMap<UsageKey, [u64; 3]>) {
+    type Totals = BTreeMap<UsageKey, [u64; 3]>;
+
+    fn messages(seed: u64) -> (Vec<Msg>, Totals, Totals) {
         let mut rng = seed;
         let mut next = move || {
             rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -432,8 +434,8 @@ mod tests {
             events.swap(i, next() as usize % (i + 1));
         }
         let dups: Vec<_> = events.iter().filter(|_| next() % 10 == 0).cloned().collect();
-        let mut tracking: BTreeMap<UsageKey, [u64; 3]> = BTreeMap::new();
-        let mut viewer: BTreeMap<UsageKey, [u64; 3]> = BTreeMap::new();
+        let mut tracking = Totals::new();
+        let mut viewer = Totals::new();
         let mut seen = BTreeSet::new();
         for (v, seq, t, bytes, partner) in &events {
             if seen.insert((v.clone(), *seq)) {

@@ -26,8 +26,8 @@
 //!    partner, who would be billed for it. The platform's looser rule (the
 //!    JWT sets its own) is an opt-in: [`Policy::untracked_parent_sets_tracking`];
 //! 10. lifetime: `exp` at most [`Policy::max_viewer_token_secs`] (7 days) after
-//!    `iat` and after now; `nbf`, when present, has passed; `iat` is not
-//!    in the future beyond [`Policy::clock_skew_secs`].
+//!     `iat` and after now; `nbf`, when present, has passed; `iat` is not
+//!     in the future beyond [`Policy::clock_skew_secs`].
 //!
 //! `allowedOrigins` / `allowedIpAddresses` are not checked here: the caller
 //! does not pass the viewer's origin or address.

@@ -185,11 +185,10 @@ pub async fn compute(store: &Store, card: &RateCard, period: &str) -> Result<Com
 }
 
 /// Usage now minus usage billed, per tracking id, when positive anywhere.
-fn late_usage(
-    billed: &BTreeMap<(String, String), u64>,
-    usage_now: &BTreeMap<String, u64>,
-    period: &str,
-) -> Result<Option<(BTreeMap<String, u64>, u64)>, BillingError> {
+/// Late usage per tracking id, and its total.
+type Late = (BTreeMap<String, u64>, u64);
+
+fn late_usage(billed: &BTreeMap<(String, String), u64>, usage_now: &BTreeMap<String, u64>, period: &str) -> Result<Option<Late>, BillingError> {
     let per: BTreeMap<String, u64> = usage_now
         .iter()
         .filter_map(|(t, now)| {
