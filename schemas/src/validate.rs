@@ -264,6 +264,29 @@ mod tests {
         }
     }
 
+    /// The largest event the rules allow (every id at its byte limit,
+    /// tracking id and custom data at their character limits in 4-byte
+    /// characters) encodes far below Kafka's default message size (1 MB).
+    #[test]
+    fn the_largest_valid_event_fits_a_kafka_message() {
+        let id = "i".repeat(MAX_ID_BYTES);
+        let mut e = ev();
+        e.viewer_id = Cow::Owned(id.clone());
+        e.account_id = Cow::Owned(id.clone());
+        e.stream_name = Cow::Owned(id.clone());
+        e.cluster = Cow::Owned(id.clone());
+        e.server_id = Cow::Owned(id);
+        e.tracking_id = Some(Cow::Owned("𝄞".repeat(MAX_TRACKING_ID_CHARS / 2)));
+        e.custom_viewer_data = Some(Cow::Owned("𝄞".repeat(MAX_CUSTOM_VIEWER_DATA_CHARS)));
+        e.bytes_out = DEFAULT_MAX_EVENT_BYTES;
+        e.seq = i64::MAX;
+        e.token_id = Some(i64::MAX);
+        assert!(validate(&e, None).is_ok(), "{:?}", validate(&e, None));
+        let bytes = crate::Codec::new().encode_to_vec(&e).len();
+        assert!(bytes < 8 * 1024, "{bytes} bytes");
+        assert!(bytes < 1_000_000);
+    }
+
     #[test]
     fn intervals_longer_than_an_hour_are_refused() {
         let mut e = ev();
