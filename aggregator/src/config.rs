@@ -28,6 +28,11 @@ pub struct AggregatorConfig {
     /// last event arrived, seconds, measured by the partition's arrival clock
     /// (Kafka record timestamps), never by event time.
     pub dedup_horizon_secs: u64,
+    /// ... and until this many records of its partition have arrived since
+    /// (both must pass before a viewer is forgotten): guards against record
+    /// timestamps that do not follow arrival, e.g. producers stamping
+    /// records with event time.
+    pub dedup_horizon_records: u64,
     /// Events older than the partition watermark minus this are dead-lettered as `too_late`, seconds.
     pub max_lateness_secs: u64,
     /// Events whose `interval_start` is further than this after their
@@ -73,6 +78,7 @@ impl Default for AggregatorConfig {
             max_pending_rows: 2_000_000,
             checkpoint_every: 1,
             dedup_horizon_secs: 24 * 3600,
+            dedup_horizon_records: 2_000_000,
             max_lateness_secs: 35 * 24 * 3600,
             max_future_secs: 3600,
             max_event_bytes: schemas::validate::DEFAULT_MAX_EVENT_BYTES,

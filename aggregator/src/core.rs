@@ -126,7 +126,7 @@ impl<S: Store> Core<S> {
     /// Claim `partitions` and load their state; returns the offset to start
     /// each at (`None`: no checkpoint yet).
     pub async fn assign(&mut self, partitions: &[i32]) -> Result<Vec<(i32, Option<i64>)>, AggError> {
-        let loaded = self.store.claim(partitions, &self.member, self.limits.dedup_horizon_ms).await?;
+        let loaded = self.store.claim(partitions, &self.member, self.limits.dedup_horizon).await?;
         let mut out = Vec::new();
         for (p, l) in loaded {
             info!(partition = p, epoch = l.epoch, position = ?l.position, viewers = l.viewers_restored, "PartitionClaimed");
@@ -235,7 +235,7 @@ impl<S: Store> Core<S> {
             let moved = st.checkpointed != Some(st.position) && st.position > 0;
             if checkpoint && moved {
                 st.checkpoint(&topic, &self.member, now_secs, &mut rows);
-                st.dedup.evict(st.arrival_ms);
+                st.dedup.evict(crate::dedup::At { arrival_ms: st.arrival_ms, offset: st.position });
             }
         }
         if checkpoint {

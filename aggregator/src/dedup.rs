@@ -5,11 +5,16 @@
 //! connection needs one range however long it lives, and memory grows with
 //! active viewers, not with events.
 //!
-//! **Horizon, in arrival time.** A viewer's state is kept until the
-//! partition's *arrival clock* (the largest Kafka record timestamp seen on
-//! the partition) has moved more than `horizon` (default 24 h) past the
-//! arrival clock at the viewer's last counted event: a viewer unheard of for
-//! 24 h of arrival. Event time plays no part: a backlog spanning days of
+//! **Horizon, in arrival.** A viewer's state is kept until the partition's
+//! *arrival clock* (the largest Kafka record timestamp seen on the
+//! partition) has moved more than `horizon.ms` (default 24 h) past the
+//! arrival clock at the viewer's last counted event **and** more than
+//! `horizon.offsets` records (default 2,000,000) have arrived on the
+//! partition since: a viewer unheard of for 24 h of arrival and two million
+//! records. The record count makes the horizon robust to timestamps that do
+//! not follow arrival (a producer stamping records with event time, a clock
+//! far ahead): a viewer seen within the last two million records of its
+//! partition is never forgotten, whatever the timestamps say. Event time plays no part: a backlog spanning days of
 //! event time, a backfill, or a media server whose clock runs a day ahead
 //! arrive within minutes and forget nobody, and an active viewer (one whose
 //! reports keep arriving) is never forgotten. Payment meters keep idempotency
@@ -158,12 +163,43 @@ impl SeqSet {
     }
 }
 
+/// Where a partition stands when an event is looked up: its arrival clock
+/// (largest Kafka timestamp so far, this record's included) and the record's offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct At {
+    pub arrival_ms: i64,
+    pub offset: i64,
+}
+
+/// How long a viewer is remembered after its last counted event: until
+/// *both* `ms` of arrival and `offsets` records of its partition have
+/// passed. The record count guards against timestamps that do not follow
+/// arrival (a producer stamping records with event time, or a clock far
+/// ahead): a viewer seen within the last `offsets` records is never
+/// forgotten, whatever the timestamps say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Horizon {
+    pub ms: i64,
+    pub offsets: i64,
+}
+
+impl Horizon {
+    /// Whether a viewer last counted at (`seen_ms`, `seen_offset`) is forgotten at `at`.
+    #[inline]
+    fn passed(&self, seen_ms: i64, seen_offset: i64, at: At) -> bool {
+        seen_ms < at.arrival_ms.saturating_sub(self.ms) && seen_offset < at.offset.saturating_sub(self.offsets)
+    }
+}
+
 /// State of one viewer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ViewerSeqs {
     pub seqs: SeqSet,
     /// Partition arrival clock (epoch ms) when the viewer was last counted.
     pub last_seen_ms: i64,
+    /// Offset of the viewer's last counted record (restored from a
+    /// checkpoint: the checkpoint's position, an upper bound).
+    pub last_offset: i64,
     /// Changed since the last checkpoint.
     pub dirty: bool,
     /// Where this viewer's last event went in the pending aggregates (the hot
@@ -182,32 +218,31 @@ pub enum Seen {
 
 /// Dedup state of one Kafka partition (a viewer's events all land on one
 /// partition, since the Kafka key is `viewer_id`).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Dedup {
     viewers: ViewerMap,
-    horizon_ms: i64,
+    horizon: Horizon,
 }
 
 impl Dedup {
-    pub fn new(horizon_ms: i64) -> Self {
-        Dedup { viewers: ViewerMap::default(), horizon_ms }
+    pub fn new(horizon: Horizon) -> Self {
+        Dedup { viewers: ViewerMap::default(), horizon }
     }
 
-    /// Decide whether `(viewer, seq)` is new, and record it. `arrival_ms`
-    /// is the partition's arrival clock including this event.
-    pub fn check_and_insert(&mut self, viewer: &str, seq: i64, arrival_ms: i64) -> Seen {
-        self.check_and_insert_cached(viewer, seq, arrival_ms).0
+    /// Decide whether `(viewer, seq)` is new, and record it.
+    pub fn check_and_insert(&mut self, viewer: &str, seq: i64, at: At) -> Seen {
+        self.check_and_insert_cached(viewer, seq, at).0
     }
 
     /// [`Dedup::check_and_insert`], also handing out the viewer's row cache
     /// when the event is new (one hash lookup for both).
-    pub(crate) fn check_and_insert_cached(&mut self, viewer: &str, seq: i64, arrival_ms: i64) -> (Seen, Option<&mut RowCache>) {
-        let cutoff = arrival_ms.saturating_sub(self.horizon_ms);
+    pub(crate) fn check_and_insert_cached(&mut self, viewer: &str, seq: i64, at: At) -> (Seen, Option<&mut RowCache>) {
+        let horizon = self.horizon;
         match self.viewers.entry_ref(viewer) {
             EntryRef::Occupied(o) => {
                 let v = o.into_mut();
                 let mut result = Seen::New;
-                if v.last_seen_ms < cutoff {
+                if horizon.passed(v.last_seen_ms, v.last_offset, at) {
                     // forgotten: start afresh
                     v.seqs = SeqSet::default();
                     result = Seen::NewBeyondHorizon;
@@ -215,29 +250,36 @@ impl Dedup {
                 if !v.seqs.insert(seq) {
                     return (Seen::Duplicate, None);
                 }
-                v.last_seen_ms = v.last_seen_ms.max(arrival_ms);
+                v.last_seen_ms = v.last_seen_ms.max(at.arrival_ms);
+                v.last_offset = v.last_offset.max(at.offset);
                 v.dirty = true;
                 (result, Some(&mut v.cache))
             }
             EntryRef::Vacant(e) => {
                 let mut seqs = SeqSet::default();
                 seqs.insert(seq);
-                let v = e.insert(ViewerSeqs { seqs, last_seen_ms: arrival_ms, dirty: true, cache: RowCache::default() });
+                let v = e.insert(ViewerSeqs {
+                    seqs,
+                    last_seen_ms: at.arrival_ms,
+                    last_offset: at.offset,
+                    dirty: true,
+                    cache: RowCache::default(),
+                });
                 (Seen::New, Some(&mut v.cache))
             }
         }
     }
 
     /// Put back a viewer's state loaded from a checkpoint.
-    pub fn restore(&mut self, viewer: &str, seqs: SeqSet, last_seen_ms: i64) {
-        self.viewers.insert(viewer.into(), ViewerSeqs { seqs, last_seen_ms, dirty: false, cache: RowCache::default() });
+    pub fn restore(&mut self, viewer: &str, seqs: SeqSet, last_seen_ms: i64, last_offset: i64) {
+        self.viewers.insert(viewer.into(), ViewerSeqs { seqs, last_seen_ms, last_offset, dirty: false, cache: RowCache::default() });
     }
 
-    /// Drop viewers past the horizon (memory only: lookups already treat them as forgotten).
-    pub fn evict(&mut self, arrival_ms: i64) -> usize {
-        let cutoff = arrival_ms.saturating_sub(self.horizon_ms);
-        let before = self.viewers.len();
-        self.viewers.retain(|_, v| v.last_seen_ms >= cutoff || v.dirty);
+    /// Drop viewers past the horizon at `at` (memory only: lookups already
+    /// treat them as forgotten).
+    pub fn evict(&mut self, at: At) -> usize {
+        let (horizon, before) = (self.horizon, self.viewers.len());
+        self.viewers.retain(|_, v| v.dirty || !horizon.passed(v.last_seen_ms, v.last_offset, at));
         before - self.viewers.len()
     }
 
@@ -293,16 +335,32 @@ mod tests {
         assert_eq!(SeqSet::from_flat(&[1, 3, 4, 5]), None, "adjacent ranges must be merged");
     }
 
+    /// The clock at arrival `ms` and offset `o`.
+    fn at(ms: i64, o: i64) -> At {
+        At { arrival_ms: ms, offset: o }
+    }
+
+    /// The clock at arrival `ms`, with offsets advancing as fast (so that
+    /// the offset horizon of [`h_ms`] never holds a viewer back).
+    fn at2(ms: i64) -> At {
+        at(ms, ms)
+    }
+
+    /// A time-only horizon (the offset horizon passed at once).
+    fn h_ms(ms: i64) -> Dedup {
+        Dedup::new(Horizon { ms, offsets: 0 })
+    }
+
     #[test]
     fn horizon_is_decided_by_the_arrival_clock() {
         let h = 24 * 3600 * 1000;
-        let mut d = Dedup::new(h);
-        assert_eq!(d.check_and_insert("v", 0, 1_000), Seen::New);
-        assert_eq!(d.check_and_insert("v", 0, 1_000 + h), Seen::Duplicate, "exactly at the horizon still known");
-        assert_eq!(d.check_and_insert("v", 1, 1_000 + h), Seen::New, "and refreshed");
-        assert_eq!(d.check_and_insert("v", 0, 1_001 + 2 * h), Seen::NewBeyondHorizon);
-        assert_eq!(d.check_and_insert("v", 0, 1_001 + 2 * h), Seen::Duplicate, "a fresh state dedups again");
-        assert_eq!(d.check_and_insert("v", 1, 1_001 + 2 * h), Seen::New, "the forgotten seq 1 counts again");
+        let mut d = h_ms(h);
+        assert_eq!(d.check_and_insert("v", 0, at2(1_000)), Seen::New);
+        assert_eq!(d.check_and_insert("v", 0, at2(1_000 + h)), Seen::Duplicate, "exactly at the horizon still known");
+        assert_eq!(d.check_and_insert("v", 1, at2(1_000 + h)), Seen::New, "and refreshed");
+        assert_eq!(d.check_and_insert("v", 0, at2(1_001 + 2 * h)), Seen::NewBeyondHorizon);
+        assert_eq!(d.check_and_insert("v", 0, at2(1_001 + 2 * h)), Seen::Duplicate, "a fresh state dedups again");
+        assert_eq!(d.check_and_insert("v", 1, at2(1_001 + 2 * h)), Seen::New, "the forgotten seq 1 counts again");
     }
 
     /// Viewers interleaved over days of *event* time but arriving within
@@ -311,33 +369,52 @@ mod tests {
     #[test]
     fn active_viewers_are_never_forgotten_whatever_their_event_times() {
         let h = 24 * 3600 * 1000;
-        let mut d = Dedup::new(h);
+        let mut d = h_ms(h);
         let arrival0 = 1_800_000_000_000;
         let mut n = 0;
         for seq in 0..50 {
             for v in 0..20 {
-                assert_eq!(d.check_and_insert(&format!("v{v}"), seq, arrival0 + n), Seen::New);
+                assert_eq!(d.check_and_insert(&format!("v{v}"), seq, at2(arrival0 + n)), Seen::New);
                 n += 10;
             }
         }
         for seq in 0..50 {
             for v in 0..20 {
-                assert_eq!(d.check_and_insert(&format!("v{v}"), seq, arrival0 + n), Seen::Duplicate, "v{v} seq {seq}");
+                assert_eq!(d.check_and_insert(&format!("v{v}"), seq, at2(arrival0 + n)), Seen::Duplicate, "v{v} seq {seq}");
             }
         }
-        assert_eq!(d.evict(arrival0 + n), 0);
+        assert_eq!(d.evict(at2(arrival0 + n)), 0);
         // a viewer silent for longer than the horizon of arrival is forgotten
-        assert_eq!(d.check_and_insert("v0", 0, arrival0 + n + h + 1), Seen::NewBeyondHorizon);
+        assert_eq!(d.check_and_insert("v0", 0, at2(arrival0 + n + h + 1)), Seen::NewBeyondHorizon);
+    }
+
+    /// Timestamps that do not follow arrival (records stamped with event
+    /// time, spanning days, interleaved): within the offset horizon nobody
+    /// is forgotten; beyond both horizons the viewer is.
+    #[test]
+    fn a_viewer_seen_within_the_offset_horizon_is_never_forgotten() {
+        let day = 86_400_000;
+        let mut d = Dedup::new(Horizon { ms: day, offsets: 1_000 });
+        assert_eq!(d.check_and_insert("v", 0, at(0, 0)), Seen::New);
+        // the clock jumps 27 days ahead, 10 records later: v is kept
+        assert_eq!(d.check_and_insert("w", 0, at(27 * day, 10)), Seen::New);
+        assert_eq!(d.check_and_insert("v", 0, at(27 * day, 20)), Seen::Duplicate);
+        d.mark_clean();
+        assert_eq!(d.evict(at(27 * day, 999)), 0, "v's arrival is 27 days old, but only 999 records");
+        // 1,001 records later and a day of arrival: both horizons passed
+        assert_eq!(d.check_and_insert("v", 0, at(29 * day, 1_021)), Seen::NewBeyondHorizon);
+        d.mark_clean();
+        assert_eq!(d.evict(at(31 * day, 5_000)), 2, "v and w both past both horizons");
     }
 
     #[test]
     fn short_and_long_viewer_ids_are_keys() {
-        let mut d = Dedup::new(1_000);
+        let mut d = h_ms(1_000);
         let long = "v".repeat(ViewerKey::INLINE + 1);
         let at_limit = "w".repeat(ViewerKey::INLINE);
         for id in [long.as_str(), at_limit.as_str(), "", "ü"] {
-            assert_eq!(d.check_and_insert(id, 7, 0), Seen::New, "{id}");
-            assert_eq!(d.check_and_insert(id, 7, 0), Seen::Duplicate, "{id}");
+            assert_eq!(d.check_and_insert(id, 7, at2(0)), Seen::New, "{id}");
+            assert_eq!(d.check_and_insert(id, 7, at2(0)), Seen::Duplicate, "{id}");
         }
         assert!(matches!(ViewerKey::from(long.as_str()), ViewerKey::Heap(_)));
         assert!(matches!(ViewerKey::from(at_limit.as_str()), ViewerKey::Inline { .. }));

@@ -110,8 +110,9 @@
 //!
 //! ## Duplicates, lateness, bounds
 //! See [`dedup`] for the `(viewer_id, seq)` horizon: 24 h of *arrival* (the
-//! partition's largest Kafka timestamp), so a stream spanning days of event
-//! time forgets no active viewer. Events older than the partition watermark
+//! partition's largest Kafka timestamp) and two million records of the
+//! partition, so neither a stream spanning days of event time nor records
+//! stamped with event time forget an active viewer. Events older than the partition watermark
 //! minus `max_lateness_secs` (default 35 days) are dead-lettered as
 //! `too_late`; later events within it are added as further partial rows of
 //! their (already written) window. Events over `max_event_bytes` are

@@ -1,7 +1,7 @@
 //! The ClickHouse implementation of [`Store`]: claims, loading a partition's
 //! state on assignment, and writing flush batches.
 
-use crate::dedup::{Dedup, SeqSet};
+use crate::dedup::{Dedup, Horizon, SeqSet};
 use crate::error::AggError;
 use crate::rowbinary::RowBinary;
 use crate::store::{LoadedPartition, Store};
@@ -39,6 +39,8 @@ struct DedupRow {
     viewer_id: String,
     seq_ranges: Vec<i64>,
     last_seen_ms: i64,
+    /// The checkpoint position of the viewer's latest row: an upper bound of its last offset.
+    position: u64,
 }
 
 /// The claim fences as a join source for tables with `topic, partition, epoch` columns.
@@ -91,7 +93,7 @@ impl Store for Sink {
         Ok(rows.into_iter().map(|r| (r.partition as i32, r.epoch)).collect())
     }
 
-    async fn claim(&self, partitions: &[i32], member: &str, horizon_ms: i64) -> Result<HashMap<i32, LoadedPartition>, AggError> {
+    async fn claim(&self, partitions: &[i32], member: &str, horizon: Horizon) -> Result<HashMap<i32, LoadedPartition>, AggError> {
         if partitions.is_empty() {
             return Ok(HashMap::new());
         }
@@ -127,7 +129,7 @@ impl Store for Sink {
                     position: cp.map(|c| c.position as i64),
                     watermark_ms: cp.map_or(i64::MIN, |c| c.watermark_ms),
                     arrival_ms: cp.map_or(i64::MIN, |c| c.arrival_ms),
-                    dedup: Dedup::new(horizon_ms),
+                    dedup: Dedup::new(horizon),
                     viewers_restored: 0,
                 },
             );
@@ -142,26 +144,29 @@ impl Store for Sink {
         .await?;
         for (&p, l) in out.iter_mut() {
             let Some(pos) = l.position else { continue };
-            let cutoff = l.arrival_ms.saturating_sub(horizon_ms);
+            // viewers within either horizon of the checkpoint
+            let cutoff_ms = l.arrival_ms.saturating_sub(horizon.ms);
+            let cutoff_offset = pos.saturating_sub(horizon.offsets).max(0) as u64;
             let mut cursor = self
                 .client
                 .query(&format!(
-                    "SELECT viewer_id, argMax(seq_ranges, position) AS ranges, max(last_seen_ms) AS seen \
+                    "SELECT viewer_id, argMax(seq_ranges, position) AS ranges, max(last_seen_ms) AS seen, max(position) AS pos \
                      FROM {db}.aggregator_dedup ANY INNER JOIN {} USING (topic, partition, epoch) \
-                     WHERE topic = ? AND partition = ? AND position <= ? AND position <= fence AND last_seen_ms >= ? \
-                     GROUP BY viewer_id",
+                     WHERE topic = ? AND partition = ? AND position <= ? AND position <= fence \
+                     GROUP BY viewer_id HAVING seen >= ? OR pos >= ?",
                     fences(db)
                 ))
                 .bind(&self.topic)
                 .bind(p as u32)
                 .bind(pos as u64)
-                .bind(cutoff)
+                .bind(cutoff_ms)
+                .bind(cutoff_offset)
                 .fetch::<DedupRow>()?;
             while let Some(row) = cursor.next().await? {
                 let seqs = SeqSet::from_flat(&row.seq_ranges).ok_or_else(|| {
                     AggError::CorruptState(format!("aggregator_dedup: bad seq_ranges for viewer {:?}", row.viewer_id))
                 })?;
-                l.dedup.restore(&row.viewer_id, seqs, row.last_seen_ms);
+                l.dedup.restore(&row.viewer_id, seqs, row.last_seen_ms, row.position as i64);
                 l.viewers_restored += 1;
             }
         }

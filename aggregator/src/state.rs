@@ -1,7 +1,7 @@
 //! Per-partition state and the per-event hot path: decode, validate, dedup,
 //! roll into windows. No I/O here; `sink` and `core` do that.
 
-use crate::dedup::{Dedup, Seen};
+use crate::dedup::{At, Dedup, Horizon, Seen};
 use crate::rows::{DeadLetter, RowCache, Sums, Sym, NO_ROW};
 use crate::tables::{self, Src, Table};
 use rustc_hash::FxHashMap;
@@ -12,7 +12,7 @@ use schemas::{Codec, Protocol};
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub window_secs: u32,
-    pub dedup_horizon_ms: i64,
+    pub dedup_horizon: Horizon,
     pub max_lateness_ms: i64,
     pub max_future_ms: i64,
     pub max_event_bytes: i64,
@@ -22,7 +22,10 @@ impl Limits {
     pub fn from_config(c: &crate::config::AggregatorConfig) -> Self {
         Limits {
             window_secs: c.window_secs,
-            dedup_horizon_ms: (c.dedup_horizon_secs as i64).saturating_mul(1000),
+            dedup_horizon: Horizon {
+                ms: (c.dedup_horizon_secs as i64).saturating_mul(1000),
+                offsets: i64::try_from(c.dedup_horizon_records).unwrap_or(i64::MAX),
+            },
             max_lateness_ms: (c.max_lateness_secs as i64).saturating_mul(1000),
             max_future_ms: (c.max_future_secs as i64).saturating_mul(1000),
             max_event_bytes: c.max_event_bytes,
@@ -235,7 +238,8 @@ impl PartitionState {
         let window_ms = ev.window_start_ms(width_ms);
         let late = window_ms + width_ms <= self.watermark_ms;
         self.watermark_ms = self.watermark_ms.max(ev.interval_start);
-        let (seen, cache) = self.dedup.check_and_insert_cached(&ev.viewer_id, ev.seq, self.arrival_ms);
+        let at = At { arrival_ms: self.arrival_ms, offset };
+        let (seen, cache) = self.dedup.check_and_insert_cached(&ev.viewer_id, ev.seq, at);
         let Some(cache) = cache else {
             return Outcome::Duplicate;
         };
@@ -342,7 +346,7 @@ mod tests {
     fn limits() -> Limits {
         Limits {
             window_secs: 60,
-            dedup_horizon_ms: 86_400_000,
+            dedup_horizon: Horizon { ms: 86_400_000, offsets: 2_000_000 },
             max_lateness_ms: 35 * 86_400_000,
             max_future_ms: 3_600_000,
             max_event_bytes: schemas::validate::DEFAULT_MAX_EVENT_BYTES,
@@ -371,7 +375,7 @@ mod tests {
     const NOW: i64 = 1_800_000_000_000;
 
     fn state() -> PartitionState {
-        PartitionState::new(0, 1, 0, i64::MIN, i64::MIN, Dedup::new(86_400_000))
+        PartitionState::new(0, 1, 0, i64::MIN, i64::MIN, Dedup::new(Horizon { ms: 86_400_000, offsets: 2_000_000 }))
     }
 
     fn total(st: &PartitionState) -> (u64, u64) {

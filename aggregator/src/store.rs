@@ -2,7 +2,7 @@
 //! implementation is [`crate::sink::Sink`]; tests use a fault-injecting
 //! in-memory fake (`store::fake`) that applies the same fencing rule.
 
-use crate::dedup::Dedup;
+use crate::dedup::{Dedup, Horizon};
 use crate::error::AggError;
 use crate::rowbinary::RowBinary;
 use crate::tables::Table;
@@ -31,12 +31,13 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// Claim `partitions` for `member`: read each partition's last valid
     /// checkpoint `R` and latest epoch `e`, record the claim
     /// `(partition, e + 1, R)` (which supersedes every row of an earlier
-    /// epoch past `R`), and load the dedup state as of `R`.
+    /// epoch past `R`), and load the dedup state as of `R` (viewers within
+    /// `horizon` of it).
     fn claim(
         &self,
         partitions: &[i32],
         member: &str,
-        horizon_ms: i64,
+        horizon: Horizon,
     ) -> impl Future<Output = Result<HashMap<i32, LoadedPartition>, AggError>> + Send;
 
     /// The latest claim epoch of each of `partitions` (absent: none).

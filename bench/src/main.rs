@@ -550,11 +550,12 @@ fn rss_kib() -> u64 {
 
 fn memory(viewers: usize) -> Result<()> {
     let before = rss_kib();
-    let mut d = Dedup::new(86_400_000);
+    let mut d = Dedup::new(aggregator::dedup::Horizon { ms: 86_400_000, offsets: 2_000_000 });
     for v in 0..viewers {
         let id = format!("s1-partner-{}-{v}-0", v % 10);
         for seq in 0..30 {
-            d.check_and_insert(&id, seq, 1_764_000_000_000 + seq * 10_000);
+            let at = aggregator::dedup::At { arrival_ms: 1_764_000_000_000 + seq * 10_000, offset: (v * 30) as i64 + seq };
+            d.check_and_insert(&id, seq, at);
         }
     }
     d.mark_clean();
@@ -601,7 +602,7 @@ fn codec(events: usize, rounds: usize, profile: bool) -> Result<()> {
     eprintln!("{n} events, {:.0} bytes each on average", bytes as f64 / n as f64);
     let limits = Limits {
         window_secs: 60,
-        dedup_horizon_ms: 86_400_000,
+        dedup_horizon: aggregator::dedup::Horizon { ms: 86_400_000, offsets: 2_000_000 },
         max_lateness_ms: 35 * 86_400_000,
         max_future_ms: 3_600_000,
         max_event_bytes: schemas::validate::DEFAULT_MAX_EVENT_BYTES,
@@ -619,7 +620,7 @@ fn codec(events: usize, rounds: usize, profile: bool) -> Result<()> {
     };
     // project: the aggregator's hot path (decode, validate, dedup, window update)
     let ours = best(&mut || {
-        let mut st = PartitionState::new(0, 1, 0, i64::MIN, i64::MIN, Dedup::new(limits.dedup_horizon_ms));
+        let mut st = PartitionState::new(0, 1, 0, i64::MIN, i64::MIN, Dedup::new(limits.dedup_horizon));
         for (i, m) in msgs.iter().enumerate() {
             st.process(i as i64, Some(now), m, &codec, &limits);
         }

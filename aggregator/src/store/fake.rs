@@ -5,7 +5,7 @@
 //! the smallest start of any later claim of its partition.
 
 use super::{LoadedPartition, Store};
-use crate::dedup::{Dedup, SeqSet};
+use crate::dedup::{Dedup, Horizon, SeqSet};
 use crate::error::AggError;
 use crate::rowbinary::RowBinary;
 use crate::tables::Table;
@@ -233,7 +233,7 @@ impl Store for FakeStore {
             .collect())
     }
 
-    async fn claim(&self, partitions: &[i32], _member: &str, horizon_ms: i64) -> Result<HashMap<i32, LoadedPartition>, AggError> {
+    async fn claim(&self, partitions: &[i32], _member: &str, horizon: Horizon) -> Result<HashMap<i32, LoadedPartition>, AggError> {
         let mut g = self.inner.lock().unwrap();
         let mut out = HashMap::new();
         for &p in partitions {
@@ -247,7 +247,7 @@ impl Store for FakeStore {
             let epoch = g.claims.iter().filter(|c| c.partition == p32).map(|c| c.epoch).max().map_or(1, |e| e + 1);
             let position = cp.as_ref().map(|(prov, _, _)| prov.position);
             let (watermark_ms, arrival_ms) = cp.as_ref().map_or((i64::MIN, i64::MIN), |c| (c.1, c.2));
-            let mut dedup = Dedup::new(horizon_ms);
+            let mut dedup = Dedup::new(horizon);
             let mut restored = 0;
             if let Some(pos) = position {
                 let mut latest: BTreeMap<&str, (u64, &Vec<i64>, i64)> = BTreeMap::new();
@@ -259,9 +259,9 @@ impl Store for FakeStore {
                         }
                     }
                 }
-                for (viewer, (_, ranges, seen)) in latest {
-                    if seen >= arrival_ms.saturating_sub(horizon_ms) {
-                        dedup.restore(viewer, SeqSet::from_flat(ranges).expect("valid ranges"), seen);
+                for (viewer, (at, ranges, seen)) in latest {
+                    if seen >= arrival_ms.saturating_sub(horizon.ms) || at as i64 >= (pos as i64).saturating_sub(horizon.offsets) {
+                        dedup.restore(viewer, SeqSet::from_flat(ranges).expect("valid ranges"), seen, at as i64);
                         restored += 1;
                     }
                 }
