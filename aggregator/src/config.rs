@@ -150,7 +150,8 @@ impl StartFrom {
         if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
             return Ok(StartFrom::Time(t.timestamp_millis()));
         }
-        let bad = || format!("start_from = {s:?}: expected earliest, latest, an RFC 3339 time or partition:offset pairs like 0:1200,1:1187");
+        let bad =
+            || format!("start_from = {s:?}: expected earliest, latest, an RFC 3339 time or partition:offset pairs like 0:1200,1:1187");
         let mut out = Vec::new();
         for pair in s.split(',') {
             let (p, o) = pair.trim().split_once(':').ok_or_else(bad)?;

@@ -7,11 +7,11 @@ use crate::config::{AggregatorConfig, StartFrom};
 use crate::core::Core;
 use crate::error::AggError;
 use crate::sink::Sink;
-use std::collections::BTreeSet;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -91,7 +91,12 @@ impl AggContext {
                     Offset::Offset(o) => Offset::Offset(o),
                     // no message at or after the time yet
                     Offset::End => Offset::End,
-                    other => return Err(format!("start_from by time: the broker answered {other:?} for partition {}; use partition:offset pairs", e.partition())),
+                    other => {
+                        return Err(format!(
+                            "start_from by time: the broker answered {other:?} for partition {}; use partition:offset pairs",
+                            e.partition()
+                        ))
+                    }
                 };
                 info!(partition = e.partition(), ?offset, "PartitionStartsWithoutCheckpoint");
                 out.push((e.partition(), offset));
@@ -128,7 +133,13 @@ impl AggContext {
                     })
                 }
                 Ok((low, _)) if pos < low => {
-                    warn!(partition = p, checkpoint = pos, log_start = low, lost = low - pos, "OffsetGapAccepted: resuming at the log start");
+                    warn!(
+                        partition = p,
+                        checkpoint = pos,
+                        log_start = low,
+                        lost = low - pos,
+                        "OffsetGapAccepted: resuming at the log start"
+                    );
                     return Ok(Offset::Offset(low));
                 }
                 Ok(_) => return Ok(Offset::Offset(pos)),
@@ -435,13 +446,7 @@ fn cached_high_watermark(consumer: &BaseConsumer<AggContext>, topic: &std::ffi::
     // SAFETY: a live client handle, a NUL-terminated topic and two out-pointers
     // to locals; librdkafka only reads its cached values under its own lock.
     let err = unsafe {
-        rdkafka::bindings::rd_kafka_get_watermark_offsets(
-            consumer.client().native_ptr(),
-            topic.as_ptr(),
-            partition,
-            &mut low,
-            &mut high,
-        )
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(consumer.client().native_ptr(), topic.as_ptr(), partition, &mut low, &mut high)
     };
     (err == RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
 }

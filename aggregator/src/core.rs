@@ -38,7 +38,10 @@ struct Inflight {
 enum Flight {
     Idle,
     /// Being written by a task on the runtime.
-    Running { task: JoinHandle<Result<FlushReport, AggError>>, rows: usize },
+    Running {
+        task: JoinHandle<Result<FlushReport, AggError>>,
+        rows: usize,
+    },
 }
 
 /// What a completed flush wrote.
@@ -359,8 +362,7 @@ async fn write_tables<S: Store>(
 ) -> Result<FlushReport, AggError> {
     let parts: Vec<i32> = batch.rows.epochs.iter().map(|&(p, _)| p).collect();
     let latest = store.latest_epochs(&parts).await?;
-    let fenced: Vec<i32> =
-        batch.rows.epochs.iter().filter(|&&(p, e)| latest.get(&p).is_some_and(|&l| l != e)).map(|&(p, _)| p).collect();
+    let fenced: Vec<i32> = batch.rows.epochs.iter().filter(|&&(p, e)| latest.get(&p).is_some_and(|&l| l != e)).map(|&(p, _)| p).collect();
     if !fenced.is_empty() {
         return Err(AggError::Fenced(fenced));
     }
@@ -400,7 +402,7 @@ mod tests {
     //! whose writes land after a successor's claim. Expected totals are
     //! computed here from the messages, independently of the aggregator.
     use super::*;
-    use crate::store::fake::{Fault, FakeStore, UsageKey};
+    use crate::store::fake::{FakeStore, Fault, UsageKey};
     use schemas::{Protocol, ViewerUsage};
     use std::collections::{BTreeMap, BTreeSet};
 

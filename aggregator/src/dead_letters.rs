@@ -20,12 +20,7 @@ struct Row {
 
 /// Write the dead letters received at or after `since_secs` (epoch) whose
 /// reason starts with `reason_prefix` to `out`; returns how many.
-pub async fn export(
-    cfg: &ClickHouseConfig,
-    since_secs: u32,
-    reason_prefix: &str,
-    out: &mut dyn Write,
-) -> Result<usize, crate::AggError> {
+pub async fn export(cfg: &ClickHouseConfig, since_secs: u32, reason_prefix: &str, out: &mut dyn Write) -> Result<usize, crate::AggError> {
     let db = cfg.db().map_err(|e| crate::AggError::Config(e.to_string()))?;
     let rows: Vec<Row> = cfg
         .client()

@@ -36,8 +36,8 @@
 
 use crate::rows::RowCache;
 use hashbrown::hash_map::EntryRef;
-use smallvec::SmallVec;
 use rustc_hash::FxBuildHasher;
+use smallvec::SmallVec;
 
 type ViewerMap = hashbrown::HashMap<ViewerKey, ViewerSeqs, FxBuildHasher>;
 
@@ -153,12 +153,11 @@ impl SeqSet {
 
     /// Rebuild from [`SeqSet::to_flat`] output; `None` if malformed.
     pub fn from_flat(flat: &[i64]) -> Option<SeqSet> {
-        if flat.len() % 2 != 0 {
+        if !flat.len().is_multiple_of(2) {
             return None;
         }
         let ranges: SmallVec<[(i64, i64); 1]> = flat.chunks(2).map(|c| (c[0], c[1])).collect();
-        let ok = ranges.iter().all(|&(s, e)| s <= e)
-            && ranges.windows(2).all(|w| w[0].1.checked_add(1).is_some_and(|n| n < w[1].0));
+        let ok = ranges.iter().all(|&(s, e)| s <= e) && ranges.windows(2).all(|w| w[0].1.checked_add(1).is_some_and(|n| n < w[1].0));
         ok.then_some(SeqSet { ranges })
     }
 }

@@ -96,9 +96,7 @@ fn run(cfg: AggregatorConfig, rt: tokio::runtime::Runtime) -> Result<()> {
     }
     let core = Core::new(&cfg, sink, metrics).with_kill_after(aggregator::core::KillAfter::from_env()?);
     let consumer = consumer::create_consumer(&cfg, core, rt.handle().clone()).context("creating the Kafka consumer")?;
-    let handle = std::thread::Builder::new()
-        .name("consume-loop".into())
-        .spawn(move || consumer::run(&cfg, consumer, shutdown))?;
+    let handle = std::thread::Builder::new().name("consume-loop".into()).spawn(move || consumer::run(&cfg, consumer, shutdown))?;
     handle.join().map_err(|_| anyhow::anyhow!("consume loop panicked"))??;
     Ok(())
 }

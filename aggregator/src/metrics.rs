@@ -1,8 +1,6 @@
 //! Prometheus metrics of the aggregator (`/metrics`).
 
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 /// Every metric the aggregator exports. Names are documented in docs/operations.md.
 pub struct Metrics {
@@ -40,11 +38,9 @@ impl Metrics {
             }};
         }
         Metrics {
-            events: reg!(IntCounterVec::new(
-                Opts::new("aggregator_events_total", "Kafka messages processed, by outcome"),
-                &["outcome"]
-            )
-            .unwrap()),
+            events: reg!(
+                IntCounterVec::new(Opts::new("aggregator_events_total", "Kafka messages processed, by outcome"), &["outcome"]).unwrap()
+            ),
             late_events: reg!(IntCounter::new(
                 "aggregator_late_events_total",
                 "Counted events whose window was already behind the partition watermark"
@@ -70,7 +66,11 @@ impl Metrics {
                 &["table"]
             )
             .unwrap()),
-            flush_errors: reg!(IntCounter::new("aggregator_flush_errors_total", "Failed flushes (the partitions are claimed again and re-read)").unwrap()),
+            flush_errors: reg!(IntCounter::new(
+                "aggregator_flush_errors_total",
+                "Failed flushes (the partitions are claimed again and re-read)"
+            )
+            .unwrap()),
             consumer_lag: reg!(IntGaugeVec::new(
                 Opts::new("aggregator_consumer_lag", "High watermark minus position, by partition"),
                 &["partition"]
@@ -87,7 +87,11 @@ impl Metrics {
                 "Partitions found claimed by another member before a flush (their batch was dropped)"
             )
             .unwrap()),
-            claims: reg!(IntCounter::new("aggregator_claims_total", "Partition claims written (assignments and re-claims after a failed flush)").unwrap()),
+            claims: reg!(IntCounter::new(
+                "aggregator_claims_total",
+                "Partition claims written (assignments and re-claims after a failed flush)"
+            )
+            .unwrap()),
             partitions_refused: reg!(IntGauge::new(
                 "aggregator_partitions_refused",
                 "Assigned partitions not consumed: checkpoint outside the Kafka log, or claimed by another member"

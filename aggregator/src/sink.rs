@@ -163,9 +163,8 @@ impl Store for Sink {
                 .bind(cutoff_offset)
                 .fetch::<DedupRow>()?;
             while let Some(row) = cursor.next().await? {
-                let seqs = SeqSet::from_flat(&row.seq_ranges).ok_or_else(|| {
-                    AggError::CorruptState(format!("aggregator_dedup: bad seq_ranges for viewer {:?}", row.viewer_id))
-                })?;
+                let seqs = SeqSet::from_flat(&row.seq_ranges)
+                    .ok_or_else(|| AggError::CorruptState(format!("aggregator_dedup: bad seq_ranges for viewer {:?}", row.viewer_id)))?;
                 l.dedup.restore(&row.viewer_id, seqs, row.last_seen_ms, row.position as i64);
                 l.viewers_restored += 1;
             }

@@ -141,7 +141,10 @@ impl Pending {
 /// What happened to one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    Counted { late: bool, beyond_horizon: bool },
+    Counted {
+        late: bool,
+        beyond_horizon: bool,
+    },
     Duplicate,
     DeadLettered(&'static str),
     /// Offset below the partition position: already processed.
@@ -221,17 +224,13 @@ impl PartitionState {
         // "in the future" relative to when the record reached Kafka
         let arrived = timestamp_ms.unwrap_or(self.arrival_ms);
         if arrived != i64::MIN && ev.interval_start > arrived.saturating_add(limits.max_future_ms) {
-            let reason = format!(
-                "in_future: interval_start is more than {} s after the record's Kafka timestamp",
-                limits.max_future_ms / 1000
-            );
+            let reason =
+                format!("in_future: interval_start is more than {} s after the record's Kafka timestamp", limits.max_future_ms / 1000);
             return self.dead_letter(offset, "in_future", reason, payload);
         }
         if ev.interval_start < self.watermark_ms.saturating_sub(limits.max_lateness_ms) {
-            let reason = format!(
-                "too_late: interval_start is more than {} s before the partition watermark",
-                limits.max_lateness_ms / 1000
-            );
+            let reason =
+                format!("too_late: interval_start is more than {} s before the partition watermark", limits.max_lateness_ms / 1000);
             return self.dead_letter(offset, "too_late", reason, payload);
         }
         let width_ms = limits.window_secs as i64 * 1000;
@@ -245,13 +244,7 @@ impl PartitionState {
         };
         let window = (window_ms / 1000) as u32;
         let p = &mut self.pending;
-        let fields = [
-            ev.tracking_id_or_empty(),
-            &*ev.account_id,
-            &*ev.stream_name,
-            &*ev.cluster,
-            ev.custom_viewer_data_or_empty(),
-        ];
+        let fields = [ev.tracking_id_or_empty(), &*ev.account_id, &*ev.stream_name, &*ev.cluster, ev.custom_viewer_data_or_empty()];
         let hit = cache.generation == self.generation
             && cache.window == window
             && cache.protocol == ev.protocol
@@ -394,10 +387,7 @@ mod tests {
         assert!(matches!(st.process(2, Some(NOW), &ev("v1", 1, t0 + 10_000, 50), &codec, &limits()), Outcome::Counted { .. }));
         assert_eq!(st.process(3, Some(NOW), b"garbage!!!!!", &codec, &limits()), Outcome::DeadLettered("bad_header"));
         assert_eq!(st.process(4, Some(NOW), &ev("v2", 0, t0, -5), &codec, &limits()), Outcome::DeadLettered("invalid"));
-        assert_eq!(
-            st.process(5, Some(NOW), &ev("v3", 0, t0 - 36 * 86_400_000, 5), &codec, &limits()),
-            Outcome::DeadLettered("too_late")
-        );
+        assert_eq!(st.process(5, Some(NOW), &ev("v3", 0, t0 - 36 * 86_400_000, 5), &codec, &limits()), Outcome::DeadLettered("too_late"));
         assert_eq!(st.process(6, Some(NOW), &ev("v3", 0, NOW + 7_200_000, 5), &codec, &limits()), Outcome::DeadLettered("in_future"));
         assert_eq!(st.process(6, Some(NOW), &ev("v9", 0, t0, 5), &codec, &limits()), Outcome::Stale);
         assert_eq!(total(&st), (150, 150));
@@ -513,7 +503,10 @@ mod tests {
         // overflow path with a row already near u64::MAX
         let n = 5u64;
         for i in 0..n {
-            assert!(matches!(st.process(2 + i as i64, Some(NOW), &ev("v1", 2 + i as i64, t0, max), &codec, &limits()), Outcome::Counted { .. }));
+            assert!(matches!(
+                st.process(2 + i as i64, Some(NOW), &ev("v1", 2 + i as i64, t0, max), &codec, &limits()),
+                Outcome::Counted { .. }
+            ));
         }
         st.pending.tracking.rows[0].1.bytes_out = u64::MAX - 10;
         assert!(matches!(st.process(20, Some(NOW), &ev("v1", 20, t0, max), &codec, &limits()), Outcome::Counted { .. }));

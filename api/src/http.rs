@@ -114,10 +114,8 @@ impl Metrics {
     fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let requests = IntCounterVec::new(Opts::new("api_requests_total", "Requests by HTTP status"), &["status"])?;
-        let verify = IntCounterVec::new(
-            Opts::new("api_verify_total", "Token verifications by result (ok or the refusal code)"),
-            &["result"],
-        )?;
+        let verify =
+            IntCounterVec::new(Opts::new("api_verify_total", "Token verifications by result (ok or the refusal code)"), &["result"])?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(verify.clone()))?;
         Ok(Metrics { registry, requests, verify })
@@ -416,8 +414,7 @@ fn check_tracking_id(t: &str) -> Result<(), Reply> {
 }
 
 fn check_cluster(c: &str) -> Result<(), Reply> {
-    let ok = c == AUTO_CLUSTER
-        || (!c.is_empty() && c.len() <= 64 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)));
+    let ok = c == AUTO_CLUSTER || (!c.is_empty() && c.len() <= 64 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)));
     if !ok {
         return Err(Reply::BadRequest("originCluster: `auto` or a cluster id ([A-Za-z0-9._-], at most 64)".into()));
     }

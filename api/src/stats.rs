@@ -153,8 +153,8 @@ fn parse_date(name: &str, v: Option<String>) -> Result<NaiveDate, Reply> {
 }
 
 fn parse_query(raw: Option<String>, by: By, series: bool) -> Result<AnalyticsQuery, Reply> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.as_deref().unwrap_or(""))
-        .map_err(|e| Reply::BadRequest(format!("invalid query string: {e}")))?;
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(raw.as_deref().unwrap_or("")).map_err(|e| Reply::BadRequest(format!("invalid query string: {e}")))?;
     let (mut ids, mut start, mut stop, mut resolution) = (vec![], None, None, None);
     for (k, v) in pairs {
         match k.as_str() {
@@ -176,7 +176,11 @@ fn parse_query(raw: Option<String>, by: By, series: bool) -> Result<AnalyticsQue
     match (series, resolution) {
         (true, None) => return Err(Reply::BadRequest("resolution: required (Minute, Hour, Day or Month)".into())),
         (true, Some(r)) if days > r.max_days() => {
-            return Err(Reply::BadRequest(format!("range of {days} days too long for resolution {}: at most {} days", r.name(), r.max_days())))
+            return Err(Reply::BadRequest(format!(
+                "range of {days} days too long for resolution {}: at most {} days",
+                r.name(),
+                r.max_days()
+            )))
         }
         (false, _) if days > MAX_TOTAL_DAYS => {
             return Err(Reply::BadRequest(format!("range of {days} days too long: at most {MAX_TOTAL_DAYS} days")))
@@ -227,11 +231,7 @@ async fn aggregate(s: &AppState, by: By, q: &AnalyticsQuery, scope: &Scope) -> R
         Some(Resolution::Day) => ("usage_by_tracking_daily", true, "toString(day)"),
         Some(Resolution::Month) => ("usage_by_tracking_daily", true, "toString(toStartOfMonth(day))"),
         Some(Resolution::Hour) => ("usage_by_tracking_hourly", false, "toString(hour)"),
-        Some(Resolution::Minute) => (
-            "usage_by_tracking",
-            false,
-            "toString(toDateTime(intDiv(toUInt32(window_start), 60) * 60, 'UTC'))",
-        ),
+        Some(Resolution::Minute) => ("usage_by_tracking", false, "toString(toDateTime(intDiv(toUInt32(window_start), 60) * 60, 'UTC'))"),
     };
     let range = if date_col {
         "day >= toDate(?) AND day < toDate(?)"
@@ -291,25 +291,41 @@ async fn aggregate(s: &AppState, by: By, q: &AnalyticsQuery, scope: &Scope) -> R
 }
 
 /// `GET /api/analytics/tracking/total`
-pub(crate) async fn tracking_total(State(s): State<Arc<AppState>>, Extension(scope): Extension<Scope>, RawQuery(raw): RawQuery) -> Result<Response, Reply> {
+pub(crate) async fn tracking_total(
+    State(s): State<Arc<AppState>>,
+    Extension(scope): Extension<Scope>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Reply> {
     let q = parse_query(raw, By::Tracking, false)?;
     aggregate(&s, By::Tracking, &q, &scope).await
 }
 
 /// `GET /api/analytics/tracking/series`
-pub(crate) async fn tracking_series(State(s): State<Arc<AppState>>, Extension(scope): Extension<Scope>, RawQuery(raw): RawQuery) -> Result<Response, Reply> {
+pub(crate) async fn tracking_series(
+    State(s): State<Arc<AppState>>,
+    Extension(scope): Extension<Scope>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Reply> {
     let q = parse_query(raw, By::Tracking, true)?;
     aggregate(&s, By::Tracking, &q, &scope).await
 }
 
 /// `GET /api/analytics/tracking/streams/total`
-pub(crate) async fn streams_total(State(s): State<Arc<AppState>>, Extension(scope): Extension<Scope>, RawQuery(raw): RawQuery) -> Result<Response, Reply> {
+pub(crate) async fn streams_total(
+    State(s): State<Arc<AppState>>,
+    Extension(scope): Extension<Scope>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Reply> {
     let q = parse_query(raw, By::Stream, false)?;
     aggregate(&s, By::Stream, &q, &scope).await
 }
 
 /// `GET /api/analytics/tracking/streams/series`
-pub(crate) async fn streams_series(State(s): State<Arc<AppState>>, Extension(scope): Extension<Scope>, RawQuery(raw): RawQuery) -> Result<Response, Reply> {
+pub(crate) async fn streams_series(
+    State(s): State<Arc<AppState>>,
+    Extension(scope): Extension<Scope>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Reply> {
     let q = parse_query(raw, By::Stream, true)?;
     aggregate(&s, By::Stream, &q, &scope).await
 }
@@ -441,10 +457,8 @@ pub(crate) async fn viewer_records(
             query = query.bind(id.as_str());
         }
     }
-    let csv = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.split(',').any(|p| p.trim().starts_with("text/csv")));
+    let csv =
+        headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.split(',').any(|p| p.trim().starts_with("text/csv")));
     let mut cursor = query.fetch::<RecordRow>().map_err(ch_error)?;
     // the first row before answering: a failing query is a 500, not a cut stream
     let first = cursor.next().await.map_err(ch_error)?;
@@ -475,7 +489,11 @@ pub(crate) async fn viewer_records(
     let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
     let ctype = if csv { "text/csv; charset=utf-8" } else { "application/x-ndjson" };
     let limit = MAX_RECORD_ROWS.to_string();
-    Ok((StatusCode::OK, [(header::CONTENT_TYPE, ctype), (header::HeaderName::from_static("x-row-limit"), limit.as_str())], Body::from_stream(stream))
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, ctype), (header::HeaderName::from_static("x-row-limit"), limit.as_str())],
+        Body::from_stream(stream),
+    )
         .into_response())
 }
 
@@ -504,8 +522,12 @@ fn json_body(schema: Value) -> Value {
 /// The OpenAPI 3 description of the service.
 pub fn openapi_document() -> Value {
     let ids = |name: &str, max: usize| {
-        p_query(name, &format!("1 to {MAX_IDS} values, repeat the parameter; each 1 to {max} characters"), true,
-            json!({"type": "array", "items": {"type": "string", "maxLength": max}, "minItems": 1, "maxItems": MAX_IDS}))
+        p_query(
+            name,
+            &format!("1 to {MAX_IDS} values, repeat the parameter; each 1 to {max} characters"),
+            true,
+            json!({"type": "array", "items": {"type": "string", "maxLength": max}, "minItems": 1, "maxItems": MAX_IDS}),
+        )
     };
     let date = |name: &str, d: &str| p_query(name, d, true, json!({"type": "string", "format": "date"}));
     let dates = || vec![date("startDate", "first UTC day (YYYY-MM-DD)"), date("stopDate", "exclusive end day (YYYY-MM-DD)")];
@@ -623,8 +645,12 @@ mod tests {
 
     #[test]
     fn query_parsing_and_limits() {
-        let q = parse_query(Some("trackingIds=a&trackingIds=b%27&startDate=2026-10-01&stopDate=2026-10-03&resolution=Hour".into()), By::Tracking, true)
-            .unwrap();
+        let q = parse_query(
+            Some("trackingIds=a&trackingIds=b%27&startDate=2026-10-01&stopDate=2026-10-03&resolution=Hour".into()),
+            By::Tracking,
+            true,
+        )
+        .unwrap();
         assert_eq!(q.ids, vec!["a".to_string(), "b'".to_string()]);
         assert_eq!(q.resolution, Some(Resolution::Hour));
         let bad = [

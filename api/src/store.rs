@@ -225,7 +225,8 @@ CREATE TABLE IF NOT EXISTS publish_tokens (
 );
 ";
 
-const SUB_COLS: &str = "id, token, label, streams, tracking_id, origin_cluster, expires_on_ms, is_active, allowed_origins, allowed_ip_addresses, added_on_ms";
+const SUB_COLS: &str =
+    "id, token, label, streams, tracking_id, origin_cluster, expires_on_ms, is_active, allowed_origins, allowed_ip_addresses, added_on_ms";
 const PUB_COLS: &str = "id, token, label, streams, subscribe_requires_auth, is_active, added_on_ms";
 
 /// The token store: one SQLite connection behind a mutex (statements are
@@ -241,9 +242,7 @@ impl std::fmt::Debug for Store {
 }
 
 fn ms_to_time(table: &'static str, id: i64, ms: i64) -> Result<DateTime<Utc>, StoreError> {
-    Utc.timestamp_millis_opt(ms)
-        .single()
-        .ok_or_else(|| StoreError::Corrupt { table, id, message: format!("bad time {ms}") })
+    Utc.timestamp_millis_opt(ms).single().ok_or_else(|| StoreError::Corrupt { table, id, message: format!("bad time {ms}") })
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(table: &'static str, id: i64, text: &str) -> Result<T, StoreError> {
@@ -416,9 +415,8 @@ impl Store {
     /// The Subscribe token with this id.
     pub fn get_subscribe(&self, id: i64) -> Result<Option<SubscribeToken>, StoreError> {
         let conn = self.conn()?;
-        let row = conn
-            .query_row(&format!("SELECT {SUB_COLS} FROM subscribe_tokens WHERE id = ?1"), params![id], SubRow::read)
-            .optional()?;
+        let row =
+            conn.query_row(&format!("SELECT {SUB_COLS} FROM subscribe_tokens WHERE id = ?1"), params![id], SubRow::read).optional()?;
         row.map(SubRow::decode).transpose()
     }
 
@@ -445,9 +443,7 @@ impl Store {
     pub fn update_subscribe(&self, id: i64, upd: SubscribeTokenUpdate) -> Result<Option<SubscribeToken>, StoreError> {
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let row = tx
-            .query_row(&format!("SELECT {SUB_COLS} FROM subscribe_tokens WHERE id = ?1"), params![id], SubRow::read)
-            .optional()?;
+        let row = tx.query_row(&format!("SELECT {SUB_COLS} FROM subscribe_tokens WHERE id = ?1"), params![id], SubRow::read).optional()?;
         let Some(mut t) = row.map(SubRow::decode).transpose()? else { return Ok(None) };
         if let Some(v) = upd.label {
             t.label = v;
@@ -507,9 +503,7 @@ impl Store {
     /// The Publish token with this id.
     pub fn get_publish(&self, id: i64) -> Result<Option<PublishToken>, StoreError> {
         let conn = self.conn()?;
-        let row = conn
-            .query_row(&format!("SELECT {PUB_COLS} FROM publish_tokens WHERE id = ?1"), params![id], PubRow::read)
-            .optional()?;
+        let row = conn.query_row(&format!("SELECT {PUB_COLS} FROM publish_tokens WHERE id = ?1"), params![id], PubRow::read).optional()?;
         row.map(PubRow::decode).transpose()
     }
 

@@ -173,10 +173,8 @@ impl VerifyError {
 }
 
 /// base64url, padding optional.
-const B64: GeneralPurpose = GeneralPurpose::new(
-    &base64::alphabet::URL_SAFE,
-    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-);
+const B64: GeneralPurpose =
+    GeneralPurpose::new(&base64::alphabet::URL_SAFE, GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent));
 
 /// Whether `token` has the shape of a master token (64 hex characters).
 pub fn is_master_token(token: &str) -> bool {
@@ -185,13 +183,7 @@ pub fn is_master_token(token: &str) -> bool {
 
 /// Verify `token` for `stream` on `cluster` at `now` under the default
 /// [`Policy`]; see the module docs.
-pub fn verify(
-    lookup: &impl TokenLookup,
-    token: &str,
-    stream: &str,
-    cluster: &str,
-    now: DateTime<Utc>,
-) -> Result<Attribution, VerifyError> {
+pub fn verify(lookup: &impl TokenLookup, token: &str, stream: &str, cluster: &str, now: DateTime<Utc>) -> Result<Attribution, VerifyError> {
     verify_with(lookup, token, stream, cluster, now, &Policy::default())
 }
 
@@ -266,10 +258,7 @@ fn verify_jwt(
     };
     // 1. The algorithm, from the raw header, before any verification.
     let header = decode_part(header_b64, "header")?;
-    let alg_name = header
-        .get("alg")
-        .and_then(|a| a.as_str())
-        .ok_or_else(|| VerifyError::Malformed("header has no alg".into()))?;
+    let alg_name = header.get("alg").and_then(|a| a.as_str()).ok_or_else(|| VerifyError::Malformed("header has no alg".into()))?;
     let alg = match alg_name {
         "HS256" => Algorithm::HS256,
         "HS384" => Algorithm::HS384,
@@ -293,12 +282,13 @@ fn verify_jwt(
     validation.validate_nbf = false;
     validation.validate_aud = false;
     validation.leeway = 0;
-    let data = jsonwebtoken::decode::<ViewerClaims>(token, &DecodingKey::from_secret(parent.token.as_bytes()), &validation)
-        .map_err(|e| match e.kind() {
+    let data = jsonwebtoken::decode::<ViewerClaims>(token, &DecodingKey::from_secret(parent.token.as_bytes()), &validation).map_err(
+        |e| match e.kind() {
             ErrorKind::InvalidSignature => VerifyError::BadSignature,
             ErrorKind::InvalidAlgorithm => VerifyError::AlgNotAllowed(alg_name.to_string()),
             _ => VerifyError::Malformed(e.to_string()),
-        })?;
+        },
+    )?;
     let claims = data.claims;
     // 4. Expiry of the JWT.
     let exp = claims.exp.ok_or(VerifyError::ExpMissing)?;
@@ -356,9 +346,7 @@ fn verify_jwt(
     let effective_cluster = match s.origin_cluster.as_deref() {
         None => parent.origin_cluster.as_str(),
         Some(c) if parent.origin_cluster == AUTO_CLUSTER || c == parent.origin_cluster => c,
-        Some(c) => {
-            return Err(VerifyError::ClusterMismatch { cluster: c.to_string(), expected: parent.origin_cluster.clone() })
-        }
+        Some(c) => return Err(VerifyError::ClusterMismatch { cluster: c.to_string(), expected: parent.origin_cluster.clone() }),
     };
     check_stream_and_cluster(&parent, stream, cluster, effective_cluster)?;
     // 9. Tracking.

@@ -232,14 +232,7 @@ async fn validation_errors_are_400() {
         assert!(!error_message(&r).is_empty());
     }
     // Not JSON at all.
-    let r = svc
-        .client
-        .post(format!("{}/api/subscribe_token", svc.url))
-        .bearer_auth(SECRET)
-        .body("{not json")
-        .send()
-        .await
-        .unwrap();
+    let r = svc.client.post(format!("{}/api/subscribe_token", svc.url)).bearer_auth(SECRET).body("{not json").send().await.unwrap();
     assert_eq!(r.status().as_u16(), 400);
     // 128 characters is fine.
     svc.create(json!({"streams": live, "tracking": {"trackingId": "t".repeat(128)}})).await;
@@ -259,7 +252,8 @@ async fn tokens_survive_a_restart() {
     let svc = start(&db).await;
     let a = svc.create(partner("acme")).await;
     let b = svc.create(partner("globex")).await;
-    let p = svc.post("/api/publish_token", json!({"label": "owner", "streams": [{"streamName": "live"}], "subscribeRequiresAuth": true})).await;
+    let p =
+        svc.post("/api/publish_token", json!({"label": "owner", "streams": [{"streamName": "live"}], "subscribeRequiresAuth": true})).await;
     assert_eq!(p.status, 200, "{}", p.json);
     svc.put(&format!("/api/subscribe_token/{}", b["id"]), json!({"isActive": false})).await;
     let before = svc.get("/api/subscribe_token/list").await.json["data"].clone();
@@ -287,7 +281,8 @@ async fn tokens_survive_a_restart() {
 async fn publish_token_crud() {
     let dir = tempfile::tempdir().unwrap();
     let svc = start(&dir.path().join("t.db")).await;
-    let r = svc.post("/api/publish_token", json!({"label": "owner", "streams": [{"streamName": "live"}], "subscribeRequiresAuth": true})).await;
+    let r =
+        svc.post("/api/publish_token", json!({"label": "owner", "streams": [{"streamName": "live"}], "subscribeRequiresAuth": true})).await;
     assert_eq!(r.status, 200, "{}", r.json);
     let d = &r.json["data"];
     assert_eq!(d["subscribeRequiresAuth"], true);

@@ -45,7 +45,14 @@ async fn each_role_reaches_only_its_routes() {
     let dir = tempfile::tempdir().unwrap();
     let url = start(dir.path(), Duration::from_secs(10)).await;
     use reqwest::Method as M;
-    let (st, created) = call(&url, M::POST, "/api/subscribe_token", ADMIN, Some(json!({"streams": [{"streamName": "live"}], "tracking": {"trackingId": "acme"}}))).await;
+    let (st, created) = call(
+        &url,
+        M::POST,
+        "/api/subscribe_token",
+        ADMIN,
+        Some(json!({"streams": [{"streamName": "live"}], "tracking": {"trackingId": "acme"}})),
+    )
+    .await;
     assert_eq!(st, 200, "{created}");
     let token = created["data"]["token"].as_str().unwrap().to_string();
     let verify = json!({"token": token, "streamName": "live", "cluster": "fra-1"});
@@ -57,7 +64,8 @@ async fn each_role_reaches_only_its_routes() {
         assert_eq!(st, 403, "verify-only secret on {m} {path}: {body}");
         assert!(!body.to_string().contains(&token), "no token leaks in a refusal");
     }
-    let (st, _) = call(&url, M::GET, "/api/analytics/tracking/total?trackingIds=acme&startDate=2026-10-01&stopDate=2026-10-02", VERIFY, None).await;
+    let (st, _) =
+        call(&url, M::GET, "/api/analytics/tracking/total?trackingIds=acme&startDate=2026-10-01&stopDate=2026-10-02", VERIFY, None).await;
     assert_eq!(st, 403, "verify-only secret on statistics");
     // a partner: its statistics only
     let (st, _) = call(&url, M::GET, "/api/subscribe_token", PARTNER, None).await;

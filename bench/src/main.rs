@@ -338,8 +338,7 @@ async fn bench_ingest(events: usize) -> Result<()> {
     let bodies: Vec<Vec<u8>> = msgs
         .chunks(1000)
         .map(|c| {
-            let evs: Vec<serde_json::Value> =
-                c.iter().map(|(_, p)| ingest::sim_run::to_json(&codec.decode(p).expect("decodes"))).collect();
+            let evs: Vec<serde_json::Value> = c.iter().map(|(_, p)| ingest::sim_run::to_json(&codec.decode(p).expect("decodes"))).collect();
             serde_json::to_vec(&evs).expect("json")
         })
         .collect();

@@ -145,7 +145,18 @@ pub fn release_bin(name: &str) -> Result<PathBuf> {
     let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
     eprintln!("building {name} (release)...");
     let st = Command::new(&cargo)
-        .args(["build", "--release", "--quiet", "-p", &format!("metering-{name}"), "--bin", name, "--manifest-path", manifest, "--target-dir"])
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            &format!("metering-{name}"),
+            "--bin",
+            name,
+            "--manifest-path",
+            manifest,
+            "--target-dir",
+        ])
         .arg(target)
         .status()
         .with_context(|| format!("running {cargo}"))?;
@@ -157,11 +168,7 @@ pub fn release_bin(name: &str) -> Result<PathBuf> {
 }
 
 pub async fn sum_events(db: &ClickHouseConfig) -> u64 {
-    db.client()
-        .query(&format!("SELECT sum(events) FROM {}.usage_by_tracking", db.database))
-        .fetch_one::<u64>()
-        .await
-        .unwrap_or(0)
+    db.client().query(&format!("SELECT sum(events) FROM {}.usage_by_tracking", db.database)).fetch_one::<u64>().await.unwrap_or(0)
 }
 
 /// Peak RSS (VmHWM) of a process, KiB.

@@ -14,7 +14,8 @@ use crate::pricing::{self, round_money};
 use crate::rates::{Partner, PriceList, Unit};
 
 /// The `rounding_rule` text stored on every invoice.
-pub const ROUNDING_RULE: &str = "Each line amount is rounded once to the currency's minor unit, half away from zero; the total is the sum of the rounded line amounts.";
+pub const ROUNDING_RULE: &str =
+    "Each line amount is rounded once to the currency's minor unit, half away from zero; the total is the sum of the rounded line amounts.";
 
 /// Lifecycle state of an invoice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -162,9 +163,7 @@ pub enum InvoiceError {
         month: u32,
     },
     /// An adjustment's `from_period` is malformed or not before the invoice's period.
-    #[error(
-        "adjustment {description:?}: from_period {from_period:?} must be a period (YYYY-MM) before {period}"
-    )]
+    #[error("adjustment {description:?}: from_period {from_period:?} must be a period (YYYY-MM) before {period}")]
     AdjustmentPeriod {
         /// Adjustment description.
         description: String,
@@ -174,9 +173,7 @@ pub enum InvoiceError {
         period: String,
     },
     /// An adjustment is in another currency than the invoice.
-    #[error(
-        "adjustment {description:?}: currency {found} differs from the invoice currency {expected}"
-    )]
+    #[error("adjustment {description:?}: currency {found} differs from the invoice currency {expected}")]
     AdjustmentCurrency {
         /// Adjustment description.
         description: String,
@@ -210,11 +207,7 @@ pub fn period_bounds(year: i32, month: u32) -> Option<(NaiveDate, NaiveDate)> {
         return None;
     }
     let start = NaiveDate::from_ymd_opt(year, month, 1)?;
-    let end = if month == 12 {
-        NaiveDate::from_ymd_opt(year + 1, 1, 1)?
-    } else {
-        NaiveDate::from_ymd_opt(year, month + 1, 1)?
-    };
+    let end = if month == 12 { NaiveDate::from_ymd_opt(year + 1, 1, 1)? } else { NaiveDate::from_ymd_opt(year, month + 1, 1)? };
     Some((start, end))
 }
 
@@ -250,8 +243,7 @@ pub fn build_invoice(
     revision: u32,
 ) -> Result<Invoice, InvoiceError> {
     let (year, month) = period;
-    let (period_start, period_end) =
-        period_bounds(year, month).ok_or(InvoiceError::InvalidPeriod { year, month })?;
+    let (period_start, period_end) = period_bounds(year, month).ok_or(InvoiceError::InvalidPeriod { year, month })?;
     let period = format_period(year, month);
     let list = partner.pricing_at(period_start);
     let currency = &list.currency;
@@ -282,12 +274,8 @@ pub fn build_invoice(
 
     let charge = pricing::price(usage_bytes, &list);
     let mut lines = Vec::with_capacity(charge.lines.len() + 1 + adjustments.len());
-    let charge_lines = charge.lines.iter().map(|l| (LineKind::Usage, l)).chain(
-        charge
-            .commitment_true_up
-            .iter()
-            .map(|l| (LineKind::CommitmentTrueUp, l)),
-    );
+    let charge_lines =
+        charge.lines.iter().map(|l| (LineKind::Usage, l)).chain(charge.commitment_true_up.iter().map(|l| (LineKind::CommitmentTrueUp, l)));
     for (kind, l) in charge_lines {
         lines.push(InvoiceLine {
             line_no: 0,
@@ -345,12 +333,7 @@ pub fn build_invoice(
 /// the commitment costs nothing). Under volume pricing crossing into a
 /// cheaper tier the amount can be negative. The byte sum saturates at
 /// `u64::MAX`.
-pub fn price_late_usage(
-    list: &PriceList,
-    issued_bytes: u64,
-    late_bytes: u64,
-    from_period: &str,
-) -> Adjustment {
+pub fn price_late_usage(list: &PriceList, issued_bytes: u64, late_bytes: u64, from_period: &str) -> Adjustment {
     let before = pricing::price(issued_bytes, list);
     let after = pricing::price(issued_bytes.saturating_add(late_bytes), list);
     let quantity = pricing::quantity(late_bytes, list.unit);
@@ -374,9 +357,7 @@ impl Invoice {
     /// Marks a draft as issued at `at` (stored as RFC 3339, seconds, `Z`).
     pub fn issue(&mut self, at: DateTime<Utc>) -> Result<(), InvoiceError> {
         if self.status == InvoiceStatus::Issued {
-            return Err(InvoiceError::AlreadyIssued {
-                invoice_number: self.invoice_number.clone(),
-            });
+            return Err(InvoiceError::AlreadyIssued { invoice_number: self.invoice_number.clone() });
         }
         self.status = InvoiceStatus::Issued;
         self.issued_at = Some(at.to_rfc3339_opts(SecondsFormat::Secs, true));
@@ -404,7 +385,7 @@ impl Invoice {
 
 /// `u64` as a JSON string of digits.
 mod u64_string {
-    use serde::{Deserialize, Deserializer, Serializer, de};
+    use serde::{de, Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(value: &u64, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(value)
@@ -413,9 +394,7 @@ mod u64_string {
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
         if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(de::Error::custom(format!(
-                "expected a byte count as a string of digits, found {s:?}"
-            )));
+            return Err(de::Error::custom(format!("expected a byte count as a string of digits, found {s:?}")));
         }
         s.parse().map_err(de::Error::custom)
     }
@@ -450,10 +429,7 @@ tiers = [ { unit_price = "0.020" } ]
 "#;
 
     fn acme() -> Partner {
-        parse_rate_card(CARD, "rates.toml")
-            .expect("card parses")
-            .partners
-            .remove(0)
+        parse_rate_card(CARD, "rates.toml").expect("card parses").partners.remove(0)
     }
 
     fn invoice(bytes: u64) -> Invoice {
@@ -470,15 +446,8 @@ tiers = [ { unit_price = "0.020" } ]
         assert_eq!(inv.status, InvoiceStatus::Draft);
         assert_eq!(inv.issued_at, None);
         assert_eq!(inv.lines.len(), 3);
-        assert_eq!(
-            inv.lines.iter().map(|l| l.line_no).collect::<Vec<_>>(),
-            [1, 2, 3]
-        );
-        assert!(
-            inv.lines
-                .iter()
-                .all(|l| l.kind == LineKind::Usage && l.unit == "GB")
-        );
+        assert_eq!(inv.lines.iter().map(|l| l.line_no).collect::<Vec<_>>(), [1, 2, 3]);
+        assert!(inv.lines.iter().all(|l| l.kind == LineKind::Usage && l.unit == "GB"));
         assert_eq!(inv.subtotal, dec!(480.35)); // 50 + 360 + 70.35
         assert_eq!(inv.total, inv.subtotal);
         assert_eq!(inv.rounding_rule, ROUNDING_RULE);
@@ -500,10 +469,7 @@ tiers = [ { unit_price = "0.020" } ]
     fn period_start_selects_price_change() {
         let nov = build_invoice(&acme(), (2026, 11), 2000 * GB, &[], 1).expect("builds");
         assert_eq!(nov.lines[0].unit_price, dec!(0.020));
-        assert_eq!(
-            nov.lines[0].description,
-            "Egress 2000 GB (volume tier from 0 GB)"
-        );
+        assert_eq!(nov.lines[0].description, "Egress 2000 GB (volume tier from 0 GB)");
         let dec_inv = build_invoice(&acme(), (2026, 12), 0, &[], 2).expect("builds");
         assert_eq!(dec_inv.invoice_number, "INV-202612-acme-r2");
         assert_eq!(dec_inv.period_end.to_string(), "2027-01-01");
@@ -522,10 +488,7 @@ tiers = [ { unit_price = "0.020" } ]
         assert_eq!(crossing.bytes, 2000 * GB);
         assert_eq!(crossing.quantity, dec!(2000));
         assert_eq!(crossing.currency, "EUR");
-        assert_eq!(
-            crossing.description,
-            "Late usage for 2026-10: 2000 GB (on top of 9000 GB invoiced)"
-        );
+        assert_eq!(crossing.description, "Late usage for 2026-10: 2000 GB (on top of 9000 GB invoiced)");
 
         let nov = build_invoice(&acme(), (2026, 11), 20_000 * GB, &[crossing], 1).expect("builds");
         let last = nov.lines.last().expect("lines");
@@ -538,13 +501,8 @@ tiers = [ { unit_price = "0.020" } ]
 
     #[test]
     fn late_usage_can_be_negative_under_volume_pricing() {
-        let text = CARD
-            .replace("pricing = \"graduated\"", "pricing = \"volume\"")
-            .replace("\"250.00\"", "\"0\"");
-        let p = parse_rate_card(&text, "x")
-            .expect("parses")
-            .partners
-            .remove(0);
+        let text = CARD.replace("pricing = \"graduated\"", "pricing = \"volume\"").replace("\"250.00\"", "\"0\"");
+        let p = parse_rate_card(&text, "x").expect("parses").partners.remove(0);
         let list = p.pricing_at(NaiveDate::from_ymd_opt(2026, 1, 1).expect("date"));
         // 1000 GB @ 0.050 = 50.00; 1001 GB @ 0.040 = 40.04.
         let adj = price_late_usage(&list, 1000 * GB, GB, "2026-01");
@@ -554,47 +512,25 @@ tiers = [ { unit_price = "0.020" } ]
     #[test]
     fn adjustment_errors() {
         let mut adj = price_late_usage(&acme().base, 0, GB, "2026-10");
-        assert!(matches!(
-            build_invoice(&acme(), (2026, 10), 0, &[adj.clone()], 1),
-            Err(InvoiceError::AdjustmentPeriod { .. })
-        ));
+        assert!(matches!(build_invoice(&acme(), (2026, 10), 0, &[adj.clone()], 1), Err(InvoiceError::AdjustmentPeriod { .. })));
         adj.from_period = "2026-9".into();
-        assert!(matches!(
-            build_invoice(&acme(), (2026, 11), 0, &[adj.clone()], 1),
-            Err(InvoiceError::AdjustmentPeriod { .. })
-        ));
+        assert!(matches!(build_invoice(&acme(), (2026, 11), 0, &[adj.clone()], 1), Err(InvoiceError::AdjustmentPeriod { .. })));
         adj.from_period = "2026-09".into();
         adj.currency = "USD".into();
         let e = build_invoice(&acme(), (2026, 11), 0, &[adj.clone()], 1).expect_err("currency");
-        assert!(
-            e.to_string()
-                .contains("currency USD differs from the invoice currency EUR")
-        );
+        assert!(e.to_string().contains("currency USD differs from the invoice currency EUR"));
         adj.currency = "EUR".into();
         adj.amount = dec!(1.001);
-        assert!(matches!(
-            build_invoice(&acme(), (2026, 11), 0, &[adj], 1),
-            Err(InvoiceError::AdjustmentAmount { .. })
-        ));
+        assert!(matches!(build_invoice(&acme(), (2026, 11), 0, &[adj], 1), Err(InvoiceError::AdjustmentAmount { .. })));
     }
 
     #[test]
     fn invalid_periods_rejected() {
         for (y, m) in [(2026, 0), (2026, 13), (0, 1), (10_000, 1)] {
-            assert_eq!(
-                build_invoice(&acme(), (y, m), 0, &[], 1),
-                Err(InvoiceError::InvalidPeriod { year: y, month: m })
-            );
+            assert_eq!(build_invoice(&acme(), (y, m), 0, &[], 1), Err(InvoiceError::InvalidPeriod { year: y, month: m }));
         }
         assert_eq!(parse_period("2026-10"), Some((2026, 10)));
-        for bad in [
-            "2026-1",
-            "26-10",
-            "2026-13",
-            "2026/10",
-            "+026-10",
-            "2026-10-01",
-        ] {
+        for bad in ["2026-1", "26-10", "2026-13", "2026/10", "+026-10", "2026-10-01"] {
             assert_eq!(parse_period(bad), None, "{bad}");
         }
     }
@@ -602,17 +538,11 @@ tiers = [ { unit_price = "0.020" } ]
     #[test]
     fn issue_once() {
         let mut inv = invoice(GB);
-        let at = Utc
-            .with_ymd_and_hms(2026, 11, 2, 9, 30, 0)
-            .single()
-            .expect("time");
+        let at = Utc.with_ymd_and_hms(2026, 11, 2, 9, 30, 0).single().expect("time");
         inv.issue(at).expect("issues");
         assert_eq!(inv.status, InvoiceStatus::Issued);
         assert_eq!(inv.issued_at.as_deref(), Some("2026-11-02T09:30:00Z"));
-        assert!(matches!(
-            inv.issue(at),
-            Err(InvoiceError::AlreadyIssued { .. })
-        ));
+        assert!(matches!(inv.issue(at), Err(InvoiceError::AlreadyIssued { .. })));
     }
 
     #[test]
@@ -621,9 +551,7 @@ tiers = [ { unit_price = "0.020" } ]
         let json = inv.to_json();
         assert!(json.ends_with("}\n"));
         assert_eq!(json, invoice(1_234_567_890_123).to_json());
-        assert!(json.starts_with(
-            "{\n  \"invoice_number\": \"INV-202610-acme-r1\",\n  \"partner_id\": \"acme\",\n"
-        ));
+        assert!(json.starts_with("{\n  \"invoice_number\": \"INV-202610-acme-r1\",\n  \"partner_id\": \"acme\",\n"));
         assert!(json.contains("\"total_bytes\": \"1234567890123\""));
         assert!(json.contains("\"bytes\": \"1000000000000\""));
         assert!(json.contains("\"unit_price\": \"0.050\""));
@@ -632,11 +560,8 @@ tiers = [ { unit_price = "0.020" } ]
         assert!(json.contains("\"status\": \"draft\""));
         assert!(json.contains("\"kind\": \"commitment_true_up\""));
         assert!(json.contains("\"issued_at\": null"));
-        let keys: Vec<&str> = json
-            .lines()
-            .filter(|l| l.starts_with("  \""))
-            .map(|l| l.trim_start().split('"').nth(1).unwrap_or(""))
-            .collect();
+        let keys: Vec<&str> =
+            json.lines().filter(|l| l.starts_with("  \"")).map(|l| l.trim_start().split('"').nth(1).unwrap_or("")).collect();
         assert_eq!(
             keys,
             [
@@ -666,15 +591,9 @@ tiers = [ { unit_price = "0.020" } ]
     #[test]
     fn json_rejects_numbers_for_strings_and_unknown_fields() {
         let json = invoice(GB).to_json();
-        let numeric = json.replace(
-            "\"total_bytes\": \"1000000000\"",
-            "\"total_bytes\": 1000000000",
-        );
+        let numeric = json.replace("\"total_bytes\": \"1000000000\"", "\"total_bytes\": 1000000000");
         assert!(Invoice::from_json(&numeric).is_err());
-        let signed = json.replace(
-            "\"total_bytes\": \"1000000000\"",
-            "\"total_bytes\": \"+1000000000\"",
-        );
+        let signed = json.replace("\"total_bytes\": \"1000000000\"", "\"total_bytes\": \"+1000000000\"");
         assert!(Invoice::from_json(&signed).is_err());
         let extra = json.replacen('{', "{\n  \"extra\": 1,", 1);
         assert!(Invoice::from_json(&extra).is_err());

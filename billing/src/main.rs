@@ -116,7 +116,13 @@ fn main() -> Result<()> {
 fn print_run(what: &str, c: &run::Computed, w: &run::Written, took: std::time::Duration) {
     println!("{}", billing::render::terminal_table(&c.invoices));
     let r = &c.report;
-    println!("period {}: {} bytes in all; untracked {}; unowned tracking ids {}", r.period, r.total_bytes, r.untracked_bytes, r.unowned_tracking_ids.len());
+    println!(
+        "period {}: {} bytes in all; untracked {}; unowned tracking ids {}",
+        r.period,
+        r.total_bytes,
+        r.untracked_bytes,
+        r.unowned_tracking_ids.len()
+    );
     for (t, b) in &r.unowned_tracking_ids {
         println!("  unowned {t}: {b} bytes (not billed)");
     }
@@ -124,7 +130,10 @@ fn print_run(what: &str, c: &run::Computed, w: &run::Written, took: std::time::D
         println!("  adjustment {}: {} late bytes of {} = {} {}", a.partner_id, a.bytes, a.from_period, a.amount, a.currency);
     }
     for a in &r.pending_late_usage {
-        println!("  late usage after issue {}: {} bytes of {} ({} {}), billed next period", a.partner_id, a.bytes, a.from_period, a.amount, a.currency);
+        println!(
+            "  late usage after issue {}: {} bytes of {} ({} {}), billed next period",
+            a.partner_id, a.bytes, a.from_period, a.amount, a.currency
+        );
     }
     println!("{} invoices ({what}) in {} ms:", c.invoices.len(), took.as_millis());
     for p in &w.invoices_json {

@@ -54,8 +54,7 @@ pub struct Charge {
 /// Rounds to the currency's minor units, half away from zero, and sets the
 /// scale to exactly the minor units (so `1.5` EUR becomes `1.50`).
 pub fn round_money(amount: Decimal, currency: &Currency) -> Decimal {
-    let mut rounded =
-        amount.round_dp_with_strategy(currency.minor_units, RoundingStrategy::MidpointAwayFromZero);
+    let mut rounded = amount.round_dp_with_strategy(currency.minor_units, RoundingStrategy::MidpointAwayFromZero);
     rounded.rescale(currency.minor_units);
     rounded
 }
@@ -114,19 +113,13 @@ pub fn tier_boundary_bytes(up_to: Decimal, unit: Unit) -> (u64, bool) {
 /// Returns `None` only if the result does not fit in a [`Decimal`] (impossible
 /// for unit prices up to [`crate::rates::MAX_UNIT_PRICE`]) or the currency has
 /// more than 28 minor units.
-pub fn line_amount(
-    bytes: u64,
-    unit_price: Decimal,
-    unit: Unit,
-    currency: &Currency,
-) -> Option<Decimal> {
+pub fn line_amount(bytes: u64, unit_price: Decimal, unit: Unit, currency: &Currency) -> Option<Decimal> {
     let minor = currency.minor_units;
     if minor > 28 {
         return None;
     }
     // amount_minor = bytes * m * 10^minor / (10^scale * bpu)
-    let numerator = U256::mul(u128::from(bytes), unit_price.mantissa().unsigned_abs())
-        .checked_mul_small(10u128.pow(minor))?;
+    let numerator = U256::mul(u128::from(bytes), unit_price.mantissa().unsigned_abs()).checked_mul_small(10u128.pow(minor))?;
     let denominator = 10u128.pow(unit_price.scale()) * u128::from(unit.bytes_per_unit()); // < 2^124
     let (quotient, remainder) = numerator.div_rem(denominator);
     let mut q = quotient.to_u128()?;
@@ -148,15 +141,8 @@ pub fn line_amount(
 /// Only if an amount overflows [`Decimal`], which cannot happen for lists that
 /// passed rate card validation.
 pub fn price(bytes: u64, list: &PriceList) -> Charge {
-    let fallback = [Tier {
-        up_to: None,
-        unit_price: Decimal::ZERO,
-    }];
-    let tiers: &[Tier] = if list.tiers.is_empty() {
-        &fallback
-    } else {
-        &list.tiers
-    };
+    let fallback = [Tier { up_to: None, unit_price: Decimal::ZERO }];
+    let tiers: &[Tier] = if list.tiers.is_empty() { &fallback } else { &list.tiers };
     let unit = list.unit;
     let boundary = |i: usize| -> u64 {
         match tiers[i].up_to {
@@ -179,11 +165,7 @@ pub fn price(bytes: u64, list: &PriceList) -> Charge {
     match list.model {
         PricingModel::Flat => {
             let t = &tiers[0];
-            lines.push(line(
-                format!("Egress @ {}", rate(t.unit_price, list)),
-                bytes,
-                t.unit_price,
-            ));
+            lines.push(line(format!("Egress @ {}", rate(t.unit_price, list)), bytes, t.unit_price));
         }
         PricingModel::Graduated => {
             let mut lower = 0u64;
@@ -192,11 +174,7 @@ pub fn price(bytes: u64, list: &PriceList) -> Charge {
                 let in_tier = bytes.min(upper).saturating_sub(lower);
                 if in_tier > 0 {
                     lines.push(line(
-                        format!(
-                            "Egress {} @ {}",
-                            range_label(tiers, i, unit),
-                            rate(t.unit_price, list)
-                        ),
+                        format!("Egress {} @ {}", range_label(tiers, i, unit), rate(t.unit_price, list)),
                         in_tier,
                         t.unit_price,
                     ));
@@ -208,27 +186,13 @@ pub fn price(bytes: u64, list: &PriceList) -> Charge {
             }
             if lines.is_empty() {
                 let t = &tiers[0];
-                lines.push(line(
-                    format!(
-                        "Egress {} @ {}",
-                        range_label(tiers, 0, unit),
-                        rate(t.unit_price, list)
-                    ),
-                    0,
-                    t.unit_price,
-                ));
+                lines.push(line(format!("Egress {} @ {}", range_label(tiers, 0, unit), rate(t.unit_price, list)), 0, t.unit_price));
             }
         }
         PricingModel::Volume => {
-            let i = (0..tiers.len())
-                .find(|&i| bytes <= boundary(i))
-                .unwrap_or(tiers.len() - 1);
+            let i = (0..tiers.len()).find(|&i| bytes <= boundary(i)).unwrap_or(tiers.len() - 1);
             lines.push(line(
-                format!(
-                    "Egress {} {unit} (volume tier {})",
-                    quantity(bytes, unit),
-                    range_label(tiers, i, unit)
-                ),
+                format!("Egress {} {unit} (volume tier {})", quantity(bytes, unit), range_label(tiers, i, unit)),
                 bytes,
                 tiers[i].unit_price,
             ));
@@ -236,11 +200,8 @@ pub fn price(bytes: u64, list: &PriceList) -> Charge {
     }
 
     let usage_subtotal = round_money(lines.iter().map(|l| l.amount).sum(), &list.currency);
-    let commitment_true_up = list
-        .minimum_commitment
-        .map(|m| round_money(m, &list.currency))
-        .filter(|&m| usage_subtotal < m)
-        .map(|m| ChargeLine {
+    let commitment_true_up =
+        list.minimum_commitment.map(|m| round_money(m, &list.currency)).filter(|&m| usage_subtotal < m).map(|m| ChargeLine {
             description: TRUE_UP_DESCRIPTION.to_owned(),
             bytes: 0,
             quantity: Decimal::ZERO,
@@ -248,19 +209,8 @@ pub fn price(bytes: u64, list: &PriceList) -> Charge {
             unit_price: Decimal::ZERO,
             amount: round_money(m - usage_subtotal, &list.currency),
         });
-    let total = round_money(
-        usage_subtotal
-            + commitment_true_up
-                .as_ref()
-                .map_or(Decimal::ZERO, |l| l.amount),
-        &list.currency,
-    );
-    Charge {
-        lines,
-        usage_subtotal,
-        commitment_true_up,
-        total,
-    }
+    let total = round_money(usage_subtotal + commitment_true_up.as_ref().map_or(Decimal::ZERO, |l| l.amount), &list.currency);
+    Charge { lines, usage_subtotal, commitment_true_up, total }
 }
 
 /// `"0.050 EUR/GB"`.
@@ -271,11 +221,7 @@ fn rate(unit_price: Decimal, list: &PriceList) -> String {
 /// `"0–1000 GB"`, `"1000–10000 GB"`, `"above 10000 GB"` or `"from 0 GB"`.
 fn range_label(tiers: &[Tier], i: usize, unit: Unit) -> String {
     let lower = if i == 0 { None } else { tiers[i - 1].up_to };
-    let upper = if i + 1 < tiers.len() {
-        tiers[i].up_to
-    } else {
-        None
-    };
+    let upper = if i + 1 < tiers.len() { tiers[i].up_to } else { None };
     match (lower, upper) {
         (lo, Some(hi)) => format!("{}–{hi} {unit}", lo.unwrap_or(Decimal::ZERO)),
         (Some(lo), None) => format!("above {lo} {unit}"),
@@ -310,10 +256,7 @@ impl U256 {
     fn checked_mul_small(self, k: u128) -> Option<U256> {
         let low = U256::mul(self.lo, k);
         let high = self.hi.checked_mul(k)?;
-        Some(U256 {
-            hi: low.hi.checked_add(high)?,
-            lo: low.lo,
-        })
+        Some(U256 { hi: low.hi.checked_add(high)?, lo: low.lo })
     }
 
     /// Quotient and remainder by `d` (`0 < d < 2^127`), by binary long division.
@@ -322,11 +265,7 @@ impl U256 {
         let mut q = U256 { hi: 0, lo: 0 };
         let mut r: u128 = 0;
         for bit in (0..256u32).rev() {
-            let b = if bit >= 128 {
-                (self.hi >> (bit - 128)) & 1
-            } else {
-                (self.lo >> bit) & 1
-            };
+            let b = if bit >= 128 { (self.hi >> (bit - 128)) & 1 } else { (self.lo >> bit) & 1 };
             r = (r << 1) | b;
             if r >= d {
                 r -= d;
@@ -359,28 +298,12 @@ mod tests {
         Tier { up_to, unit_price }
     }
 
-    fn list(
-        model: PricingModel,
-        unit: Unit,
-        code: &str,
-        tiers: Vec<Tier>,
-        min: Option<Decimal>,
-    ) -> PriceList {
-        PriceList {
-            currency: cur(code),
-            unit,
-            model,
-            tiers,
-            minimum_commitment: min,
-        }
+    fn list(model: PricingModel, unit: Unit, code: &str, tiers: Vec<Tier>, min: Option<Decimal>) -> PriceList {
+        PriceList { currency: cur(code), unit, model, tiers, minimum_commitment: min }
     }
 
     fn example_tiers() -> Vec<Tier> {
-        vec![
-            tier(Some(dec!(1000)), dec!(0.050)),
-            tier(Some(dec!(10000)), dec!(0.040)),
-            tier(None, dec!(0.030)),
-        ]
+        vec![tier(Some(dec!(1000)), dec!(0.050)), tier(Some(dec!(10000)), dec!(0.040)), tier(None, dec!(0.030))]
     }
 
     const GB: u64 = 1_000_000_000;
@@ -390,14 +313,8 @@ mod tests {
     fn quantity_gb_exact() {
         assert_eq!(quantity(0, Unit::Gigabyte), dec!(0));
         assert_eq!(quantity(1, Unit::Gigabyte), dec!(0.000000001));
-        assert_eq!(
-            quantity(12_345_600_000_000, Unit::Gigabyte).to_string(),
-            "12345.6"
-        );
-        assert_eq!(
-            quantity(u64::MAX, Unit::Gigabyte),
-            dec!(18446744073.709551615)
-        );
+        assert_eq!(quantity(12_345_600_000_000, Unit::Gigabyte).to_string(), "12345.6");
+        assert_eq!(quantity(u64::MAX, Unit::Gigabyte), dec!(18446744073.709551615));
     }
 
     #[test]
@@ -405,20 +322,11 @@ mod tests {
         assert_eq!(quantity(GIB, Unit::Gibibyte), dec!(1));
         assert_eq!(quantity(GIB / 2 * 3, Unit::Gibibyte), dec!(1.5));
         // 4 bytes = 2^-28 GiB needs exactly 28 fractional digits: exact.
-        assert_eq!(
-            quantity(4, Unit::Gibibyte),
-            dec!(0.0000000037252902984619140625)
-        );
+        assert_eq!(quantity(4, Unit::Gibibyte), dec!(0.0000000037252902984619140625));
         // 1 byte = 2^-30 GiB = 0.000000000931322574615478515625 (30 digits): rounded to 28.
-        assert_eq!(
-            quantity(1, Unit::Gibibyte),
-            dec!(0.0000000009313225746154785156)
-        );
+        assert_eq!(quantity(1, Unit::Gibibyte), dec!(0.0000000009313225746154785156));
         // 3 bytes = ...2.793967723846435546875e-9: ...5546875 -> rounds half away to ...5547.
-        assert_eq!(
-            quantity(3, Unit::Gibibyte),
-            dec!(0.0000000027939677238464355469)
-        );
+        assert_eq!(quantity(3, Unit::Gibibyte), dec!(0.0000000027939677238464355469));
         // Large values keep fewer fractional digits but stay within 1 ulp.
         let q = quantity(u64::MAX, Unit::Gibibyte);
         assert_eq!(q.trunc(), dec!(17179869183));
@@ -439,87 +347,42 @@ mod tests {
     #[test]
     fn line_amount_rounds_once_half_away() {
         // 0.1 GB at 0.05 = 0.005 EUR -> 0.01
-        assert_eq!(
-            line_amount(GB / 10, dec!(0.05), Unit::Gigabyte, &cur("EUR")),
-            Some(dec!(0.01))
-        );
+        assert_eq!(line_amount(GB / 10, dec!(0.05), Unit::Gigabyte, &cur("EUR")), Some(dec!(0.01)));
         // 0.098 GB at 0.05 = 0.0049 EUR -> 0.00
-        assert_eq!(
-            line_amount(98_000_000, dec!(0.05), Unit::Gigabyte, &cur("EUR")),
-            Some(dec!(0.00))
-        );
+        assert_eq!(line_amount(98_000_000, dec!(0.05), Unit::Gigabyte, &cur("EUR")), Some(dec!(0.00)));
         // JPY: 0.5 GB at 1 = 0.5 -> 1
-        assert_eq!(
-            line_amount(GB / 2, dec!(1), Unit::Gigabyte, &cur("JPY")),
-            Some(dec!(1))
-        );
+        assert_eq!(line_amount(GB / 2, dec!(1), Unit::Gigabyte, &cur("JPY")), Some(dec!(1)));
         // KWD: 1 GB at 0.0125 = 0.0125 -> 0.013
-        assert_eq!(
-            line_amount(GB, dec!(0.0125), Unit::Gigabyte, &cur("KWD")),
-            Some(dec!(0.013))
-        );
+        assert_eq!(line_amount(GB, dec!(0.0125), Unit::Gigabyte, &cur("KWD")), Some(dec!(0.013)));
         // GiB: half a GiB at 0.01 = 0.005 -> 0.01, computed from bytes.
-        assert_eq!(
-            line_amount(GIB / 2, dec!(0.01), Unit::Gibibyte, &cur("EUR")),
-            Some(dec!(0.01))
-        );
+        assert_eq!(line_amount(GIB / 2, dec!(0.01), Unit::Gibibyte, &cur("EUR")), Some(dec!(0.01)));
         // 1 byte in GiB at 10^9: 0.931322574615478515625 -> 0.93
-        assert_eq!(
-            line_amount(1, dec!(1000000000), Unit::Gibibyte, &cur("EUR")),
-            Some(dec!(0.93))
-        );
+        assert_eq!(line_amount(1, dec!(1000000000), Unit::Gibibyte, &cur("EUR")), Some(dec!(0.93)));
         // Worst case still fits.
-        let max = line_amount(
-            u64::MAX,
-            crate::rates::MAX_UNIT_PRICE,
-            Unit::Gibibyte,
-            &cur("KWD"),
-        );
+        let max = line_amount(u64::MAX, crate::rates::MAX_UNIT_PRICE, Unit::Gibibyte, &cur("KWD"));
         assert!(max.is_some());
     }
 
     #[test]
     fn u256_matches_u128_where_it_fits() {
         let p = U256::mul(u128::from(u64::MAX), u128::from(u64::MAX));
-        assert_eq!(
-            p.to_u128(),
-            Some(u128::from(u64::MAX) * u128::from(u64::MAX))
-        );
+        assert_eq!(p.to_u128(), Some(u128::from(u64::MAX) * u128::from(u64::MAX)));
         let big = U256::mul(u128::MAX, 3);
-        assert_eq!(
-            big,
-            U256 {
-                hi: 2,
-                lo: u128::MAX - 2
-            }
-        );
+        assert_eq!(big, U256 { hi: 2, lo: u128::MAX - 2 });
         let (q, r) = big.div_rem(3);
         assert_eq!((q.to_u128(), r), (Some(u128::MAX), 0));
         let (q, r) = U256::mul(1_000_007, 999_983).div_rem(1000);
-        assert_eq!(
-            (q.to_u128(), r),
-            (Some(1_000_007 * 999_983 / 1000), 1_000_007 * 999_983 % 1000)
-        );
+        assert_eq!((q.to_u128(), r), (Some(1_000_007 * 999_983 / 1000), 1_000_007 * 999_983 % 1000));
     }
 
     #[test]
     fn graduated_spans_tiers() {
-        let l = list(
-            PricingModel::Graduated,
-            Unit::Gigabyte,
-            "EUR",
-            example_tiers(),
-            None,
-        );
+        let l = list(PricingModel::Graduated, Unit::Gigabyte, "EUR", example_tiers(), None);
         let c = price(12_345 * GB + GB / 2, &l);
         let descr: Vec<_> = c.lines.iter().map(|l| l.description.as_str()).collect();
         assert_eq!(
             descr,
-            [
-                "Egress 0–1000 GB @ 0.050 EUR/GB",
-                "Egress 1000–10000 GB @ 0.040 EUR/GB",
-                "Egress above 10000 GB @ 0.030 EUR/GB"
-            ]
+            ["Egress 0–1000 GB @ 0.050 EUR/GB", "Egress 1000–10000 GB @ 0.040 EUR/GB", "Egress above 10000 GB @ 0.030 EUR/GB"]
         );
         let bytes: Vec<_> = c.lines.iter().map(|l| l.bytes).collect();
         assert_eq!(bytes, [1000 * GB, 9000 * GB, 2345 * GB + GB / 2]);
@@ -532,13 +395,7 @@ mod tests {
 
     #[test]
     fn graduated_boundary_exact_and_one_byte_above() {
-        let l = list(
-            PricingModel::Graduated,
-            Unit::Gigabyte,
-            "EUR",
-            example_tiers(),
-            None,
-        );
+        let l = list(PricingModel::Graduated, Unit::Gigabyte, "EUR", example_tiers(), None);
         let at = price(1000 * GB, &l);
         assert_eq!(at.lines.len(), 1);
         assert_eq!(at.lines[0].bytes, 1000 * GB);
@@ -546,10 +403,7 @@ mod tests {
         let above = price(1000 * GB + 1, &l);
         assert_eq!(above.lines.len(), 2);
         assert_eq!(above.lines[1].bytes, 1);
-        assert_eq!(
-            above.lines[1].description,
-            "Egress 1000–10000 GB @ 0.040 EUR/GB"
-        );
+        assert_eq!(above.lines[1].description, "Egress 1000–10000 GB @ 0.040 EUR/GB");
         assert_eq!(above.lines[1].amount, dec!(0.00));
         let at2 = price(10_000 * GB, &l);
         assert_eq!(at2.lines.len(), 2);
@@ -560,32 +414,17 @@ mod tests {
 
     #[test]
     fn volume_prices_all_bytes_in_one_tier() {
-        let l = list(
-            PricingModel::Volume,
-            Unit::Gigabyte,
-            "EUR",
-            example_tiers(),
-            None,
-        );
+        let l = list(PricingModel::Volume, Unit::Gigabyte, "EUR", example_tiers(), None);
         let c = price(12_345_600_000_000, &l);
         assert_eq!(c.lines.len(), 1);
-        assert_eq!(
-            c.lines[0].description,
-            "Egress 12345.6 GB (volume tier above 10000 GB)"
-        );
+        assert_eq!(c.lines[0].description, "Egress 12345.6 GB (volume tier above 10000 GB)");
         assert_eq!(c.lines[0].unit_price, dec!(0.030));
         assert_eq!(c.total, dec!(370.37)); // 370.368
         let mid = price(5000 * GB, &l);
-        assert_eq!(
-            mid.lines[0].description,
-            "Egress 5000 GB (volume tier 1000–10000 GB)"
-        );
+        assert_eq!(mid.lines[0].description, "Egress 5000 GB (volume tier 1000–10000 GB)");
         let at = price(1000 * GB, &l);
         assert_eq!(at.lines[0].unit_price, dec!(0.050));
-        assert_eq!(
-            at.lines[0].description,
-            "Egress 1000 GB (volume tier 0–1000 GB)"
-        );
+        assert_eq!(at.lines[0].description, "Egress 1000 GB (volume tier 0–1000 GB)");
         let above = price(1000 * GB + 1, &l);
         assert_eq!(above.lines[0].unit_price, dec!(0.040));
         assert_eq!(above.lines[0].bytes, 1000 * GB + 1);
@@ -593,13 +432,7 @@ mod tests {
 
     #[test]
     fn flat_prices_everything() {
-        let l = list(
-            PricingModel::Flat,
-            Unit::Gigabyte,
-            "USD",
-            vec![tier(None, dec!(0.02))],
-            None,
-        );
+        let l = list(PricingModel::Flat, Unit::Gigabyte, "USD", vec![tier(None, dec!(0.02))], None);
         let c = price(123_456 * GB, &l);
         assert_eq!(c.lines.len(), 1);
         assert_eq!(c.lines[0].description, "Egress @ 0.02 USD/GB");
@@ -609,48 +442,22 @@ mod tests {
     #[test]
     fn zero_usage_shows_first_tier() {
         for model in [PricingModel::Graduated, PricingModel::Volume] {
-            let c = price(
-                0,
-                &list(model, Unit::Gigabyte, "EUR", example_tiers(), None),
-            );
+            let c = price(0, &list(model, Unit::Gigabyte, "EUR", example_tiers(), None));
             assert_eq!(c.lines.len(), 1, "{model}");
             assert_eq!(c.lines[0].bytes, 0);
             assert_eq!(c.lines[0].unit_price, dec!(0.050));
             assert_eq!(c.lines[0].amount.to_string(), "0.00");
             assert_eq!(c.total.to_string(), "0.00");
         }
-        let flat = list(
-            PricingModel::Flat,
-            Unit::Gigabyte,
-            "JPY",
-            vec![tier(None, dec!(3))],
-            None,
-        );
+        let flat = list(PricingModel::Flat, Unit::Gigabyte, "JPY", vec![tier(None, dec!(3))], None);
         assert_eq!(price(0, &flat).lines[0].amount.to_string(), "0");
-        let single = list(
-            PricingModel::Graduated,
-            Unit::Gigabyte,
-            "EUR",
-            vec![tier(None, dec!(1))],
-            None,
-        );
-        assert_eq!(
-            price(0, &single).lines[0].description,
-            "Egress from 0 GB @ 1 EUR/GB"
-        );
+        let single = list(PricingModel::Graduated, Unit::Gigabyte, "EUR", vec![tier(None, dec!(1))], None);
+        assert_eq!(price(0, &single).lines[0].description, "Egress from 0 GB @ 1 EUR/GB");
     }
 
     #[test]
     fn commitment_true_up_below_equal_above() {
-        let l = |min| {
-            list(
-                PricingModel::Flat,
-                Unit::Gigabyte,
-                "EUR",
-                vec![tier(None, dec!(0.05))],
-                Some(min),
-            )
-        };
+        let l = |min| list(PricingModel::Flat, Unit::Gigabyte, "EUR", vec![tier(None, dec!(0.05))], Some(min));
         let below = price(1000 * GB, &l(dec!(250.00))); // 50.00
         let up = below.commitment_true_up.as_ref().expect("true-up");
         assert_eq!(up.description, TRUE_UP_DESCRIPTION);
@@ -670,26 +477,12 @@ mod tests {
 
     #[test]
     fn currency_exponents() {
-        let one = |code| {
-            list(
-                PricingModel::Flat,
-                Unit::Gigabyte,
-                code,
-                vec![tier(None, dec!(1.23456))],
-                None,
-            )
-        };
+        let one = |code| list(PricingModel::Flat, Unit::Gigabyte, code, vec![tier(None, dec!(1.23456))], None);
         assert_eq!(price(GB, &one("JPY")).total.to_string(), "1");
         assert_eq!(price(GB, &one("EUR")).total.to_string(), "1.23");
         assert_eq!(price(GB, &one("KWD")).total.to_string(), "1.235");
         // Half: 0.5 JPY rounds away from zero.
-        let half = list(
-            PricingModel::Flat,
-            Unit::Gigabyte,
-            "JPY",
-            vec![tier(None, dec!(1))],
-            None,
-        );
+        let half = list(PricingModel::Flat, Unit::Gigabyte, "JPY", vec![tier(None, dec!(1))], None);
         assert_eq!(price(GB / 2, &half).total.to_string(), "1");
         assert_eq!(price(GB / 2 - 1, &half).total.to_string(), "0");
     }
@@ -697,13 +490,7 @@ mod tests {
     #[test]
     fn gib_versus_gb() {
         let tiers = vec![tier(Some(dec!(1)), dec!(10)), tier(None, dec!(1))];
-        let gb = list(
-            PricingModel::Graduated,
-            Unit::Gigabyte,
-            "EUR",
-            tiers.clone(),
-            None,
-        );
+        let gb = list(PricingModel::Graduated, Unit::Gigabyte, "EUR", tiers.clone(), None);
         let gib = list(PricingModel::Graduated, Unit::Gibibyte, "EUR", tiers, None);
         let c_gb = price(GIB, &gb); // 1.073741824 GB: crosses the 1 GB boundary
         assert_eq!(c_gb.lines.len(), 2);
@@ -717,52 +504,28 @@ mod tests {
 
     #[test]
     fn boundary_bytes() {
-        assert_eq!(
-            tier_boundary_bytes(dec!(1000), Unit::Gigabyte),
-            (1000 * GB, true)
-        );
-        assert_eq!(
-            tier_boundary_bytes(dec!(0.5), Unit::Gibibyte),
-            (GIB / 2, true)
-        );
-        assert_eq!(
-            tier_boundary_bytes(dec!(0.1), Unit::Gibibyte),
-            (107_374_182, false)
-        );
-        assert_eq!(
-            tier_boundary_bytes(dec!(0.0000000001), Unit::Gigabyte),
-            (0, false)
-        );
-        assert_eq!(
-            tier_boundary_bytes(dec!(100000000000000000000), Unit::Gigabyte),
-            (u64::MAX, true)
-        );
+        assert_eq!(tier_boundary_bytes(dec!(1000), Unit::Gigabyte), (1000 * GB, true));
+        assert_eq!(tier_boundary_bytes(dec!(0.5), Unit::Gibibyte), (GIB / 2, true));
+        assert_eq!(tier_boundary_bytes(dec!(0.1), Unit::Gibibyte), (107_374_182, false));
+        assert_eq!(tier_boundary_bytes(dec!(0.0000000001), Unit::Gigabyte), (0, false));
+        assert_eq!(tier_boundary_bytes(dec!(100000000000000000000), Unit::Gigabyte), (u64::MAX, true));
     }
 
     fn tiers_strategy() -> impl Strategy<Value = Vec<Tier>> {
-        (
-            prop::collection::btree_set(1u64..2_000_000, 0..5),
-            prop::collection::vec((0i64..100_000, 0u32..6), 5),
-        )
-            .prop_map(|(bounds, prices)| {
-                let mut tiers: Vec<Tier> = bounds
-                    .iter()
-                    .zip(&prices)
-                    .map(|(&b, &(m, s))| tier(Some(Decimal::from(b)), Decimal::new(m, s)))
-                    .collect();
+        (prop::collection::btree_set(1u64..2_000_000, 0..5), prop::collection::vec((0i64..100_000, 0u32..6), 5)).prop_map(
+            |(bounds, prices)| {
+                let mut tiers: Vec<Tier> =
+                    bounds.iter().zip(&prices).map(|(&b, &(m, s))| tier(Some(Decimal::from(b)), Decimal::new(m, s))).collect();
                 let (m, s) = prices[4];
                 tiers.push(tier(None, Decimal::new(m, s)));
                 tiers
-            })
+            },
+        )
     }
 
     fn list_strategy() -> impl Strategy<Value = PriceList> {
         (
-            prop_oneof![
-                Just(PricingModel::Flat),
-                Just(PricingModel::Graduated),
-                Just(PricingModel::Volume)
-            ],
+            prop_oneof![Just(PricingModel::Flat), Just(PricingModel::Graduated), Just(PricingModel::Volume)],
             prop_oneof![Just(Unit::Gigabyte), Just(Unit::Gibibyte)],
             prop_oneof![Just("EUR"), Just("JPY"), Just("KWD")],
             tiers_strategy(),

@@ -109,13 +109,7 @@ pub struct Currency {
 impl Currency {
     /// Looks a code up in the built-in ISO 4217 table (case-sensitive).
     pub fn from_code(code: &str) -> Option<Currency> {
-        ISO_4217
-            .iter()
-            .find(|(c, _)| *c == code)
-            .map(|&(c, minor_units)| Currency {
-                code: c.to_owned(),
-                minor_units,
-            })
+        ISO_4217.iter().find(|(c, _)| *c == code).map(|&(c, minor_units)| Currency { code: c.to_owned(), minor_units })
     }
 }
 
@@ -272,9 +266,7 @@ pub struct RateCard {
 impl RateCard {
     /// The partner a tracking id belongs to, if any (exact, case-sensitive match).
     pub fn partner_for_tracking_id(&self, tracking_id: &str) -> Option<&Partner> {
-        self.partners
-            .iter()
-            .find(|p| p.tracking_ids.iter().any(|t| t == tracking_id))
+        self.partners.iter().find(|p| p.tracking_ids.iter().any(|t| t == tracking_id))
     }
 
     /// The partner with the given id, if any.
@@ -330,19 +322,13 @@ impl RateCardError {
 
 /// Reads and validates a rate card file. Messages use the path as file name.
 pub fn load_rate_card(path: &Path) -> Result<RateCard, RateCardError> {
-    let text = std::fs::read_to_string(path).map_err(|source| RateCardError::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| RateCardError::Io { path: path.display().to_string(), source })?;
     parse_rate_card(&text, &path.display().to_string())
 }
 
 /// Parses and validates rate card text; `file_name` is only used in messages.
 pub fn parse_rate_card(text: &str, file_name: &str) -> Result<RateCard, RateCardError> {
-    let src = Source {
-        text,
-        file: file_name,
-    };
+    let src = Source { text, file: file_name };
     let raw: RawCard = toml::from_str(text).map_err(|e| RateCardError::Syntax {
         file: file_name.to_owned(),
         line: e.span().map_or(1, |s| src.line(&s)),
@@ -426,9 +412,7 @@ impl<'de> Deserialize<'de> for TomlDecimal {
                 Ok(TomlDecimal(Decimal::from(v)))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<TomlDecimal, E> {
-                Err(E::custom(format!(
-                    "{FLOAT_HINT}: found the TOML float {v}, and floats are inexact"
-                )))
+                Err(E::custom(format!("{FLOAT_HINT}: found the TOML float {v}, and floats are inexact")))
             }
         }
         deserializer.deserialize_any(V)
@@ -444,9 +428,7 @@ fn parse_decimal(s: &str) -> Result<Decimal, String> {
     };
     let all_digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
     if !all_digits(int) || !frac.is_none_or(all_digits) {
-        return Err(format!(
-            "invalid decimal {s:?}: expected digits with an optional fraction, e.g. \"0.05\""
-        ));
+        return Err(format!("invalid decimal {s:?}: expected digits with an optional fraction, e.g. \"0.05\""));
     }
     Decimal::from_str_exact(s).map_err(|e| format!("invalid decimal {s:?}: {e}"))
 }
@@ -479,14 +461,7 @@ impl<'de> Deserialize<'de> for TomlDate {
 
 fn parse_date(s: &str) -> Result<NaiveDate, String> {
     let b = s.as_bytes();
-    let shape_ok = b.len() == 10
-        && b.iter().enumerate().all(|(i, c)| {
-            if i == 4 || i == 7 {
-                *c == b'-'
-            } else {
-                c.is_ascii_digit()
-            }
-        });
+    let shape_ok = b.len() == 10 && b.iter().enumerate().all(|(i, c)| if i == 4 || i == 7 { *c == b'-' } else { c.is_ascii_digit() });
     if !shape_ok {
         return Err(format!("invalid date {s:?}: expected \"YYYY-MM-DD\""));
     }
@@ -506,11 +481,7 @@ impl Source<'_> {
     /// 1-based line of a byte span's start.
     fn line(&self, span: &Range<usize>) -> usize {
         let end = span.start.min(self.text.len());
-        self.text.as_bytes()[..end]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count()
-            + 1
+        self.text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
     }
 
     fn line_of<T>(&self, s: &Spanned<T>) -> usize {
@@ -518,11 +489,7 @@ impl Source<'_> {
     }
 
     fn invalid(&self, line: usize, message: String) -> RateCardError {
-        RateCardError::Invalid {
-            file: self.file.to_owned(),
-            line: line.max(1),
-            message,
-        }
+        RateCardError::Invalid { file: self.file.to_owned(), line: line.max(1), message }
     }
 }
 
@@ -546,30 +513,20 @@ fn validate(src: &Source<'_>, raw: RawCard) -> Result<RateCard, RateCardError> {
         let id = rp.id.get_ref();
         let id_line = src.line_of(&rp.id);
         if !is_valid_partner_id(id) {
-            return Err(src.invalid(
-                id_line,
-                format!("partner {id:?}: id must match [a-z0-9][a-z0-9-]* (lowercase letters, digits, dashes)"),
-            ));
+            return Err(
+                src.invalid(id_line, format!("partner {id:?}: id must match [a-z0-9][a-z0-9-]* (lowercase letters, digits, dashes)"))
+            );
         }
         if let Some(first) = partner_lines.insert(id.clone(), id_line) {
-            return Err(src.invalid(
-                id_line,
-                format!("partner {id:?}: duplicate partner id (first defined at line {first})"),
-            ));
+            return Err(src.invalid(id_line, format!("partner {id:?}: duplicate partner id (first defined at line {first})")));
         }
         let ctx = format!("partner {id:?}");
         if rp.name.get_ref().trim().is_empty() {
-            return Err(src.invalid(
-                src.line_of(&rp.name),
-                format!("{ctx}: name must not be empty"),
-            ));
+            return Err(src.invalid(src.line_of(&rp.name), format!("{ctx}: name must not be empty")));
         }
 
         if rp.tracking_ids.get_ref().is_empty() {
-            return Err(src.invalid(
-                src.line_of(&rp.tracking_ids),
-                format!("{ctx}: needs at least one tracking id"),
-            ));
+            return Err(src.invalid(src.line_of(&rp.tracking_ids), format!("{ctx}: needs at least one tracking id")));
         }
         let mut tracking_ids = Vec::with_capacity(rp.tracking_ids.get_ref().len());
         for t in rp.tracking_ids.get_ref() {
@@ -580,18 +537,15 @@ fn validate(src: &Source<'_>, raw: RawCard) -> Result<RateCard, RateCardError> {
             }
             let len = tid.chars().count();
             if len > MAX_TRACKING_ID_LEN {
-                return Err(src.invalid(
-                    line,
-                    format!("{ctx}: tracking id {tid:?} is {len} characters long (at most {MAX_TRACKING_ID_LEN})"),
-                ));
+                return Err(
+                    src.invalid(line, format!("{ctx}: tracking id {tid:?} is {len} characters long (at most {MAX_TRACKING_ID_LEN})"))
+                );
             }
             if let Some((owner, owner_line)) = tracking_owner.get(tid) {
                 let msg = if owner == id {
                     format!("{ctx}: tracking id {tid:?} is listed twice")
                 } else {
-                    format!(
-                        "{ctx}: tracking id {tid:?} already belongs to partner {owner:?} (line {owner_line})"
-                    )
+                    format!("{ctx}: tracking id {tid:?} already belongs to partner {owner:?} (line {owner_line})")
                 };
                 return Err(src.invalid(line, msg));
             }
@@ -602,15 +556,9 @@ fn validate(src: &Source<'_>, raw: RawCard) -> Result<RateCard, RateCardError> {
         let mut draft = Draft {
             model: (*rp.pricing.get_ref(), src.line_of(&rp.pricing)),
             tiers: (rp.tiers.get_ref().as_slice(), src.line_of(&rp.tiers)),
-            unit: rp
-                .unit
-                .as_ref()
-                .map_or((Unit::default(), 0), |u| (*u.get_ref(), src.line_of(u))),
+            unit: rp.unit.as_ref().map_or((Unit::default(), 0), |u| (*u.get_ref(), src.line_of(u))),
             currency: (rp.currency.get_ref().as_str(), src.line_of(&rp.currency)),
-            minimum_commitment: rp
-                .minimum_commitment
-                .as_ref()
-                .map(|m| (m.get_ref().0, src.line_of(m))),
+            minimum_commitment: rp.minimum_commitment.as_ref().map(|m| (m.get_ref().0, src.line_of(m))),
         };
         let base = validate_price_list(src, &ctx, &draft)?;
 
@@ -644,40 +592,23 @@ fn validate(src: &Source<'_>, raw: RawCard) -> Result<RateCard, RateCardError> {
                 draft.minimum_commitment = Some((m.get_ref().0, src.line_of(m)));
             }
             let price_list = validate_price_list(src, &ctx, &draft)?;
-            price_changes.push(PriceChange {
-                effective_from: date,
-                price_list,
-            });
+            price_changes.push(PriceChange { effective_from: date, price_list });
         }
 
-        partners.push(Partner {
-            id: id.clone(),
-            name: rp.name.get_ref().clone(),
-            tracking_ids,
-            base,
-            price_changes,
-        });
+        partners.push(Partner { id: id.clone(), name: rp.name.get_ref().clone(), tracking_ids, base, price_changes });
     }
     Ok(RateCard { partners })
 }
 
 fn is_valid_partner_id(id: &str) -> bool {
     let mut bytes = id.bytes();
-    matches!(bytes.next(), Some(b'a'..=b'z' | b'0'..=b'9'))
-        && bytes.all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-'))
+    matches!(bytes.next(), Some(b'a'..=b'z' | b'0'..=b'9')) && bytes.all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-'))
 }
 
-fn validate_price_list(
-    src: &Source<'_>,
-    ctx: &str,
-    d: &Draft<'_>,
-) -> Result<PriceList, RateCardError> {
+fn validate_price_list(src: &Source<'_>, ctx: &str, d: &Draft<'_>) -> Result<PriceList, RateCardError> {
     let (code, currency_line) = d.currency;
     let currency = Currency::from_code(code).ok_or_else(|| {
-        src.invalid(
-            currency_line,
-            format!("{ctx}: unknown currency {code:?} (expected an ISO 4217 code such as \"EUR\")"),
-        )
+        src.invalid(currency_line, format!("{ctx}: unknown currency {code:?} (expected an ISO 4217 code such as \"EUR\")"))
     })?;
     let (unit, unit_line) = d.unit;
     let (model, model_line) = d.model;
@@ -687,13 +618,9 @@ fn validate_price_list(
         return Err(src.invalid(tiers_line, format!("{ctx}: needs at least one tier")));
     }
     if model == PricingModel::Flat && raw_tiers.len() != 1 {
-        return Err(src.invalid(
-            tiers_line.max(model_line),
-            format!(
-                "{ctx}: pricing \"flat\" needs exactly one tier, found {}",
-                raw_tiers.len()
-            ),
-        ));
+        return Err(
+            src.invalid(tiers_line.max(model_line), format!("{ctx}: pricing \"flat\" needs exactly one tier, found {}", raw_tiers.len()))
+        );
     }
 
     let mut tiers = Vec::with_capacity(raw_tiers.len());
@@ -705,49 +632,32 @@ fn validate_price_list(
         let price = tier.unit_price.get_ref().0;
         let price_line = src.line_of(&tier.unit_price);
         if price.is_sign_negative() && !price.is_zero() {
-            return Err(src.invalid(
-                price_line,
-                format!("{ctx}: tier {n}: unit_price ({price}) must not be negative"),
-            ));
+            return Err(src.invalid(price_line, format!("{ctx}: tier {n}: unit_price ({price}) must not be negative")));
         }
         if price > MAX_UNIT_PRICE {
-            return Err(src.invalid(
-                price_line,
-                format!("{ctx}: tier {n}: unit_price ({price}) must be at most {MAX_UNIT_PRICE}"),
-            ));
+            return Err(src.invalid(price_line, format!("{ctx}: tier {n}: unit_price ({price}) must be at most {MAX_UNIT_PRICE}")));
         }
         let up_to = match (&tier.up_to, is_last) {
             (None, true) => None,
             (None, false) => {
-                return Err(src.invalid(
-                    src.line_of(rt),
-                    format!("{ctx}: tier {n}: up_to is required on every tier but the last"),
-                ));
+                return Err(src.invalid(src.line_of(rt), format!("{ctx}: tier {n}: up_to is required on every tier but the last")));
             }
             (Some(u), true) => {
                 return Err(src.invalid(
                     src.line_of(u),
-                    format!(
-                        "{ctx}: tier {n}: the last tier must not have up_to ({}); it covers all remaining usage",
-                        u.get_ref().0
-                    ),
+                    format!("{ctx}: tier {n}: the last tier must not have up_to ({}); it covers all remaining usage", u.get_ref().0),
                 ));
             }
             (Some(u), false) => {
                 let value = u.get_ref().0;
                 let line = src.line_of(u);
                 if value <= Decimal::ZERO {
-                    return Err(src.invalid(
-                        line,
-                        format!("{ctx}: tier {n}: up_to ({value}) must be greater than 0"),
-                    ));
+                    return Err(src.invalid(line, format!("{ctx}: tier {n}: up_to ({value}) must be greater than 0")));
                 }
                 if let Some(prev) = previous.filter(|&p| value <= p) {
                     return Err(src.invalid(
                         line,
-                        format!(
-                            "{ctx}: tier {n}: up_to ({value}) must be greater than the previous tier's up_to ({prev})"
-                        ),
+                        format!("{ctx}: tier {n}: up_to ({value}) must be greater than the previous tier's up_to ({prev})"),
                     ));
                 }
                 if !pricing::tier_boundary_bytes(value, unit).1 {
@@ -763,41 +673,26 @@ fn validate_price_list(
                 Some(value)
             }
         };
-        tiers.push(Tier {
-            up_to,
-            unit_price: price,
-        });
+        tiers.push(Tier { up_to, unit_price: price });
     }
 
     let minimum_commitment = match d.minimum_commitment {
         None => None,
         Some((m, line)) => {
             if m.is_sign_negative() && !m.is_zero() {
-                return Err(src.invalid(
-                    line,
-                    format!("{ctx}: minimum_commitment ({m}) must not be negative"),
-                ));
+                return Err(src.invalid(line, format!("{ctx}: minimum_commitment ({m}) must not be negative")));
             }
             if m.normalize().scale() > currency.minor_units {
                 return Err(src.invalid(
                     line.max(currency_line),
-                    format!(
-                        "{ctx}: minimum_commitment ({m}) has more decimals than {} allows ({})",
-                        currency.code, currency.minor_units
-                    ),
+                    format!("{ctx}: minimum_commitment ({m}) has more decimals than {} allows ({})", currency.code, currency.minor_units),
                 ));
             }
             Some(m)
         }
     };
 
-    Ok(PriceList {
-        currency,
-        unit,
-        model,
-        tiers,
-        minimum_commitment,
-    })
+    Ok(PriceList { currency, unit, model, tiers, minimum_commitment })
 }
 
 #[cfg(test)]
@@ -842,23 +737,14 @@ tiers = [ { unit_price = "0.020" } ]
     fn assert_err(text: &str, line: usize, needle: &str) {
         let e = err(text);
         let msg = e.to_string();
-        assert!(
-            msg.starts_with(&format!("rates.toml:{line}: ")),
-            "wrong line in {msg:?} (expected {line})"
-        );
+        assert!(msg.starts_with(&format!("rates.toml:{line}: ")), "wrong line in {msg:?} (expected {line})");
         assert!(msg.contains(needle), "{msg:?} does not contain {needle:?}");
     }
 
     /// A one-partner card; `extra` lines go after `currency`, tiers last.
     fn card(extra: &str, tiers: &str) -> String {
-        let pricing = if extra.contains("pricing") {
-            ""
-        } else {
-            "pricing = \"graduated\"\n"
-        };
-        format!(
-            "[[partner]]\nid = \"p\"\nname = \"P\"\ntracking_ids = [\"t\"]\ncurrency = \"EUR\"\n{extra}tiers = [\n{tiers}]\n{pricing}"
-        )
+        let pricing = if extra.contains("pricing") { "" } else { "pricing = \"graduated\"\n" };
+        format!("[[partner]]\nid = \"p\"\nname = \"P\"\ntracking_ids = [\"t\"]\ncurrency = \"EUR\"\n{extra}tiers = [\n{tiers}]\n{pricing}")
     }
 
     #[test]
@@ -869,13 +755,7 @@ tiers = [ { unit_price = "0.020" } ]
         assert_eq!(p.id, "acme");
         assert_eq!(p.name, "Acme TV");
         assert_eq!(p.tracking_ids, vec!["acme-web", "acme-app"]);
-        assert_eq!(
-            p.base.currency,
-            Currency {
-                code: "EUR".into(),
-                minor_units: 2
-            }
-        );
+        assert_eq!(p.base.currency, Currency { code: "EUR".into(), minor_units: 2 });
         assert_eq!(p.base.unit, Unit::Gigabyte);
         assert_eq!(p.base.model, PricingModel::Graduated);
         assert_eq!(p.base.minimum_commitment, Some(dec!(250.00)));
@@ -886,21 +766,11 @@ tiers = [ { unit_price = "0.020" } ]
         assert_eq!(p.price_changes.len(), 1);
         let changed = &p.price_changes[0].price_list;
         assert_eq!(changed.model, PricingModel::Volume);
-        assert_eq!(
-            changed.tiers,
-            vec![Tier {
-                up_to: None,
-                unit_price: dec!(0.020)
-            }]
-        );
+        assert_eq!(changed.tiers, vec![Tier { up_to: None, unit_price: dec!(0.020) }]);
         // Not overridden: inherited from the base.
         assert_eq!(changed.minimum_commitment, Some(dec!(250.00)));
         assert_eq!(changed.currency.code, "EUR");
-        assert_eq!(
-            rc.partner_for_tracking_id("acme-app")
-                .map(|p| p.id.as_str()),
-            Some("acme")
-        );
+        assert_eq!(rc.partner_for_tracking_id("acme-app").map(|p| p.id.as_str()), Some("acme"));
         assert!(rc.partner_for_tracking_id("ACME-APP").is_none());
         assert!(rc.partner("acme").is_some());
     }
@@ -909,14 +779,8 @@ tiers = [ { unit_price = "0.020" } ]
     fn pricing_at_before_at_and_after_effective_from() {
         let rc = parse_rate_card(EXAMPLE, "rates.toml").expect("example parses");
         let p = &rc.partners[0];
-        assert_eq!(
-            p.pricing_at(date(2026, 10, 1)).model,
-            PricingModel::Graduated
-        );
-        assert_eq!(
-            p.pricing_at(date(2026, 10, 31)).model,
-            PricingModel::Graduated
-        );
+        assert_eq!(p.pricing_at(date(2026, 10, 1)).model, PricingModel::Graduated);
+        assert_eq!(p.pricing_at(date(2026, 10, 31)).model, PricingModel::Graduated);
         assert_eq!(p.pricing_at(date(2026, 11, 1)).model, PricingModel::Volume);
         assert_eq!(p.pricing_at(date(2027, 5, 1)).model, PricingModel::Volume);
     }
@@ -942,15 +806,9 @@ tiers = [ { unit_price = "0.020" } ]
 
     #[test]
     fn integers_accepted_floats_rejected() {
-        let ok = card(
-            "",
-            "{ up_to = 1000, unit_price = 1 },\n{ unit_price = \"0.5\" },\n",
-        );
+        let ok = card("", "{ up_to = 1000, unit_price = 1 },\n{ unit_price = \"0.5\" },\n");
         assert!(parse_rate_card(&ok, "rates.toml").is_ok());
-        let bad = card(
-            "",
-            "{ up_to = 1000, unit_price = 0.05 },\n{ unit_price = \"0.5\" },\n",
-        );
+        let bad = card("", "{ up_to = 1000, unit_price = 0.05 },\n{ unit_price = \"0.5\" },\n");
         assert_err(&bad, 7, "write decimals as strings, e.g. \"0.05\"");
     }
 
@@ -964,28 +822,12 @@ tiers = [ { unit_price = "0.020" } ]
 
     #[test]
     fn unknown_and_missing_fields_rejected() {
-        assert_err(
-            &card("colour = \"red\"\n", "{ unit_price = \"1\" }\n"),
-            6,
-            "unknown field `colour`",
-        );
-        assert_err(
-            &card("", "{ unit_price = \"1\", discount = \"2\" }\n"),
-            7,
-            "unknown field `discount`",
-        );
+        assert_err(&card("colour = \"red\"\n", "{ unit_price = \"1\" }\n"), 6, "unknown field `colour`");
+        assert_err(&card("", "{ unit_price = \"1\", discount = \"2\" }\n"), 7, "unknown field `discount`");
         assert_err("[[partner]]\nid = \"p\"\n", 1, "missing field");
         assert_err("currency = \"EUR\"\n", 1, "unknown field `currency`");
-        assert_err(
-            &card("pricing = \"tiered\"\n", "{ unit_price = \"1\" }\n"),
-            6,
-            "unknown variant `tiered`",
-        );
-        assert_err(
-            &card("unit = \"TB\"\n", "{ unit_price = \"1\" }\n"),
-            6,
-            "unknown variant `TB`",
-        );
+        assert_err(&card("pricing = \"tiered\"\n", "{ unit_price = \"1\" }\n"), 6, "unknown variant `tiered`");
+        assert_err(&card("unit = \"TB\"\n", "{ unit_price = \"1\" }\n"), 6, "unknown variant `TB`");
     }
 
     #[test]
@@ -1005,11 +847,7 @@ tiers = [ { unit_price = "0.020" } ]
             assert_err(&partner(bad, "A", "[\"t\"]"), 2, "id must match");
         }
         assert!(parse_rate_card(&partner("0-a-9", "A", "[\"t\"]"), "x").is_ok());
-        let dup = format!(
-            "{}{}",
-            partner("a", "A", "[\"t1\"]"),
-            partner("a", "B", "[\"t2\"]")
-        );
+        let dup = format!("{}{}", partner("a", "A", "[\"t1\"]"), partner("a", "B", "[\"t2\"]"));
         assert_err(&dup, 9, "duplicate partner id (first defined at line 2)");
     }
 
@@ -1023,25 +861,11 @@ tiers = [ { unit_price = "0.020" } ]
         assert_err(&partner("a", "A", "[]"), 4, "at least one tracking id");
         assert_err(&partner("a", "A", "[\"\"]"), 4, "must not be empty");
         let long = "x".repeat(129);
-        assert_err(
-            &partner("a", "A", &format!("[{long:?}]")),
-            4,
-            "129 characters long",
-        );
-        assert!(
-            parse_rate_card(&partner("a", "A", &format!("[{:?}]", "x".repeat(128))), "x").is_ok()
-        );
+        assert_err(&partner("a", "A", &format!("[{long:?}]")), 4, "129 characters long");
+        assert!(parse_rate_card(&partner("a", "A", &format!("[{:?}]", "x".repeat(128))), "x").is_ok());
         assert_err(&partner("a", "A", "[\"t\", \"t\"]"), 4, "listed twice");
-        let across = format!(
-            "{}{}",
-            partner("a", "A", "[\"t1\"]"),
-            partner("b", "B", "[\n\"t2\",\n\"t1\"]")
-        );
-        assert_err(
-            &across,
-            13,
-            "tracking id \"t1\" already belongs to partner \"a\" (line 4)",
-        );
+        let across = format!("{}{}", partner("a", "A", "[\"t1\"]"), partner("b", "B", "[\n\"t2\",\n\"t1\"]"));
+        assert_err(&across, 13, "tracking id \"t1\" already belongs to partner \"a\" (line 4)");
     }
 
     #[test]
@@ -1085,133 +909,72 @@ tiers = [ { unit_price = "0.020" } ]
             ("VND", 0),
         ];
         for (code, minor) in expect {
-            assert_eq!(
-                Currency::from_code(code).map(|c| c.minor_units),
-                Some(minor),
-                "{code}"
-            );
+            assert_eq!(Currency::from_code(code).map(|c| c.minor_units), Some(minor), "{code}");
         }
-        assert!(
-            ISO_4217.windows(2).all(|w| w[0].0 < w[1].0),
-            "table sorted, no duplicates"
-        );
+        assert!(ISO_4217.windows(2).all(|w| w[0].0 < w[1].0), "table sorted, no duplicates");
     }
 
     #[test]
     fn tier_rules() {
         assert_err(&card("", ""), 6, "needs at least one tier");
         assert_err(
-            &card(
-                "pricing = \"flat\"\n",
-                "{ up_to = \"1\", unit_price = \"1\" },\n{ unit_price = \"1\" },\n",
-            ),
+            &card("pricing = \"flat\"\n", "{ up_to = \"1\", unit_price = \"1\" },\n{ unit_price = \"1\" },\n"),
             7,
             "pricing \"flat\" needs exactly one tier, found 2",
         );
         assert_err(
-            &card(
-                "",
-                "{ up_to = \"1000\", unit_price = \"1\" },\n{ up_to = \"1000\", unit_price = \"1\" },\n{ unit_price = \"1\" },\n",
-            ),
+            &card("", "{ up_to = \"1000\", unit_price = \"1\" },\n{ up_to = \"1000\", unit_price = \"1\" },\n{ unit_price = \"1\" },\n"),
             8,
             "partner \"p\": tier 2: up_to (1000) must be greater than the previous tier's up_to (1000)",
         );
         assert_err(
-            &card(
-                "",
-                "{ up_to = \"0\", unit_price = \"1\" },\n{ unit_price = \"1\" },\n",
-            ),
+            &card("", "{ up_to = \"0\", unit_price = \"1\" },\n{ unit_price = \"1\" },\n"),
             7,
             "tier 1: up_to (0) must be greater than 0",
         );
+        assert_err(&card("", "{ up_to = \"-5\", unit_price = \"1\" },\n{ unit_price = \"1\" },\n"), 7, "must be greater than 0");
         assert_err(
-            &card(
-                "",
-                "{ up_to = \"-5\", unit_price = \"1\" },\n{ unit_price = \"1\" },\n",
-            ),
-            7,
-            "must be greater than 0",
-        );
-        assert_err(
-            &card(
-                "",
-                "{ up_to = \"10\", unit_price = \"1\" },\n{ unit_price = \"1\" },\n{ unit_price = \"1\" },\n",
-            ),
+            &card("", "{ up_to = \"10\", unit_price = \"1\" },\n{ unit_price = \"1\" },\n{ unit_price = \"1\" },\n"),
             8,
             "tier 2: up_to is required",
         );
         assert_err(
-            &card(
-                "",
-                "{ up_to = \"10\", unit_price = \"1\" },\n{ up_to = \"20\", unit_price = \"1\" },\n",
-            ),
+            &card("", "{ up_to = \"10\", unit_price = \"1\" },\n{ up_to = \"20\", unit_price = \"1\" },\n"),
             8,
             "tier 2: the last tier must not have up_to",
         );
-        assert_err(
-            &card("", "{ unit_price = \"-0.01\" }\n"),
-            7,
-            "unit_price (-0.01) must not be negative",
-        );
-        assert_err(
-            &card("", "{ unit_price = \"1000000000.01\" }\n"),
-            7,
-            "must be at most 1000000000",
-        );
+        assert_err(&card("", "{ unit_price = \"-0.01\" }\n"), 7, "unit_price (-0.01) must not be negative");
+        assert_err(&card("", "{ unit_price = \"1000000000.01\" }\n"), 7, "must be at most 1000000000");
         assert!(parse_rate_card(&card("", "{ unit_price = \"-0\" }\n"), "x").is_ok());
     }
 
     #[test]
     fn boundaries_must_be_whole_bytes() {
-        let gb = card(
-            "",
-            "{ up_to = \"0.0000000001\", unit_price = \"1\" },\n{ unit_price = \"1\" },\n",
-        );
+        let gb = card("", "{ up_to = \"0.0000000001\", unit_price = \"1\" },\n{ unit_price = \"1\" },\n");
         assert_err(&gb, 7, "is not a whole number of bytes");
         assert!(parse_rate_card(&gb.replace("0.0000000001", "0.000000001"), "x").is_ok());
-        let gib = card(
-            "unit = \"GiB\"\n",
-            "{ up_to = \"0.1\", unit_price = \"1\" },\n{ unit_price = \"1\" },\n",
-        );
+        let gib = card("unit = \"GiB\"\n", "{ up_to = \"0.1\", unit_price = \"1\" },\n{ unit_price = \"1\" },\n");
         assert_err(&gib, 8, "(0.1) GiB is not a whole number of bytes");
         assert!(parse_rate_card(&gib.replace("0.1", "0.5"), "x").is_ok());
         // Fine in GB, broken by a later change to GiB: reported at the change's unit.
         let change = format!(
             "{}[[partner.price_change]]\neffective_from = \"2026-01-01\"\nunit = \"GiB\"\n",
-            card(
-                "",
-                "{ up_to = \"0.1\", unit_price = \"1\" },\n{ unit_price = \"1\" },\n"
-            )
+            card("", "{ up_to = \"0.1\", unit_price = \"1\" },\n{ unit_price = \"1\" },\n")
         );
-        assert_err(
-            &change,
-            13,
-            "price_change 1 (effective_from 2026-01-01): tier 1: up_to (0.1) GiB",
-        );
+        assert_err(&change, 13, "price_change 1 (effective_from 2026-01-01): tier 1: up_to (0.1) GiB");
     }
 
     #[test]
     fn minimum_commitment_rules() {
         let neg = card("minimum_commitment = \"-1\"\n", "{ unit_price = \"1\" }\n");
         assert_err(&neg, 6, "minimum_commitment (-1) must not be negative");
-        let frac = card(
-            "minimum_commitment = \"1.005\"\n",
-            "{ unit_price = \"1\" }\n",
-        );
+        let frac = card("minimum_commitment = \"1.005\"\n", "{ unit_price = \"1\" }\n");
         assert_err(&frac, 6, "has more decimals than EUR allows (2)");
-        let trailing_zero = card(
-            "minimum_commitment = \"1.000\"\n",
-            "{ unit_price = \"1\" }\n",
-        );
+        let trailing_zero = card("minimum_commitment = \"1.000\"\n", "{ unit_price = \"1\" }\n");
         assert!(parse_rate_card(&trailing_zero, "x").is_ok());
-        let jpy = card("minimum_commitment = \"1.5\"\n", "{ unit_price = \"1\" }\n")
-            .replace("EUR", "JPY");
+        let jpy = card("minimum_commitment = \"1.5\"\n", "{ unit_price = \"1\" }\n").replace("EUR", "JPY");
         assert_err(&jpy, 6, "than JPY allows (0)");
-        let kwd = card(
-            "minimum_commitment = \"1.505\"\n",
-            "{ unit_price = \"1\" }\n",
-        )
-        .replace("EUR", "KWD");
+        let kwd = card("minimum_commitment = \"1.505\"\n", "{ unit_price = \"1\" }\n").replace("EUR", "KWD");
         assert!(parse_rate_card(&kwd, "x").is_ok());
     }
 
@@ -1240,30 +1003,15 @@ tiers = [ { unit_price = "0.020" } ]
         let flat = format!(
             "{base}[[partner.price_change]]\neffective_from = \"2026-11-01\"\npricing = \"flat\"\ntiers = [\n{{ up_to = \"5\", unit_price = \"1\" }},\n{{ unit_price = \"2\" }},\n]\n"
         );
-        assert_err(
-            &flat,
-            13,
-            "price_change 1 (effective_from 2026-11-01): pricing \"flat\" needs exactly one tier",
-        );
-        let cur = format!(
-            "{base}[[partner.price_change]]\neffective_from = \"2026-11-01\"\ncurrency = \"XYZ\"\n"
-        );
+        assert_err(&flat, 13, "price_change 1 (effective_from 2026-11-01): pricing \"flat\" needs exactly one tier");
+        let cur = format!("{base}[[partner.price_change]]\neffective_from = \"2026-11-01\"\ncurrency = \"XYZ\"\n");
         assert_err(&cur, 12, "unknown currency \"XYZ\"");
         let commit = format!(
             "{}[[partner.price_change]]\neffective_from = \"2026-11-01\"\ncurrency = \"JPY\"\n",
-            card(
-                "minimum_commitment = \"10.50\"\n",
-                "{ unit_price = \"1\" }\n"
-            )
+            card("minimum_commitment = \"10.50\"\n", "{ unit_price = \"1\" }\n")
         );
-        assert_err(
-            &commit,
-            13,
-            "minimum_commitment (10.50) has more decimals than JPY allows (0)",
-        );
-        let unknown = format!(
-            "{base}[[partner.price_change]]\neffective_from = \"2026-11-01\"\nname = \"x\"\n"
-        );
+        assert_err(&commit, 13, "minimum_commitment (10.50) has more decimals than JPY allows (0)");
+        let unknown = format!("{base}[[partner.price_change]]\neffective_from = \"2026-11-01\"\nname = \"x\"\n");
         assert_err(&unknown, 12, "unknown field `name`");
     }
 
@@ -1271,18 +1019,12 @@ tiers = [ { unit_price = "0.020" } ]
     fn load_reports_missing_file() {
         let e = load_rate_card(Path::new("/nonexistent/rates.toml")).expect_err("missing");
         assert!(matches!(e, RateCardError::Io { .. }));
-        assert!(
-            e.to_string()
-                .starts_with("/nonexistent/rates.toml: cannot read rate card")
-        );
+        assert!(e.to_string().starts_with("/nonexistent/rates.toml: cannot read rate card"));
         assert_eq!(e.line(), None);
     }
 
     #[test]
     fn empty_card_is_empty() {
-        assert_eq!(
-            parse_rate_card("", "x").expect("empty ok").partners.len(),
-            0
-        );
+        assert_eq!(parse_rate_card("", "x").expect("empty ok").partners.len(), 0);
     }
 }

@@ -65,9 +65,7 @@ pub fn html_escape(s: &str) -> String {
 /// becomes `-1,234,567.50`.
 fn group_thousands(s: &str) -> String {
     let (sign, rest) = s.strip_prefix('-').map_or(("", s), |r| ("-", r));
-    let (int, frac) = rest
-        .split_once('.')
-        .map_or((rest, None), |(i, f)| (i, Some(f)));
+    let (int, frac) = rest.split_once('.').map_or((rest, None), |(i, f)| (i, Some(f)));
     let mut grouped = String::with_capacity(int.len() + int.len() / 3);
     for (i, c) in int.chars().enumerate() {
         if i > 0 && (int.len() - i) % 3 == 0 {
@@ -81,7 +79,8 @@ fn group_thousands(s: &str) -> String {
     }
 }
 
-const STYLE: &str = "body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;color:#1d1d1f;background:#f4f4f6;margin:0;padding:2rem}\
+const STYLE: &str =
+    "body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;color:#1d1d1f;background:#f4f4f6;margin:0;padding:2rem}\
 .invoice{max-width:60rem;margin:0 auto;background:#fff;padding:2rem 2.5rem;border-radius:8px;box-shadow:0 1px 4px rgba(0,0,0,.12)}\
 header{display:flex;justify-content:space-between;align-items:baseline;border-bottom:2px solid #1d1d1f;margin-bottom:1.5rem}\
 h1{font-size:1.5rem;margin:0 0 .5rem}\
@@ -109,15 +108,8 @@ pub fn invoice_html(inv: &Invoice) -> String {
     let mut h = String::with_capacity(4096);
     h.push_str("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n");
     h.push_str("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n");
-    let _ = writeln!(
-        h,
-        "<title>Invoice {} ({status_label})</title>",
-        e(&inv.invoice_number)
-    );
-    let _ = writeln!(
-        h,
-        "<style>{STYLE}</style>\n</head>\n<body>\n<main class=\"invoice\">"
-    );
+    let _ = writeln!(h, "<title>Invoice {} ({status_label})</title>", e(&inv.invoice_number));
+    let _ = writeln!(h, "<style>{STYLE}</style>\n</head>\n<body>\n<main class=\"invoice\">");
     let _ = writeln!(
         h,
         "<header>\n<h1>Invoice {}</h1>\n<span class=\"status {status_class}\">{status_label}</span>\n</header>",
@@ -127,32 +119,17 @@ pub fn invoice_html(inv: &Invoice) -> String {
     let mut meta = |k: &str, v: String| {
         let _ = writeln!(h, "<dt>{k}</dt><dd>{v}</dd>");
     };
-    meta(
-        "Partner",
-        format!("{} ({})", e(&inv.partner_name), e(&inv.partner_id)),
-    );
-    meta(
-        "Period",
-        format!("{} ({} to {})", e(&inv.period), inv.period_start, last_day),
-    );
-    meta(
-        "Status",
-        format!("{status_label}, revision {}", inv.revision),
-    );
-    meta(
-        "Issued",
-        inv.issued_at
-            .as_deref()
-            .map_or_else(|| "not yet issued".to_owned(), e),
-    );
+    meta("Partner", format!("{} ({})", e(&inv.partner_name), e(&inv.partner_id)));
+    meta("Period", format!("{} ({} to {})", e(&inv.period), inv.period_start, last_day));
+    meta("Status", format!("{status_label}, revision {}", inv.revision));
+    meta("Issued", inv.issued_at.as_deref().map_or_else(|| "not yet issued".to_owned(), e));
     meta("Currency", cur.clone());
     meta("Tracking ids", e(&inv.tracking_ids.join(", ")));
-    meta(
-        "Usage",
-        format!("{} bytes", group_thousands(&inv.total_bytes.to_string())),
+    meta("Usage", format!("{} bytes", group_thousands(&inv.total_bytes.to_string())));
+    h.push_str(
+        "</dl>\n<table>\n<thead><tr><th>#</th><th>Description</th><th class=\"num\">Bytes</th>\
+<th class=\"num\">Quantity</th><th>Unit</th><th class=\"num\">Unit price</th><th class=\"num\">Amount</th></tr></thead>\n<tbody>\n",
     );
-    h.push_str("</dl>\n<table>\n<thead><tr><th>#</th><th>Description</th><th class=\"num\">Bytes</th>\
-<th class=\"num\">Quantity</th><th>Unit</th><th class=\"num\">Unit price</th><th class=\"num\">Amount</th></tr></thead>\n<tbody>\n");
     for l in &inv.lines {
         let _ = writeln!(
             h,
@@ -179,11 +156,7 @@ pub fn invoice_html(inv: &Invoice) -> String {
         group_thousands(&inv.total.to_string())
     );
     h.push_str("</tfoot>\n</table>\n");
-    let _ = writeln!(
-        h,
-        "<p class=\"rounding\">Rounding: {}</p>",
-        e(&inv.rounding_rule)
-    );
+    let _ = writeln!(h, "<p class=\"rounding\">Rounding: {}</p>", e(&inv.rounding_rule));
     h.push_str("</main>\n</body>\n</html>\n");
     h
 }
@@ -221,9 +194,7 @@ fn unit_price_cell(l: &InvoiceLine) -> String {
 /// quantity (rounded to 3 decimals for display), currency, total, status.
 /// Numbers are right-aligned; control characters in names are replaced.
 pub fn terminal_table(invoices: &[Invoice]) -> String {
-    const HEADER: [&str; 7] = [
-        "PARTNER", "PERIOD", "BYTES", "QUANTITY", "CURRENCY", "TOTAL", "STATUS",
-    ];
+    const HEADER: [&str; 7] = ["PARTNER", "PERIOD", "BYTES", "QUANTITY", "CURRENCY", "TOTAL", "STATUS"];
     const RIGHT: [bool; 7] = [false, false, true, true, false, true, false];
     let rows: Vec<[String; 7]> = invoices
         .iter()
@@ -274,15 +245,10 @@ pub fn terminal_table(invoices: &[Invoice]) -> String {
 
 /// Usage quantity in the invoice's unit, e.g. `12,345.600 GB`.
 fn display_quantity(inv: &Invoice) -> String {
-    let unit = inv
-        .lines
-        .iter()
-        .find(|l| l.kind == LineKind::Usage)
-        .and_then(|l| Unit::from_symbol(&l.unit));
+    let unit = inv.lines.iter().find(|l| l.kind == LineKind::Usage).and_then(|l| Unit::from_symbol(&l.unit));
     match unit {
         Some(unit) => {
-            let mut q = pricing::quantity(inv.total_bytes, unit)
-                .round_dp_with_strategy(3, RoundingStrategy::MidpointAwayFromZero);
+            let mut q = pricing::quantity(inv.total_bytes, unit).round_dp_with_strategy(3, RoundingStrategy::MidpointAwayFromZero);
             q.rescale(3);
             format!("{} {unit}", group_thousands(&q.to_string()))
         }
@@ -292,9 +258,7 @@ fn display_quantity(inv: &Invoice) -> String {
 
 /// Replaces control characters so names cannot move the cursor or recolour the terminal.
 fn sanitize(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
-        .collect()
+    s.chars().map(|c| if c.is_control() { '\u{FFFD}' } else { c }).collect()
 }
 
 #[cfg(test)]
@@ -319,12 +283,7 @@ mod tests {
     fn invoices(name: &str) -> Vec<Invoice> {
         let rc = parse_rate_card(&card(name), "rates.toml").expect("card parses");
         let mut a = build_invoice(&rc.partners[0], (2026, 10), 1500 * GB, &[], 1).expect("a");
-        a.issue(
-            Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0)
-                .single()
-                .expect("t"),
-        )
-        .expect("issue");
+        a.issue(Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).single().expect("t")).expect("issue");
         let k = build_invoice(&rc.partners[1], (2026, 10), 3 << 29, &[], 2).expect("k");
         vec![a, k]
     }
@@ -338,14 +297,8 @@ mod tests {
             lines[1],
             "INV-202610-acme-r1,acme,2026-10,EUR,1,usage,Egress 0–1000 GB @ 0.050 EUR/GB,1000000000000,1000,GB,0.050,50.00"
         );
-        assert_eq!(
-            lines[3],
-            "INV-202610-acme-r1,acme,2026-10,EUR,3,commitment_true_up,Minimum commitment true-up,0,0,GB,0,30.00"
-        );
-        assert_eq!(
-            lines[4],
-            "INV-202610-kw-r2,kw,2026-10,KWD,1,usage,Egress @ 0.0125 KWD/GiB,1610612736,1.5,GiB,0.0125,0.019"
-        );
+        assert_eq!(lines[3], "INV-202610-acme-r1,acme,2026-10,EUR,3,commitment_true_up,Minimum commitment true-up,0,0,GB,0,30.00");
+        assert_eq!(lines[4], "INV-202610-kw-r2,kw,2026-10,KWD,1,usage,Egress @ 0.0125 KWD/GiB,1610612736,1.5,GiB,0.0125,0.019");
         assert_eq!(lines.len(), 6, "4 lines + header + trailing empty");
         assert!(csv.ends_with('\n') && !csv.contains('\r'));
     }
@@ -367,9 +320,7 @@ mod tests {
         let invs = invoices(hostile);
         let html = invoice_html(&invs[0]);
         assert!(!html.contains("<script>"));
-        assert!(
-            html.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;Sons&quot;")
-        );
+        assert!(html.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;Sons&quot;"));
         assert!(html.starts_with("<!DOCTYPE html>"));
         assert!(html.contains("ISSUED"));
         assert!(html.contains("revision 1"));
@@ -379,10 +330,7 @@ mod tests {
         assert!(html.contains("70.00 EUR"));
         let draft = invoice_html(&invs[1]);
         assert!(draft.contains("DRAFT") && draft.contains("Kuwait, &quot;Ltd&quot;"));
-        assert_eq!(
-            html_escape("a&b<c>d\"e'f"),
-            "a&amp;b&lt;c&gt;d&quot;e&#39;f"
-        );
+        assert_eq!(html_escape("a&b<c>d\"e'f"), "a&amp;b&lt;c&gt;d&quot;e&#39;f");
     }
 
     #[test]
@@ -394,20 +342,10 @@ mod tests {
         assert!(!table.contains('\u{1b}'));
         assert!(lines[2].contains("1,500,000,000,000") && lines[2].contains("1,500.000 GB"));
         assert!(lines[2].contains("100.00") && lines[2].ends_with("ISSUED"));
-        assert!(
-            lines[3].contains("1.500 GiB")
-                && lines[3].contains("0.019")
-                && lines[3].ends_with("DRAFT")
-        );
+        assert!(lines[3].contains("1.500 GiB") && lines[3].contains("0.019") && lines[3].ends_with("DRAFT"));
         // Right-aligned numeric columns end at the same character position.
-        let end_of = |l: &str, needle: &str| {
-            l.find(needle)
-                .map(|i| l[..i + needle.len()].chars().count())
-        };
-        assert_eq!(
-            end_of(lines[2], "1,500,000,000,000"),
-            end_of(lines[3], "1,610,612,736")
-        );
+        let end_of = |l: &str, needle: &str| l.find(needle).map(|i| l[..i + needle.len()].chars().count());
+        assert_eq!(end_of(lines[2], "1,500,000,000,000"), end_of(lines[3], "1,610,612,736"));
         assert_eq!(terminal_table(&[]).lines().count(), 2);
     }
 

@@ -1,12 +1,12 @@
 //! Billing runs: drafts, issuing, files, the run report, reconciliation and
 //! partner statements.
 
-use schemas::csv;
 use crate::invoice::{build_invoice, format_period, parse_period, period_bounds, price_late_usage, Adjustment, Invoice, InvoiceStatus};
 use crate::rates::RateCard;
 use crate::render;
 use crate::store::{BilledRow, Store, StoreError};
 use chrono::NaiveDate;
+use schemas::csv;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -109,13 +109,13 @@ pub async fn compute(store: &Store, card: &RateCard, period: &str) -> Result<Com
     let billed_all = store.billed().await?;
     let no_billing = BTreeMap::new();
     for partner in &card.partners {
-        let own: BTreeMap<String, u64> =
-            partner.tracking_ids.iter().filter_map(|t| usage.get(t).map(|b| (t.clone(), *b))).collect();
+        let own: BTreeMap<String, u64> = partner.tracking_ids.iter().filter_map(|t| usage.get(t).map(|b| (t.clone(), *b))).collect();
         let billed = billed_all.get(&partner.id).unwrap_or(&no_billing);
         let inv = if let Some(issued) = issued_invoices.remove(&partner.id) {
             if let Some(late) = late_usage(billed, &own, &period)? {
                 let list = partner.pricing_at(from);
-                let billed_bytes = total("billed bytes", partner.tracking_ids.iter().filter_map(|t| billed.get(&(period.clone(), t.clone()))))?;
+                let billed_bytes =
+                    total("billed bytes", partner.tracking_ids.iter().filter_map(|t| billed.get(&(period.clone(), t.clone()))))?;
                 let adj = price_late_usage(&list, billed_bytes, late.1, &period);
                 pending.push(LateUsage {
                     partner_id: partner.id.clone(),
@@ -141,7 +141,8 @@ pub async fn compute(store: &Store, card: &RateCard, period: &str) -> Result<Com
                     partner.tracking_ids.iter().filter_map(|t| q_usage.get(t).map(|b| (t.clone(), *b))).collect();
                 if let Some((per_tracking, late)) = late_usage(billed, &q_own, &q)? {
                     let (_, qf, _) = bounds(&q)?;
-                    let billed_bytes = total("billed bytes", partner.tracking_ids.iter().filter_map(|t| billed.get(&(q.clone(), t.clone()))))?;
+                    let billed_bytes =
+                        total("billed bytes", partner.tracking_ids.iter().filter_map(|t| billed.get(&(q.clone(), t.clone()))))?;
                     let adj = price_late_usage(&partner.pricing_at(qf), billed_bytes, late, &q);
                     adjustments_report.push(LateUsage {
                         partner_id: partner.id.clone(),
@@ -167,11 +168,8 @@ pub async fn compute(store: &Store, card: &RateCard, period: &str) -> Result<Com
         usage_by_partner.insert(partner.id.clone(), own);
         invoices.push(inv);
     }
-    let unowned: BTreeMap<String, u64> = usage
-        .iter()
-        .filter(|(t, _)| !t.is_empty() && card.partner_for_tracking_id(t).is_none())
-        .map(|(t, b)| (t.clone(), *b))
-        .collect();
+    let unowned: BTreeMap<String, u64> =
+        usage.iter().filter(|(t, _)| !t.is_empty() && card.partner_for_tracking_id(t).is_none()).map(|(t, b)| (t.clone(), *b)).collect();
     let report = RunReport {
         period: period.clone(),
         total_bytes: total("period usage", usage.values())?,
@@ -188,7 +186,11 @@ pub async fn compute(store: &Store, card: &RateCard, period: &str) -> Result<Com
 /// Late usage per tracking id, and its total.
 type Late = (BTreeMap<String, u64>, u64);
 
-fn late_usage(billed: &BTreeMap<(String, String), u64>, usage_now: &BTreeMap<String, u64>, period: &str) -> Result<Option<Late>, BillingError> {
+fn late_usage(
+    billed: &BTreeMap<(String, String), u64>,
+    usage_now: &BTreeMap<String, u64>,
+    period: &str,
+) -> Result<Option<Late>, BillingError> {
     let per: BTreeMap<String, u64> = usage_now
         .iter()
         .filter_map(|(t, now)| {
@@ -327,8 +329,10 @@ pub async fn reconcile(store: &Store, card: &RateCard, period: &str) -> Result<V
     }
     let billed = store.billed_for_period(period).await?;
     let owned = total("owned usage", tracking.iter().filter(|(t, _)| card.partner_for_tracking_id(t).is_some()).map(|(_, b)| b))?;
-    let unowned =
-        total("unowned usage", tracking.iter().filter(|(t, _)| !t.is_empty() && card.partner_for_tracking_id(t).is_none()).map(|(_, b)| b))?;
+    let unowned = total(
+        "unowned usage",
+        tracking.iter().filter(|(t, _)| !t.is_empty() && card.partner_for_tracking_id(t).is_none()).map(|(_, b)| b),
+    )?;
     let untracked = tracking.get("").copied().unwrap_or(0);
     checks.push(Check {
         name: "owned + unowned + untracked = total".into(),
@@ -354,14 +358,19 @@ pub async fn reconcile(store: &Store, card: &RateCard, period: &str) -> Result<V
     for partner in &card.partners {
         if let Some(inv) = issued.get(&partner.id) {
             let lines = total("invoice lines", inv.lines.iter().filter(|l| l.kind == crate::invoice::LineKind::Usage).map(|l| &l.bytes))?;
-            let recorded =
-                total("recorded billed usage", billed_all.get(&partner.id).into_iter().flatten().filter(|((p, _), _)| p == period).map(|(_, b)| b))?;
+            let recorded = total(
+                "recorded billed usage",
+                billed_all.get(&partner.id).into_iter().flatten().filter(|((p, _), _)| p == period).map(|(_, b)| b),
+            )?;
             let late_billed_later = recorded.saturating_sub(inv.total_bytes);
             let ok = lines == inv.total_bytes && recorded >= inv.total_bytes;
             checks.push(Check {
                 name: format!("invoice {} lines = total_bytes = billed usage", inv.invoice_number),
                 ok,
-                detail: format!("lines {lines}, total_bytes {}, recorded {recorded} (of which late, billed later: {late_billed_later})", inv.total_bytes),
+                detail: format!(
+                    "lines {lines}, total_bytes {}, recorded {recorded} (of which late, billed later: {late_billed_later})",
+                    inv.total_bytes
+                ),
             });
         }
     }

@@ -120,8 +120,7 @@ impl Store {
                  WHERE day >= toDate(?) AND day < toDate(?) GROUP BY tracking_id",
                 self.db
             );
-            let rows: Vec<KeyBytes> =
-                self.client.query(&sql).bind(from.to_string()).bind(to.to_string()).fetch_all().await?;
+            let rows: Vec<KeyBytes> = self.client.query(&sql).bind(from.to_string()).bind(to.to_string()).fetch_all().await?;
             return Ok(rows.into_iter().map(|r| (r.key, r.bytes)).collect());
         }
         let sql = format!(
@@ -154,8 +153,8 @@ impl Store {
             if out.contains_key(&r.partner_id) {
                 continue; // the first issue wins; later rows would be a concurrent re-issue
             }
-            let inv = Invoice::from_json(&r.document)
-                .map_err(|e| StoreError::Corrupt(format!("{}/{period}", r.partner_id), e.to_string()))?;
+            let inv =
+                Invoice::from_json(&r.document).map_err(|e| StoreError::Corrupt(format!("{}/{period}", r.partner_id), e.to_string()))?;
             out.insert(r.partner_id, inv);
         }
         Ok(out)
@@ -276,7 +275,12 @@ impl Store {
     }
 
     /// Daily bytes per tracking id of `tracking_ids` in `[from, to)` (statements).
-    pub async fn daily(&self, tracking_ids: &[String], from: NaiveDate, to: NaiveDate) -> Result<Vec<(String, String, u64, u64)>, StoreError> {
+    pub async fn daily(
+        &self,
+        tracking_ids: &[String],
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<(String, String, u64, u64)>, StoreError> {
         #[derive(Deserialize, clickhouse::Row)]
         struct R {
             tracking_id: String,

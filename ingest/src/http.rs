@@ -293,18 +293,12 @@ async fn handle_usage(s: &AppState, headers: &HeaderMap, body: Vec<u8>) -> Respo
         let up = tokio::task::spawn_blocking(move || p.broker_reachable(Duration::from_millis(1000))).await.unwrap_or(false);
         if !up {
             s.metrics.rejected.with_label_values(&["kafka_unavailable"]).inc_by(events.len() as u64);
-            return with_retry_after(
-                error_reply(StatusCode::SERVICE_UNAVAILABLE, "Kafka is unreachable; nothing was accepted", None),
-                5,
-            );
+            return with_retry_after(error_reply(StatusCode::SERVICE_UNAVAILABLE, "Kafka is unreachable; nothing was accepted", None), 5);
         }
     }
     let Ok(_permit) = s.inflight.try_acquire_many(events.len() as u32) else {
         s.metrics.rejected.with_label_values(&["overloaded"]).inc_by(events.len() as u64);
-        return with_retry_after(
-            error_reply(StatusCode::TOO_MANY_REQUESTS, "too many events waiting for Kafka; retry later", None),
-            1,
-        );
+        return with_retry_after(error_reply(StatusCode::TOO_MANY_REQUESTS, "too many events waiting for Kafka; retry later", None), 1);
     };
     s.metrics.inflight.add(events.len() as i64);
     let started = Instant::now();

@@ -144,11 +144,8 @@ fn truncate(s: &str, max: usize) -> String {
 }
 
 fn to_event(index: usize, ev: JsonEvent) -> Result<OwnedViewerUsage, Vec<EventError>> {
-    ev.into_event().map_err(|errs| {
-        errs.into_iter()
-            .map(|e| EventError { index: Some(index), field: e.field.to_string(), reason: e.reason })
-            .collect()
-    })
+    ev.into_event()
+        .map_err(|errs| errs.into_iter().map(|e| EventError { index: Some(index), field: e.field.to_string(), reason: e.reason }).collect())
 }
 
 fn strip_position(msg: &str) -> String {
@@ -238,7 +235,9 @@ impl Collector<'_> {
         }
         let result = parse_text(index, text).and_then(|ev| match schemas::validate_with(&ev, self.rules) {
             Ok(()) => Ok(ev),
-            Err(fe) => Err(fe.into_iter().map(|e| EventError { index: Some(index), field: e.field.to_string(), reason: e.reason }).collect()),
+            Err(fe) => {
+                Err(fe.into_iter().map(|e| EventError { index: Some(index), field: e.field.to_string(), reason: e.reason }).collect())
+            }
         });
         match result {
             Ok(ev) if self.total_errors == 0 => self.events.push(ev),
@@ -256,11 +255,11 @@ impl Collector<'_> {
         self.total_errors += errs.len();
         let room = self.limits.max_errors.saturating_sub(self.errors.len());
         // never echo a large part of the request
-        self.errors.extend(
-            errs.into_iter()
-                .take(room)
-                .map(|e| EventError { index: e.index, field: truncate(&e.field, 64), reason: truncate(&e.reason, 256) }),
-        );
+        self.errors.extend(errs.into_iter().take(room).map(|e| EventError {
+            index: e.index,
+            field: truncate(&e.field, 64),
+            reason: truncate(&e.reason, 256),
+        }));
     }
 
     fn finish(self) -> Result<Vec<OwnedViewerUsage>, Rejection> {
@@ -304,7 +303,12 @@ impl<'de> serde::de::Visitor<'de> for Elements<'_, '_> {
 /// [`Rejection::TooManyEvents`] as soon as the body holds more than
 /// `limits.max_events`. Memory is bounded by the body and the kept events:
 /// no JSON tree of the body is built.
-pub fn parse_body_limited(body: &[u8], ndjson: bool, rules: &schemas::Rules, limits: BodyLimits) -> Result<Vec<OwnedViewerUsage>, Rejection> {
+pub fn parse_body_limited(
+    body: &[u8],
+    ndjson: bool,
+    rules: &schemas::Rules,
+    limits: BodyLimits,
+) -> Result<Vec<OwnedViewerUsage>, Rejection> {
     let mut c = Collector { rules, limits, seen: 0, events: Vec::new(), errors: Vec::new(), total_errors: 0, too_many: false };
     if ndjson {
         for line in body.split(|&b| b == b'\n') {

@@ -24,7 +24,7 @@ enum Cmd {
     /// Run the HTTP gateway until SIGTERM/SIGINT
     Serve,
     /// Generate simulated usage and send it to Kafka or the gateway
-    Simulate(SimArgs),
+    Simulate(Box<SimArgs>),
     /// Re-inject fixed dead letters: NDJSON from `aggregator dead-letters`, each line's `event` is validated and produced
     Replay {
         /// The (fixed) export file
@@ -160,7 +160,7 @@ fn main() -> Result<()> {
         }
         Cmd::Simulate(a) => {
             schemas::telemetry::init_tracing(false);
-            rt.block_on(simulate(a))
+            rt.block_on(simulate(*a))
         }
         Cmd::Replay { file, brokers, topic } => {
             schemas::telemetry::init_tracing(false);
@@ -190,7 +190,13 @@ async fn simulate(a: SimArgs) -> Result<()> {
         poison: a.poison,
         tracking_ids: vec![],
     };
-    for (name, f) in [("duplicates", cfg.duplicates), ("out-of-order", cfg.out_of_order), ("late", cfg.late), ("invalid", cfg.invalid), ("poison", cfg.poison)] {
+    for (name, f) in [
+        ("duplicates", cfg.duplicates),
+        ("out-of-order", cfg.out_of_order),
+        ("late", cfg.late),
+        ("invalid", cfg.invalid),
+        ("poison", cfg.poison),
+    ] {
         if !(0.0..=1.0).contains(&f) {
             bail!("--{name} must be a fraction between 0 and 1, got {f}");
         }
@@ -208,11 +214,8 @@ async fn simulate(a: SimArgs) -> Result<()> {
             Target::Http { url: a.url, api_key: a.api_key }
         }
     };
-    let tokens = a.token_api.map(|url| ingest::tokens::TokenApi {
-        url,
-        secret: a.token_secret.clone(),
-        invalid_fraction: a.invalid_tokens,
-    });
+    let tokens =
+        a.token_api.map(|url| ingest::tokens::TokenApi { url, secret: a.token_secret.clone(), invalid_fraction: a.invalid_tokens });
     let opts = RunOptions { realtime: a.realtime, batch: a.batch, progress: !a.quiet, tokens, ..Default::default() };
     let expected = ingest::sim_run::run(&cfg, &target, &opts).await?;
     if let Some(path) = &a.expected_out {

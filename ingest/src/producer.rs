@@ -173,7 +173,14 @@ pub fn is_record_error(e: &KafkaError) -> bool {
     use rdkafka::types::RDKafkaErrorCode as C;
     matches!(
         e.rdkafka_error_code(),
-        Some(C::MessageSizeTooLarge | C::InvalidMessageSize | C::InvalidRecord | C::InvalidMessage | C::MessageBatchTooLarge | C::InvalidArgument)
+        Some(
+            C::MessageSizeTooLarge
+                | C::InvalidMessageSize
+                | C::InvalidRecord
+                | C::InvalidMessage
+                | C::MessageBatchTooLarge
+                | C::InvalidArgument
+        )
     )
 }
 

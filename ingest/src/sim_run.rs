@@ -214,13 +214,7 @@ pub fn to_json(ev: &schemas::ViewerUsage<'_>) -> serde_json::Value {
 }
 
 async fn post(client: &reqwest::Client, url: &str, key: &str, events: &[serde_json::Value]) -> Result<u16, IngestError> {
-    let r = client
-        .post(url)
-        .bearer_auth(key)
-        .json(events)
-        .send()
-        .await
-        .map_err(|e| IngestError::Http(e.to_string()))?;
+    let r = client.post(url).bearer_auth(key).json(events).send().await.map_err(|e| IngestError::Http(e.to_string()))?;
     Ok(r.status().as_u16())
 }
 

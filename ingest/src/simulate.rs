@@ -144,10 +144,9 @@ pub fn sessions(cfg: &SimConfig) -> Vec<Session> {
         .collect();
     for (t, v) in viewers {
         let cvd = match t {
-            Some(_) if rng.gen_bool(0.7) => Some(format!(
-                "{{\"user\":\"u{v}\",\"plan\":\"{}\"}}",
-                ["free", "premium", "family"][rng.gen_range(0..3)]
-            )),
+            Some(_) if rng.gen_bool(0.7) => {
+                Some(format!("{{\"user\":\"u{v}\",\"plan\":\"{}\"}}", ["free", "premium", "family"][rng.gen_range(0..3)]))
+            }
             _ => None,
         };
         let n_sessions = rng.gen_range(1..=3);

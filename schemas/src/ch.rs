@@ -143,7 +143,11 @@ pub enum Layout {
 /// at random (written by materialized views on each shard, or small).
 fn sharding_key(table: &str) -> &'static str {
     match table {
-        "usage_by_tracking" | "usage_by_viewer" | "usage_dead_letters" | "usage_by_tracking_log" | "usage_by_viewer_log"
+        "usage_by_tracking"
+        | "usage_by_viewer"
+        | "usage_dead_letters"
+        | "usage_by_tracking_log"
+        | "usage_by_viewer_log"
         | "usage_dead_letters_log" => "src_partition",
         "aggregator_checkpoints" | "aggregator_dedup" | "aggregator_claims" => "partition",
         _ => "rand()",
@@ -268,42 +272,17 @@ pub struct Migration {
 
 /// All migrations, in order.
 pub const MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "contract_tables",
-        sql: include_str!("../migrations/0001_contract_tables.sql"),
-    },
-    Migration {
-        version: 2,
-        name: "aggregator_state",
-        sql: include_str!("../migrations/0002_aggregator_state.sql"),
-    },
-    Migration {
-        version: 3,
-        name: "rollups",
-        sql: include_str!("../migrations/0003_rollups.sql"),
-    },
-    Migration {
-        version: 4,
-        name: "billing",
-        sql: include_str!("../migrations/0004_billing.sql"),
-    },
-    Migration {
-        version: 5,
-        name: "epoch_fencing",
-        sql: include_str!("../migrations/0005_epoch_fencing.sql"),
-    },
+    Migration { version: 1, name: "contract_tables", sql: include_str!("../migrations/0001_contract_tables.sql") },
+    Migration { version: 2, name: "aggregator_state", sql: include_str!("../migrations/0002_aggregator_state.sql") },
+    Migration { version: 3, name: "rollups", sql: include_str!("../migrations/0003_rollups.sql") },
+    Migration { version: 4, name: "billing", sql: include_str!("../migrations/0004_billing.sql") },
+    Migration { version: 5, name: "epoch_fencing", sql: include_str!("../migrations/0005_epoch_fencing.sql") },
 ];
 
 impl Migration {
     /// The statements of this file with `{db}` replaced.
     pub fn statements(&self, db: &str) -> Vec<String> {
-        let text: String = self
-            .sql
-            .lines()
-            .filter(|l| !l.trim_start().starts_with("--"))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let text: String = self.sql.lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n");
         text.split(";\n")
             .chain(std::iter::once(""))
             .map(|s| s.trim().trim_end_matches(';').trim().replace("{db}", db))
@@ -315,11 +294,9 @@ impl Migration {
     pub fn statements_for(&self, db: &str, layout: &Layout) -> Vec<String> {
         match layout {
             Layout::Single => self.statements(db),
-            Layout::Cluster { cluster, replicated, on_cluster } => self
-                .statements(db)
-                .iter()
-                .flat_map(|s| cluster_statement(s, db, cluster, *replicated, *on_cluster))
-                .collect(),
+            Layout::Cluster { cluster, replicated, on_cluster } => {
+                self.statements(db).iter().flat_map(|s| cluster_statement(s, db, cluster, *replicated, *on_cluster)).collect()
+            }
         }
     }
 
@@ -340,12 +317,8 @@ impl Migration {
 async fn already_done(server: &clickhouse::Client, db: &str, stmt: &str) -> Result<bool, ChError> {
     if let Some(rest) = stmt.strip_prefix(&format!("RENAME TABLE {db}.")) {
         let from = table_name(rest);
-        let n: u64 = server
-            .query("SELECT count() FROM system.tables WHERE database = ? AND name = ?")
-            .bind(db)
-            .bind(from)
-            .fetch_one()
-            .await?;
+        let n: u64 =
+            server.query("SELECT count() FROM system.tables WHERE database = ? AND name = ?").bind(db).bind(from).fetch_one().await?;
         return Ok(n == 0);
     }
     if let Some(rest) = stmt.strip_prefix(&format!("ALTER TABLE {db}.")) {
@@ -396,10 +369,8 @@ pub async fn migrate(cfg: &ClickHouseConfig) -> Result<MigrationReport, ChError>
         ))
         .execute()
         .await?;
-    let applied: Vec<AppliedRow> = server
-        .query(&format!("SELECT version, any(checksum) FROM {db}.schema_migrations GROUP BY version"))
-        .fetch_all()
-        .await?;
+    let applied: Vec<AppliedRow> =
+        server.query(&format!("SELECT version, any(checksum) FROM {db}.schema_migrations GROUP BY version")).fetch_all().await?;
     let mut report = MigrationReport { applied: vec![], already: vec![] };
     for m in MIGRATIONS {
         if let Some(row) = applied.iter().find(|r| r.version == m.version) {

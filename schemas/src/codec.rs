@@ -25,10 +25,8 @@ pub const HEADER_LEN: usize = 10;
 
 /// Schema versions this build knows, oldest first. Every released version
 /// stays here so that old (and newer) writers stay readable.
-pub const SCHEMA_VERSIONS: &[(&str, &str)] = &[
-    ("v1", include_str!("../avro/viewer_usage.v1.avsc")),
-    ("v2", include_str!("../avro/viewer_usage.v2.avsc")),
-];
+pub const SCHEMA_VERSIONS: &[(&str, &str)] =
+    &[("v1", include_str!("../avro/viewer_usage.v1.avsc")), ("v2", include_str!("../avro/viewer_usage.v2.avsc"))];
 
 /// The version this build writes, decodes on the fast path and resolves every
 /// other version to (the contract's schema). v2 adds an optional field that
@@ -177,11 +175,7 @@ impl Codec {
         if fp == current.fingerprint {
             return decode_body(body);
         }
-        let writer = self
-            .versions
-            .iter()
-            .find(|v| v.fingerprint == fp)
-            .ok_or(DecodeError::UnknownFingerprint(fp))?;
+        let writer = self.versions.iter().find(|v| v.fingerprint == fp).ok_or(DecodeError::UnknownFingerprint(fp))?;
         decode_generic(&writer.schema, &current.schema, body)
     }
 }
@@ -319,16 +313,8 @@ fn decode_body(body: &[u8]) -> Result<ViewerUsage<'_>, DecodeError> {
             Protocol::from_index(i).ok_or_else(|| malformed("protocol", &format!("enum index {i} out of range")))?
         },
         token_id: if r.union_branch("token_id")? { Some(r.long("token_id")?) } else { None },
-        tracking_id: if r.union_branch("tracking_id")? {
-            Some(Cow::Borrowed(r.str("tracking_id")?))
-        } else {
-            None
-        },
-        custom_viewer_data: if r.union_branch("custom_viewer_data")? {
-            Some(Cow::Borrowed(r.str("custom_viewer_data")?))
-        } else {
-            None
-        },
+        tracking_id: if r.union_branch("tracking_id")? { Some(Cow::Borrowed(r.str("tracking_id")?)) } else { None },
+        custom_viewer_data: if r.union_branch("custom_viewer_data")? { Some(Cow::Borrowed(r.str("custom_viewer_data")?)) } else { None },
     };
     if r.pos != body.len() {
         return Err(DecodeError::TrailingBytes(body.len() - r.pos));
@@ -339,14 +325,9 @@ fn decode_body(body: &[u8]) -> Result<ViewerUsage<'_>, DecodeError> {
 // ---------------------------------------------------------------------------
 // Generic path for other known writer schemas.
 
-fn decode_generic(
-    writer: &Schema,
-    reader: &Schema,
-    body: &[u8],
-) -> Result<ViewerUsage<'static>, DecodeError> {
+fn decode_generic(writer: &Schema, reader: &Schema, body: &[u8]) -> Result<ViewerUsage<'static>, DecodeError> {
     let mut cursor = body;
-    let value = apache_avro::from_avro_datum(writer, &mut cursor, Some(reader))
-        .map_err(|e| malformed("record", &e.to_string()))?;
+    let value = apache_avro::from_avro_datum(writer, &mut cursor, Some(reader)).map_err(|e| malformed("record", &e.to_string()))?;
     if !cursor.is_empty() {
         return Err(DecodeError::TrailingBytes(cursor.len()));
     }
@@ -355,10 +336,7 @@ fn decode_generic(
     };
     let mut fields = fields;
     let mut get = |name: &'static str| -> Result<Value, DecodeError> {
-        let i = fields
-            .iter()
-            .position(|(n, _)| n == name)
-            .ok_or_else(|| malformed(name, "missing after schema resolution"))?;
+        let i = fields.iter().position(|(n, _)| n == name).ok_or_else(|| malformed(name, "missing after schema resolution"))?;
         Ok(std::mem::replace(&mut fields[i].1, Value::Null))
     };
     fn long(name: &'static str, v: Value) -> Result<i64, DecodeError> {
@@ -398,9 +376,7 @@ fn decode_generic(
         },
         token_id: optional(get("token_id")?).map(|v| long("token_id", v)).transpose()?,
         tracking_id: optional(get("tracking_id")?).map(|v| string("tracking_id", v)).transpose()?,
-        custom_viewer_data: optional(get("custom_viewer_data")?)
-            .map(|v| string("custom_viewer_data", v))
-            .transpose()?,
+        custom_viewer_data: optional(get("custom_viewer_data")?).map(|v| string("custom_viewer_data", v)).transpose()?,
     })
 }
 
@@ -526,10 +502,7 @@ mod tests {
 
     #[test]
     fn message_of_another_schema_is_unknown() {
-        let other = Schema::parse_str(
-            r#"{"type":"record","name":"Other","fields":[{"name":"x","type":"long"}]}"#,
-        )
-        .unwrap();
+        let other = Schema::parse_str(r#"{"type":"record","name":"Other","fields":[{"name":"x","type":"long"}]}"#).unwrap();
         let mut msg = MAGIC.to_vec();
         msg.extend_from_slice(&fingerprint(&other));
         msg.push(2);

@@ -36,17 +36,13 @@ pub fn load_from<T: DeserializeOwned>(
 ) -> Result<T, ConfigError> {
     let mut table = toml::Table::new();
     if let Some(path) = path {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         // Deserializing the file on its own gives errors with line numbers.
-        toml::from_str::<T>(&text)
-            .map_err(|e| ConfigError::File { path: path.to_path_buf(), message: e.to_string() })?;
-        table = toml::from_str(&text)
-            .map_err(|e| ConfigError::File { path: path.to_path_buf(), message: e.to_string() })?;
+        toml::from_str::<T>(&text).map_err(|e| ConfigError::File { path: path.to_path_buf(), message: e.to_string() })?;
+        table = toml::from_str(&text).map_err(|e| ConfigError::File { path: path.to_path_buf(), message: e.to_string() })?;
     }
     let prefix = format!("{env_prefix}__");
-    let mut overrides: Vec<(String, String)> =
-        vars.into_iter().filter(|(k, _)| k.starts_with(&prefix)).collect();
+    let mut overrides: Vec<(String, String)> = vars.into_iter().filter(|(k, _)| k.starts_with(&prefix)).collect();
     overrides.sort();
     for (var, raw) in &overrides {
         let path: Vec<String> = var[prefix.len()..].split("__").map(|s| s.to_ascii_lowercase()).collect();
@@ -57,10 +53,7 @@ pub fn load_from<T: DeserializeOwned>(
         let mut t = &mut table;
         for seg in &path[..path.len() - 1] {
             let entry = t.entry(seg.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            t = entry.as_table_mut().ok_or_else(|| ConfigError::Env {
-                var: var.clone(),
-                message: format!("`{seg}` is not a section"),
-            })?;
+            t = entry.as_table_mut().ok_or_else(|| ConfigError::Env { var: var.clone(), message: format!("`{seg}` is not a section") })?;
         }
         t.insert(path[path.len() - 1].clone(), value);
     }

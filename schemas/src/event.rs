@@ -23,13 +23,7 @@ pub enum Protocol {
 
 impl Protocol {
     /// All symbols in schema order; the index is the Avro enum index.
-    pub const ALL: [Protocol; 5] = [
-        Protocol::Webrtc,
-        Protocol::Whep,
-        Protocol::Rtmp,
-        Protocol::Srt,
-        Protocol::Other,
-    ];
+    pub const ALL: [Protocol; 5] = [Protocol::Webrtc, Protocol::Whep, Protocol::Rtmp, Protocol::Srt, Protocol::Other];
 
     /// The Avro symbol, also the value written to ClickHouse.
     pub fn as_str(self) -> &'static str {

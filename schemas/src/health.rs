@@ -67,7 +67,12 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         let fresh = Probe::new(Duration::ZERO);
         for _ in 0..3 {
-            let _ = fresh.check(|| async { calls.fetch_add(1, Ordering::SeqCst); Ok(()) }).await;
+            let _ = fresh
+                .check(|| async {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                })
+                .await;
         }
         assert_eq!(calls.load(Ordering::SeqCst), 4);
     }

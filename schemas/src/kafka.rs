@@ -21,11 +21,7 @@ pub struct KafkaConfig {
 
 impl Default for KafkaConfig {
     fn default() -> Self {
-        KafkaConfig {
-            brokers: "127.0.0.1:9092".into(),
-            topic: "viewer-usage".into(),
-            properties: BTreeMap::new(),
-        }
+        KafkaConfig { brokers: "127.0.0.1:9092".into(), topic: "viewer-usage".into(), properties: BTreeMap::new() }
     }
 }
 

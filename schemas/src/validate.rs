@@ -149,10 +149,7 @@ pub fn validate_with(ev: &ViewerUsage<'_>, rules: &Rules) -> Result<(), Vec<Fiel
         bad("interval_start", format!("{} ms is outside 1970-01-01..2106-02-07", ev.interval_start));
     }
     if ev.interval_end < ev.interval_start {
-        bad(
-            "interval_end",
-            format!("must not be before interval_start ({} < {})", ev.interval_end, ev.interval_start),
-        );
+        bad("interval_end", format!("must not be before interval_start ({} < {})", ev.interval_end, ev.interval_start));
     } else if ev.interval_end - ev.interval_start > MAX_INTERVAL_MS {
         bad("interval_end", format!("the interval is longer than {} s", MAX_INTERVAL_MS / 1000));
     }
@@ -174,10 +171,7 @@ pub fn validate_with(ev: &ViewerUsage<'_>, rules: &Rules) -> Result<(), Vec<Fiel
     if let Some(c) = &ev.custom_viewer_data {
         let n = chars(c, MAX_CUSTOM_VIEWER_DATA_CHARS);
         if n > MAX_CUSTOM_VIEWER_DATA_CHARS {
-            bad(
-                "custom_viewer_data",
-                format!("{n} characters, at most {MAX_CUSTOM_VIEWER_DATA_CHARS} allowed"),
-            );
+            bad("custom_viewer_data", format!("{n} characters, at most {MAX_CUSTOM_VIEWER_DATA_CHARS} allowed"));
         }
     }
     errs.extend(too_large);

@@ -35,14 +35,15 @@ pub fn unique(prefix: &str) -> String {
 /// A fresh, migrated database.
 pub async fn test_db() -> ClickHouseConfig {
     let cfg = ClickHouseConfig { url: clickhouse_url(), database: unique("mt"), ..Default::default() };
-    schemas::ch::migrate(&cfg).await.unwrap_or_else(|e| panic!("migrations on {} failed ({e}); is the stack up? run scripts/stack up", cfg.url));
+    schemas::ch::migrate(&cfg)
+        .await
+        .unwrap_or_else(|e| panic!("migrations on {} failed ({e}); is the stack up? run scripts/stack up", cfg.url));
     cfg
 }
 
 /// Create a topic (idempotent).
 pub async fn create_topic(name: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", brokers()).create().expect("admin client");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", brokers()).create().expect("admin client");
     let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
     let res = admin
         .create_topics([&topic], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
@@ -199,10 +200,7 @@ pub async fn count(db: &ClickHouseConfig, sql: &str) -> u64 {
 
 /// Expected per-tracking totals in the same shape as [`sums_by`].
 pub fn expected_by_tracking(e: &ingest::simulate::Expected) -> BTreeMap<String, Sums> {
-    e.by_tracking
-        .iter()
-        .map(|(k, t)| (k.clone(), Sums { bytes_out: t.bytes_out, bytes_in: t.bytes_in, events: t.events }))
-        .collect()
+    e.by_tracking.iter().map(|(k, t)| (k.clone(), Sums { bytes_out: t.bytes_out, bytes_in: t.bytes_in, events: t.events })).collect()
 }
 
 pub fn expected_by_viewer(e: &ingest::simulate::Expected) -> BTreeMap<String, Sums> {

@@ -88,7 +88,8 @@ async fn duplicates_late_out_of_order_and_poison_including_duplicates_after_a_re
     assert_eq!(again.unique_valid_events, exp.unique_valid_events);
     let _agg = spawn_aggregator(&topic, &db, &group, &[]);
     // wait until the aggregator has read the whole topic, then compare
-    let cp = format!("SELECT sum(p) FROM (SELECT partition, max(position) AS p FROM {}.aggregator_checkpoints GROUP BY partition)", db.database);
+    let cp =
+        format!("SELECT sum(p) FROM (SELECT partition, max(position) AS p FROM {}.aggregator_checkpoints GROUP BY partition)", db.database);
     let total_msgs = exp.messages_sent + again.messages_sent;
     assert!(
         wait_until(Duration::from_secs(120), || async { count(&db, &cp).await >= total_msgs }).await,
@@ -191,7 +192,9 @@ async fn cluster_layout_through_distributed_tables_is_exact_across_a_kill() {
         on_cluster: false,
         ..Default::default()
     };
-    schemas::ch::migrate(&db).await.expect("cluster-layout migrations (is metering_local in the server's remote_servers? scripts/stack up writes it)");
+    schemas::ch::migrate(&db)
+        .await
+        .expect("cluster-layout migrations (is metering_local in the server's remote_servers? scripts/stack up writes it)");
     let engines: BTreeMap<String, String> = db
         .client()
         .query(&format!("SELECT name, engine FROM system.tables WHERE database = '{}'", db.database))
@@ -239,9 +242,8 @@ async fn start_from_offsets_counts_exactly_what_follows_them() {
     create_topic(&topic, 2).await;
     let _a = simulate_to_kafka(&sim(14, &format!("{topic}-a")), &topic).await;
     let reader = topic_reader(&topic, 2);
-    let starts: Vec<String> = (0..2)
-        .map(|p| format!("{p}:{}", reader.fetch_watermarks(&topic, p, Duration::from_secs(10)).expect("watermarks").1))
-        .collect();
+    let starts: Vec<String> =
+        (0..2).map(|p| format!("{p}:{}", reader.fetch_watermarks(&topic, p, Duration::from_secs(10)).expect("watermarks").1)).collect();
     let b = simulate_to_kafka(&sim(15, &format!("{topic}-b")), &topic).await;
     let db = test_db().await;
     let group = unique("g");

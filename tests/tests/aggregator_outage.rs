@@ -25,10 +25,8 @@ async fn clickhouse_down_for_20_seconds_mid_run_loses_and_doubles_nothing() {
     let _agg = spawn_aggregator(&topic, &db, &group, &[("AGGREGATOR__METRICS_LISTEN", format!("127.0.0.1:{port}"))]);
     let ready = |want: u16| async move {
         let url = format!("http://127.0.0.1:{port}/readyz");
-        wait_until(Duration::from_secs(60), || async {
-            reqwest::get(&url).await.map(|r| r.status().as_u16() == want).unwrap_or(false)
-        })
-        .await
+        wait_until(Duration::from_secs(60), || async { reqwest::get(&url).await.map(|r| r.status().as_u16() == want).unwrap_or(false) })
+            .await
     };
     let first = simulate_to_kafka(&SimConfig { seed: 30, run_id: format!("{topic}-a"), ..cfg.clone() }, &topic).await;
     let sql = format!("SELECT sum(events) FROM {}.usage_by_tracking", db.database);

@@ -182,7 +182,8 @@ async fn invoices_match_the_simulated_usage_and_late_usage_becomes_an_adjustment
     let adj: Vec<_> = nov.lines.iter().filter(|l| l.kind == LineKind::Adjustment).collect();
     assert_eq!(adj.len(), 1, "{:?}", nov.lines);
     assert_eq!(adj[0].bytes, late_bytes);
-    let nov_usage: u64 = exp.by_hour.iter().filter(|(h, _)| h.starts_with("2026-11")).filter_map(|(_, m)| m.get("acme-web")).map(|s| s.bytes_out).sum();
+    let nov_usage: u64 =
+        exp.by_hour.iter().filter(|(h, _)| h.starts_with("2026-11")).filter_map(|(_, m)| m.get("acme-web")).map(|s| s.bytes_out).sum();
     assert_eq!(nov.total_bytes, nov_usage);
     // reconciliation still agrees (late usage is billed later, not lost) ...
     let (ok, text) = billing(&db, &["reconcile", "--period", "2026-10", "--rates", &rates]);

@@ -351,7 +351,7 @@ async fn a_paused_member_that_resumes_after_a_takeover_adds_nothing() {
     assert!(wait_until(Duration::from_secs(30), || async { count(&db, &checkpoints).await > n }).await, "A flushed again");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     a.signal(19); // SIGSTOP
-    // B takes over (a group of its own: tansu may keep the paused member in A's group)
+                  // B takes over (a group of its own: tansu may keep the paused member in A's group)
     let _b = spawn_aggregator(&topic, &db, &unique("g"), &[]);
     producing.await.unwrap();
     assert_exact(&db, &want, Duration::from_secs(300)).await;

@@ -57,18 +57,11 @@ async fn single_object_event_round_trips_through_kafka_in_a_consumer_group() {
     let topic = unique("found");
     create_topic(&topic, 1).await;
     let codec = Codec::new();
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .create()
-        .unwrap();
+    let producer: FutureProducer =
+        ClientConfig::new().set("bootstrap.servers", brokers()).set("enable.idempotence", "true").set("acks", "all").create().unwrap();
     for seq in 0..2 {
         let payload = codec.encode_to_vec(&event(seq));
-        producer
-            .send(FutureRecord::to(&topic).key("viewer-1").payload(&payload), Duration::from_secs(10))
-            .await
-            .expect("delivered");
+        producer.send(FutureRecord::to(&topic).key("viewer-1").payload(&payload), Duration::from_secs(10)).await.expect("delivered");
     }
     let group = unique("g");
     let c = consumer(&group);
@@ -138,10 +131,12 @@ async fn migrations_are_idempotent_and_every_contract_table_takes_a_row() {
     // Rows are written to the append-only logs under a claim (here epoch 0 of
     // partition 0 of topic '', the columns' defaults) and read back through
     // the views under the contract names.
-    c.query("INSERT INTO aggregator_claims (topic, partition, epoch, start_offset, member, claimed_at) VALUES ('', 0, 0, 0, 'test', now())")
-        .execute()
-        .await
-        .unwrap();
+    c.query(
+        "INSERT INTO aggregator_claims (topic, partition, epoch, start_offset, member, claimed_at) VALUES ('', 0, 0, 0, 'test', now())",
+    )
+    .execute()
+    .await
+    .unwrap();
     let t = TrackingRow {
         window_start: 1_759_276_800,
         tracking_id: "acme-web".into(),
@@ -189,19 +184,13 @@ async fn migrations_are_idempotent_and_every_contract_table_takes_a_row() {
     let mut ins = c.insert::<DeadRow>("usage_dead_letters_log").await.unwrap();
     ins.write(&d).await.unwrap();
     ins.end().await.unwrap();
-    let back: Vec<DeadRow> = c
-        .query("SELECT toUInt32(received_at), source, reason, payload FROM usage_dead_letters")
-        .fetch_all()
-        .await
-        .unwrap();
+    let back: Vec<DeadRow> =
+        c.query("SELECT toUInt32(received_at), source, reason, payload FROM usage_dead_letters").fetch_all().await.unwrap();
     assert_eq!(back, vec![d]);
 
     // the contract's example query runs, and the rollups saw the rows
-    let day: u64 = c
-        .query("SELECT sum(bytes_out) FROM usage_by_tracking_daily WHERE day = toDate('2025-10-01')")
-        .fetch_one()
-        .await
-        .unwrap();
+    let day: u64 =
+        c.query("SELECT sum(bytes_out) FROM usage_by_tracking_daily WHERE day = toDate('2025-10-01')").fetch_one().await.unwrap();
     assert_eq!(day, u64::MAX - 1);
     drop_db(&db).await;
 }

@@ -69,12 +69,7 @@ impl Gateway {
 
     /// POST a raw body with a Content-Type and the right key.
     async fn post(&self, ctype: &str, body: impl Into<reqwest::Body>) -> Reply {
-        let rb = self
-            .client
-            .post(format!("{}/v1/usage", self.url))
-            .bearer_auth(KEY)
-            .header("content-type", ctype)
-            .body(body);
+        let rb = self.client.post(format!("{}/v1/usage", self.url)).bearer_auth(KEY).header("content-type", ctype).body(body);
         self.request(rb).await
     }
 
@@ -131,7 +126,7 @@ fn to_json(ev: &OwnedViewerUsage, style: usize) -> Value {
     let time = |ms: i64, k: usize| match (style + k) % 3 {
         0 => json!(ms),
         1 => json!(rfc3339(ms, 0)),
-        _ => json!(rfc3339(ms, if style % 2 == 0 { 5 * 3600 + 1800 } else { -7 * 3600 })),
+        _ => json!(rfc3339(ms, if style.is_multiple_of(2) { 5 * 3600 + 1800 } else { -7 * 3600 })),
     };
     let mut v = json!({
         "viewer_id": ev.viewer_id, "seq": ev.seq,
@@ -237,13 +232,7 @@ fn error_list(r: &Reply) -> Vec<(Option<u64>, String, String)> {
         .as_array()
         .unwrap_or_else(|| panic!("no errors[] in {}", r.text))
         .iter()
-        .map(|e| {
-            (
-                e["index"].as_u64(),
-                e["field"].as_str().expect("field").to_string(),
-                e["reason"].as_str().expect("reason").to_string(),
-            )
-        })
+        .map(|e| (e["index"].as_u64(), e["field"].as_str().expect("field").to_string(), e["reason"].as_str().expect("reason").to_string()))
         .collect()
 }
 
@@ -359,9 +348,7 @@ async fn malformed_bodies_and_wrong_content_type_are_refused_and_nothing_is_prod
         assert_eq!(r.status, 415, "{ctype}: {}", r.text);
         assert!(r.json["message"].as_str().unwrap_or("").contains("Content-Type"), "{}", r.text);
     }
-    let r = gw
-        .request(gw.client.post(format!("{}/v1/usage", gw.url)).bearer_auth(KEY).body(serde_json::to_vec(&[&good]).unwrap()))
-        .await;
+    let r = gw.request(gw.client.post(format!("{}/v1/usage", gw.url)).bearer_auth(KEY).body(serde_json::to_vec(&[&good]).unwrap())).await;
     assert_eq!(r.status, 415, "no Content-Type: {}", r.text);
 
     assert_topic_empty(&gw.topic).await;

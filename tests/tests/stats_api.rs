@@ -144,8 +144,9 @@ async fn statistics_api_equals_the_expected_usage() {
     }
 
     // stopDate is exclusive: one day's totals equal that day
-    let (st, body) =
-        api.get(&format!("/api/analytics/tracking/total?{}", q(&ids_tracked, "trackingIds", "startDate=2026-10-31&stopDate=2026-11-01"))).await;
+    let (st, body) = api
+        .get(&format!("/api/analytics/tracking/total?{}", q(&ids_tracked, "trackingIds", "startDate=2026-10-31&stopDate=2026-11-01")))
+        .await;
     assert_eq!(st, 200, "{body}");
     let day1 = by_bucket(&body["data"]);
     for t in &tracked {
@@ -209,7 +210,8 @@ async fn statistics_api_equals_the_expected_usage() {
     let (st, body) =
         api.get(&format!("/api/analytics/tracking/streams/series?{}", q(&sv, "streamNames", &format!("{RANGE}&resolution=Hour")))).await;
     assert_eq!(st, 200, "{body}");
-    let grand: u64 = body["data"].as_object().unwrap().values().flat_map(|l| l.as_array().unwrap()).map(|i| i["bytesOut"].as_u64().unwrap()).sum();
+    let grand: u64 =
+        body["data"].as_object().unwrap().values().flat_map(|l| l.as_array().unwrap()).map(|i| i["bytesOut"].as_u64().unwrap()).sum();
     assert_eq!(grand, exp.total.bytes_out, "streams/series grand total");
 
     // viewer records, NDJSON and CSV
@@ -256,8 +258,9 @@ async fn statistics_api_equals_the_expected_usage() {
         if st == 200 {
             assert_eq!(body["data"], json!({evil: []}), "{evil}");
         }
-        let (st, _, text) =
-            api.records(json!({"startTime": "2026-10-31T20:00:00Z", "endTime": "2026-11-01T05:00:00Z", "trackingIds": [evil]}), false, SECRET).await;
+        let (st, _, text) = api
+            .records(json!({"startTime": "2026-10-31T20:00:00Z", "endTime": "2026-11-01T05:00:00Z", "trackingIds": [evil]}), false, SECRET)
+            .await;
         assert!(st == 400 || (st == 200 && text.is_empty()), "{evil}: {st} {text}");
     }
     for evil in ["live' OR 1=1 --", "x\\' OR stream_name != '"] {
@@ -278,12 +281,36 @@ async fn statistics_api_equals_the_expected_usage() {
     let eleven: Vec<&str> = eleven.iter().map(String::as_str).collect();
     for (path, why) in [
         (format!("/api/analytics/tracking/total?{}", q(&eleven, "trackingIds", RANGE)), "11 ids"),
-        (format!("/api/analytics/tracking/total?{}", q(&ids_tracked, "trackingIds", "startDate=2026-10-31&stopDate=2026-10-31")), "start == stop"),
-        (format!("/api/analytics/tracking/total?{}", q(&ids_tracked, "trackingIds", "startDate=2026-31-10&stopDate=2026-11-02")), "bad date"),
-        (format!("/api/analytics/tracking/total?{}", q(&ids_tracked, "trackingIds", "startDate=2025-01-01&stopDate=2026-11-02")), "totals > 366 days"),
-        (format!("/api/analytics/tracking/series?{}", q(&ids_tracked, "trackingIds", "startDate=2026-10-01&stopDate=2026-10-04&resolution=Minute")), "minute > 2 days"),
-        (format!("/api/analytics/tracking/series?{}", q(&ids_tracked, "trackingIds", "startDate=2026-09-01&stopDate=2026-11-02&resolution=Hour")), "hour > 31 days"),
-        (format!("/api/analytics/tracking/series?{}", q(&ids_tracked, "trackingIds", &format!("{RANGE}&resolution=Week"))), "bad resolution"),
+        (
+            format!("/api/analytics/tracking/total?{}", q(&ids_tracked, "trackingIds", "startDate=2026-10-31&stopDate=2026-10-31")),
+            "start == stop",
+        ),
+        (
+            format!("/api/analytics/tracking/total?{}", q(&ids_tracked, "trackingIds", "startDate=2026-31-10&stopDate=2026-11-02")),
+            "bad date",
+        ),
+        (
+            format!("/api/analytics/tracking/total?{}", q(&ids_tracked, "trackingIds", "startDate=2025-01-01&stopDate=2026-11-02")),
+            "totals > 366 days",
+        ),
+        (
+            format!(
+                "/api/analytics/tracking/series?{}",
+                q(&ids_tracked, "trackingIds", "startDate=2026-10-01&stopDate=2026-10-04&resolution=Minute")
+            ),
+            "minute > 2 days",
+        ),
+        (
+            format!(
+                "/api/analytics/tracking/series?{}",
+                q(&ids_tracked, "trackingIds", "startDate=2026-09-01&stopDate=2026-11-02&resolution=Hour")
+            ),
+            "hour > 31 days",
+        ),
+        (
+            format!("/api/analytics/tracking/series?{}", q(&ids_tracked, "trackingIds", &format!("{RANGE}&resolution=Week"))),
+            "bad resolution",
+        ),
         (format!("/api/analytics/tracking/total?{RANGE}"), "no ids"),
     ] {
         let (st, body) = api.get(&path).await;
@@ -291,9 +318,12 @@ async fn statistics_api_equals_the_expected_usage() {
         assert_eq!(body["status"], "error", "{why}");
         assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{why}");
     }
-    let (st, _, _) = api.records(json!({"startTime": "2026-09-01T00:00:00Z", "endTime": "2026-11-01T00:00:00Z", "trackingIds": [partner]}), false, SECRET).await;
+    let (st, _, _) = api
+        .records(json!({"startTime": "2026-09-01T00:00:00Z", "endTime": "2026-11-01T00:00:00Z", "trackingIds": [partner]}), false, SECRET)
+        .await;
     assert_eq!(st, 400, "records > 31 days");
-    let (st, _, _) = api.records(json!({"startTime": "yesterday", "endTime": "2026-11-01T00:00:00Z", "trackingIds": [partner]}), false, SECRET).await;
+    let (st, _, _) =
+        api.records(json!({"startTime": "yesterday", "endTime": "2026-11-01T00:00:00Z", "trackingIds": [partner]}), false, SECRET).await;
     assert_eq!(st, 400, "records bad time");
 
     // authentication and scoping
@@ -311,10 +341,12 @@ async fn statistics_api_equals_the_expected_usage() {
     let seen: std::collections::BTreeSet<&str> =
         body["data"].as_object().unwrap().values().flat_map(|l| l.as_array().unwrap()).map(|i| i["trackingId"].as_str().unwrap()).collect();
     assert_eq!(seen, [partner.as_str()].into_iter().collect(), "streams filtered to the scoped ids");
-    let (st, _, text) = api.records(json!({"startTime": "2026-10-31T20:00:00Z", "endTime": "2026-11-01T05:00:00Z", "streamNames": sv}), false, SCOPED).await;
+    let (st, _, text) = api
+        .records(json!({"startTime": "2026-10-31T20:00:00Z", "endTime": "2026-11-01T05:00:00Z", "streamNames": sv}), false, SCOPED)
+        .await;
     assert_eq!(st, 200);
     assert!(!text.is_empty() && text.lines().all(|l| serde_json::from_str::<Value>(l).unwrap()["trackingId"] == partner.as_str()));
-    assert_eq!(api.records(body_for(&ids_tracked[1]), false, SCOPED).await.0, 403);
+    assert_eq!(api.records(body_for(ids_tracked[1]), false, SCOPED).await.0, 403);
     assert_eq!(api.get_as("/api/subscribe_token", Some(SCOPED)).await.0, 403, "scoped secret on token routes");
     assert_eq!(api.get("/api/subscribe_token").await.0, 200, "token routes still work");
     let (st, doc) = api.get("/api/openapi.json").await;

@@ -66,9 +66,8 @@ async fn partners_viewers_are_attributed_by_their_master_token() {
     let now = chrono::Utc::now();
 
     // The owner: a publish token whose viewers need auth, and one master token per partner.
-    let (st, p) = api
-        .post("/api/publish_token", json!({"label": "owner", "streams": [{"streamName": "live"}], "subscribeRequiresAuth": true}))
-        .await;
+    let (st, p) =
+        api.post("/api/publish_token", json!({"label": "owner", "streams": [{"streamName": "live"}], "subscribeRequiresAuth": true})).await;
     assert_eq!(st, 200, "{p}");
     assert_eq!(p["data"]["subscribeRequiresAuth"], true);
     let mut masters = BTreeMap::new();

@@ -115,9 +115,10 @@ impl FakeStore {
 
     fn fence(claims: &[Claim], partition: u32, epoch: u64) -> Option<u64> {
         // no claim of that epoch: invisible, like the views' inner join
-        claims.iter().any(|c| c.partition == partition && c.epoch == epoch).then(|| {
-            claims.iter().filter(|c| c.partition == partition && c.epoch > epoch).map(|c| c.start).min().unwrap_or(u64::MAX)
-        })
+        claims
+            .iter()
+            .any(|c| c.partition == partition && c.epoch == epoch)
+            .then(|| claims.iter().filter(|c| c.partition == partition && c.epoch > epoch).map(|c| c.start).min().unwrap_or(u64::MAX))
     }
 
     fn visible(claims: &[Claim], p: &Provenance) -> bool {

@@ -234,14 +234,12 @@ fn hs256_signature_under_another_alg_header_is_rejected() {
     let payload = b64(&claims(&f, &f.acme, json!({})));
     let header = b64(&json!({"alg": "HS512", "typ": "JWT"}));
     let msg = format!("{header}.{payload}");
-    let sig =
-        jsonwebtoken::crypto::sign(msg.as_bytes(), &EncodingKey::from_secret(f.acme.token.as_bytes()), Algorithm::HS256).unwrap();
+    let sig = jsonwebtoken::crypto::sign(msg.as_bytes(), &EncodingKey::from_secret(f.acme.token.as_bytes()), Algorithm::HS256).unwrap();
     assert_eq!(f.code(&format!("{msg}.{sig}"), "live", "c"), "bad_signature");
     // The same signature under its true header verifies.
     let header = b64(&json!({"alg": "HS256", "typ": "JWT"}));
     let msg = format!("{header}.{payload}");
-    let sig =
-        jsonwebtoken::crypto::sign(msg.as_bytes(), &EncodingKey::from_secret(f.acme.token.as_bytes()), Algorithm::HS256).unwrap();
+    let sig = jsonwebtoken::crypto::sign(msg.as_bytes(), &EncodingKey::from_secret(f.acme.token.as_bytes()), Algorithm::HS256).unwrap();
     assert!(f.check(&format!("{msg}.{sig}"), "live", "c").is_ok());
 }
 
