@@ -8,8 +8,8 @@ use aggregator::dedup::Dedup;
 use aggregator::state::{Limits, PartitionState};
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use ingest::simulate::{Messages, SimConfig, SimMessage};
 use schemas::Codec;
+use simulator::simulate::{Messages, SimConfig, SimMessage};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -338,7 +338,8 @@ async fn bench_ingest(events: usize) -> Result<()> {
     let bodies: Vec<Vec<u8>> = msgs
         .chunks(1000)
         .map(|c| {
-            let evs: Vec<serde_json::Value> = c.iter().map(|(_, p)| ingest::sim_run::to_json(&codec.decode(p).expect("decodes"))).collect();
+            let evs: Vec<serde_json::Value> =
+                c.iter().map(|(_, p)| simulator::sim_run::to_json(&codec.decode(p).expect("decodes"))).collect();
             serde_json::to_vec(&evs).expect("json")
         })
         .collect();

@@ -3,16 +3,15 @@
 //! - [`UsageProducer`]: the Rust library media servers use to validate,
 //!   encode (Avro single-object) and produce usage events to Kafka.
 //! - [`http`]: `ingest serve`, the authenticated HTTP gateway (`POST /v1/usage`).
-//! - [`simulate`] and [`sim_run`]: `ingest simulate`, a deterministic
-//!   media-server simulator that also computes the exact expected totals.
+//! - `ingest replay`: re-injects fixed dead letters.
+//!
+//! The media-server simulator lives in the `simulator` crate, so the
+//! gateway links neither the token service nor the simulator.
 
 pub mod error;
 pub mod http;
 pub mod json;
 pub mod producer;
-pub mod sim_run;
-pub mod simulate;
-pub mod tokens;
 
 pub use error::IngestError;
 pub use producer::{ProducerOptions, UsageProducer};

@@ -199,11 +199,11 @@ pub async fn count(db: &ClickHouseConfig, sql: &str) -> u64 {
 }
 
 /// Expected per-tracking totals in the same shape as [`sums_by`].
-pub fn expected_by_tracking(e: &ingest::simulate::Expected) -> BTreeMap<String, Sums> {
+pub fn expected_by_tracking(e: &simulator::simulate::Expected) -> BTreeMap<String, Sums> {
     e.by_tracking.iter().map(|(k, t)| (k.clone(), Sums { bytes_out: t.bytes_out, bytes_in: t.bytes_in, events: t.events })).collect()
 }
 
-pub fn expected_by_viewer(e: &ingest::simulate::Expected) -> BTreeMap<String, Sums> {
+pub fn expected_by_viewer(e: &simulator::simulate::Expected) -> BTreeMap<String, Sums> {
     e.by_viewer
         .iter()
         .map(|(k, t)| (k.clone(), Sums { bytes_out: t.totals.bytes_out, bytes_in: t.totals.bytes_in, events: t.totals.events }))
@@ -254,10 +254,10 @@ pub fn producer(topic: &str) -> ingest::UsageProducer {
 }
 
 /// Send a simulation straight to Kafka; returns the expected totals.
-pub async fn simulate_to_kafka(cfg: &ingest::simulate::SimConfig, topic: &str) -> ingest::simulate::Expected {
-    let target = ingest::sim_run::Target::Kafka(ingest::sim_run::UsageProducerHandle(producer(topic)));
-    let opts = ingest::sim_run::RunOptions { progress: true, ..Default::default() };
-    ingest::sim_run::run(cfg, &target, &opts).await.expect("simulation sent")
+pub async fn simulate_to_kafka(cfg: &simulator::simulate::SimConfig, topic: &str) -> simulator::simulate::Expected {
+    let target = simulator::sim_run::Target::Kafka(simulator::sim_run::UsageProducerHandle(producer(topic)));
+    let opts = simulator::sim_run::RunOptions { progress: true, ..Default::default() };
+    simulator::sim_run::run(cfg, &target, &opts).await.expect("simulation sent")
 }
 
 /// Run `scripts/stack <cmd>` (used by the tests that stop a server).

@@ -2,11 +2,11 @@
 //! points, and a consumer group losing a member, never lose or double a byte.
 
 use e2e::*;
-use ingest::simulate::SimConfig;
 use rand::Rng;
+use simulator::simulate::SimConfig;
 use std::time::Duration;
 
-async fn assert_totals(db: &schemas::ch::ClickHouseConfig, exp: &ingest::simulate::Expected, timeout: Duration) {
+async fn assert_totals(db: &schemas::ch::ClickHouseConfig, exp: &simulator::simulate::Expected, timeout: Duration) {
     let got = wait_for_events(db, exp.unique_valid_events, timeout).await;
     assert_eq!(got, exp.unique_valid_events, "events counted once each");
     assert_eq!(sums_by(db, "usage_by_tracking", "tracking_id").await, expected_by_tracking(exp), "per tracking id");

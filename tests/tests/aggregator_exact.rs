@@ -2,7 +2,7 @@
 //! totals computed independently from the produced events.
 
 use e2e::*;
-use ingest::simulate::{Expected, SimConfig};
+use simulator::simulate::{Expected, SimConfig};
 use std::collections::BTreeMap;
 use std::time::Duration;
 

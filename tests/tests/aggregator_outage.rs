@@ -2,7 +2,7 @@
 //! binary: it stops the shared ClickHouse server.
 
 use e2e::*;
-use ingest::simulate::SimConfig;
+use simulator::simulate::SimConfig;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,8 +3,8 @@
 
 use billing::invoice::{Invoice, LineKind};
 use e2e::*;
-use ingest::simulate::SimConfig;
 use rust_decimal::prelude::*;
+use simulator::simulate::SimConfig;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;

@@ -39,7 +39,7 @@ fn batch(viewer: &str, n: i64) -> Vec<OwnedViewerUsage> {
 }
 
 fn body(evs: &[OwnedViewerUsage]) -> Vec<Value> {
-    evs.iter().map(|e| ingest::sim_run::to_json(e)).collect()
+    evs.iter().map(|e| simulator::sim_run::to_json(e)).collect()
 }
 
 struct Reply {

@@ -6,10 +6,10 @@
 use chrono::{DateTime, FixedOffset, SecondsFormat};
 use e2e::*;
 use ingest::http::IngestConfig;
-use ingest::simulate::{SimConfig, Totals};
 use rdkafka::consumer::Consumer;
 use schemas::{Codec, OwnedViewerUsage, Protocol, ViewerUsage};
 use serde_json::{json, Value};
+use simulator::simulate::{SimConfig, Totals};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -556,10 +556,10 @@ async fn simulation_through_the_gateway_recounts_to_its_expected_totals() {
         invalid: 0.01,
         ..Default::default()
     };
-    let target = ingest::sim_run::Target::Http { url: gw.url.clone(), api_key: KEY.to_string() };
-    let opts = ingest::sim_run::RunOptions { batch: 250, ..Default::default() };
+    let target = simulator::sim_run::Target::Http { url: gw.url.clone(), api_key: KEY.to_string() };
+    let opts = simulator::sim_run::RunOptions { batch: 250, ..Default::default() };
     let started = Instant::now();
-    let exp = ingest::sim_run::run(&cfg, &target, &opts).await.expect("simulation sent through the gateway");
+    let exp = simulator::sim_run::run(&cfg, &target, &opts).await.expect("simulation sent through the gateway");
     eprintln!("simulation: {exp:?} in {:?}", started.elapsed()); // totals printed for diagnosis
     assert!(exp.duplicates_sent > 0 && exp.invalid_sent > 0, "faults present: {} dup, {} invalid", exp.duplicates_sent, exp.invalid_sent);
 

@@ -6,8 +6,8 @@
 use api::config::{ApiConfig, ScopedSecret};
 use api::store::Store;
 use e2e::*;
-use ingest::simulate::{Expected, SimConfig};
 use serde_json::{json, Value};
+use simulator::simulate::{Expected, SimConfig};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -164,7 +164,7 @@ async fn statistics_api_equals_the_expected_usage() {
             by_bucket(&body["data"])
         }
     };
-    let want = |m: &BTreeMap<String, BTreeMap<String, ingest::simulate::Totals>>, fmt: &dyn Fn(&str) -> String| {
+    let want = |m: &BTreeMap<String, BTreeMap<String, simulator::simulate::Totals>>, fmt: &dyn Fn(&str) -> String| {
         let mut w: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
         for (bucket, per) in m {
             for (t, s) in per {
@@ -216,7 +216,7 @@ async fn statistics_api_equals_the_expected_usage() {
 
     // viewer records, NDJSON and CSV
     let chosen: Vec<&str> = ids_tracked[..2].to_vec();
-    let want_viewers: BTreeMap<&String, &ingest::simulate::ViewerTotals> =
+    let want_viewers: BTreeMap<&String, &simulator::simulate::ViewerTotals> =
         exp.by_viewer.iter().filter(|(_, v)| chosen.contains(&v.tracking_id.as_str())).collect();
     assert!(!want_viewers.is_empty());
     let body = json!({"startTime": "2026-10-31T20:00:00Z", "endTime": "2026-11-01T05:00:00Z", "trackingIds": chosen});

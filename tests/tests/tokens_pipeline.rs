@@ -7,7 +7,7 @@
 use api::config::ApiConfig;
 use api::store::Store;
 use e2e::*;
-use ingest::simulate::SimConfig;
+use simulator::simulate::SimConfig;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,12 +36,12 @@ async fn usage_is_attributed_by_verified_viewer_tokens() {
         session_secs: (300, 1800),
         ..Default::default()
     };
-    let target = ingest::sim_run::Target::Kafka(ingest::sim_run::UsageProducerHandle(producer(&topic)));
-    let opts = ingest::sim_run::RunOptions {
-        tokens: Some(ingest::tokens::TokenApi { url: url.clone(), secret: SECRET.into(), invalid_fraction: 0.1 }),
+    let target = simulator::sim_run::Target::Kafka(simulator::sim_run::UsageProducerHandle(producer(&topic)));
+    let opts = simulator::sim_run::RunOptions {
+        tokens: Some(simulator::tokens::TokenApi { url: url.clone(), secret: SECRET.into(), invalid_fraction: 0.1 }),
         ..Default::default()
     };
-    let (exp, adm) = ingest::sim_run::run_admitted(&sim, &target, &opts).await.expect("simulation");
+    let (exp, adm) = simulator::sim_run::run_admitted(&sim, &target, &opts).await.expect("simulation");
     let adm = adm.expect("admission ran");
     assert!(!adm.refused.is_empty(), "some forged tokens were refused");
     assert!(adm.refused.values().all(|c| c == "bad_signature"), "{:?}", adm.refused);

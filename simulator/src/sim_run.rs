@@ -1,9 +1,9 @@
 //! Sending a simulation to Kafka directly or through the HTTP gateway.
 
-use crate::error::IngestError;
-use crate::producer::UsageProducer;
 use crate::simulate::{Expected, Messages, SimConfig, SimMessage};
 use futures::stream::{FuturesUnordered, StreamExt};
+use ingest::IngestError;
+use ingest::UsageProducer;
 use rdkafka::producer::FutureRecord;
 use std::time::{Duration, Instant};
 

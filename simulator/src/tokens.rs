@@ -6,8 +6,8 @@
 //! viewer's usage carries the attribution the service returned. A viewer
 //! whose token is refused gets no usage.
 
-use crate::error::IngestError;
 use crate::simulate::{Session, SimConfig};
+use ingest::IngestError;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
