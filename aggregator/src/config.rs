@@ -1,7 +1,7 @@
 //! `aggregator` configuration: one TOML file plus `AGGREGATOR__...` environment overrides.
 
-use schemas::ch::ClickHouseConfig;
-use schemas::kafka::KafkaConfig;
+use runtime::ch::ClickHouseConfig;
+use runtime::kafka::KafkaConfig;
 use serde::{Deserialize, Serialize};
 
 /// Every setting of the aggregator, with its default.
@@ -112,7 +112,7 @@ impl AggregatorConfig {
         if self.group_id.is_empty() || self.kafka.topic.is_empty() {
             return Err("group_id and kafka.topic must not be empty".into());
         }
-        schemas::ch::check_identifier(&self.clickhouse.database).map_err(|e| e.to_string())?;
+        runtime::ch::check_identifier(&self.clickhouse.database).map_err(|e| e.to_string())?;
         self.clickhouse.layout().map_err(|e| format!("clickhouse.cluster: {e}"))?;
         StartFrom::parse(&self.start_from)?;
         Ok(())

@@ -5,7 +5,7 @@
 //! else `null`. Fix `event` and re-inject the file with `ingest replay`.
 
 use base64::Engine;
-use schemas::ch::ClickHouseConfig;
+use runtime::ch::ClickHouseConfig;
 use schemas::Codec;
 use serde::Deserialize;
 use std::io::Write;

@@ -41,9 +41,9 @@ enum Cmd {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let cfg: AggregatorConfig = schemas::config::load(cli.config.as_deref(), "AGGREGATOR")?;
+    let cfg: AggregatorConfig = runtime::config::load(cli.config.as_deref(), "AGGREGATOR")?;
     cfg.validate().map_err(anyhow::Error::msg).context("invalid configuration")?;
-    schemas::telemetry::init_tracing(cfg.json_logs);
+    runtime::telemetry::init_tracing(cfg.json_logs);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     match cli.cmd {
         Cmd::Config => {
@@ -51,7 +51,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Migrate => {
-            let report = rt.block_on(schemas::ch::migrate(&cfg.clickhouse))?;
+            let report = rt.block_on(runtime::ch::migrate(&cfg.clickhouse))?;
             println!("migrations applied: {:?}, already present: {:?}", report.applied, report.already);
             Ok(())
         }
@@ -70,7 +70,7 @@ fn main() -> Result<()> {
 }
 
 fn run(cfg: AggregatorConfig, rt: tokio::runtime::Runtime) -> Result<()> {
-    rt.block_on(schemas::ch::migrate(&cfg.clickhouse)).context("applying ClickHouse migrations")?;
+    rt.block_on(runtime::ch::migrate(&cfg.clickhouse)).context("applying ClickHouse migrations")?;
     let metrics = Arc::new(Metrics::new());
     let sink = Sink::new(&cfg.clickhouse, &cfg.kafka.topic)?;
     if !cfg.metrics_listen.is_empty() {
@@ -85,12 +85,7 @@ fn run(cfg: AggregatorConfig, rt: tokio::runtime::Runtime) -> Result<()> {
     {
         let shutdown = shutdown.clone();
         rt.spawn(async move {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM");
-            tokio::select! {
-                _ = term.recv() => {},
-                _ = tokio::signal::ctrl_c() => {},
-            }
-            tracing::info!("ShutdownRequested");
+            runtime::shutdown_signal().await;
             shutdown.store(true, Ordering::Relaxed);
         });
     }

@@ -11,12 +11,12 @@ struct AppState {
     metrics: Arc<Metrics>,
     ch: clickhouse::Client,
     /// ClickHouse probed at most once a second, however often asked.
-    probe: Arc<schemas::health::Probe>,
+    probe: Arc<runtime::health::Probe>,
 }
 
 impl AppState {
     async fn clickhouse_up(&self) -> Result<(), String> {
-        self.probe.check(|| schemas::health::clickhouse_ping(&self.ch)).await
+        self.probe.check(|| runtime::health::clickhouse_ping(&self.ch)).await
     }
 }
 
@@ -34,7 +34,7 @@ pub async fn serve(listen: &str, metrics: Arc<Metrics>, ch: clickhouse::Client) 
             }),
         )
         .route("/readyz", get(readyz))
-        .with_state(AppState { metrics, ch, probe: Arc::new(schemas::health::Probe::default()) });
+        .with_state(AppState { metrics, ch, probe: Arc::new(runtime::health::Probe::default()) });
     let listener = tokio::net::TcpListener::bind(listen).await?;
     axum::serve(listener, app).await
 }

@@ -6,7 +6,7 @@ use crate::error::AggError;
 use crate::rowbinary::RowBinary;
 use crate::store::{LoadedPartition, Store};
 use crate::tables::Table;
-use schemas::ch::ClickHouseConfig;
+use runtime::ch::ClickHouseConfig;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::time::Duration;

@@ -1,10 +1,10 @@
 //! Settings of `api serve`: a TOML file plus `API__...` environment
-//! overrides (see [`schemas::config::load`]).
+//! overrides (see [`runtime::config::load`]).
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-pub use schemas::auth::MIN_SECRET_CHARS;
+pub use runtime::auth::MIN_SECRET_CHARS;
 
 /// Settings of `api serve` (file plus `API__...` environment overrides, e.g.
 /// `API__API_SECRETS='["a-secret-of-16-chars+"]'`).
@@ -27,7 +27,7 @@ pub struct ApiConfig {
     pub json_logs: bool,
     /// ClickHouse holding the usage tables (read by `/api/analytics/...` and
     /// `/api/records/...`).
-    pub clickhouse: schemas::ch::ClickHouseConfig,
+    pub clickhouse: runtime::ch::ClickHouseConfig,
     /// Secrets limited to some tracking ids: they see only those ids in the
     /// analytics and records routes and are refused (`403`) on token routes.
     pub scoped_secrets: Vec<ScopedSecret>,
@@ -58,7 +58,7 @@ impl Default for ApiConfig {
             verify_secrets: vec![],
             store_path: PathBuf::from(".stack/api/tokens.db"),
             json_logs: false,
-            clickhouse: schemas::ch::ClickHouseConfig::default(),
+            clickhouse: runtime::ch::ClickHouseConfig::default(),
             scoped_secrets: vec![],
             untracked_parent_sets_tracking: false,
             max_viewer_token_secs: 7 * 86_400,
@@ -73,16 +73,16 @@ impl ApiConfig {
             return Err("api_secrets: at least one admin secret is required (API__API_SECRETS='[\"...\"]')".into());
         }
         for (i, k) in self.api_secrets.iter().enumerate() {
-            schemas::auth::check_secret(&format!("api_secrets[{i}]"), k)?;
+            runtime::auth::check_secret(&format!("api_secrets[{i}]"), k)?;
         }
         for (i, k) in self.verify_secrets.iter().enumerate() {
-            schemas::auth::check_secret(&format!("verify_secrets[{i}]"), k)?;
+            runtime::auth::check_secret(&format!("verify_secrets[{i}]"), k)?;
             if self.api_secrets.contains(k) {
                 return Err(format!("verify_secrets[{i}] is also an admin secret"));
             }
         }
         for (i, s) in self.scoped_secrets.iter().enumerate() {
-            schemas::auth::check_secret(&format!("scoped_secrets[{i}].secret"), &s.secret)?;
+            runtime::auth::check_secret(&format!("scoped_secrets[{i}].secret"), &s.secret)?;
             if self.verify_secrets.contains(&s.secret) {
                 return Err(format!("scoped_secrets[{i}].secret is also a verify secret"));
             }
@@ -110,7 +110,7 @@ mod tests {
 
     #[test]
     fn env_overrides_and_validation() {
-        let c: ApiConfig = schemas::config::load_from(
+        let c: ApiConfig = runtime::config::load_from(
             None,
             "API",
             vec![("API__API_SECRETS".to_string(), "[\"0123456789abcdef0123456789abcdef\"]".to_string())],
@@ -121,7 +121,7 @@ mod tests {
         let short = ApiConfig { api_secrets: vec!["short".into()], ..Default::default() };
         assert!(short.validate().is_err());
         assert!(ApiConfig::default().validate().is_err());
-        let c: ApiConfig = schemas::config::load_from(
+        let c: ApiConfig = runtime::config::load_from(
             None,
             "API",
             vec![
@@ -152,11 +152,11 @@ mod tests {
         assert!(verify.validate().is_err(), "a verify secret cannot also be an admin secret");
         let bad_db = ApiConfig {
             api_secrets: vec!["0123456789abcdef0123456789abcdef".into()],
-            clickhouse: schemas::ch::ClickHouseConfig { database: "a;b".into(), ..Default::default() },
+            clickhouse: runtime::ch::ClickHouseConfig { database: "a;b".into(), ..Default::default() },
             ..Default::default()
         };
         assert!(bad_db.validate().is_err());
-        let err = schemas::config::load_from::<ApiConfig>(None, "API", vec![("API__NOPE".into(), "1".into())]);
+        let err = runtime::config::load_from::<ApiConfig>(None, "API", vec![("API__NOPE".into(), "1".into())]);
         assert!(err.is_err());
     }
 }

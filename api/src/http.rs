@@ -125,11 +125,11 @@ impl Metrics {
 pub(crate) struct AppState {
     store: Arc<Store>,
     /// Admin secrets, as digests.
-    secrets: schemas::auth::KeySet,
+    secrets: runtime::auth::KeySet,
     /// Verify-only secrets (media servers), as digests.
-    verify_secrets: schemas::auth::KeySet,
+    verify_secrets: runtime::auth::KeySet,
     /// Partner-scoped secrets as digests, and the tracking ids each may see.
-    scoped_keys: schemas::auth::KeySet,
+    scoped_keys: runtime::auth::KeySet,
     scoped_ids: Vec<Arc<Vec<String>>>,
     metrics: Metrics,
     /// Client of the ClickHouse holding the usage tables.
@@ -139,7 +139,7 @@ pub(crate) struct AppState {
     /// Slots of statistics queries running at once.
     stats_slots: Arc<tokio::sync::Semaphore>,
     /// ClickHouse probed at most once a second by `/readyz`.
-    ch_probe: schemas::health::Probe,
+    ch_probe: runtime::health::Probe,
 }
 
 /// Most statistics queries running at once (beyond: `503` with `Retry-After`).
@@ -167,9 +167,9 @@ pub fn router(cfg: &ApiConfig, store: Arc<Store>) -> Result<Router, ApiError> {
     let metrics = Metrics::new().map_err(|e| ApiError::Config(format!("metrics: {e}")))?;
     let state = Arc::new(AppState {
         store,
-        secrets: schemas::auth::KeySet::new(&cfg.api_secrets),
-        verify_secrets: schemas::auth::KeySet::new(&cfg.verify_secrets),
-        scoped_keys: schemas::auth::KeySet::new(&cfg.scoped_secrets.iter().map(|s| s.secret.as_str()).collect::<Vec<_>>()),
+        secrets: runtime::auth::KeySet::new(&cfg.api_secrets),
+        verify_secrets: runtime::auth::KeySet::new(&cfg.verify_secrets),
+        scoped_keys: runtime::auth::KeySet::new(&cfg.scoped_secrets.iter().map(|s| s.secret.as_str()).collect::<Vec<_>>()),
         scoped_ids: cfg.scoped_secrets.iter().map(|s| Arc::new(s.tracking_ids.clone())).collect(),
         metrics,
         // statistics only read, within limits, whatever user the config names
@@ -182,7 +182,7 @@ pub fn router(cfg: &ApiConfig, store: Arc<Store>) -> Result<Router, ApiError> {
             .with_option("max_result_rows", "2000000")
             .with_option("result_overflow_mode", "throw"),
         stats_slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_STATS)),
-        ch_probe: schemas::health::Probe::default(),
+        ch_probe: runtime::health::Probe::default(),
         policy: crate::verify::Policy {
             untracked_parent_sets_tracking: cfg.untracked_parent_sets_tracking,
             max_viewer_token_secs: cfg.max_viewer_token_secs as i64,
@@ -226,7 +226,7 @@ pub async fn serve(cfg: ApiConfig, shutdown: impl std::future::Future<Output = (
     let app = router(&cfg, store)?;
     let listener = tokio::net::TcpListener::bind(&cfg.listen).await?;
     tracing::info!(listen = %cfg.listen, store = %cfg.store_path.display(), "ApiListening");
-    schemas::serve::serve(listener, app, schemas::serve::Timeouts::default(), shutdown).await?;
+    runtime::serve::serve(listener, app, runtime::serve::Timeouts::default(), shutdown).await?;
     Ok(())
 }
 
@@ -240,7 +240,7 @@ async fn count_requests(State(s): State<Arc<AppState>>, req: Request, next: Next
 /// each in constant time. Puts the caller's [`Scope`] into the request.
 async fn require_secret(State(s): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let given = schemas::auth::bearer(header);
+    let given = runtime::auth::bearer(header);
     // every key set is consulted whatever matched first (constant time each)
     let admin = given.is_some_and(|g| s.secrets.contains(g));
     let verifier = given.is_some_and(|g| s.verify_secrets.contains(g));
@@ -302,7 +302,7 @@ async fn readyz(State(s): State<Arc<AppState>>) -> Response {
     if let Err(e) = store_up(&s) {
         reasons.push(e.to_string());
     }
-    if let Err(e) = s.ch_probe.check(|| schemas::health::clickhouse_ping(&s.ch)).await {
+    if let Err(e) = s.ch_probe.check(|| runtime::health::clickhouse_ping(&s.ch)).await {
         reasons.push(e);
     }
     let status = if reasons.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };

@@ -24,9 +24,7 @@ pub mod stats;
 pub mod store;
 pub mod verify;
 
-/// Most characters of a `trackingId` (as in the usage contract).
-pub const MAX_TRACKING_ID_CHARS: usize = 128;
-/// Most characters of a `customViewerData` (as in the usage contract).
-pub const MAX_CUSTOM_VIEWER_DATA_CHARS: usize = 1024;
+/// The usage contract's limits, defined once in `schemas`.
+pub use schemas::validate::{MAX_CUSTOM_VIEWER_DATA_CHARS, MAX_TRACKING_ID_CHARS};
 /// The `originCluster` value that means "any cluster".
 pub const AUTO_CLUSTER: &str = "auto";

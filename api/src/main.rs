@@ -81,21 +81,11 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Serve => {
-            let cfg: api::config::ApiConfig = schemas::config::load(cli.config.as_deref(), "API")?;
-            schemas::telemetry::init_tracing(cfg.json_logs);
+            let cfg: api::config::ApiConfig = runtime::config::load(cli.config.as_deref(), "API")?;
+            runtime::telemetry::init_tracing(cfg.json_logs);
             cfg.validate().map_err(anyhow::Error::msg).context("invalid configuration")?;
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-            rt.block_on(api::http::serve(cfg, async {
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(mut term) => {
-                        tokio::select! { _ = term.recv() => {}, _ = tokio::signal::ctrl_c() => {} }
-                    }
-                    Err(_) => {
-                        let _ = tokio::signal::ctrl_c().await;
-                    }
-                }
-                tracing::info!("ShutdownRequested");
-            }))?;
+            rt.block_on(api::http::serve(cfg, runtime::shutdown_signal()))?;
             Ok(())
         }
         Cmd::Token(TokenCmd::Sign(a)) => {

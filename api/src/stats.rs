@@ -371,7 +371,7 @@ fn ts_iso(secs: u32) -> String {
 pub const RECORD_CSV_HEADER: &str = "viewerId,trackingId,customViewerData,streamName,clusterId,startTime,endTime,bytesOut,bytesIn\n";
 
 fn csv_field(out: &mut String, v: &str) {
-    out.push_str(&schemas::csv::text(v));
+    out.push_str(&runtime::csv::text(v));
 }
 
 fn record_line(r: &RecordRow, csv: bool) -> String {

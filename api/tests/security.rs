@@ -24,8 +24,8 @@ async fn start(dir: &std::path::Path, header_timeout: Duration) -> String {
     let app = api::http::router(&cfg, store).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let timeouts = schemas::serve::Timeouts { header: header_timeout, body: Duration::from_secs(5) };
-    tokio::spawn(schemas::serve::serve(listener, app, timeouts, std::future::pending()));
+    let timeouts = runtime::serve::Timeouts { header: header_timeout, body: Duration::from_secs(5) };
+    tokio::spawn(runtime::serve::serve(listener, app, timeouts, std::future::pending()));
     format!("http://{addr}")
 }
 

@@ -263,8 +263,8 @@ async fn bench_latency(rate: usize, seconds: usize) -> Result<()> {
     eprintln!("baseline p50 {b50:.1} s, p99 {b99:.1} s; aggregator...");
     let topic = format!("bench-lat-{}", stack::stamp());
     stack::create_topic(&topic, 4).await?;
-    let db = schemas::ch::ClickHouseConfig { database: format!("bench_lat_{}", stack::stamp()), ..Default::default() };
-    schemas::ch::migrate(&db).await?;
+    let db = runtime::ch::ClickHouseConfig { database: format!("bench_lat_{}", stack::stamp()), ..Default::default() };
+    runtime::ch::migrate(&db).await?;
     let mut agg = std::process::Command::new(stack::release_bin("aggregator")?)
         .arg("run")
         .env("AGGREGATOR__KAFKA__TOPIC", &topic)
@@ -345,7 +345,7 @@ async fn bench_ingest(events: usize) -> Result<()> {
         .collect();
     let key = "bench-ingest-key-0123456789abcdef".to_string();
     let cfg = ingest::http::IngestConfig {
-        kafka: schemas::kafka::KafkaConfig { brokers: stack::BROKERS.into(), topic: topic.clone(), ..Default::default() },
+        kafka: runtime::kafka::KafkaConfig { brokers: stack::BROKERS.into(), topic: topic.clone(), ..Default::default() },
         api_keys: vec![key.clone()],
         ..Default::default()
     };
@@ -476,8 +476,8 @@ async fn bench_hostile() -> Result<()> {
 }
 
 async fn bench_billing(tracking_ids: usize) -> Result<()> {
-    let db = schemas::ch::ClickHouseConfig { database: format!("bench_billing_{}", stack::stamp()), ..Default::default() };
-    schemas::ch::migrate(&db).await?;
+    let db = runtime::ch::ClickHouseConfig { database: format!("bench_billing_{}", stack::stamp()), ..Default::default() };
+    runtime::ch::migrate(&db).await?;
     let rows = tracking_ids * 744;
     let c = db.client();
     let t = Instant::now();

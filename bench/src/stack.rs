@@ -8,7 +8,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use schemas::ch::ClickHouseConfig;
+use runtime::ch::ClickHouseConfig;
 use schemas::{Codec, Protocol, ViewerUsage};
 use std::borrow::Cow;
 use std::path::PathBuf;
@@ -183,7 +183,7 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
 /// events are visible. Returns (events/s, peak RSS KiB).
 pub async fn aggregator_drain(topic: &str, unique: u64) -> Result<(f64, u64)> {
     let db = ClickHouseConfig { database: format!("bench_{}", stamp()), ..Default::default() };
-    schemas::ch::migrate(&db).await?;
+    runtime::ch::migrate(&db).await?;
     let aggregator = release_bin("aggregator")?;
     let t = Instant::now();
     let mut child = Command::new(aggregator)

@@ -5,7 +5,7 @@ use billing::rates::load_rate_card;
 use billing::run;
 use billing::store::Store;
 use clap::{Parser, Subcommand};
-use schemas::ch::ClickHouseConfig;
+use runtime::ch::ClickHouseConfig;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -70,8 +70,8 @@ enum Cmd {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let cfg: BillingConfig = schemas::config::load(cli.config.as_deref(), "BILLING")?;
-    schemas::telemetry::init_tracing(false);
+    let cfg: BillingConfig = runtime::config::load(cli.config.as_deref(), "BILLING")?;
+    runtime::telemetry::init_tracing(false);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
         let store = Store::new(&cfg.clickhouse)?;

@@ -30,7 +30,7 @@ use crate::pricing;
 pub const MAX_UNIT_PRICE: Decimal = Decimal::from_parts(1_000_000_000, 0, 0, false, 0);
 
 /// Longest accepted tracking id, in characters.
-pub const MAX_TRACKING_ID_LEN: usize = 128;
+pub const MAX_TRACKING_ID_LEN: usize = schemas::validate::MAX_TRACKING_ID_CHARS;
 
 /// ISO 4217 codes known to the validator with their minor-unit exponents.
 const ISO_4217: &[(&str, u32)] = &[

@@ -8,7 +8,7 @@ use rust_decimal::RoundingStrategy;
 use crate::invoice::{Invoice, InvoiceLine, InvoiceStatus, LineKind};
 use crate::pricing;
 use crate::rates::Unit;
-use schemas::csv;
+use runtime::csv;
 
 /// CSV header written by [`lines_csv`].
 pub const CSV_HEADER: &str = "invoice_number,partner_id,period,currency,line_no,kind,description,bytes,quantity,unit,unit_price,amount";
@@ -23,7 +23,7 @@ pub fn lines_csv(invoices: &[Invoice]) -> String {
         for l in &inv.lines {
             let (line_no, bytes, quantity, unit_price, amount) =
                 (l.line_no.to_string(), l.bytes.to_string(), l.quantity.to_string(), l.unit_price.to_string(), l.amount.to_string());
-            schemas::csv::line(
+            runtime::csv::line(
                 &mut out,
                 [
                     csv::text(&inv.invoice_number),

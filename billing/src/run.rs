@@ -6,7 +6,7 @@ use crate::rates::RateCard;
 use crate::render;
 use crate::store::{BilledRow, Store, StoreError};
 use chrono::NaiveDate;
-use schemas::csv;
+use runtime::csv;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -4,7 +4,7 @@
 
 use crate::invoice::Invoice;
 use chrono::NaiveDate;
-use schemas::ch::ClickHouseConfig;
+use runtime::ch::ClickHouseConfig;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use thiserror::Error;

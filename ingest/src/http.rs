@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use prometheus::{Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
-use schemas::kafka::KafkaConfig;
+use runtime::kafka::KafkaConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -75,7 +75,7 @@ impl IngestConfig {
             return Err("api_keys: at least one key is required (INGEST__API_KEYS='[\"...\"]')".into());
         }
         for (i, k) in self.api_keys.iter().enumerate() {
-            schemas::auth::check_secret(&format!("api_keys[{i}]"), k)?;
+            runtime::auth::check_secret(&format!("api_keys[{i}]"), k)?;
         }
         if self.max_events_per_request == 0 || self.max_inflight_events < self.max_events_per_request {
             return Err("need 0 < max_events_per_request <= max_inflight_events".into());
@@ -130,7 +130,7 @@ struct AppState {
     /// metadata request per second whatever the request rate (one at a time).
     broker_probe: tokio::sync::Mutex<Option<(Instant, bool)>>,
     /// `cfg.api_keys` as digests.
-    keys: schemas::auth::KeySet,
+    keys: runtime::auth::KeySet,
 }
 
 /// Build the gateway's router (also used by tests).
@@ -150,7 +150,7 @@ pub fn router(cfg: IngestConfig) -> Result<Router, crate::IngestError> {
         metrics: Metrics::new(),
         broker_down: AtomicBool::new(false),
         broker_probe: tokio::sync::Mutex::new(None),
-        keys: schemas::auth::KeySet::new(&cfg.api_keys),
+        keys: runtime::auth::KeySet::new(&cfg.api_keys),
         cfg,
     });
     let api = Router::new()
@@ -171,7 +171,7 @@ pub async fn serve(cfg: IngestConfig, shutdown: impl std::future::Future<Output 
     let app = router(cfg)?;
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     tracing::info!(listen = %listen, "IngestListening");
-    schemas::serve::serve(listener, app, schemas::serve::Timeouts::default(), shutdown).await?;
+    runtime::serve::serve(listener, app, runtime::serve::Timeouts::default(), shutdown).await?;
     Ok(())
 }
 
@@ -193,7 +193,7 @@ fn with_retry_after(mut r: Response, secs: u32) -> Response {
 
 async fn require_key(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let ok = schemas::auth::bearer(header).is_some_and(|given| s.keys.contains(given));
+    let ok = runtime::auth::bearer(header).is_some_and(|given| s.keys.contains(given));
     if !ok {
         s.metrics.requests.with_label_values(&["401"]).inc();
         let mut r = error_reply(StatusCode::UNAUTHORIZED, "missing or invalid API key (Authorization: Bearer <key>)", None);

@@ -38,17 +38,13 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     match cli.cmd {
         Cmd::Serve => {
-            let cfg: IngestConfig = schemas::config::load(cli.config.as_deref(), "INGEST")?;
-            schemas::telemetry::init_tracing(cfg.json_logs);
+            let cfg: IngestConfig = runtime::config::load(cli.config.as_deref(), "INGEST")?;
+            runtime::telemetry::init_tracing(cfg.json_logs);
             cfg.validate().map_err(anyhow::Error::msg).context("invalid configuration")?;
-            rt.block_on(ingest::http::serve(cfg, async {
-                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM");
-                tokio::select! { _ = term.recv() => {}, _ = tokio::signal::ctrl_c() => {} }
-                tracing::info!("ShutdownRequested");
-            }))
+            rt.block_on(ingest::http::serve(cfg, runtime::shutdown_signal()))
         }
         Cmd::Replay { file, brokers, topic } => {
-            schemas::telemetry::init_tracing(false);
+            runtime::telemetry::init_tracing(false);
             rt.block_on(replay(&file, brokers, topic))
         }
     }
@@ -56,7 +52,7 @@ fn main() -> Result<()> {
 
 async fn replay(file: &std::path::Path, brokers: String, topic: String) -> Result<()> {
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let kafka = schemas::kafka::KafkaConfig { brokers, topic, ..Default::default() };
+    let kafka = runtime::kafka::KafkaConfig { brokers, topic, ..Default::default() };
     let producer = UsageProducer::new(&kafka, ProducerOptions::default())?;
     let (mut sent, mut failed) = (0usize, 0usize);
     for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {

@@ -5,7 +5,7 @@
 //!
 //! ```no_run
 //! # async fn f(ev: schemas::ViewerUsage<'_>) -> Result<(), ingest::IngestError> {
-//! let producer = ingest::UsageProducer::new(&schemas::kafka::KafkaConfig::default(), Default::default())?;
+//! let producer = ingest::UsageProducer::new(&runtime::kafka::KafkaConfig::default(), Default::default())?;
 //! producer.send(&ev).await?; // returns once Kafka acknowledged the event
 //! # Ok(()) }
 //! ```
@@ -15,7 +15,7 @@ use futures::future::join_all;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
-use schemas::kafka::KafkaConfig;
+use runtime::kafka::KafkaConfig;
 use schemas::{Codec, ViewerUsage};
 use std::time::Duration;
 

@@ -1,17 +1,10 @@
-//! Shared pieces of the metering pipeline: the usage event and its Avro
-//! single-object codec, the contract's validity rules, ClickHouse migrations,
-//! and configuration helpers.
+//! The contract of the metering pipeline and nothing else: the usage event,
+//! its Avro single-object codec and schema versions, and the validity rules
+//! and limits. No I/O: the shared runtime (ClickHouse, Kafka, config,
+//! telemetry, credentials, HTTP serving) is the `runtime` crate.
 
-pub mod auth;
-pub mod ch;
 pub mod codec;
-pub mod config;
-pub mod csv;
 pub mod event;
-pub mod health;
-pub mod kafka;
-pub mod serve;
-pub mod telemetry;
 pub mod validate;
 
 pub use codec::{Codec, DecodeError};

@@ -126,7 +126,7 @@ pub(crate) fn parse_duration(s: &str) -> Result<u64, String> {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    schemas::telemetry::init_tracing(false);
+    runtime::telemetry::init_tracing(false);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(simulate(cli.args))
 }
@@ -165,7 +165,7 @@ async fn simulate(a: SimArgs) -> Result<()> {
     }
     let target = match a.target {
         TargetKind::Kafka => {
-            let kafka = schemas::kafka::KafkaConfig { brokers: a.brokers, topic: a.topic, ..Default::default() };
+            let kafka = runtime::kafka::KafkaConfig { brokers: a.brokers, topic: a.topic, ..Default::default() };
             let opts = ProducerOptions { check_clock: false, linger_ms: 20, ..Default::default() };
             Target::Kafka(UsageProducerHandle(UsageProducer::new(&kafka, opts)?))
         }

@@ -9,7 +9,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use schemas::ch::ClickHouseConfig;
+use runtime::ch::ClickHouseConfig;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -35,7 +35,7 @@ pub fn unique(prefix: &str) -> String {
 /// A fresh, migrated database.
 pub async fn test_db() -> ClickHouseConfig {
     let cfg = ClickHouseConfig { url: clickhouse_url(), database: unique("mt"), ..Default::default() };
-    schemas::ch::migrate(&cfg)
+    runtime::ch::migrate(&cfg)
         .await
         .unwrap_or_else(|e| panic!("migrations on {} failed ({e}); is the stack up? run scripts/stack up", cfg.url));
     cfg
@@ -248,7 +248,7 @@ pub async fn drop_db(db: &ClickHouseConfig) {
 
 /// A producer for tests (no clock check: simulated periods lie in the past).
 pub fn producer(topic: &str) -> ingest::UsageProducer {
-    let kafka = schemas::kafka::KafkaConfig { brokers: brokers(), topic: topic.to_string(), ..Default::default() };
+    let kafka = runtime::kafka::KafkaConfig { brokers: brokers(), topic: topic.to_string(), ..Default::default() };
     ingest::UsageProducer::new(&kafka, ingest::ProducerOptions { check_clock: false, linger_ms: 10, ..Default::default() })
         .expect("producer")
 }

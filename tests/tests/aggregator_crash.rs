@@ -6,7 +6,7 @@ use rand::Rng;
 use simulator::simulate::SimConfig;
 use std::time::Duration;
 
-async fn assert_totals(db: &schemas::ch::ClickHouseConfig, exp: &simulator::simulate::Expected, timeout: Duration) {
+async fn assert_totals(db: &runtime::ch::ClickHouseConfig, exp: &simulator::simulate::Expected, timeout: Duration) {
     let got = wait_for_events(db, exp.unique_valid_events, timeout).await;
     assert_eq!(got, exp.unique_valid_events, "events counted once each");
     assert_eq!(sums_by(db, "usage_by_tracking", "tracking_id").await, expected_by_tracking(exp), "per tracking id");
@@ -52,7 +52,7 @@ async fn sigkill_at_random_points_during_a_million_events_keeps_totals_exact() {
     let mut kills = 0;
     let checkpoints = format!("SELECT count() FROM {}.aggregator_checkpoints", db.database);
     // kill once a run has made progress, at a random moment after that
-    let kill_mid_run = |db: schemas::ch::ClickHouseConfig| {
+    let kill_mid_run = |db: runtime::ch::ClickHouseConfig| {
         let (topic, checkpoints) = (topic.clone(), checkpoints.clone());
         async move {
             let before = count(&db, &checkpoints).await;

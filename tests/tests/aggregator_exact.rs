@@ -20,7 +20,7 @@ fn sim(seed: u64, run: &str) -> SimConfig {
 }
 
 /// Every view an analyst or billing reads agrees with the expected totals.
-async fn assert_exact(db: &schemas::ch::ClickHouseConfig, exp: &Expected) {
+async fn assert_exact(db: &runtime::ch::ClickHouseConfig, exp: &Expected) {
     let got = wait_for_events(db, exp.unique_valid_events, Duration::from_secs(120)).await;
     assert_eq!(got, exp.unique_valid_events, "events in usage_by_tracking");
     assert_eq!(sums_by(db, "usage_by_tracking", "tracking_id").await, expected_by_tracking(exp), "per tracking id");
@@ -184,7 +184,7 @@ async fn v1_and_v2_events_on_one_topic_are_both_counted() {
 async fn cluster_layout_through_distributed_tables_is_exact_across_a_kill() {
     let topic = unique("agg_cluster");
     create_topic(&topic, 4).await;
-    let db = schemas::ch::ClickHouseConfig {
+    let db = runtime::ch::ClickHouseConfig {
         url: clickhouse_url(),
         database: unique("mtc"),
         cluster: "metering_local".into(),
@@ -192,7 +192,7 @@ async fn cluster_layout_through_distributed_tables_is_exact_across_a_kill() {
         on_cluster: false,
         ..Default::default()
     };
-    schemas::ch::migrate(&db)
+    runtime::ch::migrate(&db)
         .await
         .expect("cluster-layout migrations (is metering_local in the server's remote_servers? scripts/stack up writes it)");
     let engines: BTreeMap<String, String> = db

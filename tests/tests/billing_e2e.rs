@@ -39,7 +39,7 @@ pricing = "graduated"
 tiers = [ { up_to = "1", unit_price = "0.10" }, { unit_price = "0.02" } ]
 "#;
 
-fn billing(db: &schemas::ch::ClickHouseConfig, args: &[&str]) -> (bool, String) {
+fn billing(db: &runtime::ch::ClickHouseConfig, args: &[&str]) -> (bool, String) {
     let out = Command::new(bin("billing"))
         .args(args)
         .env("BILLING__CLICKHOUSE__URL", &db.url)
@@ -217,7 +217,7 @@ fn a_bad_rate_card_is_refused_with_its_line() {
     std::fs::create_dir_all(&dir).unwrap();
     let f = dir.join("rates.toml");
     std::fs::write(&f, "[[partner]]\nid = \"a\"\nname = \"A\"\ntracking_ids = [\"t\"]\ncurrency = \"EUR\"\npricing = \"flat\"\ntiers = [ { unit_price = 0.05 } ]\n").unwrap();
-    let db = schemas::ch::ClickHouseConfig { url: clickhouse_url(), ..Default::default() };
+    let db = runtime::ch::ClickHouseConfig { url: clickhouse_url(), ..Default::default() };
     let (ok, text) = billing(&db, &["run", "--period", "2026-10", "--rates", f.to_str().unwrap(), "--out", dir.to_str().unwrap()]);
     assert!(!ok);
     assert!(text.contains("rates.toml:7"), "{text}");

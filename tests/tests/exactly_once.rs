@@ -226,7 +226,7 @@ async fn produce_with(topic: &str, records: &[(String, Vec<u8>)], event_time_sta
 }
 
 /// Every table and view an analyst or billing reads equals `want`.
-async fn assert_exact(db: &schemas::ch::ClickHouseConfig, want: &Want, timeout: Duration) {
+async fn assert_exact(db: &runtime::ch::ClickHouseConfig, want: &Want, timeout: Duration) {
     let got = wait_for_events(db, want.events, timeout).await;
     assert_eq!(got, want.events, "events counted once each");
     assert_eq!(sums_by(db, "usage_by_tracking", "tracking_id").await, want.by_tracking, "usage_by_tracking per tracking id");
@@ -243,7 +243,7 @@ async fn assert_exact(db: &schemas::ch::ClickHouseConfig, want: &Want, timeout: 
 }
 
 /// Rows of a batch whose checkpoint was never written (the partial batch a crash left).
-async fn rows_without_checkpoint(db: &schemas::ch::ClickHouseConfig, table: Table) -> u64 {
+async fn rows_without_checkpoint(db: &runtime::ch::ClickHouseConfig, table: Table) -> u64 {
     let (p, e, o) = if table.is_data() { ("src_partition", "src_epoch", "src_offset") } else { ("partition", "epoch", "position") };
     count(
         db,

@@ -121,11 +121,11 @@ struct DeadRow {
 #[tokio::test]
 async fn migrations_are_idempotent_and_every_contract_table_takes_a_row() {
     let db = test_db().await; // first application
-    let again = schemas::ch::migrate(&db).await.expect("second application");
+    let again = runtime::ch::migrate(&db).await.expect("second application");
     assert!(again.applied.is_empty(), "nothing applied twice: {again:?}");
-    assert_eq!(again.already.len(), schemas::ch::MIGRATIONS.len());
+    assert_eq!(again.already.len(), runtime::ch::MIGRATIONS.len());
     let recorded = count(&db, &format!("SELECT count() FROM {}.schema_migrations", db.database)).await;
-    assert_eq!(recorded, schemas::ch::MIGRATIONS.len() as u64, "each migration recorded once");
+    assert_eq!(recorded, runtime::ch::MIGRATIONS.len() as u64, "each migration recorded once");
 
     let c = db.client();
     // Rows are written to the append-only logs under a claim (here epoch 0 of
@@ -197,9 +197,9 @@ async fn migrations_are_idempotent_and_every_contract_table_takes_a_row() {
 
 #[test]
 fn migration_with_bad_database_name_is_refused() {
-    let cfg = schemas::ch::ClickHouseConfig { database: "x; DROP TABLE y".into(), ..Default::default() };
+    let cfg = runtime::ch::ClickHouseConfig { database: "x; DROP TABLE y".into(), ..Default::default() };
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let err = rt.block_on(schemas::ch::migrate(&cfg)).unwrap_err();
+    let err = rt.block_on(runtime::ch::migrate(&cfg)).unwrap_err();
     assert!(err.to_string().contains("invalid database name"), "{err}");
 }
 

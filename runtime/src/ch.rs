@@ -1,6 +1,6 @@
 //! ClickHouse connection settings and the migration runner.
 //!
-//! Migrations are the versioned SQL files in `schemas/migrations/`, embedded at
+//! Migrations are the versioned SQL files in `runtime/migrations/`, embedded at
 //! build time. `{db}` in a file stands for the target database. Each file may
 //! hold several statements separated by `;` at the end of a line. Applied
 //! versions are recorded in `{db}.schema_migrations` with a checksum of the

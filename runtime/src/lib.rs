@@ -1,0 +1,29 @@
+//! The runtime every service shares: ClickHouse client and migrations
+//! ([`ch`], `runtime/migrations/`), Kafka settings ([`kafka`]), configuration
+//! loading ([`config`]), tracing ([`telemetry`]), bearer credentials
+//! ([`auth`]), HTTP serving with slow-client limits ([`serve`]), cached
+//! health probes ([`health`]), CSV cells ([`csv`]) and the shutdown signal
+//! ([`shutdown_signal`]). The contract itself (event, codec, validation) is
+//! the `schemas` crate.
+
+pub mod auth;
+pub mod ch;
+pub mod config;
+pub mod csv;
+pub mod health;
+pub mod kafka;
+pub mod serve;
+pub mod telemetry;
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C): what every service stops on.
+pub async fn shutdown_signal() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! { _ = term.recv() => {}, _ = tokio::signal::ctrl_c() => {} }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("ShutdownRequested");
+}
