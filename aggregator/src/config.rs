@@ -72,7 +72,7 @@ impl Default for AggregatorConfig {
             kafka: KafkaConfig::default(),
             clickhouse: ClickHouseConfig::default(),
             group_id: "metering-aggregator".into(),
-            window_secs: 60,
+            window_secs: schemas::WINDOW_SECS,
             flush_interval_ms: 5_000,
             flush_max_rows: 200_000,
             max_pending_rows: 2_000_000,

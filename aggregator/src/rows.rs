@@ -1,6 +1,6 @@
-//! Row values shared by the hot path ([`crate::state`]), the dedup state
-//! ([`crate::dedup`]) and the table encoders ([`crate::tables`]). A leaf:
-//! it depends on no other module of the crate.
+//! Row values shared by the hot path (`state`), the dedup state (`dedup`)
+//! and the table encoders (`tables`). A leaf: it depends on no other module
+//! of the crate.
 
 use schemas::Protocol;
 

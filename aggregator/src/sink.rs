@@ -65,12 +65,6 @@ impl Sink {
         insert.end().await?;
         Ok(())
     }
-
-    /// Cheap reachability check.
-    pub async fn ping(&self) -> Result<(), AggError> {
-        let _: u8 = self.client.query("SELECT 1").fetch_one().await?;
-        Ok(())
-    }
 }
 
 impl Store for Sink {

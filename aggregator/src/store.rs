@@ -1,5 +1,5 @@
 //! What the flush protocol needs from storage, as a trait: the ClickHouse
-//! implementation is [`crate::sink::Sink`]; tests use a fault-injecting
+//! implementation is `sink::Sink`; tests use a fault-injecting
 //! in-memory fake (`store::fake`) that applies the same fencing rule.
 
 use crate::dedup::{Dedup, Horizon};

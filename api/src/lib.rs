@@ -10,18 +10,24 @@
 //! `custom_viewer_data`).
 //!
 //! - [`store`]: tokens in SQLite (persist across restarts).
-//! - [`http`]: `api serve`, the REST API (`/api/subscribe_token`,
-//!   `/api/publish_token`, `/api/token/verify`) behind an API secret.
+//! - [`http`]: `api serve`: the router, health, readiness and metrics.
+//! - [`app`]: state shared by the routes, replies, credential checks (a leaf).
+//! - [`tokens`]: the token routes (`/api/subscribe_token`,
+//!   `/api/publish_token`, `/api/token/verify`).
 //! - [`stats`]: usage statistics (`/api/analytics/...`, `/api/records/viewers`)
 //!   read from ClickHouse.
+//! - [`openapi`]: the OpenAPI document.
 //! - [`sign`]: self-signing viewer JWTs (`api token sign`).
 //! - [`verify`]: the admission rules and the attribution.
 
+pub mod app;
 pub mod config;
 pub mod http;
+pub mod openapi;
 pub mod sign;
 pub mod stats;
 pub mod store;
+pub mod tokens;
 pub mod verify;
 
 /// The usage contract's limits, defined once in `schemas`.

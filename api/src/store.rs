@@ -185,7 +185,7 @@ pub struct NewPublishToken {
     pub subscribe_requires_auth: bool,
 }
 
-/// Read access to Subscribe tokens, what [`crate::verify::verify`] needs.
+/// Read access to Subscribe tokens, what verification needs.
 pub trait TokenLookup {
     /// The Subscribe token with this id.
     fn subscribe_by_id(&self, id: i64) -> Result<Option<SubscribeToken>, StoreError>;

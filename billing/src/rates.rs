@@ -21,8 +21,6 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use crate::pricing;
-
 /// Largest accepted `unit_price` (per GB or GiB) in any currency.
 ///
 /// A sanity cap that also guarantees every amount computed from a `u64` byte
@@ -660,7 +658,7 @@ fn validate_price_list(src: &Source<'_>, ctx: &str, d: &Draft<'_>) -> Result<Pri
                         format!("{ctx}: tier {n}: up_to ({value}) must be greater than the previous tier's up_to ({prev})"),
                     ));
                 }
-                if !pricing::tier_boundary_bytes(value, unit).1 {
+                if !tier_boundary_bytes(value, unit).1 {
                     return Err(src.invalid(
                         line.max(unit_line),
                         format!(
@@ -693,6 +691,24 @@ fn validate_price_list(src: &Source<'_>, ctx: &str, d: &Draft<'_>) -> Result<Pri
     };
 
     Ok(PriceList { currency, unit, model, tiers, minimum_commitment })
+}
+
+/// Byte boundary of a tier's `up_to`: `(bytes, exact)`.
+///
+/// `bytes` is `floor(up_to * bytes_per_unit)`, 0 for negative values and
+/// saturated to `u64::MAX` (a boundary beyond `u64::MAX` can never be
+/// crossed, so saturation does not change any price). `exact` is false when
+/// the boundary is not a whole number of bytes (rejected by validation).
+pub fn tier_boundary_bytes(up_to: Decimal, unit: Unit) -> (u64, bool) {
+    if up_to.is_sign_negative() && !up_to.is_zero() {
+        return (0, false);
+    }
+    // up_to = m / 10^s with m < 2^96: m * bpu < 2^126 and 10^s <= 10^28 fit in u128.
+    let m = up_to.mantissa().unsigned_abs();
+    let den = 10u128.pow(up_to.scale());
+    let num = m * u128::from(unit.bytes_per_unit());
+    let bytes = u64::try_from(num / den).unwrap_or(u64::MAX);
+    (bytes, num.is_multiple_of(den))
 }
 
 #[cfg(test)]

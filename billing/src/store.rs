@@ -77,6 +77,61 @@ pub struct BilledRow {
     pub issued_at: u32,
 }
 
+/// The tables billing writes: their columns with ClickHouse types, in the
+/// order of the row structs that write them (`InvoiceRow`, `LineRow`,
+/// [`BilledRow`]). A unit test binds each list to its struct, an end-to-end
+/// test (`foundation::billing_row_layouts_match_the_migrated_tables`) to the
+/// migrated tables.
+pub const TABLES: [(&str, &[(&str, &str)]); 3] = [
+    (
+        "billing_invoices",
+        &[
+            ("invoice_number", "String"),
+            ("partner_id", "String"),
+            ("period", "String"),
+            ("revision", "UInt32"),
+            ("status", "String"),
+            ("currency", "String"),
+            ("total_bytes", "UInt64"),
+            ("subtotal", "String"),
+            ("total", "String"),
+            ("document", "String"),
+            ("created_at", "DateTime('UTC')"),
+        ],
+    ),
+    (
+        "billing_invoice_lines",
+        &[
+            ("invoice_number", "String"),
+            ("partner_id", "String"),
+            ("period", "String"),
+            ("status", "String"),
+            ("line_no", "UInt32"),
+            ("kind", "String"),
+            ("description", "String"),
+            ("bytes", "UInt64"),
+            ("quantity", "String"),
+            ("unit", "String"),
+            ("unit_price", "String"),
+            ("amount", "String"),
+            ("currency", "String"),
+            ("created_at", "DateTime('UTC')"),
+        ],
+    ),
+    (
+        "billing_billed_usage",
+        &[
+            ("invoice_number", "String"),
+            ("partner_id", "String"),
+            ("billed_in_period", "String"),
+            ("usage_period", "String"),
+            ("tracking_id", "String"),
+            ("bytes", "UInt64"),
+            ("issued_at", "DateTime('UTC')"),
+        ],
+    ),
+];
+
 fn secs(d: NaiveDate) -> i64 {
     d.and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp()
 }
@@ -334,5 +389,21 @@ impl Store {
             .fetch_all()
             .await?;
         Ok(rows.into_iter().map(|r| (r.tracking_id, r.cvd, r.viewers, r.bytes_out, r.bytes_in)).collect())
+    }
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::*;
+    use clickhouse::Row;
+
+    #[test]
+    fn table_layouts_are_the_row_structs() {
+        fn names(cols: &[(&'static str, &'static str)]) -> Vec<&'static str> {
+            cols.iter().map(|c| c.0).collect()
+        }
+        assert_eq!(names(TABLES[0].1), <InvoiceRow<'_> as Row>::COLUMN_NAMES);
+        assert_eq!(names(TABLES[1].1), <LineRow<'_> as Row>::COLUMN_NAMES);
+        assert_eq!(names(TABLES[2].1), <BilledRow as Row>::COLUMN_NAMES);
     }
 }

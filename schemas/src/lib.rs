@@ -7,6 +7,10 @@ pub mod codec;
 pub mod event;
 pub mod validate;
 
+/// Width of the tumbling windows of the usage tables, seconds (the
+/// contract's default; `aggregator`'s `window_secs`).
+pub const WINDOW_SECS: u32 = 60;
+
 pub use codec::{Codec, DecodeError};
 pub use event::{OwnedViewerUsage, Protocol, ViewerUsage};
 pub use validate::{validate, validate_with, FieldError, Rules};

@@ -243,3 +243,22 @@ async fn aggregator_row_layouts_match_the_migrated_tables() {
     }
     drop_db(&db).await;
 }
+
+/// Billing's row structs (`billing::store::TABLES`) against the migrated tables.
+#[tokio::test]
+async fn billing_row_layouts_match_the_migrated_tables() {
+    let db = test_db().await;
+    for (table, cols) in billing::store::TABLES {
+        let got: Vec<(String, String)> = db
+            .client()
+            .query("SELECT name, type FROM system.columns WHERE database = ? AND table = ?")
+            .bind(&db.database)
+            .bind(table)
+            .fetch_all()
+            .await
+            .unwrap();
+        let want: Vec<(String, String)> = cols.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect();
+        assert_eq!(got, want, "{table}");
+    }
+    drop_db(&db).await;
+}

@@ -1,0 +1,164 @@
+//! State shared by every route of `api serve`, the replies, and the
+//! credential checks (roles: admin, verify-only, partner-scoped; see
+//! `docs/security.md`). A leaf of the crate's route modules: the `tokens`,
+//! `stats` and `openapi` modules use it, and the `http` module wires them.
+
+use crate::store::{Store, StoreError};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use prometheus::{IntCounterVec, Opts, Registry};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use thiserror::Error;
+
+/// Errors of the service.
+#[derive(Debug, Error)]
+pub enum ApiError {
+    /// Invalid configuration.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The store could not be opened or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Binding or serving failed.
+    #[error("serve: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// An error reply.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    BadRequest(String),
+    Forbidden(String),
+    NotFound(String),
+    Internal(String),
+}
+
+impl From<StoreError> for Reply {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "TokenStoreFailed");
+        Reply::Internal("token store unavailable".into())
+    }
+}
+
+pub(crate) fn error_body(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({"status": "error", "message": message}))).into_response()
+}
+
+impl IntoResponse for Reply {
+    fn into_response(self) -> Response {
+        match self {
+            Reply::BadRequest(m) => error_body(StatusCode::BAD_REQUEST, &m),
+            Reply::Forbidden(m) => error_body(StatusCode::FORBIDDEN, &m),
+            Reply::NotFound(m) => error_body(StatusCode::NOT_FOUND, &m),
+            Reply::Internal(m) => error_body(StatusCode::INTERNAL_SERVER_ERROR, &m),
+        }
+    }
+}
+
+pub(crate) fn success(data: Value) -> Response {
+    (StatusCode::OK, Json(json!({"status": "success", "data": data}))).into_response()
+}
+
+pub(crate) struct Metrics {
+    pub(crate) registry: Registry,
+    pub(crate) requests: IntCounterVec,
+    pub(crate) verify: IntCounterVec,
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(Opts::new("api_requests_total", "Requests by HTTP status"), &["status"])?;
+        let verify =
+            IntCounterVec::new(Opts::new("api_verify_total", "Token verifications by result (ok or the refusal code)"), &["result"])?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(verify.clone()))?;
+        Ok(Metrics { registry, requests, verify })
+    }
+}
+
+pub(crate) struct AppState {
+    pub(crate) store: Arc<Store>,
+    /// Admin secrets, as digests.
+    pub(crate) secrets: runtime::auth::KeySet,
+    /// Verify-only secrets (media servers), as digests.
+    pub(crate) verify_secrets: runtime::auth::KeySet,
+    /// Partner-scoped secrets as digests, and the tracking ids each may see.
+    pub(crate) scoped_keys: runtime::auth::KeySet,
+    pub(crate) scoped_ids: Vec<Arc<Vec<String>>>,
+    pub(crate) metrics: Metrics,
+    /// Client of the ClickHouse holding the usage tables.
+    pub(crate) ch: clickhouse::Client,
+    /// The operator's verification rules.
+    pub(crate) policy: crate::verify::Policy,
+    /// Slots of statistics queries running at once.
+    pub(crate) stats_slots: Arc<tokio::sync::Semaphore>,
+    /// ClickHouse probed at most once a second by `/readyz`.
+    pub(crate) ch_probe: runtime::health::Probe,
+}
+
+/// Most statistics queries running at once (beyond: `503` with `Retry-After`).
+pub const MAX_CONCURRENT_STATS: usize = 8;
+
+/// A statistics request's concurrency slot; a streamed answer takes it
+/// along until its last row is sent.
+#[derive(Clone)]
+pub(crate) struct StatsSlot(Arc<std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>);
+
+impl StatsSlot {
+    pub(crate) fn take(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.0.lock().ok().and_then(|mut p| p.take())
+    }
+}
+
+/// What the caller's secret may see: `None` everything, `Some(ids)` only
+/// those tracking ids (a scoped secret).
+#[derive(Debug, Clone)]
+pub(crate) struct Scope(pub(crate) Option<Arc<Vec<String>>>);
+
+pub(crate) async fn require_secret(State(s): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+    let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let given = runtime::auth::bearer(header);
+    // every key set is consulted whatever matched first (constant time each)
+    let admin = given.is_some_and(|g| s.secrets.contains(g));
+    let verifier = given.is_some_and(|g| s.verify_secrets.contains(g));
+    let scoped = given.and_then(|g| s.scoped_keys.position(g)).map(|i| s.scoped_ids[i].clone());
+    let path = req.uri().path();
+    if admin {
+        req.extensions_mut().insert(Scope(None));
+        return next.run(req).await;
+    }
+    if verifier {
+        if path != "/api/token/verify" {
+            return error_body(StatusCode::FORBIDDEN, "this API secret may only verify viewer tokens (POST /api/token/verify)");
+        }
+        req.extensions_mut().insert(Scope(Some(Arc::new(vec![]))));
+        return next.run(req).await;
+    }
+    if let Some(ids) = scoped {
+        let allowed = path.starts_with("/api/analytics/") || path.starts_with("/api/records/") || path == "/api/openapi.json";
+        if !allowed {
+            return error_body(StatusCode::FORBIDDEN, "this API secret is limited to the statistics routes");
+        }
+        req.extensions_mut().insert(Scope(Some(ids)));
+        return next.run(req).await;
+    }
+    let mut r = error_body(StatusCode::UNAUTHORIZED, "missing or invalid API secret (Authorization: Bearer <secret>)");
+    r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    r
+}
+
+/// At most [`MAX_CONCURRENT_STATS`] statistics queries at once.
+pub(crate) async fn limit_stats(State(s): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+    let Ok(permit) = s.stats_slots.clone().try_acquire_owned() else {
+        let mut r = error_body(StatusCode::SERVICE_UNAVAILABLE, "too many statistics queries at once; retry shortly");
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return r;
+    };
+    req.extensions_mut().insert(StatsSlot(Arc::new(std::sync::Mutex::new(Some(permit)))));
+    next.run(req).await
+}
