@@ -12,7 +12,7 @@
 
 use crate::json::{metric_reason, parse_body_limited, BodyLimits, EventError, Rejection};
 use crate::producer::{ProducerOptions, SendAllError, UsageProducer};
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -128,7 +128,7 @@ struct AppState {
     /// The last broker probe and when it was made: health and readiness
     /// answer from it for a second, so probes cost the broker at most one
     /// metadata request per second whatever the request rate (one at a time).
-    broker_probe: tokio::sync::Mutex<Option<(Instant, bool)>>,
+    broker_probe: runtime::health::Probe,
     /// `cfg.api_keys` as digests.
     keys: runtime::auth::KeySet,
 }
@@ -149,14 +149,11 @@ pub fn router(cfg: IngestConfig) -> Result<Router, crate::IngestError> {
         producer,
         metrics: Metrics::new(),
         broker_down: AtomicBool::new(false),
-        broker_probe: tokio::sync::Mutex::new(None),
+        broker_probe: runtime::health::Probe::default(),
         keys: runtime::auth::KeySet::new(&cfg.api_keys),
         cfg,
     });
-    let api = Router::new()
-        .route("/v1/usage", post(post_usage))
-        .layer(DefaultBodyLimit::max(state.cfg.max_body_bytes))
-        .layer(middleware::from_fn_with_state(state.clone(), require_key));
+    let api = Router::new().route("/v1/usage", post(post_usage)).layer(middleware::from_fn_with_state(state.clone(), require_key));
     Ok(Router::new()
         .merge(api)
         .route("/healthz", get(healthz))
@@ -309,7 +306,7 @@ async fn handle_usage(s: &AppState, headers: &HeaderMap, body: Vec<u8>) -> Respo
         Ok(n) => {
             s.broker_down.store(false, Ordering::Relaxed);
             // acknowledged by the broker: as good as a probe
-            *s.broker_probe.lock().await = Some((Instant::now(), true));
+            s.broker_probe.set(Ok(())).await;
             s.metrics.accepted.inc_by(n as u64);
             (StatusCode::OK, Json(json!({"status": "success", "accepted": n}))).into_response()
         }
@@ -377,16 +374,16 @@ async fn readyz(State(s): State<Arc<AppState>>) -> Response {
 /// The broker answered a metadata request within 2 s (off the async
 /// threads), at most a second ago.
 async fn broker_up(s: &AppState) -> bool {
-    let mut probe = s.broker_probe.lock().await;
-    if let Some((at, up)) = *probe {
-        if at.elapsed() < Duration::from_secs(1) {
-            return up;
+    let probe = || async {
+        let p = s.producer.clone();
+        let up = tokio::task::spawn_blocking(move || p.broker_reachable(Duration::from_secs(2))).await.unwrap_or(false);
+        if up {
+            Ok(())
+        } else {
+            Err("kafka unreachable".to_string())
         }
-    }
-    let p = s.producer.clone();
-    let up = tokio::task::spawn_blocking(move || p.broker_reachable(Duration::from_secs(2))).await.unwrap_or(false);
-    *probe = Some((Instant::now(), up));
-    up
+    };
+    s.broker_probe.check(probe).await.is_ok()
 }
 
 async fn metrics(State(s): State<Arc<AppState>>) -> Response {

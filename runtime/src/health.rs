@@ -32,6 +32,12 @@ impl Probe {
         *last = Some((Instant::now(), r.clone()));
         r
     }
+
+    /// Record a result learnt otherwise (a successful request proves the
+    /// dependency up, as a probe would).
+    pub async fn set(&self, result: Result<(), String>) {
+        *self.last.lock().await = Some((Instant::now(), result));
+    }
 }
 
 impl Default for Probe {
