@@ -390,11 +390,6 @@ async fn write_tables<S: Store>(
     })
 }
 
-/// Current wall clock, epoch ms.
-pub fn clock_ms() -> i64 {
-    now_ms()
-}
-
 #[cfg(test)]
 mod tests {
     //! The flush protocol against the fault-injecting fake store: faults at
