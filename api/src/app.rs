@@ -28,12 +28,21 @@ pub enum ApiError {
     Io(#[from] std::io::Error),
 }
 
-/// An error reply.
+/// An error reply, in the platform's envelopes: client errors are
+/// `{"status":"fail","data":{"message":...}}` (an unknown id is a `400` too,
+/// as on the platform), server errors `{"status":"error","message":...}`.
 #[derive(Debug)]
 pub(crate) enum Reply {
+    /// `400`: the request is invalid.
     BadRequest(String),
-    Forbidden(String),
+    /// `400` `{"tokenId": message}`: no such token (the platform answers an
+    /// unknown id with `400`).
     NotFound(String),
+    /// `400` `{"token": ...}`: an update that names nothing to change.
+    NothingToUpdate,
+    /// `403`: the secret may not do this.
+    Forbidden(String),
+    /// `500`: not the caller's fault.
     Internal(String),
 }
 
@@ -44,16 +53,43 @@ impl From<StoreError> for Reply {
     }
 }
 
+/// A client error (`4xx`): `{"status":"fail","data":data}`.
+pub(crate) fn fail_body(status: StatusCode, data: Value) -> Response {
+    (status, Json(json!({"status": "fail", "data": data}))).into_response()
+}
+
+/// A client error with a message only.
+pub(crate) fn fail(status: StatusCode, message: &str) -> Response {
+    fail_body(status, json!({ "message": message }))
+}
+
+/// A server error (`5xx`): `{"status":"error","message":...}`.
 pub(crate) fn error_body(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({"status": "error", "message": message}))).into_response()
+}
+
+/// The platform's `400` data: `{"errors":{"<field>":["<message>"]},"message":...}`
+/// when the message names its field (`field: reason`), else `{"message":...}`.
+pub(crate) fn bad_request_data(message: &str) -> Value {
+    let field = message.split_once(": ").map(|(f, _)| f).filter(|f| {
+        !f.is_empty() && f.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.[]".contains(&b))
+    });
+    match field {
+        Some(f) => json!({"errors": {f: [message]}, "message": message}),
+        None => json!({ "message": message }),
+    }
 }
 
 impl IntoResponse for Reply {
     fn into_response(self) -> Response {
         match self {
-            Reply::BadRequest(m) => error_body(StatusCode::BAD_REQUEST, &m),
-            Reply::Forbidden(m) => error_body(StatusCode::FORBIDDEN, &m),
-            Reply::NotFound(m) => error_body(StatusCode::NOT_FOUND, &m),
+            Reply::BadRequest(m) => fail_body(StatusCode::BAD_REQUEST, bad_request_data(&m)),
+            Reply::NotFound(m) => fail_body(StatusCode::BAD_REQUEST, json!({"tokenId": m, "message": m})),
+            Reply::NothingToUpdate => {
+                let m = "No properties specified to update.";
+                fail_body(StatusCode::BAD_REQUEST, json!({"token": m, "message": m}))
+            }
+            Reply::Forbidden(m) => fail(StatusCode::FORBIDDEN, &m),
             Reply::Internal(m) => error_body(StatusCode::INTERNAL_SERVER_ERROR, &m),
         }
     }
@@ -134,7 +170,7 @@ pub(crate) async fn require_secret(State(s): State<Arc<AppState>>, mut req: Requ
     }
     if verifier {
         if path != "/api/token/verify" {
-            return error_body(StatusCode::FORBIDDEN, "this API secret may only verify viewer tokens (POST /api/token/verify)");
+            return fail(StatusCode::FORBIDDEN, "this API secret may only verify viewer tokens (POST /api/token/verify)");
         }
         req.extensions_mut().insert(Scope(Some(Arc::new(vec![]))));
         return next.run(req).await;
@@ -142,12 +178,12 @@ pub(crate) async fn require_secret(State(s): State<Arc<AppState>>, mut req: Requ
     if let Some(ids) = scoped {
         let allowed = path.starts_with("/api/analytics/") || path.starts_with("/api/records/") || path == "/api/openapi.json";
         if !allowed {
-            return error_body(StatusCode::FORBIDDEN, "this API secret is limited to the statistics routes");
+            return fail(StatusCode::FORBIDDEN, "this API secret is limited to the statistics routes");
         }
         req.extensions_mut().insert(Scope(Some(ids)));
         return next.run(req).await;
     }
-    let mut r = error_body(StatusCode::UNAUTHORIZED, "missing or invalid API secret (Authorization: Bearer <secret>)");
+    let mut r = fail(StatusCode::UNAUTHORIZED, "missing or invalid API secret (Authorization: Bearer <secret>)");
     r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     r
 }

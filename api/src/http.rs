@@ -33,14 +33,14 @@ use crate::app::{limit_stats, require_secret, AppState, Metrics};
 use crate::config::ApiConfig;
 use crate::store::Store;
 use crate::tokens::{
-    create_publish, create_subscribe, delete_publish, delete_subscribe, get_publish, get_subscribe, list_publish, list_subscribe,
-    update_subscribe, verify_token, MAX_BODY_BYTES,
+    all_publish, all_subscribe, create_publish, create_subscribe, delete_publish, delete_subscribe, get_publish, get_subscribe,
+    list_publish, list_subscribe, update_publish, update_subscribe, verify_token, MAX_BODY_BYTES,
 };
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use prometheus::{Encoder, TextEncoder};
 use std::sync::Arc;
@@ -76,12 +76,14 @@ pub fn router(cfg: &ApiConfig, store: Arc<Store>) -> Result<Router, ApiError> {
         },
     });
     let api = Router::new()
-        .route("/api/subscribe_token", post(create_subscribe).get(list_subscribe))
+        .route("/api/subscribe_token", post(create_subscribe).get(all_subscribe))
         .route("/api/subscribe_token/list", get(list_subscribe))
         .route("/api/subscribe_token/{id}", get(get_subscribe).put(update_subscribe).delete(delete_subscribe))
-        .route("/api/publish_token", post(create_publish).get(list_publish))
+        .route("/api/v2/subscribe_token/{id}", put(update_subscribe))
+        .route("/api/publish_token", post(create_publish).get(all_publish))
         .route("/api/publish_token/list", get(list_publish))
-        .route("/api/publish_token/{id}", get(get_publish).delete(delete_publish))
+        .route("/api/publish_token/{id}", get(get_publish).put(update_publish).delete(delete_publish))
+        .route("/api/v2/publish_token/{id}", put(update_publish))
         .route("/api/token/verify", post(verify_token))
         .merge(
             Router::new()

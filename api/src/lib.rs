@@ -32,5 +32,11 @@ pub mod verify;
 
 /// The usage contract's limits, defined once in `schemas`.
 pub use schemas::validate::{MAX_CUSTOM_VIEWER_DATA_CHARS, MAX_TRACKING_ID_CHARS};
-/// The `originCluster` value that means "any cluster".
-pub const AUTO_CLUSTER: &str = "auto";
+/// The `originCluster` value that means "any cluster" (any case is accepted,
+/// as the platform's guide writes it `Auto`).
+pub const AUTO_CLUSTER: &str = "Auto";
+
+/// Whether an `originCluster` means "any cluster".
+pub fn is_auto_cluster(c: &str) -> bool {
+    c.eq_ignore_ascii_case(AUTO_CLUSTER)
+}

@@ -1,28 +1,29 @@
-//! Usage statistics read from ClickHouse, shaped like the analytics API of
-//! the established real-time streaming platforms. Same bearer secret as the
-//! token routes; replies `{"status":"success","data":...}` or
-//! `{"status":"error","message":...}` (`400` invalid parameters, `403`
-//! tracking id outside a scoped secret, `500` ClickHouse failed).
+//! Usage statistics read from ClickHouse in the platform's analytics shapes.
+//! Same bearer secret as the token routes; the platform's envelopes (`400`
+//! `{"status":"fail","data":...}` for invalid parameters, `403` a tracking id
+//! outside a scoped secret, `500` `{"status":"error"}` ClickHouse failed).
 //!
-//! | route | data |
+//! | route | `data` |
 //! | --- | --- |
-//! | `GET /api/analytics/tracking/total?trackingIds=a&trackingIds=b&startDate=YYYY-MM-DD&stopDate=YYYY-MM-DD` | `{a: [{streamName, bytesOut, bytesIn}]}` (daily rollup) |
-//! | `GET /api/analytics/tracking/series?...&resolution=Minute\|Hour\|Day\|Month` | `{a: [{timestamp, streamName, bytesOut, bytesIn}]}` |
-//! | `GET /api/analytics/tracking/streams/total?streamNames=s&startDate&stopDate` | `{s: [{trackingId, bytesOut, bytesIn}]}` (`""` = untracked) |
-//! | `GET /api/analytics/tracking/streams/series?...&resolution=` | `{s: [{timestamp, trackingId, bytesOut, bytesIn}]}` |
-//! | `POST /api/records/viewers` `{startTime, endTime, trackingIds \| streamNames}` | one record per viewer connection, NDJSON (default) or CSV (`Accept: text/csv`), streamed |
+//! | `GET /api/analytics/tracking/total?trackingIds=a&trackingIds=b&startDate&stopDate` | `{a: [{streamName, bytesOut, bytesIn}]}` |
+//! | `GET /api/analytics/tracking/series?...&resolution=Hour\|Day` | `{a: {"<bucket>": [{streamName, bytesOut, bytesIn}]}}` |
+//! | `GET /api/analytics/tracking/streams/total?streamNames=s&startDate&stopDate` | `{s: [{trackingId?, bytesOut, bytesIn}]}` |
+//! | `GET /api/analytics/tracking/streams/series?...&resolution=` | `{s: {"<bucket>": [{trackingId, bytesOut, bytesIn}]}}` |
+//! | `POST /api/records/viewers` | viewer sessions, JSON lines (`application/x-jsonl`) or CSV (`Accept: text/csv`), see [`viewer_records`] |
 //!
-//! `stopDate` (and `endTime`) are exclusive; dates are UTC days. Every id
-//! list holds 1 to 10 ids (tracking ids at most 128 characters, stream names
-//! at most 256). Longest ranges: Minute 2 days, Hour 31 days, Day 366 days,
-//! Month 5 years, totals 366 days, records 31 days.
-//!
-//! **Series buckets without usage are absent** (no zero rows); `timestamp` is
-//! the bucket start in ISO 8601 UTC (`2026-10-31T20:00:00Z`). Sources:
-//! Minute `usage_by_tracking` (window start rounded down to the minute),
-//! Hour `usage_by_tracking_hourly`, Day `usage_by_tracking_daily`, Month the
-//! daily rollup grouped by `toStartOfMonth(day)`. The ids of a reply key
-//! appear even when they have no usage (empty list).
+//! - `startDate` and `stopDate` are a date (`2026-10-31`, midnight UTC) or an
+//!   ISO 8601 date-time (`2026-10-31T20:00:00Z`); `stopDate` is exclusive.
+//! - `resolution`: `Hour` and `Day` as on the platform; `Minute` and `Month`
+//!   are this service's extension. Series are **dense**: every bucket of
+//!   the range is present, `[]` when it has no usage; a bucket is named by
+//!   its start (`2026-10-31T20:00:00Z`). Every requested id is a key, even
+//!   without usage.
+//! - Untracked usage (no tracking id) appears in the stream routes only, as
+//!   the platform shows it: an item **without** `trackingId` in
+//!   `streams/total`, `"trackingId": ""` in `streams/series`.
+//! - Limits: 1 to 10 ids per call (tracking ids at most 128 characters,
+//!   stream names 256); ranges at most: Minute 2 days, Hour 31 days, Day
+//!   366 days, Month 5 years, totals 366 days, records 31 days.
 //!
 //! Every value reaches ClickHouse as a bound parameter, never as SQL text.
 
@@ -33,9 +34,10 @@ use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, SecondsFormat, TimeZone, Timelike, Utc};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Most ids (tracking ids or stream names) per call.
@@ -49,7 +51,13 @@ pub const MAX_RECORD_DAYS: i64 = 31;
 /// Most records one viewer-records answer holds (the `X-Row-Limit` header
 /// says so; narrow the range or the ids for more).
 pub const MAX_RECORD_ROWS: u64 = 1_000_000;
-/// Length of a usage window, seconds (the aggregator's default).
+/// How far before `startTime` and after `endTime` a session's rows are read,
+/// so that a session is reported whole rather than cut at the query's
+/// bounds (longer sessions are cut this far outside them), hours.
+pub const SESSION_MARGIN_HOURS: i64 = 48;
+/// A session with no usage for this long is completed, seconds (media
+/// servers report every few seconds; the aggregator writes within a flush).
+pub const SESSION_IDLE_SECS: i64 = 300;
 use schemas::WINDOW_SECS;
 
 /// Bucket size of a series.
@@ -68,7 +76,7 @@ impl Resolution {
             "Hour" => Ok(Resolution::Hour),
             "Day" => Ok(Resolution::Day),
             "Month" => Ok(Resolution::Month),
-            _ => Err(Reply::BadRequest(format!("resolution: one of Minute, Hour, Day, Month (got {s:?})"))),
+            _ => Err(Reply::BadRequest(format!("resolution: one of Hour, Day (or this service's Minute, Month); got {s:?}"))),
         }
     }
 
@@ -88,6 +96,49 @@ impl Resolution {
             Resolution::Hour => "Hour",
             Resolution::Day => "Day",
             Resolution::Month => "Month",
+        }
+    }
+
+    /// ClickHouse expression of a row's bucket (epoch seconds, or `YYYYMM`
+    /// for Month), on ClickHouse 18.16 as on current versions.
+    fn sql(self) -> &'static str {
+        match self {
+            Resolution::Minute => "toUInt32(toStartOfMinute(window_start))",
+            Resolution::Hour => "toUInt32(toStartOfHour(window_start))",
+            Resolution::Day => "toUInt32(toStartOfDay(window_start))",
+            Resolution::Month => "toUInt32(toYYYYMM(window_start))",
+        }
+    }
+
+    /// The bucket holding `t`.
+    fn floor(self, t: DateTime<Utc>) -> DateTime<Utc> {
+        let d = t.date_naive();
+        let at = |h: u32, m: u32| Utc.from_utc_datetime(&d.and_hms_opt(h, m, 0).unwrap_or_default());
+        match self {
+            Resolution::Minute => at(t.hour(), t.minute()),
+            Resolution::Hour => at(t.hour(), 0),
+            Resolution::Day => at(0, 0),
+            Resolution::Month => Utc.from_utc_datetime(&d.with_day(1).unwrap_or(d).and_hms_opt(0, 0, 0).unwrap_or_default()),
+        }
+    }
+
+    fn next(self, t: DateTime<Utc>) -> DateTime<Utc> {
+        match self {
+            Resolution::Minute => t + Duration::minutes(1),
+            Resolution::Hour => t + Duration::hours(1),
+            Resolution::Day => t + Duration::days(1),
+            Resolution::Month => t.checked_add_months(chrono::Months::new(1)).unwrap_or(t + Duration::days(31)),
+        }
+    }
+
+    /// The bucket a row's `sql()` value names.
+    fn bucket_of(self, v: u32) -> Option<DateTime<Utc>> {
+        match self {
+            Resolution::Month => {
+                let d = NaiveDate::from_ymd_opt((v / 100) as i32, v % 100, 1)?;
+                Some(Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0)?))
+            }
+            _ => DateTime::from_timestamp(i64::from(v), 0),
         }
     }
 }
@@ -142,14 +193,24 @@ fn check_scope(scope: &Scope, ids: &[String]) -> Result<(), Reply> {
 #[derive(Debug)]
 struct AnalyticsQuery {
     ids: Vec<String>,
-    start: NaiveDate,
-    stop: NaiveDate,
+    start: DateTime<Utc>,
+    stop: DateTime<Utc>,
     resolution: Option<Resolution>,
 }
 
-fn parse_date(name: &str, v: Option<String>) -> Result<NaiveDate, Reply> {
-    let v = v.ok_or_else(|| Reply::BadRequest(format!("{name}: required (YYYY-MM-DD)")))?;
-    NaiveDate::parse_from_str(&v, "%Y-%m-%d").map_err(|_| Reply::BadRequest(format!("{name}: {v:?} is not a date (YYYY-MM-DD)")))
+/// An ISO 8601 date-time (`2026-10-31T20:00:00Z`, an offset, or none: UTC)
+/// or a date (midnight UTC).
+pub fn parse_time(v: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(v)
+        .map(|t| t.with_timezone(&Utc))
+        .ok()
+        .or_else(|| NaiveDateTime::parse_from_str(v, "%Y-%m-%dT%H:%M:%S%.f").ok().map(|t| t.and_utc()))
+        .or_else(|| NaiveDate::parse_from_str(v, "%Y-%m-%d").ok().and_then(|d| d.and_hms_opt(0, 0, 0)).map(|t| t.and_utc()))
+}
+
+fn required_time(name: &str, v: Option<String>) -> Result<DateTime<Utc>, Reply> {
+    let v = v.ok_or_else(|| Reply::BadRequest(format!("{name}: required (YYYY-MM-DD or an ISO 8601 date-time)")))?;
+    parse_time(&v).ok_or_else(|| Reply::BadRequest(format!("{name}: {v:?} is not a date (YYYY-MM-DD) or an ISO 8601 date-time")))
 }
 
 fn parse_query(raw: Option<String>, by: By, series: bool) -> Result<AnalyticsQuery, Reply> {
@@ -167,23 +228,19 @@ fn parse_query(raw: Option<String>, by: By, series: bool) -> Result<AnalyticsQue
         }
     }
     check_ids(by, &ids)?;
-    let start = parse_date("startDate", start)?;
-    let stop = parse_date("stopDate", stop)?;
+    let start = required_time("startDate", start)?;
+    let stop = required_time("stopDate", stop)?;
     if start >= stop {
-        return Err(Reply::BadRequest("startDate must be before stopDate (stopDate is exclusive)".into()));
+        return Err(Reply::BadRequest("startDate: must be before stopDate (stopDate is exclusive)".into()));
     }
-    let days = (stop - start).num_days();
+    let span = stop - start;
     match (series, resolution) {
-        (true, None) => return Err(Reply::BadRequest("resolution: required (Minute, Hour, Day or Month)".into())),
-        (true, Some(r)) if days > r.max_days() => {
-            return Err(Reply::BadRequest(format!(
-                "range of {days} days too long for resolution {}: at most {} days",
-                r.name(),
-                r.max_days()
-            )))
+        (true, None) => return Err(Reply::BadRequest("resolution: required (Hour or Day; Minute, Month)".into())),
+        (true, Some(r)) if span > Duration::days(r.max_days()) => {
+            return Err(Reply::BadRequest(format!("stopDate: range too long for resolution {}: at most {} days", r.name(), r.max_days())))
         }
-        (false, _) if days > MAX_TOTAL_DAYS => {
-            return Err(Reply::BadRequest(format!("range of {days} days too long: at most {MAX_TOTAL_DAYS} days")))
+        (false, _) if span > Duration::days(MAX_TOTAL_DAYS) => {
+            return Err(Reply::BadRequest(format!("stopDate: range too long: at most {MAX_TOTAL_DAYS} days")))
         }
         _ => {}
     }
@@ -194,7 +251,7 @@ fn parse_query(raw: Option<String>, by: By, series: bool) -> Result<AnalyticsQue
 struct AggRow {
     key: String,
     other: String,
-    ts: String,
+    bucket: u32,
     bo: u64,
     bi: u64,
 }
@@ -208,13 +265,27 @@ fn ch_error(e: clickhouse::error::Error) -> Reply {
     Reply::Internal("usage store unavailable".into())
 }
 
-/// `2026-10-31` or `2026-10-31 20:00:00` (ClickHouse `toString`) to ISO 8601 UTC.
-fn iso(ts: &str) -> String {
-    if ts.len() == 10 {
-        format!("{ts}T00:00:00Z")
-    } else {
-        format!("{}Z", ts.replacen(' ', "T", 1))
+/// A bucket's name: its start, ISO 8601 UTC, whole seconds.
+fn bucket_name(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// One item of a reply: the other dimension and the bytes. Untracked usage
+/// in `streams/total` has no `trackingId` (the platform's shape).
+fn item(by: By, other: &str, bo: u64, bi: u64, series: bool) -> Value {
+    let mut m = Map::new();
+    match by {
+        By::Tracking => {
+            m.insert("streamName".into(), json!(other));
+        }
+        By::Stream if other.is_empty() && !series => {}
+        By::Stream => {
+            m.insert("trackingId".into(), json!(other));
+        }
     }
+    m.insert("bytesOut".into(), json!(bo));
+    m.insert("bytesIn".into(), json!(bi));
+    Value::Object(m)
 }
 
 async fn aggregate(s: &AppState, by: By, q: &AnalyticsQuery, scope: &Scope) -> Result<Response, Reply> {
@@ -225,66 +296,66 @@ async fn aggregate(s: &AppState, by: By, q: &AnalyticsQuery, scope: &Scope) -> R
         By::Tracking => ("tracking_id", "stream_name"),
         By::Stream => ("stream_name", "tracking_id"),
     };
-    // (table, time column is a Date, bucket expression)
-    let (table, date_col, ts) = match q.resolution {
-        None => ("usage_by_tracking_daily", true, "''"),
-        Some(Resolution::Day) => ("usage_by_tracking_daily", true, "toString(day)"),
-        Some(Resolution::Month) => ("usage_by_tracking_daily", true, "toString(toStartOfMonth(day))"),
-        Some(Resolution::Hour) => ("usage_by_tracking_hourly", false, "toString(hour)"),
-        Some(Resolution::Minute) => ("usage_by_tracking", false, "toString(toDateTime(intDiv(toUInt32(window_start), 60) * 60, 'UTC'))"),
-    };
-    let range = if date_col {
-        "day >= toDate(?) AND day < toDate(?)"
-    } else if table == "usage_by_tracking" {
-        "window_start >= toDateTime(?) AND window_start < toDateTime(?)"
-    } else {
-        "hour >= toDateTime(?) AND hour < toDateTime(?)"
-    };
+    let bucket = q.resolution.map_or("toUInt32(0)", Resolution::sql);
     let scoped_ids: Option<&Vec<String>> = match by {
         By::Stream => scope.0.as_deref(),
         By::Tracking => None,
     };
     let scope_clause = scoped_ids.map(|ids| format!(" AND tracking_id IN ({})", placeholders(ids.len()))).unwrap_or_default();
     let sql = format!(
-        "SELECT {key} AS key, {other} AS other, {ts} AS ts, sum(bytes_out) AS bo, sum(bytes_in) AS bi \
-         FROM {table} WHERE {key} IN ({}) AND {range}{scope_clause} \
-         GROUP BY key, other, ts ORDER BY key, ts, other",
+        "SELECT {key} AS key, {other} AS other, {bucket} AS bucket, sum(bytes_out) AS bo, sum(bytes_in) AS bi \
+         FROM usage_by_tracking WHERE {key} IN ({}) AND window_start >= toDateTime(?) AND window_start < toDateTime(?){scope_clause} \
+         GROUP BY key, other, bucket ORDER BY key, bucket, other",
         placeholders(q.ids.len())
     );
     let mut query = s.ch.query(&sql);
     for id in &q.ids {
         query = query.bind(id.as_str());
     }
-    if date_col {
-        query = query.bind(q.start.format("%Y-%m-%d").to_string()).bind(q.stop.format("%Y-%m-%d").to_string());
-    } else {
-        let secs = |d: NaiveDate| d.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp()).unwrap_or(0);
-        query = query.bind(secs(q.start)).bind(secs(q.stop));
-    }
+    query = query.bind(q.start.timestamp()).bind(q.stop.timestamp());
     if let Some(ids) = scoped_ids {
         for id in ids.iter() {
             query = query.bind(id.as_str());
         }
     }
     let rows: Vec<AggRow> = query.fetch_all().await.map_err(ch_error)?;
-    let other_name = match by {
-        By::Tracking => "streamName",
-        By::Stream => "trackingId",
-    };
     let mut data = Map::new();
-    for id in &q.ids {
-        data.insert(id.clone(), Value::Array(vec![]));
-    }
-    for r in rows {
-        let mut item = Map::new();
-        if q.resolution.is_some() {
-            item.insert("timestamp".into(), Value::String(iso(&r.ts)));
+    match q.resolution {
+        None => {
+            for id in &q.ids {
+                data.insert(id.clone(), json!([]));
+            }
+            for r in rows {
+                if let Some(Value::Array(list)) = data.get_mut(&r.key) {
+                    list.push(item(by, &r.other, r.bo, r.bi, false));
+                }
+            }
         }
-        item.insert(other_name.into(), Value::String(r.other));
-        item.insert("bytesOut".into(), json!(r.bo));
-        item.insert("bytesIn".into(), json!(r.bi));
-        if let Some(Value::Array(list)) = data.get_mut(&r.key) {
-            list.push(Value::Object(item));
+        Some(res) => {
+            // every bucket of the range, in order, empty until filled
+            let mut buckets = Vec::new();
+            let mut t = res.floor(q.start);
+            while t < q.stop {
+                buckets.push(t);
+                t = res.next(t);
+            }
+            let mut per_id: BTreeMap<&str, BTreeMap<DateTime<Utc>, Vec<Value>>> =
+                q.ids.iter().map(|id| (id.as_str(), buckets.iter().map(|b| (*b, Vec::new())).collect())).collect();
+            for r in &rows {
+                let Some(b) = res.bucket_of(r.bucket) else { continue };
+                if let Some(list) = per_id.get_mut(r.key.as_str()).and_then(|m| m.get_mut(&b)) {
+                    list.push(item(by, &r.other, r.bo, r.bi, true));
+                }
+            }
+            for id in &q.ids {
+                let series: Map<String, Value> = per_id
+                    .remove(id.as_str())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(b, list)| (bucket_name(b), Value::Array(list)))
+                    .collect();
+                data.insert(id.clone(), Value::Object(series));
+            }
         }
     }
     Ok(success(Value::Object(data)))
@@ -332,13 +403,52 @@ pub(crate) async fn streams_series(
 
 // ---- viewer records ----
 
+/// Comparison of `startOperator` / `endOperator`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Operator {
+    GreaterThanOrEqualTo,
+    GreaterThan,
+    LessThanOrEqualTo,
+    LessThan,
+}
+
+impl Operator {
+    fn sql(self) -> &'static str {
+        match self {
+            Operator::GreaterThanOrEqualTo => ">=",
+            Operator::GreaterThan => ">",
+            Operator::LessThanOrEqualTo => "<=",
+            Operator::LessThan => "<",
+        }
+    }
+}
+
+/// Which sessions `search` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+pub enum Search {
+    Completed,
+    Ongoing,
+    #[default]
+    #[serde(rename = "Ongoing_Completed")]
+    OngoingCompleted,
+}
+
+/// The platform's viewer-records request (unknown fields ignored).
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 struct RecordsBody {
-    start_time: String,
-    end_time: String,
+    start_time: Option<String>,
     #[serde(default)]
-    tracking_ids: Option<Vec<String>>,
+    start_operator: Option<Operator>,
+    #[serde(default)]
+    end_time: Option<String>,
+    #[serde(default)]
+    end_operator: Option<Operator>,
+    #[serde(default)]
+    search: Option<Search>,
+    /// `null` elements ask for untracked sessions.
+    #[serde(default)]
+    tracking_ids: Option<Vec<Option<String>>>,
     #[serde(default)]
     stream_names: Option<Vec<String>>,
 }
@@ -356,54 +466,106 @@ struct RecordRow {
     bi: u64,
 }
 
-fn parse_time(name: &str, v: &str) -> Result<DateTime<Utc>, Reply> {
-    DateTime::parse_from_rfc3339(v)
-        .map(|t| t.with_timezone(&Utc))
-        .or_else(|_| NaiveDateTime::parse_from_str(v, "%Y-%m-%dT%H:%M:%S").map(|t| t.and_utc()))
-        .map_err(|_| Reply::BadRequest(format!("{name}: {v:?} is not an RFC 3339 time")))
+/// A record's time: ISO 8601 UTC, milliseconds (the platform's format).
+fn record_time(secs: i64) -> String {
+    DateTime::<Utc>::from_timestamp(secs, 0).map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true)).unwrap_or_default()
 }
 
-fn ts_iso(secs: u32) -> String {
-    DateTime::<Utc>::from_timestamp(secs as i64, 0).map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string()).unwrap_or_default()
+/// CSV header of `/api/records/viewers`: the platform's columns, then this
+/// service's `CustomViewerData`, `BytesOut`, `BytesIn`.
+pub const RECORD_CSV_HEADER: &str =
+    "StartTime,EndTime,ClientId,ClusterId,Country,Duration,Bytes,IpAddress,StreamName,TrackingId,UserAgent,CustomViewerData,BytesOut,BytesIn\n";
+
+/// A viewer record: the platform's fields in its order, then this
+/// service's `customViewerData`, `bytesOut`, `bytesIn`.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Record<'a> {
+    start_time: String,
+    end_time: Option<String>,
+    client_id: &'a str,
+    cluster_id: &'a str,
+    country: Option<&'a str>,
+    duration: i64,
+    /// `bytesOut + bytesIn`, exact (a `u128`: never wraps).
+    bytes: u128,
+    ip_address: Option<&'a str>,
+    stream_name: &'a str,
+    tracking_id: Option<&'a str>,
+    user_agent: Option<&'a str>,
+    custom_viewer_data: Option<&'a str>,
+    bytes_out: u64,
+    bytes_in: u64,
 }
 
-/// CSV header of `/api/records/viewers`.
-pub const RECORD_CSV_HEADER: &str = "viewerId,trackingId,customViewerData,streamName,clusterId,startTime,endTime,bytesOut,bytesIn\n";
-
-fn csv_field(out: &mut String, v: &str) {
-    out.push_str(&runtime::csv::text(v));
-}
-
-fn record_line(r: &RecordRow, csv: bool) -> String {
-    let start = ts_iso(r.first_ws);
-    let end = ts_iso(r.last_ws.saturating_add(WINDOW_SECS));
+/// One session as the platform's record. `country`, `ipAddress` and
+/// `userAgent` are `null`: usage events do not carry them.
+fn record_line(r: &RecordRow, ongoing_after: i64, csv: bool) -> String {
+    let start = i64::from(r.first_ws);
+    let last_end = i64::from(r.last_ws) + i64::from(WINDOW_SECS);
+    let ongoing = last_end >= ongoing_after;
+    let end = (!ongoing).then(|| record_time(last_end));
+    let duration = last_end - start;
+    // checked: bytes_out and bytes_in are each at most u64::MAX
+    let bytes = u128::from(r.bo) + u128::from(r.bi);
+    let tracking = (!r.tid.is_empty()).then_some(r.tid.as_str());
+    let cvd = (!r.cvd.is_empty()).then_some(r.cvd.as_str());
     if csv {
-        let mut s = String::new();
-        for (i, f) in [&r.viewer_id, &r.tid, &r.cvd, &r.sname, &r.cl, &start, &end].iter().enumerate() {
-            if i > 0 {
-                s.push(',');
-            }
-            csv_field(&mut s, f);
-        }
-        s.push_str(&format!(",{},{}\n", r.bo, r.bi));
-        s
+        let cells = [
+            record_time(start),
+            end.unwrap_or_default(),
+            runtime::csv::text(&r.viewer_id).into_owned(),
+            runtime::csv::text(&r.cl).into_owned(),
+            String::new(),
+            duration.to_string(),
+            bytes.to_string(),
+            String::new(),
+            runtime::csv::text(&r.sname).into_owned(),
+            tracking.map(|t| runtime::csv::text(t).into_owned()).unwrap_or_default(),
+            String::new(),
+            cvd.map(|t| runtime::csv::text(t).into_owned()).unwrap_or_default(),
+            r.bo.to_string(),
+            r.bi.to_string(),
+        ];
+        format!("{}\n", cells.join(","))
     } else {
-        let v = json!({
-            "viewerId": r.viewer_id,
-            "trackingId": r.tid,
-            "customViewerData": r.cvd,
-            "streamName": r.sname,
-            "clusterId": r.cl,
-            "startTime": start,
-            "endTime": end,
-            "bytesOut": r.bo,
-            "bytesIn": r.bi,
-        });
+        let v = Record {
+            start_time: record_time(start),
+            end_time: end,
+            client_id: &r.viewer_id,
+            cluster_id: &r.cl,
+            country: None,
+            duration,
+            bytes,
+            ip_address: None,
+            stream_name: &r.sname,
+            tracking_id: tracking,
+            user_agent: None,
+            custom_viewer_data: cvd,
+            bytes_out: r.bo,
+            bytes_in: r.bi,
+        };
+        let v = serde_json::to_string(&v).unwrap_or_default();
         format!("{v}\n")
     }
 }
 
-/// `POST /api/records/viewers`: streamed from a ClickHouse cursor through a
+/// `POST /api/records/viewers`: one record per viewer session (a viewer
+/// connection, `clientId`), whole: its bytes and times over every window,
+/// not cut at window or query bounds (within [`SESSION_MARGIN_HOURS`]).
+///
+/// - `startTime` (required) with `startOperator` (default
+///   `GreaterThanOrEqualTo`) compares with the session's start;
+/// - `endTime` (default `startTime` + 31 days) with `endOperator` (default
+///   `LessThan`) with a completed session's end; an ongoing session passes;
+/// - `search`: `Completed`, `Ongoing` or `Ongoing_Completed` (default); a
+///   session is ongoing while its last usage is less than
+///   [`SESSION_IDLE_SECS`] old (`endTime` then `null`);
+/// - `trackingIds` (a `null` element: untracked sessions) or `streamNames`,
+///   not both; neither: every session a scoped secret may see.
+///
+/// JSON lines (`application/x-jsonl`, default) or CSV (`Accept: text/csv`,
+/// [`RECORD_CSV_HEADER`]), streamed from a ClickHouse cursor through a
 /// bounded channel, so a long range never sits in memory.
 pub(crate) async fn viewer_records(
     State(s): State<Arc<AppState>>,
@@ -415,47 +577,77 @@ pub(crate) async fn viewer_records(
     // the stream below holds the concurrency slot until its last row is sent
     let permit = slot.take();
     let b: RecordsBody = serde_json::from_slice(&body).map_err(|e| Reply::BadRequest(format!("invalid body: {e}")))?;
-    let start = parse_time("startTime", &b.start_time)?;
-    let end = parse_time("endTime", &b.end_time)?;
+    let start = required_time("startTime", b.start_time)?;
+    let end = match b.end_time {
+        Some(v) => required_time("endTime", Some(v))?,
+        None => start + Duration::days(MAX_RECORD_DAYS),
+    };
     if start >= end {
-        return Err(Reply::BadRequest("startTime must be before endTime (endTime is exclusive)".into()));
+        return Err(Reply::BadRequest("startTime: must be before endTime".into()));
     }
-    if end - start > chrono::Duration::days(MAX_RECORD_DAYS) {
-        return Err(Reply::BadRequest(format!("range too long: at most {MAX_RECORD_DAYS} days")));
+    if end - start > Duration::days(MAX_RECORD_DAYS) {
+        return Err(Reply::BadRequest(format!("endTime: range too long: at most {MAX_RECORD_DAYS} days")));
     }
-    let (by, ids) = match (b.tracking_ids, b.stream_names) {
-        (Some(t), None) => (By::Tracking, t),
-        (None, Some(st)) => (By::Stream, st),
-        _ => return Err(Reply::BadRequest("exactly one of trackingIds and streamNames is required".into())),
+    let start_op = b.start_operator.unwrap_or(Operator::GreaterThanOrEqualTo);
+    let end_op = b.end_operator.unwrap_or(Operator::LessThan);
+    let search = b.search.unwrap_or_default();
+    // (column, ids) of the filter; scoped secrets are held to their ids
+    let (col, ids): (&str, Vec<String>) = match (b.tracking_ids, b.stream_names) {
+        (Some(_), Some(_)) => return Err(Reply::BadRequest("trackingIds: give trackingIds or streamNames, not both".into())),
+        (Some(t), None) => {
+            if t.iter().any(Option::is_none) && scope.0.is_some() {
+                return Err(Reply::Forbidden("this API secret may not read untracked sessions".into()));
+            }
+            let t: Vec<String> = t.into_iter().map(Option::unwrap_or_default).collect();
+            let named: Vec<String> = t.iter().filter(|i| !i.is_empty()).cloned().collect();
+            if t.is_empty() || t.len() > MAX_IDS {
+                return Err(Reply::BadRequest(format!("trackingIds: between 1 and {MAX_IDS} values required")));
+            }
+            if !named.is_empty() {
+                check_ids(By::Tracking, &named)?;
+            }
+            check_scope(&scope, &named)?;
+            ("tracking_id", t)
+        }
+        (None, Some(st)) => {
+            check_ids(By::Stream, &st)?;
+            ("stream_name", st)
+        }
+        (None, None) => ("", vec![]),
     };
-    check_ids(by, &ids)?;
-    if by == By::Tracking {
-        check_scope(&scope, &ids)?;
-    }
-    let col = match by {
-        By::Tracking => "tracking_id",
-        By::Stream => "stream_name",
-    };
-    let scoped_ids = if by == By::Stream { scope.0.clone() } else { None };
+    let id_clause = if col.is_empty() { String::new() } else { format!(" AND {col} IN ({})", placeholders(ids.len())) };
+    let scoped_ids = if col == "tracking_id" { None } else { scope.0.clone() };
     let scope_clause = scoped_ids.as_ref().map(|v| format!(" AND tracking_id IN ({})", placeholders(v.len()))).unwrap_or_default();
+    let margin = Duration::hours(SESSION_MARGIN_HOURS);
+    let ongoing_after = Utc::now().timestamp() - SESSION_IDLE_SECS;
+    let search_clause = match search {
+        Search::Completed => " AND last_end < ?",
+        Search::Ongoing => " AND last_end >= ?",
+        Search::OngoingCompleted => " AND ? = ?",
+    };
     let sql = format!(
         "SELECT viewer_id, tracking_id AS tid, custom_viewer_data AS cvd, stream_name AS sname, cluster AS cl, \
          toUInt32(min(window_start)) AS first_ws, toUInt32(max(window_start)) AS last_ws, \
-         sum(bytes_out) AS bo, sum(bytes_in) AS bi FROM usage_by_viewer \
-         WHERE {col} IN ({}) AND window_start >= toDateTime(?) AND window_start < toDateTime(?){scope_clause} \
-         GROUP BY viewer_id, tracking_id, custom_viewer_data, stream_name, cluster ORDER BY first_ws, viewer_id \
-         LIMIT {MAX_RECORD_ROWS}",
-        placeholders(ids.len())
+         toInt64(last_ws) + {WINDOW_SECS} AS last_end, sum(bytes_out) AS bo, sum(bytes_in) AS bi FROM usage_by_viewer \
+         WHERE window_start >= toDateTime(?) AND window_start < toDateTime(?){id_clause}{scope_clause} \
+         GROUP BY viewer_id, tracking_id, custom_viewer_data, stream_name, cluster \
+         HAVING toInt64(first_ws) {} ? AND (last_end >= ? OR last_end {} ?){search_clause} \
+         ORDER BY first_ws, viewer_id LIMIT {MAX_RECORD_ROWS}",
+        start_op.sql(),
+        end_op.sql()
     );
-    let mut query = s.ch.query(&sql);
+    let mut query = s.ch.query(&sql).bind((start - margin).timestamp()).bind((end + margin).timestamp());
     for id in &ids {
         query = query.bind(id.as_str());
     }
-    query = query.bind(start.timestamp()).bind(end.timestamp());
     if let Some(v) = &scoped_ids {
         for id in v.iter() {
             query = query.bind(id.as_str());
         }
+    }
+    query = query.bind(start.timestamp()).bind(ongoing_after).bind(end.timestamp()).bind(ongoing_after);
+    if search == Search::OngoingCompleted {
+        query = query.bind(0);
     }
     let csv =
         headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.split(',').any(|p| p.trim().starts_with("text/csv")));
@@ -472,7 +664,7 @@ pub(crate) async fn viewer_records(
         let mut n = 0u64;
         while let Some(r) = next {
             n += 1;
-            if tx.send(Ok(Bytes::from(record_line(&r, csv)))).await.is_err() {
+            if tx.send(Ok(Bytes::from(record_line(&r, ongoing_after, csv)))).await.is_err() {
                 return; // client went away
             }
             next = match cursor.next().await {
@@ -487,7 +679,7 @@ pub(crate) async fn viewer_records(
         tracing::debug!(records = n, "ViewerRecordsSent");
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-    let ctype = if csv { "text/csv; charset=utf-8" } else { "application/x-ndjson" };
+    let ctype = if csv { "text/csv; charset=utf-8" } else { "application/x-jsonl" };
     let limit = MAX_RECORD_ROWS.to_string();
     Ok((
         StatusCode::OK,
@@ -504,13 +696,14 @@ mod tests {
     #[test]
     fn query_parsing_and_limits() {
         let q = parse_query(
-            Some("trackingIds=a&trackingIds=b%27&startDate=2026-10-01&stopDate=2026-10-03&resolution=Hour".into()),
+            Some("trackingIds=a&trackingIds=b%27&startDate=2026-10-01&stopDate=2026-10-03T12:00:00Z&resolution=Hour".into()),
             By::Tracking,
             true,
         )
         .unwrap();
         assert_eq!(q.ids, vec!["a".to_string(), "b'".to_string()]);
         assert_eq!(q.resolution, Some(Resolution::Hour));
+        assert_eq!(q.stop, Utc.with_ymd_and_hms(2026, 10, 3, 12, 0, 0).unwrap());
         let bad = [
             "startDate=2026-10-01&stopDate=2026-10-03&resolution=Hour",
             "trackingIds=a&startDate=2026-10-03&stopDate=2026-10-01&resolution=Hour",
@@ -530,11 +723,36 @@ mod tests {
     }
 
     #[test]
-    fn timestamps_and_csv() {
-        assert_eq!(iso("2026-10-31"), "2026-10-31T00:00:00Z");
-        assert_eq!(iso("2026-10-31 20:01:00"), "2026-10-31T20:01:00Z");
-        let mut s = String::new();
-        csv_field(&mut s, "a,\"b\"");
-        assert_eq!(s, "\"a,\"\"b\"\"\"");
+    fn buckets_cover_the_range() {
+        let t = Utc.with_ymd_and_hms(2026, 10, 31, 20, 17, 5).unwrap();
+        assert_eq!(Resolution::Hour.floor(t), Utc.with_ymd_and_hms(2026, 10, 31, 20, 0, 0).unwrap());
+        assert_eq!(Resolution::Month.floor(t), Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap());
+        assert_eq!(Resolution::Month.next(Resolution::Month.floor(t)), Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap());
+        assert_eq!(Resolution::Month.bucket_of(202612), Some(Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap()));
+        assert_eq!(bucket_name(Resolution::Day.floor(t)), "2026-10-31T00:00:00Z");
+    }
+
+    #[test]
+    fn records_in_the_platform_shape() {
+        let r = RecordRow {
+            viewer_id: "c,1".into(),
+            tid: String::new(),
+            cvd: "u=1".into(),
+            sname: "live".into(),
+            cl: "fra-1".into(),
+            first_ws: 1_790_000_040,
+            last_ws: 1_790_000_160,
+            bo: u64::MAX,
+            bi: 2,
+        };
+        let line = record_line(&r, i64::MAX, false);
+        assert!(line.contains(r#""bytes":18446744073709551617,"#), "exact beyond u64: {line}");
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["duration"], 180);
+        assert_eq!(v["trackingId"], Value::Null);
+        assert_eq!(v["endTime"], "2026-09-21T14:17:00.000Z");
+        let ongoing: Value = serde_json::from_str(&record_line(&r, 0, false)).unwrap();
+        assert_eq!(ongoing["endTime"], Value::Null);
+        assert_eq!(record_line(&r, i64::MAX, true).split(',').count(), RECORD_CSV_HEADER.split(',').count() + 1, "quoted comma");
     }
 }

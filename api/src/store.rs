@@ -99,12 +99,31 @@ impl StreamRule {
     }
 }
 
+/// Who may use a token beyond its streams: the platform's access rules,
+/// shared by Subscribe and Publish tokens (a viewer JWT may narrow them).
+/// Empty lists and `0` mean "no restriction".
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct AccessRules {
+    /// Allowed web origins (`https://a.example`, `*.example.com`).
+    pub allowed_origins: Vec<String>,
+    /// Allowed viewer IP addresses or CIDR ranges.
+    pub allowed_ip_addresses: Vec<String>,
+    /// The first this many distinct viewer IPs to use the token are bound
+    /// to it; other IPs are refused afterwards.
+    pub bind_ips_on_usage: u32,
+    /// ISO 3166-1 alpha-2 countries viewers must be in.
+    pub allowed_countries: Vec<String>,
+    /// ISO 3166-1 alpha-2 countries viewers must not be in.
+    pub denied_countries: Vec<String>,
+}
+
 /// A Subscribe token as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscribeToken {
     /// Numeric id (the `token_id` of usage events, `tokenId` of JWTs).
     pub id: i64,
-    /// The secret token string: 64 hex characters.
+    /// The secret token string: 64 hex characters (replaced by a rotation).
     pub token: String,
     /// Free text.
     pub label: String,
@@ -112,16 +131,14 @@ pub struct SubscribeToken {
     pub streams: Vec<StreamRule>,
     /// Distribution channel its viewers' usage is attributed to; immutable.
     pub tracking_id: Option<String>,
-    /// Cluster id, or `auto` for any.
+    /// Cluster id, or `Auto` (any case) for any.
     pub origin_cluster: String,
     /// Expiry, if any.
     pub expires_on: Option<DateTime<Utc>>,
     /// Inactive tokens admit nobody.
     pub is_active: bool,
-    /// Allowed web origins (empty: any).
-    pub allowed_origins: Vec<String>,
-    /// Allowed viewer IP addresses or CIDR ranges (empty: any).
-    pub allowed_ip_addresses: Vec<String>,
+    /// Origins, addresses and countries allowed.
+    pub rules: AccessRules,
     /// Creation time.
     pub added_on: DateTime<Utc>,
 }
@@ -146,51 +163,99 @@ pub struct NewSubscribeToken {
     pub tracking_id: Option<String>,
     pub origin_cluster: String,
     pub expires_on: Option<DateTime<Utc>>,
-    pub allowed_origins: Vec<String>,
-    pub allowed_ip_addresses: Vec<String>,
-}
-
-/// Changes to a Subscribe token; `None` keeps the value. The tracking id
-/// cannot be changed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SubscribeTokenUpdate {
-    pub label: Option<String>,
-    pub streams: Option<Vec<StreamRule>>,
-    pub is_active: Option<bool>,
-    pub allowed_origins: Option<Vec<String>>,
-    pub allowed_ip_addresses: Option<Vec<String>>,
-    /// `Some(None)` removes the expiry.
-    pub expires_on: Option<Option<DateTime<Utc>>>,
+    pub rules: AccessRules,
 }
 
 /// A Publish token as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PublishToken {
     pub id: i64,
-    /// The secret token string: 64 hex characters.
+    /// The secret token string: 64 hex characters (replaced by a rotation).
     pub token: String,
     pub label: String,
     pub streams: Vec<StreamRule>,
+    /// Cluster id, or `Auto`.
+    pub origin_cluster: String,
+    pub expires_on: Option<DateTime<Utc>>,
     /// Whether viewers of these streams need a Subscribe token.
     pub subscribe_requires_auth: bool,
     pub is_active: bool,
+    pub rules: AccessRules,
+    /// The platform's publishing options this service keeps and returns
+    /// but does not act on (`record`, `multisource`, `geoCascade`, ...).
+    pub options: serde_json::Map<String, serde_json::Value>,
     pub added_on: DateTime<Utc>,
 }
 
+impl PublishToken {
+    /// Whether the token is in force at `now` (active, not expired).
+    pub fn in_force(&self, now: DateTime<Utc>) -> bool {
+        self.is_active && self.expires_on.is_none_or(|e| e > now)
+    }
+}
+
 /// What creating a Publish token needs (already validated).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NewPublishToken {
     pub label: String,
     pub streams: Vec<StreamRule>,
+    pub origin_cluster: String,
+    pub expires_on: Option<DateTime<Utc>>,
     pub subscribe_requires_auth: bool,
+    pub rules: AccessRules,
+    pub options: serde_json::Map<String, serde_json::Value>,
 }
 
-/// Read access to Subscribe tokens, what verification needs.
+/// Order of a token list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SortBy {
+    /// Creation order (ties by id).
+    #[default]
+    AddedOn,
+    /// By label.
+    Name,
+}
+
+/// One page of a token list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    /// 1-based page number.
+    pub page: u32,
+    /// Tokens per page.
+    pub items_on_page: u32,
+    pub sort_by: SortBy,
+    pub descending: bool,
+}
+
+impl Default for Page {
+    fn default() -> Self {
+        Page { page: 1, items_on_page: u32::MAX, sort_by: SortBy::AddedOn, descending: false }
+    }
+}
+
+impl Page {
+    fn sql(&self) -> String {
+        let col = match self.sort_by {
+            SortBy::AddedOn => "added_on_ms",
+            SortBy::Name => "label",
+        };
+        let dir = if self.descending { "DESC" } else { "ASC" };
+        let offset = u64::from(self.page.max(1) - 1) * u64::from(self.items_on_page);
+        format!(" ORDER BY {col} {dir}, id {dir} LIMIT {} OFFSET {offset}", self.items_on_page)
+    }
+}
+
+/// Read access to tokens and the IP bindings, what verification needs.
 pub trait TokenLookup {
     /// The Subscribe token with this id.
     fn subscribe_by_id(&self, id: i64) -> Result<Option<SubscribeToken>, StoreError>;
     /// The Subscribe token with this token string.
     fn subscribe_by_token(&self, token: &str) -> Result<Option<SubscribeToken>, StoreError>;
+    /// Every Publish token (the `subscribeRequiresAuth` of a stream).
+    fn publish_tokens(&self) -> Result<Vec<PublishToken>, StoreError>;
+    /// Bind `ip` to the token usage `key` if fewer than `max` IPs are bound
+    /// to it yet; whether `ip` is (now) bound.
+    fn bind_ip(&self, key: &str, ip: &str, max: u32) -> Result<bool, StoreError>;
 }
 
 /// A new token string: 32 bytes from the OS CSPRNG, as 64 lowercase hex characters.
@@ -223,11 +288,33 @@ CREATE TABLE IF NOT EXISTS publish_tokens (
     is_active               INTEGER NOT NULL,
     added_on_ms             INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS bound_ips (
+    token_key TEXT NOT NULL,
+    ip        TEXT NOT NULL,
+    PRIMARY KEY (token_key, ip)
+);
 ";
 
-const SUB_COLS: &str =
-    "id, token, label, streams, tracking_id, origin_cluster, expires_on_ms, is_active, allowed_origins, allowed_ip_addresses, added_on_ms";
-const PUB_COLS: &str = "id, token, label, streams, subscribe_requires_auth, is_active, added_on_ms";
+/// Columns added after the first release: `(table, column, definition)`,
+/// added at open when missing (stores created earlier keep their data).
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("subscribe_tokens", "bind_ips_on_usage", "INTEGER NOT NULL DEFAULT 0"),
+    ("subscribe_tokens", "allowed_countries", "TEXT NOT NULL DEFAULT '[]'"),
+    ("subscribe_tokens", "denied_countries", "TEXT NOT NULL DEFAULT '[]'"),
+    ("publish_tokens", "origin_cluster", "TEXT NOT NULL DEFAULT 'Auto'"),
+    ("publish_tokens", "expires_on_ms", "INTEGER"),
+    ("publish_tokens", "allowed_origins", "TEXT NOT NULL DEFAULT '[]'"),
+    ("publish_tokens", "allowed_ip_addresses", "TEXT NOT NULL DEFAULT '[]'"),
+    ("publish_tokens", "bind_ips_on_usage", "INTEGER NOT NULL DEFAULT 0"),
+    ("publish_tokens", "allowed_countries", "TEXT NOT NULL DEFAULT '[]'"),
+    ("publish_tokens", "denied_countries", "TEXT NOT NULL DEFAULT '[]'"),
+    ("publish_tokens", "options", "TEXT NOT NULL DEFAULT '{}'"),
+];
+
+const SUB_COLS: &str = "id, token, label, streams, tracking_id, origin_cluster, expires_on_ms, is_active, allowed_origins, \
+     allowed_ip_addresses, bind_ips_on_usage, allowed_countries, denied_countries, added_on_ms";
+const PUB_COLS: &str = "id, token, label, streams, origin_cluster, expires_on_ms, subscribe_requires_auth, is_active, \
+     allowed_origins, allowed_ip_addresses, bind_ips_on_usage, allowed_countries, denied_countries, options, added_on_ms";
 
 /// The token store: one SQLite connection behind a mutex (statements are
 /// short; callers on an async runtime may call it directly).
@@ -250,95 +337,118 @@ fn from_json<T: serde::de::DeserializeOwned>(table: &'static str, id: i64, text:
 }
 
 fn to_json<T: Serialize>(v: &T) -> String {
-    // Serializing plain strings and bools cannot fail.
+    // Serializing plain strings, numbers and bools cannot fail.
     serde_json::to_string(v).unwrap_or_else(|_| "[]".into())
 }
 
-struct SubRow {
+/// The columns shared by both token tables, as read.
+struct CommonRow {
     id: i64,
     token: String,
     label: String,
     streams: String,
-    tracking_id: Option<String>,
     origin_cluster: String,
     expires_on_ms: Option<i64>,
     is_active: bool,
     allowed_origins: String,
     allowed_ip_addresses: String,
+    bind_ips_on_usage: i64,
+    allowed_countries: String,
+    denied_countries: String,
     added_on_ms: i64,
 }
 
-impl SubRow {
-    fn read(r: &Row<'_>) -> rusqlite::Result<SubRow> {
-        Ok(SubRow {
+impl CommonRow {
+    fn rules(&self, t: &'static str) -> Result<AccessRules, StoreError> {
+        let id = self.id;
+        Ok(AccessRules {
+            allowed_origins: from_json(t, id, &self.allowed_origins)?,
+            allowed_ip_addresses: from_json(t, id, &self.allowed_ip_addresses)?,
+            bind_ips_on_usage: u32::try_from(self.bind_ips_on_usage)
+                .map_err(|_| StoreError::Corrupt { table: t, id, message: "bind_ips_on_usage".into() })?,
+            allowed_countries: from_json(t, id, &self.allowed_countries)?,
+            denied_countries: from_json(t, id, &self.denied_countries)?,
+        })
+    }
+}
+
+const SUB: &str = "subscribe_tokens";
+const PUB: &str = "publish_tokens";
+
+fn read_sub(r: &Row<'_>) -> rusqlite::Result<(CommonRow, Option<String>)> {
+    Ok((
+        CommonRow {
             id: r.get(0)?,
             token: r.get(1)?,
             label: r.get(2)?,
             streams: r.get(3)?,
-            tracking_id: r.get(4)?,
             origin_cluster: r.get(5)?,
             expires_on_ms: r.get(6)?,
             is_active: r.get(7)?,
             allowed_origins: r.get(8)?,
             allowed_ip_addresses: r.get(9)?,
-            added_on_ms: r.get(10)?,
-        })
-    }
-
-    fn decode(self) -> Result<SubscribeToken, StoreError> {
-        const T: &str = "subscribe_tokens";
-        let id = self.id;
-        Ok(SubscribeToken {
-            id,
-            token: self.token,
-            label: self.label,
-            streams: from_json(T, id, &self.streams)?,
-            tracking_id: self.tracking_id,
-            origin_cluster: self.origin_cluster,
-            expires_on: self.expires_on_ms.map(|ms| ms_to_time(T, id, ms)).transpose()?,
-            is_active: self.is_active,
-            allowed_origins: from_json(T, id, &self.allowed_origins)?,
-            allowed_ip_addresses: from_json(T, id, &self.allowed_ip_addresses)?,
-            added_on: ms_to_time(T, id, self.added_on_ms)?,
-        })
-    }
+            bind_ips_on_usage: r.get(10)?,
+            allowed_countries: r.get(11)?,
+            denied_countries: r.get(12)?,
+            added_on_ms: r.get(13)?,
+        },
+        r.get(4)?,
+    ))
 }
 
-struct PubRow {
-    id: i64,
-    token: String,
-    label: String,
-    streams: String,
-    subscribe_requires_auth: bool,
-    is_active: bool,
-    added_on_ms: i64,
+fn decode_sub((c, tracking_id): (CommonRow, Option<String>)) -> Result<SubscribeToken, StoreError> {
+    let rules = c.rules(SUB)?;
+    Ok(SubscribeToken {
+        id: c.id,
+        streams: from_json(SUB, c.id, &c.streams)?,
+        expires_on: c.expires_on_ms.map(|ms| ms_to_time(SUB, c.id, ms)).transpose()?,
+        added_on: ms_to_time(SUB, c.id, c.added_on_ms)?,
+        token: c.token,
+        label: c.label,
+        tracking_id,
+        origin_cluster: c.origin_cluster,
+        is_active: c.is_active,
+        rules,
+    })
 }
 
-impl PubRow {
-    fn read(r: &Row<'_>) -> rusqlite::Result<PubRow> {
-        Ok(PubRow {
+fn read_pub(r: &Row<'_>) -> rusqlite::Result<(CommonRow, bool, String)> {
+    Ok((
+        CommonRow {
             id: r.get(0)?,
             token: r.get(1)?,
             label: r.get(2)?,
             streams: r.get(3)?,
-            subscribe_requires_auth: r.get(4)?,
-            is_active: r.get(5)?,
-            added_on_ms: r.get(6)?,
-        })
-    }
+            origin_cluster: r.get(4)?,
+            expires_on_ms: r.get(5)?,
+            is_active: r.get(7)?,
+            allowed_origins: r.get(8)?,
+            allowed_ip_addresses: r.get(9)?,
+            bind_ips_on_usage: r.get(10)?,
+            allowed_countries: r.get(11)?,
+            denied_countries: r.get(12)?,
+            added_on_ms: r.get(14)?,
+        },
+        r.get(6)?,
+        r.get(13)?,
+    ))
+}
 
-    fn decode(self) -> Result<PublishToken, StoreError> {
-        const T: &str = "publish_tokens";
-        Ok(PublishToken {
-            id: self.id,
-            token: self.token,
-            label: self.label,
-            streams: from_json(T, self.id, &self.streams)?,
-            subscribe_requires_auth: self.subscribe_requires_auth,
-            is_active: self.is_active,
-            added_on: ms_to_time(T, self.id, self.added_on_ms)?,
-        })
-    }
+fn decode_pub((c, subscribe_requires_auth, options): (CommonRow, bool, String)) -> Result<PublishToken, StoreError> {
+    let rules = c.rules(PUB)?;
+    Ok(PublishToken {
+        id: c.id,
+        streams: from_json(PUB, c.id, &c.streams)?,
+        expires_on: c.expires_on_ms.map(|ms| ms_to_time(PUB, c.id, ms)).transpose()?,
+        added_on: ms_to_time(PUB, c.id, c.added_on_ms)?,
+        options: from_json(PUB, c.id, &options)?,
+        token: c.token,
+        label: c.label,
+        origin_cluster: c.origin_cluster,
+        is_active: c.is_active,
+        subscribe_requires_auth,
+        rules,
+    })
 }
 
 impl Store {
@@ -375,6 +485,13 @@ impl Store {
 
     fn init(conn: Connection) -> Result<Store, StoreError> {
         conn.execute_batch(SCHEMA)?;
+        for (table, column, def) in ADDED_COLUMNS {
+            let mut stmt = conn.prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?;
+            let have = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
+            if !have.iter().any(|c| c == column) {
+                conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {def}"))?;
+            }
+        }
         Ok(Store { conn: Mutex::new(conn) })
     }
 
@@ -390,20 +507,23 @@ impl Store {
 
     /// Create an active Subscribe token with a fresh token string.
     pub fn create_subscribe(&self, new: NewSubscribeToken, now: DateTime<Utc>) -> Result<SubscribeToken, StoreError> {
-        let token = generate_token();
         let conn = self.conn()?;
         conn.execute(
-            "INSERT INTO subscribe_tokens (token, label, streams, tracking_id, origin_cluster, expires_on_ms, is_active, allowed_origins, allowed_ip_addresses, added_on_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?8, ?9)",
+            "INSERT INTO subscribe_tokens (token, label, streams, tracking_id, origin_cluster, expires_on_ms, is_active, allowed_origins,
+             allowed_ip_addresses, bind_ips_on_usage, allowed_countries, denied_countries, added_on_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?8, ?9, ?10, ?11, ?12)",
             params![
-                token,
+                generate_token(),
                 new.label,
                 to_json(&new.streams),
                 new.tracking_id,
                 new.origin_cluster,
                 new.expires_on.map(|t| t.timestamp_millis()),
-                to_json(&new.allowed_origins),
-                to_json(&new.allowed_ip_addresses),
+                to_json(&new.rules.allowed_origins),
+                to_json(&new.rules.allowed_ip_addresses),
+                new.rules.bind_ips_on_usage,
+                to_json(&new.rules.allowed_countries),
+                to_json(&new.rules.denied_countries),
                 now.timestamp_millis(),
             ],
         )?;
@@ -415,69 +535,67 @@ impl Store {
     /// The Subscribe token with this id.
     pub fn get_subscribe(&self, id: i64) -> Result<Option<SubscribeToken>, StoreError> {
         let conn = self.conn()?;
-        let row =
-            conn.query_row(&format!("SELECT {SUB_COLS} FROM subscribe_tokens WHERE id = ?1"), params![id], SubRow::read).optional()?;
-        row.map(SubRow::decode).transpose()
+        let row = conn.query_row(&format!("SELECT {SUB_COLS} FROM subscribe_tokens WHERE id = ?1"), params![id], read_sub).optional()?;
+        row.map(decode_sub).transpose()
     }
 
     /// The Subscribe token with this token string.
     pub fn get_subscribe_by_token(&self, token: &str) -> Result<Option<SubscribeToken>, StoreError> {
         let conn = self.conn()?;
-        let row = conn
-            .query_row(&format!("SELECT {SUB_COLS} FROM subscribe_tokens WHERE token = ?1"), params![token], SubRow::read)
-            .optional()?;
-        row.map(SubRow::decode).transpose()
+        let row =
+            conn.query_row(&format!("SELECT {SUB_COLS} FROM subscribe_tokens WHERE token = ?1"), params![token], read_sub).optional()?;
+        row.map(decode_sub).transpose()
     }
 
-    /// Every Subscribe token, by id.
-    pub fn list_subscribe(&self) -> Result<Vec<SubscribeToken>, StoreError> {
+    /// One page of the Subscribe tokens.
+    pub fn list_subscribe(&self, page: Page) -> Result<Vec<SubscribeToken>, StoreError> {
         let conn = self.conn()?;
-        let mut stmt = conn.prepare(&format!("SELECT {SUB_COLS} FROM subscribe_tokens ORDER BY id"))?;
-        let rows = stmt.query_map([], SubRow::read)?.collect::<Result<Vec<_>, _>>()?;
-        rows.into_iter().map(SubRow::decode).collect()
+        let mut stmt = conn.prepare(&format!("SELECT {SUB_COLS} FROM subscribe_tokens{}", page.sql()))?;
+        let rows = stmt.query_map([], read_sub)?.collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter().map(decode_sub).collect()
     }
 
-    /// Apply `upd`; `None` when there is no such token. Read, change and
-    /// write happen in one transaction under one lock: a concurrent update
-    /// (a revocation, say) is never overwritten by a stale copy.
-    pub fn update_subscribe(&self, id: i64, upd: SubscribeTokenUpdate) -> Result<Option<SubscribeToken>, StoreError> {
+    /// Change a Subscribe token with `change` (which may refuse); `None`
+    /// when there is no such token. Read, change and write happen in one
+    /// transaction under one lock: a concurrent update (a revocation, say)
+    /// is never overwritten by a stale copy. The id, tracking id and
+    /// creation time are kept whatever `change` does.
+    pub fn update_subscribe<E: From<StoreError>>(
+        &self,
+        id: i64,
+        change: impl FnOnce(&mut SubscribeToken) -> Result<(), E>,
+    ) -> Result<Option<SubscribeToken>, E> {
         let mut conn = self.conn()?;
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let row = tx.query_row(&format!("SELECT {SUB_COLS} FROM subscribe_tokens WHERE id = ?1"), params![id], SubRow::read).optional()?;
-        let Some(mut t) = row.map(SubRow::decode).transpose()? else { return Ok(None) };
-        if let Some(v) = upd.label {
-            t.label = v;
-        }
-        if let Some(v) = upd.streams {
-            t.streams = v;
-        }
-        if let Some(v) = upd.is_active {
-            t.is_active = v;
-        }
-        if let Some(v) = upd.allowed_origins {
-            t.allowed_origins = v;
-        }
-        if let Some(v) = upd.allowed_ip_addresses {
-            t.allowed_ip_addresses = v;
-        }
-        if let Some(v) = upd.expires_on {
-            t.expires_on = v;
-        }
-        let n = tx.execute(
-            "UPDATE subscribe_tokens SET label = ?2, streams = ?3, is_active = ?4, allowed_origins = ?5,
-             allowed_ip_addresses = ?6, expires_on_ms = ?7 WHERE id = ?1",
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(StoreError::from)?;
+        let row = tx
+            .query_row(&format!("SELECT {SUB_COLS} FROM subscribe_tokens WHERE id = ?1"), params![id], read_sub)
+            .optional()
+            .map_err(StoreError::from)?;
+        let Some(mut t) = row.map(decode_sub).transpose()? else { return Ok(None) };
+        change(&mut t)?;
+        tx.execute(
+            "UPDATE subscribe_tokens SET token = ?2, label = ?3, streams = ?4, origin_cluster = ?5, expires_on_ms = ?6, is_active = ?7,
+             allowed_origins = ?8, allowed_ip_addresses = ?9, bind_ips_on_usage = ?10, allowed_countries = ?11, denied_countries = ?12
+             WHERE id = ?1",
             params![
                 id,
+                t.token,
                 t.label,
                 to_json(&t.streams),
-                t.is_active,
-                to_json(&t.allowed_origins),
-                to_json(&t.allowed_ip_addresses),
+                t.origin_cluster,
                 t.expires_on.map(|e| e.timestamp_millis()),
+                t.is_active,
+                to_json(&t.rules.allowed_origins),
+                to_json(&t.rules.allowed_ip_addresses),
+                t.rules.bind_ips_on_usage,
+                to_json(&t.rules.allowed_countries),
+                to_json(&t.rules.denied_countries),
             ],
-        )?;
-        tx.commit()?;
-        Ok((n == 1).then_some(t))
+        )
+        .map_err(StoreError::from)?;
+        tx.commit().map_err(StoreError::from)?;
+        drop(conn);
+        Ok(self.get_subscribe(id)?)
     }
 
     /// Delete a Subscribe token; whether it existed. Viewer JWTs signed with
@@ -488,12 +606,26 @@ impl Store {
 
     /// Create an active Publish token with a fresh token string.
     pub fn create_publish(&self, new: NewPublishToken, now: DateTime<Utc>) -> Result<PublishToken, StoreError> {
-        let token = generate_token();
         let conn = self.conn()?;
         conn.execute(
-            "INSERT INTO publish_tokens (token, label, streams, subscribe_requires_auth, is_active, added_on_ms)
-             VALUES (?1, ?2, ?3, ?4, 1, ?5)",
-            params![token, new.label, to_json(&new.streams), new.subscribe_requires_auth, now.timestamp_millis()],
+            "INSERT INTO publish_tokens (token, label, streams, origin_cluster, expires_on_ms, subscribe_requires_auth, is_active,
+             allowed_origins, allowed_ip_addresses, bind_ips_on_usage, allowed_countries, denied_countries, options, added_on_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            params![
+                generate_token(),
+                new.label,
+                to_json(&new.streams),
+                new.origin_cluster,
+                new.expires_on.map(|t| t.timestamp_millis()),
+                new.subscribe_requires_auth,
+                to_json(&new.rules.allowed_origins),
+                to_json(&new.rules.allowed_ip_addresses),
+                new.rules.bind_ips_on_usage,
+                to_json(&new.rules.allowed_countries),
+                to_json(&new.rules.denied_countries),
+                to_json(&new.options),
+                now.timestamp_millis(),
+            ],
         )?;
         let id = conn.last_insert_rowid();
         drop(conn);
@@ -503,16 +635,57 @@ impl Store {
     /// The Publish token with this id.
     pub fn get_publish(&self, id: i64) -> Result<Option<PublishToken>, StoreError> {
         let conn = self.conn()?;
-        let row = conn.query_row(&format!("SELECT {PUB_COLS} FROM publish_tokens WHERE id = ?1"), params![id], PubRow::read).optional()?;
-        row.map(PubRow::decode).transpose()
+        let row = conn.query_row(&format!("SELECT {PUB_COLS} FROM publish_tokens WHERE id = ?1"), params![id], read_pub).optional()?;
+        row.map(decode_pub).transpose()
     }
 
-    /// Every Publish token, by id.
-    pub fn list_publish(&self) -> Result<Vec<PublishToken>, StoreError> {
+    /// One page of the Publish tokens.
+    pub fn list_publish(&self, page: Page) -> Result<Vec<PublishToken>, StoreError> {
         let conn = self.conn()?;
-        let mut stmt = conn.prepare(&format!("SELECT {PUB_COLS} FROM publish_tokens ORDER BY id"))?;
-        let rows = stmt.query_map([], PubRow::read)?.collect::<Result<Vec<_>, _>>()?;
-        rows.into_iter().map(PubRow::decode).collect()
+        let mut stmt = conn.prepare(&format!("SELECT {PUB_COLS} FROM publish_tokens{}", page.sql()))?;
+        let rows = stmt.query_map([], read_pub)?.collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter().map(decode_pub).collect()
+    }
+
+    /// Change a Publish token, as [`Store::update_subscribe`] does.
+    pub fn update_publish<E: From<StoreError>>(
+        &self,
+        id: i64,
+        change: impl FnOnce(&mut PublishToken) -> Result<(), E>,
+    ) -> Result<Option<PublishToken>, E> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(StoreError::from)?;
+        let row = tx
+            .query_row(&format!("SELECT {PUB_COLS} FROM publish_tokens WHERE id = ?1"), params![id], read_pub)
+            .optional()
+            .map_err(StoreError::from)?;
+        let Some(mut t) = row.map(decode_pub).transpose()? else { return Ok(None) };
+        change(&mut t)?;
+        tx.execute(
+            "UPDATE publish_tokens SET token = ?2, label = ?3, streams = ?4, origin_cluster = ?5, expires_on_ms = ?6,
+             subscribe_requires_auth = ?7, is_active = ?8, allowed_origins = ?9, allowed_ip_addresses = ?10, bind_ips_on_usage = ?11,
+             allowed_countries = ?12, denied_countries = ?13, options = ?14 WHERE id = ?1",
+            params![
+                id,
+                t.token,
+                t.label,
+                to_json(&t.streams),
+                t.origin_cluster,
+                t.expires_on.map(|e| e.timestamp_millis()),
+                t.subscribe_requires_auth,
+                t.is_active,
+                to_json(&t.rules.allowed_origins),
+                to_json(&t.rules.allowed_ip_addresses),
+                t.rules.bind_ips_on_usage,
+                to_json(&t.rules.allowed_countries),
+                to_json(&t.rules.denied_countries),
+                to_json(&t.options),
+            ],
+        )
+        .map_err(StoreError::from)?;
+        tx.commit().map_err(StoreError::from)?;
+        drop(conn);
+        Ok(self.get_publish(id)?)
     }
 
     /// Delete a Publish token; whether it existed.
@@ -528,6 +701,25 @@ impl TokenLookup for Store {
     fn subscribe_by_token(&self, token: &str) -> Result<Option<SubscribeToken>, StoreError> {
         self.get_subscribe_by_token(token)
     }
+    fn publish_tokens(&self) -> Result<Vec<PublishToken>, StoreError> {
+        self.list_publish(Page::default())
+    }
+    fn bind_ip(&self, key: &str, ip: &str, max: u32) -> Result<bool, StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let bound: bool =
+            tx.query_row("SELECT count(*) > 0 FROM bound_ips WHERE token_key = ?1 AND ip = ?2", params![key, ip], |r| r.get(0))?;
+        if bound {
+            return Ok(true);
+        }
+        let n: u32 = tx.query_row("SELECT count(*) FROM bound_ips WHERE token_key = ?1", params![key], |r| r.get(0))?;
+        if n >= max {
+            return Ok(false);
+        }
+        tx.execute("INSERT INTO bound_ips (token_key, ip) VALUES (?1, ?2)", params![key, ip])?;
+        tx.commit()?;
+        Ok(true)
+    }
 }
 
 #[cfg(test)]
@@ -541,8 +733,7 @@ mod tests {
             tracking_id: tracking.map(String::from),
             origin_cluster: "auto".into(),
             expires_on: None,
-            allowed_origins: vec![],
-            allowed_ip_addresses: vec!["10.0.0.0/8".into()],
+            rules: AccessRules { allowed_ip_addresses: vec!["10.0.0.0/8".into()], ..Default::default() },
         }
     }
 
@@ -557,9 +748,14 @@ mod tests {
         assert_eq!(s.get_subscribe_by_token(&t.token).unwrap().unwrap(), t);
         let t2 = s.create_subscribe(new_sub(None), now).unwrap();
         assert_ne!(t.token, t2.token);
-        assert_eq!(s.list_subscribe().unwrap().len(), 2);
+        assert_eq!(s.list_subscribe(Page::default()).unwrap().len(), 2);
         let u = s
-            .update_subscribe(t.id, SubscribeTokenUpdate { is_active: Some(false), label: Some("x".into()), ..Default::default() })
+            .update_subscribe(t.id, |t| {
+                t.is_active = false;
+                t.label = "x".into();
+                t.tracking_id = Some("changed".into()); // ignored: immutable
+                Ok::<_, StoreError>(())
+            })
             .unwrap()
             .unwrap();
         assert!(!u.is_active);
@@ -568,7 +764,51 @@ mod tests {
         assert!(s.delete_subscribe(t.id).unwrap());
         assert!(!s.delete_subscribe(t.id).unwrap());
         assert!(s.get_subscribe(t.id).unwrap().is_none());
-        assert!(s.update_subscribe(t.id, Default::default()).unwrap().is_none());
+        assert!(s.update_subscribe(t.id, |_| Ok::<_, StoreError>(())).unwrap().is_none());
+    }
+
+    #[test]
+    fn pages_sort_and_split_the_list() {
+        let s = Store::open_in_memory().unwrap();
+        let t0 = Utc.timestamp_millis_opt(1_760_000_000_000).unwrap();
+        for (i, label) in ["c", "a", "b"].iter().enumerate() {
+            s.create_subscribe(NewSubscribeToken { label: (*label).into(), ..new_sub(None) }, t0 + chrono::Duration::seconds(i as i64))
+                .unwrap();
+        }
+        let labels = |p: Page| s.list_subscribe(p).unwrap().into_iter().map(|t| t.label).collect::<Vec<_>>();
+        let page = |page, n, sort_by, descending| Page { page, items_on_page: n, sort_by, descending };
+        assert_eq!(labels(page(1, 10, SortBy::Name, false)), ["a", "b", "c"]);
+        assert_eq!(labels(page(1, 2, SortBy::Name, true)), ["c", "b"]);
+        assert_eq!(labels(page(2, 2, SortBy::Name, true)), ["a"]);
+        assert_eq!(labels(page(3, 2, SortBy::Name, true)), Vec::<String>::new());
+        assert_eq!(labels(page(1, 10, SortBy::AddedOn, false)), ["c", "a", "b"]);
+    }
+
+    #[test]
+    fn a_store_of_the_first_release_opens_with_its_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE subscribe_tokens (id INTEGER PRIMARY KEY AUTOINCREMENT, token TEXT NOT NULL UNIQUE, label TEXT NOT NULL,
+               streams TEXT NOT NULL, tracking_id TEXT, origin_cluster TEXT NOT NULL, expires_on_ms INTEGER, is_active INTEGER NOT NULL,
+               allowed_origins TEXT NOT NULL, allowed_ip_addresses TEXT NOT NULL, added_on_ms INTEGER NOT NULL);
+             CREATE TABLE publish_tokens (id INTEGER PRIMARY KEY AUTOINCREMENT, token TEXT NOT NULL UNIQUE, label TEXT NOT NULL,
+               streams TEXT NOT NULL, subscribe_requires_auth INTEGER NOT NULL, is_active INTEGER NOT NULL, added_on_ms INTEGER NOT NULL);
+             INSERT INTO subscribe_tokens VALUES (7, 'aa', 'old', '[{\"streamName\":\"live\",\"isRegex\":false}]', 'acme', 'auto',
+               NULL, 1, '[\"https://a.tv\"]', '[]', 1760000000000);
+             INSERT INTO publish_tokens VALUES (3, 'bb', 'pub', '[{\"streamName\":\"live\",\"isRegex\":false}]', 1, 1, 1760000000000);",
+        )
+        .unwrap();
+        drop(conn);
+        let s = Store::open(&path).unwrap();
+        let t = s.get_subscribe(7).unwrap().unwrap();
+        assert_eq!((t.tracking_id.as_deref(), t.rules.allowed_origins.as_slice()), (Some("acme"), &["https://a.tv".to_string()][..]));
+        assert_eq!(t.rules.bind_ips_on_usage, 0);
+        let p = s.get_publish(3).unwrap().unwrap();
+        assert!(p.subscribe_requires_auth && p.options.is_empty() && p.origin_cluster == "Auto");
+        drop(s);
+        assert!(Store::open(&path).is_ok(), "opening twice adds nothing twice");
     }
 
     #[test]

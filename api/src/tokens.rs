@@ -1,29 +1,81 @@
-//! The token routes of `api serve`: Subscribe and Publish tokens (create,
-//! list, get, update, delete) and viewer-token verification.
+//! The token routes of `api serve`, shaped like the platform's REST API
+//! (request bodies, response fields, paging, envelopes): Subscribe and
+//! Publish tokens (create, read, update incl. `refreshToken` rotation,
+//! list, delete) and viewer-token verification.
+//!
+//! Unknown body fields are ignored, as the platform does; fields of a known
+//! name with a wrong type or value are a `400`.
 
-use crate::app::{success, AppState, Reply};
-use crate::store::{NewPublishToken, NewSubscribeToken, PublishToken, StreamRule, SubscribeToken, SubscribeTokenUpdate};
-use crate::verify::VerifyError;
-use crate::{AUTO_CLUSTER, MAX_TRACKING_ID_CHARS};
+use crate::app::{fail_body, success, AppState, Reply};
+use crate::store::{
+    AccessRules, NewPublishToken, NewSubscribeToken, Page, PublishToken, SortBy, StreamRule, SubscribeToken, generate_token,
+};
+use crate::verify::{Viewer, VerifyError};
+use crate::{is_auto_cluster, AUTO_CLUSTER, MAX_TRACKING_ID_CHARS};
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::response::Response;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use std::sync::Arc;
 
-/// Longest accepted `expires`, seconds (10 years).
+/// Longest accepted token lifetime, seconds (10 years).
 pub const MAX_EXPIRES_SECS: i64 = 10 * 365 * 86_400;
 const MAX_LABEL_CHARS: usize = 256;
 const MAX_STREAM_CHARS: usize = 256;
 const MAX_STREAMS: usize = 100;
 const MAX_LIST_ITEMS: usize = 100;
+/// Largest `bindIpsOnUsage`.
+pub const MAX_BIND_IPS: u32 = 1000;
+/// Largest `itemsOnPage` of the platform's `/list` routes.
+pub const MAX_PLATFORM_ITEMS_ON_PAGE: u32 = 100;
+/// Most tokens `GET /api/subscribe_token` (without `/list`) answers with.
+pub const MAX_ITEMS_ON_PAGE: u32 = 1000;
 /// Largest accepted request body of the token routes, bytes.
 pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The publishing options of a Publish token kept and returned as given
+/// (the platform acts on them; this service only meters), with their
+/// defaults; the update body names them `update<Name>` for the last two.
+const PUBLISH_OPTIONS: &[(&str, Option<&str>)] = &[
+    ("record", None),
+    ("clip", None),
+    ("multisource", None),
+    ("lowLatencyRtmp", None),
+    ("enableThumbnails", None),
+    ("displaySrtPassphrase", None),
+    ("drm", None),
+    ("enableUTCInsertion", None),
+    ("priority", None),
+    ("encoderProfileId", None),
+    ("geoCascade", Some("updateGeoCascade")),
+    ("restream", Some("updateRestream")),
+];
+
+/// A publishing option's value when never set (the platform's defaults).
+fn publish_option_default(name: &str) -> Value {
+    match name {
+        "multisource" | "lowLatencyRtmp" => json!(true),
+        "geoCascade" => json!({"isEnabled": false, "clusters": []}),
+        "restream" => json!([]),
+        "priority" | "encoderProfileId" | "enableUTCInsertion" => Value::Null,
+        _ => json!(false),
+    }
+}
+
+/// Whether `v` has the type of publishing option `name`.
+fn publish_option_type_ok(name: &str, v: &Value) -> bool {
+    match name {
+        "geoCascade" => v.is_object(),
+        "restream" => v.is_array(),
+        "priority" => v.is_i64(),
+        "encoderProfileId" => v.is_string(),
+        _ => v.is_boolean(),
+    }
+}
 
 // ---- request bodies and validation ----
 
@@ -37,61 +89,146 @@ fn double_option<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) ->
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 struct TrackingBody {
     tracking_id: String,
 }
 
+/// The fields a create body shares between both token kinds.
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct CreateSubscribeBody {
+#[serde(rename_all = "camelCase")]
+struct CreateCommon {
     #[serde(default)]
-    label: String,
+    label: Option<String>,
     streams: Vec<StreamRule>,
     #[serde(default)]
-    tracking: Option<TrackingBody>,
-    #[serde(default)]
     origin_cluster: Option<String>,
+    /// ISO 8601 date-time (the platform's field).
+    #[serde(default)]
+    expires_on: Option<String>,
+    /// Seconds from now (this service's shorthand).
     #[serde(default)]
     expires: Option<i64>,
     #[serde(default)]
-    allowed_origins: Vec<String>,
+    allowed_origins: Option<Vec<String>>,
     #[serde(default)]
-    allowed_ip_addresses: Vec<String>,
+    allowed_ip_addresses: Option<Vec<String>>,
+    #[serde(default)]
+    bind_ips_on_usage: Option<u32>,
+    #[serde(default)]
+    allowed_countries: Option<Vec<String>>,
+    #[serde(default)]
+    denied_countries: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct UpdateSubscribeBody {
+#[serde(rename_all = "camelCase")]
+struct CreateSubscribeBody {
+    #[serde(flatten)]
+    common: CreateCommon,
+    #[serde(default)]
+    tracking: Option<TrackingBody>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CreatePublishBody {
+    #[serde(flatten)]
+    common: CreateCommon,
+    #[serde(default)]
+    subscribe_requires_auth: Option<bool>,
+}
+
+impl UpdateCommon {
+    fn is_empty(&self) -> bool {
+        self.label.is_none()
+            && self.refresh_token.is_none()
+            && self.is_active.is_none()
+            && self.add_token_streams.is_none()
+            && self.remove_token_streams.is_none()
+            && self.update_allowed_origins.is_none()
+            && self.update_allowed_ip_addresses.is_none()
+            && self.update_bind_ips_on_usage.is_none()
+            && self.update_allowed_countries.is_none()
+            && self.update_denied_countries.is_none()
+            && self.update_origin_cluster.is_none()
+            && self.expires_on.is_none()
+            && self.streams.is_none()
+    }
+}
+
+/// A stream to remove: its name (every rule of that name), or one rule.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum StreamRef {
+    Name(String),
+    Rule(StreamRule),
+}
+
+impl StreamRef {
+    fn removes(&self, r: &StreamRule) -> bool {
+        match self {
+            StreamRef::Name(n) => r.stream_name == *n,
+            StreamRef::Rule(rule) => rule == r,
+        }
+    }
+}
+
+/// The update body both token kinds share: the platform's v1 `update*`
+/// fields, or (`PUT /api/v2/...`, also accepted on v1 as the platform's own
+/// guide does) the same without the prefix.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UpdateCommon {
+    #[serde(default)]
     label: Option<String>,
-    streams: Option<Vec<StreamRule>>,
+    #[serde(default)]
+    refresh_token: Option<bool>,
+    #[serde(default)]
     is_active: Option<bool>,
-    allowed_origins: Option<Vec<String>>,
-    allowed_ip_addresses: Option<Vec<String>>,
-    /// Seconds from now; `null` removes the expiry.
+    #[serde(default)]
+    add_token_streams: Option<Vec<StreamRule>>,
+    /// Stream names (the platform's reference) or `{streamName, isRegex}`
+    /// objects (what its client libraries send).
+    #[serde(default)]
+    remove_token_streams: Option<Vec<StreamRef>>,
+    #[serde(default, alias = "allowedOrigins")]
+    update_allowed_origins: Option<Vec<String>>,
+    #[serde(default, alias = "allowedIpAddresses")]
+    update_allowed_ip_addresses: Option<Vec<String>>,
+    #[serde(default, alias = "bindIpsOnUsage")]
+    update_bind_ips_on_usage: Option<u32>,
+    #[serde(default, alias = "allowedCountries")]
+    update_allowed_countries: Option<Vec<String>>,
+    #[serde(default, alias = "deniedCountries")]
+    update_denied_countries: Option<Vec<String>>,
+    #[serde(default, alias = "originCluster")]
+    update_origin_cluster: Option<String>,
+    /// This service's extension: a new expiry (ISO 8601), `null` removes it.
     #[serde(default, deserialize_with = "double_option")]
-    expires: Option<Option<i64>>,
-    /// Accepted only when equal to the current tracking.
+    expires_on: Option<Option<String>>,
+    /// This service's extension: replace every stream rule.
+    #[serde(default)]
+    streams: Option<Vec<StreamRule>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UpdateSubscribeBody {
+    #[serde(flatten)]
+    common: UpdateCommon,
+    /// Accepted only when equal to the current tracking (it is immutable).
     #[serde(default, deserialize_with = "double_option")]
     tracking: Option<Option<TrackingBody>>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct CreatePublishBody {
+#[serde(rename_all = "camelCase")]
+struct UpdatePublishBody {
+    #[serde(flatten)]
+    common: UpdateCommon,
     #[serde(default)]
-    label: String,
-    streams: Vec<StreamRule>,
-    #[serde(default)]
-    subscribe_requires_auth: bool,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct VerifyBody {
-    token: String,
-    stream_name: String,
-    cluster: String,
+    subscribe_requires_auth: Option<bool>,
 }
 
 fn check_label(label: &str) -> Result<(), Reply> {
@@ -101,17 +238,24 @@ fn check_label(label: &str) -> Result<(), Reply> {
     Ok(())
 }
 
-fn check_streams(streams: &[StreamRule]) -> Result<(), Reply> {
-    if streams.is_empty() || streams.len() > MAX_STREAMS {
-        return Err(Reply::BadRequest(format!("streams: between 1 and {MAX_STREAMS} entries required")));
+fn check_stream_rules(field: &str, streams: &[StreamRule]) -> Result<(), Reply> {
+    if streams.len() > MAX_STREAMS {
+        return Err(Reply::BadRequest(format!("{field}: at most {MAX_STREAMS} entries")));
     }
     for (i, s) in streams.iter().enumerate() {
         if s.stream_name.is_empty() || s.stream_name.chars().count() > MAX_STREAM_CHARS {
-            return Err(Reply::BadRequest(format!("streams[{i}].streamName: 1 to {MAX_STREAM_CHARS} characters")));
+            return Err(Reply::BadRequest(format!("{field}[{i}].streamName: 1 to {MAX_STREAM_CHARS} characters")));
         }
-        s.validate().map_err(|e| Reply::BadRequest(format!("streams[{i}].streamName: invalid regex: {e}")))?;
+        s.validate().map_err(|e| Reply::BadRequest(format!("{field}[{i}].streamName: invalid regex: {e}")))?;
     }
     Ok(())
+}
+
+fn check_streams(streams: &[StreamRule]) -> Result<(), Reply> {
+    if streams.is_empty() {
+        return Err(Reply::BadRequest(format!("streams: between 1 and {MAX_STREAMS} entries required")));
+    }
+    check_stream_rules("streams", streams)
 }
 
 fn check_tracking_id(t: &str) -> Result<(), Reply> {
@@ -121,221 +265,548 @@ fn check_tracking_id(t: &str) -> Result<(), Reply> {
     Ok(())
 }
 
-fn check_cluster(c: &str) -> Result<(), Reply> {
-    let ok = c == AUTO_CLUSTER || (!c.is_empty() && c.len() <= 64 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)));
+/// `Auto` in any case becomes `Auto`; a cluster id is kept as given.
+fn origin_cluster(field: &str, c: Option<String>) -> Result<String, Reply> {
+    let Some(c) = c else { return Ok(AUTO_CLUSTER.to_string()) };
+    if is_auto_cluster(&c) {
+        return Ok(AUTO_CLUSTER.to_string());
+    }
+    let ok = !c.is_empty() && c.len() <= 64 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
     if !ok {
-        return Err(Reply::BadRequest("originCluster: `auto` or a cluster id ([A-Za-z0-9._-], at most 64)".into()));
+        return Err(Reply::BadRequest(format!("{field}: `Auto` or a cluster id ([A-Za-z0-9._-], at most 64)")));
     }
-    Ok(())
+    Ok(c)
 }
 
-fn expires_on(expires: i64, now: DateTime<Utc>) -> Result<DateTime<Utc>, Reply> {
-    if !(1..=MAX_EXPIRES_SECS).contains(&expires) {
-        return Err(Reply::BadRequest(format!("expires: 1 to {MAX_EXPIRES_SECS} seconds")));
-    }
-    Ok(now + chrono::Duration::seconds(expires))
+/// An ISO 8601 date-time (or a date: midnight UTC) in the future, at most
+/// [`MAX_EXPIRES_SECS`] ahead.
+fn parse_expires_on(field: &str, v: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Reply> {
+    let t = crate::stats::parse_time(v).ok_or_else(|| Reply::BadRequest(format!("{field}: {v:?} is not an ISO 8601 date-time")))?;
+    check_expiry(field, t, now)
 }
 
-fn check_origins(origins: &[String]) -> Result<(), Reply> {
+fn check_expiry(field: &str, t: DateTime<Utc>, now: DateTime<Utc>) -> Result<DateTime<Utc>, Reply> {
+    if t <= now || t > now + chrono::Duration::seconds(MAX_EXPIRES_SECS) {
+        return Err(Reply::BadRequest(format!("{field}: must be in the future and at most {MAX_EXPIRES_SECS} seconds ahead")));
+    }
+    Ok(t)
+}
+
+fn expiry(c: &CreateCommon, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, Reply> {
+    match (&c.expires_on, c.expires) {
+        (Some(_), Some(_)) => Err(Reply::BadRequest("expiresOn and expires: give one of them".into())),
+        (Some(v), None) => parse_expires_on("expiresOn", v, now).map(Some),
+        (None, Some(secs)) => {
+            if !(1..=MAX_EXPIRES_SECS).contains(&secs) {
+                return Err(Reply::BadRequest(format!("expires: 1 to {MAX_EXPIRES_SECS} seconds")));
+            }
+            Ok(Some(now + chrono::Duration::seconds(secs)))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+fn check_origins(field: &str, origins: &[String]) -> Result<(), Reply> {
     if origins.len() > MAX_LIST_ITEMS {
-        return Err(Reply::BadRequest(format!("allowedOrigins: at most {MAX_LIST_ITEMS} entries")));
+        return Err(Reply::BadRequest(format!("{field}: at most {MAX_LIST_ITEMS} entries")));
     }
     for (i, o) in origins.iter().enumerate() {
-        if o.is_empty() || o.len() > 256 || o.chars().any(char::is_whitespace) {
-            return Err(Reply::BadRequest(format!("allowedOrigins[{i}]: 1 to 256 characters, no spaces")));
+        if o.is_empty() || o.len() > 256 || o.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(Reply::BadRequest(format!("{field}[{i}]: 1 to 256 characters, no spaces")));
         }
     }
     Ok(())
 }
 
-fn valid_ip_or_cidr(s: &str) -> bool {
-    match s.split_once('/') {
-        None => s.parse::<std::net::IpAddr>().is_ok(),
-        Some((ip, prefix)) => match (ip.parse::<std::net::IpAddr>(), prefix.parse::<u8>()) {
-            (Ok(std::net::IpAddr::V4(_)), Ok(p)) => p <= 32,
-            (Ok(std::net::IpAddr::V6(_)), Ok(p)) => p <= 128,
-            _ => false,
-        },
-    }
-}
-
-fn check_ips(ips: &[String]) -> Result<(), Reply> {
+fn check_ips(field: &str, ips: &[String]) -> Result<(), Reply> {
     if ips.len() > MAX_LIST_ITEMS {
-        return Err(Reply::BadRequest(format!("allowedIpAddresses: at most {MAX_LIST_ITEMS} entries")));
+        return Err(Reply::BadRequest(format!("{field}: at most {MAX_LIST_ITEMS} entries")));
     }
     for (i, ip) in ips.iter().enumerate() {
-        if !valid_ip_or_cidr(ip) {
-            return Err(Reply::BadRequest(format!("allowedIpAddresses[{i}]: {ip:?} is not an IP address or CIDR range")));
+        if crate::verify::IpRange::parse(ip).is_none() {
+            return Err(Reply::BadRequest(format!("{field}[{i}]: {ip:?} is not an IP address or CIDR range")));
         }
     }
     Ok(())
+}
+
+/// ISO 3166-1 alpha-2 codes, kept upper case.
+fn countries(field: &str, list: Vec<String>) -> Result<Vec<String>, Reply> {
+    if list.len() > 300 {
+        return Err(Reply::BadRequest(format!("{field}: at most 300 entries")));
+    }
+    list.into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            if c.len() == 2 && c.bytes().all(|b| b.is_ascii_alphabetic()) {
+                Ok(c.to_ascii_uppercase())
+            } else {
+                Err(Reply::BadRequest(format!("{field}[{i}]: {c:?} is not an ISO 3166-1 alpha-2 country code")))
+            }
+        })
+        .collect()
+}
+
+fn check_bind(field: &str, n: u32) -> Result<u32, Reply> {
+    if n > MAX_BIND_IPS {
+        return Err(Reply::BadRequest(format!("{field}: 0 to {MAX_BIND_IPS}")));
+    }
+    Ok(n)
+}
+
+fn rules(c: &mut CreateCommon) -> Result<AccessRules, Reply> {
+    let allowed_origins = c.allowed_origins.take().unwrap_or_default();
+    check_origins("allowedOrigins", &allowed_origins)?;
+    let allowed_ip_addresses = c.allowed_ip_addresses.take().unwrap_or_default();
+    check_ips("allowedIpAddresses", &allowed_ip_addresses)?;
+    Ok(AccessRules {
+        allowed_origins,
+        allowed_ip_addresses,
+        bind_ips_on_usage: check_bind("bindIpsOnUsage", c.bind_ips_on_usage.unwrap_or(0))?,
+        allowed_countries: countries("allowedCountries", c.allowed_countries.take().unwrap_or_default())?,
+        denied_countries: countries("deniedCountries", c.denied_countries.take().unwrap_or_default())?,
+    })
+}
+
+/// What an update body does to the fields both token kinds share.
+struct CommonChange {
+    label: Option<String>,
+    refresh_token: bool,
+    is_active: Option<bool>,
+    streams: Option<Vec<StreamRule>>,
+    add: Vec<StreamRule>,
+    remove: Vec<StreamRef>,
+    origins: Option<Vec<String>>,
+    ips: Option<Vec<String>>,
+    bind: Option<u32>,
+    allowed_countries: Option<Vec<String>>,
+    denied_countries: Option<Vec<String>>,
+    origin_cluster: Option<String>,
+    expires_on: Option<Option<DateTime<Utc>>>,
+}
+
+impl CommonChange {
+    /// Validate an update body (before the token is read).
+    fn validate(b: UpdateCommon, now: DateTime<Utc>) -> Result<CommonChange, Reply> {
+        if let Some(l) = &b.label {
+            check_label(l)?;
+        }
+        if let Some(s) = &b.streams {
+            check_streams(s)?;
+        }
+        let add = b.add_token_streams.unwrap_or_default();
+        check_stream_rules("addTokenStreams", &add)?;
+        let remove = b.remove_token_streams.unwrap_or_default();
+        if let Some(o) = &b.update_allowed_origins {
+            check_origins("updateAllowedOrigins", o)?;
+        }
+        if let Some(ips) = &b.update_allowed_ip_addresses {
+            check_ips("updateAllowedIpAddresses", ips)?;
+        }
+        Ok(CommonChange {
+            label: b.label,
+            refresh_token: b.refresh_token.unwrap_or(false),
+            is_active: b.is_active,
+            streams: b.streams,
+            add,
+            remove,
+            origins: b.update_allowed_origins,
+            ips: b.update_allowed_ip_addresses,
+            bind: b.update_bind_ips_on_usage.map(|n| check_bind("updateBindIpsOnUsage", n)).transpose()?,
+            allowed_countries: b.update_allowed_countries.map(|c| countries("updateAllowedCountries", c)).transpose()?,
+            denied_countries: b.update_denied_countries.map(|c| countries("updateDeniedCountries", c)).transpose()?,
+            origin_cluster: b.update_origin_cluster.map(|c| origin_cluster("updateOriginCluster", Some(c))).transpose()?,
+            expires_on: match b.expires_on {
+                None => None,
+                Some(None) => Some(None),
+                Some(Some(v)) => Some(Some(parse_expires_on("expiresOn", &v, now)?)),
+            },
+        })
+    }
+
+    /// Apply to a token's fields; the stream list must stay non-empty.
+    #[allow(clippy::too_many_arguments)]
+    fn apply(
+        self,
+        token: &mut String,
+        label: &mut String,
+        streams: &mut Vec<StreamRule>,
+        cluster: &mut String,
+        expires_on: &mut Option<DateTime<Utc>>,
+        is_active: &mut bool,
+        rules: &mut AccessRules,
+    ) -> Result<(), Reply> {
+        if self.refresh_token {
+            *token = generate_token();
+        }
+        if let Some(v) = self.label {
+            *label = v;
+        }
+        if let Some(v) = self.is_active {
+            *is_active = v;
+        }
+        if let Some(v) = self.streams {
+            *streams = v;
+        }
+        streams.retain(|s| !self.remove.iter().any(|r| r.removes(s)));
+        for s in self.add {
+            if !streams.contains(&s) {
+                streams.push(s);
+            }
+        }
+        if streams.is_empty() {
+            return Err(Reply::BadRequest("removeTokenStreams: a token keeps at least one stream".into()));
+        }
+        if streams.len() > MAX_STREAMS {
+            return Err(Reply::BadRequest(format!("addTokenStreams: a token has at most {MAX_STREAMS} streams")));
+        }
+        if let Some(v) = self.origin_cluster {
+            *cluster = v;
+        }
+        if let Some(v) = self.expires_on {
+            *expires_on = v;
+        }
+        if let Some(v) = self.origins {
+            rules.allowed_origins = v;
+        }
+        if let Some(v) = self.ips {
+            rules.allowed_ip_addresses = v;
+        }
+        if let Some(v) = self.bind {
+            rules.bind_ips_on_usage = v;
+        }
+        if let Some(v) = self.allowed_countries {
+            rules.allowed_countries = v;
+        }
+        if let Some(v) = self.denied_countries {
+            rules.denied_countries = v;
+        }
+        Ok(())
+    }
 }
 
 fn time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-/// The API's JSON shape of a Subscribe token.
-pub fn subscribe_json(t: &SubscribeToken) -> Value {
-    json!({
-        "id": t.id,
-        "token": t.token,
-        "label": t.label,
-        "streams": t.streams,
-        "tracking": t.tracking_id.as_ref().map(|id| json!({"trackingId": id})),
-        "originCluster": t.origin_cluster,
-        "expiresOn": t.expires_on.map(time),
-        "isActive": t.is_active,
-        "allowedOrigins": t.allowed_origins,
-        "allowedIpAddresses": t.allowed_ip_addresses,
-        "addedOn": time(t.added_on),
-    })
+/// The fields both token kinds answer with.
+fn common_json(
+    id: i64,
+    token: &str,
+    label: &str,
+    streams: &[StreamRule],
+    cluster: &str,
+    expires_on: Option<DateTime<Utc>>,
+    is_active: bool,
+    rules: &AccessRules,
+    added_on: DateTime<Utc>,
+) -> Map<String, Value> {
+    let v = json!({
+        "id": id,
+        "name": label,
+        "label": label,
+        "token": token,
+        "addedOn": time(added_on),
+        "expiresOn": expires_on.map(time),
+        "isActive": is_active,
+        "streams": streams,
+        "allowedOrigins": rules.allowed_origins,
+        "allowedIpAddresses": rules.allowed_ip_addresses,
+        "bindIpsOnUsage": rules.bind_ips_on_usage,
+        "allowedCountries": rules.allowed_countries,
+        "deniedCountries": rules.denied_countries,
+        "originCluster": cluster,
+        "effectiveSettings": {
+            "originCluster": cluster,
+            "allowedCountries": rules.allowed_countries,
+            "deniedCountries": rules.denied_countries,
+        },
+    });
+    match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
 }
 
-/// The API's JSON shape of a Publish token.
+/// The API's JSON shape of a Subscribe token (the platform's fields).
+pub fn subscribe_json(t: &SubscribeToken) -> Value {
+    let mut m = common_json(t.id, &t.token, &t.label, &t.streams, &t.origin_cluster, t.expires_on, t.is_active, &t.rules, t.added_on);
+    m.insert("tracking".into(), t.tracking_id.as_ref().map(|id| json!({ "trackingId": id })).unwrap_or(Value::Null));
+    Value::Object(m)
+}
+
+/// The API's JSON shape of a Publish token (the platform's fields).
 pub fn publish_json(t: &PublishToken) -> Value {
-    json!({
-        "id": t.id,
-        "token": t.token,
-        "label": t.label,
-        "streams": t.streams,
-        "subscribeRequiresAuth": t.subscribe_requires_auth,
-        "isActive": t.is_active,
-        "addedOn": time(t.added_on),
-    })
+    let mut m = common_json(t.id, &t.token, &t.label, &t.streams, &t.origin_cluster, t.expires_on, t.is_active, &t.rules, t.added_on);
+    m.insert("subscribeRequiresAuth".into(), json!(t.subscribe_requires_auth));
+    for (name, _) in PUBLISH_OPTIONS {
+        m.insert((*name).into(), t.options.get(*name).cloned().unwrap_or_else(|| publish_option_default(name)));
+    }
+    Value::Object(m)
 }
 
 fn parse_id(kind: &str, id: &str) -> Result<i64, Reply> {
-    id.parse::<i64>().map_err(|_| Reply::NotFound(format!("no {kind} token with id {id:?}")))
+    id.parse::<i64>().map_err(|_| not_found(kind, id))
+}
+
+fn not_found(kind: &str, id: impl std::fmt::Display) -> Reply {
+    Reply::NotFound(format!("{kind} token {id} not found"))
+}
+
+/// The platform's list parameters: `page` (from 1) and `itemsOnPage` (1 to
+/// [`MAX_PLATFORM_ITEMS_ON_PAGE`]), both required on `/list` as on the platform,
+/// `sortBy` (`Name`, the default, or `AddedOn`), `isDescending`. Without
+/// `required` (this service's plain `GET /api/..._token`), every token up to
+/// [`MAX_ITEMS_ON_PAGE`], in creation order.
+fn parse_page(raw: Option<String>, required: bool) -> Result<Page, Reply> {
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(raw.as_deref().unwrap_or("")).map_err(|e| Reply::BadRequest(format!("invalid query string: {e}")))?;
+    let mut page = if required {
+        Page { page: 0, items_on_page: 0, sort_by: SortBy::Name, descending: false }
+    } else {
+        Page { items_on_page: MAX_ITEMS_ON_PAGE, ..Page::default() }
+    };
+    let max_items = if required { MAX_PLATFORM_ITEMS_ON_PAGE } else { MAX_ITEMS_ON_PAGE };
+    for (k, v) in pairs {
+        match k.as_str() {
+            "page" => match v.parse::<u32>() {
+                Ok(p) if p >= 1 && p <= i32::MAX as u32 => page.page = p,
+                _ => return Err(Reply::BadRequest(format!("page: The field Page must be between 1 and 2147483647 (got {v:?})."))),
+            },
+            "itemsOnPage" => match v.parse::<u32>() {
+                Ok(n) if (1..=max_items).contains(&n) => page.items_on_page = n,
+                _ => {
+                    return Err(Reply::BadRequest(format!("itemsOnPage: The field ItemsOnPage must be between 1 and {max_items} (got {v:?}).")))
+                }
+            },
+            "sortBy" => {
+                page.sort_by = match v.to_ascii_lowercase().as_str() {
+                    "addedon" => SortBy::AddedOn,
+                    "name" => SortBy::Name,
+                    _ => return Err(Reply::BadRequest(format!("sortBy: The value {v:?} is not valid for SortBy (Name, AddedOn)."))),
+                }
+            }
+            "isDescending" => {
+                page.descending = match v.to_ascii_lowercase().as_str() {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => return Err(Reply::BadRequest(format!("isDescending: The value {v:?} is not valid (true or false)."))),
+                }
+            }
+            // other parameters are ignored, as the platform does
+            _ => {}
+        }
+    }
+    for (name, missing) in [("page", page.page == 0), ("itemsOnPage", page.items_on_page == 0)] {
+        if missing {
+            return Err(Reply::BadRequest(format!("{name}: A value for the '{name}' parameter or property was not provided.")));
+        }
+    }
+    Ok(page)
 }
 
 // ---- Subscribe tokens ----
 
 pub(crate) async fn create_subscribe(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Response, Reply> {
-    let b: CreateSubscribeBody = parse(&body)?;
+    let mut b: CreateSubscribeBody = parse(&body)?;
     let now = Utc::now();
-    check_label(&b.label)?;
-    check_streams(&b.streams)?;
+    let label = b.common.label.take().unwrap_or_default();
+    check_label(&label)?;
+    check_streams(&b.common.streams)?;
     let tracking_id = b.tracking.map(|t| t.tracking_id);
     if let Some(t) = &tracking_id {
         check_tracking_id(t)?;
     }
-    let origin_cluster = b.origin_cluster.unwrap_or_else(|| AUTO_CLUSTER.to_string());
-    check_cluster(&origin_cluster)?;
-    let expires_on = b.expires.map(|e| expires_on(e, now)).transpose()?;
-    check_origins(&b.allowed_origins)?;
-    check_ips(&b.allowed_ip_addresses)?;
+    let origin_cluster = origin_cluster("originCluster", b.common.origin_cluster.take())?;
+    let expires_on = expiry(&b.common, now)?;
+    let rules = rules(&mut b.common)?;
     let t = s.store.create_subscribe(
-        NewSubscribeToken {
-            label: b.label,
-            streams: b.streams,
-            tracking_id,
-            origin_cluster,
-            expires_on,
-            allowed_origins: b.allowed_origins,
-            allowed_ip_addresses: b.allowed_ip_addresses,
-        },
+        NewSubscribeToken { label, streams: b.common.streams, tracking_id, origin_cluster, expires_on, rules },
         now,
     )?;
     tracing::info!(id = t.id, tracking_id = ?t.tracking_id, origin_cluster = %t.origin_cluster, "SubscribeTokenCreated");
     Ok(success(subscribe_json(&t)))
 }
 
-pub(crate) async fn list_subscribe(State(s): State<Arc<AppState>>) -> Result<Response, Reply> {
-    let all = s.store.list_subscribe()?;
+pub(crate) async fn list_subscribe(State(s): State<Arc<AppState>>, RawQuery(q): RawQuery) -> Result<Response, Reply> {
+    let all = s.store.list_subscribe(parse_page(q, true)?)?;
+    Ok(success(Value::Array(all.iter().map(subscribe_json).collect())))
+}
+
+pub(crate) async fn all_subscribe(State(s): State<Arc<AppState>>, RawQuery(q): RawQuery) -> Result<Response, Reply> {
+    let all = s.store.list_subscribe(parse_page(q, false)?)?;
     Ok(success(Value::Array(all.iter().map(subscribe_json).collect())))
 }
 
 pub(crate) async fn get_subscribe(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, Reply> {
-    let id = parse_id("subscribe", &id)?;
-    let t = s.store.get_subscribe(id)?.ok_or_else(|| Reply::NotFound(format!("no subscribe token with id {id}")))?;
+    let id = parse_id("Subscribe", &id)?;
+    let t = s.store.get_subscribe(id)?.ok_or_else(|| not_found("Subscribe", id))?;
     Ok(success(subscribe_json(&t)))
 }
 
 pub(crate) async fn update_subscribe(State(s): State<Arc<AppState>>, Path(id): Path<String>, body: Bytes) -> Result<Response, Reply> {
-    let id = parse_id("subscribe", &id)?;
+    let id = parse_id("Subscribe", &id)?;
     let b: UpdateSubscribeBody = parse(&body)?;
-    let current = s.store.get_subscribe(id)?.ok_or_else(|| Reply::NotFound(format!("no subscribe token with id {id}")))?;
-    if let Some(tracking) = b.tracking {
-        if tracking.map(|t| t.tracking_id) != current.tracking_id {
-            return Err(Reply::BadRequest("tracking cannot be changed after creation".into()));
-        }
+    if b.common.is_empty() && b.tracking.is_none() {
+        return Err(Reply::NothingToUpdate);
     }
-    if let Some(l) = &b.label {
-        check_label(l)?;
-    }
-    if let Some(st) = &b.streams {
-        check_streams(st)?;
-    }
-    if let Some(o) = &b.allowed_origins {
-        check_origins(o)?;
-    }
-    if let Some(ips) = &b.allowed_ip_addresses {
-        check_ips(ips)?;
-    }
-    let now = Utc::now();
-    let expires_on = match b.expires {
-        None => None,
-        Some(None) => Some(None),
-        Some(Some(e)) => Some(Some(expires_on(e, now)?)),
-    };
-    let upd = SubscribeTokenUpdate {
-        label: b.label,
-        streams: b.streams,
-        is_active: b.is_active,
-        allowed_origins: b.allowed_origins,
-        allowed_ip_addresses: b.allowed_ip_addresses,
-        expires_on,
-    };
-    let t = s.store.update_subscribe(id, upd)?.ok_or_else(|| Reply::NotFound(format!("no subscribe token with id {id}")))?;
-    tracing::info!(id, is_active = t.is_active, "SubscribeTokenUpdated");
+    let rotate = b.common.refresh_token == Some(true);
+    let change = CommonChange::validate(b.common, Utc::now())?;
+    let tracking = b.tracking;
+    let t = s
+        .store
+        .update_subscribe(id, |t| {
+            if let Some(tracking) = tracking {
+                if tracking.map(|t| t.tracking_id) != t.tracking_id {
+                    return Err(Reply::BadRequest("tracking cannot be changed after creation".into()));
+                }
+            }
+            change.apply(
+                &mut t.token,
+                &mut t.label,
+                &mut t.streams,
+                &mut t.origin_cluster,
+                &mut t.expires_on,
+                &mut t.is_active,
+                &mut t.rules,
+            )
+        })?
+        .ok_or_else(|| not_found("Subscribe", id))?;
+    tracing::info!(id, is_active = t.is_active, rotated = rotate, "SubscribeTokenUpdated");
     Ok(success(subscribe_json(&t)))
 }
 
 pub(crate) async fn delete_subscribe(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, Reply> {
-    let id = parse_id("subscribe", &id)?;
+    let id = parse_id("Subscribe", &id)?;
     if !s.store.delete_subscribe(id)? {
-        return Err(Reply::NotFound(format!("no subscribe token with id {id}")));
+        return Err(not_found("Subscribe", id));
     }
     tracing::info!(id, "SubscribeTokenDeleted");
-    Ok(success(json!({"id": id, "deleted": true})))
+    Ok(success(json!(true)))
 }
 
 // ---- Publish tokens ----
 
+/// The publishing options named in a create (`update == false`) or update
+/// body, as given.
+fn publish_options(body: &[u8], update: bool) -> Result<Map<String, Value>, Reply> {
+    let Value::Object(all) = parse::<Value>(body)? else { return Err(Reply::BadRequest("invalid body: not a JSON object".into())) };
+    let mut out = Map::new();
+    for (name, update_name) in PUBLISH_OPTIONS {
+        let key = if update { update_name.unwrap_or(name) } else { name };
+        if let Some(v) = all.get(key).filter(|v| !v.is_null()) {
+            if !publish_option_type_ok(name, v) {
+                return Err(Reply::BadRequest(format!("{key}: wrong type")));
+            }
+            out.insert((*name).into(), v.clone());
+        }
+    }
+    Ok(out)
+}
+
 pub(crate) async fn create_publish(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Response, Reply> {
-    let b: CreatePublishBody = parse(&body)?;
-    check_label(&b.label)?;
-    check_streams(&b.streams)?;
+    let mut b: CreatePublishBody = parse(&body)?;
+    let options = publish_options(&body, false)?;
+    let now = Utc::now();
+    let label = b.common.label.take().unwrap_or_default();
+    check_label(&label)?;
+    check_streams(&b.common.streams)?;
+    let origin_cluster = origin_cluster("originCluster", b.common.origin_cluster.take())?;
+    let expires_on = expiry(&b.common, now)?;
+    let rules = rules(&mut b.common)?;
     let t = s.store.create_publish(
-        NewPublishToken { label: b.label, streams: b.streams, subscribe_requires_auth: b.subscribe_requires_auth },
-        Utc::now(),
+        NewPublishToken {
+            label,
+            streams: b.common.streams,
+            origin_cluster,
+            expires_on,
+            subscribe_requires_auth: b.subscribe_requires_auth.unwrap_or(false),
+            rules,
+            options,
+        },
+        now,
     )?;
     tracing::info!(id = t.id, subscribe_requires_auth = t.subscribe_requires_auth, "PublishTokenCreated");
     Ok(success(publish_json(&t)))
 }
 
-pub(crate) async fn list_publish(State(s): State<Arc<AppState>>) -> Result<Response, Reply> {
-    let all = s.store.list_publish()?;
+pub(crate) async fn list_publish(State(s): State<Arc<AppState>>, RawQuery(q): RawQuery) -> Result<Response, Reply> {
+    let all = s.store.list_publish(parse_page(q, true)?)?;
+    Ok(success(Value::Array(all.iter().map(publish_json).collect())))
+}
+
+pub(crate) async fn all_publish(State(s): State<Arc<AppState>>, RawQuery(q): RawQuery) -> Result<Response, Reply> {
+    let all = s.store.list_publish(parse_page(q, false)?)?;
     Ok(success(Value::Array(all.iter().map(publish_json).collect())))
 }
 
 pub(crate) async fn get_publish(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, Reply> {
-    let id = parse_id("publish", &id)?;
-    let t = s.store.get_publish(id)?.ok_or_else(|| Reply::NotFound(format!("no publish token with id {id}")))?;
+    let id = parse_id("Publish", &id)?;
+    let t = s.store.get_publish(id)?.ok_or_else(|| not_found("Publish", id))?;
+    Ok(success(publish_json(&t)))
+}
+
+pub(crate) async fn update_publish(State(s): State<Arc<AppState>>, Path(id): Path<String>, body: Bytes) -> Result<Response, Reply> {
+    let id = parse_id("Publish", &id)?;
+    let b: UpdatePublishBody = parse(&body)?;
+    let options = publish_options(&body, true)?;
+    if b.common.is_empty() && b.subscribe_requires_auth.is_none() && options.is_empty() {
+        return Err(Reply::NothingToUpdate);
+    }
+    let change = CommonChange::validate(b.common, Utc::now())?;
+    let requires_auth = b.subscribe_requires_auth;
+    let t = s
+        .store
+        .update_publish(id, |t| {
+            if let Some(v) = requires_auth {
+                t.subscribe_requires_auth = v;
+            }
+            t.options.extend(options);
+            change.apply(
+                &mut t.token,
+                &mut t.label,
+                &mut t.streams,
+                &mut t.origin_cluster,
+                &mut t.expires_on,
+                &mut t.is_active,
+                &mut t.rules,
+            )
+        })?
+        .ok_or_else(|| not_found("Publish", id))?;
+    tracing::info!(id, is_active = t.is_active, subscribe_requires_auth = t.subscribe_requires_auth, "PublishTokenUpdated");
     Ok(success(publish_json(&t)))
 }
 
 pub(crate) async fn delete_publish(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, Reply> {
-    let id = parse_id("publish", &id)?;
+    let id = parse_id("Publish", &id)?;
     if !s.store.delete_publish(id)? {
-        return Err(Reply::NotFound(format!("no publish token with id {id}")));
+        return Err(not_found("Publish", id));
     }
     tracing::info!(id, "PublishTokenDeleted");
-    Ok(success(json!({"id": id, "deleted": true})))
+    Ok(success(json!(true)))
 }
 
 // ---- verification ----
+
+/// Body of `POST /api/token/verify` (what a media server sends).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct VerifyBody {
+    /// The viewer's token; absent or empty for a viewer without one.
+    #[serde(default)]
+    token: Option<String>,
+    stream_name: String,
+    cluster: String,
+    /// The viewer's web origin (`Origin` header), if any.
+    #[serde(default)]
+    origin: Option<String>,
+    /// The viewer's IP address.
+    #[serde(default)]
+    ip_address: Option<String>,
+    /// The viewer's country (ISO 3166-1 alpha-2, from the media server's geo-IP).
+    #[serde(default)]
+    country: Option<String>,
+}
 
 fn verify_status(e: &VerifyError) -> StatusCode {
     match e {
@@ -347,32 +818,31 @@ fn verify_status(e: &VerifyError) -> StatusCode {
 
 pub(crate) async fn verify_token(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Response, Reply> {
     let b: VerifyBody = parse(&body)?;
-    match crate::verify::verify_with(s.store.as_ref(), &b.token, &b.stream_name, &b.cluster, Utc::now(), &s.policy) {
+    let ip = match b.ip_address.as_deref() {
+        None | Some("") => None,
+        Some(v) => Some(v.parse::<std::net::IpAddr>().map_err(|_| Reply::BadRequest(format!("ipAddress: {v:?} is not an IP address")))?),
+    };
+    let viewer = Viewer { origin: b.origin.as_deref().filter(|o| !o.is_empty()), ip, country: b.country.as_deref().filter(|c| !c.is_empty()) };
+    let token = b.token.as_deref().map(str::trim).filter(|t| !t.is_empty());
+    match crate::verify::admit(s.store.as_ref(), token, &b.stream_name, &b.cluster, &viewer, Utc::now(), &s.policy) {
         Ok(a) => {
-            s.metrics.verify.with_label_values(&["ok"]).inc();
-            tracing::debug!(token_id = a.token_id, tracking_id = ?a.tracking_id, stream = %b.stream_name, "TokenVerified");
-            Ok(success(json!({"tokenId": a.token_id, "trackingId": a.tracking_id, "customViewerData": a.custom_viewer_data})))
+            s.metrics.verify.with_label_values(&[if a.is_some() { "ok" } else { "ok_untracked" }]).inc();
+            let a = a.unwrap_or_default();
+            tracing::debug!(token_id = ?a.token_id, tracking_id = ?a.tracking_id, stream = %b.stream_name, "TokenVerified");
+            Ok(success(json!({
+                "tokenId": a.token_id,
+                "trackingId": a.tracking_id,
+                "customViewerData": a.custom_viewer_data,
+                "expiresAt": a.expires_at.map(time),
+            })))
         }
         Err(e) => {
             s.metrics.verify.with_label_values(&[e.code()]).inc();
             tracing::info!(code = e.code(), reason = %e, stream = %b.stream_name, cluster = %b.cluster, "TokenRefused");
-            let body = json!({"status": "error", "code": e.code(), "message": e.to_string()});
-            Ok((verify_status(&e), Json(body)).into_response())
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ip_validation() {
-        for ok in ["10.0.0.1", "10.0.0.0/8", "::1", "2001:db8::/32"] {
-            assert!(valid_ip_or_cidr(ok), "{ok}");
-        }
-        for bad in ["10.0.0", "10.0.0.0/33", "::1/129", "host", "1.2.3.4/x", ""] {
-            assert!(!valid_ip_or_cidr(bad), "{bad}");
+            if let VerifyError::Store(_) = e {
+                return Ok(crate::app::error_body(verify_status(&e), &e.to_string()));
+            }
+            Ok(fail_body(verify_status(&e), json!({"code": e.code(), "message": e.to_string()})))
         }
     }
 }

@@ -10,7 +10,9 @@
 //! 2. the parent named by `streaming.tokenId` exists;
 //! 3. the signature verifies with the parent's token string;
 //! 4. `exp` is present and in the future;
-//! 5. the parent is active and unexpired, and `exp` is not after its expiry;
+//! 5. the parent is active and unexpired; the viewer's admission ends at
+//!    the earlier of `exp` and the parent's expiry (`expiresAt` of the
+//!    answer: the platform caps a viewer token at its parent's expiry);
 //! 6. `tokenType` is `Subscribe`; `trackingId` ≤ 128, `customViewerData` ≤
 //!    1024 characters;
 //! 7. the stream is granted by the parent (exact, or anchored regex) and,
@@ -29,12 +31,21 @@
 //!     `iat` and after now; `nbf`, when present, has passed; `iat` is not
 //!     in the future beyond [`Policy::clock_skew_secs`].
 //!
-//! `allowedOrigins` / `allowedIpAddresses` are not checked here: the caller
-//! does not pass the viewer's origin or address.
+//! 11. the viewer ([`Viewer`]: origin, IP address, country, as the media
+//!     server saw them) passes the parent's access rules and, for a JWT,
+//!     its own `allowedOrigins` / `allowedIpAddresses` (added to the
+//!     parent's, never replacing them): see [`check_viewer`].
+//!
+//! A master token is checked for 11 and its own state, stream and cluster.
+//! A viewer **without a token** ([`admit`] with `None`) is refused
+//! (`token_required`) when a Publish token in force for the stream has
+//! `subscribeRequiresAuth`, and admitted untracked otherwise.
 
-use crate::sign::{ViewerClaims, SUBSCRIBE_TOKEN_TYPE};
-use crate::store::{SubscribeToken, TokenLookup};
-use crate::{AUTO_CLUSTER, MAX_CUSTOM_VIEWER_DATA_CHARS, MAX_TRACKING_ID_CHARS};
+use crate::sign::{StreamingClaims, ViewerClaims, SUBSCRIBE_TOKEN_TYPE};
+use crate::store::{AccessRules, SubscribeToken, TokenLookup};
+use crate::{is_auto_cluster, MAX_CUSTOM_VIEWER_DATA_CHARS, MAX_TRACKING_ID_CHARS};
+use sha2::{Digest, Sha256};
+use std::net::IpAddr;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::Engine;
@@ -45,15 +56,135 @@ use serde::Serialize;
 use thiserror::Error;
 
 /// Who a verified viewer's usage is attributed to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Attribution {
-    /// Id of the Subscribe token (the parent, for a JWT).
-    pub token_id: i64,
+    /// Id of the Subscribe token (the parent, for a JWT); `None` for a
+    /// viewer admitted without a token.
+    pub token_id: Option<i64>,
     /// Distribution channel, if any.
     pub tracking_id: Option<String>,
     /// Opaque viewer data from a JWT.
     pub custom_viewer_data: Option<String>,
+    /// When the admission ends: the JWT's `exp` capped at the parent's
+    /// expiry, or the master token's expiry (`None`: never).
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// What the media server saw of the viewer (`None`: not known).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Viewer<'a> {
+    /// The page's web origin (`Origin` header), e.g. `https://www.example.com`.
+    pub origin: Option<&'a str>,
+    /// The viewer's IP address.
+    pub ip: Option<IpAddr>,
+    /// ISO 3166-1 alpha-2 country of the viewer.
+    pub country: Option<&'a str>,
+}
+
+/// An IP address or CIDR range of `allowedIpAddresses`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpRange {
+    net: IpAddr,
+    prefix: u8,
+}
+
+impl IpRange {
+    /// `10.0.0.1`, `10.0.0.0/8`, `2001:db8::/32`; `None` when invalid.
+    pub fn parse(s: &str) -> Option<IpRange> {
+        let (ip, prefix) = match s.split_once('/') {
+            None => {
+                let ip: IpAddr = s.parse().ok()?;
+                (ip, if ip.is_ipv4() { 32 } else { 128 })
+            }
+            Some((ip, p)) => {
+                let ip: IpAddr = ip.parse().ok()?;
+                let p: u8 = p.parse().ok()?;
+                if p > if ip.is_ipv4() { 32 } else { 128 } {
+                    return None;
+                }
+                (ip, p)
+            }
+        };
+        Some(IpRange { net: ip, prefix })
+    }
+
+    /// Whether `ip` is in the range (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.net, ip.to_canonical()) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Whether `origin` (`scheme://host[:port]`) matches an `allowedOrigins`
+/// entry: `*` (any), a whole origin (`https://a.example.com`, scheme and
+/// port must agree), a host name (`a.example.com`, any scheme and port) or
+/// a wildcard (`*.example.com`: any subdomain). Case-insensitive.
+pub fn origin_matches(rule: &str, origin: &str) -> bool {
+    let rule = rule.trim().to_ascii_lowercase();
+    let origin = origin.trim().trim_end_matches('/').to_ascii_lowercase();
+    if rule == "*" {
+        return true;
+    }
+    let host_port = origin.split_once("://").map_or(origin.as_str(), |(_, h)| h);
+    let host = host_port.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(host_port, |(h, _)| h);
+    if rule.contains("://") {
+        return rule.trim_end_matches('/') == origin;
+    }
+    match rule.strip_prefix("*.") {
+        Some(domain) => host.len() > domain.len() + 1 && host.ends_with(domain) && host[..host.len() - domain.len()].ends_with('.'),
+        None => host == rule,
+    }
+}
+
+/// Check the viewer against a token's access rules and a JWT's own
+/// `allowedOrigins` / `allowedIpAddresses` (each list that is not empty
+/// must admit the viewer). `bind_key` names the token usage the viewer's IP
+/// is bound to under `bindIpsOnUsage`.
+pub fn check_viewer(
+    lookup: &impl TokenLookup,
+    rules: &AccessRules,
+    jwt: Option<&StreamingClaims>,
+    viewer: &Viewer<'_>,
+    bind_key: &str,
+) -> Result<(), VerifyError> {
+    let jwt_origins = jwt.and_then(|j| j.allowed_origins.as_deref()).unwrap_or(&[]);
+    for list in [rules.allowed_origins.as_slice(), jwt_origins] {
+        if !list.is_empty() && !viewer.origin.is_some_and(|o| list.iter().any(|r| origin_matches(r, o))) {
+            return Err(VerifyError::OriginNotAllowed(viewer.origin.unwrap_or("").chars().take(256).collect()));
+        }
+    }
+    let jwt_ips = jwt.and_then(|j| j.allowed_ip_addresses.as_deref()).unwrap_or(&[]);
+    for list in [rules.allowed_ip_addresses.as_slice(), jwt_ips] {
+        let admitted = viewer.ip.is_some_and(|ip| list.iter().filter_map(|r| IpRange::parse(r)).any(|r| r.contains(ip)));
+        if !list.is_empty() && !admitted {
+            return Err(VerifyError::IpNotAllowed(viewer.ip.map(|i| i.to_string()).unwrap_or_default()));
+        }
+    }
+    let country = viewer.country.map(str::to_ascii_uppercase);
+    if !rules.allowed_countries.is_empty() && !country.as_ref().is_some_and(|c| rules.allowed_countries.contains(c)) {
+        return Err(VerifyError::CountryNotAllowed(country.unwrap_or_default().chars().take(8).collect()));
+    }
+    if let Some(c) = country.filter(|c| rules.denied_countries.contains(c)) {
+        return Err(VerifyError::CountryDenied(c));
+    }
+    if rules.bind_ips_on_usage > 0 {
+        let ip = viewer.ip.ok_or_else(|| VerifyError::IpNotBound(String::new()))?;
+        let ip = ip.to_canonical().to_string();
+        if !lookup.bind_ip(bind_key, &ip, rules.bind_ips_on_usage).map_err(store_err)? {
+            return Err(VerifyError::IpNotBound(ip));
+        }
+    }
+    Ok(())
 }
 
 /// Verification rules that are the operator's to choose.
@@ -93,9 +224,6 @@ pub enum VerifyError {
     /// The JWT's `exp` has passed.
     #[error("token expired at {exp} (epoch seconds)")]
     Expired { exp: i64 },
-    /// The JWT's `exp` is after its parent's expiry.
-    #[error("token exp {exp} is after the parent token's expiry {parent_expires}")]
-    ExpAfterParent { exp: i64, parent_expires: i64 },
     /// No Subscribe token with the JWT's `tokenId` (never created, or deleted).
     #[error("parent token {0} not found")]
     ParentNotFound(i64),
@@ -135,6 +263,24 @@ pub enum VerifyError {
     /// The JWT's `iat` is in the future.
     #[error("token issued in the future ({iat}, epoch seconds)")]
     IssuedInFuture { iat: i64 },
+    /// The viewer's origin is not in an `allowedOrigins` list.
+    #[error("origin {0:?} is not allowed by this token")]
+    OriginNotAllowed(String),
+    /// The viewer's IP address is not in an `allowedIpAddresses` list.
+    #[error("IP address {0:?} is not allowed by this token")]
+    IpNotAllowed(String),
+    /// The viewer's country is not in `allowedCountries`.
+    #[error("country {0:?} is not allowed by this token")]
+    CountryNotAllowed(String),
+    /// The viewer's country is in `deniedCountries`.
+    #[error("country {0:?} is denied by this token")]
+    CountryDenied(String),
+    /// The token is bound (`bindIpsOnUsage`) to other IP addresses.
+    #[error("the token is bound to other IP addresses than {0:?} (bindIpsOnUsage)")]
+    IpNotBound(String),
+    /// The stream needs a Subscribe token (`subscribeRequiresAuth`) and none was given.
+    #[error("stream {0:?} requires a subscribe token")]
+    TokenRequired(String),
     /// A claim exceeds its limit.
     #[error("{field} is longer than {max} characters")]
     FieldTooLong { field: &'static str, max: usize },
@@ -152,7 +298,6 @@ impl VerifyError {
             VerifyError::BadSignature => "bad_signature",
             VerifyError::ExpMissing => "exp_missing",
             VerifyError::Expired { .. } => "expired",
-            VerifyError::ExpAfterParent { .. } => "exp_after_parent",
             VerifyError::ParentNotFound(_) => "parent_not_found",
             VerifyError::ParentInactive(_) => "parent_inactive",
             VerifyError::ParentExpired(_) => "parent_expired",
@@ -166,6 +311,12 @@ impl VerifyError {
             VerifyError::LifetimeTooLong { .. } => "lifetime_too_long",
             VerifyError::NotYetValid { .. } => "not_yet_valid",
             VerifyError::IssuedInFuture { .. } => "issued_in_future",
+            VerifyError::OriginNotAllowed(_) => "origin_not_allowed",
+            VerifyError::IpNotAllowed(_) => "ip_not_allowed",
+            VerifyError::CountryNotAllowed(_) => "country_not_allowed",
+            VerifyError::CountryDenied(_) => "country_denied",
+            VerifyError::IpNotBound(_) => "ip_not_bound",
+            VerifyError::TokenRequired(_) => "token_required",
             VerifyError::FieldTooLong { .. } => "field_too_long",
             VerifyError::Store(_) => "store_error",
         }
@@ -182,7 +333,8 @@ pub fn is_master_token(token: &str) -> bool {
 }
 
 /// Verify `token` for `stream` on `cluster` at `now` under the default
-/// [`Policy`]; see the module docs.
+/// [`Policy`], for a viewer the media server knows nothing of; see the
+/// module docs.
 pub fn verify(lookup: &impl TokenLookup, token: &str, stream: &str, cluster: &str, now: DateTime<Utc>) -> Result<Attribution, VerifyError> {
     verify_with(lookup, token, stream, cluster, now, &Policy::default())
 }
@@ -196,14 +348,52 @@ pub fn verify_with(
     now: DateTime<Utc>,
     policy: &Policy,
 ) -> Result<Attribution, VerifyError> {
+    verify_viewer(lookup, token, stream, cluster, &Viewer::default(), now, policy)
+}
+
+/// Verify `token` for `viewer` watching `stream` on `cluster`.
+pub fn verify_viewer(
+    lookup: &impl TokenLookup,
+    token: &str,
+    stream: &str,
+    cluster: &str,
+    viewer: &Viewer<'_>,
+    now: DateTime<Utc>,
+    policy: &Policy,
+) -> Result<Attribution, VerifyError> {
     let token = token.trim();
     if is_master_token(token) {
-        return verify_master(lookup, token, stream, cluster, now);
+        return verify_master(lookup, token, stream, cluster, viewer, now);
     }
     if token.split('.').count() != 3 {
         return Err(VerifyError::Malformed("neither a 64-hex token nor a JWT (header.payload.signature)".into()));
     }
-    verify_jwt(lookup, token, stream, cluster, now, policy)
+    verify_jwt(lookup, token, stream, cluster, viewer, now, policy)
+}
+
+/// Admit a viewer with `token`, or without one (`None`): `Ok(None)` is an
+/// untracked admission (no Publish token in force for `stream` has
+/// `subscribeRequiresAuth`).
+pub fn admit(
+    lookup: &impl TokenLookup,
+    token: Option<&str>,
+    stream: &str,
+    cluster: &str,
+    viewer: &Viewer<'_>,
+    now: DateTime<Utc>,
+    policy: &Policy,
+) -> Result<Option<Attribution>, VerifyError> {
+    match token {
+        Some(t) => verify_viewer(lookup, t, stream, cluster, viewer, now, policy).map(Some),
+        // a viewer without a token is untracked (`Attribution::default()`)
+        None => {
+            let publish = lookup.publish_tokens().map_err(store_err)?;
+            if publish.iter().any(|p| p.subscribe_requires_auth && p.in_force(now) && p.streams.iter().any(|r| r.matches(stream))) {
+                return Err(VerifyError::TokenRequired(stream.to_string()));
+            }
+            Ok(None)
+        }
+    }
 }
 
 fn store_err(e: crate::store::StoreError) -> VerifyError {
@@ -215,7 +405,7 @@ fn check_stream_and_cluster(parent: &SubscribeToken, stream: &str, cluster: &str
     if !parent.grants_stream(stream) {
         return Err(VerifyError::StreamMismatch(stream.to_string()));
     }
-    if effective_cluster != AUTO_CLUSTER && effective_cluster != cluster {
+    if !is_auto_cluster(effective_cluster) && !effective_cluster.eq_ignore_ascii_case(cluster) {
         return Err(VerifyError::ClusterMismatch { cluster: cluster.to_string(), expected: effective_cluster.to_string() });
     }
     Ok(())
@@ -226,6 +416,7 @@ fn verify_master(
     token: &str,
     stream: &str,
     cluster: &str,
+    viewer: &Viewer<'_>,
     now: DateTime<Utc>,
 ) -> Result<Attribution, VerifyError> {
     let t = lookup.subscribe_by_token(token).map_err(store_err)?.ok_or(VerifyError::UnknownToken)?;
@@ -236,7 +427,8 @@ fn verify_master(
         return Err(VerifyError::TokenExpired(t.id));
     }
     check_stream_and_cluster(&t, stream, cluster, &t.origin_cluster)?;
-    Ok(Attribution { token_id: t.id, tracking_id: t.tracking_id, custom_viewer_data: None })
+    check_viewer(lookup, &t.rules, None, viewer, &format!("subscribe:{}", t.id))?;
+    Ok(Attribution { token_id: Some(t.id), tracking_id: t.tracking_id, custom_viewer_data: None, expires_at: t.expires_on })
 }
 
 fn decode_part(part: &str, what: &str) -> Result<serde_json::Value, VerifyError> {
@@ -249,6 +441,7 @@ fn verify_jwt(
     token: &str,
     stream: &str,
     cluster: &str,
+    viewer: &Viewer<'_>,
     now: DateTime<Utc>,
     policy: &Policy,
 ) -> Result<Attribution, VerifyError> {
@@ -317,17 +510,14 @@ fn verify_jwt(
     if parent.is_expired(now) {
         return Err(VerifyError::ParentExpired(parent.id));
     }
-    if let Some(pe) = parent.expires_on {
-        if exp > pe.timestamp() {
-            return Err(VerifyError::ExpAfterParent { exp, parent_expires: pe.timestamp() });
-        }
-    }
+    let exp_at = DateTime::<Utc>::from_timestamp(exp, 0).ok_or_else(|| VerifyError::Malformed(format!("exp {exp} out of range")))?;
+    let expires_at = Some(parent.expires_on.map_or(exp_at, |pe| pe.min(exp_at)));
     // 6. Type and sizes.
     let s = claims.streaming;
     if s.token_type != SUBSCRIBE_TOKEN_TYPE {
         return Err(VerifyError::Malformed(format!("tokenType must be {SUBSCRIBE_TOKEN_TYPE}, got {:?}", s.token_type)));
     }
-    let jwt_tracking = s.tracking.map(|t| t.tracking_id);
+    let jwt_tracking = s.tracking.as_ref().map(|t| t.tracking_id.clone());
     if let Some(t) = &jwt_tracking {
         if t.chars().count() > MAX_TRACKING_ID_CHARS {
             return Err(VerifyError::FieldTooLong { field: "trackingId", max: MAX_TRACKING_ID_CHARS });
@@ -345,7 +535,7 @@ fn verify_jwt(
     }
     let effective_cluster = match s.origin_cluster.as_deref() {
         None => parent.origin_cluster.as_str(),
-        Some(c) if parent.origin_cluster == AUTO_CLUSTER || c == parent.origin_cluster => c,
+        Some(c) if is_auto_cluster(&parent.origin_cluster) || c.eq_ignore_ascii_case(&parent.origin_cluster) => c,
         Some(c) => return Err(VerifyError::ClusterMismatch { cluster: c.to_string(), expected: parent.origin_cluster.clone() }),
     };
     check_stream_and_cluster(&parent, stream, cluster, effective_cluster)?;
@@ -357,7 +547,10 @@ fn verify_jwt(
         (None, Some(t)) if !policy.untracked_parent_sets_tracking => return Err(VerifyError::TrackingNotAllowed { given: t }),
         (None, t) => t,
     };
-    Ok(Attribution { token_id: parent.id, tracking_id, custom_viewer_data: s.custom_viewer_data })
+    // 11. The viewer; a JWT's IPs are bound per JWT (its signature's digest).
+    let bind_key = format!("jwt:{}", hex::encode(Sha256::digest(token.rsplit('.').next().unwrap_or("").as_bytes())));
+    check_viewer(lookup, &parent.rules, Some(&s), viewer, &bind_key)?;
+    Ok(Attribution { token_id: Some(parent.id), tracking_id, custom_viewer_data: s.custom_viewer_data, expires_at })
 }
 
 #[cfg(test)]

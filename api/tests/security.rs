@@ -2,7 +2,7 @@
 //! (docs/security.md), against the service in-process.
 
 use api::config::{ApiConfig, ScopedSecret};
-use api::store::{NewSubscribeToken, Store, StreamRule, SubscribeTokenUpdate};
+use api::store::{AccessRules, NewSubscribeToken, Store, StoreError, StreamRule};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -113,8 +113,7 @@ fn concurrent_updates_never_reactivate_a_revoked_token() {
                     tracking_id: None,
                     origin_cluster: "auto".into(),
                     expires_on: None,
-                    allowed_origins: vec![],
-                    allowed_ip_addresses: vec![],
+                    rules: AccessRules::default(),
                 },
                 chrono::Utc::now(),
             )
@@ -126,13 +125,22 @@ fn concurrent_updates_never_reactivate_a_revoked_token() {
             threads.push(std::thread::spawn(move || {
                 barrier.wait();
                 for j in 0..50 {
-                    let upd = SubscribeTokenUpdate { label: Some(format!("w{i}-{j}")), ..Default::default() };
-                    store.update_subscribe(t.id, upd).unwrap();
+                    store
+                        .update_subscribe(t.id, |t| {
+                            t.label = format!("w{i}-{j}");
+                            Ok::<_, StoreError>(())
+                        })
+                        .unwrap();
                 }
             }));
         }
         barrier.wait();
-        store.update_subscribe(t.id, SubscribeTokenUpdate { is_active: Some(false), ..Default::default() }).unwrap();
+        store
+            .update_subscribe(t.id, |t| {
+                t.is_active = false;
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
         for th in threads {
             th.join().unwrap();
         }

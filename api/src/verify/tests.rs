@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::sign::{sign, sign_with, SignRequest};
-use crate::store::{NewSubscribeToken, Store, StreamRule, SubscribeTokenUpdate};
+use crate::store::{AccessRules, NewPublishToken, NewSubscribeToken, Store, StreamRule};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{Duration, TimeZone};
 use jsonwebtoken::{EncodingKey, Header};
@@ -31,8 +31,7 @@ fn fx() -> Fx {
                 tracking_id: Some("acme".into()),
                 origin_cluster: "auto".into(),
                 expires_on: Some(now + Duration::hours(1)),
-                allowed_origins: vec![],
-                allowed_ip_addresses: vec![],
+                rules: AccessRules::default(),
             },
             now,
         )
@@ -45,8 +44,7 @@ fn fx() -> Fx {
                 tracking_id: None,
                 origin_cluster: "fra-1".into(),
                 expires_on: None,
-                allowed_origins: vec![],
-                allowed_ip_addresses: vec![],
+                rules: AccessRules::default(),
             },
             now,
         )
@@ -96,7 +94,10 @@ fn claims(fx: &Fx, parent: &SubscribeToken, streaming: serde_json::Value) -> ser
 fn master_token_directly() {
     let f = fx();
     let a = f.check(&f.acme.token, "live", "fra-1").unwrap();
-    assert_eq!(a, Attribution { token_id: f.acme.id, tracking_id: Some("acme".into()), custom_viewer_data: None });
+    assert_eq!(
+        a,
+        Attribution { token_id: Some(f.acme.id), tracking_id: Some("acme".into()), custom_viewer_data: None, expires_at: f.acme.expires_on }
+    );
     let a = f.check(&f.open.token, "live", "fra-1").unwrap();
     assert_eq!(a.tracking_id, None);
 }
@@ -108,7 +109,12 @@ fn jwt_inherits_the_parents_tracking_and_carries_custom_data() {
     let a = f.check(&t, "live", "ams-1").unwrap();
     assert_eq!(
         a,
-        Attribution { token_id: f.acme.id, tracking_id: Some("acme".into()), custom_viewer_data: Some("{\"user\":\"u1\"}".into()) }
+        Attribution {
+            token_id: Some(f.acme.id),
+            tracking_id: Some("acme".into()),
+            custom_viewer_data: Some("{\"user\":\"u1\"}".into()),
+            expires_at: Some(f.now + Duration::seconds(600)),
+        }
     );
     // Repeating the parent's trackingId is allowed.
     let t = f.jwt(&f.acme, SignRequest { tracking_id: Some("acme".into()), ..req(&f.acme, "live") });
@@ -264,12 +270,16 @@ fn exp_missing_is_rejected() {
 }
 
 #[test]
-fn exp_after_the_parents_expiry_is_rejected() {
+fn exp_after_the_parents_expiry_is_capped_at_it() {
     let f = fx();
-    let t = f.jwt(&f.acme, SignRequest { expires_in_secs: 3601, ..req(&f.acme, "live") });
-    assert_eq!(f.code(&t, "live", "c"), "exp_after_parent");
-    let t = f.jwt(&f.acme, SignRequest { expires_in_secs: 3600, ..req(&f.acme, "live") });
-    assert!(f.check(&t, "live", "c").is_ok());
+    // the parent expires in one hour: a two-hour viewer token is admitted until then
+    let t = f.jwt(&f.acme, SignRequest { expires_in_secs: 7200, ..req(&f.acme, "live") });
+    assert_eq!(f.check(&t, "live", "c").unwrap().expires_at, Some(f.now + Duration::seconds(3600)));
+    let t = f.jwt(&f.acme, SignRequest { expires_in_secs: 1800, ..req(&f.acme, "live") });
+    assert_eq!(f.check(&t, "live", "c").unwrap().expires_at, Some(f.now + Duration::seconds(1800)));
+    // and refused once the parent has expired
+    let t = f.jwt(&f.acme, SignRequest { expires_in_secs: 7200, ..req(&f.acme, "live") });
+    assert_eq!(verify(&f.store, &t, "live", "c", f.now + Duration::seconds(3600)).unwrap_err().code(), "parent_expired");
     // An unexpiring parent does not cap; the lifetime limit does (lifetime_nbf_and_iat_are_enforced).
     let t = f.jwt(&f.open, SignRequest { expires_in_secs: 7 * 86_400, ..req(&f.open, "live") });
     assert!(f.check(&t, "live", "fra-1").is_ok());
@@ -283,7 +293,10 @@ fn expired_parent_is_rejected() {
     assert!(verify(&f.store, &t, "live", "c", later).is_ok());
     // Parent expiry moved earlier after the JWT was signed.
     f.store
-        .update_subscribe(f.acme.id, SubscribeTokenUpdate { expires_on: Some(Some(f.now + Duration::seconds(10))), ..Default::default() })
+        .update_subscribe(f.acme.id, |t| {
+            t.expires_on = Some(f.now + Duration::seconds(10));
+            Ok::<_, crate::store::StoreError>(())
+        })
         .unwrap();
     let at = f.now + Duration::seconds(20);
     assert_eq!(verify(&f.store, &t, "live", "c", at).unwrap_err().code(), "parent_expired");
@@ -301,14 +314,23 @@ fn deleted_parent_is_rejected() {
     assert_eq!(f.code(&f.acme.token, "live", "c"), "unknown_token");
 }
 
+fn set_active(f: &Fx, active: bool) {
+    f.store
+        .update_subscribe(f.acme.id, |t| {
+            t.is_active = active;
+            Ok::<_, crate::store::StoreError>(())
+        })
+        .unwrap();
+}
+
 #[test]
 fn inactive_parent_is_rejected() {
     let f = fx();
     let t = f.jwt(&f.acme, req(&f.acme, "live"));
-    f.store.update_subscribe(f.acme.id, SubscribeTokenUpdate { is_active: Some(false), ..Default::default() }).unwrap();
+    set_active(&f, false);
     assert_eq!(f.code(&t, "live", "c"), "parent_inactive");
     assert_eq!(f.code(&f.acme.token, "live", "c"), "token_inactive");
-    f.store.update_subscribe(f.acme.id, SubscribeTokenUpdate { is_active: Some(true), ..Default::default() }).unwrap();
+    set_active(&f, true);
     assert!(f.check(&t, "live", "c").is_ok());
 }
 
@@ -387,7 +409,6 @@ fn codes_are_distinct() {
         VerifyError::BadSignature,
         VerifyError::ExpMissing,
         VerifyError::Expired { exp: 0 },
-        VerifyError::ExpAfterParent { exp: 0, parent_expires: 0 },
         VerifyError::ParentNotFound(0),
         VerifyError::ParentInactive(0),
         VerifyError::ParentExpired(0),
@@ -397,9 +418,189 @@ fn codes_are_distinct() {
         VerifyError::StreamMismatch(String::new()),
         VerifyError::ClusterMismatch { cluster: String::new(), expected: String::new() },
         VerifyError::TrackingOverride { given: String::new(), parent: String::new() },
+        VerifyError::TrackingNotAllowed { given: String::new() },
+        VerifyError::LifetimeTooLong { max_secs: 0 },
+        VerifyError::NotYetValid { nbf: 0 },
+        VerifyError::IssuedInFuture { iat: 0 },
+        VerifyError::OriginNotAllowed(String::new()),
+        VerifyError::IpNotAllowed(String::new()),
+        VerifyError::CountryNotAllowed(String::new()),
+        VerifyError::CountryDenied(String::new()),
+        VerifyError::IpNotBound(String::new()),
+        VerifyError::TokenRequired(String::new()),
         VerifyError::FieldTooLong { field: "f", max: 1 },
         VerifyError::Store(String::new()),
     ];
     let codes: std::collections::HashSet<_> = all.iter().map(|e| e.code()).collect();
     assert_eq!(codes.len(), all.len());
+}
+
+// ---- the viewer: origin, IP address, country, IP binding ----
+
+/// A Subscribe token with these access rules, tracked `"r"`, stream `live`, cluster `Auto`.
+fn with_rules(f: &Fx, rules: AccessRules) -> SubscribeToken {
+    f.store
+        .create_subscribe(
+            NewSubscribeToken {
+                label: "rules".into(),
+                streams: vec![StreamRule { stream_name: "live".into(), is_regex: false }],
+                tracking_id: Some("r".into()),
+                origin_cluster: "Auto".into(),
+                expires_on: None,
+                rules,
+            },
+            f.now,
+        )
+        .unwrap()
+}
+
+fn viewer<'a>(origin: Option<&'a str>, ip: Option<&str>, country: Option<&'a str>) -> Viewer<'a> {
+    Viewer { origin, ip: ip.map(|i| i.parse().unwrap()), country }
+}
+
+impl Fx {
+    fn as_viewer(&self, token: &str, v: &Viewer<'_>) -> Result<Attribution, VerifyError> {
+        verify_viewer(&self.store, token, "live", "fra-1", v, self.now, &Policy::default())
+    }
+}
+
+#[test]
+fn allowed_origins_are_enforced_for_master_and_viewer_tokens() {
+    let f = fx();
+    let t = with_rules(&f, AccessRules { allowed_origins: vec!["https://www.acme.tv".into(), "*.partner.com".into()], ..Default::default() });
+    let jwt = f.jwt(&t, req(&t, "live"));
+    for token in [t.token.as_str(), jwt.as_str()] {
+        assert!(f.as_viewer(token, &viewer(Some("https://www.acme.tv"), None, None)).is_ok());
+        assert!(f.as_viewer(token, &viewer(Some("https://play.partner.com:8443"), None, None)).is_ok());
+        for bad in [Some("https://evil.tv"), Some("http://www.acme.tv"), Some("https://partner.com"), Some("https://evilpartner.com"), None] {
+            assert_eq!(f.as_viewer(token, &viewer(bad, None, None)).unwrap_err().code(), "origin_not_allowed", "{bad:?}");
+        }
+    }
+    // a JWT's own list narrows the parent's, never widens it
+    let narrowed = f.jwt(&t, SignRequest { allowed_origins: vec!["https://www.acme.tv".into()], ..req(&t, "live") });
+    assert_eq!(f.as_viewer(&narrowed, &viewer(Some("https://play.partner.com"), None, None)).unwrap_err().code(), "origin_not_allowed");
+    let open = f.jwt(&f.open, SignRequest { allowed_origins: vec!["https://a.tv".into()], ..req(&f.open, "live") });
+    assert_eq!(f.as_viewer(&open, &viewer(Some("https://b.tv"), None, None)).unwrap_err().code(), "origin_not_allowed");
+    assert!(f.as_viewer(&open, &viewer(Some("https://a.tv"), None, None)).is_ok());
+}
+
+#[test]
+fn allowed_ip_addresses_are_enforced_for_master_and_viewer_tokens() {
+    let f = fx();
+    let t = with_rules(&f, AccessRules { allowed_ip_addresses: vec!["10.1.0.0/16".into(), "2001:db8::7".into()], ..Default::default() });
+    let jwt = f.jwt(&t, req(&t, "live"));
+    for token in [t.token.as_str(), jwt.as_str()] {
+        for ok in ["10.1.200.3", "2001:db8::7", "::ffff:10.1.0.9"] {
+            assert!(f.as_viewer(token, &viewer(None, Some(ok), None)).is_ok(), "{ok}");
+        }
+        for bad in [Some("10.2.0.1"), Some("2001:db8::8"), None] {
+            assert_eq!(f.as_viewer(token, &viewer(None, bad, None)).unwrap_err().code(), "ip_not_allowed", "{bad:?}");
+        }
+    }
+    let narrowed = f.jwt(&t, SignRequest { allowed_ip_addresses: vec!["10.1.5.0/24".into()], ..req(&t, "live") });
+    assert!(f.as_viewer(&narrowed, &viewer(None, Some("10.1.5.1"), None)).is_ok());
+    assert_eq!(f.as_viewer(&narrowed, &viewer(None, Some("10.1.6.1"), None)).unwrap_err().code(), "ip_not_allowed");
+}
+
+#[test]
+fn countries_are_enforced_for_master_and_viewer_tokens() {
+    let f = fx();
+    let allow = with_rules(&f, AccessRules { allowed_countries: vec!["FR".into(), "DE".into()], ..Default::default() });
+    let deny = with_rules(&f, AccessRules { denied_countries: vec!["US".into()], ..Default::default() });
+    let (ja, jd) = (f.jwt(&allow, req(&allow, "live")), f.jwt(&deny, req(&deny, "live")));
+    for token in [allow.token.as_str(), ja.as_str()] {
+        assert!(f.as_viewer(token, &viewer(None, None, Some("fr"))).is_ok());
+        for bad in [Some("US"), None] {
+            assert_eq!(f.as_viewer(token, &viewer(None, None, bad)).unwrap_err().code(), "country_not_allowed", "{bad:?}");
+        }
+    }
+    for token in [deny.token.as_str(), jd.as_str()] {
+        assert!(f.as_viewer(token, &viewer(None, None, Some("FR"))).is_ok());
+        assert!(f.as_viewer(token, &viewer(None, None, None)).is_ok(), "unknown country is not a denied one");
+        assert_eq!(f.as_viewer(token, &viewer(None, None, Some("us"))).unwrap_err().code(), "country_denied");
+    }
+}
+
+#[test]
+fn bind_ips_on_usage_binds_the_first_addresses() {
+    let f = fx();
+    let t = with_rules(&f, AccessRules { bind_ips_on_usage: 2, ..Default::default() });
+    let ip = |i: &str| viewer(None, Some(i), None);
+    // master token: the first two addresses are bound, a third is refused, the bound ones stay in
+    assert!(f.as_viewer(&t.token, &ip("192.0.2.1")).is_ok());
+    assert!(f.as_viewer(&t.token, &ip("192.0.2.2")).is_ok());
+    assert_eq!(f.as_viewer(&t.token, &ip("192.0.2.3")).unwrap_err().code(), "ip_not_bound");
+    assert!(f.as_viewer(&t.token, &ip("192.0.2.1")).is_ok());
+    assert_eq!(f.as_viewer(&t.token, &viewer(None, None, None)).unwrap_err().code(), "ip_not_bound");
+    // each viewer token is bound on its own
+    let (j1, j2) = (f.jwt(&t, req(&t, "live")), f.jwt(&t, SignRequest { custom_viewer_data: Some("v2".into()), ..req(&t, "live") }));
+    assert!(f.as_viewer(&j1, &ip("198.51.100.1")).is_ok());
+    assert!(f.as_viewer(&j1, &ip("198.51.100.2")).is_ok());
+    assert_eq!(f.as_viewer(&j1, &ip("198.51.100.3")).unwrap_err().code(), "ip_not_bound");
+    assert!(f.as_viewer(&j2, &ip("198.51.100.3")).is_ok());
+}
+
+#[test]
+fn subscribe_requires_auth_refuses_viewers_without_a_token() {
+    let f = fx();
+    let v = Viewer::default();
+    let p = Policy::default();
+    // no publish token for the stream, or one without the flag: admitted untracked
+    assert_eq!(admit(&f.store, None, "live", "fra-1", &v, f.now, &p).unwrap(), None);
+    let publish = |requires: bool, stream: &str| {
+        f.store
+            .create_publish(
+                NewPublishToken {
+                    label: "owner".into(),
+                    streams: vec![StreamRule { stream_name: stream.into(), is_regex: false }],
+                    origin_cluster: "Auto".into(),
+                    expires_on: None,
+                    subscribe_requires_auth: requires,
+                    rules: AccessRules::default(),
+                    options: Default::default(),
+                },
+                f.now,
+            )
+            .unwrap()
+    };
+    publish(false, "live");
+    assert_eq!(admit(&f.store, None, "live", "fra-1", &v, f.now, &p).unwrap(), None);
+    let secure = publish(true, "live");
+    assert_eq!(admit(&f.store, None, "live", "fra-1", &v, f.now, &p).unwrap_err().code(), "token_required");
+    // other streams stay open; a viewer with a token is admitted and tracked
+    assert_eq!(admit(&f.store, None, "other", "fra-1", &v, f.now, &p).unwrap(), None);
+    let a = admit(&f.store, Some(&f.acme.token), "live", "fra-1", &v, f.now, &p).unwrap().unwrap();
+    assert_eq!(a.tracking_id.as_deref(), Some("acme"));
+    // a disabled publish token no longer requires it
+    f.store
+        .update_publish(secure.id, |t| {
+            t.is_active = false;
+            Ok::<_, crate::store::StoreError>(())
+        })
+        .unwrap();
+    assert_eq!(admit(&f.store, None, "live", "fra-1", &v, f.now, &p).unwrap(), None);
+}
+
+#[test]
+fn auto_cluster_in_any_case() {
+    let f = fx();
+    for auto in ["Auto", "AUTO", "auto"] {
+        let t = f
+            .store
+            .create_subscribe(
+                NewSubscribeToken {
+                    label: "a".into(),
+                    streams: vec![StreamRule { stream_name: "live".into(), is_regex: false }],
+                    tracking_id: Some("t".into()),
+                    origin_cluster: auto.into(),
+                    expires_on: None,
+                    rules: AccessRules::default(),
+                },
+                f.now,
+            )
+            .unwrap();
+        assert!(f.check(&t.token, "live", "fra-1").is_ok(), "{auto}");
+        let j = f.jwt(&t, req(&t, "live"));
+        assert!(f.check(&j, "live", "iad-1").is_ok(), "{auto}");
+    }
 }
