@@ -71,9 +71,10 @@ pub(crate) fn error_body(status: StatusCode, message: &str) -> Response {
 /// The platform's `400` data: `{"errors":{"<field>":["<message>"]},"message":...}`
 /// when the message names its field (`field: reason`), else `{"message":...}`.
 pub(crate) fn bad_request_data(message: &str) -> Value {
-    let field = message.split_once(": ").map(|(f, _)| f).filter(|f| {
-        !f.is_empty() && f.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.[]".contains(&b))
-    });
+    let field = message
+        .split_once(": ")
+        .map(|(f, _)| f)
+        .filter(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.[]".contains(&b)));
     match field {
         Some(f) => json!({"errors": {f: [message]}, "message": message}),
         None => json!({ "message": message }),

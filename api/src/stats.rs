@@ -462,6 +462,8 @@ struct RecordRow {
     cl: String,
     first_ws: u32,
     last_ws: u32,
+    /// `last_ws` + the window length (the session's end when completed).
+    last_end: i64,
     bo: u64,
     bi: u64,
 }
@@ -502,7 +504,7 @@ struct Record<'a> {
 /// `userAgent` are `null`: usage events do not carry them.
 fn record_line(r: &RecordRow, ongoing_after: i64, csv: bool) -> String {
     let start = i64::from(r.first_ws);
-    let last_end = i64::from(r.last_ws) + i64::from(WINDOW_SECS);
+    let last_end = r.last_end;
     let ongoing = last_end >= ongoing_after;
     let end = (!ongoing).then(|| record_time(last_end));
     let duration = last_end - start;
@@ -623,7 +625,7 @@ pub(crate) async fn viewer_records(
     let search_clause = match search {
         Search::Completed => " AND last_end < ?",
         Search::Ongoing => " AND last_end >= ?",
-        Search::OngoingCompleted => " AND ? = ?",
+        Search::OngoingCompleted => "",
     };
     let sql = format!(
         "SELECT viewer_id, tracking_id AS tid, custom_viewer_data AS cvd, stream_name AS sname, cluster AS cl, \
@@ -645,9 +647,9 @@ pub(crate) async fn viewer_records(
             query = query.bind(id.as_str());
         }
     }
-    query = query.bind(start.timestamp()).bind(ongoing_after).bind(end.timestamp()).bind(ongoing_after);
-    if search == Search::OngoingCompleted {
-        query = query.bind(0);
+    query = query.bind(start.timestamp()).bind(ongoing_after).bind(end.timestamp());
+    if search != Search::OngoingCompleted {
+        query = query.bind(ongoing_after);
     }
     let csv =
         headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.split(',').any(|p| p.trim().starts_with("text/csv")));
@@ -742,6 +744,7 @@ mod tests {
             cl: "fra-1".into(),
             first_ws: 1_790_000_040,
             last_ws: 1_790_000_160,
+            last_end: 1_790_000_220,
             bo: u64::MAX,
             bi: 2,
         };

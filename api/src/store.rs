@@ -364,8 +364,11 @@ impl CommonRow {
         Ok(AccessRules {
             allowed_origins: from_json(t, id, &self.allowed_origins)?,
             allowed_ip_addresses: from_json(t, id, &self.allowed_ip_addresses)?,
-            bind_ips_on_usage: u32::try_from(self.bind_ips_on_usage)
-                .map_err(|_| StoreError::Corrupt { table: t, id, message: "bind_ips_on_usage".into() })?,
+            bind_ips_on_usage: u32::try_from(self.bind_ips_on_usage).map_err(|_| StoreError::Corrupt {
+                table: t,
+                id,
+                message: "bind_ips_on_usage".into(),
+            })?,
             allowed_countries: from_json(t, id, &self.allowed_countries)?,
             denied_countries: from_json(t, id, &self.denied_countries)?,
         })

@@ -8,9 +8,9 @@
 
 use crate::app::{fail_body, success, AppState, Reply};
 use crate::store::{
-    AccessRules, NewPublishToken, NewSubscribeToken, Page, PublishToken, SortBy, StreamRule, SubscribeToken, generate_token,
+    generate_token, AccessRules, NewPublishToken, NewSubscribeToken, Page, PublishToken, SortBy, StreamRule, SubscribeToken,
 };
-use crate::verify::{Viewer, VerifyError};
+use crate::verify::{VerifyError, Viewer};
 use crate::{is_auto_cluster, AUTO_CLUSTER, MAX_TRACKING_ID_CHARS};
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
@@ -576,7 +576,9 @@ fn parse_page(raw: Option<String>, required: bool) -> Result<Page, Reply> {
             "itemsOnPage" => match v.parse::<u32>() {
                 Ok(n) if (1..=max_items).contains(&n) => page.items_on_page = n,
                 _ => {
-                    return Err(Reply::BadRequest(format!("itemsOnPage: The field ItemsOnPage must be between 1 and {max_items} (got {v:?}).")))
+                    return Err(Reply::BadRequest(format!(
+                        "itemsOnPage: The field ItemsOnPage must be between 1 and {max_items} (got {v:?})."
+                    )))
                 }
             },
             "sortBy" => {
@@ -620,10 +622,9 @@ pub(crate) async fn create_subscribe(State(s): State<Arc<AppState>>, body: Bytes
     let origin_cluster = origin_cluster("originCluster", b.common.origin_cluster.take())?;
     let expires_on = expiry(&b.common, now)?;
     let rules = rules(&mut b.common)?;
-    let t = s.store.create_subscribe(
-        NewSubscribeToken { label, streams: b.common.streams, tracking_id, origin_cluster, expires_on, rules },
-        now,
-    )?;
+    let t = s
+        .store
+        .create_subscribe(NewSubscribeToken { label, streams: b.common.streams, tracking_id, origin_cluster, expires_on, rules }, now)?;
     tracing::info!(id = t.id, tracking_id = ?t.tracking_id, origin_cluster = %t.origin_cluster, "SubscribeTokenCreated");
     Ok(success(subscribe_json(&t)))
 }
@@ -822,7 +823,8 @@ pub(crate) async fn verify_token(State(s): State<Arc<AppState>>, body: Bytes) ->
         None | Some("") => None,
         Some(v) => Some(v.parse::<std::net::IpAddr>().map_err(|_| Reply::BadRequest(format!("ipAddress: {v:?} is not an IP address")))?),
     };
-    let viewer = Viewer { origin: b.origin.as_deref().filter(|o| !o.is_empty()), ip, country: b.country.as_deref().filter(|c| !c.is_empty()) };
+    let viewer =
+        Viewer { origin: b.origin.as_deref().filter(|o| !o.is_empty()), ip, country: b.country.as_deref().filter(|c| !c.is_empty()) };
     let token = b.token.as_deref().map(str::trim).filter(|t| !t.is_empty());
     match crate::verify::admit(s.store.as_ref(), token, &b.stream_name, &b.cluster, &viewer, Utc::now(), &s.policy) {
         Ok(a) => {

@@ -44,8 +44,6 @@
 use crate::sign::{StreamingClaims, ViewerClaims, SUBSCRIBE_TOKEN_TYPE};
 use crate::store::{AccessRules, SubscribeToken, TokenLookup};
 use crate::{is_auto_cluster, MAX_CUSTOM_VIEWER_DATA_CHARS, MAX_TRACKING_ID_CHARS};
-use sha2::{Digest, Sha256};
-use std::net::IpAddr;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::Engine;
@@ -53,6 +51,8 @@ use chrono::{DateTime, Utc};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::net::IpAddr;
 use thiserror::Error;
 
 /// Who a verified viewer's usage is attributed to.

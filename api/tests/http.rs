@@ -224,11 +224,13 @@ async fn update_rotates_and_edits_the_platform_way() {
     let t = svc.create(partner("acme")).await;
     let id = t["id"].as_i64().unwrap();
     let old = t["token"].as_str().unwrap().to_string();
-    let jwt = sign(&old, &SignRequest { token_id: id, stream_name: "live".into(), expires_in_secs: 600, ..Default::default() }, chrono::Utc::now())
-        .unwrap();
-    let verify = |token: &str| {
-        json!({"token": token, "streamName": "live", "cluster": "fra-1", "origin": "https://partner.example", "ipAddress": "10.1.1.1"})
-    };
+    let jwt = sign(
+        &old,
+        &SignRequest { token_id: id, stream_name: "live".into(), expires_in_secs: 600, ..Default::default() },
+        chrono::Utc::now(),
+    )
+    .unwrap();
+    let verify = |token: &str| json!({"token": token, "streamName": "live", "cluster": "fra-1", "origin": "https://partner.example", "ipAddress": "10.1.1.1"});
     assert_eq!(svc.post("/api/token/verify", verify(&jwt)).await.status, 200);
     // rotation: a new token string; the old one and its viewer tokens stop verifying at once
     let r = svc.put(&format!("/api/subscribe_token/{id}"), json!({"refreshToken": true})).await;
@@ -319,7 +321,8 @@ async fn validation_errors_are_400() {
     // Updates are validated too.
     let t = svc.create(partner("acme")).await;
     let path = format!("/api/subscribe_token/{}", t["id"]);
-    for body in [json!({"streams": []}), json!({"streams": [{"streamName": "[", "isRegex": true}]}), json!({"updateOriginCluster": "x y"})] {
+    for body in [json!({"streams": []}), json!({"streams": [{"streamName": "[", "isRegex": true}]}), json!({"updateOriginCluster": "x y"})]
+    {
         assert_eq!(svc.put(&path, body.clone()).await.status, 400, "{body}");
     }
     assert!(svc.get("/api/subscribe_token").await.json["data"].as_array().unwrap().len() == 2);

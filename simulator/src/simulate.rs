@@ -356,8 +356,21 @@ pub struct ViewerTotals {
     pub tracking_id: String,
     pub custom_viewer_data: String,
     pub stream_name: String,
+    /// Earliest and latest `interval_start` of the viewer's events, epoch ms
+    /// (the session's bounds, for viewer records).
+    #[serde(default)]
+    pub first_start_ms: i64,
+    #[serde(default)]
+    pub last_start_ms: i64,
     #[serde(flatten)]
     pub totals: Totals,
+}
+
+impl ViewerTotals {
+    fn span(&mut self, start_ms: i64, first: bool) {
+        self.first_start_ms = if first { start_ms } else { self.first_start_ms.min(start_ms) };
+        self.last_start_ms = if first { start_ms } else { self.last_start_ms.max(start_ms) };
+    }
 }
 
 /// Exact expected totals of the unique valid events a run sent.
@@ -393,8 +406,9 @@ impl Expected {
                     tracking_id: t.clone(),
                     custom_viewer_data: ev.custom_viewer_data_or_empty().to_string(),
                     stream_name: ev.stream_name.to_string(),
-                    totals: Totals::default(),
+                    ..Default::default()
                 });
+                v.span(ev.interval_start, v.totals.events == 0);
                 v.totals.add(ev);
                 let hour = hour_key(ev.interval_start);
                 self.by_hour.entry(hour.clone()).or_default().entry(t.clone()).or_default().add(ev);
@@ -424,6 +438,10 @@ impl Expected {
         }
         for (k, v) in &o.by_viewer {
             let e = self.by_viewer.entry(k.clone()).or_insert_with(|| ViewerTotals { totals: Totals::default(), ..v.clone() });
+            if v.totals.events > 0 {
+                e.span(v.first_start_ms, e.totals.events == 0);
+                e.span(v.last_start_ms, false);
+            }
             add(&mut e.totals, &v.totals);
         }
         for (map, other) in [(&mut self.by_hour, &o.by_hour), (&mut self.by_day, &o.by_day)] {

@@ -59,7 +59,7 @@ pub async fn admit(cfg: &SimConfig, sessions: Vec<Session>, api: &TokenApi) -> R
         let mut body = json!({
             "label": if t.is_empty() { format!("{} own player", cfg.account_id) } else { format!("master {t}") },
             "streams": [{"streamName": "live-.*", "isRegex": true}],
-            "originCluster": "auto",
+            "originCluster": "Auto",
             "expires": 400 * 86400,
         });
         if !t.is_empty() {
@@ -98,7 +98,7 @@ pub async fn admit(cfg: &SimConfig, sessions: Vec<Session>, api: &TokenApi) -> R
         let (status, v) =
             call(&client, api, "/api/token/verify", json!({"token": jwt, "streamName": s.stream_name, "cluster": s.cluster})).await?;
         if status != 200 {
-            adm.refused.insert(s.viewer_id.clone(), v["code"].as_str().unwrap_or("refused").to_string());
+            adm.refused.insert(s.viewer_id.clone(), v["data"]["code"].as_str().unwrap_or("refused").to_string());
             continue;
         }
         let d = &v["data"];

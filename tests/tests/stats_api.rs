@@ -67,18 +67,43 @@ fn urlencode(s: &str) -> String {
 
 const RANGE: &str = "startDate=2026-10-31&stopDate=2026-11-02";
 
-/// (tracking id, bucket) -> (bytes_out, bytes_in) from a tracking series/total reply.
+/// (tracking id, bucket) -> (bytes_out, bytes_in) from a tracking total
+/// (`{id: [items]}`, bucket `""`) or series (`{id: {bucket: [items]}}`)
+/// reply; empty buckets are left out.
 fn by_bucket(data: &Value) -> BTreeMap<(String, String), (u64, u64)> {
     let mut m = BTreeMap::new();
-    for (id, list) in data.as_object().unwrap() {
-        for item in list.as_array().unwrap() {
-            let ts = item.get("timestamp").and_then(Value::as_str).unwrap_or("").to_string();
-            let e = m.entry((id.clone(), ts)).or_insert((0u64, 0u64));
-            e.0 += item["bytesOut"].as_u64().unwrap();
-            e.1 += item["bytesIn"].as_u64().unwrap();
+    for (id, v) in data.as_object().unwrap() {
+        let lists: Vec<(String, &Value)> = match v {
+            Value::Object(buckets) => buckets.iter().map(|(b, l)| (b.clone(), l)).collect(),
+            list => vec![(String::new(), list)],
+        };
+        for (ts, list) in lists {
+            for item in list.as_array().unwrap() {
+                let e = m.entry((id.clone(), ts.clone())).or_insert((0u64, 0u64));
+                e.0 += item["bytesOut"].as_u64().unwrap();
+                e.1 += item["bytesIn"].as_u64().unwrap();
+            }
         }
     }
     m
+}
+
+/// The bucket names of every id of a series reply (each id must have the same).
+fn bucket_names(data: &Value) -> Vec<String> {
+    let all: Vec<Vec<String>> = data.as_object().unwrap().values().map(|v| v.as_object().unwrap().keys().cloned().collect()).collect();
+    assert!(all.windows(2).all(|w| w[0] == w[1]), "every id has every bucket");
+    all.into_iter().next().unwrap_or_default()
+}
+
+/// ISO 8601 with milliseconds, as viewer records write times.
+fn ms_time(secs: i64) -> String {
+    chrono::DateTime::from_timestamp(secs, 0).unwrap().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// A viewer's expected record times: the start of its first usage window and the end of its last.
+fn session_bounds(v: &simulator::simulate::ViewerTotals) -> (i64, i64) {
+    let w = i64::from(schemas::WINDOW_SECS);
+    (v.first_start_ms.div_euclid(1000 * w) * w, v.last_start_ms.div_euclid(1000 * w) * w + w)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,12 +180,22 @@ async fn statistics_api_equals_the_expected_usage() {
     }
 
     // series: Hour, Day, Month, Minute
+    // every bucket of the range is present (empty ones as []), as on the platform
     let series = |res: &'static str| {
         let path = format!("/api/analytics/tracking/series?{}", q(&ids_tracked, "trackingIds", &format!("{RANGE}&resolution={res}")));
         let api = &api;
         async move {
             let (st, body) = api.get(&path).await;
             assert_eq!(st, 200, "{res}: {body}");
+            let names = bucket_names(&body["data"]);
+            let want = match res {
+                "Minute" => 2 * 1440,
+                "Hour" => 48,
+                "Day" => 2,
+                _ => 2, // October and November
+            };
+            assert_eq!(names.len(), want, "{res} buckets: {names:?}");
+            assert_eq!(names[0], "2026-10-31T00:00:00Z".replace("10-31", if res == "Month" { "10-01" } else { "10-31" }));
             by_bucket(&body["data"])
         }
     };
@@ -201,18 +236,43 @@ async fn statistics_api_equals_the_expected_usage() {
     let mut per_tracking: BTreeMap<String, u64> = BTreeMap::new();
     for (_, list) in body["data"].as_object().unwrap() {
         for item in list.as_array().unwrap() {
-            *per_tracking.entry(item["trackingId"].as_str().unwrap().to_string()).or_default() += item["bytesOut"].as_u64().unwrap();
+            // untracked usage: an item without trackingId (the platform's shape)
+            assert_ne!(item.get("trackingId"), Some(&json!("")), "{item}");
+            let t = item.get("trackingId").map(|t| t.as_str().unwrap().to_string()).unwrap_or_default();
+            *per_tracking.entry(t).or_default() += item["bytesOut"].as_u64().unwrap();
         }
     }
+    assert!(per_tracking.contains_key(""), "untracked usage shown");
     let want_pt: BTreeMap<String, u64> = exp.by_tracking.iter().map(|(k, t)| (k.clone(), t.bytes_out)).collect();
     assert_eq!(per_tracking, want_pt, "streams/total per tracking id");
     assert_eq!(per_tracking.values().sum::<u64>(), exp.total.bytes_out);
     let (st, body) =
         api.get(&format!("/api/analytics/tracking/streams/series?{}", q(&sv, "streamNames", &format!("{RANGE}&resolution=Hour")))).await;
     assert_eq!(st, 200, "{body}");
-    let grand: u64 =
-        body["data"].as_object().unwrap().values().flat_map(|l| l.as_array().unwrap()).map(|i| i["bytesOut"].as_u64().unwrap()).sum();
+    assert_eq!(bucket_names(&body["data"]).len(), 48);
+    let items: Vec<&Value> = body["data"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|buckets| buckets.as_object().unwrap().values())
+        .flat_map(|l| l.as_array().unwrap())
+        .collect();
+    let grand: u64 = items.iter().map(|i| i["bytesOut"].as_u64().unwrap()).sum();
     assert_eq!(grand, exp.total.bytes_out, "streams/series grand total");
+    let untracked: u64 = items.iter().filter(|i| i["trackingId"] == "").map(|i| i["bytesOut"].as_u64().unwrap()).sum();
+    assert_eq!(untracked, exp.by_tracking[""].bytes_out, "untracked as trackingId \"\" in series");
+
+    // stopDate as a date-time equals the date
+    let (_, a) = api
+        .get(&format!("/api/analytics/tracking/total?{}", q(&ids_tracked, "trackingIds", "startDate=2026-10-31&stopDate=2026-11-01")))
+        .await;
+    let (_, b) = api
+        .get(&format!(
+            "/api/analytics/tracking/total?{}",
+            q(&ids_tracked, "trackingIds", "startDate=2026-10-31&stopDate=2026-11-01T00:00:00Z")
+        ))
+        .await;
+    assert_eq!(a["data"], b["data"]);
 
     // viewer records, NDJSON and CSV
     let chosen: Vec<&str> = ids_tracked[..2].to_vec();
@@ -222,27 +282,36 @@ async fn statistics_api_equals_the_expected_usage() {
     let body = json!({"startTime": "2026-10-31T20:00:00Z", "endTime": "2026-11-01T05:00:00Z", "trackingIds": chosen});
     let (st, ctype, text) = api.records(body.clone(), false, SECRET).await;
     assert_eq!(st, 200, "{text}");
-    assert!(ctype.starts_with("application/x-ndjson"), "{ctype}");
+    assert!(ctype.starts_with("application/x-jsonl"), "{ctype}");
     let recs: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
     assert_eq!(recs.len(), want_viewers.len(), "one record per viewer");
     for r in &recs {
-        let v = want_viewers[&r["viewerId"].as_str().unwrap().to_string()];
+        let v = want_viewers[&r["clientId"].as_str().unwrap().to_string()];
+        let (start, end) = session_bounds(v);
         assert_eq!(r["bytesOut"].as_u64().unwrap(), v.totals.bytes_out);
         assert_eq!(r["bytesIn"].as_u64().unwrap(), v.totals.bytes_in);
-        assert_eq!(r["customViewerData"].as_str().unwrap(), v.custom_viewer_data);
+        assert_eq!(r["bytes"].as_u64().unwrap(), v.totals.bytes_out + v.totals.bytes_in);
+        assert_eq!(r["customViewerData"].as_str().unwrap_or(""), v.custom_viewer_data, "null when none");
         assert_eq!(r["trackingId"].as_str().unwrap(), v.tracking_id);
         assert_eq!(r["streamName"].as_str().unwrap(), v.stream_name);
-        assert!(r["startTime"].as_str().unwrap() < r["endTime"].as_str().unwrap());
+        assert_eq!((r["startTime"].as_str().unwrap(), r["endTime"].as_str().unwrap()), (ms_time(start).as_str(), ms_time(end).as_str()));
+        assert_eq!(r["duration"].as_i64().unwrap(), end - start);
+        for k in ["country", "ipAddress", "userAgent", "clusterId"] {
+            assert!(r.get(k).is_some(), "platform field {k}: {r}");
+        }
     }
     let (st, ctype, text) = api.records(body.clone(), true, SECRET).await;
     assert_eq!(st, 200, "{text}");
     assert!(ctype.starts_with("text/csv"), "{ctype}");
     let mut lines = text.lines();
-    assert!(lines.next().unwrap().starts_with("viewerId,trackingId,customViewerData"));
+    assert!(lines
+        .next()
+        .unwrap()
+        .starts_with("StartTime,EndTime,ClientId,ClusterId,Country,Duration,Bytes,IpAddress,StreamName,TrackingId"));
     let csv_rows: Vec<&str> = lines.collect();
     assert_eq!(csv_rows.len(), want_viewers.len());
     for l in csv_rows {
-        let viewer = l.split(',').next().unwrap().to_string();
+        let viewer = l.split(',').nth(2).unwrap().to_string();
         let v = want_viewers[&viewer];
         let bytes_out: u64 = l.rsplit(',').nth(1).unwrap().parse().unwrap();
         assert_eq!(bytes_out, v.totals.bytes_out, "csv {l}");
@@ -250,6 +319,50 @@ async fn statistics_api_equals_the_expected_usage() {
             assert!(l.contains(&format!(",{},", v.custom_viewer_data)), "{l}");
         }
     }
+
+    // whole sessions, not cut at the query's bounds: from the middle of the
+    // longest session (which is then excluded, as it started before) for 4 h,
+    // sessions started from then and completed before the end, each whole
+    let longest = want_viewers.values().map(|v| session_bounds(v)).max_by_key(|(s, e)| e - s).unwrap();
+    let from = (longest.0 + longest.1) / 2 / 60 * 60;
+    let to = from + 4 * 3600;
+    let inside: BTreeMap<&String, &simulator::simulate::ViewerTotals> = want_viewers
+        .iter()
+        .filter(|(_, v)| {
+            let (s, e) = session_bounds(v);
+            s >= from && e < to
+        })
+        .map(|(k, v)| (*k, *v))
+        .collect();
+    let crossing = want_viewers.values().filter(|v| (session_bounds(v).0 < from) && session_bounds(v).1 > from).count();
+    assert!(!inside.is_empty() && crossing > 0, "sessions inside and across the bounds: {} {crossing}", inside.len());
+    let narrow = json!({"startTime": ms_time(from), "endTime": ms_time(to), "trackingIds": chosen,
+                        "startOperator": "GreaterThanOrEqualTo", "endOperator": "LessThan", "search": "Completed"});
+    let (st, _, text) = api.records(narrow, false, SECRET).await;
+    assert_eq!(st, 200, "{text}");
+    let got: BTreeMap<String, (u64, String)> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .map(|r| {
+            (r["clientId"].as_str().unwrap().to_string(), (r["bytesOut"].as_u64().unwrap(), r["startTime"].as_str().unwrap().to_string()))
+        })
+        .collect();
+    let want: BTreeMap<String, (u64, String)> =
+        inside.iter().map(|(k, v)| ((*k).clone(), (v.totals.bytes_out, ms_time(session_bounds(v).0)))).collect();
+    assert_eq!(got, want, "whole sessions within the bounds");
+    // nothing of 2026 is ongoing now
+    let ongoing =
+        json!({"startTime": "2026-10-31T20:00:00Z", "endTime": "2026-11-01T05:00:00Z", "trackingIds": chosen, "search": "Ongoing"});
+    assert_eq!(api.records(ongoing, false, SECRET).await.2, "");
+    // untracked sessions: a null tracking id
+    let (st, _, text) = api
+        .records(json!({"startTime": "2026-10-31T20:00:00Z", "endTime": "2026-11-01T05:00:00Z", "trackingIds": [null]}), false, SECRET)
+        .await;
+    assert_eq!(st, 200);
+    let untracked_viewers = exp.by_viewer.values().filter(|v| v.tracking_id.is_empty()).count();
+    assert_eq!(text.lines().count(), untracked_viewers);
+    assert!(text.lines().all(|l| serde_json::from_str::<Value>(l).unwrap()["trackingId"].is_null()));
+    assert_eq!(api.records(json!({"startTime": "2026-10-31T20:00:00Z", "trackingIds": [null]}), false, SCOPED).await.0, 403);
 
     // injection attempts: empty or 400, never someone else's data
     for evil in ["x' OR 1=1 --", "x') OR ('1'='1", "x\\' OR 1=1 --", "'; DROP TABLE usage_by_tracking; --"] {
@@ -270,7 +383,7 @@ async fn statistics_api_equals_the_expected_usage() {
         let (st, body) =
             api.get(&format!("/api/analytics/tracking/series?{}", q(&[evil], "trackingIds", &format!("{RANGE}&resolution=Minute")))).await;
         assert_eq!(st, 200, "{evil}: {body}");
-        assert_eq!(body["data"], json!({evil: []}), "{evil}");
+        assert!(by_bucket(&body["data"]).is_empty(), "{evil}");
     }
     let (st, _) = api.get(&format!("/api/analytics/tracking/total?{}", q(&[&"x".repeat(129)], "trackingIds", RANGE))).await;
     assert_eq!(st, 400, "id over 128 characters");
@@ -315,8 +428,8 @@ async fn statistics_api_equals_the_expected_usage() {
     ] {
         let (st, body) = api.get(&path).await;
         assert_eq!(st, 400, "{why}: {body}");
-        assert_eq!(body["status"], "error", "{why}");
-        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{why}");
+        assert_eq!(body["status"], "fail", "{why}");
+        assert!(body["data"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{why}");
     }
     let (st, _, _) = api
         .records(json!({"startTime": "2026-09-01T00:00:00Z", "endTime": "2026-11-01T00:00:00Z", "trackingIds": [partner]}), false, SECRET)

@@ -96,7 +96,12 @@ fn master_token_directly() {
     let a = f.check(&f.acme.token, "live", "fra-1").unwrap();
     assert_eq!(
         a,
-        Attribution { token_id: Some(f.acme.id), tracking_id: Some("acme".into()), custom_viewer_data: None, expires_at: f.acme.expires_on }
+        Attribution {
+            token_id: Some(f.acme.id),
+            tracking_id: Some("acme".into()),
+            custom_viewer_data: None,
+            expires_at: f.acme.expires_on
+        }
     );
     let a = f.check(&f.open.token, "live", "fra-1").unwrap();
     assert_eq!(a.tracking_id, None);
@@ -467,12 +472,14 @@ impl Fx {
 #[test]
 fn allowed_origins_are_enforced_for_master_and_viewer_tokens() {
     let f = fx();
-    let t = with_rules(&f, AccessRules { allowed_origins: vec!["https://www.acme.tv".into(), "*.partner.com".into()], ..Default::default() });
+    let t =
+        with_rules(&f, AccessRules { allowed_origins: vec!["https://www.acme.tv".into(), "*.partner.com".into()], ..Default::default() });
     let jwt = f.jwt(&t, req(&t, "live"));
     for token in [t.token.as_str(), jwt.as_str()] {
         assert!(f.as_viewer(token, &viewer(Some("https://www.acme.tv"), None, None)).is_ok());
         assert!(f.as_viewer(token, &viewer(Some("https://play.partner.com:8443"), None, None)).is_ok());
-        for bad in [Some("https://evil.tv"), Some("http://www.acme.tv"), Some("https://partner.com"), Some("https://evilpartner.com"), None] {
+        for bad in [Some("https://evil.tv"), Some("http://www.acme.tv"), Some("https://partner.com"), Some("https://evilpartner.com"), None]
+        {
             assert_eq!(f.as_viewer(token, &viewer(bad, None, None)).unwrap_err().code(), "origin_not_allowed", "{bad:?}");
         }
     }
