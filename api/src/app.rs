@@ -65,7 +65,7 @@ pub(crate) fn fail(status: StatusCode, message: &str) -> Response {
 
 /// A server error (`5xx`): `{"status":"error","message":...}`.
 pub(crate) fn error_body(status: StatusCode, message: &str) -> Response {
-    (status, Json(json!({"status": "error", "message": message}))).into_response()
+    (status, Json(ServerError { status: "error", message: message.to_string() })).into_response()
 }
 
 /// The platform's `400` data: `{"errors":{"<field>":["<message>"]},"message":...}`
@@ -96,8 +96,44 @@ impl IntoResponse for Reply {
     }
 }
 
+/// `{"status":"success","data":...}`: every successful JSON answer.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Success<T> {
+    /// `success`
+    pub status: &'static str,
+    pub data: T,
+}
+
+/// `{"status":"fail","data":{...}}`: a client error (`4xx`).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Fail {
+    /// `fail`
+    pub status: &'static str,
+    pub data: FailData,
+}
+
+/// What a client error says: always `message`; `errors` per field for an
+/// invalid field, `tokenId` for an unknown id, `token` for an empty update,
+/// `code` for a refused viewer (see `VerifyError::code`).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct FailData {
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<std::collections::BTreeMap<String, Vec<String>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+}
+
+/// `{"status":"error","message":...}`: a server error (`5xx`).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ServerError {
+    /// `error`
+    pub status: &'static str,
+    pub message: String,
+}
+
 pub(crate) fn success(data: Value) -> Response {
-    (StatusCode::OK, Json(json!({"status": "success", "data": data}))).into_response()
+    (StatusCode::OK, Json(Success { status: "success", data })).into_response()
 }
 
 pub(crate) struct Metrics {

@@ -32,15 +32,14 @@ pub use crate::app::ApiError;
 use crate::app::{limit_stats, require_secret, AppState, Metrics};
 use crate::config::ApiConfig;
 use crate::store::Store;
-use crate::tokens::{
-    all_publish, all_subscribe, create_publish, create_subscribe, delete_publish, delete_subscribe, get_publish, get_subscribe,
-    list_publish, list_subscribe, update_publish, update_subscribe, verify_token, MAX_BODY_BYTES,
-};
+use crate::tokens::{update_publish, update_subscribe, MAX_BODY_BYTES};
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{get, put};
+use utoipa::OpenApi;
+use utoipa_axum::{router::OpenApiRouter, routes};
 use axum::Router;
 use prometheus::{Encoder, TextEncoder};
 use std::sync::Arc;
@@ -75,26 +74,36 @@ pub fn router(cfg: &ApiConfig, store: Arc<Store>) -> Result<Router, ApiError> {
             ..Default::default()
         },
     });
-    let api = Router::new()
-        .route("/api/subscribe_token", post(create_subscribe).get(all_subscribe))
-        .route("/api/subscribe_token/list", get(list_subscribe))
-        .route("/api/subscribe_token/{id}", get(get_subscribe).put(update_subscribe).delete(delete_subscribe))
+    // The routes and the OpenAPI document come from one list of handlers.
+    let stats = OpenApiRouter::new()
+        .routes(routes!(crate::stats::tracking_total))
+        .routes(routes!(crate::stats::tracking_series))
+        .routes(routes!(crate::stats::streams_total))
+        .routes(routes!(crate::stats::streams_series))
+        .routes(routes!(crate::stats::viewer_records))
+        .layer(middleware::from_fn_with_state(state.clone(), limit_stats));
+    let (api, doc) = OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
+        .routes(routes!(crate::tokens::create_subscribe, crate::tokens::all_subscribe))
+        .routes(routes!(crate::tokens::list_subscribe))
+        .routes(routes!(crate::tokens::get_subscribe, crate::tokens::update_subscribe, crate::tokens::delete_subscribe))
+        .routes(routes!(crate::tokens::create_publish, crate::tokens::all_publish))
+        .routes(routes!(crate::tokens::list_publish))
+        .routes(routes!(crate::tokens::get_publish, crate::tokens::update_publish, crate::tokens::delete_publish))
+        .routes(routes!(crate::tokens::verify_token))
+        .merge(stats)
+        .split_for_parts();
+    let doc = Arc::new(doc.to_pretty_json().map_err(|e| ApiError::Config(format!("openapi: {e}")))?);
+    let api = api
+        // the platform's v2 update: the same handlers (the v1 body's names without `update`)
         .route("/api/v2/subscribe_token/{id}", put(update_subscribe))
-        .route("/api/publish_token", post(create_publish).get(all_publish))
-        .route("/api/publish_token/list", get(list_publish))
-        .route("/api/publish_token/{id}", get(get_publish).put(update_publish).delete(delete_publish))
         .route("/api/v2/publish_token/{id}", put(update_publish))
-        .route("/api/token/verify", post(verify_token))
-        .merge(
-            Router::new()
-                .route("/api/analytics/tracking/total", get(crate::stats::tracking_total))
-                .route("/api/analytics/tracking/series", get(crate::stats::tracking_series))
-                .route("/api/analytics/tracking/streams/total", get(crate::stats::streams_total))
-                .route("/api/analytics/tracking/streams/series", get(crate::stats::streams_series))
-                .route("/api/records/viewers", post(crate::stats::viewer_records))
-                .layer(middleware::from_fn_with_state(state.clone(), limit_stats)),
+        .route(
+            "/api/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move { ([(header::CONTENT_TYPE, "application/json")], doc.as_str().to_owned()) }
+            }),
         )
-        .route("/api/openapi.json", get(crate::openapi::openapi))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), require_secret));
     Ok(Router::new()

@@ -27,7 +27,7 @@
 //!
 //! Every value reaches ClickHouse as a bound parameter, never as SQL text.
 
-use crate::app::{success, AppState, Reply, Scope};
+use crate::app::{success, AppState, Fail, Reply, Scope, ServerError, Success};
 use crate::MAX_TRACKING_ID_CHARS;
 use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
@@ -35,7 +35,8 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, SecondsFormat, TimeZone, Timelike, Utc};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -270,22 +271,74 @@ fn bucket_name(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
+/// An item of the `tracking/...` routes: a stream's bytes.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamBytes {
+    pub stream_name: String,
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+}
+
+/// An item of the `tracking/streams/...` routes: a tracking id's bytes.
+/// Untracked usage: no `trackingId` in totals, `""` in series.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrackingBytes {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracking_id: Option<String>,
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+}
+
+/// Totals: id → items.
+pub type Totals<T> = BTreeMap<String, Vec<T>>;
+/// Series: id → bucket start (ISO 8601) → items.
+pub type Series<T> = BTreeMap<String, BTreeMap<String, Vec<T>>>;
+
 /// One item of a reply: the other dimension and the bytes. Untracked usage
 /// in `streams/total` has no `trackingId` (the platform's shape).
 fn item(by: By, other: &str, bo: u64, bi: u64, series: bool) -> Value {
-    let mut m = Map::new();
-    match by {
-        By::Tracking => {
-            m.insert("streamName".into(), json!(other));
-        }
-        By::Stream if other.is_empty() && !series => {}
+    let v = match by {
+        By::Tracking => serde_json::to_value(StreamBytes { stream_name: other.to_string(), bytes_out: bo, bytes_in: bi }),
         By::Stream => {
-            m.insert("trackingId".into(), json!(other));
+            let tracking_id = (series || !other.is_empty()).then(|| other.to_string());
+            serde_json::to_value(TrackingBytes { tracking_id, bytes_out: bo, bytes_in: bi })
         }
-    }
-    m.insert("bytesOut".into(), json!(bo));
-    m.insert("bytesIn".into(), json!(bi));
-    Value::Object(m)
+    };
+    v.unwrap_or(Value::Null)
+}
+
+/// The query of the totals routes (documentation of [`parse_query`]).
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+struct TotalsParams {
+    /// 1 to 10 ids (`trackingIds` or `streamNames`, by route); repeat the parameter.
+    #[param(rename = "trackingIds | streamNames")]
+    ids: Vec<String>,
+    /// A date (`YYYY-MM-DD`, midnight UTC) or an ISO 8601 date-time.
+    start_date: String,
+    /// Exclusive end: a date or an ISO 8601 date-time.
+    stop_date: String,
+}
+
+/// The query of the series routes (documentation of [`parse_query`]).
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+struct SeriesParams {
+    /// 1 to 10 ids (`trackingIds` or `streamNames`, by route); repeat the parameter.
+    #[param(rename = "trackingIds | streamNames")]
+    ids: Vec<String>,
+    /// A date (`YYYY-MM-DD`, midnight UTC) or an ISO 8601 date-time.
+    start_date: String,
+    /// Exclusive end: a date or an ISO 8601 date-time.
+    stop_date: String,
+    /// `Hour` (31 days at most) or `Day` (366); this service's `Minute` (2) and `Month` (5 years).
+    resolution: String,
 }
 
 async fn aggregate(s: &AppState, by: By, q: &AnalyticsQuery, scope: &Scope) -> Result<Response, Reply> {
@@ -362,6 +415,8 @@ async fn aggregate(s: &AppState, by: By, q: &AnalyticsQuery, scope: &Scope) -> R
 }
 
 /// `GET /api/analytics/tracking/total`
+#[utoipa::path(get, path = "/api/analytics/tracking/total", tag = "Analytics", summary = "Bytes per tracking id and stream over a range", params(TotalsParams),
+    responses((status = 200, body = Success<Totals<StreamBytes>>), (status = 400, description = "invalid parameters", body = Fail), (status = 401, description = "no valid API secret", body = Fail), (status = 403, description = "a tracking id outside a scoped secret", body = Fail), (status = 500, description = "usage store unavailable", body = ServerError)))]
 pub(crate) async fn tracking_total(
     State(s): State<Arc<AppState>>,
     Extension(scope): Extension<Scope>,
@@ -372,6 +427,8 @@ pub(crate) async fn tracking_total(
 }
 
 /// `GET /api/analytics/tracking/series`
+#[utoipa::path(get, path = "/api/analytics/tracking/series", tag = "Analytics", summary = "Bytes per tracking id, bucket and stream; every bucket present", params(SeriesParams),
+    responses((status = 200, body = Success<Series<StreamBytes>>), (status = 400, description = "invalid parameters", body = Fail), (status = 401, description = "no valid API secret", body = Fail), (status = 403, description = "a tracking id outside a scoped secret", body = Fail), (status = 500, description = "usage store unavailable", body = ServerError)))]
 pub(crate) async fn tracking_series(
     State(s): State<Arc<AppState>>,
     Extension(scope): Extension<Scope>,
@@ -382,6 +439,8 @@ pub(crate) async fn tracking_series(
 }
 
 /// `GET /api/analytics/tracking/streams/total`
+#[utoipa::path(get, path = "/api/analytics/tracking/streams/total", tag = "Analytics", summary = "Bytes per stream and tracking id over a range (untracked: no trackingId)", params(TotalsParams),
+    responses((status = 200, body = Success<Totals<TrackingBytes>>), (status = 400, description = "invalid parameters", body = Fail), (status = 401, description = "no valid API secret", body = Fail), (status = 403, description = "a tracking id outside a scoped secret", body = Fail), (status = 500, description = "usage store unavailable", body = ServerError)))]
 pub(crate) async fn streams_total(
     State(s): State<Arc<AppState>>,
     Extension(scope): Extension<Scope>,
@@ -392,6 +451,8 @@ pub(crate) async fn streams_total(
 }
 
 /// `GET /api/analytics/tracking/streams/series`
+#[utoipa::path(get, path = "/api/analytics/tracking/streams/series", tag = "Analytics", summary = "Bytes per stream, bucket and tracking id; every bucket present (untracked: trackingId \"\")", params(SeriesParams),
+    responses((status = 200, body = Success<Series<TrackingBytes>>), (status = 400, description = "invalid parameters", body = Fail), (status = 401, description = "no valid API secret", body = Fail), (status = 403, description = "a tracking id outside a scoped secret", body = Fail), (status = 500, description = "usage store unavailable", body = ServerError)))]
 pub(crate) async fn streams_series(
     State(s): State<Arc<AppState>>,
     Extension(scope): Extension<Scope>,
@@ -404,7 +465,7 @@ pub(crate) async fn streams_series(
 // ---- viewer records ----
 
 /// Comparison of `startOperator` / `endOperator`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
 pub enum Operator {
     GreaterThanOrEqualTo,
     GreaterThan,
@@ -424,7 +485,7 @@ impl Operator {
 }
 
 /// Which sessions `search` asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, ToSchema)]
 pub enum Search {
     Completed,
     Ongoing,
@@ -434,7 +495,7 @@ pub enum Search {
 }
 
 /// The platform's viewer-records request (unknown fields ignored).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct RecordsBody {
     start_time: Option<String>,
@@ -461,8 +522,7 @@ struct RecordRow {
     sname: String,
     cl: String,
     first_ws: u32,
-    last_ws: u32,
-    /// `last_ws` + the window length (the session's end when completed).
+    /// The end of the session's last window (its end when completed).
     last_end: i64,
     bo: u64,
     bi: u64,
@@ -480,7 +540,7 @@ pub const RECORD_CSV_HEADER: &str =
 
 /// A viewer record: the platform's fields in its order, then this
 /// service's `customViewerData`, `bytesOut`, `bytesIn`.
-#[derive(serde::Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct Record<'a> {
     start_time: String,
@@ -569,6 +629,8 @@ fn record_line(r: &RecordRow, ongoing_after: i64, csv: bool) -> String {
 /// JSON lines (`application/x-jsonl`, default) or CSV (`Accept: text/csv`,
 /// [`RECORD_CSV_HEADER`]), streamed from a ClickHouse cursor through a
 /// bounded channel, so a long range never sits in memory.
+#[utoipa::path(post, path = "/api/records/viewers", tag = "Analytics", summary = "Viewer sessions as the platform's records, streamed", request_body = RecordsBody,
+    responses((status = 200, description = "one record per line, or CSV with a header line (`Accept: text/csv`)", content((Record = "application/x-jsonl"), (String = "text/csv"))), (status = 400, description = "invalid parameters", body = Fail), (status = 401, description = "no valid API secret", body = Fail), (status = 403, description = "a tracking id outside a scoped secret", body = Fail), (status = 500, description = "usage store unavailable", body = ServerError)))]
 pub(crate) async fn viewer_records(
     State(s): State<Arc<AppState>>,
     Extension(scope): Extension<Scope>,
@@ -629,8 +691,7 @@ pub(crate) async fn viewer_records(
     };
     let sql = format!(
         "SELECT viewer_id, tracking_id AS tid, custom_viewer_data AS cvd, stream_name AS sname, cluster AS cl, \
-         toUInt32(min(window_start)) AS first_ws, toUInt32(max(window_start)) AS last_ws, \
-         toInt64(last_ws) + {WINDOW_SECS} AS last_end, sum(bytes_out) AS bo, sum(bytes_in) AS bi FROM usage_by_viewer \
+         toUInt32(min(window_start)) AS first_ws, toInt64(toUInt32(max(window_start))) + {WINDOW_SECS} AS last_end, sum(bytes_out) AS bo, sum(bytes_in) AS bi FROM usage_by_viewer \
          WHERE window_start >= toDateTime(?) AND window_start < toDateTime(?){id_clause}{scope_clause} \
          GROUP BY viewer_id, tracking_id, custom_viewer_data, stream_name, cluster \
          HAVING toInt64(first_ws) {} ? AND (last_end >= ? OR last_end {} ?){search_clause} \
@@ -743,7 +804,6 @@ mod tests {
             sname: "live".into(),
             cl: "fra-1".into(),
             first_ws: 1_790_000_040,
-            last_ws: 1_790_000_160,
             last_end: 1_790_000_220,
             bo: u64::MAX,
             bi: 2,

@@ -31,8 +31,8 @@ pub enum StoreError {
 
 /// One stream a token grants: an exact name, or a regular expression
 /// matched against the whole name when `is_regex`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct StreamRule {
     /// Stream name, or pattern when `is_regex`.
     pub stream_name: String,

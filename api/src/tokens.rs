@@ -6,7 +6,7 @@
 //! Unknown body fields are ignored, as the platform does; fields of a known
 //! name with a wrong type or value are a `400`.
 
-use crate::app::{fail_body, success, AppState, Reply};
+use crate::app::{fail_body, success, AppState, Fail, Reply, ServerError, Success};
 use crate::store::{
     generate_token, AccessRules, NewPublishToken, NewSubscribeToken, Page, PublishToken, SortBy, StreamRule, SubscribeToken,
 };
@@ -18,7 +18,8 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
 
@@ -88,14 +89,9 @@ fn double_option<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) ->
     Option::<T>::deserialize(d).map(Some)
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct TrackingBody {
-    tracking_id: String,
-}
 
 /// The fields a create body shares between both token kinds.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct CreateCommon {
     #[serde(default)]
@@ -121,16 +117,16 @@ struct CreateCommon {
     denied_countries: Option<Vec<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct CreateSubscribeBody {
     #[serde(flatten)]
     common: CreateCommon,
     #[serde(default)]
-    tracking: Option<TrackingBody>,
+    tracking: Option<Tracking>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct CreatePublishBody {
     #[serde(flatten)]
@@ -158,7 +154,7 @@ impl UpdateCommon {
 }
 
 /// A stream to remove: its name (every rule of that name), or one rule.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 enum StreamRef {
     Name(String),
@@ -177,7 +173,7 @@ impl StreamRef {
 /// The update body both token kinds share: the platform's v1 `update*`
 /// fields, or (`PUT /api/v2/...`, also accepted on v1 as the platform's own
 /// guide does) the same without the prefix.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct UpdateCommon {
     #[serde(default)]
@@ -212,17 +208,17 @@ struct UpdateCommon {
     streams: Option<Vec<StreamRule>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct UpdateSubscribeBody {
     #[serde(flatten)]
     common: UpdateCommon,
     /// Accepted only when equal to the current tracking (it is immutable).
     #[serde(default, deserialize_with = "double_option")]
-    tracking: Option<Option<TrackingBody>>,
+    tracking: Option<Option<Tracking>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct UpdatePublishBody {
     #[serde(flatten)]
@@ -489,60 +485,159 @@ fn time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+/// `tracking` of a Subscribe token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Tracking {
+    /// The distribution channel (at most 128 characters).
+    pub tracking_id: String,
+}
+
+/// The settings in force (the platform's `effectiveSettings`).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EffectiveSettings {
+    origin_cluster: String,
+    allowed_countries: Vec<String>,
+    denied_countries: Vec<String>,
+}
+
 /// The fields both token kinds answer with.
-fn common_json(
-    id: i64,
-    token: &str,
-    label: &str,
-    streams: &[StreamRule],
-    cluster: &str,
-    expires_on: Option<DateTime<Utc>>,
-    is_active: bool,
-    rules: &AccessRules,
-    added_on: DateTime<Utc>,
-) -> Map<String, Value> {
-    let v = json!({
-        "id": id,
-        "name": label,
-        "label": label,
-        "token": token,
-        "addedOn": time(added_on),
-        "expiresOn": expires_on.map(time),
-        "isActive": is_active,
-        "streams": streams,
-        "allowedOrigins": rules.allowed_origins,
-        "allowedIpAddresses": rules.allowed_ip_addresses,
-        "bindIpsOnUsage": rules.bind_ips_on_usage,
-        "allowedCountries": rules.allowed_countries,
-        "deniedCountries": rules.denied_countries,
-        "originCluster": cluster,
-        "effectiveSettings": {
-            "originCluster": cluster,
-            "allowedCountries": rules.allowed_countries,
-            "deniedCountries": rules.denied_countries,
-        },
-    });
-    match v {
-        Value::Object(m) => m,
-        _ => Map::new(),
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenCommon {
+    pub id: i64,
+    /// The label again (the platform's deprecated `name`).
+    pub name: String,
+    pub label: String,
+    /// The secret token string (64 hex characters).
+    pub token: String,
+    /// Creation time, ISO 8601 UTC.
+    pub added_on: String,
+    /// Expiry, ISO 8601 UTC; `null`: never.
+    pub expires_on: Option<String>,
+    pub is_active: bool,
+    pub streams: Vec<StreamRule>,
+    pub allowed_origins: Vec<String>,
+    pub allowed_ip_addresses: Vec<String>,
+    pub bind_ips_on_usage: u32,
+    pub allowed_countries: Vec<String>,
+    pub denied_countries: Vec<String>,
+    /// A cluster id, or `Auto`.
+    pub origin_cluster: String,
+    pub effective_settings: EffectiveSettings,
+}
+
+impl TokenCommon {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        id: i64,
+        token: &str,
+        label: &str,
+        streams: &[StreamRule],
+        cluster: &str,
+        expires_on: Option<DateTime<Utc>>,
+        is_active: bool,
+        rules: &AccessRules,
+        added_on: DateTime<Utc>,
+    ) -> Self {
+        TokenCommon {
+            id,
+            name: label.into(),
+            label: label.into(),
+            token: token.into(),
+            added_on: time(added_on),
+            expires_on: expires_on.map(time),
+            is_active,
+            streams: streams.to_vec(),
+            allowed_origins: rules.allowed_origins.clone(),
+            allowed_ip_addresses: rules.allowed_ip_addresses.clone(),
+            bind_ips_on_usage: rules.bind_ips_on_usage,
+            allowed_countries: rules.allowed_countries.clone(),
+            denied_countries: rules.denied_countries.clone(),
+            origin_cluster: cluster.into(),
+            effective_settings: EffectiveSettings {
+                origin_cluster: cluster.into(),
+                allowed_countries: rules.allowed_countries.clone(),
+                denied_countries: rules.denied_countries.clone(),
+            },
+        }
     }
 }
 
-/// The API's JSON shape of a Subscribe token (the platform's fields).
+/// A Subscribe token as the API answers it (the platform's fields).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscribeTokenData {
+    #[serde(flatten)]
+    pub common: TokenCommon,
+    /// The distribution channel; `null`: untracked.
+    pub tracking: Option<Tracking>,
+}
+
+impl From<&SubscribeToken> for SubscribeTokenData {
+    fn from(t: &SubscribeToken) -> Self {
+        SubscribeTokenData {
+            common: TokenCommon::new(t.id, &t.token, &t.label, &t.streams, &t.origin_cluster, t.expires_on, t.is_active, &t.rules, t.added_on),
+            tracking: t.tracking_id.clone().map(|tracking_id| Tracking { tracking_id }),
+        }
+    }
+}
+
+/// A Publish token as the API answers it (the platform's fields; the
+/// publishing options are kept and returned, not acted on).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PublishTokenData {
+    #[serde(flatten)]
+    pub common: TokenCommon,
+    /// Viewers of these streams need a Subscribe token.
+    pub subscribe_requires_auth: bool,
+    pub record: Value,
+    pub clip: Value,
+    pub multisource: Value,
+    pub low_latency_rtmp: Value,
+    pub enable_thumbnails: Value,
+    pub display_srt_passphrase: Value,
+    pub drm: Value,
+    #[serde(rename = "enableUTCInsertion")]
+    pub enable_utc_insertion: Value,
+    pub priority: Value,
+    pub encoder_profile_id: Value,
+    pub geo_cascade: Value,
+    pub restream: Value,
+}
+
+impl From<&PublishToken> for PublishTokenData {
+    fn from(t: &PublishToken) -> Self {
+        let o = |name: &str| t.options.get(name).cloned().unwrap_or_else(|| publish_option_default(name));
+        PublishTokenData {
+            common: TokenCommon::new(t.id, &t.token, &t.label, &t.streams, &t.origin_cluster, t.expires_on, t.is_active, &t.rules, t.added_on),
+            subscribe_requires_auth: t.subscribe_requires_auth,
+            record: o("record"),
+            clip: o("clip"),
+            multisource: o("multisource"),
+            low_latency_rtmp: o("lowLatencyRtmp"),
+            enable_thumbnails: o("enableThumbnails"),
+            display_srt_passphrase: o("displaySrtPassphrase"),
+            drm: o("drm"),
+            enable_utc_insertion: o("enableUTCInsertion"),
+            priority: o("priority"),
+            encoder_profile_id: o("encoderProfileId"),
+            geo_cascade: o("geoCascade"),
+            restream: o("restream"),
+        }
+    }
+}
+
+/// The API's JSON shape of a Subscribe token.
 pub fn subscribe_json(t: &SubscribeToken) -> Value {
-    let mut m = common_json(t.id, &t.token, &t.label, &t.streams, &t.origin_cluster, t.expires_on, t.is_active, &t.rules, t.added_on);
-    m.insert("tracking".into(), t.tracking_id.as_ref().map(|id| json!({ "trackingId": id })).unwrap_or(Value::Null));
-    Value::Object(m)
+    serde_json::to_value(SubscribeTokenData::from(t)).unwrap_or(Value::Null)
 }
 
-/// The API's JSON shape of a Publish token (the platform's fields).
+/// The API's JSON shape of a Publish token.
 pub fn publish_json(t: &PublishToken) -> Value {
-    let mut m = common_json(t.id, &t.token, &t.label, &t.streams, &t.origin_cluster, t.expires_on, t.is_active, &t.rules, t.added_on);
-    m.insert("subscribeRequiresAuth".into(), json!(t.subscribe_requires_auth));
-    for (name, _) in PUBLISH_OPTIONS {
-        m.insert((*name).into(), t.options.get(*name).cloned().unwrap_or_else(|| publish_option_default(name)));
-    }
-    Value::Object(m)
+    serde_json::to_value(PublishTokenData::from(t)).unwrap_or(Value::Null)
 }
 
 fn parse_id(kind: &str, id: &str) -> Result<i64, Reply> {
@@ -551,6 +646,36 @@ fn parse_id(kind: &str, id: &str) -> Result<i64, Reply> {
 
 fn not_found(kind: &str, id: impl std::fmt::Display) -> Reply {
     Reply::NotFound(format!("{kind} token {id} not found"))
+}
+
+/// The query of the platform's `/list` routes (documentation of [`parse_page`]).
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+struct ListParams {
+    /// Page, from 1 (required).
+    page: u32,
+    /// Tokens per page, 1 to 100 (required).
+    items_on_page: u32,
+    /// `Name` (default) or `AddedOn`.
+    sort_by: Option<String>,
+    /// `true` or `false` (default).
+    is_descending: Option<bool>,
+}
+
+/// What verification answers: who the viewer's usage is attributed to.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyData {
+    /// The Subscribe token (the parent of a viewer token); `null`: admitted without a token.
+    pub token_id: Option<i64>,
+    /// The distribution channel; `null`: untracked.
+    pub tracking_id: Option<String>,
+    /// The viewer token's `customViewerData`.
+    pub custom_viewer_data: Option<String>,
+    /// When the admission ends (the viewer token's `exp`, capped at its parent's expiry); `null`: never.
+    pub expires_at: Option<String>,
 }
 
 /// The platform's list parameters: `page` (from 1) and `itemsOnPage` (1 to
@@ -609,6 +734,8 @@ fn parse_page(raw: Option<String>, required: bool) -> Result<Page, Reply> {
 
 // ---- Subscribe tokens ----
 
+#[utoipa::path(post, path = "/api/subscribe_token", tag = "Subscribe tokens", summary = "Create a Subscribe token", request_body = CreateSubscribeBody,
+    responses((status = 200, body = Success<SubscribeTokenData>), (status = 400, description = "invalid request or unknown id", body = Fail), (status = 401, description = "no valid API secret", body = Fail), (status = 403, description = "the secret may not do this", body = Fail)))]
 pub(crate) async fn create_subscribe(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Response, Reply> {
     let mut b: CreateSubscribeBody = parse(&body)?;
     let now = Utc::now();
@@ -629,22 +756,30 @@ pub(crate) async fn create_subscribe(State(s): State<Arc<AppState>>, body: Bytes
     Ok(success(subscribe_json(&t)))
 }
 
+#[utoipa::path(get, path = "/api/subscribe_token/list", tag = "Subscribe tokens", summary = "A page of the Subscribe tokens", params(ListParams),
+    responses((status = 200, body = Success<Vec<SubscribeTokenData>>), (status = 400, description = "invalid request or unknown id", body = Fail), (status = 401, description = "no valid API secret", body = Fail), (status = 403, description = "the secret may not do this", body = Fail)))]
 pub(crate) async fn list_subscribe(State(s): State<Arc<AppState>>, RawQuery(q): RawQuery) -> Result<Response, Reply> {
     let all = s.store.list_subscribe(parse_page(q, true)?)?;
     Ok(success(Value::Array(all.iter().map(subscribe_json).collect())))
 }
 
+#[utoipa::path(get, path = "/api/subscribe_token", tag = "Subscribe tokens", summary = "Every Subscribe token (up to 1000), in creation order",
+    responses((status = 200, body = Success<Vec<SubscribeTokenData>>), (status = 400, description = "invalid request or unknown id", body = Fail), (status = 401, description = "no valid API secret", body = Fail), (status = 403, description = "the secret may not do this", body = Fail)))]
 pub(crate) async fn all_subscribe(State(s): State<Arc<AppState>>, RawQuery(q): RawQuery) -> Result<Response, Reply> {
     let all = s.store.list_subscribe(parse_page(q, false)?)?;
     Ok(success(Value::Array(all.iter().map(subscribe_json).collect())))
 }
 
+#[utoipa::path(get, path = "/api/subscribe_token/{id}", tag = "Subscribe tokens", summary = "Read a Subscribe token", params(("id" = i64, Path)),
+    responses((status = 200, body = Success<SubscribeTokenData>), (status = 400, description = "invalid request or unknown id", body = Fail), (status = 401, description = "no valid API secret", body = Fail), (status = 403, description = "the secret may not do this", body = Fail)))]
 pub(crate) async fn get_subscribe(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, Reply> {
     let id = parse_id("Subscribe", &id)?;
     let t = s.store.get_subscribe(id)?.ok_or_else(|| not_found("Subscribe", id))?;
     Ok(success(subscribe_json(&t)))
 }
 
+#[utoipa::path(put, path = "/api/subscribe_token/{id}", tag = "Subscribe tokens", summary = "Update a Subscribe token (`refreshToken` rotates it; the tracking id is immutable); also `PUT /api/v2/subscribe_token/{id}`",
+    params(("id" = i64, Path)), request_body = UpdateSubscribeBody, responses((status = 200, body = Success<SubscribeTokenData>), (status = 400, description = "invalid request or unknown id", body = Fail), (status = 401, description = "no valid API secret", body = Fail), (status = 403, description = "the secret may not do this", body = Fail)))]
 pub(crate) async fn update_subscribe(State(s): State<Arc<AppState>>, Path(id): Path<String>, body: Bytes) -> Result<Response, Reply> {
     let id = parse_id("Subscribe", &id)?;
     let b: UpdateSubscribeBody = parse(&body)?;
@@ -677,6 +812,8 @@ pub(crate) async fn update_subscribe(State(s): State<Arc<AppState>>, Path(id): P
     Ok(success(subscribe_json(&t)))
 }
 
+#[utoipa::path(delete, path = "/api/subscribe_token/{id}", tag = "Subscribe tokens", summary = "Delete a Subscribe token", params(("id" = i64, Path)),
+    responses((status = 200, body = Success<bool>), (status = 400, description = "invalid request or unknown id", body = Fail), (status = 401, description = "no valid API secret", body = Fail), (status = 403, description = "the secret may not do this", body = Fail)))]
 pub(crate) async fn delete_subscribe(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, Reply> {
     let id = parse_id("Subscribe", &id)?;
     if !s.store.delete_subscribe(id)? {
@@ -705,6 +842,8 @@ fn publish_options(body: &[u8], update: bool) -> Result<Map<String, Value>, Repl
     Ok(out)
 }
 
+#[utoipa::path(post, path = "/api/publish_token", tag = "Publish tokens", summary = "Create a Publish token", request_body = CreatePublishBody,
+    responses((status = 200, body = Success<PublishTokenData>), (status = 400, description = "invalid request or unknown id", body = Fail), (status = 401, description = "no valid API secret", body = Fail), (status = 403, description = "the secret may not do this", body = Fail)))]
 pub(crate) async fn create_publish(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Response, Reply> {
     let mut b: CreatePublishBody = parse(&body)?;
     let options = publish_options(&body, false)?;
@@ -731,22 +870,30 @@ pub(crate) async fn create_publish(State(s): State<Arc<AppState>>, body: Bytes) 
     Ok(success(publish_json(&t)))
 }
 
+#[utoipa::path(get, path = "/api/publish_token/list", tag = "Publish tokens", summary = "A page of the Publish tokens", params(ListParams),
+    responses((status = 200, body = Success<Vec<PublishTokenData>>), (status = 400, description = "invalid request or unknown id", body = Fail), (status = 401, description = "no valid API secret", body = Fail), (status = 403, description = "the secret may not do this", body = Fail)))]
 pub(crate) async fn list_publish(State(s): State<Arc<AppState>>, RawQuery(q): RawQuery) -> Result<Response, Reply> {
     let all = s.store.list_publish(parse_page(q, true)?)?;
     Ok(success(Value::Array(all.iter().map(publish_json).collect())))
 }
 
+#[utoipa::path(get, path = "/api/publish_token", tag = "Publish tokens", summary = "Every Publish token (up to 1000), in creation order",
+    responses((status = 200, body = Success<Vec<PublishTokenData>>), (status = 400, description = "invalid request or unknown id", body = Fail), (status = 401, description = "no valid API secret", body = Fail), (status = 403, description = "the secret may not do this", body = Fail)))]
 pub(crate) async fn all_publish(State(s): State<Arc<AppState>>, RawQuery(q): RawQuery) -> Result<Response, Reply> {
     let all = s.store.list_publish(parse_page(q, false)?)?;
     Ok(success(Value::Array(all.iter().map(publish_json).collect())))
 }
 
+#[utoipa::path(get, path = "/api/publish_token/{id}", tag = "Publish tokens", summary = "Read a Publish token", params(("id" = i64, Path)),
+    responses((status = 200, body = Success<PublishTokenData>), (status = 400, description = "invalid request or unknown id", body = Fail), (status = 401, description = "no valid API secret", body = Fail), (status = 403, description = "the secret may not do this", body = Fail)))]
 pub(crate) async fn get_publish(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, Reply> {
     let id = parse_id("Publish", &id)?;
     let t = s.store.get_publish(id)?.ok_or_else(|| not_found("Publish", id))?;
     Ok(success(publish_json(&t)))
 }
 
+#[utoipa::path(put, path = "/api/publish_token/{id}", tag = "Publish tokens", summary = "Update a Publish token (`refreshToken` rotates it); also `PUT /api/v2/publish_token/{id}`",
+    params(("id" = i64, Path)), request_body = UpdatePublishBody, responses((status = 200, body = Success<PublishTokenData>), (status = 400, description = "invalid request or unknown id", body = Fail), (status = 401, description = "no valid API secret", body = Fail), (status = 403, description = "the secret may not do this", body = Fail)))]
 pub(crate) async fn update_publish(State(s): State<Arc<AppState>>, Path(id): Path<String>, body: Bytes) -> Result<Response, Reply> {
     let id = parse_id("Publish", &id)?;
     let b: UpdatePublishBody = parse(&body)?;
@@ -778,6 +925,8 @@ pub(crate) async fn update_publish(State(s): State<Arc<AppState>>, Path(id): Pat
     Ok(success(publish_json(&t)))
 }
 
+#[utoipa::path(delete, path = "/api/publish_token/{id}", tag = "Publish tokens", summary = "Delete a Publish token", params(("id" = i64, Path)),
+    responses((status = 200, body = Success<bool>), (status = 400, description = "invalid request or unknown id", body = Fail), (status = 401, description = "no valid API secret", body = Fail), (status = 403, description = "the secret may not do this", body = Fail)))]
 pub(crate) async fn delete_publish(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, Reply> {
     let id = parse_id("Publish", &id)?;
     if !s.store.delete_publish(id)? {
@@ -790,7 +939,7 @@ pub(crate) async fn delete_publish(State(s): State<Arc<AppState>>, Path(id): Pat
 // ---- verification ----
 
 /// Body of `POST /api/token/verify` (what a media server sends).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct VerifyBody {
     /// The viewer's token; absent or empty for a viewer without one.
@@ -817,6 +966,8 @@ fn verify_status(e: &VerifyError) -> StatusCode {
     }
 }
 
+#[utoipa::path(post, path = "/api/token/verify", tag = "Verification", summary = "Admit a viewer (what media servers call); refusals are `fail` with `data.code`", request_body = VerifyBody,
+    responses((status = 200, body = Success<VerifyData>), (status = 403, description = "refused: `data.code` says why", body = Fail), (status = 400, description = "invalid request or unknown id", body = Fail), (status = 401, description = "no valid API secret", body = Fail), (status = 403, description = "the secret may not do this", body = Fail), (status = 503, description = "token store unavailable", body = ServerError)))]
 pub(crate) async fn verify_token(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Response, Reply> {
     let b: VerifyBody = parse(&body)?;
     let ip = match b.ip_address.as_deref() {
@@ -831,12 +982,13 @@ pub(crate) async fn verify_token(State(s): State<Arc<AppState>>, body: Bytes) ->
             s.metrics.verify.with_label_values(&[if a.is_some() { "ok" } else { "ok_untracked" }]).inc();
             let a = a.unwrap_or_default();
             tracing::debug!(token_id = ?a.token_id, tracking_id = ?a.tracking_id, stream = %b.stream_name, "TokenVerified");
-            Ok(success(json!({
-                "tokenId": a.token_id,
-                "trackingId": a.tracking_id,
-                "customViewerData": a.custom_viewer_data,
-                "expiresAt": a.expires_at.map(time),
-            })))
+            let data = VerifyData {
+                token_id: a.token_id,
+                tracking_id: a.tracking_id,
+                custom_viewer_data: a.custom_viewer_data,
+                expires_at: a.expires_at.map(time),
+            };
+            Ok(success(serde_json::to_value(data).unwrap_or(Value::Null)))
         }
         Err(e) => {
             s.metrics.verify.with_label_values(&[e.code()]).inc();
