@@ -1,28 +1,13 @@
-//! `api serve`: the token REST API.
+//! `api serve`: the platform's token and analytics REST API (reference:
+//! `api/README.md`; document: `GET /api/openapi.json`, generated from the
+//! handlers listed in [`router`]).
 //!
 //! Every `/api/...` route needs `Authorization: Bearer <secret>`; without a
 //! known one: `401`. Three roles (held as digests, compared in constant
 //! time; `docs/security.md`): `api_secrets` (admin: everything),
 //! `verify_secrets` (media servers: `POST /api/token/verify` only) and
-//! `scoped_secrets` (a partner's statistics only). Replies are
-//! `{"status":"success","data":...}` or `{"status":"error","message":...}`
-//! (`400` invalid request, `401`, `404` unknown id; verification refusals
-//! add `"code"`, see [`crate::verify::VerifyError::code`]).
-//!
-//! | route | |
-//! | --- | --- |
-//! | `POST /api/subscribe_token` | create (`label`, `streams`, `tracking`, `originCluster`, `expires`, `allowedOrigins`, `allowedIpAddresses`) |
-//! | `GET /api/subscribe_token`, `GET /api/subscribe_token/list` | list |
-//! | `GET /api/subscribe_token/{id}` | get |
-//! | `PUT /api/subscribe_token/{id}` | update (`label`, `streams`, `isActive`, `allowedOrigins`, `allowedIpAddresses`, `expires`; `tracking` is immutable) |
-//! | `DELETE /api/subscribe_token/{id}` | delete |
-//! | `POST /api/publish_token`, `GET /api/publish_token[/list]`, `GET`/`DELETE /api/publish_token/{id}` | publish tokens (`label`, `streams`, `subscribeRequiresAuth`) |
-//! | `POST /api/token/verify` | `{token, streamName, cluster}` → `{tokenId, trackingId, customViewerData}` |
-//! | `GET /api/analytics/...`, `POST /api/records/viewers` | usage statistics from ClickHouse, see [`crate::stats`] |
-//! | `GET /api/openapi.json` | OpenAPI 3 description of every route |
-//!
-//! Secrets in `scoped_secrets` reach only the statistics routes and
-//! `openapi.json` (elsewhere `403`), and only for their tracking ids.
+//! `scoped_secrets` (a partner's statistics only, elsewhere `403`). Replies
+//! are the platform's envelopes ([`crate::app`]).
 //!
 //! `GET /healthz`, `GET /readyz` (token store and ClickHouse answer) and
 //! `GET /metrics` (Prometheus: `api_requests_total{status}`,
@@ -38,11 +23,11 @@ use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
-use utoipa::OpenApi;
-use utoipa_axum::{router::OpenApiRouter, routes};
 use axum::Router;
 use prometheus::{Encoder, TextEncoder};
 use std::sync::Arc;
+use utoipa::OpenApi;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 pub use crate::app::MAX_CONCURRENT_STATS;
 

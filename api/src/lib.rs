@@ -16,9 +16,11 @@
 //!   `/api/publish_token`, `/api/token/verify`).
 //! - [`stats`]: usage statistics (`/api/analytics/...`, `/api/records/viewers`)
 //!   read from ClickHouse.
-//! - [`openapi`]: the OpenAPI document.
+//! - [`openapi`]: the OpenAPI document's fixed parts (the paths are
+//!   generated from the handlers by `utoipa`).
 //! - [`sign`]: self-signing viewer JWTs (`api token sign`).
-//! - [`verify`]: the admission rules and the attribution.
+//! - [`verify`]: the admission rules (token, stream, cluster, the viewer's
+//!   origin, address and country) and the attribution.
 
 pub mod app;
 pub mod config;

@@ -19,9 +19,9 @@ use axum::response::Response;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
+use utoipa::ToSchema;
 
 /// Longest accepted token lifetime, seconds (10 years).
 pub const MAX_EXPIRES_SECS: i64 = 10 * 365 * 86_400;
@@ -88,7 +88,6 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Reply> {
 fn double_option<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
 }
-
 
 /// The fields a create body shares between both token kinds.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -578,7 +577,17 @@ pub struct SubscribeTokenData {
 impl From<&SubscribeToken> for SubscribeTokenData {
     fn from(t: &SubscribeToken) -> Self {
         SubscribeTokenData {
-            common: TokenCommon::new(t.id, &t.token, &t.label, &t.streams, &t.origin_cluster, t.expires_on, t.is_active, &t.rules, t.added_on),
+            common: TokenCommon::new(
+                t.id,
+                &t.token,
+                &t.label,
+                &t.streams,
+                &t.origin_cluster,
+                t.expires_on,
+                t.is_active,
+                &t.rules,
+                t.added_on,
+            ),
             tracking: t.tracking_id.clone().map(|tracking_id| Tracking { tracking_id }),
         }
     }
@@ -612,7 +621,17 @@ impl From<&PublishToken> for PublishTokenData {
     fn from(t: &PublishToken) -> Self {
         let o = |name: &str| t.options.get(name).cloned().unwrap_or_else(|| publish_option_default(name));
         PublishTokenData {
-            common: TokenCommon::new(t.id, &t.token, &t.label, &t.streams, &t.origin_cluster, t.expires_on, t.is_active, &t.rules, t.added_on),
+            common: TokenCommon::new(
+                t.id,
+                &t.token,
+                &t.label,
+                &t.streams,
+                &t.origin_cluster,
+                t.expires_on,
+                t.is_active,
+                &t.rules,
+                t.added_on,
+            ),
             subscribe_requires_auth: t.subscribe_requires_auth,
             record: o("record"),
             clip: o("clip"),

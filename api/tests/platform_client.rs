@@ -75,7 +75,10 @@ async fn the_platforms_python_client_works_unchanged_but_for_the_base_url() {
     // Name descending, one per page, then an empty page
     assert_eq!(seen["pages"], serde_json::json!([["partner globex"], ["partner acme (rotated)"], []]));
     let p = &seen["publish"];
-    assert_eq!((&p["subscribeRequiresAuth"], &p["record"], &p["label"]), (&Value::Bool(true), &Value::Bool(true), &Value::from("owner (recording)")));
+    assert_eq!(
+        (&p["subscribeRequiresAuth"], &p["record"], &p["label"]),
+        (&Value::Bool(true), &Value::Bool(true), &Value::from("owner (recording)"))
+    );
     assert_eq!(p["listed"], serde_json::json!([p["id"]]));
     assert!(store.get_publish(p["id"].as_i64().unwrap()).unwrap().is_none(), "deleted through the client");
     // a client error in the platform's envelope: the client raises it with the message

@@ -121,7 +121,13 @@ async fn the_openapi_document_describes_the_served_routes() {
         for method in ops.as_object().unwrap().keys().filter(|m| ["get", "post", "put", "delete"].contains(&m.as_str())) {
             described.push(format!("{} {path}", method.to_uppercase()));
             let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
-            let r = client.request(m, format!("{url}{}", path.replace("{id}", "1"))).bearer_auth(SECRET).json(&serde_json::json!({})).send().await.unwrap();
+            let r = client
+                .request(m, format!("{url}{}", path.replace("{id}", "1")))
+                .bearer_auth(SECRET)
+                .json(&serde_json::json!({}))
+                .send()
+                .await
+                .unwrap();
             assert!(![404, 405].contains(&r.status().as_u16()), "{method} {path} is described but not served");
         }
     }
@@ -145,7 +151,19 @@ async fn the_openapi_document_describes_the_served_routes() {
     }
     // the records' fields are the ones the service writes
     let record = &schemas["Record"]["properties"];
-    for f in ["startTime", "endTime", "clientId", "clusterId", "country", "duration", "bytes", "ipAddress", "streamName", "trackingId", "userAgent"] {
+    for f in [
+        "startTime",
+        "endTime",
+        "clientId",
+        "clusterId",
+        "country",
+        "duration",
+        "bytes",
+        "ipAddress",
+        "streamName",
+        "trackingId",
+        "userAgent",
+    ] {
         assert!(record.get(f).is_some(), "Record.{f}");
     }
     server.abort();
