@@ -9,7 +9,7 @@
 //! | `GET /api/analytics/tracking/series?...&resolution=Hour\|Day` | `{a: {"<bucket>": [{streamName, bytesOut, bytesIn}]}}` |
 //! | `GET /api/analytics/tracking/streams/total?streamNames=s&startDate&stopDate` | `{s: [{trackingId?, bytesOut, bytesIn}]}` |
 //! | `GET /api/analytics/tracking/streams/series?...&resolution=` | `{s: {"<bucket>": [{trackingId, bytesOut, bytesIn}]}}` |
-//! | `POST /api/records/viewers` | viewer sessions, JSON lines (`application/x-jsonl`) or CSV (`Accept: text/csv`), see [`viewer_records`] |
+//! | `POST /api/records/viewers` | viewer sessions, JSON lines (`application/x-jsonl`) or CSV (`Accept: text/csv`), see `viewer_records` |
 //!
 //! - `startDate` and `stopDate` are a date (`2026-10-31`, midnight UTC) or an
 //!   ISO 8601 date-time (`2026-10-31T20:00:00Z`); `stopDate` is exclusive.
