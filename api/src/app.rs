@@ -3,6 +3,7 @@
 //! `docs/security.md`). A leaf of the crate's route modules: the `tokens`,
 //! `stats` and `openapi` modules use it, and the `http` module wires them.
 
+use crate::session::Role;
 use crate::store::{Store, StoreError};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -172,6 +173,27 @@ pub(crate) struct AppState {
     pub(crate) stats_slots: Arc<tokio::sync::Semaphore>,
     /// ClickHouse probed at most once a second by `/readyz`.
     pub(crate) ch_probe: runtime::health::Probe,
+    /// Signed-in console sessions.
+    pub(crate) sessions: crate::session::Sessions,
+    /// The console's settings.
+    pub(crate) console: crate::session::ConsoleSettings,
+}
+
+impl AppState {
+    /// The role of a bearer secret; every key set is consulted whatever
+    /// matched first (constant time each).
+    pub(crate) fn role_of(&self, given: &str) -> Option<Role> {
+        let admin = self.secrets.contains(given);
+        let verifier = self.verify_secrets.contains(given);
+        let scoped = self.scoped_keys.position(given).map(|i| self.scoped_ids[i].clone());
+        if admin {
+            Some(Role::Admin)
+        } else if verifier {
+            Some(Role::Verify)
+        } else {
+            scoped.map(Role::Scoped)
+        }
+    }
 }
 
 /// Most statistics queries running at once (beyond: `503` with `Retry-After`).
@@ -193,36 +215,56 @@ impl StatsSlot {
 #[derive(Debug, Clone)]
 pub(crate) struct Scope(pub(crate) Option<Arc<Vec<String>>>);
 
+/// Authenticate a request: a bearer secret, or else a console session
+/// cookie (then a request that is not `GET`/`HEAD` must carry the session's
+/// `X-CSRF-Token`). Puts the caller's [`Scope`] into the request and holds
+/// each role to its routes.
 pub(crate) async fn require_secret(State(s): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let given = runtime::auth::bearer(header);
-    // every key set is consulted whatever matched first (constant time each)
-    let admin = given.is_some_and(|g| s.secrets.contains(g));
-    let verifier = given.is_some_and(|g| s.verify_secrets.contains(g));
-    let scoped = given.and_then(|g| s.scoped_keys.position(g)).map(|i| s.scoped_ids[i].clone());
+    let role = match runtime::auth::bearer(header) {
+        Some(given) => s.role_of(given),
+        None if header.is_none() => match s.sessions.of(req.headers()) {
+            Some(session) => {
+                let safe = matches!(*req.method(), axum::http::Method::GET | axum::http::Method::HEAD);
+                if !safe && !session.csrf_ok(req.headers().get("x-csrf-token")) {
+                    return fail(StatusCode::FORBIDDEN, "missing or wrong X-CSRF-Token: reload the console");
+                }
+                Some(session.role)
+            }
+            None => None,
+        },
+        None => None,
+    };
     let path = req.uri().path();
-    if admin {
-        req.extensions_mut().insert(Scope(None));
-        return next.run(req).await;
-    }
-    if verifier {
-        if path != "/api/token/verify" {
-            return fail(StatusCode::FORBIDDEN, "this API secret may only verify viewer tokens (POST /api/token/verify)");
+    match role {
+        Some(Role::Admin) => {
+            req.extensions_mut().insert(Scope(None));
+            next.run(req).await
         }
-        req.extensions_mut().insert(Scope(Some(Arc::new(vec![]))));
-        return next.run(req).await;
-    }
-    if let Some(ids) = scoped {
-        let allowed = path.starts_with("/api/analytics/") || path.starts_with("/api/records/") || path == "/api/openapi.json";
-        if !allowed {
-            return fail(StatusCode::FORBIDDEN, "this API secret is limited to the statistics routes");
+        Some(Role::Verify) => {
+            if path != "/api/token/verify" {
+                return fail(StatusCode::FORBIDDEN, "this API secret may only verify viewer tokens (POST /api/token/verify)");
+            }
+            req.extensions_mut().insert(Scope(Some(Arc::new(vec![]))));
+            next.run(req).await
         }
-        req.extensions_mut().insert(Scope(Some(ids)));
-        return next.run(req).await;
+        Some(Role::Scoped(ids)) => {
+            let allowed = path.starts_with("/api/analytics/")
+                || path.starts_with("/api/records/")
+                || path == "/api/openapi.json"
+                || path.starts_with("/console/invoices");
+            if !allowed {
+                return fail(StatusCode::FORBIDDEN, "this API secret is limited to the statistics routes");
+            }
+            req.extensions_mut().insert(Scope(Some(ids)));
+            next.run(req).await
+        }
+        None => {
+            let mut r = fail(StatusCode::UNAUTHORIZED, "missing or invalid API secret (Authorization: Bearer <secret>)");
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            r
+        }
     }
-    let mut r = fail(StatusCode::UNAUTHORIZED, "missing or invalid API secret (Authorization: Bearer <secret>)");
-    r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    r
 }
 
 /// At most [`MAX_CONCURRENT_STATS`] statistics queries at once.

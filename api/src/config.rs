@@ -38,6 +38,15 @@ pub struct ApiConfig {
     pub untracked_parent_sets_tracking: bool,
     /// Longest accepted viewer-token lifetime, seconds (default 7 days).
     pub max_viewer_token_secs: u64,
+    /// The rate card billing uses (`billing --rates`): the console maps
+    /// partner-scoped secrets to their partners' invoices with it, and runs
+    /// the reconciliation. Unset: invoices are shown to admins only and the
+    /// reconciliation is unavailable.
+    pub billing_rates: Option<PathBuf>,
+    /// Lifetime of a console session, seconds (default 1800; not extended).
+    pub console_session_secs: u64,
+    /// Mark the console cookie `Secure` (set it when serving over TLS).
+    pub console_secure_cookie: bool,
 }
 
 /// A secret that sees only its `tracking_ids`.
@@ -62,6 +71,9 @@ impl Default for ApiConfig {
             scoped_secrets: vec![],
             untracked_parent_sets_tracking: false,
             max_viewer_token_secs: 7 * 86_400,
+            billing_rates: None,
+            console_session_secs: 1800,
+            console_secure_cookie: false,
         }
     }
 }
@@ -96,6 +108,9 @@ impl ApiConfig {
         self.clickhouse.db().map_err(|e| format!("clickhouse.database: {e}"))?;
         if self.max_viewer_token_secs == 0 || self.max_viewer_token_secs > i64::MAX as u64 {
             return Err("max_viewer_token_secs must be > 0".into());
+        }
+        if !(60..=12 * 3600).contains(&self.console_session_secs) {
+            return Err("console_session_secs: 60 to 43200".into());
         }
         if self.store_path.as_os_str().is_empty() {
             return Err("store_path must not be empty".into());

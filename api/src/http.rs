@@ -22,7 +22,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use axum::Router;
 use prometheus::{Encoder, TextEncoder};
 use std::sync::Arc;
@@ -53,6 +53,8 @@ pub fn router(cfg: &ApiConfig, store: Arc<Store>) -> Result<Router, ApiError> {
             .with_option("result_overflow_mode", "throw"),
         stats_slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_STATS)),
         ch_probe: runtime::health::Probe::default(),
+        sessions: Default::default(),
+        console: console_settings(cfg)?,
         policy: crate::verify::Policy {
             untracked_parent_sets_tracking: cfg.untracked_parent_sets_tracking,
             max_viewer_token_secs: cfg.max_viewer_token_secs as i64,
@@ -89,15 +91,41 @@ pub fn router(cfg: &ApiConfig, store: Arc<Store>) -> Result<Router, ApiError> {
                 async move { ([(header::CONTENT_TYPE, "application/json")], doc.as_str().to_owned()) }
             }),
         )
+        // the console's own routes, behind the same credentials (a session cookie or a bearer secret)
+        .route("/console/sign", post(crate::console::sign))
+        .route("/console/invoices", get(crate::console::invoices))
+        .route("/console/invoices/{file}", get(crate::console::invoice_file))
+        .route("/console/reconciliation", get(crate::console::reconciliation))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), require_secret));
+    let console = Router::new()
+        .route("/", get(crate::console::index))
+        .route("/console/app.js", get(crate::console::app_js))
+        .route("/console/app.css", get(crate::console::app_css))
+        .route("/console/login", post(crate::console::login))
+        .route("/console/session", get(crate::console::session))
+        .route("/console/logout", post(crate::console::logout))
+        .layer(DefaultBodyLimit::max(4096));
     Ok(Router::new()
         .merge(api)
+        .merge(console)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_handler))
         .layer(middleware::from_fn_with_state(state.clone(), count_requests))
         .with_state(state))
+}
+
+fn console_settings(cfg: &ApiConfig) -> Result<crate::session::ConsoleSettings, ApiError> {
+    let rates = match &cfg.billing_rates {
+        Some(p) => Some(Arc::new(billing::rates::load_rate_card(p).map_err(|e| ApiError::Config(format!("billing_rates: {e}")))?)),
+        None => None,
+    };
+    let billing = match rates {
+        Some(_) => Some(Arc::new(billing::store::Store::new(&cfg.clickhouse).map_err(|e| ApiError::Config(format!("clickhouse: {e}")))?)),
+        None => None,
+    };
+    Ok(crate::session::ConsoleSettings { session_secs: cfg.console_session_secs, secure_cookie: cfg.console_secure_cookie, rates, billing })
 }
 
 /// Open the store at `cfg.store_path` and serve on `cfg.listen` until

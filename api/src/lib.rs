@@ -16,6 +16,8 @@
 //!   `/api/publish_token`, `/api/token/verify`).
 //! - [`stats`]: usage statistics (`/api/analytics/...`, `/api/records/viewers`)
 //!   read from ClickHouse.
+//! - [`console`]: the web console at `/` (embedded assets, sign-in, invoices).
+//! - [`session`]: console sessions and credential roles (a leaf).
 //! - [`openapi`]: the OpenAPI document's fixed parts (the paths are
 //!   generated from the handlers by `utoipa`).
 //! - [`sign`]: self-signing viewer JWTs (`api token sign`).
@@ -24,8 +26,10 @@
 
 pub mod app;
 pub mod config;
+pub mod console;
 pub mod http;
 pub mod openapi;
+pub mod session;
 pub mod sign;
 pub mod stats;
 pub mod store;

@@ -468,3 +468,43 @@ async fn verify_endpoint() {
     let m = svc.client.get(format!("{}/metrics", svc.url)).send().await.unwrap().text().await.unwrap();
     assert!(m.contains("api_verify_total{result=\"tracking_override\"} 1"), "{m}");
 }
+
+/// The console's sign-in: admin and scoped secrets open a session with an
+/// HttpOnly, SameSite=Strict cookie; state changes through the cookie need
+/// the session's CSRF token; sign-out ends the session.
+#[tokio::test]
+async fn console_sessions_and_csrf() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = start(&dir.path().join("t.db")).await;
+    let page = svc.client.get(&svc.url).send().await.unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    let csp = page.headers()["content-security-policy"].to_str().unwrap().to_string();
+    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"), "{csp}");
+    assert!(page.text().await.unwrap().contains("/console/app.js"));
+    let login = |secret: &str| svc.client.post(format!("{}/console/login", svc.url)).json(&json!({ "secret": secret })).send();
+    assert_eq!(login("wrong-secret-0123456789abcdef0123").await.unwrap().status().as_u16(), 401);
+    let r = login(SECRET).await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=1800"] {
+        assert!(cookie.contains(attr), "{attr} in {cookie}");
+    }
+    let session = cookie.split(';').next().unwrap().to_string();
+    let csrf = r.json::<Value>().await.unwrap()["data"]["csrf"].as_str().unwrap().to_string();
+    let with = |m: reqwest::Method, path: &str| svc.client.request(m, format!("{}{path}", svc.url)).header("Cookie", &session);
+    // reads need only the cookie
+    assert_eq!(with(reqwest::Method::GET, "/api/subscribe_token").send().await.unwrap().status().as_u16(), 200);
+    // a state change without (or with a wrong) CSRF token is refused; with it, done
+    let body = json!({"label": "c", "streams": [{"streamName": "live"}]});
+    let r = with(reqwest::Method::POST, "/api/subscribe_token").json(&body).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let r = with(reqwest::Method::POST, "/api/subscribe_token").header("X-CSRF-Token", "0".repeat(64)).json(&body).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let r = with(reqwest::Method::POST, "/api/subscribe_token").header("X-CSRF-Token", &csrf).json(&body).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    // sign-out ends it
+    with(reqwest::Method::POST, "/console/logout").header("X-CSRF-Token", &csrf).send().await.unwrap();
+    assert_eq!(with(reqwest::Method::GET, "/api/subscribe_token").send().await.unwrap().status().as_u16(), 401);
+    let s = with(reqwest::Method::GET, "/console/session").send().await.unwrap().json::<Value>().await.unwrap();
+    assert_eq!(s["data"], Value::Null);
+}

@@ -147,3 +147,25 @@ fn concurrent_updates_never_reactivate_a_revoked_token() {
         assert!(!store.get_subscribe(t.id).unwrap().unwrap().is_active, "round {round}: revoked token re-activated");
     }
 }
+
+/// A verify-only secret (what media servers hold) cannot open a console session.
+#[tokio::test]
+async fn verify_only_secrets_cannot_sign_in_to_the_console() {
+    let dir = tempfile::tempdir().unwrap();
+    let verify = "verify-only-console-0123456789abcdef";
+    let cfg = ApiConfig {
+        api_secrets: vec!["console-admin-0123456789abcdef0123".into()],
+        verify_secrets: vec![verify.into()],
+        store_path: dir.path().join("t.db"),
+        ..Default::default()
+    };
+    let store = Arc::new(Store::open(&cfg.store_path).unwrap());
+    let app = api::http::router(&cfg, store).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let r = reqwest::Client::new().post(format!("{url}/console/login")).json(&json!({ "secret": verify })).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    assert!(r.headers().get("set-cookie").is_none());
+    server.abort();
+}
