@@ -1,7 +1,8 @@
 //! State shared by every route of `api serve`, the replies, and the
 //! credential checks (roles: admin, verify-only, partner-scoped; see
-//! `docs/security.md`). A leaf of the crate's route modules: the `tokens`,
-//! `stats` and `openapi` modules use it, and the `http` module wires them.
+//! `docs/security.md`). Below the crate's route modules: `tokens`, `stats`
+//! and `console` use it, and `http` wires them; it uses only the leaves
+//! `store` and `session`.
 
 use crate::session::Role;
 use crate::store::{Store, StoreError};
