@@ -58,12 +58,26 @@ async fn start_chrome(downloads: &Path) -> (Driver, Client) {
             "prefs": {"download.default_directory": downloads.to_str().unwrap(), "download.prompt_for_download": false},
         }),
     );
+    caps.insert("goog:loggingPrefs".into(), json!({"browser": "ALL"}));
     let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
         .capabilities(caps)
         .connect(&format!("http://127.0.0.1:{port}"))
         .await
         .expect("a Chromium session");
     (driver, client)
+}
+
+/// chromedriver's browser log (what the browser's console shows), read and cleared.
+#[derive(Debug)]
+struct BrowserLog;
+
+impl fantoccini::wd::WebDriverCompatibleCommand for BrowserLog {
+    fn endpoint(&self, base: &url::Url, session: Option<&str>) -> Result<url::Url, url::ParseError> {
+        base.join(&format!("session/{}/se/log", session.unwrap_or_default()))
+    }
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        (http::Method::POST, Some(r#"{"type":"browser"}"#.into()))
+    }
 }
 
 struct Page {
@@ -105,9 +119,21 @@ impl Page {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    /// The browser console's errors since the last call (and clear them).
+    async fn console_errors(&self) -> Vec<String> {
+        let log = self.c.issue_cmd(BrowserLog).await.expect("browser log");
+        log.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["level"] == "SEVERE")
+            .map(|e| e["message"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+    /// Neither script errors nor any other error in the browser's console.
     async fn no_errors(&self, when: &str) {
         let errs = self.c.execute("return window.__consoleErrors", vec![]).await.unwrap();
         assert_eq!(errs, json!([]), "script errors in the console {when}");
+        assert_eq!(self.console_errors().await, Vec::<String>::new(), "errors in the browser console {when}");
     }
     async fn sign_in(&self, secret: &str) {
         self.c.goto(&self.base).await.unwrap();
@@ -186,6 +212,8 @@ async fn the_console_in_a_real_browser() {
     let m = p.text("#message").await;
     assert!(m.contains("unknown API secret") && !m.contains('{'), "{m}");
     p.shot("sign-in-refused").await;
+    let refused = p.console_errors().await;
+    assert!(refused.len() == 1 && refused[0].contains("401"), "only the refused sign-in: {refused:?}");
     p.sign_in(ADMIN).await;
     assert_eq!(p.text("#who-role").await, "Admin");
     // the session cookie is HttpOnly: not visible to scripts
@@ -305,6 +333,7 @@ async fn the_console_in_a_real_browser() {
     // ---- a partner: its own data only ----
     p.sign_in(PARTNER).await;
     assert!(p.text("#who-role").await.contains(&mine));
+    p.no_errors("signing in as a partner").await;
     let hidden = p.c.execute("return document.querySelector('nav button[data-tab=tokens]').hidden", vec![]).await.unwrap();
     assert_eq!(hidden, json!(true), "no token pages for a partner");
     p.set("usage-ids", &theirs).await;
@@ -315,6 +344,8 @@ async fn the_console_in_a_real_browser() {
     let m = p.text("#message").await;
     assert!(!m.contains('{') && m.contains(&theirs), "a message, not raw JSON: {m}");
     p.shot("partner-refused").await;
+    let refused = p.console_errors().await;
+    assert!(!refused.is_empty() && refused.iter().all(|e| e.contains("403")), "only the refused requests: {refused:?}");
     p.set("usage-ids", &mine).await;
     p.click("#usage-form button[type=submit]").await;
     p.until("own usage", &format!("document.querySelector(\"#usage-totals tr[data-tracking-id='{mine}'] td.bytes-out\")")).await;
@@ -323,6 +354,7 @@ async fn the_console_in_a_real_browser() {
     let own = computed.invoices.iter().find(|i| i.partner_id == "acme").unwrap();
     assert!(p.c.find(Locator::Css(&format!("tr[data-invoice='{}']", own.invoice_number))).await.is_ok());
     p.shot("partner-invoices").await;
+    p.no_errors("as a partner").await;
     // another partner's invoice file is refused to this session
     let other = computed.invoices.iter().find(|i| i.partner_id != "acme").unwrap();
     let status =
@@ -337,7 +369,6 @@ async fn the_console_in_a_real_browser() {
     let status =
         p.c.execute_async("fetch('/console/sign', {method: 'POST', body: '{}'}).then(r => arguments[0](r.status))", vec![]).await.unwrap();
     assert_eq!(status, json!(403), "no CSRF token");
-    p.no_errors("as a partner").await;
     p.c.close().await.unwrap();
     server.abort();
     let _ = std::fs::remove_file(&store_path);
