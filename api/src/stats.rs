@@ -498,6 +498,7 @@ pub enum Search {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct RecordsBody {
+    #[serde(default)]
     start_time: Option<String>,
     #[serde(default)]
     start_operator: Option<Operator>,
@@ -616,10 +617,11 @@ fn record_line(r: &RecordRow, ongoing_after: i64, csv: bool) -> String {
 /// connection, `clientId`), whole: its bytes and times over every window,
 /// not cut at window or query bounds (within [`SESSION_MARGIN_HOURS`]).
 ///
-/// - `startTime` (required) with `startOperator` (default
-///   `GreaterThanOrEqualTo`) compares with the session's start;
-/// - `endTime` (default `startTime` + 31 days) with `endOperator` (default
-///   `LessThan`) with a completed session's end; an ongoing session passes;
+/// - `startTime` with `startOperator` (default `GreaterThanOrEqualTo`)
+///   compares with the session's start;
+/// - `endTime` with `endOperator` (default `LessThan`) with a completed
+///   session's end; an ongoing session passes; a missing bound is the other
+///   one -/+ 31 days, neither: the last 31 days;
 /// - `search`: `Completed`, `Ongoing` or `Ongoing_Completed` (default); a
 ///   session is ongoing while its last usage is less than
 ///   [`SESSION_IDLE_SECS`] old (`endTime` then `null`);
@@ -641,10 +643,16 @@ pub(crate) async fn viewer_records(
     // the stream below holds the concurrency slot until its last row is sent
     let permit = slot.take();
     let b: RecordsBody = serde_json::from_slice(&body).map_err(|e| Reply::BadRequest(format!("invalid body: {e}")))?;
-    let start = required_time("startTime", b.start_time)?;
-    let end = match b.end_time {
-        Some(v) => required_time("endTime", Some(v))?,
-        None => start + Duration::days(MAX_RECORD_DAYS),
+    // both optional, as on the platform: a missing bound is the other one
+    // -/+ 31 days (neither: the last 31 days)
+    let start = b.start_time.map(|v| required_time("startTime", Some(v))).transpose()?;
+    let end = b.end_time.map(|v| required_time("endTime", Some(v))).transpose()?;
+    let span = Duration::days(MAX_RECORD_DAYS);
+    let (start, end) = match (start, end) {
+        (Some(s), Some(e)) => (s, e),
+        (Some(s), None) => (s, s + span),
+        (None, Some(e)) => (e - span, e),
+        (None, None) => (Utc::now() - span, Utc::now() + Duration::minutes(1)),
     };
     if start >= end {
         return Err(Reply::BadRequest("startTime: must be before endTime".into()));

@@ -852,10 +852,15 @@ fn publish_options(body: &[u8], update: bool) -> Result<Map<String, Value>, Repl
     for (name, update_name) in PUBLISH_OPTIONS {
         let key = if update { update_name.unwrap_or(name) } else { name };
         if let Some(v) = all.get(key).filter(|v| !v.is_null()) {
-            if !publish_option_type_ok(name, v) {
+            // the Python client sends one restream target as an object, not a list
+            let v = match (*name, v) {
+                ("restream", Value::Object(_)) => Value::Array(vec![v.clone()]),
+                _ => v.clone(),
+            };
+            if !publish_option_type_ok(name, &v) {
                 return Err(Reply::BadRequest(format!("{key}: wrong type")));
             }
-            out.insert((*name).into(), v.clone());
+            out.insert((*name).into(), v);
         }
     }
     Ok(out)
@@ -967,13 +972,14 @@ struct VerifyBody {
     stream_name: String,
     cluster: String,
     /// The viewer's web origin (`Origin` header), if any.
-    #[serde(default)]
+    #[serde(default, alias = "viewerOrigin")]
     origin: Option<String>,
-    /// The viewer's IP address.
-    #[serde(default)]
+    /// The viewer's IP address (also accepted as `ip`, `viewerIp`, `clientIp`).
+    #[serde(default, alias = "ip", alias = "viewerIp", alias = "clientIp")]
     ip_address: Option<String>,
-    /// The viewer's country (ISO 3166-1 alpha-2, from the media server's geo-IP).
-    #[serde(default)]
+    /// The viewer's country (ISO 3166-1 alpha-2, from the media server's
+    /// geo-IP; also accepted as `countryCode`, `viewerCountry`).
+    #[serde(default, alias = "countryCode", alias = "viewerCountry")]
     country: Option<String>,
 }
 

@@ -447,6 +447,9 @@ async fn verify_endpoint() {
     let mut wrong_ip = viewer(v(jwt.clone(), "live", "ams-1"));
     wrong_ip["ipAddress"] = json!("192.0.2.1");
     expect(svc.post("/api/token/verify", wrong_ip).await, 403, "ip_not_allowed");
+    // the viewer's address under another common name
+    let aliased = json!({"token": jwt, "streamName": "live", "cluster": "ams-1", "origin": "https://partner.example", "ip": "10.9.9.9"});
+    assert_eq!(svc.post("/api/token/verify", aliased).await.status, 200);
     let forged = sign(pinned["token"].as_str().unwrap(), &req, now).unwrap();
     expect(svc.post("/api/token/verify", v(forged, "live", "ams-1")).await, 403, "bad_signature");
     expect(svc.post("/api/token/verify", v(pinned["token"].as_str().unwrap().into(), "live", "ams-1")).await, 403, "cluster_mismatch");

@@ -80,6 +80,8 @@ async fn the_platforms_python_client_works_unchanged_but_for_the_base_url() {
         (&Value::Bool(true), &Value::Bool(true), &Value::from("owner (recording)"))
     );
     assert_eq!(p["listed"], serde_json::json!([p["id"]]));
+    // the client sends one restream target as an object: kept as the platform's list
+    assert_eq!(p["restream"], serde_json::json!([["rtmp://restream.example/live", "stream-key-1"]]));
     assert!(store.get_publish(p["id"].as_i64().unwrap()).unwrap().is_none(), "deleted through the client");
     // a client error in the platform's envelope: the client raises it with the message
     let e = &seen["read_deleted"];

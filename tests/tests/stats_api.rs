@@ -300,6 +300,9 @@ async fn statistics_api_equals_the_expected_usage() {
             assert!(r.get(k).is_some(), "platform field {k}: {r}");
         }
     }
+    // startTime is optional, as on the platform: endTime - 31 days
+    let (st, _, open_start) = api.records(json!({"endTime": "2026-11-01T05:00:00Z", "trackingIds": chosen}), false, SECRET).await;
+    assert_eq!((st, open_start.lines().count()), (200, want_viewers.len()), "{open_start}");
     let (st, ctype, text) = api.records(body.clone(), true, SECRET).await;
     assert_eq!(st, 200, "{text}");
     assert!(ctype.starts_with("text/csv"), "{ctype}");

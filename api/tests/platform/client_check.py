@@ -13,7 +13,7 @@ import os
 import dolbyio_rest_apis.streaming.publish_token as publish_token
 import dolbyio_rest_apis.streaming.subscribe_token as subscribe_token
 from dolbyio_rest_apis.core.http_request_error import HttpRequestError
-from dolbyio_rest_apis.streaming.models.publish_token import CreatePublishToken, TokenStreamName, UpdatePublishToken
+from dolbyio_rest_apis.streaming.models.publish_token import CreatePublishToken, PublishTokenRestream, TokenStreamName, UpdatePublishToken
 from dolbyio_rest_apis.streaming.models.subscribe_token import CreateSubscribeToken, UpdateSubscribeToken
 
 BASE = os.environ["PLATFORM_BASE_URL"]
@@ -67,6 +67,7 @@ async def main():
     pcreate = CreatePublishToken("owner")
     pcreate.streams = [TokenStreamName("live")]
     pcreate.subscribe_requires_auth = True
+    pcreate.restream = [PublishTokenRestream("rtmp://restream.example/live", "stream-key-1")]
     ptoken = await publish_token.create(SECRET, pcreate)
     pupdate = UpdatePublishToken()
     pupdate.record = True
@@ -74,7 +75,8 @@ async def main():
     pupdated = await publish_token.update(SECRET, ptoken.id, pupdate)
     plist = await publish_token.list_tokens(SECRET, "AddedOn", 1, 10)
     out["publish"] = {"id": ptoken.id, "subscribeRequiresAuth": ptoken.subscribe_requires_auth, "record": pupdated.record,
-                      "label": pupdated.label, "listed": [t.id for t in plist]}
+                      "label": pupdated.label, "listed": [t.id for t in plist],
+                      "restream": [[r.url, r.key] for r in ptoken.restream]}
 
     # delete, then reading it is a client error the client raises
     await subscribe_token.delete(SECRET, globex.id)
