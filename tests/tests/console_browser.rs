@@ -372,6 +372,8 @@ async fn the_console_in_a_real_browser() {
     p.c.close().await.unwrap();
     server.abort();
     let _ = std::fs::remove_file(&store_path);
+    let _ = std::fs::remove_dir_all(&downloads);
+    let _ = std::fs::remove_dir_all(&billing_out);
     drop_db(&db).await;
 }
 
