@@ -126,12 +126,51 @@ pub struct FailData {
     pub code: Option<String>,
 }
 
+/// The client errors every token route may answer (OpenAPI).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub(crate) enum TokenErrors {
+    /// invalid request or unknown id
+    #[response(status = 400)]
+    BadRequest(Fail),
+    /// no valid API secret
+    #[response(status = 401)]
+    Unauthorized(Fail),
+    /// the secret may not do this
+    #[response(status = 403)]
+    Forbidden(Fail),
+}
+
+/// The errors every statistics route may answer (OpenAPI).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub(crate) enum StatsErrors {
+    /// invalid parameters
+    #[response(status = 400)]
+    BadRequest(Fail),
+    /// no valid API secret
+    #[response(status = 401)]
+    Unauthorized(Fail),
+    /// a tracking id outside a scoped secret
+    #[response(status = 403)]
+    Forbidden(Fail),
+    /// usage store unavailable
+    #[response(status = 500)]
+    Internal(ServerError),
+}
+
 /// `{"status":"error","message":...}`: a server error (`5xx`).
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct ServerError {
     /// `error`
     pub status: &'static str,
     pub message: String,
+}
+
+/// A time as every answer writes it: ISO 8601 UTC with milliseconds
+/// (`2026-10-31T20:00:00.000Z`, the platform's format).
+pub(crate) fn iso_time(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 pub(crate) fn success(data: Value) -> Response {

@@ -89,7 +89,7 @@ fn session_json(s: &Session) -> Value {
         Role::Scoped(ids) => ("partner", json!(ids.as_slice())),
         Role::Verify => ("verify", Value::Null),
     };
-    json!({"role": role, "trackingIds": ids, "csrf": s.csrf, "expiresAt": s.expires.to_rfc3339()})
+    json!({"role": role, "trackingIds": ids, "csrf": s.csrf, "expiresAt": crate::app::iso_time(s.expires)})
 }
 
 /// `POST /console/login {secret}`: open a session for an admin or scoped secret.
@@ -230,7 +230,7 @@ pub(crate) async fn invoices(State(s): State<Arc<AppState>>, Extension(scope): E
                 "invoiceNumber": r.invoice_number, "partnerId": r.partner_id, "period": r.period, "revision": r.revision,
                 "status": r.status, "currency": r.currency, "totalBytes": r.total_bytes.to_string(),
                 "subtotal": r.subtotal, "total": r.total,
-                "createdAt": DateTime::<Utc>::from_timestamp(i64::from(r.created), 0).map(|t| t.to_rfc3339()),
+                "createdAt": DateTime::<Utc>::from_timestamp(i64::from(r.created), 0).map(crate::app::iso_time),
             })
         })
         .collect();

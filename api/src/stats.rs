@@ -27,7 +27,7 @@
 //!
 //! Every value reaches ClickHouse as a bound parameter, never as SQL text.
 
-use crate::app::{success, AppState, Fail, Reply, Scope, ServerError, Success};
+use crate::app::{success, AppState, Reply, Scope, StatsErrors, Success};
 use crate::MAX_TRACKING_ID_CHARS;
 use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
@@ -416,7 +416,7 @@ async fn aggregate(s: &AppState, by: By, q: &AnalyticsQuery, scope: &Scope) -> R
 
 /// `GET /api/analytics/tracking/total`
 #[utoipa::path(get, path = "/api/analytics/tracking/total", tag = "Analytics", summary = "Bytes per tracking id and stream over a range", params(TotalsParams),
-    responses((status = 200, body = Success<Totals<StreamBytes>>), (status = 400, description = "invalid parameters", body = Fail), (status = 401, description = "no valid API secret", body = Fail), (status = 403, description = "a tracking id outside a scoped secret", body = Fail), (status = 500, description = "usage store unavailable", body = ServerError)))]
+    responses((status = 200, body = Success<Totals<StreamBytes>>), StatsErrors))]
 pub(crate) async fn tracking_total(
     State(s): State<Arc<AppState>>,
     Extension(scope): Extension<Scope>,
@@ -428,7 +428,7 @@ pub(crate) async fn tracking_total(
 
 /// `GET /api/analytics/tracking/series`
 #[utoipa::path(get, path = "/api/analytics/tracking/series", tag = "Analytics", summary = "Bytes per tracking id, bucket and stream; every bucket present", params(SeriesParams),
-    responses((status = 200, body = Success<Series<StreamBytes>>), (status = 400, description = "invalid parameters", body = Fail), (status = 401, description = "no valid API secret", body = Fail), (status = 403, description = "a tracking id outside a scoped secret", body = Fail), (status = 500, description = "usage store unavailable", body = ServerError)))]
+    responses((status = 200, body = Success<Series<StreamBytes>>), StatsErrors))]
 pub(crate) async fn tracking_series(
     State(s): State<Arc<AppState>>,
     Extension(scope): Extension<Scope>,
@@ -440,7 +440,7 @@ pub(crate) async fn tracking_series(
 
 /// `GET /api/analytics/tracking/streams/total`
 #[utoipa::path(get, path = "/api/analytics/tracking/streams/total", tag = "Analytics", summary = "Bytes per stream and tracking id over a range (untracked: no trackingId)", params(TotalsParams),
-    responses((status = 200, body = Success<Totals<TrackingBytes>>), (status = 400, description = "invalid parameters", body = Fail), (status = 401, description = "no valid API secret", body = Fail), (status = 403, description = "a tracking id outside a scoped secret", body = Fail), (status = 500, description = "usage store unavailable", body = ServerError)))]
+    responses((status = 200, body = Success<Totals<TrackingBytes>>), StatsErrors))]
 pub(crate) async fn streams_total(
     State(s): State<Arc<AppState>>,
     Extension(scope): Extension<Scope>,
@@ -452,7 +452,7 @@ pub(crate) async fn streams_total(
 
 /// `GET /api/analytics/tracking/streams/series`
 #[utoipa::path(get, path = "/api/analytics/tracking/streams/series", tag = "Analytics", summary = "Bytes per stream, bucket and tracking id; every bucket present (untracked: trackingId \"\")", params(SeriesParams),
-    responses((status = 200, body = Success<Series<TrackingBytes>>), (status = 400, description = "invalid parameters", body = Fail), (status = 401, description = "no valid API secret", body = Fail), (status = 403, description = "a tracking id outside a scoped secret", body = Fail), (status = 500, description = "usage store unavailable", body = ServerError)))]
+    responses((status = 200, body = Success<Series<TrackingBytes>>), StatsErrors))]
 pub(crate) async fn streams_series(
     State(s): State<Arc<AppState>>,
     Extension(scope): Extension<Scope>,
@@ -531,7 +531,7 @@ struct RecordRow {
 
 /// A record's time: ISO 8601 UTC, milliseconds (the platform's format).
 fn record_time(secs: i64) -> String {
-    DateTime::<Utc>::from_timestamp(secs, 0).map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true)).unwrap_or_default()
+    DateTime::<Utc>::from_timestamp(secs, 0).map(crate::app::iso_time).unwrap_or_default()
 }
 
 /// CSV header of `/api/records/viewers`: the platform's columns, then this
@@ -632,7 +632,7 @@ fn record_line(r: &RecordRow, ongoing_after: i64, csv: bool) -> String {
 /// [`RECORD_CSV_HEADER`]), streamed from a ClickHouse cursor through a
 /// bounded channel, so a long range never sits in memory.
 #[utoipa::path(post, path = "/api/records/viewers", tag = "Analytics", summary = "Viewer sessions as the platform's records, streamed", request_body = RecordsBody,
-    responses((status = 200, description = "one record per line, or CSV with a header line (`Accept: text/csv`)", content((Record = "application/x-jsonl"), (String = "text/csv"))), (status = 400, description = "invalid parameters", body = Fail), (status = 401, description = "no valid API secret", body = Fail), (status = 403, description = "a tracking id outside a scoped secret", body = Fail), (status = 500, description = "usage store unavailable", body = ServerError)))]
+    responses((status = 200, description = "one record per line, or CSV with a header line (`Accept: text/csv`)", content((Record = "application/x-jsonl"), (String = "text/csv"))), StatsErrors))]
 pub(crate) async fn viewer_records(
     State(s): State<Arc<AppState>>,
     Extension(scope): Extension<Scope>,

@@ -328,6 +328,11 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// `t` rounded down to the milliseconds the store keeps.
+fn to_millis(t: DateTime<Utc>) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(t.timestamp_millis()).single().unwrap_or(t)
+}
+
 fn ms_to_time(table: &'static str, id: i64, ms: i64) -> Result<DateTime<Utc>, StoreError> {
     Utc.timestamp_millis_opt(ms).single().ok_or_else(|| StoreError::Corrupt { table, id, message: format!("bad time {ms}") })
 }
@@ -559,46 +564,67 @@ impl Store {
     }
 
     /// Change a Subscribe token with `change` (which may refuse); `None`
-    /// when there is no such token. Read, change and write happen in one
-    /// transaction under one lock: a concurrent update (a revocation, say)
-    /// is never overwritten by a stale copy. The id, tracking id and
-    /// creation time are kept whatever `change` does.
+    /// when there is no such token. The id, tracking id and creation time
+    /// are kept whatever `change` does. See [`Store::update_row`].
     pub fn update_subscribe<E: From<StoreError>>(
         &self,
         id: i64,
         change: impl FnOnce(&mut SubscribeToken) -> Result<(), E>,
     ) -> Result<Option<SubscribeToken>, E> {
+        let select = format!("SELECT {SUB_COLS} FROM subscribe_tokens WHERE id = ?1");
+        let change = |t: &mut SubscribeToken| {
+            let keep = (t.id, t.tracking_id.clone(), t.added_on);
+            change(t)?;
+            (t.id, t.tracking_id, t.added_on) = keep;
+            t.expires_on = t.expires_on.map(to_millis);
+            Ok(())
+        };
+        self.update_row(&select, id, read_sub, decode_sub, change, |tx, t| {
+            tx.execute(
+                "UPDATE subscribe_tokens SET token = ?2, label = ?3, streams = ?4, origin_cluster = ?5, expires_on_ms = ?6, is_active = ?7,
+                 allowed_origins = ?8, allowed_ip_addresses = ?9, bind_ips_on_usage = ?10, allowed_countries = ?11, denied_countries = ?12
+                 WHERE id = ?1",
+                params![
+                    id,
+                    t.token,
+                    t.label,
+                    to_json(&t.streams),
+                    t.origin_cluster,
+                    t.expires_on.map(|e| e.timestamp_millis()),
+                    t.is_active,
+                    to_json(&t.rules.allowed_origins),
+                    to_json(&t.rules.allowed_ip_addresses),
+                    t.rules.bind_ips_on_usage,
+                    to_json(&t.rules.allowed_countries),
+                    to_json(&t.rules.denied_countries),
+                ],
+            )
+        })
+    }
+
+    /// Read the row `id` with `select` (`... WHERE id = ?1`), apply
+    /// `change`, and `write` it back, in one immediate transaction under the
+    /// connection's lock: a concurrent update (a revocation, say) is never
+    /// overwritten by a stale copy. Answers the token as written (no second
+    /// read: the callers keep the columns `write` leaves alone and round
+    /// times to the stored milliseconds).
+    fn update_row<R, T, E: From<StoreError>>(
+        &self,
+        select: &str,
+        id: i64,
+        read: fn(&Row<'_>) -> rusqlite::Result<R>,
+        decode: fn(R) -> Result<T, StoreError>,
+        change: impl FnOnce(&mut T) -> Result<(), E>,
+        write: impl FnOnce(&rusqlite::Transaction<'_>, &T) -> rusqlite::Result<usize>,
+    ) -> Result<Option<T>, E> {
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(StoreError::from)?;
-        let row = tx
-            .query_row(&format!("SELECT {SUB_COLS} FROM subscribe_tokens WHERE id = ?1"), params![id], read_sub)
-            .optional()
-            .map_err(StoreError::from)?;
-        let Some(mut t) = row.map(decode_sub).transpose()? else { return Ok(None) };
+        let row = tx.query_row(select, params![id], read).optional().map_err(StoreError::from)?;
+        let Some(mut t) = row.map(decode).transpose()? else { return Ok(None) };
         change(&mut t)?;
-        tx.execute(
-            "UPDATE subscribe_tokens SET token = ?2, label = ?3, streams = ?4, origin_cluster = ?5, expires_on_ms = ?6, is_active = ?7,
-             allowed_origins = ?8, allowed_ip_addresses = ?9, bind_ips_on_usage = ?10, allowed_countries = ?11, denied_countries = ?12
-             WHERE id = ?1",
-            params![
-                id,
-                t.token,
-                t.label,
-                to_json(&t.streams),
-                t.origin_cluster,
-                t.expires_on.map(|e| e.timestamp_millis()),
-                t.is_active,
-                to_json(&t.rules.allowed_origins),
-                to_json(&t.rules.allowed_ip_addresses),
-                t.rules.bind_ips_on_usage,
-                to_json(&t.rules.allowed_countries),
-                to_json(&t.rules.denied_countries),
-            ],
-        )
-        .map_err(StoreError::from)?;
+        write(&tx, &t).map_err(StoreError::from)?;
         tx.commit().map_err(StoreError::from)?;
-        drop(conn);
-        Ok(self.get_subscribe(id)?)
+        Ok(Some(t))
     }
 
     /// Delete a Subscribe token; whether it existed. Viewer JWTs signed with
@@ -650,45 +676,44 @@ impl Store {
         rows.into_iter().map(decode_pub).collect()
     }
 
-    /// Change a Publish token, as [`Store::update_subscribe`] does.
+    /// Change a Publish token, as [`Store::update_subscribe`] does (the id
+    /// and creation time are kept).
     pub fn update_publish<E: From<StoreError>>(
         &self,
         id: i64,
         change: impl FnOnce(&mut PublishToken) -> Result<(), E>,
     ) -> Result<Option<PublishToken>, E> {
-        let mut conn = self.conn()?;
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(StoreError::from)?;
-        let row = tx
-            .query_row(&format!("SELECT {PUB_COLS} FROM publish_tokens WHERE id = ?1"), params![id], read_pub)
-            .optional()
-            .map_err(StoreError::from)?;
-        let Some(mut t) = row.map(decode_pub).transpose()? else { return Ok(None) };
-        change(&mut t)?;
-        tx.execute(
-            "UPDATE publish_tokens SET token = ?2, label = ?3, streams = ?4, origin_cluster = ?5, expires_on_ms = ?6,
-             subscribe_requires_auth = ?7, is_active = ?8, allowed_origins = ?9, allowed_ip_addresses = ?10, bind_ips_on_usage = ?11,
-             allowed_countries = ?12, denied_countries = ?13, options = ?14 WHERE id = ?1",
-            params![
-                id,
-                t.token,
-                t.label,
-                to_json(&t.streams),
-                t.origin_cluster,
-                t.expires_on.map(|e| e.timestamp_millis()),
-                t.subscribe_requires_auth,
-                t.is_active,
-                to_json(&t.rules.allowed_origins),
-                to_json(&t.rules.allowed_ip_addresses),
-                t.rules.bind_ips_on_usage,
-                to_json(&t.rules.allowed_countries),
-                to_json(&t.rules.denied_countries),
-                to_json(&t.options),
-            ],
-        )
-        .map_err(StoreError::from)?;
-        tx.commit().map_err(StoreError::from)?;
-        drop(conn);
-        Ok(self.get_publish(id)?)
+        let select = format!("SELECT {PUB_COLS} FROM publish_tokens WHERE id = ?1");
+        let change = |t: &mut PublishToken| {
+            let keep = (t.id, t.added_on);
+            change(t)?;
+            (t.id, t.added_on) = keep;
+            t.expires_on = t.expires_on.map(to_millis);
+            Ok(())
+        };
+        self.update_row(&select, id, read_pub, decode_pub, change, |tx, t| {
+            tx.execute(
+                "UPDATE publish_tokens SET token = ?2, label = ?3, streams = ?4, origin_cluster = ?5, expires_on_ms = ?6,
+                 subscribe_requires_auth = ?7, is_active = ?8, allowed_origins = ?9, allowed_ip_addresses = ?10, bind_ips_on_usage = ?11,
+                 allowed_countries = ?12, denied_countries = ?13, options = ?14 WHERE id = ?1",
+                params![
+                    id,
+                    t.token,
+                    t.label,
+                    to_json(&t.streams),
+                    t.origin_cluster,
+                    t.expires_on.map(|e| e.timestamp_millis()),
+                    t.subscribe_requires_auth,
+                    t.is_active,
+                    to_json(&t.rules.allowed_origins),
+                    to_json(&t.rules.allowed_ip_addresses),
+                    t.rules.bind_ips_on_usage,
+                    to_json(&t.rules.allowed_countries),
+                    to_json(&t.rules.denied_countries),
+                    to_json(&t.options),
+                ],
+            )
+        })
     }
 
     /// Delete a Publish token; whether it existed.

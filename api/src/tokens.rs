@@ -6,7 +6,7 @@
 //! Unknown body fields are ignored, as the platform does; fields of a known
 //! name with a wrong type or value are a `400`.
 
-use crate::app::{fail_body, success, AppState, Fail, Reply, ServerError, Success};
+use crate::app::{fail_body, iso_time, success, AppState, Fail, Reply, ServerError, Success, TokenErrors};
 use crate::store::{
     generate_token, AccessRules, NewPublishToken, NewSubscribeToken, Page, PublishToken, SortBy, StreamRule, SubscribeToken,
 };
@@ -16,7 +16,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -38,44 +38,66 @@ pub const MAX_ITEMS_ON_PAGE: u32 = 1000;
 /// Largest accepted request body of the token routes, bytes.
 pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// The publishing options of a Publish token kept and returned as given
-/// (the platform acts on them; this service only meters), with their
-/// defaults; the update body names them `update<Name>` for the last two.
-const PUBLISH_OPTIONS: &[(&str, Option<&str>)] = &[
-    ("record", None),
-    ("clip", None),
-    ("multisource", None),
-    ("lowLatencyRtmp", None),
-    ("enableThumbnails", None),
-    ("displaySrtPassphrase", None),
-    ("drm", None),
-    ("enableUTCInsertion", None),
-    ("priority", None),
-    ("encoderProfileId", None),
-    ("geoCascade", Some("updateGeoCascade")),
-    ("restream", Some("updateRestream")),
-];
+/// The JSON type of a publishing option, and its value when never set.
+#[derive(Debug, Clone, Copy)]
+enum OptionKind {
+    /// A boolean, with its default.
+    Bool(bool),
+    /// A boolean or `null` (`null`: the account's setting).
+    NullableBool,
+    Integer,
+    Text,
+    /// `geoCascade`: `{isEnabled, clusters}`.
+    GeoCascade,
+    /// `restream`: a list of targets.
+    List,
+}
 
-/// A publishing option's value when never set (the platform's defaults).
-fn publish_option_default(name: &str) -> Value {
-    match name {
-        "multisource" | "lowLatencyRtmp" => json!(true),
-        "geoCascade" => json!({"isEnabled": false, "clusters": []}),
-        "restream" => json!([]),
-        "priority" | "encoderProfileId" | "enableUTCInsertion" => Value::Null,
-        _ => json!(false),
+impl OptionKind {
+    fn default_value(self) -> Value {
+        match self {
+            OptionKind::Bool(b) => json!(b),
+            OptionKind::GeoCascade => json!({"isEnabled": false, "clusters": []}),
+            OptionKind::List => json!([]),
+            OptionKind::NullableBool | OptionKind::Integer | OptionKind::Text => Value::Null,
+        }
+    }
+
+    fn accepts(self, v: &Value) -> bool {
+        match self {
+            OptionKind::Bool(_) | OptionKind::NullableBool => v.is_boolean(),
+            OptionKind::Integer => v.is_i64(),
+            OptionKind::Text => v.is_string(),
+            OptionKind::GeoCascade => v.is_object(),
+            OptionKind::List => v.is_array(),
+        }
     }
 }
 
-/// Whether `v` has the type of publishing option `name`.
-fn publish_option_type_ok(name: &str, v: &Value) -> bool {
-    match name {
-        "geoCascade" => v.is_object(),
-        "restream" => v.is_array(),
-        "priority" => v.is_i64(),
-        "encoderProfileId" => v.is_string(),
-        _ => v.is_boolean(),
-    }
+/// The publishing options of a Publish token, kept and returned as given
+/// (the platform acts on them; this service only meters): name, the update
+/// body's name when it differs, and kind with the platform's default.
+const PUBLISH_OPTIONS: &[(&str, Option<&str>, OptionKind)] = &[
+    ("record", None, OptionKind::Bool(false)),
+    ("clip", None, OptionKind::Bool(false)),
+    ("multisource", None, OptionKind::Bool(true)),
+    ("lowLatencyRtmp", None, OptionKind::Bool(true)),
+    ("enableThumbnails", None, OptionKind::Bool(false)),
+    ("displaySrtPassphrase", None, OptionKind::Bool(false)),
+    ("drm", None, OptionKind::Bool(false)),
+    ("enableUTCInsertion", None, OptionKind::NullableBool),
+    ("priority", None, OptionKind::Integer),
+    ("encoderProfileId", None, OptionKind::Text),
+    ("geoCascade", Some("updateGeoCascade"), OptionKind::GeoCascade),
+    ("restream", Some("updateRestream"), OptionKind::List),
+];
+
+/// A publishing option's value: as stored, or the platform's default.
+fn publish_option(options: &Map<String, Value>, name: &str) -> Value {
+    options
+        .get(name)
+        .cloned()
+        .unwrap_or_else(|| PUBLISH_OPTIONS.iter().find(|(n, ..)| *n == name).map_or(Value::Null, |(_, _, kind)| kind.default_value()))
 }
 
 // ---- request bodies and validation ----
@@ -480,10 +502,6 @@ impl CommonChange {
     }
 }
 
-fn time(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
 /// `tracking` of a Subscribe token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -545,8 +563,8 @@ impl TokenCommon {
             name: label.into(),
             label: label.into(),
             token: token.into(),
-            added_on: time(added_on),
-            expires_on: expires_on.map(time),
+            added_on: iso_time(added_on),
+            expires_on: expires_on.map(iso_time),
             is_active,
             streams: streams.to_vec(),
             allowed_origins: rules.allowed_origins.clone(),
@@ -619,7 +637,7 @@ pub struct PublishTokenData {
 
 impl From<&PublishToken> for PublishTokenData {
     fn from(t: &PublishToken) -> Self {
-        let o = |name: &str| t.options.get(name).cloned().unwrap_or_else(|| publish_option_default(name));
+        let o = |name: &str| publish_option(&t.options, name);
         PublishTokenData {
             common: TokenCommon::new(
                 t.id,
@@ -754,7 +772,7 @@ fn parse_page(raw: Option<String>, required: bool) -> Result<Page, Reply> {
 // ---- Subscribe tokens ----
 
 #[utoipa::path(post, path = "/api/subscribe_token", tag = "Subscribe tokens", summary = "Create a Subscribe token", request_body = CreateSubscribeBody,
-    responses((status = 200, body = Success<SubscribeTokenData>), (status = 400, description = "invalid request or unknown id", body = Fail), (status = 401, description = "no valid API secret", body = Fail), (status = 403, description = "the secret may not do this", body = Fail)))]
+    responses((status = 200, body = Success<SubscribeTokenData>), TokenErrors))]
 pub(crate) async fn create_subscribe(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Response, Reply> {
     let mut b: CreateSubscribeBody = parse(&body)?;
     let now = Utc::now();
@@ -776,21 +794,21 @@ pub(crate) async fn create_subscribe(State(s): State<Arc<AppState>>, body: Bytes
 }
 
 #[utoipa::path(get, path = "/api/subscribe_token/list", tag = "Subscribe tokens", summary = "A page of the Subscribe tokens", params(ListParams),
-    responses((status = 200, body = Success<Vec<SubscribeTokenData>>), (status = 400, description = "invalid request or unknown id", body = Fail), (status = 401, description = "no valid API secret", body = Fail), (status = 403, description = "the secret may not do this", body = Fail)))]
+    responses((status = 200, body = Success<Vec<SubscribeTokenData>>), TokenErrors))]
 pub(crate) async fn list_subscribe(State(s): State<Arc<AppState>>, RawQuery(q): RawQuery) -> Result<Response, Reply> {
     let all = s.store.list_subscribe(parse_page(q, true)?)?;
     Ok(success(Value::Array(all.iter().map(subscribe_json).collect())))
 }
 
 #[utoipa::path(get, path = "/api/subscribe_token", tag = "Subscribe tokens", summary = "Every Subscribe token (up to 1000), in creation order",
-    responses((status = 200, body = Success<Vec<SubscribeTokenData>>), (status = 400, description = "invalid request or unknown id", body = Fail), (status = 401, description = "no valid API secret", body = Fail), (status = 403, description = "the secret may not do this", body = Fail)))]
+    responses((status = 200, body = Success<Vec<SubscribeTokenData>>), TokenErrors))]
 pub(crate) async fn all_subscribe(State(s): State<Arc<AppState>>, RawQuery(q): RawQuery) -> Result<Response, Reply> {
     let all = s.store.list_subscribe(parse_page(q, false)?)?;
     Ok(success(Value::Array(all.iter().map(subscribe_json).collect())))
 }
 
 #[utoipa::path(get, path = "/api/subscribe_token/{id}", tag = "Subscribe tokens", summary = "Read a Subscribe token", params(("id" = i64, Path)),
-    responses((status = 200, body = Success<SubscribeTokenData>), (status = 400, description = "invalid request or unknown id", body = Fail), (status = 401, description = "no valid API secret", body = Fail), (status = 403, description = "the secret may not do this", body = Fail)))]
+    responses((status = 200, body = Success<SubscribeTokenData>), TokenErrors))]
 pub(crate) async fn get_subscribe(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, Reply> {
     let id = parse_id("Subscribe", &id)?;
     let t = s.store.get_subscribe(id)?.ok_or_else(|| not_found("Subscribe", id))?;
@@ -798,7 +816,7 @@ pub(crate) async fn get_subscribe(State(s): State<Arc<AppState>>, Path(id): Path
 }
 
 #[utoipa::path(put, path = "/api/subscribe_token/{id}", tag = "Subscribe tokens", summary = "Update a Subscribe token (`refreshToken` rotates it; the tracking id is immutable); also `PUT /api/v2/subscribe_token/{id}`",
-    params(("id" = i64, Path)), request_body = UpdateSubscribeBody, responses((status = 200, body = Success<SubscribeTokenData>), (status = 400, description = "invalid request or unknown id", body = Fail), (status = 401, description = "no valid API secret", body = Fail), (status = 403, description = "the secret may not do this", body = Fail)))]
+    params(("id" = i64, Path)), request_body = UpdateSubscribeBody, responses((status = 200, body = Success<SubscribeTokenData>), TokenErrors))]
 pub(crate) async fn update_subscribe(State(s): State<Arc<AppState>>, Path(id): Path<String>, body: Bytes) -> Result<Response, Reply> {
     let id = parse_id("Subscribe", &id)?;
     let b: UpdateSubscribeBody = parse(&body)?;
@@ -832,7 +850,7 @@ pub(crate) async fn update_subscribe(State(s): State<Arc<AppState>>, Path(id): P
 }
 
 #[utoipa::path(delete, path = "/api/subscribe_token/{id}", tag = "Subscribe tokens", summary = "Delete a Subscribe token", params(("id" = i64, Path)),
-    responses((status = 200, body = Success<bool>), (status = 400, description = "invalid request or unknown id", body = Fail), (status = 401, description = "no valid API secret", body = Fail), (status = 403, description = "the secret may not do this", body = Fail)))]
+    responses((status = 200, body = Success<bool>), TokenErrors))]
 pub(crate) async fn delete_subscribe(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, Reply> {
     let id = parse_id("Subscribe", &id)?;
     if !s.store.delete_subscribe(id)? {
@@ -849,7 +867,7 @@ pub(crate) async fn delete_subscribe(State(s): State<Arc<AppState>>, Path(id): P
 fn publish_options(body: &[u8], update: bool) -> Result<Map<String, Value>, Reply> {
     let Value::Object(all) = parse::<Value>(body)? else { return Err(Reply::BadRequest("invalid body: not a JSON object".into())) };
     let mut out = Map::new();
-    for (name, update_name) in PUBLISH_OPTIONS {
+    for (name, update_name, kind) in PUBLISH_OPTIONS {
         let key = if update { update_name.unwrap_or(name) } else { name };
         if let Some(v) = all.get(key).filter(|v| !v.is_null()) {
             // the Python client sends one restream target as an object, not a list
@@ -857,7 +875,7 @@ fn publish_options(body: &[u8], update: bool) -> Result<Map<String, Value>, Repl
                 ("restream", Value::Object(_)) => Value::Array(vec![v.clone()]),
                 _ => v.clone(),
             };
-            if !publish_option_type_ok(name, &v) {
+            if !kind.accepts(&v) {
                 return Err(Reply::BadRequest(format!("{key}: wrong type")));
             }
             out.insert((*name).into(), v);
@@ -867,7 +885,7 @@ fn publish_options(body: &[u8], update: bool) -> Result<Map<String, Value>, Repl
 }
 
 #[utoipa::path(post, path = "/api/publish_token", tag = "Publish tokens", summary = "Create a Publish token", request_body = CreatePublishBody,
-    responses((status = 200, body = Success<PublishTokenData>), (status = 400, description = "invalid request or unknown id", body = Fail), (status = 401, description = "no valid API secret", body = Fail), (status = 403, description = "the secret may not do this", body = Fail)))]
+    responses((status = 200, body = Success<PublishTokenData>), TokenErrors))]
 pub(crate) async fn create_publish(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Response, Reply> {
     let mut b: CreatePublishBody = parse(&body)?;
     let options = publish_options(&body, false)?;
@@ -895,21 +913,21 @@ pub(crate) async fn create_publish(State(s): State<Arc<AppState>>, body: Bytes) 
 }
 
 #[utoipa::path(get, path = "/api/publish_token/list", tag = "Publish tokens", summary = "A page of the Publish tokens", params(ListParams),
-    responses((status = 200, body = Success<Vec<PublishTokenData>>), (status = 400, description = "invalid request or unknown id", body = Fail), (status = 401, description = "no valid API secret", body = Fail), (status = 403, description = "the secret may not do this", body = Fail)))]
+    responses((status = 200, body = Success<Vec<PublishTokenData>>), TokenErrors))]
 pub(crate) async fn list_publish(State(s): State<Arc<AppState>>, RawQuery(q): RawQuery) -> Result<Response, Reply> {
     let all = s.store.list_publish(parse_page(q, true)?)?;
     Ok(success(Value::Array(all.iter().map(publish_json).collect())))
 }
 
 #[utoipa::path(get, path = "/api/publish_token", tag = "Publish tokens", summary = "Every Publish token (up to 1000), in creation order",
-    responses((status = 200, body = Success<Vec<PublishTokenData>>), (status = 400, description = "invalid request or unknown id", body = Fail), (status = 401, description = "no valid API secret", body = Fail), (status = 403, description = "the secret may not do this", body = Fail)))]
+    responses((status = 200, body = Success<Vec<PublishTokenData>>), TokenErrors))]
 pub(crate) async fn all_publish(State(s): State<Arc<AppState>>, RawQuery(q): RawQuery) -> Result<Response, Reply> {
     let all = s.store.list_publish(parse_page(q, false)?)?;
     Ok(success(Value::Array(all.iter().map(publish_json).collect())))
 }
 
 #[utoipa::path(get, path = "/api/publish_token/{id}", tag = "Publish tokens", summary = "Read a Publish token", params(("id" = i64, Path)),
-    responses((status = 200, body = Success<PublishTokenData>), (status = 400, description = "invalid request or unknown id", body = Fail), (status = 401, description = "no valid API secret", body = Fail), (status = 403, description = "the secret may not do this", body = Fail)))]
+    responses((status = 200, body = Success<PublishTokenData>), TokenErrors))]
 pub(crate) async fn get_publish(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, Reply> {
     let id = parse_id("Publish", &id)?;
     let t = s.store.get_publish(id)?.ok_or_else(|| not_found("Publish", id))?;
@@ -917,7 +935,7 @@ pub(crate) async fn get_publish(State(s): State<Arc<AppState>>, Path(id): Path<S
 }
 
 #[utoipa::path(put, path = "/api/publish_token/{id}", tag = "Publish tokens", summary = "Update a Publish token (`refreshToken` rotates it); also `PUT /api/v2/publish_token/{id}`",
-    params(("id" = i64, Path)), request_body = UpdatePublishBody, responses((status = 200, body = Success<PublishTokenData>), (status = 400, description = "invalid request or unknown id", body = Fail), (status = 401, description = "no valid API secret", body = Fail), (status = 403, description = "the secret may not do this", body = Fail)))]
+    params(("id" = i64, Path)), request_body = UpdatePublishBody, responses((status = 200, body = Success<PublishTokenData>), TokenErrors))]
 pub(crate) async fn update_publish(State(s): State<Arc<AppState>>, Path(id): Path<String>, body: Bytes) -> Result<Response, Reply> {
     let id = parse_id("Publish", &id)?;
     let b: UpdatePublishBody = parse(&body)?;
@@ -950,7 +968,7 @@ pub(crate) async fn update_publish(State(s): State<Arc<AppState>>, Path(id): Pat
 }
 
 #[utoipa::path(delete, path = "/api/publish_token/{id}", tag = "Publish tokens", summary = "Delete a Publish token", params(("id" = i64, Path)),
-    responses((status = 200, body = Success<bool>), (status = 400, description = "invalid request or unknown id", body = Fail), (status = 401, description = "no valid API secret", body = Fail), (status = 403, description = "the secret may not do this", body = Fail)))]
+    responses((status = 200, body = Success<bool>), TokenErrors))]
 pub(crate) async fn delete_publish(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, Reply> {
     let id = parse_id("Publish", &id)?;
     if !s.store.delete_publish(id)? {
@@ -992,7 +1010,7 @@ fn verify_status(e: &VerifyError) -> StatusCode {
 }
 
 #[utoipa::path(post, path = "/api/token/verify", tag = "Verification", summary = "Admit a viewer (what media servers call); refusals are `fail` with `data.code`", request_body = VerifyBody,
-    responses((status = 200, body = Success<VerifyData>), (status = 403, description = "refused: `data.code` says why", body = Fail), (status = 400, description = "invalid request or unknown id", body = Fail), (status = 401, description = "no valid API secret", body = Fail), (status = 403, description = "the secret may not do this", body = Fail), (status = 503, description = "token store unavailable", body = ServerError)))]
+    responses((status = 200, body = Success<VerifyData>), TokenErrors, (status = 403, description = "refused (or the secret may not verify): `data.code` says why", body = Fail), (status = 503, description = "token store unavailable", body = ServerError)))]
 pub(crate) async fn verify_token(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Response, Reply> {
     let b: VerifyBody = parse(&body)?;
     let ip = match b.ip_address.as_deref() {
@@ -1011,7 +1029,7 @@ pub(crate) async fn verify_token(State(s): State<Arc<AppState>>, body: Bytes) ->
                 token_id: a.token_id,
                 tracking_id: a.tracking_id,
                 custom_viewer_data: a.custom_viewer_data,
-                expires_at: a.expires_at.map(time),
+                expires_at: a.expires_at.map(iso_time),
             };
             Ok(success(serde_json::to_value(data).unwrap_or(Value::Null)))
         }

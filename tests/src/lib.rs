@@ -318,6 +318,11 @@ pub async fn read_topic(topic: &str, partitions: i32, want: usize, quiet: Durati
     .unwrap()
 }
 
+/// Epoch milliseconds as ISO 8601 UTC with milliseconds (the API's record times).
+pub fn iso_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).expect("time in range").to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago (for a child process to listen on).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()

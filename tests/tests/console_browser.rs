@@ -30,10 +30,6 @@ impl Drop for Driver {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 async fn start_chrome(downloads: &Path) -> (Driver, Client) {
     let port = free_port();
     let child = std::process::Command::new("chromedriver")

@@ -32,10 +32,6 @@ fn event(viewer: &str, seq: i64, start_ms: i64) -> schemas::OwnedViewerUsage {
     }
 }
 
-fn iso_ms(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms).unwrap().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ongoing_and_completed_sessions() {
     let topic = unique("sessions");

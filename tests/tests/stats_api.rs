@@ -95,11 +95,6 @@ fn bucket_names(data: &Value) -> Vec<String> {
     all.into_iter().next().unwrap_or_default()
 }
 
-/// ISO 8601 with milliseconds, as viewer records write times.
-fn ms_time(secs: i64) -> String {
-    chrono::DateTime::from_timestamp(secs, 0).unwrap().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
 /// A viewer's expected record times: the start of its first usage window and the end of its last.
 fn session_bounds(v: &simulator::simulate::ViewerTotals) -> (i64, i64) {
     let w = i64::from(schemas::WINDOW_SECS);
@@ -294,7 +289,10 @@ async fn statistics_api_equals_the_expected_usage() {
         assert_eq!(r["customViewerData"].as_str().unwrap_or(""), v.custom_viewer_data, "null when none");
         assert_eq!(r["trackingId"].as_str().unwrap(), v.tracking_id);
         assert_eq!(r["streamName"].as_str().unwrap(), v.stream_name);
-        assert_eq!((r["startTime"].as_str().unwrap(), r["endTime"].as_str().unwrap()), (ms_time(start).as_str(), ms_time(end).as_str()));
+        assert_eq!(
+            (r["startTime"].as_str().unwrap(), r["endTime"].as_str().unwrap()),
+            (iso_ms(start * 1000).as_str(), iso_ms(end * 1000).as_str())
+        );
         assert_eq!(r["duration"].as_i64().unwrap(), end - start);
         for k in ["country", "ipAddress", "userAgent", "clusterId"] {
             assert!(r.get(k).is_some(), "platform field {k}: {r}");
@@ -339,7 +337,7 @@ async fn statistics_api_equals_the_expected_usage() {
         .collect();
     let crossing = want_viewers.values().filter(|v| (session_bounds(v).0 < from) && session_bounds(v).1 > from).count();
     assert!(!inside.is_empty() && crossing > 0, "sessions inside and across the bounds: {} {crossing}", inside.len());
-    let narrow = json!({"startTime": ms_time(from), "endTime": ms_time(to), "trackingIds": chosen,
+    let narrow = json!({"startTime": iso_ms(from * 1000), "endTime": iso_ms(to * 1000), "trackingIds": chosen,
                         "startOperator": "GreaterThanOrEqualTo", "endOperator": "LessThan", "search": "Completed"});
     let (st, _, text) = api.records(narrow, false, SECRET).await;
     assert_eq!(st, 200, "{text}");
@@ -351,7 +349,7 @@ async fn statistics_api_equals_the_expected_usage() {
         })
         .collect();
     let want: BTreeMap<String, (u64, String)> =
-        inside.iter().map(|(k, v)| ((*k).clone(), (v.totals.bytes_out, ms_time(session_bounds(v).0)))).collect();
+        inside.iter().map(|(k, v)| ((*k).clone(), (v.totals.bytes_out, iso_ms(session_bounds(v).0 * 1000)))).collect();
     assert_eq!(got, want, "whole sessions within the bounds");
     // nothing of 2026 is ongoing now
     let ongoing =
