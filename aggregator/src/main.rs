@@ -72,7 +72,7 @@ fn main() -> Result<()> {
 fn run(cfg: AggregatorConfig, rt: tokio::runtime::Runtime) -> Result<()> {
     rt.block_on(runtime::ch::migrate(&cfg.clickhouse)).context("applying ClickHouse migrations")?;
     let metrics = Arc::new(Metrics::new());
-    let sink = Sink::new(&cfg.clickhouse, &cfg.kafka.topic)?;
+    let sink = rt.block_on(Sink::connect(&cfg.clickhouse, &cfg.kafka.topic))?;
     if !cfg.metrics_listen.is_empty() {
         let (listen, m, ch) = (cfg.metrics_listen.clone(), metrics.clone(), cfg.clickhouse.client());
         rt.spawn(async move {

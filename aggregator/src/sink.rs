@@ -43,15 +43,20 @@ struct DedupRow {
     position: u64,
 }
 
-/// The claim fences as a join source for tables with `topic, partition, epoch` columns.
-fn fences(db: &str) -> String {
-    format!("(SELECT topic, partition, epoch, fence FROM {db}.aggregator_fences)")
+/// The claim fences joined to a table with `topic, partition, epoch` columns:
+/// `aggregator_fences` has one row per key by construction, and `ALL` means
+/// the same on every supported version (see migration 6).
+fn join_fences(db: &str) -> String {
+    format!("ALL INNER JOIN (SELECT topic, partition, epoch, fence FROM {db}.aggregator_fences) AS f USING (topic, partition, epoch)")
 }
 
 impl Sink {
-    pub fn new(cfg: &ClickHouseConfig, topic: &str) -> Result<Self, AggError> {
+    /// Connect to the database of `cfg` for `topic`. Every insert is one
+    /// synchronous part ([`ClickHouseConfig::writer_client`]).
+    pub async fn connect(cfg: &ClickHouseConfig, topic: &str) -> Result<Self, AggError> {
         let db = cfg.db().map_err(|e| AggError::Config(e.to_string()))?.to_string();
-        Ok(Sink { client: cfg.client(), db, topic: topic.to_string(), insert_timeout: Duration::from_secs(60) })
+        let client = cfg.writer_client().await.map_err(|e| AggError::Config(format!("ClickHouse at {}: {e}", cfg.url)))?;
+        Ok(Sink { client, db, topic: topic.to_string(), insert_timeout: Duration::from_secs(60) })
     }
 
     async fn insert_raw(&self, sql: String, data: &[u8], query_id: &str) -> Result<(), AggError> {
@@ -99,9 +104,9 @@ impl Store for Sink {
             .client
             .query(&format!(
                 "SELECT partition, max(position) AS pos, argMax(watermark_ms, position), argMax(arrival_ms, position) \
-                 FROM {db}.aggregator_checkpoints ANY INNER JOIN {} USING (topic, partition, epoch) \
+                 FROM {db}.aggregator_checkpoints {} \
                  WHERE topic = ? AND has(?, partition) AND position <= fence GROUP BY partition",
-                fences(db)
+                join_fences(db)
             ))
             .bind(&self.topic)
             .bind(&list)
@@ -145,10 +150,10 @@ impl Store for Sink {
                 .client
                 .query(&format!(
                     "SELECT viewer_id, argMax(seq_ranges, position) AS ranges, max(last_seen_ms) AS seen, max(position) AS pos \
-                     FROM {db}.aggregator_dedup ANY INNER JOIN {} USING (topic, partition, epoch) \
+                     FROM {db}.aggregator_dedup {} \
                      WHERE topic = ? AND partition = ? AND position <= ? AND position <= fence \
                      GROUP BY viewer_id HAVING seen >= ? OR pos >= ?",
-                    fences(db)
+                    join_fences(db)
                 ))
                 .bind(&self.topic)
                 .bind(p as u32)

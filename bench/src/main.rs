@@ -19,6 +19,10 @@ mod stack;
 #[derive(Parser)]
 #[command(name = "bench", about = "Pipeline benchmarks against same-run baselines")]
 struct Cli {
+    /// ClickHouse for the benchmarks that need it: the local 18.16 server
+    /// (default) or the current engine (`http://127.0.0.1:8124`, 26.x)
+    #[arg(long, global = true, env = "METERING_BENCH_CLICKHOUSE", default_value = "http://127.0.0.1:8123")]
+    clickhouse: String,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -80,7 +84,9 @@ enum Cmd {
 fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     eprintln!("machine: {}", machine());
-    match Cli::parse().cmd {
+    let cli = Cli::parse();
+    stack::set_clickhouse_url(&cli.clickhouse);
+    match cli.cmd {
         Cmd::Codec { events, rounds, profile } => codec(events, rounds, profile),
         Cmd::Memory { viewers } => memory(viewers),
         Cmd::Aggregator { events, viewers, dup_pct } => rt.block_on(bench_aggregator(events, viewers, dup_pct)),
@@ -116,12 +122,12 @@ async fn bench_aggregator(events: usize, viewers: usize, dup_pct: usize) -> Resu
     let t2 = topic.clone();
     let baseline = tokio::task::spawn_blocking(move || stack::consume_only(&t2, 4, total)).await??;
     eprintln!("baseline {baseline:.0} msg/s; aggregator...");
-    let (ours, peak) = stack::aggregator_drain(&topic, unique).await?;
+    let (ours, peak, engine) = stack::aggregator_drain(&topic, unique).await?;
     // the aggregator reads every message, duplicates too: compare messages/s
     let ours_msgs = ours * total as f64 / unique as f64;
     header();
     println!(
-        "| aggregator: {total} messages ({dup_pct}% duplicates, {viewers} viewers) -> visible in ClickHouse | {ours_msgs:.0} msg/s, peak RSS {} MiB | {baseline:.0} msg/s (consume-only rdkafka reader) | {:.2} |",
+        "| aggregator: {total} messages ({dup_pct}% duplicates, {viewers} viewers) -> visible in ClickHouse {engine} | {ours_msgs:.0} msg/s, peak RSS {} MiB | {baseline:.0} msg/s (consume-only rdkafka reader) | {:.2} |",
         peak / 1024,
         ours_msgs / baseline
     );
@@ -263,12 +269,13 @@ async fn bench_latency(rate: usize, seconds: usize) -> Result<()> {
     eprintln!("baseline p50 {b50:.1} s, p99 {b99:.1} s; aggregator...");
     let topic = format!("bench-lat-{}", stack::stamp());
     stack::create_topic(&topic, 4).await?;
-    let db = runtime::ch::ClickHouseConfig { database: format!("bench_lat_{}", stack::stamp()), ..Default::default() };
+    let db = stack::clickhouse(format!("bench_lat_{}", stack::stamp()));
     runtime::ch::migrate(&db).await?;
     let mut agg = std::process::Command::new(stack::release_bin("aggregator")?)
         .arg("run")
         .env("AGGREGATOR__KAFKA__TOPIC", &topic)
         .env("AGGREGATOR__CLICKHOUSE__DATABASE", &db.database)
+        .env("AGGREGATOR__CLICKHOUSE__URL", &db.url)
         .env("AGGREGATOR__GROUP_ID", format!("bench-{topic}"))
         .env("AGGREGATOR__METRICS_LISTEN", "")
         .env("RUST_LOG", "warn")
@@ -476,7 +483,7 @@ async fn bench_hostile() -> Result<()> {
 }
 
 async fn bench_billing(tracking_ids: usize) -> Result<()> {
-    let db = runtime::ch::ClickHouseConfig { database: format!("bench_billing_{}", stack::stamp()), ..Default::default() };
+    let db = stack::clickhouse(format!("bench_billing_{}", stack::stamp()));
     runtime::ch::migrate(&db).await?;
     let rows = tracking_ids * 744;
     let c = db.client();
@@ -528,6 +535,7 @@ async fn bench_billing(tracking_ids: usize) -> Result<()> {
     let out = std::process::Command::new(billing)
         .args(["run", "--period", "2026-10", "--rates", rates.to_str().unwrap(), "--out", dir.join("out").to_str().unwrap()])
         .env("BILLING__CLICKHOUSE__DATABASE", &db.database)
+        .env("BILLING__CLICKHOUSE__URL", &db.url)
         .output()?;
     let ours = t.elapsed().as_secs_f64();
     anyhow::ensure!(out.status.success(), "billing run failed: {}", String::from_utf8_lossy(&out.stderr));

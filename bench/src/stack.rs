@@ -17,6 +17,19 @@ use std::time::{Duration, Instant};
 
 pub const BROKERS: &str = "127.0.0.1:9092";
 
+static CLICKHOUSE_URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The ClickHouse the benchmarks use (`--clickhouse`).
+pub fn set_clickhouse_url(url: &str) {
+    let _ = CLICKHOUSE_URL.set(url.to_string());
+}
+
+/// Settings for a benchmark database on that ClickHouse.
+pub fn clickhouse(database: String) -> ClickHouseConfig {
+    let url = CLICKHOUSE_URL.get().cloned().unwrap_or_else(|| ClickHouseConfig::default().url);
+    ClickHouseConfig { url, database, ..Default::default() }
+}
+
 pub fn stamp() -> String {
     format!("{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs())
 }
@@ -180,16 +193,18 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
 }
 
 /// The aggregator draining `topic` into a fresh database until `unique`
-/// events are visible. Returns (events/s, peak RSS KiB).
-pub async fn aggregator_drain(topic: &str, unique: u64) -> Result<(f64, u64)> {
-    let db = ClickHouseConfig { database: format!("bench_{}", stamp()), ..Default::default() };
+/// events are visible. Returns (events/s, peak RSS KiB, the server's version).
+pub async fn aggregator_drain(topic: &str, unique: u64) -> Result<(f64, u64, String)> {
+    let db = clickhouse(format!("bench_{}", stamp()));
     runtime::ch::migrate(&db).await?;
+    let version: String = db.server_client().query("SELECT version()").fetch_one().await?;
     let aggregator = release_bin("aggregator")?;
     let t = Instant::now();
     let mut child = Command::new(aggregator)
         .arg("run")
         .env("AGGREGATOR__KAFKA__TOPIC", topic)
         .env("AGGREGATOR__CLICKHOUSE__DATABASE", &db.database)
+        .env("AGGREGATOR__CLICKHOUSE__URL", &db.url)
         .env("AGGREGATOR__GROUP_ID", format!("bench-{topic}"))
         .env("AGGREGATOR__METRICS_LISTEN", "")
         .env("RUST_LOG", "warn")
@@ -217,5 +232,5 @@ pub async fn aggregator_drain(topic: &str, unique: u64) -> Result<(f64, u64)> {
     if got != unique {
         bail!("aggregator counted {got} events, expected {unique}");
     }
-    Ok((unique as f64 / secs, peak))
+    Ok((unique as f64 / secs, peak, version))
 }

@@ -74,7 +74,7 @@ fn main() -> Result<()> {
     runtime::telemetry::init_tracing(false);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
-        let store = Store::new(&cfg.clickhouse)?;
+        let store = Store::connect(&cfg.clickhouse).await?;
         match cli.cmd {
             Cmd::Run { p, out } => {
                 let card = load_rate_card(&p.rates)?;

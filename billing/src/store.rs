@@ -132,6 +132,27 @@ pub const TABLES: [(&str, &[(&str, &str)]); 3] = [
     ),
 ];
 
+/// Per claim `((topic, partition), epoch)`: the first offset it no longer
+/// owns, the smallest start of a later claim of its partition (`u64::MAX`
+/// while it is the latest); a claim recorded twice counts once. The
+/// definition of `aggregator_fences` (migration 6), kept here apart from it.
+pub fn fences(claims: impl IntoIterator<Item = ((String, u32), u64, u64)>) -> BTreeMap<((String, u32), u64), u64> {
+    let mut by_partition: BTreeMap<(String, u32), BTreeMap<u64, u64>> = BTreeMap::new();
+    for (partition, epoch, start) in claims {
+        let starts = by_partition.entry(partition).or_default();
+        let s = starts.entry(epoch).or_insert(start);
+        *s = (*s).min(start);
+    }
+    let mut out = BTreeMap::new();
+    for (partition, starts) in by_partition {
+        for &epoch in starts.keys() {
+            let fence = starts.range(epoch + 1..).map(|(_, s)| *s).min().unwrap_or(u64::MAX);
+            out.insert((partition.clone(), epoch), fence);
+        }
+    }
+    out
+}
+
 fn secs(d: NaiveDate) -> i64 {
     d.and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp()
 }
@@ -144,9 +165,18 @@ fn status_str(inv: &Invoice) -> &'static str {
 }
 
 impl Store {
+    /// A store for reading (the API's console).
     pub fn new(cfg: &ClickHouseConfig) -> Result<Self, StoreError> {
         let db = cfg.db().map_err(|e| StoreError::Config(e.to_string()))?.to_string();
         Ok(Store { client: cfg.client(), db })
+    }
+
+    /// A store for `billing` itself, which writes: every insert is one
+    /// synchronous part ([`ClickHouseConfig::writer_client`]).
+    pub async fn connect(cfg: &ClickHouseConfig) -> Result<Self, StoreError> {
+        let db = cfg.db().map_err(|e| StoreError::Config(e.to_string()))?.to_string();
+        let client = cfg.writer_client().await.map_err(|e| StoreError::Config(format!("ClickHouse at {}: {e}", cfg.url)))?;
+        Ok(Store { client, db })
     }
 
     async fn by_key(&self, sql: &str, from: NaiveDate, to: NaiveDate) -> Result<BTreeMap<String, u64>, StoreError> {
@@ -184,6 +214,43 @@ impl Store {
             self.db
         );
         self.by_key(&sql, from, to).await
+    }
+
+    /// `bytes_out` per tracking id with `window_start` in `[from, to)` read
+    /// from a log table (`usage_by_tracking_log` or `usage_by_viewer_log`)
+    /// under the fences computed here from the claims table, not through the
+    /// fenced views' join: reconciliation's independent count of what those
+    /// views must show.
+    pub async fn log_total(&self, log_table: &str, from: NaiveDate, to: NaiveDate) -> Result<BTreeMap<String, u64>, StoreError> {
+        #[derive(Deserialize, clickhouse::Row)]
+        struct Claim {
+            topic: String,
+            partition: u32,
+            epoch: u64,
+            start_offset: u64,
+        }
+        let claims: Vec<Claim> = self
+            .client
+            .query(&format!("SELECT topic, partition, epoch, start_offset FROM {}.aggregator_claims", self.db))
+            .fetch_all()
+            .await?;
+        let fences = fences(claims.into_iter().map(|c| ((c.topic, c.partition), c.epoch, c.start_offset)));
+        if fences.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let keys: Vec<String> = fences.keys().map(|((t, p), e)| format!("{t}/{p}/{e}")).collect();
+        let limits: Vec<u64> = fences.values().copied().collect();
+        let sql = format!(
+            "SELECT tracking_id AS key, sum(bytes_out) AS bytes FROM {}.{log_table} \
+             WHERE window_start >= toDateTime(?) AND window_start < toDateTime(?) \
+               AND has(?, concat(src_topic, '/', toString(src_partition), '/', toString(src_epoch))) \
+               AND src_offset <= transform(concat(src_topic, '/', toString(src_partition), '/', toString(src_epoch)), ?, ?, toUInt64(0)) \
+             GROUP BY tracking_id",
+            self.db
+        );
+        let rows: Vec<KeyBytes> =
+            self.client.query(&sql).bind(secs(from)).bind(secs(to)).bind(&keys).bind(&keys).bind(&limits).fetch_all().await?;
+        Ok(rows.into_iter().map(|r| (r.key, r.bytes)).collect())
     }
 
     /// The issued invoice of every partner for `period` (one query for all partners).
@@ -405,5 +472,30 @@ mod layout_tests {
         assert_eq!(names(TABLES[0].1), <InvoiceRow<'_> as Row>::COLUMN_NAMES);
         assert_eq!(names(TABLES[1].1), <LineRow<'_> as Row>::COLUMN_NAMES);
         assert_eq!(names(TABLES[2].1), <BilledRow as Row>::COLUMN_NAMES);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fences;
+
+    #[test]
+    fn a_fence_is_the_smallest_start_of_a_later_claim_and_duplicates_count_once() {
+        let p = |n: u32| ("t".to_string(), n);
+        let claims = vec![
+            (p(0), 1, 0),
+            (p(0), 1, 0), // written twice
+            (p(0), 3, 150),
+            (p(0), 2, 100),
+            (p(0), 4, 120), // a later claim that resumed from an earlier checkpoint
+            (p(1), 7, 40),
+        ];
+        let f = fences(claims);
+        assert_eq!(f.len(), 5);
+        assert_eq!(f[&(p(0), 1)], 100);
+        assert_eq!(f[&(p(0), 2)], 120);
+        assert_eq!(f[&(p(0), 3)], 120);
+        assert_eq!(f[&(p(0), 4)], u64::MAX);
+        assert_eq!(f[&(p(1), 7)], u64::MAX);
     }
 }

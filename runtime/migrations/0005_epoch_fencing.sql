@@ -19,6 +19,12 @@
 -- Existing rows keep epoch 0; a claim of epoch 0 from offset 0 is recorded
 -- for every partition that has a checkpoint, so they stay visible up to the
 -- first new claim, which starts at their last checkpoint.
+--
+-- The views are created by migration 6. (This file's first text created them
+-- here with `ANY INNER JOIN`, whose meaning changed in ClickHouse 19.14 and
+-- which current versions refuse without an alias; databases that applied that
+-- text keep it as applied, see `Migration::former_checksums`, and migration 6
+-- replaces its views.)
 
 DROP TABLE IF EXISTS {db}.usage_by_tracking_hourly_mv;
 DROP TABLE IF EXISTS {db}.usage_by_tracking_daily_mv;
@@ -50,58 +56,8 @@ CREATE TABLE IF NOT EXISTS {db}.aggregator_claims (
 ) ENGINE = MergeTree
 ORDER BY (topic, partition, epoch);
 
+-- Only partitions without a claim: re-running this statement after a failure
+-- adds nothing twice.
 INSERT INTO {db}.aggregator_claims (topic, partition, epoch, start_offset, member, claimed_at)
-SELECT DISTINCT topic, partition, toUInt64(0), toUInt64(0), 'migration-0005', now() FROM {db}.aggregator_checkpoints;
-
--- Per claim: the first offset it no longer owns (the smallest start of any
--- later claim of the partition; 2^64-1 while it is the latest). A row of
--- epoch e with flush position p is valid iff p <= fence(e).
-CREATE VIEW IF NOT EXISTS {db}.aggregator_fences AS
-SELECT topic, partition, epoch,
-       arrayReduce('min', arrayPushBack(arrayFilter((s, e) -> e > epoch, starts, epochs), toUInt64(18446744073709551615))) AS fence
-FROM (
-    SELECT topic, partition, groupArray(epoch) AS epochs, groupArray(start_offset) AS starts
-    FROM {db}.aggregator_claims GROUP BY topic, partition
-)
-ARRAY JOIN epochs AS epoch;
-
-CREATE VIEW IF NOT EXISTS {db}.usage_by_tracking AS
-SELECT window_start, tracking_id, account_id, stream_name, cluster, protocol, bytes_out, bytes_in, events,
-       src_topic, src_partition, src_epoch, src_offset, inserted_at
-FROM {db}.usage_by_tracking_log
-ANY INNER JOIN (SELECT topic AS src_topic, partition AS src_partition, epoch AS src_epoch, fence FROM {db}.aggregator_fences)
-USING (src_topic, src_partition, src_epoch)
-WHERE src_offset <= fence;
-
-CREATE VIEW IF NOT EXISTS {db}.usage_by_viewer AS
-SELECT window_start, tracking_id, custom_viewer_data, viewer_id, account_id, stream_name, cluster, bytes_out, bytes_in, events,
-       src_topic, src_partition, src_epoch, src_offset, inserted_at
-FROM {db}.usage_by_viewer_log
-ANY INNER JOIN (SELECT topic AS src_topic, partition AS src_partition, epoch AS src_epoch, fence FROM {db}.aggregator_fences)
-USING (src_topic, src_partition, src_epoch)
-WHERE src_offset <= fence;
-
-CREATE VIEW IF NOT EXISTS {db}.usage_dead_letters AS
-SELECT received_at, source, reason, payload, src_topic, src_partition, src_epoch, src_offset
-FROM {db}.usage_dead_letters_log
-ANY INNER JOIN (SELECT topic AS src_topic, partition AS src_partition, epoch AS src_epoch, fence FROM {db}.aggregator_fences)
-USING (src_topic, src_partition, src_epoch)
-WHERE src_offset <= fence;
-
-CREATE VIEW IF NOT EXISTS {db}.usage_by_tracking_hourly AS
-SELECT toStartOfHour(window_start) AS hour, tracking_id, account_id, stream_name, cluster, protocol,
-       sum(bytes_out) AS bytes_out, sum(bytes_in) AS bytes_in, sum(events) AS events
-FROM {db}.usage_by_tracking
-GROUP BY hour, tracking_id, account_id, stream_name, cluster, protocol;
-
-CREATE VIEW IF NOT EXISTS {db}.usage_by_tracking_daily AS
-SELECT toDate(window_start) AS day, tracking_id, account_id, stream_name, cluster, protocol,
-       sum(bytes_out) AS bytes_out, sum(bytes_in) AS bytes_in, sum(events) AS events
-FROM {db}.usage_by_tracking
-GROUP BY day, tracking_id, account_id, stream_name, cluster, protocol;
-
-CREATE VIEW IF NOT EXISTS {db}.usage_by_viewer_daily AS
-SELECT toDate(window_start) AS day, tracking_id, custom_viewer_data, viewer_id, account_id, stream_name, cluster,
-       sum(bytes_out) AS bytes_out, sum(bytes_in) AS bytes_in, sum(events) AS events
-FROM {db}.usage_by_viewer
-GROUP BY day, tracking_id, custom_viewer_data, viewer_id, account_id, stream_name, cluster;
+SELECT DISTINCT topic, partition, toUInt64(0), toUInt64(0), 'migration-0005', now() FROM {db}.aggregator_checkpoints
+WHERE (topic, partition) GLOBAL NOT IN (SELECT topic, partition FROM {db}.aggregator_claims);

@@ -72,6 +72,10 @@ pub enum ChError {
     BadIdentifier(String),
     #[error("migration {version} ({name}) was applied with checksum {applied} but the file now has {current}; never edit an applied migration, add a new one")]
     ChecksumMismatch { version: u32, name: String, applied: String, current: String },
+    #[error("migration {version} interrupted before statement {index} (on purpose, by a test)")]
+    Interrupted { version: u32, index: usize },
+    #[error("ClickHouse answered version {0:?}, which is not MAJOR.MINOR...")]
+    Version(String),
     #[error("migration {version} ({name}), statement {index}: {source}")]
     Statement { version: u32, name: String, index: usize, source: clickhouse::error::Error },
 }
@@ -116,6 +120,18 @@ impl ClickHouseConfig {
         c
     }
 
+    /// A client bound to [`ClickHouseConfig::database`] for writers whose
+    /// exactly-once design needs every INSERT to be one synchronous part,
+    /// visible when it returns (the aggregator, billing): on servers that know
+    /// `async_insert` (21.11 and later; on by default since 26.2) it is sent
+    /// as `0` with every query; older servers refuse the unknown setting, so
+    /// they get nothing. The version is read once, here.
+    pub async fn writer_client(&self) -> Result<clickhouse::Client, ChError> {
+        let client = self.client();
+        let version = server_version(&self.server_client()).await?;
+        Ok(if version.knows_async_insert() { client.with_option("async_insert", "0") } else { client })
+    }
+
     /// The database name, checked to be a plain identifier.
     pub fn db(&self) -> Result<&str, ChError> {
         check_identifier(&self.database)
@@ -129,6 +145,34 @@ impl ClickHouseConfig {
         check_identifier(&self.cluster)?;
         Ok(Layout::Cluster { cluster: self.cluster.clone(), replicated: self.replicated, on_cluster: self.on_cluster })
     }
+}
+
+/// A ClickHouse server's version, as `SELECT version()` answers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ServerVersion {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl ServerVersion {
+    /// Parse `MAJOR.MINOR[.anything]`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut parts = text.trim().split('.');
+        let major = parts.next()?.parse().ok()?;
+        let minor = parts.next()?.parse().ok()?;
+        Some(ServerVersion { major, minor })
+    }
+
+    /// Whether the server has the `async_insert` setting (added in 21.11).
+    pub fn knows_async_insert(&self) -> bool {
+        *self >= ServerVersion { major: 21, minor: 11 }
+    }
+}
+
+/// The server's version (`SELECT version()`).
+pub async fn server_version(client: &clickhouse::Client) -> Result<ServerVersion, ChError> {
+    let text: String = client.query("SELECT version()").fetch_one().await?;
+    ServerVersion::parse(&text).ok_or(ChError::Version(text))
 }
 
 /// How the tables are laid out (see the module docs).
@@ -268,15 +312,28 @@ pub struct Migration {
     pub version: u32,
     pub name: &'static str,
     pub sql: &'static str,
+    /// Checksums of earlier texts of this file that are accepted as applied.
+    /// Only for a file whose first text could not run on every supported
+    /// ClickHouse version, and only when a later migration replaces whatever
+    /// that text created differently.
+    pub former_checksums: &'static [&'static str],
 }
 
 /// All migrations, in order.
 pub const MIGRATIONS: &[Migration] = &[
-    Migration { version: 1, name: "contract_tables", sql: include_str!("../migrations/0001_contract_tables.sql") },
-    Migration { version: 2, name: "aggregator_state", sql: include_str!("../migrations/0002_aggregator_state.sql") },
-    Migration { version: 3, name: "rollups", sql: include_str!("../migrations/0003_rollups.sql") },
-    Migration { version: 4, name: "billing", sql: include_str!("../migrations/0004_billing.sql") },
-    Migration { version: 5, name: "epoch_fencing", sql: include_str!("../migrations/0005_epoch_fencing.sql") },
+    Migration { version: 1, name: "contract_tables", sql: include_str!("../migrations/0001_contract_tables.sql"), former_checksums: &[] },
+    Migration { version: 2, name: "aggregator_state", sql: include_str!("../migrations/0002_aggregator_state.sql"), former_checksums: &[] },
+    Migration { version: 3, name: "rollups", sql: include_str!("../migrations/0003_rollups.sql"), former_checksums: &[] },
+    Migration { version: 4, name: "billing", sql: include_str!("../migrations/0004_billing.sql"), former_checksums: &[] },
+    // its first text created the fenced views with `ANY INNER JOIN` (refused by
+    // current versions, and of another meaning since 19.14); migration 6 replaces them
+    Migration {
+        version: 5,
+        name: "epoch_fencing",
+        sql: include_str!("../migrations/0005_epoch_fencing.sql"),
+        former_checksums: &["5eb5a22c80c8d994"],
+    },
+    Migration { version: 6, name: "fence_views", sql: include_str!("../migrations/0006_fence_views.sql"), former_checksums: &[] },
 ];
 
 impl Migration {
@@ -352,7 +409,24 @@ pub struct MigrationReport {
 }
 
 /// Apply every migration not yet recorded in `{db}.schema_migrations`.
+///
+/// A migration is recorded after its last statement. Every statement can be
+/// run again after a failure at any point (`IF NOT EXISTS`, drop before
+/// create, inserts that skip what exists, and [`already_done`] for renames
+/// and added columns), so a failed run is finished by running `migrate` again.
 pub async fn migrate(cfg: &ClickHouseConfig) -> Result<MigrationReport, ChError> {
+    migrate_until(cfg, None).await
+}
+
+/// Like [`migrate`], but stops with [`ChError::Interrupted`] just before
+/// statement `statement` (1-based) of migration `version` (one past its last:
+/// after every statement, before it is recorded), as a crash there would:
+/// for tests of re-running an interrupted migration.
+pub async fn migrate_interrupted(cfg: &ClickHouseConfig, version: u32, statement: usize) -> Result<MigrationReport, ChError> {
+    migrate_until(cfg, Some((version, statement))).await
+}
+
+async fn migrate_until(cfg: &ClickHouseConfig, stop: Option<(u32, usize)>) -> Result<MigrationReport, ChError> {
     let db = cfg.db()?;
     let layout = cfg.layout()?;
     let server = cfg.server_client();
@@ -374,7 +448,7 @@ pub async fn migrate(cfg: &ClickHouseConfig) -> Result<MigrationReport, ChError>
     let mut report = MigrationReport { applied: vec![], already: vec![] };
     for m in MIGRATIONS {
         if let Some(row) = applied.iter().find(|r| r.version == m.version) {
-            if row.checksum != m.checksum() {
+            if row.checksum != m.checksum() && !m.former_checksums.contains(&row.checksum.as_str()) {
                 return Err(ChError::ChecksumMismatch {
                     version: m.version,
                     name: m.name.into(),
@@ -385,7 +459,11 @@ pub async fn migrate(cfg: &ClickHouseConfig) -> Result<MigrationReport, ChError>
             report.already.push(m.version);
             continue;
         }
-        for (index, stmt) in m.statements_for(db, &layout).iter().enumerate() {
+        let statements = m.statements_for(db, &layout);
+        for (index, stmt) in statements.iter().enumerate() {
+            if stop == Some((m.version, index + 1)) {
+                return Err(ChError::Interrupted { version: m.version, index: index + 1 });
+            }
             if already_done(&server, db, stmt).await? {
                 tracing::info!(version = m.version, statement = index + 1, "MigrationStatementAlreadyApplied");
                 continue;
@@ -396,6 +474,10 @@ pub async fn migrate(cfg: &ClickHouseConfig) -> Result<MigrationReport, ChError>
                 index: index + 1,
                 source,
             })?;
+        }
+        if stop == Some((m.version, statements.len() + 1)) {
+            // every statement ran, the migration is not recorded yet
+            return Err(ChError::Interrupted { version: m.version, index: statements.len() + 1 });
         }
         server
             .query(&format!(
@@ -416,6 +498,18 @@ pub async fn migrate(cfg: &ClickHouseConfig) -> Result<MigrationReport, ChError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn versions_parse_and_know_async_insert_from_21_11() {
+        let v = |t| ServerVersion::parse(t).unwrap_or_else(|| panic!("{t}"));
+        assert!(!v("18.16.1").knows_async_insert());
+        assert!(!v("21.10.6.2").knows_async_insert());
+        assert!(v("21.11.1").knows_async_insert());
+        assert!(v("24.8.14.39").knows_async_insert());
+        assert!(v("26.9.2.1").knows_async_insert());
+        assert_eq!(ServerVersion::parse("x.1"), None);
+        assert_eq!(ServerVersion::parse("26"), None);
+    }
 
     #[test]
     fn identifiers_are_checked() {

@@ -169,7 +169,7 @@ async fn the_console_in_a_real_browser() {
     agg.terminate(Duration::from_secs(30));
     let rates_path = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/rates.example.toml"));
     let card = billing::rates::load_rate_card(&rates_path).unwrap();
-    let billing_store = billing::store::Store::new(&db).unwrap();
+    let billing_store = billing::store::Store::connect(&db).await.unwrap();
     let billing_out = tempfile_dir("console-billing");
     let (computed, _) = billing::run::run(&billing_store, &card, "2026-10", &billing_out).await.expect("billing run");
     assert_eq!(computed.invoices.len(), 3);

@@ -380,7 +380,8 @@ async fn writes_of_a_superseded_owner_after_the_claim_do_not_count() {
     let topic = unique("eo_two");
     let (records, want) = interleaved_days(0x5eed_0004, &topic, 50, 40);
     let member = |m: &str| AggregatorConfig { member_id: m.into(), ..Default::default() };
-    let core = |m: &str| Core::new(&member(m), Sink::new(&db, &topic).unwrap(), Arc::new(Metrics::new()));
+    let sink = Sink::connect(&db, &topic).await.unwrap();
+    let core = |m: &str| Core::new(&member(m), sink.clone(), Arc::new(Metrics::new()));
     let (mut a, mut b) = (core("a"), core("b"));
     a.assign(&[0]).await.unwrap();
     let third = records.len() / 3;
