@@ -154,3 +154,53 @@ async fn a_migration_interrupted_at_any_statement_finishes_the_same_when_run_aga
     drop_db(&reference_db).await;
     assert!(failures.is_empty(), "expected {reference:#?}\n{}", failures.join("\n"));
 }
+
+/// A database that applied migration 5's first text (views with `ANY INNER
+/// JOIN`, as every deployment on 18.16 did) is taken as migrated to 5 and
+/// gets the corrected views from migration 6; current versions refuse that
+/// text outright (so no database of theirs can hold it).
+#[tokio::test]
+async fn a_database_with_migration_5s_first_text_upgrades_to_the_same_schema() {
+    let first_text = runtime::ch::Migration {
+        version: 5,
+        name: "epoch_fencing",
+        sql: include_str!("../fixtures/0005_epoch_fencing.v1.sql"),
+        former_checksums: &[],
+    };
+    let current = MIGRATIONS.iter().find(|m| m.version == 5).unwrap();
+    assert!(current.former_checksums.contains(&first_text.checksum().as_str()), "the first text's checksum is accepted");
+
+    let db = at_migration_4().await;
+    let c = db.server_client();
+    let mut refused = None;
+    for (i, stmt) in first_text.statements(&db.database).iter().enumerate() {
+        if let Err(e) = c.query(stmt).execute().await {
+            refused = Some((i + 1, e.to_string()));
+            break;
+        }
+    }
+    let version = runtime::ch::server_version(&c).await.unwrap();
+    if version.major >= 20 {
+        let (at, error) = refused.expect("a current ClickHouse refuses the first text");
+        assert!(error.contains("ALIAS_REQUIRED") || error.contains("alias"), "statement {at}: {error}");
+        drop_db(&db).await;
+        return;
+    }
+    assert_eq!(refused, None, "18.16 ran the first text");
+    c.query(&format!(
+        "INSERT INTO {}.schema_migrations (version, name, checksum, applied_at) VALUES (5, 'epoch_fencing', ?, now())",
+        db.database
+    ))
+    .bind(first_text.checksum())
+    .execute()
+    .await
+    .unwrap();
+    let report = runtime::ch::migrate(&db).await.unwrap();
+    assert_eq!(report.applied, vec![6]);
+
+    let reference_db = at_migration_4().await;
+    runtime::ch::migrate(&reference_db).await.unwrap();
+    assert_eq!(snapshot(&db).await, snapshot(&reference_db).await);
+    drop_db(&db).await;
+    drop_db(&reference_db).await;
+}
