@@ -71,6 +71,13 @@ async fn typed_rows_round_trip_in_row_binary_with_the_database_parameter() {
     insert.end().await.unwrap();
     let back: Vec<Row> = c.query("SELECT ?fields FROM front_rows ORDER BY id").fetch_all().await.unwrap();
     assert_eq!(back, rows);
+    // an INSERT with an empty body inserts nothing and succeeds; into a missing table it fails
+    let insert = |table: &str| {
+        let u = format!("{}/?database={}&query=INSERT%20INTO%20{table}%20FORMAT%20RowBinary", db.url, db.database);
+        async move { http().post(u).header("Content-Length", "0").body(Vec::<u8>::new()).send().await.unwrap().status() }
+    };
+    assert!(insert("front_rows").await.is_success());
+    assert!(!insert("no_such_table").await.is_success());
     // bound values are escaped
     let n: u64 = c.query("SELECT count() FROM front_rows WHERE name = ?").bind(&rows[7].name).fetch_one().await.unwrap();
     assert_eq!(n, 1);
