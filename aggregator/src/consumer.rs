@@ -368,7 +368,8 @@ pub fn run(cfg: &AggregatorConfig, consumer: BaseConsumer<AggContext>, shutdown:
                     }
                     ctx.reload.lock().expect("lock").extend(reclaim);
                     paused = false;
-                    next_reload = Instant::now() + backoff;
+                    // jittered, so that two members whose claims collided do not collide again
+                    next_reload = Instant::now() + backoff.mul_f64(1.0 + rand::random::<f64>());
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             }

@@ -348,6 +348,9 @@ async fn write_batch<S: Store>(
         Err(AggError::Fenced(parts)) => {
             metrics.fenced.inc_by(parts.len() as u64);
         }
+        Err(AggError::ClaimContested(parts)) => {
+            metrics.contested.inc_by(parts.len() as u64);
+        }
         Err(_) => metrics.flush_errors.inc(),
     }
     result
@@ -362,9 +365,15 @@ async fn write_tables<S: Store>(
 ) -> Result<FlushReport, AggError> {
     let parts: Vec<i32> = batch.rows.epochs.iter().map(|&(p, _)| p).collect();
     let latest = store.latest_epochs(&parts).await?;
-    let fenced: Vec<i32> = batch.rows.epochs.iter().filter(|&&(p, e)| latest.get(&p).is_some_and(|&l| l != e)).map(|&(p, _)| p).collect();
+    let fenced: Vec<i32> =
+        batch.rows.epochs.iter().filter(|&&(p, e)| latest.get(&p).is_some_and(|l| l.epoch != e)).map(|&(p, _)| p).collect();
     if !fenced.is_empty() {
         return Err(AggError::Fenced(fenced));
+    }
+    let contested: Vec<i32> =
+        batch.rows.epochs.iter().filter(|&&(p, e)| latest.get(&p).is_some_and(|l| l.epoch == e && l.contested)).map(|&(p, _)| p).collect();
+    if !contested.is_empty() {
+        return Err(AggError::ClaimContested(contested));
     }
     for table in Table::ORDER {
         let rows = batch.rows.rows(table);
@@ -568,5 +577,67 @@ mod tests {
         let start = c.assign(&[0]).await.unwrap()[0].1;
         assert_eq!(start, Some(msgs.len() as i64));
         assert_eq!(c.parts[&0].dedup.len(), 12, "every viewer's dedup state restored from B's rows");
+    }
+
+    #[tokio::test]
+    async fn two_members_claiming_at_once_count_nothing_twice() {
+        let (msgs, want_tracking, want_viewer) = messages(13);
+        let store = FakeStore::new("t");
+        let member = |m: &str| Core::new(&AggregatorConfig { member_id: m.into(), ..config() }, store.clone(), Arc::new(Metrics::new()));
+        let (mut a, mut b) = (member("a"), member("b"));
+        a.assign(&[0]).await.unwrap();
+        let third = msgs.len() / 3;
+        for (o, m) in msgs.iter().enumerate().take(third) {
+            a.process(0, o as i64, Some(m.ts), &m.payload);
+        }
+        a.flush(true).await.unwrap();
+        // A reloads (as after a failed insert) while B is given the partition:
+        // both read the claims before either writes, so both take the same epoch
+        a.drop_all_state();
+        store.freeze_claim_reads();
+        let from_a = a.assign(&[0]).await.unwrap()[0].1;
+        let from_b = b.assign(&[0]).await.unwrap()[0].1;
+        store.thaw_claim_reads();
+        assert_eq!((from_a, from_b), (Some(third as i64), Some(third as i64)));
+        assert_eq!(a.parts[&0].epoch, b.parts[&0].epoch, "the claims collided");
+        // both consume the rest; A's batch lands as if its check ran before B's claim was visible
+        for (o, m) in msgs.iter().enumerate().skip(third) {
+            a.process(0, o as i64, Some(m.ts), &m.payload);
+            b.process(0, o as i64, Some(m.ts), &m.payload);
+        }
+        let landed = a.cut(true).expect("a batch");
+        for table in Table::ORDER {
+            store.insert(table, landed.rows.rows(table), "raced").await.unwrap();
+        }
+        // neither counts: the epoch is contested, and B's check finds it
+        let e = b.flush(true).await.unwrap_err();
+        assert!(matches!(&e, AggError::ClaimContested(p) if p == &[0]), "{e}");
+        let counted: u64 = store.tracking_totals().values().map(|v| v[2]).sum();
+        let first_third: u64 = {
+            let solo = FakeStore::new("t");
+            let mut s = Core::new(&config(), solo.clone(), Arc::new(Metrics::new()));
+            s.assign(&[0]).await.unwrap();
+            for (o, m) in msgs.iter().enumerate().take(third) {
+                s.process(0, o as i64, Some(m.ts), &m.payload);
+            }
+            s.flush(true).await.unwrap();
+            solo.tracking_totals().values().map(|v| v[2]).sum()
+        };
+        assert_eq!(counted, first_third, "only the rows before the contested claims count");
+        // B claims again and finishes: exact
+        b.drop_all_state();
+        let start = b.assign(&[0]).await.unwrap()[0].1;
+        assert_eq!(start, Some(third as i64), "the new claim resumes where the contested ones did");
+        for (o, m) in msgs.iter().enumerate().skip(third) {
+            b.process(0, o as i64, Some(m.ts), &m.payload);
+        }
+        b.flush(true).await.unwrap();
+        assert_eq!(store.tracking_totals(), want_tracking);
+        assert_eq!(store.viewer_totals(), want_viewer);
+        // and A, at its next flush, finds the partition claimed since
+        a.process(0, msgs.len() as i64, Some(msgs[0].ts), &msgs[0].payload);
+        let e = a.flush(true).await.unwrap_err();
+        assert!(matches!(&e, AggError::Fenced(p) if p == &[0]), "{e}");
+        assert_eq!(store.tracking_totals(), want_tracking);
     }
 }

@@ -28,6 +28,11 @@ pub enum AggError {
     /// assign them again (never claim them back on our own).
     #[error("partitions {0:?} were claimed by another member: this member's writes to them no longer count")]
     Fenced(Vec<i32>),
+    /// Another member claimed these partitions with the same epoch at the
+    /// same time as this member: neither claim's rows count. Drop their state
+    /// and claim them again (with backoff); the new claim supersedes both.
+    #[error("partitions {0:?} were claimed by another member at the same epoch: claiming them again")]
+    ClaimContested(Vec<i32>),
     /// A partition's checkpoint lies outside the Kafka log: the partition is
     /// refused rather than silently skipped or re-read.
     #[error("partition {partition}: checkpoint at offset {checkpoint} is outside the log [{log_start}, {log_end}]: {hint}")]

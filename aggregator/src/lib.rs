@@ -34,14 +34,15 @@
 //!    after a failed flush) writes a claim `(partition, epoch, start)` to
 //!    `aggregator_claims`: `epoch` is one more than the partition's latest,
 //!    `start` is the partition's last *valid* checkpoint `R`. The claim is
-//!    written before any row of the new epoch.
+//!    written before any row of the new epoch, with a random `claim_id`.
 //! 2. **Every row says who wrote it and where.** Rows carry
 //!    `(src_topic, src_partition, src_epoch, src_offset)`: the writer's
 //!    claim and the partition position after its flush. Aggregates are kept
 //!    per partition so that every row has one source partition.
 //! 3. **The fence rule.** A row of epoch `e` at position `p` is valid iff
 //!    `p <= fence(e)`, where `fence(e)` is the smallest `start` of any later
-//!    claim of the partition (∞ while `e` is the latest). A superseded
+//!    claim of the partition (∞ while `e` is the latest), and 0 if `e` is
+//!    *contested*: held by claims of more than one `claim_id` (see 8). A superseded
 //!    writer's rows past the successor's start are invalid whenever they
 //!    land; its rows up to that start are exactly what the successor
 //!    resumed from. The views `aggregator_fences`, `usage_by_tracking`,
@@ -76,6 +77,29 @@
 //!    false, `aggregator_fenced_total`) until Kafka assigns it again. A
 //!    fenced member never claims a partition back on its own. The check is an
 //!    optimisation (the fence rule alone keeps the totals exact).
+//! 8. **Claims that collide count nothing.** Without compare-and-set two
+//!    members can both read the latest epoch `e` before either writes `e+1`
+//!    (a stale member reloading after a failed insert while Kafka gave the
+//!    partition to another; a read that does not see a claim yet). Both
+//!    claims then hold `e+1`, and rows of equal epochs do not fence each
+//!    other, so both members' rows would count. Instead a contested epoch
+//!    counts nothing: its fence is 0 (a row carries events only at a
+//!    position past its claim's start, so at least 1), while its smallest
+//!    start still fences the earlier epochs. Why this stays exact: every
+//!    contested claim's start `R_i` was a valid checkpoint when it was read,
+//!    so the earlier epochs' rows up to `min R_i` are all there and count;
+//!    their rows past it and all of `e+1` do not; the next claim `e+2` reads
+//!    every claim written before it, so its start is the last valid
+//!    checkpoint under them, at most `min R_i`, and it restores the dedup
+//!    state from the rows that still count. Nothing in between is counted
+//!    twice or lost. Liveness: the check of 7 also reads whether the own
+//!    epoch is contested; a member that finds it so drops the partition's
+//!    state and claims again after a jittered backoff (`ClaimContested`,
+//!    `aggregator_claims_contested_total`), so two members cannot keep
+//!    colliding in step. A claim row written twice (same `claim_id`) is one
+//!    claim. Claims from before migration 7 carry `claim_id` 0 and keep their
+//!    meaning. Tested with a barrier between the claim's read and write
+//!    (`Sink::with_claim_barrier`) on the real server, and with the fake.
 //!
 //! Why not idempotent segments (deterministic cut points, replayed segments
 //! byte-identical and deduplicated by the server)? They need insert
@@ -85,10 +109,8 @@
 //! and rebalance) at read time.
 //!
 //! **Limits.** Claims are read and written through ClickHouse without
-//! compare-and-set: two members claiming one partition at the same instant
-//! (only possible when Kafka assigns it to both, i.e. two consumer groups on
-//! one topic) both get an epoch; the later one wins the partition and the
-//! other is fenced at its next flush. A fenced member waits for Kafka to
+//! compare-and-set; colliding claims are made harmless by 8, not prevented.
+//! A fenced member waits for Kafka to
 //! assign the partition again; if the member that fenced it was itself a
 //! stale one that has since left (a paused member whose flush failed on
 //! resuming, so that it claimed again before learning it was expelled), the

@@ -22,6 +22,7 @@ pub struct Metrics {
     /// 1 while the latest flush attempt failed (ClickHouse not writable).
     pub flush_failing: IntGauge,
     pub fenced: IntCounter,
+    pub contested: IntCounter,
     pub claims: IntCounter,
     pub partitions_refused: IntGauge,
     pub offset_errors: IntCounter,
@@ -85,6 +86,11 @@ impl Metrics {
             fenced: reg!(IntCounter::new(
                 "aggregator_fenced_total",
                 "Partitions found claimed by another member before a flush (their batch was dropped)"
+            )
+            .unwrap()),
+            contested: reg!(IntCounter::new(
+                "aggregator_claims_contested_total",
+                "Partitions found claimed by another member at the same epoch before a flush (claimed again)"
             )
             .unwrap()),
             claims: reg!(IntCounter::new(

@@ -4,7 +4,7 @@
 use crate::dedup::{Dedup, Horizon, SeqSet};
 use crate::error::AggError;
 use crate::rowbinary::RowBinary;
-use crate::store::{LoadedPartition, Store};
+use crate::store::{new_claim_id, Latest, LoadedPartition, Store};
 use crate::tables::Table;
 use runtime::ch::ClickHouseConfig;
 use serde::Deserialize;
@@ -18,6 +18,7 @@ pub struct Sink {
     db: String,
     topic: String,
     insert_timeout: Duration,
+    claim_barrier: Option<std::sync::Arc<tokio::sync::Barrier>>,
 }
 
 #[derive(Debug, Deserialize, clickhouse::Row)]
@@ -32,6 +33,7 @@ struct CheckpointRow {
 struct EpochRow {
     partition: u32,
     epoch: u64,
+    claims: u64,
 }
 
 #[derive(Debug, Deserialize, clickhouse::Row)]
@@ -56,7 +58,16 @@ impl Sink {
     pub async fn connect(cfg: &ClickHouseConfig, topic: &str) -> Result<Self, AggError> {
         let db = cfg.db().map_err(|e| AggError::Config(e.to_string()))?.to_string();
         let client = cfg.writer_client().await.map_err(|e| AggError::Config(format!("ClickHouse at {}: {e}", cfg.url)))?;
-        Ok(Sink { client, db, topic: topic.to_string(), insert_timeout: Duration::from_secs(60) })
+        Ok(Sink { client, db, topic: topic.to_string(), insert_timeout: Duration::from_secs(60), claim_barrier: None })
+    }
+
+    /// For tests of concurrent claims: every [`Store::claim`] of this sink
+    /// (and its clones) waits at `barrier` between reading the partitions'
+    /// state and writing its claim, so that claimers all read before any
+    /// writes.
+    pub fn with_claim_barrier(mut self, barrier: std::sync::Arc<tokio::sync::Barrier>) -> Self {
+        self.claim_barrier = Some(barrier);
+        self
     }
 
     async fn insert_raw(&self, sql: String, data: &[u8], query_id: &str) -> Result<(), AggError> {
@@ -77,19 +88,22 @@ impl Store for Sink {
         &self.topic
     }
 
-    async fn latest_epochs(&self, partitions: &[i32]) -> Result<HashMap<i32, u64>, AggError> {
+    async fn latest_epochs(&self, partitions: &[i32]) -> Result<HashMap<i32, Latest>, AggError> {
         let list: Vec<u32> = partitions.iter().map(|&p| p as u32).collect();
+        // per partition: the largest epoch and how many distinct claims hold it
         let rows: Vec<EpochRow> = self
             .client
             .query(&format!(
-                "SELECT partition, max(epoch) FROM {}.aggregator_claims WHERE topic = ? AND has(?, partition) GROUP BY partition",
+                "SELECT partition, epoch, toUInt64(uniqExact(claim_id)) FROM {}.aggregator_claims \
+                 WHERE topic = ? AND has(?, partition) GROUP BY partition, epoch \
+                 ORDER BY partition, epoch DESC LIMIT 1 BY partition",
                 self.db
             ))
             .bind(&self.topic)
             .bind(&list)
             .fetch_all()
             .await?;
-        Ok(rows.into_iter().map(|r| (r.partition as i32, r.epoch)).collect())
+        Ok(rows.into_iter().map(|r| (r.partition as i32, Latest { epoch: r.epoch, contested: r.claims > 1 })).collect())
     }
 
     async fn claim(&self, partitions: &[i32], member: &str, horizon: Horizon) -> Result<HashMap<i32, LoadedPartition>, AggError> {
@@ -112,14 +126,17 @@ impl Store for Sink {
             .bind(&list)
             .fetch_all()
             .await?;
+        if let Some(b) = &self.claim_barrier {
+            b.wait().await;
+        }
         let now = chrono::Utc::now().timestamp().clamp(0, u32::MAX as i64) as u32;
         let mut claims = RowBinary::default();
         let mut out = HashMap::new();
         for &p in partitions {
             let cp = checkpoints.iter().find(|c| c.partition == p as u32);
-            let epoch = epochs.get(&p).map_or(1, |e| e + 1);
+            let epoch = epochs.get(&p).map_or(1, |l| l.epoch + 1);
             let start = cp.map_or(0, |c| c.position);
-            claims.string(&self.topic).u32(p as u32).u64(epoch).u64(start).string(member).datetime(now);
+            claims.string(&self.topic).u32(p as u32).u64(epoch).u64(start).string(member).u64(new_claim_id()).datetime(now);
             claims.end_row();
             out.insert(
                 p,
@@ -136,7 +153,9 @@ impl Store for Sink {
         // the claim lands before any row of the new epoch is written
         let query_id = format!("claim-{member}-{}-{}", chrono::Utc::now().timestamp_micros(), list.len());
         self.insert_raw(
-            format!("INSERT INTO {db}.aggregator_claims (topic, partition, epoch, start_offset, member, claimed_at) FORMAT RowBinary"),
+            format!(
+                "INSERT INTO {db}.aggregator_claims (topic, partition, epoch, start_offset, member, claim_id, claimed_at) FORMAT RowBinary"
+            ),
             &claims.buf,
             &query_id,
         )

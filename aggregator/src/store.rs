@@ -23,6 +23,22 @@ pub struct LoadedPartition {
     pub viewers_restored: usize,
 }
 
+/// The latest claim of a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Latest {
+    pub epoch: u64,
+    /// More than one claim (distinct `claim_id`) holds `epoch`: members
+    /// claimed at once. None of the epoch's rows count (the fence rule, see
+    /// `lib.rs`); each claimer must claim again.
+    pub contested: bool,
+}
+
+/// A fresh claim id: random and never 0 (0 marks the claims written before
+/// claims had ids, which keep their former meaning).
+pub fn new_claim_id() -> u64 {
+    rand::random::<u64>() | 1
+}
+
 /// Storage of the aggregator's rows, claims and state.
 pub trait Store: Clone + Send + Sync + 'static {
     /// The Kafka topic whose partitions this store holds.
@@ -40,8 +56,9 @@ pub trait Store: Clone + Send + Sync + 'static {
         horizon: Horizon,
     ) -> impl Future<Output = Result<HashMap<i32, LoadedPartition>, AggError>> + Send;
 
-    /// The latest claim epoch of each of `partitions` (absent: none).
-    fn latest_epochs(&self, partitions: &[i32]) -> impl Future<Output = Result<HashMap<i32, u64>, AggError>> + Send;
+    /// The latest claim epoch of each of `partitions` (absent: none), and
+    /// whether more than one claim holds it.
+    fn latest_epochs(&self, partitions: &[i32]) -> impl Future<Output = Result<HashMap<i32, Latest>, AggError>> + Send;
 
     /// Write one table's rows of a batch in a single insert.
     fn insert(&self, table: Table, rows: &RowBinary, query_id: &str) -> impl Future<Output = Result<(), AggError>> + Send;

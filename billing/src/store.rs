@@ -6,7 +6,7 @@ use crate::invoice::Invoice;
 use chrono::NaiveDate;
 use runtime::ch::ClickHouseConfig;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -132,21 +132,26 @@ pub const TABLES: [(&str, &[(&str, &str)]); 3] = [
     ),
 ];
 
-/// Per claim `((topic, partition), epoch)`: the first offset it no longer
-/// owns, the smallest start of a later claim of its partition (`u64::MAX`
-/// while it is the latest); a claim recorded twice counts once. The
-/// definition of `aggregator_fences` (migration 6), kept here apart from it.
-pub fn fences(claims: impl IntoIterator<Item = ((String, u32), u64, u64)>) -> BTreeMap<((String, u32), u64), u64> {
-    let mut by_partition: BTreeMap<(String, u32), BTreeMap<u64, u64>> = BTreeMap::new();
-    for (partition, epoch, start) in claims {
-        let starts = by_partition.entry(partition).or_default();
-        let s = starts.entry(epoch).or_insert(start);
-        *s = (*s).min(start);
+/// Per claimed `((topic, partition), epoch)` from the claims `(partition,
+/// epoch, start, claim_id)`: the first offset it no longer owns, the
+/// smallest start of a later epoch of its partition (`u64::MAX` while it is
+/// the latest), or 0 when claims of more than one `claim_id` hold the epoch
+/// (a contested epoch: nothing of it counts); a claim recorded twice counts
+/// once. The definition of `aggregator_fences` (migration 7), kept here
+/// apart from it.
+pub fn fences(claims: impl IntoIterator<Item = ((String, u32), u64, u64, u64)>) -> BTreeMap<((String, u32), u64), u64> {
+    /// Per epoch: the smallest start and the claim ids.
+    type Epochs = BTreeMap<u64, (u64, BTreeSet<u64>)>;
+    let mut by_partition: BTreeMap<(String, u32), Epochs> = BTreeMap::new();
+    for (partition, epoch, start, id) in claims {
+        let e = by_partition.entry(partition).or_default().entry(epoch).or_insert((start, BTreeSet::new()));
+        e.0 = e.0.min(start);
+        e.1.insert(id);
     }
     let mut out = BTreeMap::new();
-    for (partition, starts) in by_partition {
-        for &epoch in starts.keys() {
-            let fence = starts.range(epoch + 1..).map(|(_, s)| *s).min().unwrap_or(u64::MAX);
+    for (partition, epochs) in by_partition {
+        for (&epoch, (_, ids)) in &epochs {
+            let fence = if ids.len() > 1 { 0 } else { epochs.range(epoch + 1..).map(|(_, (s, _))| *s).min().unwrap_or(u64::MAX) };
             out.insert((partition.clone(), epoch), fence);
         }
     }
@@ -228,13 +233,14 @@ impl Store {
             partition: u32,
             epoch: u64,
             start_offset: u64,
+            claim_id: u64,
         }
         let claims: Vec<Claim> = self
             .client
-            .query(&format!("SELECT topic, partition, epoch, start_offset FROM {}.aggregator_claims", self.db))
+            .query(&format!("SELECT topic, partition, epoch, start_offset, claim_id FROM {}.aggregator_claims", self.db))
             .fetch_all()
             .await?;
-        let fences = fences(claims.into_iter().map(|c| ((c.topic, c.partition), c.epoch, c.start_offset)));
+        let fences = fences(claims.into_iter().map(|c| ((c.topic, c.partition), c.epoch, c.start_offset, c.claim_id)));
         if fences.is_empty() {
             return Ok(BTreeMap::new());
         }
@@ -483,19 +489,24 @@ mod tests {
     fn a_fence_is_the_smallest_start_of_a_later_claim_and_duplicates_count_once() {
         let p = |n: u32| ("t".to_string(), n);
         let claims = vec![
-            (p(0), 1, 0),
-            (p(0), 1, 0), // written twice
-            (p(0), 3, 150),
-            (p(0), 2, 100),
-            (p(0), 4, 120), // a later claim that resumed from an earlier checkpoint
-            (p(1), 7, 40),
+            (p(0), 1, 0, 11),
+            (p(0), 1, 0, 11), // written twice
+            (p(0), 3, 150, 13),
+            (p(0), 2, 100, 12),
+            (p(0), 4, 120, 14), // a later claim that resumed from an earlier checkpoint
+            (p(1), 7, 40, 17),
+            (p(1), 8, 60, 18), // two claims of epoch 8 at once: contested
+            (p(1), 8, 50, 19),
+            (p(1), 9, 50, 20),
         ];
         let f = fences(claims);
-        assert_eq!(f.len(), 5);
+        assert_eq!(f.len(), 7);
         assert_eq!(f[&(p(0), 1)], 100);
         assert_eq!(f[&(p(0), 2)], 120);
         assert_eq!(f[&(p(0), 3)], 120);
         assert_eq!(f[&(p(0), 4)], u64::MAX);
-        assert_eq!(f[&(p(1), 7)], u64::MAX);
+        assert_eq!(f[&(p(1), 7)], 50, "the contested epoch's smallest start still fences earlier ones");
+        assert_eq!(f[&(p(1), 8)], 0, "nothing of a contested epoch counts");
+        assert_eq!(f[&(p(1), 9)], u64::MAX);
     }
 }

@@ -334,6 +334,7 @@ pub const MIGRATIONS: &[Migration] = &[
         former_checksums: &["5eb5a22c80c8d994"],
     },
     Migration { version: 6, name: "fence_views", sql: include_str!("../migrations/0006_fence_views.sql"), former_checksums: &[] },
+    Migration { version: 7, name: "contested_claims", sql: include_str!("../migrations/0007_contested_claims.sql"), former_checksums: &[] },
 ];
 
 impl Migration {

@@ -3,8 +3,9 @@
 //! straight into the log and state tables under several epochs, with a
 //! superseded batch, a claim row written twice, a checkpoint per epoch,
 //! viewers in the dedup table and rows of an epoch that was never claimed;
-//! every view, rollup, the claim-time checkpoint read and the dedup restore
-//! are compared with what this file computes from the rows it inserted.
+//! an epoch claimed by two members at once (contested), every view, rollup,
+//! the claim-time checkpoint read and the dedup restore are compared with
+//! what this file computes from the rows it inserted.
 
 use aggregator::dedup::{At, Horizon, Seen};
 use aggregator::sink::Sink;
@@ -17,8 +18,8 @@ use std::collections::BTreeMap;
 const DAY1: &str = "2026-10-01";
 const DAY2: &str = "2026-10-02";
 
-/// A claim: (partition, epoch, start_offset).
-type Claim = (u32, u64, u64);
+/// A claim: (partition, epoch, start_offset, claim_id).
+type Claim = (u32, u64, u64, u64);
 
 /// One row of a log table: (partition, epoch, offset, tracking id, viewer id, window start, bytes_out).
 #[derive(Clone, Copy)]
@@ -63,9 +64,26 @@ const ROWS: &[LogRow] = &[
     row(1, 1, 7, "alpha", "v5", (DAY1, 10, 0), 3),
     // an epoch that was never claimed: never visible
     row(1, 9, 1, "ghost", "v7", (DAY1, 10, 0), 128_000),
+    // partition 2: epoch 2 claimed by two members at once, from 10 and 12;
+    // epoch 3 resumed from 10
+    row(2, 1, 8, "delta", "v8", (DAY1, 9, 0), 1),
+    row(2, 1, 11, "delta", "v8", (DAY1, 9, 1), 2),
+    row(2, 2, 14, "delta", "v8", (DAY1, 9, 2), 4),
+    row(2, 2, 15, "delta", "v9", (DAY1, 9, 3), 8),
+    row(2, 3, 16, "delta", "v8", (DAY1, 9, 2), 16),
 ];
 
-const CLAIMS: &[Claim] = &[(0, 1, 0), (0, 1, 0), (0, 2, 100), (0, 3, 150), (1, 1, 0)];
+const CLAIMS: &[Claim] = &[
+    (0, 1, 0, 7),
+    (0, 1, 0, 7),
+    (0, 2, 100, 8),
+    (0, 3, 150, 9),
+    (1, 1, 0, 0),
+    (2, 1, 0, 21),
+    (2, 2, 12, 22),
+    (2, 2, 10, 23),
+    (2, 3, 10, 24),
+];
 
 /// A checkpoint: (partition, epoch, position, watermark_ms, arrival_ms).
 const CHECKPOINTS: &[(u32, u64, u64, i64, i64)] = &[
@@ -75,6 +93,10 @@ const CHECKPOINTS: &[(u32, u64, u64, i64, i64)] = &[
     (0, 3, 170, 1_700, 2_700),
     (1, 1, 5, 500, 600),
     (1, 9, 99, 9_900, 9_990), // never claimed
+    (2, 1, 8, 800, 880),
+    (2, 1, 11, 1_100, 1_180), // past the contested claims' smallest start
+    (2, 2, 15, 1_500, 1_580), // of the contested epoch
+    (2, 3, 16, 1_600, 1_680),
 ];
 
 /// A dedup row: (epoch, position, viewer, flat seq ranges, last_seen_ms), partition 0.
@@ -88,11 +110,12 @@ const DEDUP: &[(u64, u64, &str, &[i64], i64)] = &[
 ];
 
 /// The rule, stated here apart from the SQL: a row of epoch `e` at `offset`
-/// counts iff its epoch was claimed and no later claim of its partition
-/// started before `offset`.
+/// counts iff its epoch was claimed by one claim (one `claim_id`, however
+/// many times written) and no later claim of its partition started before
+/// `offset`.
 fn counts(claims: &[Claim], partition: u32, epoch: u64, offset: u64) -> bool {
-    claims.iter().any(|&(p, e, _)| p == partition && e == epoch)
-        && claims.iter().filter(|&&(p, e, _)| p == partition && e > epoch).all(|&(_, _, start)| offset <= start)
+    let ids: std::collections::BTreeSet<u64> = claims.iter().filter(|c| c.0 == partition && c.1 == epoch).map(|c| c.3).collect();
+    ids.len() == 1 && claims.iter().filter(|c| c.0 == partition && c.1 > epoch).all(|c| offset <= c.2)
 }
 
 fn window_secs((day, hour, minute): (&str, u32, u32)) -> i64 {
@@ -106,11 +129,11 @@ async fn exec(db: &ClickHouseConfig, sql: String) {
 
 async fn insert_fixture(db: &ClickHouseConfig, topic: &str) {
     let d = &db.database;
-    let claims: Vec<String> = CLAIMS.iter().map(|(p, e, s)| format!("('{topic}', {p}, {e}, {s}, 'm', now())")).collect();
+    let claims: Vec<String> = CLAIMS.iter().map(|(p, e, s, id)| format!("('{topic}', {p}, {e}, {s}, 'm', {id}, now())")).collect();
     exec(
         db,
         format!(
-            "INSERT INTO {d}.aggregator_claims (topic, partition, epoch, start_offset, member, claimed_at) VALUES {}",
+            "INSERT INTO {d}.aggregator_claims (topic, partition, epoch, start_offset, member, claim_id, claimed_at) VALUES {}",
             claims.join(", ")
         ),
     )
@@ -280,11 +303,12 @@ async fn check_views(db: &ClickHouseConfig, claims: &[Claim], when: &str) {
         .await
         .unwrap();
     let mut want: Vec<Fence> = Vec::new();
-    for &(p, e, _) in claims {
+    for &(p, e, _, _) in claims {
         if want.iter().any(|f| f.partition == p && f.epoch == e) {
             continue;
         }
-        let fence = claims.iter().filter(|c| c.0 == p && c.1 > e).map(|c| c.2).min().unwrap_or(u64::MAX);
+        let ids: std::collections::BTreeSet<u64> = claims.iter().filter(|c| c.0 == p && c.1 == e).map(|c| c.3).collect();
+        let fence = if ids.len() > 1 { 0 } else { claims.iter().filter(|c| c.0 == p && c.1 > e).map(|c| c.2).min().unwrap_or(u64::MAX) };
         want.push(Fence { partition: p, epoch: e, fence });
     }
     want.sort_by_key(|f| (f.partition, f.epoch));
@@ -302,7 +326,7 @@ async fn every_view_rollup_checkpoint_read_and_dedup_restore_matches_the_rows_in
     // checkpoint that counts and restores the dedup state as of it
     let sink = Sink::connect(&db, &topic).await.unwrap();
     let horizon = Horizon { ms: 86_400_000, offsets: 1_000_000 };
-    let claimed = sink.claim(&[0, 1], "conformance", horizon).await.unwrap();
+    let claimed = sink.claim(&[0, 1, 2], "conformance", horizon).await.unwrap();
     let last_checkpoint = |partition: u32| {
         CHECKPOINTS
             .iter()
@@ -311,7 +335,7 @@ async fn every_view_rollup_checkpoint_read_and_dedup_restore_matches_the_rows_in
             .copied()
             .unwrap_or_else(|| panic!("partition {partition} has a checkpoint that counts"))
     };
-    for p in [0u32, 1] {
+    for p in [0u32, 1, 2] {
         let (_, _, position, watermark, arrival) = last_checkpoint(p);
         let l = &claimed[&(p as i32)];
         assert_eq!(l.position, Some(position as i64), "partition {p}: resume position");
@@ -343,9 +367,9 @@ async fn every_view_rollup_checkpoint_read_and_dedup_restore_matches_the_rows_in
     }
     // the claim (partition, latest + 1, resume) now fences every row past it
     let mut after: Vec<Claim> = CLAIMS.to_vec();
-    for p in [0u32, 1] {
+    for p in [0u32, 1, 2] {
         let latest = CLAIMS.iter().filter(|c| c.0 == p).map(|c| c.1).max().unwrap();
-        after.push((p, latest + 1, last_checkpoint(p).2));
+        after.push((p, latest + 1, last_checkpoint(p).2, 1_000 + p as u64));
     }
     check_views(&db, &after, "after the claim").await;
     drop_db(&db).await;

@@ -561,3 +561,59 @@ async fn events_over_the_byte_maximum_are_refused_at_every_entry_and_sums_never_
     assert!(wait_until(Duration::from_secs(30), || async { count(&db, &dl).await == 3 }).await, "three too_large dead letters");
     drop_db(&db).await;
 }
+
+/// Two members claim one partition at once, against the real ClickHouse: a
+/// barrier in the claim makes both read the latest epoch before either
+/// writes, so both take the same epoch (a stale member reloading after a
+/// failed insert while Kafka gave the partition to another). Both consume
+/// the rest of the partition and one batch lands before the collision is
+/// seen; nothing is counted twice, the other's check finds the contest, and
+/// its new claim finishes the stream exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_members_claiming_one_partition_at_once_count_nothing_twice() {
+    let db = test_db().await;
+    let topic = unique("eo_race");
+    let (records, want) = interleaved_days(0x5eed_0005, &topic, 50, 40);
+    let member = |m: &str| AggregatorConfig { member_id: m.into(), ..Default::default() };
+    let sink = Sink::connect(&db, &topic).await.unwrap();
+    let mut a = Core::new(&member("a"), sink.clone(), Arc::new(Metrics::new()));
+    a.assign(&[0]).await.unwrap();
+    let third = records.len() / 3;
+    for (o, (_, payload)) in records.iter().enumerate().take(third) {
+        a.process(0, o as i64, Some(1_800_000_000_000), payload);
+    }
+    a.flush(true).await.unwrap();
+    a.drop_all_state();
+    // A claims again while B is given the partition: both read, then both write
+    let barrier = Arc::new(tokio::sync::Barrier::new(2));
+    let racing = sink.clone().with_claim_barrier(barrier);
+    let mut a = Core::new(&member("a"), racing.clone(), Arc::new(Metrics::new()));
+    let mut b = Core::new(&member("b"), racing, Arc::new(Metrics::new()));
+    let (from_a, from_b) = tokio::join!(a.assign(&[0]), b.assign(&[0]));
+    assert_eq!((from_a.unwrap()[0].1, from_b.unwrap()[0].1), (Some(third as i64), Some(third as i64)));
+    let epochs = count(&db, &format!("SELECT uniqExact(epoch) FROM {}.aggregator_claims WHERE partition = 0", db.database)).await;
+    let claims = count(&db, &format!("SELECT count() FROM {}.aggregator_claims WHERE partition = 0", db.database)).await;
+    assert_eq!((epochs, claims), (2, 3), "the two new claims took the same epoch");
+    for (o, (_, payload)) in records.iter().enumerate().skip(third) {
+        a.process(0, o as i64, Some(1_800_000_000_000), payload);
+        b.process(0, o as i64, Some(1_800_000_000_000), payload);
+    }
+    // A's batch lands as if its check had run before B's claim was visible
+    let landed = a.take_batch().expect("A holds a batch");
+    for table in Table::ORDER {
+        Store::insert(&a.store, table, landed.rows(table), &unique("raced")).await.unwrap();
+    }
+    let e = b.flush(true).await.unwrap_err();
+    assert!(matches!(e, aggregator::AggError::ClaimContested(ref p) if p == &[0]), "{e}");
+    // B claims again (no barrier now) and finishes
+    let mut b = Core::new(&member("b"), sink.clone(), Arc::new(Metrics::new()));
+    assert_eq!(b.assign(&[0]).await.unwrap()[0].1, Some(third as i64), "resumes where the contested claims did");
+    for (o, (_, payload)) in records.iter().enumerate().skip(third) {
+        b.process(0, o as i64, Some(1_800_000_000_000), payload);
+    }
+    b.flush(true).await.unwrap();
+    let raw = count(&db, &format!("SELECT sum(events) FROM {}.usage_by_tracking_log", db.database)).await;
+    assert!(raw > want.events, "A's rows of the contested epoch are in the table ({raw} raw events)");
+    assert_exact(&db, &want, Duration::from_secs(10)).await;
+    drop_db(&db).await;
+}

@@ -1,10 +1,11 @@
 //! An in-memory [`Store`] with fault injection, for unit tests of the flush
 //! protocol. It decodes the rows it is given and applies the same fencing
-//! rule as the ClickHouse views (`runtime/migrations/0005_epoch_fencing.sql`):
+//! rule as the ClickHouse views (`runtime/migrations/0007_contested_claims.sql`):
 //! a row of epoch `e` at flush position `p` is visible iff `p <= fence(e)`,
-//! the smallest start of any later claim of its partition.
+//! the smallest start of any later claim of its partition, or 0 when more
+//! than one claim holds `e`.
 
-use super::{LoadedPartition, Store};
+use super::{new_claim_id, Latest, LoadedPartition, Store};
 use crate::dedup::{Dedup, Horizon, SeqSet};
 use crate::error::AggError;
 use crate::rowbinary::RowBinary;
@@ -27,6 +28,7 @@ struct Claim {
     partition: u32,
     epoch: u64,
     start: u64,
+    id: u64,
 }
 
 #[derive(Debug, Default)]
@@ -41,6 +43,9 @@ struct Inner {
     checkpoints: Vec<(Provenance, i64, i64)>,
     inserts: usize,
     faults: Vec<Fault>,
+    /// The partitions' claims as the next claim reads them, when a test
+    /// froze them ([`FakeStore::freeze_claim_reads`]).
+    frozen: Option<Vec<Claim>>,
 }
 
 /// A fault injected into the `n`th insert (counting from 1 over the store's life).
@@ -109,16 +114,44 @@ impl FakeStore {
         self.inner.lock().unwrap().faults.extend_from_slice(faults);
     }
 
+    /// Until [`FakeStore::thaw_claim_reads`], claims read the claims as they
+    /// are now (not what later claims wrote): claimers that all read before
+    /// any of them wrote, as members that claim at once.
+    pub fn freeze_claim_reads(&self) {
+        let mut g = self.inner.lock().unwrap();
+        g.frozen = Some(g.claims.clone());
+    }
+
+    pub fn thaw_claim_reads(&self) {
+        self.inner.lock().unwrap().frozen = None;
+    }
+
     pub fn inserts(&self) -> usize {
         self.inner.lock().unwrap().inserts
     }
 
     fn fence(claims: &[Claim], partition: u32, epoch: u64) -> Option<u64> {
         // no claim of that epoch: invisible, like the views' inner join
-        claims
-            .iter()
-            .any(|c| c.partition == partition && c.epoch == epoch)
-            .then(|| claims.iter().filter(|c| c.partition == partition && c.epoch > epoch).map(|c| c.start).min().unwrap_or(u64::MAX))
+        let mut ids = claims.iter().filter(|c| c.partition == partition && c.epoch == epoch).map(|c| c.id).peekable();
+        let first = ids.next()?;
+        if ids.any(|id| id != first) {
+            return Some(0); // contested: nothing of it counts
+        }
+        Some(claims.iter().filter(|c| c.partition == partition && c.epoch > epoch).map(|c| c.start).min().unwrap_or(u64::MAX))
+    }
+
+    fn latest(claims: &[Claim], partitions: &[i32]) -> HashMap<i32, Latest> {
+        let mut out = HashMap::new();
+        for &p in partitions {
+            let of_p = || claims.iter().filter(|c| c.partition == p as u32);
+            if let Some(epoch) = of_p().map(|c| c.epoch).max() {
+                let mut ids: Vec<u64> = of_p().filter(|c| c.epoch == epoch).map(|c| c.id).collect();
+                ids.sort_unstable();
+                ids.dedup();
+                out.insert(p, Latest { epoch, contested: ids.len() > 1 });
+            }
+        }
+        out
     }
 
     fn visible(claims: &[Claim], p: &Provenance) -> bool {
@@ -226,26 +259,24 @@ impl Store for FakeStore {
         &self.topic
     }
 
-    async fn latest_epochs(&self, partitions: &[i32]) -> Result<HashMap<i32, u64>, AggError> {
+    async fn latest_epochs(&self, partitions: &[i32]) -> Result<HashMap<i32, Latest>, AggError> {
         let g = self.inner.lock().unwrap();
-        Ok(partitions
-            .iter()
-            .filter_map(|&p| g.claims.iter().filter(|c| c.partition == p as u32).map(|c| c.epoch).max().map(|e| (p, e)))
-            .collect())
+        Ok(Self::latest(&g.claims, partitions))
     }
 
     async fn claim(&self, partitions: &[i32], _member: &str, horizon: Horizon) -> Result<HashMap<i32, LoadedPartition>, AggError> {
         let mut g = self.inner.lock().unwrap();
         let mut out = HashMap::new();
+        let read = g.frozen.clone().unwrap_or_else(|| g.claims.clone());
         for &p in partitions {
             let p32 = p as u32;
             let cp = g
                 .checkpoints
                 .iter()
-                .filter(|(prov, _, _)| prov.partition == p32 && Self::visible(&g.claims, prov))
+                .filter(|(prov, _, _)| prov.partition == p32 && Self::visible(&read, prov))
                 .max_by_key(|(prov, _, _)| prov.position)
                 .cloned();
-            let epoch = g.claims.iter().filter(|c| c.partition == p32).map(|c| c.epoch).max().map_or(1, |e| e + 1);
+            let epoch = Self::latest(&read, &[p]).get(&p).map_or(1, |l| l.epoch + 1);
             let position = cp.as_ref().map(|(prov, _, _)| prov.position);
             let (watermark_ms, arrival_ms) = cp.as_ref().map_or((i64::MIN, i64::MIN), |c| (c.1, c.2));
             let mut dedup = Dedup::new(horizon);
@@ -253,7 +284,7 @@ impl Store for FakeStore {
             if let Some(pos) = position {
                 let mut latest: BTreeMap<&str, (u64, &Vec<i64>, i64)> = BTreeMap::new();
                 for (prov, viewer, ranges, seen) in &g.dedup {
-                    if prov.partition == p32 && prov.position <= pos && Self::visible(&g.claims, prov) {
+                    if prov.partition == p32 && prov.position <= pos && Self::visible(&read, prov) {
                         let e = latest.entry(viewer).or_insert((prov.position, ranges, *seen));
                         if prov.position >= e.0 {
                             *e = (prov.position, ranges, *seen);
@@ -267,7 +298,7 @@ impl Store for FakeStore {
                     }
                 }
             }
-            g.claims.push(Claim { partition: p32, epoch, start: position.unwrap_or(0) });
+            g.claims.push(Claim { partition: p32, epoch, start: position.unwrap_or(0), id: new_claim_id() });
             out.insert(
                 p,
                 LoadedPartition {
