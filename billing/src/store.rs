@@ -24,6 +24,34 @@ pub enum StoreError {
 pub struct Store {
     client: clickhouse::Client,
     db: String,
+    /// On a cluster: the table that a mutation must name (`T_local`, with
+    /// `ON CLUSTER` when the DDL is distributed); one server: `T`.
+    local: LocalTables,
+}
+
+#[derive(Clone)]
+enum LocalTables {
+    Single,
+    Cluster { on: String },
+}
+
+impl LocalTables {
+    fn of(cfg: &ClickHouseConfig) -> Result<Self, StoreError> {
+        Ok(match cfg.layout().map_err(|e| StoreError::Config(e.to_string()))? {
+            runtime::ch::Layout::Single => LocalTables::Single,
+            runtime::ch::Layout::Cluster { cluster, on_cluster, .. } => {
+                LocalTables::Cluster { on: if on_cluster { format!(" ON CLUSTER {cluster}") } else { String::new() } }
+            }
+        })
+    }
+
+    /// `db.table` as an `ALTER` names it: `Distributed` tables take no mutations.
+    fn alter(&self, db: &str, table: &str) -> String {
+        match self {
+            LocalTables::Single => format!("{db}.{table}"),
+            LocalTables::Cluster { on } => format!("{db}.{table}_local{on}"),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, clickhouse::Row)]
@@ -173,7 +201,7 @@ impl Store {
     /// A store for reading (the API's console).
     pub fn new(cfg: &ClickHouseConfig) -> Result<Self, StoreError> {
         let db = cfg.db().map_err(|e| StoreError::Config(e.to_string()))?.to_string();
-        Ok(Store { client: cfg.client(), db })
+        Ok(Store { client: cfg.client(), db, local: LocalTables::of(cfg)? })
     }
 
     /// A store for `billing` itself, which writes: every insert is one
@@ -181,7 +209,7 @@ impl Store {
     pub async fn connect(cfg: &ClickHouseConfig) -> Result<Self, StoreError> {
         let db = cfg.db().map_err(|e| StoreError::Config(e.to_string()))?.to_string();
         let client = cfg.writer_client().await.map_err(|e| StoreError::Config(format!("ClickHouse at {}: {e}", cfg.url)))?;
-        Ok(Store { client, db })
+        Ok(Store { client, db, local: LocalTables::of(cfg)? })
     }
 
     async fn by_key(&self, sql: &str, from: NaiveDate, to: NaiveDate) -> Result<BTreeMap<String, u64>, StoreError> {
@@ -331,7 +359,7 @@ impl Store {
     pub async fn save_drafts(&self, period: &str, invoices: &[Invoice]) -> Result<(), StoreError> {
         for table in ["billing_invoices", "billing_invoice_lines"] {
             self.client
-                .query(&format!("ALTER TABLE {}.{table} DELETE WHERE period = ? AND status = 'draft'", self.db))
+                .query(&format!("ALTER TABLE {} DELETE WHERE period = ? AND status = 'draft'", self.local.alter(&self.db, table)))
                 .bind(period)
                 .execute()
                 .await?;

@@ -47,6 +47,13 @@ pub struct ClickHouseConfig {
     /// Keeper). Off: `migrate` creates the tables on the server it talks to
     /// only; run it against every server.
     pub on_cluster: bool,
+    /// With `cluster` and `replicated`: every insert of the aggregator and
+    /// billing waits until this many replicas of its shard have it
+    /// (`insert_quorum`), and their reads see every such insert or fail
+    /// (`select_sequential_consistency`), so that a claim never decides on a
+    /// lagging replica and a claim row is never lost with one replica.
+    /// 0: neither (not recommended).
+    pub insert_quorum: u32,
 }
 
 impl Default for ClickHouseConfig {
@@ -59,6 +66,7 @@ impl Default for ClickHouseConfig {
             cluster: String::new(),
             replicated: true,
             on_cluster: true,
+            insert_quorum: 2,
         }
     }
 }
@@ -126,10 +134,24 @@ impl ClickHouseConfig {
     /// `async_insert` (21.11 and later; on by default since 26.2) it is sent
     /// as `0` with every query; older servers refuse the unknown setting, so
     /// they get nothing. The version is read once, here.
+    ///
+    /// On a replicated cluster it also sets the quorum of
+    /// [`ClickHouseConfig::insert_quorum`] for inserts and sequential
+    /// consistency for reads.
     pub async fn writer_client(&self) -> Result<clickhouse::Client, ChError> {
-        let client = self.client();
+        let mut client = self.client();
         let version = server_version(&self.server_client()).await?;
-        Ok(if version.knows_async_insert() { client.with_option("async_insert", "0") } else { client })
+        if version.knows_async_insert() {
+            client = client.with_option("async_insert", "0");
+        }
+        if matches!(self.layout()?, Layout::Cluster { replicated: true, .. }) && self.insert_quorum > 0 {
+            client = client
+                .with_option("insert_quorum", self.insert_quorum.to_string())
+                // a quorum that cannot be reached fails the insert in 30 s, not 10 min
+                .with_option("insert_quorum_timeout", "30000")
+                .with_option("select_sequential_consistency", "1");
+        }
+        Ok(client)
     }
 
     /// The database name, checked to be a plain identifier.
@@ -244,10 +266,18 @@ fn cluster_statement(stmt: &str, db: &str, cluster: &str, replicated: bool, on_c
         ];
     }
     if let Some(rest) = stmt.strip_prefix(&alter) {
-        // the local tables and the Distributed table both carry the columns
+        // the local tables change; the Distributed table (which holds no rows:
+        // inserts are synchronous) is made anew over them. (Distributed DDL
+        // refuses an ALTER of a table that is not replicated on a cluster
+        // whose shards have replicas; an ALTER of a Replicated table returns
+        // once every replica applied it, so the new table sees the columns.)
         let name = table_name(rest);
         let tail = &rest[name.len()..];
-        return vec![format!("ALTER TABLE {db}.{name}_local{on}{tail}"), format!("ALTER TABLE {db}.{name}{on}{tail}")];
+        return vec![
+            format!("ALTER TABLE {db}.{name}_local{on}{tail}"),
+            format!("DROP TABLE IF EXISTS {db}.{name}{on}"),
+            distributed(name),
+        ];
     }
     if let Some(rest) = stmt.strip_prefix(&create_table) {
         let name = table_name(rest);
@@ -436,16 +466,90 @@ async fn migrate_until(cfg: &ClickHouseConfig, stop: Option<(u32, usize)>) -> Re
         _ => String::new(),
     };
     server.query(&format!("CREATE DATABASE IF NOT EXISTS {db}{on}")).execute().await?;
-    server
-        .query(&format!(
-            "CREATE TABLE IF NOT EXISTS {db}.schema_migrations \
-             (version UInt32, name String, checksum String, applied_at DateTime) \
-             ENGINE = MergeTree ORDER BY version"
-        ))
-        .execute()
-        .await?;
-    let applied: Vec<AppliedRow> =
-        server.query(&format!("SELECT version, any(checksum) FROM {db}.schema_migrations GROUP BY version")).fetch_all().await?;
+    // on a replicated cluster one record for all servers (a replica of it on
+    // each), so that a member reaching another server finds what was applied
+    let engine = match &layout {
+        Layout::Cluster { replicated: true, on_cluster: true, .. } => {
+            format!("{on} (version UInt32, name String, checksum String, applied_at DateTime) ENGINE = ReplicatedMergeTree('/clickhouse/tables/all/{db}/schema_migrations', '{{replica}}')")
+        }
+        _ => " (version UInt32, name String, checksum String, applied_at DateTime) ENGINE = MergeTree".to_string(),
+    };
+    server.query(&format!("CREATE TABLE IF NOT EXISTS {db}.schema_migrations{engine} ORDER BY version")).execute().await?;
+    let applied_sql = format!("SELECT version, any(checksum) FROM {db}.schema_migrations GROUP BY version");
+    let mut applied: Vec<AppliedRow> = server.query(&applied_sql).fetch_all().await?;
+    let pending = MIGRATIONS.iter().any(|m| !applied.iter().any(|r| r.version == m.version));
+    if pending {
+        // one migrating process at a time (several members start together);
+        // then read again what the one before it applied
+        lock(&server, db, &on).await?;
+        applied = match server.query(&applied_sql).fetch_all().await {
+            Ok(a) => a,
+            Err(e) => {
+                unlock(&server, db, &on).await;
+                return Err(e.into());
+            }
+        };
+        let result = apply(&server, db, &layout, &applied, stop).await;
+        unlock(&server, db, &on).await;
+        return result;
+    }
+    apply(&server, db, &layout, &applied, stop).await
+}
+
+/// How long a migration lock may be held before another process takes it
+/// over (its holder crashed).
+const LOCK_STALE_SECS: u64 = 900;
+
+/// Take the migration lock of `db`: the table `{db}.schema_migrations_lock`,
+/// created without `IF NOT EXISTS` (on a cluster `ON CLUSTER`: the
+/// distributed DDL queue orders the creators, so exactly one succeeds on
+/// every server). Waits for a holder; takes over a lock older than
+/// [`LOCK_STALE_SECS`].
+async fn lock(server: &clickhouse::Client, db: &str, on: &str) -> Result<(), ChError> {
+    let mut waited_log = std::time::Instant::now();
+    loop {
+        let created = server.query(&format!("CREATE TABLE {db}.schema_migrations_lock{on} (holder UInt8) ENGINE = Memory")).execute().await;
+        let Err(e) = created else { return Ok(()) };
+        let text = e.to_string();
+        if !(text.contains("Code: 57") || text.contains("already exists")) {
+            return Err(e.into());
+        }
+        let age: u64 = server
+            .query(
+                "SELECT toUInt64(greatest(toInt64(toUInt32(now())) - toInt64(toUInt32(metadata_modification_time)), 0)) \
+                 FROM system.tables WHERE database = ? AND name = 'schema_migrations_lock'",
+            )
+            .bind(db)
+            .fetch_optional()
+            .await?
+            .unwrap_or(0);
+        if age > LOCK_STALE_SECS {
+            tracing::warn!(database = db, age_secs = age, "MigrationLockTakenOver: its holder did not finish; taking the lock over");
+            unlock(server, db, on).await;
+            continue;
+        }
+        if waited_log.elapsed() > std::time::Duration::from_secs(10) {
+            tracing::info!(database = db, held_secs = age, "MigrationLockWaiting: another process is migrating this database");
+            waited_log = std::time::Instant::now();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+}
+
+async fn unlock(server: &clickhouse::Client, db: &str, on: &str) {
+    if let Err(e) = server.query(&format!("DROP TABLE IF EXISTS {db}.schema_migrations_lock{on}")).execute().await {
+        tracing::warn!(database = db, error = %e, "MigrationLockNotReleased: the next migration takes it over after {LOCK_STALE_SECS} s");
+    }
+}
+
+/// Apply the migrations not in `applied`.
+async fn apply(
+    server: &clickhouse::Client,
+    db: &str,
+    layout: &Layout,
+    applied: &[AppliedRow],
+    stop: Option<(u32, usize)>,
+) -> Result<MigrationReport, ChError> {
     let mut report = MigrationReport { applied: vec![], already: vec![] };
     for m in MIGRATIONS {
         if let Some(row) = applied.iter().find(|r| r.version == m.version) {
@@ -460,12 +564,12 @@ async fn migrate_until(cfg: &ClickHouseConfig, stop: Option<(u32, usize)>) -> Re
             report.already.push(m.version);
             continue;
         }
-        let statements = m.statements_for(db, &layout);
+        let statements = m.statements_for(db, layout);
         for (index, stmt) in statements.iter().enumerate() {
             if stop == Some((m.version, index + 1)) {
                 return Err(ChError::Interrupted { version: m.version, index: index + 1 });
             }
-            if already_done(&server, db, stmt).await? {
+            if already_done(server, db, stmt).await? {
                 tracing::info!(version = m.version, statement = index + 1, "MigrationStatementAlreadyApplied");
                 continue;
             }
@@ -548,8 +652,9 @@ mod tests {
         let (tables, mvs, views) = (kind("CREATE TABLE"), kind("CREATE MATERIALIZED VIEW"), kind("CREATE VIEW"));
         let (drops, renames, alters) = (kind("DROP TABLE"), kind("RENAME TABLE"), kind("ALTER TABLE"));
         let others = single.len() - tables - mvs - views - drops - renames - alters;
-        // a table: local + Distributed; a drop: both; a rename: local rename, drop and new Distributed; an alter: both
-        assert_eq!(all.len(), 2 * tables + mvs + views + 2 * drops + 3 * renames + 2 * alters + others);
+        // a table: local + Distributed; a drop: both; a rename: local rename, drop and new Distributed;
+        // an alter: of the local table, then the Distributed table dropped and made anew
+        assert_eq!(all.len(), 2 * tables + mvs + views + 2 * drops + 3 * renames + 3 * alters + others);
         let find = |prefix: &str| all.iter().find(|s| s.starts_with(prefix)).unwrap_or_else(|| panic!("{prefix}: {all:#?}"));
         let local = find("CREATE TABLE IF NOT EXISTS db.usage_by_tracking_local ON CLUSTER metering (");
         assert!(local.contains("ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/db/usage_by_tracking_local', '{replica}')\nORDER BY (tracking_id,"), "{local}");
@@ -574,7 +679,7 @@ mod tests {
              ENGINE = Distributed(metering, db, usage_by_tracking_log_local, src_partition)"
         );
         find("ALTER TABLE db.usage_by_tracking_log_local ON CLUSTER metering ADD COLUMN src_epoch UInt64");
-        find("ALTER TABLE db.usage_by_tracking_log ON CLUSTER metering ADD COLUMN src_epoch UInt64");
+        assert!(!all.iter().any(|s| s.starts_with("ALTER TABLE db.usage_by_tracking_log ")), "no ALTER of a Distributed table");
         assert!(find("CREATE VIEW IF NOT EXISTS db.usage_by_tracking ON CLUSTER metering AS").contains("FROM db.usage_by_tracking_log\n"));
         find("DROP TABLE IF EXISTS db.usage_by_tracking_hourly_mv ON CLUSTER metering");
         find("DROP TABLE IF EXISTS db.usage_by_tracking_hourly_local ON CLUSTER metering");

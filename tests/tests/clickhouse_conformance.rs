@@ -127,95 +127,60 @@ async fn exec(db: &ClickHouseConfig, sql: String) {
     db.client().query(&sql).execute().await.unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
+/// `INSERT INTO table (columns) VALUES rows...`: each row a tuple's text.
+async fn insert(db: &ClickHouseConfig, table: &str, columns: &str, rows: impl Iterator<Item = String>) {
+    let values: Vec<String> = rows.collect();
+    exec(db, format!("INSERT INTO {}.{table} ({columns}) VALUES {}", db.database, values.join(", "))).await;
+}
+
 async fn insert_fixture(db: &ClickHouseConfig, topic: &str) {
-    let d = &db.database;
-    let claims: Vec<String> = CLAIMS.iter().map(|(p, e, s, id)| format!("('{topic}', {p}, {e}, {s}, 'm', {id}, now())")).collect();
-    exec(
+    insert(
         db,
-        format!(
-            "INSERT INTO {d}.aggregator_claims (topic, partition, epoch, start_offset, member, claim_id, claimed_at) VALUES {}",
-            claims.join(", ")
-        ),
+        "aggregator_claims",
+        "topic, partition, epoch, start_offset, member, claim_id, claimed_at",
+        CLAIMS.iter().map(|(p, e, s, id)| format!("('{topic}', {p}, {e}, {s}, 'm', {id}, now())")),
     )
     .await;
     let time = |w| format!("toDateTime({}, 'UTC')", window_secs(w));
-    let tracking: Vec<String> = ROWS
-        .iter()
-        .map(|r| {
-            format!(
-                "({}, '{}', 'acct', 'live', 'fra-1', 'WHEP', {}, 1, 1, '{topic}', {}, {}, {})",
-                time(r.window),
-                r.tracking,
-                r.bytes,
-                r.partition,
-                r.epoch,
-                r.offset
-            )
-        })
-        .collect();
-    exec(
+    let src = |r: &LogRow| format!("'{topic}', {}, {}, {}", r.partition, r.epoch, r.offset);
+    insert(
         db,
-        format!(
-            "INSERT INTO {d}.usage_by_tracking_log (window_start, tracking_id, account_id, stream_name, cluster, protocol, \
-             bytes_out, bytes_in, events, src_topic, src_partition, src_epoch, src_offset) VALUES {}",
-            tracking.join(", ")
-        ),
+        "usage_by_tracking_log",
+        "window_start, tracking_id, account_id, stream_name, cluster, protocol, bytes_out, bytes_in, events, \
+         src_topic, src_partition, src_epoch, src_offset",
+        ROWS.iter()
+            .map(|r| format!("({}, '{}', 'acct', 'live', 'fra-1', 'WHEP', {}, 1, 1, {})", time(r.window), r.tracking, r.bytes, src(r))),
     )
     .await;
-    let viewer: Vec<String> = ROWS
-        .iter()
-        .map(|r| {
-            format!(
-                "({}, '{}', '', '{}', 'acct', 'live', 'fra-1', {}, 1, 1, '{topic}', {}, {}, {})",
-                time(r.window),
-                r.tracking,
-                r.viewer,
-                r.bytes,
-                r.partition,
-                r.epoch,
-                r.offset
-            )
-        })
-        .collect();
-    exec(
+    insert(
         db,
-        format!(
-            "INSERT INTO {d}.usage_by_viewer_log (window_start, tracking_id, custom_viewer_data, viewer_id, account_id, stream_name, \
-             cluster, bytes_out, bytes_in, events, src_topic, src_partition, src_epoch, src_offset) VALUES {}",
-            viewer.join(", ")
-        ),
+        "usage_by_viewer_log",
+        "window_start, tracking_id, custom_viewer_data, viewer_id, account_id, stream_name, cluster, bytes_out, bytes_in, events, \
+         src_topic, src_partition, src_epoch, src_offset",
+        ROWS.iter().map(|r| {
+            format!("({}, '{}', '', '{}', 'acct', 'live', 'fra-1', {}, 1, 1, {})", time(r.window), r.tracking, r.viewer, r.bytes, src(r))
+        }),
     )
     .await;
-    let dead: Vec<String> = ROWS
-        .iter()
-        .map(|r| format!("(now(), 'kafka', 'test:{}', '', '{topic}', {}, {}, {})", r.bytes, r.partition, r.epoch, r.offset))
-        .collect();
-    exec(
+    insert(
         db,
-        format!(
-            "INSERT INTO {d}.usage_dead_letters_log (received_at, source, reason, payload, src_topic, src_partition, src_epoch, src_offset) VALUES {}",
-            dead.join(", ")
-        ),
+        "usage_dead_letters_log",
+        "received_at, source, reason, payload, src_topic, src_partition, src_epoch, src_offset",
+        ROWS.iter().map(|r| format!("(now(), 'kafka', 'test:{}', '', {})", r.bytes, src(r))),
     )
     .await;
-    let cps: Vec<String> =
-        CHECKPOINTS.iter().map(|(p, e, pos, wm, arr)| format!("('{topic}', {p}, {e}, {pos}, {wm}, {arr}, 'm', now())")).collect();
-    exec(
+    insert(
         db,
-        format!(
-            "INSERT INTO {d}.aggregator_checkpoints (topic, partition, epoch, position, watermark_ms, arrival_ms, member, created_at) VALUES {}",
-            cps.join(", ")
-        ),
+        "aggregator_checkpoints",
+        "topic, partition, epoch, position, watermark_ms, arrival_ms, member, created_at",
+        CHECKPOINTS.iter().map(|(p, e, pos, wm, arr)| format!("('{topic}', {p}, {e}, {pos}, {wm}, {arr}, 'm', now())")),
     )
     .await;
-    let dedup: Vec<String> =
-        DEDUP.iter().map(|(e, pos, v, ranges, seen)| format!("('{topic}', 0, {e}, {pos}, '{v}', {ranges:?}, {seen}, now())")).collect();
-    exec(
+    insert(
         db,
-        format!(
-            "INSERT INTO {d}.aggregator_dedup (topic, partition, epoch, position, viewer_id, seq_ranges, last_seen_ms, created_at) VALUES {}",
-            dedup.join(", ")
-        ),
+        "aggregator_dedup",
+        "topic, partition, epoch, position, viewer_id, seq_ranges, last_seen_ms, created_at",
+        DEDUP.iter().map(|(e, pos, v, ranges, seen)| format!("('{topic}', 0, {e}, {pos}, '{v}', {ranges:?}, {seen}, now())")),
     )
     .await;
 }

@@ -1,0 +1,195 @@
+//! The production layout for real: the replicated cluster `metering` of
+//! `scripts/stack up --cluster` (ZooKeeper and four ClickHouse 18.16
+//! servers, two shards of two replicas), through the same `clickhouse.cluster`
+//! setting operators use. `scripts/test` starts it; `METERING_TEST_CLUSTER`
+//! lists the servers' HTTP URLs (default the stack's 8131-8134).
+
+use e2e::*;
+use runtime::ch::ClickHouseConfig;
+use serde::Deserialize;
+use simulator::simulate::{Expected, SimConfig};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+fn servers() -> Vec<String> {
+    std::env::var("METERING_TEST_CLUSTER")
+        .unwrap_or_else(|_| (1..=4).map(|n| format!("http://127.0.0.1:{}", 8130 + n)).collect::<Vec<_>>().join(","))
+        .split(',')
+        .map(str::to_string)
+        .collect()
+}
+
+/// The settings of database `database` on the cluster, reached through server `n` (0-based).
+fn on_server(n: usize, database: &str) -> ClickHouseConfig {
+    ClickHouseConfig { url: servers()[n].clone(), database: database.into(), cluster: "metering".into(), ..Default::default() }
+}
+
+/// Stop or start replica `n` (1-based) with `scripts/stack`.
+fn replica(cmd: &str, n: usize) -> bool {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    std::process::Command::new(root.join("scripts/stack")).args([cmd, &n.to_string()]).status().is_ok_and(|s| s.success())
+}
+
+/// Starts replica `n` again when dropped, even if the test panics.
+struct ReplicaBack(usize);
+
+impl Drop for ReplicaBack {
+    fn drop(&mut self) {
+        let _ = replica("start-replica", self.0);
+    }
+}
+
+#[derive(Debug, PartialEq, Deserialize, clickhouse::Row)]
+struct Column {
+    table: String,
+    name: String,
+    ty: String,
+    engine: String,
+}
+
+async fn schema(db: &ClickHouseConfig) -> Vec<Column> {
+    let mut cols: Vec<Column> = db
+        .server_client()
+        .query(
+            "SELECT c.table, c.name, c.type, t.engine FROM system.columns AS c \
+             ALL INNER JOIN (SELECT name AS table, engine FROM system.tables WHERE database = ?) AS t USING (table) \
+             WHERE c.database = ?",
+        )
+        .bind(&db.database)
+        .bind(&db.database)
+        .fetch_all()
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}; is the cluster up? scripts/stack up --cluster", db.url));
+    cols.sort_by(|a, b| a.table.cmp(&b.table));
+    cols
+}
+
+async fn drop_everywhere(database: &str) {
+    let db = on_server(0, database);
+    let _ = db.server_client().query(&format!("DROP DATABASE IF EXISTS {database} ON CLUSTER metering")).execute().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_from_two_servers_at_once_make_one_schema_on_every_server() {
+    let database = unique("mtr");
+    let (a, b) = (on_server(0, &database), on_server(3, &database));
+    let (ra, rb) = tokio::join!(runtime::ch::migrate(&a), runtime::ch::migrate(&b));
+    let (ra, rb) = (ra.expect("migrate through server 1"), rb.expect("migrate through server 4"));
+    assert!(!ra.applied.is_empty() || !rb.applied.is_empty(), "{ra:?} {rb:?}");
+    // every server has the same tables and columns, and knows every migration as applied
+    let first = schema(&a).await;
+    assert!(first.iter().any(|c| c.table == "aggregator_claims_local" && c.name == "claim_id" && c.engine == "ReplicatedMergeTree"));
+    assert!(first.iter().any(|c| c.table == "aggregator_claims" && c.name == "claim_id" && c.engine == "Distributed"));
+    for n in 0..4 {
+        let db = on_server(n, &database);
+        assert_eq!(schema(&db).await, first, "server {} has the schema of server 1", n + 1);
+        let again = runtime::ch::migrate(&db).await.unwrap();
+        assert!(again.applied.is_empty(), "server {}: nothing left to apply: {again:?}", n + 1);
+    }
+    drop_everywhere(&database).await;
+}
+
+/// Sums of a view by one column, read through server `n`.
+async fn sums(database: &str, n: usize, view: &str, col: &str) -> BTreeMap<String, Sums> {
+    sums_by(&on_server(n, database), view, col).await
+}
+
+/// The expected totals of several runs together: events, per tracking id, per viewer.
+fn together(runs: &[&Expected]) -> (u64, BTreeMap<String, Sums>, BTreeMap<String, Sums>) {
+    let add = |into: &mut BTreeMap<String, Sums>, from: BTreeMap<String, Sums>| {
+        for (k, s) in from {
+            let e = into.entry(k).or_default();
+            e.bytes_out += s.bytes_out;
+            e.bytes_in += s.bytes_in;
+            e.events += s.events;
+        }
+    };
+    let (mut tracking, mut viewers) = (BTreeMap::new(), BTreeMap::new());
+    for r in runs {
+        add(&mut tracking, expected_by_tracking(r));
+        add(&mut viewers, expected_by_viewer(r));
+    }
+    (runs.iter().map(|r| r.unique_valid_events).sum(), tracking, viewers)
+}
+
+async fn exact_on_every_server(database: &str, runs: &[&Expected]) {
+    let (events, want, viewers) = together(runs);
+    for n in 0..4 {
+        let db = on_server(n, database);
+        let got = wait_for_events(&db, events, Duration::from_secs(180)).await;
+        assert_eq!(got, events, "events through server {}", n + 1);
+        assert_eq!(sums(database, n, "usage_by_tracking", "tracking_id").await, want, "per tracking id through server {}", n + 1);
+        assert_eq!(sums(database, n, "usage_by_viewer", "viewer_id").await, viewers, "per viewer through server {}", n + 1);
+        assert_eq!(sums(database, n, "usage_by_tracking_daily", "tracking_id").await, want, "daily rollup through server {}", n + 1);
+        assert_eq!(sums(database, n, "usage_by_viewer_daily", "viewer_id").await, viewers, "viewer rollup through server {}", n + 1);
+    }
+}
+
+/// The exactly-once stream on the replicated cluster: duplicates,
+/// reordering and poison. The other replica of shard 1 is stopped while more
+/// usage arrives (quorum inserts fail, the aggregator claims again and
+/// waits), the aggregator is killed meanwhile, the replica comes back and a
+/// new member finishes. Every view read through every server is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_on_the_replicated_cluster_across_a_replica_outage_and_a_kill() {
+    let topic = unique("cl_eo");
+    create_topic(&topic, 4).await;
+    let database = unique("mtr");
+    let db = on_server(0, &database);
+    runtime::ch::migrate(&db).await.expect("migrations on the cluster (scripts/stack up --cluster)");
+    let sim = |seed: u64, run: &str| SimConfig {
+        seed,
+        run_id: run.to_string(),
+        partners: 3,
+        viewers_per_partner: 12,
+        untracked_viewers: 4,
+        duration_secs: 3 * 3600,
+        session_secs: (60, 2400),
+        duplicates: 0.05,
+        out_of_order: 0.05,
+        poison: 0.005,
+        ..Default::default()
+    };
+    let first = simulate_to_kafka(&sim(31, &format!("{topic}-a")), &topic).await;
+    let layout = [("AGGREGATOR__CLICKHOUSE__CLUSTER", "metering".to_string())];
+    let mut agg = spawn_aggregator(&topic, &db, &unique("g"), &layout);
+    exact_on_every_server(&database, &[&first]).await;
+
+    // replica 2 (shard 1's other replica) down while more usage arrives
+    let back = ReplicaBack(2);
+    assert!(replica("stop-replica", 2), "replica 2 stopped");
+    let second = simulate_to_kafka(&sim(32, &format!("{topic}-b")), &topic).await;
+    let failed = format!("SELECT count() FROM {database}.aggregator_claims");
+    let claims_before = count(&db, &failed).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    // and the member killed (it had run long past its join: tansu keeps its partitions then)
+    agg.kill9();
+    assert!(replica("start-replica", 2), "replica 2 started");
+    drop(back);
+    // a new member (a group of its own: offsets live in ClickHouse, not in the group) finishes
+    let _agg = spawn_aggregator(&topic, &db, &unique("g"), &layout);
+    exact_on_every_server(&database, &[&first, &second]).await;
+    assert!(count(&db, &failed).await > claims_before, "the new member claimed the partitions");
+    let dl = format!("SELECT count() FROM {database}.usage_dead_letters");
+    let poison = first.poison_sent + second.poison_sent;
+    assert!(wait_until(Duration::from_secs(60), || async { count(&db, &dl).await == poison }).await, "poison dead-lettered once");
+
+    // billing on the cluster: drafts (replaced through the local tables), issue, reconcile
+    let card =
+        billing::rates::load_rate_card(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/rates.example.toml"))).unwrap();
+    let store = billing::store::Store::connect(&on_server(2, &database)).await.unwrap();
+    let period = first.by_day.keys().next().expect("a day of usage")[..7].to_string();
+    let out = std::env::temp_dir().join(unique("cl_billing"));
+    let (_, tracking, _) = together(&[&first, &second]);
+    for _ in 0..2 {
+        let (c, _) = billing::run::run(&store, &card, &period, &out).await.expect("billing run on the cluster");
+        let billed: u64 = c.invoices.iter().map(|i| i.total_bytes).sum();
+        let owned: u64 = tracking.iter().filter(|(t, _)| card.partner_for_tracking_id(t).is_some()).map(|(_, s)| s.bytes_out).sum();
+        assert_eq!(billed, owned, "the drafts bill every owned byte once");
+    }
+    billing::run::issue(&store, &card, &period, &out).await.expect("billing issue on the cluster");
+    let checks = billing::run::reconcile(&store, &card, &period).await.unwrap();
+    assert!(checks.iter().all(|c| c.ok), "{checks:#?}");
+    let _ = std::fs::remove_dir_all(&out);
+    drop_everywhere(&database).await;
+}
