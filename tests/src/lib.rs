@@ -25,6 +25,21 @@ pub fn clickhouse_url() -> String {
     std::env::var("METERING_TEST_CLICKHOUSE").unwrap_or_else(|_| "http://127.0.0.1:8123".into())
 }
 
+/// The HTTP URLs of the replicated cluster `metering` of `scripts/stack up
+/// --cluster` (`METERING_TEST_CLUSTER`, comma-separated, overrides them).
+pub fn cluster_servers() -> Vec<String> {
+    std::env::var("METERING_TEST_CLUSTER")
+        .unwrap_or_else(|_| (1..=4).map(|n| format!("http://127.0.0.1:{}", 8130 + n)).collect::<Vec<_>>().join(","))
+        .split(',')
+        .map(str::to_string)
+        .collect()
+}
+
+/// Settings for `database` in the cluster layout on `metering`, reached through server `n` (0-based).
+pub fn on_cluster_server(n: usize, database: &str) -> ClickHouseConfig {
+    ClickHouseConfig { url: cluster_servers()[n].clone(), database: database.into(), cluster: "metering".into(), ..Default::default() }
+}
+
 /// A name unique to this process and call, safe as a topic or database name.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);

@@ -11,17 +11,8 @@ use simulator::simulate::{Expected, SimConfig};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-fn servers() -> Vec<String> {
-    std::env::var("METERING_TEST_CLUSTER")
-        .unwrap_or_else(|_| (1..=4).map(|n| format!("http://127.0.0.1:{}", 8130 + n)).collect::<Vec<_>>().join(","))
-        .split(',')
-        .map(str::to_string)
-        .collect()
-}
-
-/// The settings of database `database` on the cluster, reached through server `n` (0-based).
 fn on_server(n: usize, database: &str) -> ClickHouseConfig {
-    ClickHouseConfig { url: servers()[n].clone(), database: database.into(), cluster: "metering".into(), ..Default::default() }
+    on_cluster_server(n, database)
 }
 
 /// Stop or start replica `n` (1-based) with `scripts/stack`.

@@ -572,10 +572,30 @@ async fn events_over_the_byte_maximum_are_refused_at_every_entry_and_sums_never_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_members_claiming_one_partition_at_once_count_nothing_twice() {
     let db = test_db().await;
+    race(&db, &db).await;
+    drop_db(&db).await;
+}
+
+/// The same on the replicated cluster (`scripts/stack up --cluster`), the
+/// two members reaching different servers of the partition's shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_members_claiming_one_partition_at_once_on_the_replicated_cluster_count_nothing_twice() {
+    let database = unique("mtr_race");
+    let db = on_cluster_server(0, &database);
+    runtime::ch::migrate(&db).await.expect("migrations on the cluster (scripts/stack up --cluster)");
+    // partition 0 is on shard 1: servers 1 and 2 are its replicas
+    race(&db, &on_cluster_server(1, &database)).await;
+    let _ = db.server_client().query(&format!("DROP DATABASE IF EXISTS {database} ON CLUSTER metering")).execute().await;
+}
+
+/// A (through `db`) and B (through `db_b`) claim partition 0 at once.
+async fn race(db: &runtime::ch::ClickHouseConfig, db_b: &runtime::ch::ClickHouseConfig) {
+    let db = db.clone();
     let topic = unique("eo_race");
     let (records, want) = interleaved_days(0x5eed_0005, &topic, 50, 40);
     let member = |m: &str| AggregatorConfig { member_id: m.into(), ..Default::default() };
     let sink = Sink::connect(&db, &topic).await.unwrap();
+    let sink_b = Sink::connect(db_b, &topic).await.unwrap();
     let mut a = Core::new(&member("a"), sink.clone(), Arc::new(Metrics::new()));
     a.assign(&[0]).await.unwrap();
     let third = records.len() / 3;
@@ -586,14 +606,27 @@ async fn two_members_claiming_one_partition_at_once_count_nothing_twice() {
     a.drop_all_state();
     // A claims again while B is given the partition: both read, then both write
     let barrier = Arc::new(tokio::sync::Barrier::new(2));
-    let racing = sink.clone().with_claim_barrier(barrier);
-    let mut a = Core::new(&member("a"), racing.clone(), Arc::new(Metrics::new()));
-    let mut b = Core::new(&member("b"), racing, Arc::new(Metrics::new()));
+    let mut a = Core::new(&member("a"), sink.clone().with_claim_barrier(barrier.clone()), Arc::new(Metrics::new()));
+    let mut b = Core::new(&member("b"), sink_b.clone().with_claim_barrier(barrier), Arc::new(Metrics::new()));
     let (from_a, from_b) = tokio::join!(a.assign(&[0]), b.assign(&[0]));
-    assert_eq!((from_a.unwrap()[0].1, from_b.unwrap()[0].1), (Some(third as i64), Some(third as i64)));
-    let epochs = count(&db, &format!("SELECT uniqExact(epoch) FROM {}.aggregator_claims WHERE partition = 0", db.database)).await;
-    let claims = count(&db, &format!("SELECT count() FROM {}.aggregator_claims WHERE partition = 0", db.database)).await;
-    assert_eq!((epochs, claims), (2, 3), "the two new claims took the same epoch");
+    let collided = from_a.is_ok() && from_b.is_ok();
+    if collided {
+        assert_eq!((from_a.unwrap()[0].1, from_b.unwrap()[0].1), (Some(third as i64), Some(third as i64)));
+        let epochs = count(&db, &format!("SELECT uniqExact(epoch) FROM {}.aggregator_claims WHERE partition = 0", db.database)).await;
+        let claims = count(&db, &format!("SELECT count() FROM {}.aggregator_claims WHERE partition = 0", db.database)).await;
+        assert_eq!((epochs, claims), (2, 3), "the two new claims took the same epoch");
+    } else {
+        // a replicated cluster runs one quorum insert per shard at a time: the
+        // other claim is refused, and its member claims again
+        assert!(!db.cluster.is_empty(), "only a cluster refuses a claim: {from_a:?} {from_b:?}");
+        let refused = match (from_a, from_b) {
+            (Err(e), _) | (_, Err(e)) => e,
+            _ => unreachable!("one claim was refused"),
+        };
+        assert!(refused.to_string().contains("Code: 286"), "{refused}");
+        let again = if a.assigned().is_empty() { a.assign(&[0]).await } else { b.assign(&[0]).await };
+        assert!(again.is_ok(), "the refused member claimed again: {again:?}");
+    }
     for (o, (_, payload)) in records.iter().enumerate().skip(third) {
         a.process(0, o as i64, Some(1_800_000_000_000), payload);
         b.process(0, o as i64, Some(1_800_000_000_000), payload);
@@ -603,17 +636,24 @@ async fn two_members_claiming_one_partition_at_once_count_nothing_twice() {
     for table in Table::ORDER {
         Store::insert(&a.store, table, landed.rows(table), &unique("raced")).await.unwrap();
     }
-    let e = b.flush(true).await.unwrap_err();
-    assert!(matches!(e, aggregator::AggError::ClaimContested(ref p) if p == &[0]), "{e}");
-    // B claims again (no barrier now) and finishes
-    let mut b = Core::new(&member("b"), sink.clone(), Arc::new(Metrics::new()));
-    assert_eq!(b.assign(&[0]).await.unwrap()[0].1, Some(third as i64), "resumes where the contested claims did");
-    for (o, (_, payload)) in records.iter().enumerate().skip(third) {
-        b.process(0, o as i64, Some(1_800_000_000_000), payload);
+    let flushed = b.flush(true).await;
+    if collided {
+        let e = flushed.unwrap_err();
+        assert!(matches!(e, aggregator::AggError::ClaimContested(ref p) if p == &[0]), "{e}");
     }
-    b.flush(true).await.unwrap();
-    let raw = count(&db, &format!("SELECT sum(events) FROM {}.usage_by_tracking_log", db.database)).await;
-    assert!(raw > want.events, "A's rows of the contested epoch are in the table ({raw} raw events)");
+    // a member claims the partition (no barrier now) and finishes it
+    let mut c = Core::new(&member("c"), sink_b, Arc::new(Metrics::new()));
+    let start = c.assign(&[0]).await.unwrap()[0].1.expect("a checkpoint");
+    if collided {
+        assert_eq!(start, third as i64, "resumes where the contested claims did");
+    }
+    for (o, (_, payload)) in records.iter().enumerate().skip(start as usize) {
+        c.process(0, o as i64, Some(1_800_000_000_000), payload);
+    }
+    c.flush(true).await.unwrap();
+    if collided {
+        let raw = count(&db, &format!("SELECT sum(events) FROM {}.usage_by_tracking_log", db.database)).await;
+        assert!(raw > want.events, "A's rows of the contested epoch are in the table ({raw} raw events)");
+    }
     assert_exact(&db, &want, Duration::from_secs(10)).await;
-    drop_db(&db).await;
 }
