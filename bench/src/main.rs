@@ -23,6 +23,11 @@ struct Cli {
     /// (default) or the current engine (`http://127.0.0.1:8124`, 26.x)
     #[arg(long, global = true, env = "METERING_BENCH_CLICKHOUSE", default_value = "http://127.0.0.1:8123")]
     clickhouse: String,
+    /// The cluster layout on this cluster of the servers' `remote_servers`
+    /// (replicated, DDL `ON CLUSTER`), e.g. `metering` with `--clickhouse
+    /// http://127.0.0.1:8131` on `scripts/stack up --cluster`
+    #[arg(long, global = true, default_value = "")]
+    cluster: String,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -85,7 +90,7 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     eprintln!("machine: {}", machine());
     let cli = Cli::parse();
-    stack::set_clickhouse_url(&cli.clickhouse);
+    stack::set_clickhouse(&cli.clickhouse, &cli.cluster);
     match cli.cmd {
         Cmd::Codec { events, rounds, profile } => codec(events, rounds, profile),
         Cmd::Memory { viewers } => memory(viewers),

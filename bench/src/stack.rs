@@ -17,17 +17,17 @@ use std::time::{Duration, Instant};
 
 pub const BROKERS: &str = "127.0.0.1:9092";
 
-static CLICKHOUSE_URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+static CLICKHOUSE: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
 
-/// The ClickHouse the benchmarks use (`--clickhouse`).
-pub fn set_clickhouse_url(url: &str) {
-    let _ = CLICKHOUSE_URL.set(url.to_string());
+/// The ClickHouse the benchmarks use (`--clickhouse`, `--cluster`).
+pub fn set_clickhouse(url: &str, cluster: &str) {
+    let _ = CLICKHOUSE.set((url.to_string(), cluster.to_string()));
 }
 
 /// Settings for a benchmark database on that ClickHouse.
 pub fn clickhouse(database: String) -> ClickHouseConfig {
-    let url = CLICKHOUSE_URL.get().cloned().unwrap_or_else(|| ClickHouseConfig::default().url);
-    ClickHouseConfig { url, database, ..Default::default() }
+    let (url, cluster) = CLICKHOUSE.get().cloned().unwrap_or_else(|| (ClickHouseConfig::default().url, String::new()));
+    ClickHouseConfig { url, database, cluster, ..Default::default() }
 }
 
 pub fn stamp() -> String {
@@ -197,7 +197,10 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
 pub async fn aggregator_drain(topic: &str, unique: u64) -> Result<(f64, u64, String)> {
     let db = clickhouse(format!("bench_{}", stamp()));
     runtime::ch::migrate(&db).await?;
-    let version: String = db.server_client().query("SELECT version()").fetch_one().await?;
+    let mut version: String = db.server_client().query("SELECT version()").fetch_one().await?;
+    if !db.cluster.is_empty() {
+        version = format!("{version}, cluster {} (replicated, insert_quorum {})", db.cluster, db.insert_quorum);
+    }
     let aggregator = release_bin("aggregator")?;
     let t = Instant::now();
     let mut child = Command::new(aggregator)
@@ -205,6 +208,7 @@ pub async fn aggregator_drain(topic: &str, unique: u64) -> Result<(f64, u64, Str
         .env("AGGREGATOR__KAFKA__TOPIC", topic)
         .env("AGGREGATOR__CLICKHOUSE__DATABASE", &db.database)
         .env("AGGREGATOR__CLICKHOUSE__URL", &db.url)
+        .env("AGGREGATOR__CLICKHOUSE__CLUSTER", &db.cluster)
         .env("AGGREGATOR__GROUP_ID", format!("bench-{topic}"))
         .env("AGGREGATOR__METRICS_LISTEN", "")
         .env("RUST_LOG", "warn")
@@ -228,7 +232,8 @@ pub async fn aggregator_drain(topic: &str, unique: u64) -> Result<(f64, u64, Str
     let _ = child.kill();
     let _ = child.wait();
     let got = sum_events(&db).await;
-    let _ = db.server_client().query(&format!("DROP DATABASE IF EXISTS {}", db.database)).execute().await;
+    let on = if db.cluster.is_empty() { String::new() } else { format!(" ON CLUSTER {}", db.cluster) };
+    let _ = db.server_client().query(&format!("DROP DATABASE IF EXISTS {}{on}", db.database)).execute().await;
     if got != unique {
         bail!("aggregator counted {got} events, expected {unique}");
     }
