@@ -64,7 +64,8 @@ impl Sink {
     /// For tests of concurrent claims: every [`Store::claim`] of this sink
     /// (and its clones) waits at `barrier` between reading the partitions'
     /// state and writing its claim, so that claimers all read before any
-    /// writes.
+    /// writes (at most 10 s: a claimer that failed before the barrier does
+    /// not hold the others for ever).
     pub fn with_claim_barrier(mut self, barrier: std::sync::Arc<tokio::sync::Barrier>) -> Self {
         self.claim_barrier = Some(barrier);
         self
@@ -127,7 +128,7 @@ impl Store for Sink {
             .fetch_all()
             .await?;
         if let Some(b) = &self.claim_barrier {
-            b.wait().await;
+            let _ = tokio::time::timeout(Duration::from_secs(10), b.wait()).await;
         }
         let now = chrono::Utc::now().timestamp().clamp(0, u32::MAX as i64) as u32;
         let mut claims = RowBinary::default();
