@@ -334,8 +334,9 @@ pub async fn reconcile(store: &Store, card: &RateCard, period: &str) -> Result<V
     // the same bytes counted on the log tables under fences computed here from
     // the claims, without the views' join: a join that drops or repeats rows
     // (as `ANY` came to on current ClickHouse) fails here
+    let fences = store.claim_fences().await?;
     for (view, log, m) in [("usage_by_tracking", "usage_by_tracking_log", &tracking), ("usage_by_viewer", "usage_by_viewer_log", &viewer)] {
-        let direct = store.log_total(log, from, to).await?;
+        let direct = store.log_total(log, &fences, from, to).await?;
         let diff = differences(m, &direct);
         checks.push(Check {
             name: format!("{view} = {log} under the claims (per tracking id, without the views' join)"),

@@ -160,6 +160,9 @@ pub const TABLES: [(&str, &[(&str, &str)]); 3] = [
     ),
 ];
 
+/// The fence of each claimed `((topic, partition), epoch)`.
+pub type Fences = BTreeMap<((String, u32), u64), u64>;
+
 /// Per claimed `((topic, partition), epoch)` from the claims `(partition,
 /// epoch, start, claim_id)`: the first offset it no longer owns, the
 /// smallest start of a later epoch of its partition (`u64::MAX` while it is
@@ -167,7 +170,7 @@ pub const TABLES: [(&str, &[(&str, &str)]); 3] = [
 /// (a contested epoch: nothing of it counts); a claim recorded twice counts
 /// once. The definition of `aggregator_fences` (migration 7), kept here
 /// apart from it.
-pub fn fences(claims: impl IntoIterator<Item = ((String, u32), u64, u64, u64)>) -> BTreeMap<((String, u32), u64), u64> {
+pub fn fences(claims: impl IntoIterator<Item = ((String, u32), u64, u64, u64)>) -> Fences {
     /// Per epoch: the smallest start and the claim ids.
     type Epochs = BTreeMap<u64, (u64, BTreeSet<u64>)>;
     let mut by_partition: BTreeMap<(String, u32), Epochs> = BTreeMap::new();
@@ -249,12 +252,9 @@ impl Store {
         self.by_key(&sql, from, to).await
     }
 
-    /// `bytes_out` per tracking id with `window_start` in `[from, to)` read
-    /// from a log table (`usage_by_tracking_log` or `usage_by_viewer_log`)
-    /// under the fences computed here from the claims table, not through the
-    /// fenced views' join: reconciliation's independent count of what those
-    /// views must show.
-    pub async fn log_total(&self, log_table: &str, from: NaiveDate, to: NaiveDate) -> Result<BTreeMap<String, u64>, StoreError> {
+    /// The fences of every claimed epoch, computed here ([`fences`]) from the
+    /// claims table, not read from the `aggregator_fences` view.
+    pub async fn claim_fences(&self) -> Result<Fences, StoreError> {
         #[derive(Deserialize, clickhouse::Row)]
         struct Claim {
             topic: String,
@@ -268,17 +268,31 @@ impl Store {
             .query(&format!("SELECT topic, partition, epoch, start_offset, claim_id FROM {}.aggregator_claims", self.db))
             .fetch_all()
             .await?;
-        let fences = fences(claims.into_iter().map(|c| ((c.topic, c.partition), c.epoch, c.start_offset, c.claim_id)));
+        Ok(fences(claims.into_iter().map(|c| ((c.topic, c.partition), c.epoch, c.start_offset, c.claim_id))))
+    }
+
+    /// `bytes_out` per tracking id with `window_start` in `[from, to)` read
+    /// from a log table (`usage_by_tracking_log` or `usage_by_viewer_log`)
+    /// under `fences` ([`Store::claim_fences`]), not through the fenced
+    /// views' join: reconciliation's independent count of what those views
+    /// must show.
+    pub async fn log_total(
+        &self,
+        log_table: &str,
+        fences: &Fences,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<BTreeMap<String, u64>, StoreError> {
         if fences.is_empty() {
             return Ok(BTreeMap::new());
         }
         let keys: Vec<String> = fences.keys().map(|((t, p), e)| format!("{t}/{p}/{e}")).collect();
         let limits: Vec<u64> = fences.values().copied().collect();
         let sql = format!(
-            "SELECT tracking_id AS key, sum(bytes_out) AS bytes FROM {}.{log_table} \
+            "WITH concat(src_topic, '/', toString(src_partition), '/', toString(src_epoch)) AS claim \
+             SELECT tracking_id AS key, sum(bytes_out) AS bytes FROM {}.{log_table} \
              WHERE window_start >= toDateTime(?) AND window_start < toDateTime(?) \
-               AND has(?, concat(src_topic, '/', toString(src_partition), '/', toString(src_epoch))) \
-               AND src_offset <= transform(concat(src_topic, '/', toString(src_partition), '/', toString(src_epoch)), ?, ?, toUInt64(0)) \
+               AND has(?, claim) AND src_offset <= transform(claim, ?, ?, toUInt64(0)) \
              GROUP BY tracking_id",
             self.db
         );

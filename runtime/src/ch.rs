@@ -476,24 +476,20 @@ async fn migrate_until(cfg: &ClickHouseConfig, stop: Option<(u32, usize)>) -> Re
     };
     server.query(&format!("CREATE TABLE IF NOT EXISTS {db}.schema_migrations{engine} ORDER BY version")).execute().await?;
     let applied_sql = format!("SELECT version, any(checksum) FROM {db}.schema_migrations GROUP BY version");
-    let mut applied: Vec<AppliedRow> = server.query(&applied_sql).fetch_all().await?;
-    let pending = MIGRATIONS.iter().any(|m| !applied.iter().any(|r| r.version == m.version));
-    if pending {
-        // one migrating process at a time (several members start together);
-        // then read again what the one before it applied
-        lock(&server, db, &on).await?;
-        applied = match server.query(&applied_sql).fetch_all().await {
-            Ok(a) => a,
-            Err(e) => {
-                unlock(&server, db, &on).await;
-                return Err(e.into());
-            }
-        };
-        let result = apply(&server, db, &layout, &applied, stop).await;
-        unlock(&server, db, &on).await;
-        return result;
+    let applied: Vec<AppliedRow> = server.query(&applied_sql).fetch_all().await?;
+    if MIGRATIONS.iter().all(|m| applied.iter().any(|r| r.version == m.version)) {
+        return apply(&server, db, &layout, &applied, stop).await; // checks the checksums, applies nothing
     }
-    apply(&server, db, &layout, &applied, stop).await
+    // one migrating process at a time (several members start together); then
+    // read again what the one before it applied
+    lock(&server, db, &on).await?;
+    let result = async {
+        let applied: Vec<AppliedRow> = server.query(&applied_sql).fetch_all().await?;
+        apply(&server, db, &layout, &applied, stop).await
+    }
+    .await;
+    unlock(&server, db, &on).await;
+    result
 }
 
 /// How long a migration lock may be held before another process takes it
