@@ -21,6 +21,10 @@ fn replica(cmd: &str, n: usize) -> bool {
     std::process::Command::new(root.join("scripts/stack")).args([cmd, &n.to_string()]).status().is_ok_and(|s| s.success())
 }
 
+/// The tests that break a replica (stop it, stop its fetches) take turns:
+/// each expects the others' replicas as it left them.
+static REPLICA_FAULTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Starts replica `n` again when dropped, even if the test panics.
 struct ReplicaBack(usize);
 
@@ -123,6 +127,7 @@ async fn exact_on_every_server(database: &str, runs: &[&Expected]) {
 /// new member finishes. Every view read through every server is exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exact_on_the_replicated_cluster_across_a_replica_outage_and_a_kill() {
+    let _turn = REPLICA_FAULTS.lock().await;
     let topic = unique("cl_eo");
     create_topic(&topic, 4).await;
     let database = unique("mtr");
@@ -182,5 +187,112 @@ async fn exact_on_the_replicated_cluster_across_a_replica_outage_and_a_kill() {
     let checks = billing::run::reconcile(&store, &card, &period).await.unwrap();
     assert!(checks.iter().all(|c| c.ok), "{checks:#?}");
     let _ = std::fs::remove_dir_all(&out);
+    drop_everywhere(&database).await;
+}
+
+/// `SYSTEM STOP FETCHES` / `START FETCHES` on server `n` (0-based): that
+/// replica stops copying the parts the others write.
+async fn fetches(n: usize, database: &str, on: bool) {
+    let sql = if on { "SYSTEM START FETCHES" } else { "SYSTEM STOP FETCHES" };
+    on_server(n, database).server_client().query(sql).execute().await.unwrap_or_else(|e| panic!("{sql} on server {}: {e}", n + 1));
+}
+
+/// Starts fetches on server `n` again when dropped, even if the test panics.
+struct FetchesBack(usize);
+
+impl Drop for FetchesBack {
+    fn drop(&mut self) {
+        let url = cluster_servers()[self.0].clone();
+        let _ = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "10", "--data-binary", "SYSTEM START FETCHES", &url])
+            .stdout(std::process::Stdio::null())
+            .status();
+    }
+}
+
+fn log_has(log: &std::path::Path, what: &str) -> bool {
+    std::fs::read_to_string(log).is_ok_and(|s| s.contains(what))
+}
+
+/// A SIGKILL loop on the replicated cluster: more usage, then a member
+/// reaching the cluster through each server in turn, killed at a random
+/// moment after it made progress. Then a lagging replica: server 2 stops
+/// fetching, so a claim written through server 1 stays on server 1 alone
+/// (its quorum insert times out, code 319, and the shard refuses further
+/// quorum inserts, code 286); that member is killed and a new one reaches
+/// the cluster through server 2, whose reads miss that claim row. Its claim
+/// waits as well; it never decides on the stale rows: once server 2 fetches
+/// again, every view through every server is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_on_the_replicated_cluster_through_a_kill_loop_and_a_lagging_replica() {
+    use rand::Rng;
+    let _turn = REPLICA_FAULTS.lock().await;
+    let topic = unique("cl_kill");
+    create_topic(&topic, 4).await;
+    let database = unique("mtr");
+    let db = on_server(0, &database);
+    runtime::ch::migrate(&db).await.expect("migrations on the cluster (scripts/stack up --cluster)");
+    let sim = |seed: u64, run: &str| SimConfig {
+        seed,
+        run_id: run.to_string(),
+        partners: 4,
+        viewers_per_partner: 25,
+        untracked_viewers: 5,
+        duration_secs: 4 * 3600,
+        session_secs: (60, 3600),
+        duplicates: 0.03,
+        out_of_order: 0.03,
+        poison: 0.002,
+        ..Default::default()
+    };
+    let layout = [("AGGREGATOR__CLICKHOUSE__CLUSTER", "metering".to_string())];
+    let checkpoints = format!("SELECT count() FROM {database}.aggregator_checkpoints");
+    let mut runs = Vec::new();
+    for k in 0..4 {
+        // more usage, then a member through server k+1 (a fresh group each
+        // time: positions live in ClickHouse), killed mid-run
+        runs.push(simulate_to_kafka(&sim(41 + k as u64, &format!("{topic}-{k}")), &topic).await);
+        let via = on_server(k, &database);
+        let before = count(&db, &checkpoints).await;
+        let mut agg = spawn_aggregator(&topic, &via, &unique("g"), &layout);
+        let progressed = wait_until(Duration::from_secs(120), || async { count(&db, &checkpoints).await > before }).await;
+        assert!(progressed, "member {k} through server {} made progress", k + 1);
+        let ms = rand::thread_rng().gen_range(0..2_000);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        agg.kill9();
+    }
+
+    // the lagging replica: server 2 stops fetching and more usage arrives; a
+    // member through server 1 claims the partitions: to shard 1 its claim
+    // lands on server 1 alone and waits for a quorum it cannot get
+    let back = FetchesBack(1);
+    fetches(1, &database, false).await;
+    runs.push(simulate_to_kafka(&sim(49, &format!("{topic}-lag")), &topic).await);
+    let dir = std::env::temp_dir().join(unique("cl_lag"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (log_a, log_b) = (dir.join("a.log"), dir.join("b.log"));
+    let mut env = aggregator_env(&topic, &db, &unique("g"));
+    env.extend(layout.iter().cloned());
+    let mut a = Proc::spawn_logged("aggregator", &["run"], &env, &log_a);
+    let waits = wait_until(Duration::from_secs(120), || async { log_has(&log_a, "PartitionLoadFailed") }).await;
+    assert!(waits, "a claim through server 1 waits for the quorum while server 2 does not fetch: {}", log_a.display());
+    a.kill9();
+    // the takeover reaches the cluster through the lagging replica, which
+    // lacks that claim row: its own claim must wait too, not count
+    let mut env = aggregator_env(&topic, &on_server(1, &database), &unique("g"));
+    env.extend(layout.iter().cloned());
+    let mut b = Proc::spawn_logged("aggregator", &["run"], &env, &log_b);
+    let waits = wait_until(Duration::from_secs(120), || async { log_has(&log_b, "PartitionLoadFailed") }).await;
+    assert!(waits, "a claim through the lagging replica waits: {}", log_b.display());
+    fetches(1, &database, true).await;
+    drop(back);
+    // the member through server 2 (or, if it gave up meanwhile, its successor) finishes
+    let _c = if b.is_running() { None } else { Some(spawn_aggregator(&topic, &on_server(1, &database), &unique("g"), &layout)) };
+    exact_on_every_server(&database, &runs.iter().collect::<Vec<_>>()).await;
+    let dl = format!("SELECT count() FROM {database}.usage_dead_letters");
+    let poison: u64 = runs.iter().map(|r| r.poison_sent).sum();
+    assert!(wait_until(Duration::from_secs(60), || async { count(&db, &dl).await == poison }).await, "poison dead-lettered once");
+    drop(b);
+    let _ = std::fs::remove_dir_all(&dir);
     drop_everywhere(&database).await;
 }
