@@ -45,17 +45,22 @@ pub enum LineKind {
     Usage,
     /// Difference up to the minimum commitment.
     CommitmentTrueUp,
-    /// Correction for an earlier, already issued period (e.g. late usage).
+    /// Charge for an earlier, already issued period: late usage, or a manual charge.
     Adjustment,
+    /// Credit for an earlier, already issued period: its usage fell below
+    /// what was billed, or a manual credit. `bytes` is the size of the
+    /// decrease; the amount is negative (or zero).
+    Credit,
 }
 
 impl LineKind {
-    /// `"usage"`, `"commitment_true_up"` or `"adjustment"`, as in JSON.
+    /// `"usage"`, `"commitment_true_up"`, `"adjustment"` or `"credit"`, as in JSON.
     pub const fn as_str(self) -> &'static str {
         match self {
             LineKind::Usage => "usage",
             LineKind::CommitmentTrueUp => "commitment_true_up",
             LineKind::Adjustment => "adjustment",
+            LineKind::Credit => "credit",
         }
     }
 }
@@ -132,11 +137,13 @@ pub struct Invoice {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Adjustment {
+    /// [`LineKind::Adjustment`] (a charge) or [`LineKind::Credit`].
+    pub kind: LineKind,
     /// Line description.
     pub description: String,
     /// The period the usage belongs to, `YYYY-MM`; must precede the invoice's.
     pub from_period: String,
-    /// Late bytes.
+    /// Late bytes (a charge) or the decrease (a credit).
     #[serde(with = "u64_string")]
     pub bytes: u64,
     /// `bytes` in `unit`, for display.
@@ -291,7 +298,7 @@ pub fn build_invoice(
     for adj in adjustments {
         lines.push(InvoiceLine {
             line_no: 0,
-            kind: LineKind::Adjustment,
+            kind: adj.kind,
             description: adj.description.clone(),
             bytes: adj.bytes,
             quantity: adj.quantity,
@@ -334,18 +341,34 @@ pub fn build_invoice(
 /// cheaper tier the amount can be negative. The byte sum saturates at
 /// `u64::MAX`.
 pub fn price_late_usage(list: &PriceList, issued_bytes: u64, late_bytes: u64, from_period: &str) -> Adjustment {
-    let before = pricing::price(issued_bytes, list);
-    let after = pricing::price(issued_bytes.saturating_add(late_bytes), list);
-    let quantity = pricing::quantity(late_bytes, list.unit);
+    price_correction(list, issued_bytes, issued_bytes.saturating_add(late_bytes), from_period, None)
+}
+
+/// Prices the change of period `from_period`'s billed usage from `billed`
+/// to `now` bytes, at the margin under its price list `list`:
+/// `price(now).total - price(billed).total` (a charge when `now > billed`, a
+/// [`LineKind::Credit`] otherwise, whose amount is then negative or zero).
+/// `reason`, when given, ends the description (manual adjustments).
+pub fn price_correction(list: &PriceList, billed: u64, now: u64, from_period: &str, reason: Option<&str>) -> Adjustment {
+    let before = pricing::price(billed, list);
+    let after = pricing::price(now, list);
+    let (kind, bytes) = if now >= billed { (LineKind::Adjustment, now - billed) } else { (LineKind::Credit, billed - now) };
+    let quantity = pricing::quantity(bytes, list.unit);
+    let (u, was) = (list.unit, pricing::quantity(billed, list.unit));
+    let mut description = match (kind, reason) {
+        (LineKind::Credit, None) => format!("Correction for {from_period}: usage {quantity} {u} lower than the {was} {u} invoiced"),
+        (LineKind::Credit, Some(_)) => format!("Credit for {from_period}: {quantity} {u} (of {was} {u} invoiced)"),
+        (_, None) => format!("Late usage for {from_period}: {quantity} {u} (on top of {was} {u} invoiced)"),
+        (_, Some(_)) => format!("Charge for {from_period}: {quantity} {u} (on top of {was} {u} invoiced)"),
+    };
+    if let Some(r) = reason {
+        description.push_str(&format!(": {r}"));
+    }
     Adjustment {
-        description: format!(
-            "Late usage for {from_period}: {quantity} {} (on top of {} {} invoiced)",
-            list.unit,
-            pricing::quantity(issued_bytes, list.unit),
-            list.unit
-        ),
+        kind,
+        description,
         from_period: from_period.to_owned(),
-        bytes: late_bytes,
+        bytes,
         quantity,
         unit: list.unit,
         currency: list.currency.code.clone(),

@@ -15,6 +15,9 @@ use std::path::PathBuf;
 struct BillingConfig {
     /// ClickHouse endpoint and database with the usage aggregates.
     clickhouse: ClickHouseConfig,
+    /// Seconds after which the lock of a `billing issue` that crashed is
+    /// taken over (an issue takes seconds; default 600).
+    issue_lock_stale_secs: Option<u64>,
 }
 
 #[derive(Parser)]
@@ -54,6 +57,32 @@ enum Cmd {
         #[arg(long, default_value = "out/billing")]
         out: PathBuf,
     },
+    /// Record a manual credit or charge for a partner's period (carried by the next invoice)
+    Adjust {
+        #[command(flatten)]
+        p: PeriodArgs,
+        /// Partner id from the rate card
+        #[arg(long)]
+        partner: String,
+        /// A credit (the partner pays less)
+        #[arg(long, conflicts_with = "charge", required_unless_present = "charge")]
+        credit: bool,
+        /// A charge (the partner pays more)
+        #[arg(long)]
+        charge: bool,
+        /// Bytes of the period to credit or charge, priced at the margin of that period
+        #[arg(long, conflicts_with = "amount", required_unless_present = "amount")]
+        bytes: Option<u64>,
+        /// An amount in the partner's currency of that period (positive)
+        #[arg(long)]
+        amount: Option<rust_decimal::Decimal>,
+        /// Why (printed on the invoice)
+        #[arg(long)]
+        reason: String,
+        /// Who records it (audit trail)
+        #[arg(long = "by")]
+        by: String,
+    },
     /// Prove that raw tables, rollups and invoices agree for the period; exit 1 if not
     Reconcile {
         #[command(flatten)]
@@ -85,8 +114,28 @@ fn main() -> Result<()> {
             Cmd::Issue { p, out } => {
                 let card = load_rate_card(&p.rates)?;
                 let started = std::time::Instant::now();
-                let (c, w) = run::issue(&store, &card, &p.period, &out).await?;
+                let stale = cfg.issue_lock_stale_secs.unwrap_or(billing::store::ISSUE_LOCK_STALE_SECS);
+                let (c, w) = run::issue(&store, &card, &p.period, &out, stale).await?;
                 print_run("issued", &c, &w, started.elapsed());
+            }
+            Cmd::Adjust { p, partner, credit, charge: _, bytes, amount, reason, by } => {
+                let card = load_rate_card(&p.rates)?;
+                let kind = if credit { billing::ledger::AdjustmentKind::Credit } else { billing::ledger::AdjustmentKind::Charge };
+                let m = run::adjust(&store, &card, &partner, &p.period, kind, bytes, amount, &reason, &by).await?;
+                let what = match m.amount {
+                    Some(a) => format!("{a} (currency of {})", m.period),
+                    None => format!("{} bytes", m.bytes),
+                };
+                println!(
+                    "recorded {} {} for {} {}: {what}; reason {:?}, by {:?}; the next invoice issued for {} carries it",
+                    m.kind.as_str(),
+                    m.adjustment_id,
+                    m.partner_id,
+                    m.period,
+                    m.reason,
+                    m.author,
+                    m.partner_id
+                );
             }
             Cmd::Reconcile { p } => {
                 let card = load_rate_card(&p.rates)?;
@@ -127,19 +176,20 @@ fn print_run(what: &str, c: &run::Computed, w: &run::Written, took: std::time::D
         println!("  unowned {t}: {b} bytes (not billed)");
     }
     for a in &r.adjustments {
-        println!("  adjustment {}: {} late bytes of {} = {} {}", a.partner_id, a.bytes, a.from_period, a.amount, a.currency);
+        println!("  correction {} {}: {} bytes of {} = {} {}", a.partner_id, a.kind, a.bytes, a.from_period, a.amount, a.currency);
     }
-    for a in &r.pending_late_usage {
+    for a in &r.pending_corrections {
         println!(
-            "  late usage after issue {}: {} bytes of {} ({} {}), billed next period",
-            a.partner_id, a.bytes, a.from_period, a.amount, a.currency
+            "  pending {} {}: {} bytes of {} ({} {}), carried by the next invoice",
+            a.partner_id, a.kind, a.bytes, a.from_period, a.amount, a.currency
         );
     }
+    println!("snapshot {}", r.snapshot);
     println!("{} invoices ({what}) in {} ms:", c.invoices.len(), took.as_millis());
     for p in &w.invoices_json {
         println!("  {}", p.display());
     }
-    for p in &w.invoices_html {
+    for p in w.invoices_html.iter().chain(&w.invoices_pdf) {
         println!("  {}", p.display());
     }
     println!("  {}\n  {}", w.lines_csv.display(), w.report.display());

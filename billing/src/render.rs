@@ -63,7 +63,7 @@ pub fn html_escape(s: &str) -> String {
 
 /// Groups the integer digits of a decimal string in thousands: `-1234567.50`
 /// becomes `-1,234,567.50`.
-fn group_thousands(s: &str) -> String {
+pub(crate) fn group_thousands(s: &str) -> String {
     let (sign, rest) = s.strip_prefix('-').map_or(("", s), |r| ("-", r));
     let (int, frac) = rest.split_once('.').map_or((rest, None), |(i, f)| (i, Some(f)));
     let mut grouped = String::with_capacity(int.len() + int.len() / 3);
@@ -173,17 +173,18 @@ fn kind_note(kind: LineKind) -> &'static str {
         LineKind::Usage => "",
         LineKind::CommitmentTrueUp => " <span class=\"kind\">(commitment)</span>",
         LineKind::Adjustment => " <span class=\"kind\">(adjustment)</span>",
+        LineKind::Credit => " <span class=\"kind\">(credit)</span>",
     }
 }
 
-fn quantity_cell(l: &InvoiceLine) -> String {
+pub(crate) fn quantity_cell(l: &InvoiceLine) -> String {
     match l.kind {
         LineKind::CommitmentTrueUp => String::new(),
         _ => l.quantity.to_string(),
     }
 }
 
-fn unit_price_cell(l: &InvoiceLine) -> String {
+pub(crate) fn unit_price_cell(l: &InvoiceLine) -> String {
     match l.kind {
         LineKind::Usage => l.unit_price.to_string(),
         _ => String::new(),

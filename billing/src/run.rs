@@ -1,10 +1,11 @@
 //! Billing runs: drafts, issuing, files, the run report, reconciliation and
 //! partner statements.
 
-use crate::invoice::{build_invoice, format_period, parse_period, period_bounds, price_late_usage, Adjustment, Invoice, InvoiceStatus};
-use crate::rates::RateCard;
+use crate::invoice::{build_invoice, format_period, parse_period, period_bounds, price_correction, Adjustment, Invoice, InvoiceStatus, LineKind};
+use crate::ledger::{differences, AdjustmentKind, Billed, Ledger, LedgerRecord, ManualAdjustment};
+use crate::rates::{Partner, RateCard};
 use crate::render;
-use crate::store::{BilledRow, Store, StoreError};
+use crate::store::{Snapshot, Store, StoreError};
 use chrono::NaiveDate;
 use runtime::csv;
 use serde::Serialize;
@@ -26,6 +27,8 @@ pub enum BillingError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{0}: the byte total does not fit 64 bits")]
     Overflow(&'static str),
+    #[error("billing adjust: {0}")]
+    Adjust(String),
 }
 
 /// A checked sum of byte counts: an overflow is an error, never a wrap.
@@ -33,16 +36,26 @@ fn total<'a>(what: &'static str, bytes: impl IntoIterator<Item = &'a u64>) -> Re
     bytes.into_iter().try_fold(0u64, |a, b| a.checked_add(*b)).ok_or(BillingError::Overflow(what))
 }
 
-/// Usage of an already issued period that arrived after it was issued.
+/// A correction of an earlier, issued period: usage that changed since it
+/// was billed (late usage, or usage that fell), or a manual adjustment.
 #[derive(Debug, Clone, Serialize)]
-pub struct LateUsage {
+pub struct Correction {
     pub partner_id: String,
+    /// The usage period corrected.
     pub from_period: String,
+    /// `late_usage`, `lower_usage`, `manual_charge` or `manual_credit`.
+    pub kind: &'static str,
+    /// The size of the change (a decrease for `lower_usage`).
     #[serde(with = "u64_str")]
     pub bytes: u64,
-    pub per_tracking: BTreeMap<String, u64>,
+    /// Usage now minus billed, per tracking id (usage corrections only).
+    pub per_tracking: BTreeMap<String, i64>,
     pub currency: String,
+    /// Signed: negative for credits.
     pub amount: String,
+    /// Manual adjustments: their id, reason and author.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adjustment: Option<ManualAdjustment>,
 }
 
 /// Per-partner line of the run report.
@@ -61,6 +74,8 @@ pub struct PartnerSummary {
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
     pub period: String,
+    /// The usage snapshot every figure of this run was read from ([`Snapshot::summary`]).
+    pub snapshot: String,
     /// All `bytes_out` of the period, every tracking id and untracked.
     #[serde(with = "u64_str")]
     pub total_bytes: u64,
@@ -70,10 +85,18 @@ pub struct RunReport {
     /// Usage without a tracking id: not billed.
     #[serde(with = "u64_str")]
     pub untracked_bytes: u64,
-    /// Late usage of earlier issued periods billed as adjustments on this run's drafts.
-    pub adjustments: Vec<LateUsage>,
-    /// Late usage of this period, arrived after its invoice was issued: billed next period.
-    pub pending_late_usage: Vec<LateUsage>,
+    /// Corrections of earlier issued periods carried by this run's drafts, in both directions.
+    pub adjustments: Vec<Correction>,
+    /// Corrections not carried yet: usage of this (issued) period changed
+    /// since its invoice, and manual adjustments waiting for a later invoice.
+    pub pending_corrections: Vec<Correction>,
+}
+
+/// What issuing a draft records with it in the ledger.
+#[derive(Debug, Clone, Default)]
+struct ToRecord {
+    billed: Vec<Billed>,
+    settled: Vec<String>,
 }
 
 /// The result of computing a period.
@@ -82,8 +105,8 @@ pub struct Computed {
     pub period: String,
     pub invoices: Vec<Invoice>,
     pub report: RunReport,
-    /// Per partner: its own usage per tracking id (for `billing_billed_usage`).
-    usage_by_partner: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Per partner with a draft: what issuing it records.
+    to_record: BTreeMap<String, ToRecord>,
 }
 
 fn bounds(period: &str) -> Result<((i32, u32), NaiveDate, NaiveDate), BillingError> {
@@ -92,114 +115,204 @@ fn bounds(period: &str) -> Result<((i32, u32), NaiveDate, NaiveDate), BillingErr
     Ok((ym, from, to))
 }
 
-/// Compute the invoices of `period`: drafts for partners not yet issued, the
-/// stored issued invoice (unchanged) for the others.
+/// Everything one run reads: the usage snapshot, the ledger, the manual adjustments.
+#[derive(Debug, Clone)]
+pub struct Inputs {
+    pub snapshot: Snapshot,
+    pub ledger: Ledger,
+    pub manual: Vec<ManualAdjustment>,
+}
+
+impl Inputs {
+    /// Read them now (the checkpoints and claims first: the snapshot).
+    pub async fn read(store: &Store) -> Result<Inputs, BillingError> {
+        let snapshot = store.snapshot().await?;
+        Ok(Inputs { snapshot, ledger: store.ledger().await?, manual: store.adjustments().await? })
+    }
+}
+
+fn to_i64(what: &'static str, v: i128) -> Result<i64, BillingError> {
+    i64::try_from(v).map_err(|_| BillingError::Overflow(what))
+}
+
+/// Usage of a period as of the snapshot, read once per run.
+struct UsageCache<'a> {
+    store: &'a Store,
+    snapshot: &'a Snapshot,
+    by_period: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+impl UsageCache<'_> {
+    async fn get(&mut self, period: &str) -> Result<&BTreeMap<String, u64>, BillingError> {
+        if !self.by_period.contains_key(period) {
+            let (_, from, to) = bounds(period)?;
+            let u = self.store.usage_at(self.snapshot, from, to).await?;
+            self.by_period.insert(period.to_string(), u);
+        }
+        Ok(&self.by_period[period])
+    }
+
+    /// `partner`'s usage of `period`, per tracking id.
+    async fn own(&mut self, partner: &Partner, period: &str) -> Result<BTreeMap<String, u64>, BillingError> {
+        let u = self.get(period).await?;
+        Ok(partner.tracking_ids.iter().filter_map(|t| u.get(t).map(|b| (t.clone(), *b))).collect())
+    }
+}
+
+/// The correction of `partner`'s period `q` from what the ledger billed to
+/// the usage now: its report entry, its line (none when the change nets to
+/// zero bytes) and its billed rows.
+fn usage_correction(
+    partner: &Partner,
+    q: &str,
+    own: &BTreeMap<String, u64>,
+    billed: &BTreeMap<String, i128>,
+) -> Result<Option<(Correction, Option<Adjustment>, Vec<Billed>)>, BillingError> {
+    let diffs = differences(own, billed);
+    if diffs.is_empty() {
+        return Ok(None);
+    }
+    let (_, qf, _) = bounds(q)?;
+    let billed_total = u64::try_from(billed.values().sum::<i128>().max(0)).map_err(|_| BillingError::Overflow("billed bytes"))?;
+    let now_total = total("usage", own.values())?;
+    let adj = price_correction(&partner.pricing_at(qf), billed_total, now_total, q, None);
+    let per_tracking = diffs.iter().map(|(t, d)| Ok((t.clone(), to_i64("correction", *d)?))).collect::<Result<BTreeMap<_, _>, BillingError>>()?;
+    let rows = per_tracking.iter().map(|(t, d)| Billed { usage_period: q.to_string(), tracking_id: t.clone(), bytes: *d }).collect();
+    let c = Correction {
+        partner_id: partner.id.clone(),
+        from_period: q.to_string(),
+        kind: if adj.kind == LineKind::Credit { "lower_usage" } else { "late_usage" },
+        bytes: adj.bytes,
+        per_tracking,
+        currency: adj.currency.clone(),
+        amount: adj.amount.to_string(),
+        adjustment: None,
+    };
+    Ok(Some((c, (adj.bytes > 0).then_some(adj), rows)))
+}
+
+/// A manual adjustment priced for `partner`: bytes at the margin of its
+/// period's usage now (`usage_now` bytes), under that period's price list;
+/// an amount as it is.
+fn manual_line(partner: &Partner, m: &ManualAdjustment, usage_now: u64) -> Result<(Correction, Adjustment), BillingError> {
+    let (_, qf, _) = bounds(&m.period)?;
+    let list = partner.pricing_at(qf);
+    let credit = m.kind == AdjustmentKind::Credit;
+    let who = format!("{} ({}, {})", m.reason, m.author, m.adjustment_id);
+    let adj = match m.amount {
+        Some(a) => Adjustment {
+            kind: if credit { LineKind::Credit } else { LineKind::Adjustment },
+            description: format!("{} for {}: {who}", if credit { "Credit" } else { "Charge" }, m.period),
+            from_period: m.period.clone(),
+            bytes: 0,
+            quantity: rust_decimal::Decimal::ZERO,
+            unit: list.unit,
+            currency: list.currency.code.clone(),
+            amount: if credit { -a } else { a },
+        },
+        None => {
+            let now = if credit { usage_now.saturating_sub(m.bytes) } else { usage_now.saturating_add(m.bytes) };
+            price_correction(&list, usage_now, now, &m.period, Some(&who))
+        }
+    };
+    let c = Correction {
+        partner_id: partner.id.clone(),
+        from_period: m.period.clone(),
+        kind: if credit { "manual_credit" } else { "manual_charge" },
+        bytes: adj.bytes,
+        per_tracking: BTreeMap::new(),
+        currency: adj.currency.clone(),
+        amount: adj.amount.to_string(),
+        adjustment: Some(m.clone()),
+    };
+    Ok((c, adj))
+}
+
+/// Compute the invoices of `period` as of now ([`Inputs::read`], then [`compute_at`]).
 pub async fn compute(store: &Store, card: &RateCard, period: &str) -> Result<Computed, BillingError> {
-    let (ym, from, to) = bounds(period)?;
+    compute_at(store, card, period, &Inputs::read(store).await?).await
+}
+
+/// Compute the invoices of `period` from `inputs`: drafts for partners not
+/// yet issued, carrying every correction of an earlier issued period (usage
+/// now against what the ledger billed, in both directions; pending manual
+/// adjustments); the ledger's invoice (unchanged) for the others, with
+/// their pending corrections in the report. The same inputs give the same
+/// result, whatever was written since they were read.
+pub async fn compute_at(store: &Store, card: &RateCard, period: &str, inputs: &Inputs) -> Result<Computed, BillingError> {
+    let (ym, _, _) = bounds(period)?;
     let period = format_period(ym.0, ym.1);
-    let usage = store.usage_by_tracking(from, to).await?;
-    let mut usage_cache: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-    usage_cache.insert(period.clone(), usage.clone());
-    let mut invoices = Vec::new();
-    let mut partners = Vec::new();
-    let mut adjustments_report = Vec::new();
-    let mut pending = Vec::new();
-    let mut usage_by_partner = BTreeMap::new();
-    let mut issued_invoices = store.issued_invoices(&period).await?;
-    let billed_all = store.billed().await?;
-    let no_billing = BTreeMap::new();
+    let ledger = &inputs.ledger;
+    let mut usage = UsageCache { store, snapshot: &inputs.snapshot, by_period: BTreeMap::new() };
+    let all = usage.get(&period).await?.clone();
+    let issued_periods = ledger.issued_periods();
+    let settled = ledger.settled();
+    let (mut invoices, mut partners, mut carried, mut pending) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut to_record = BTreeMap::new();
     for partner in &card.partners {
-        let own: BTreeMap<String, u64> = partner.tracking_ids.iter().filter_map(|t| usage.get(t).map(|b| (t.clone(), *b))).collect();
-        let billed = billed_all.get(&partner.id).unwrap_or(&no_billing);
-        let inv = if let Some(issued) = issued_invoices.remove(&partner.id) {
-            if let Some(late) = late_usage(billed, &own, &period)? {
-                let list = partner.pricing_at(from);
-                let billed_bytes =
-                    total("billed bytes", partner.tracking_ids.iter().filter_map(|t| billed.get(&(period.clone(), t.clone()))))?;
-                let adj = price_late_usage(&list, billed_bytes, late.1, &period);
-                pending.push(LateUsage {
-                    partner_id: partner.id.clone(),
-                    from_period: period.clone(),
-                    bytes: late.1,
-                    per_tracking: late.0,
-                    currency: adj.currency.clone(),
-                    amount: adj.amount.to_string(),
-                });
+        let own = usage.own(partner, &period).await?;
+        let open: Vec<&ManualAdjustment> =
+            inputs.manual.iter().filter(|m| m.partner_id == partner.id && !settled.contains_key(&m.adjustment_id)).collect();
+        let inv = if let Some(rec) = ledger.issued(&partner.id, &period) {
+            if let Some((c, _, _)) = usage_correction(partner, &period, &own, &ledger.billed(&partner.id, &period))? {
+                pending.push(c);
             }
-            issued
+            for m in open {
+                let now = total("usage", usage.own(partner, &m.period).await?.values())?;
+                pending.push(manual_line(partner, m, now)?.0);
+            }
+            rec.invoice.clone()
         } else {
-            // late usage of every earlier issued period of this partner
-            let earlier: BTreeSet<String> = billed.keys().map(|(p, _)| p.clone()).filter(|p| p < &period).collect();
-            let mut adjustments: Vec<Adjustment> = Vec::new();
-            for q in earlier {
-                if !usage_cache.contains_key(&q) {
-                    let (_, qf, qt) = bounds(&q)?;
-                    usage_cache.insert(q.clone(), store.usage_by_tracking(qf, qt).await?);
-                }
-                let q_usage = &usage_cache[&q];
-                let q_own: BTreeMap<String, u64> =
-                    partner.tracking_ids.iter().filter_map(|t| q_usage.get(t).map(|b| (t.clone(), *b))).collect();
-                if let Some((per_tracking, late)) = late_usage(billed, &q_own, &q)? {
-                    let (_, qf, _) = bounds(&q)?;
-                    let billed_bytes =
-                        total("billed bytes", partner.tracking_ids.iter().filter_map(|t| billed.get(&(q.clone(), t.clone()))))?;
-                    let adj = price_late_usage(&partner.pricing_at(qf), billed_bytes, late, &q);
-                    adjustments_report.push(LateUsage {
-                        partner_id: partner.id.clone(),
-                        from_period: q.clone(),
-                        bytes: late,
-                        per_tracking,
-                        currency: adj.currency.clone(),
-                        amount: adj.amount.to_string(),
-                    });
-                    adjustments.push(adj);
+            let mut rec = ToRecord {
+                billed: own.iter().map(|(t, b)| Ok(Billed { usage_period: period.clone(), tracking_id: t.clone(), bytes: to_i64("usage", i128::from(*b))? })).collect::<Result<_, BillingError>>()?,
+                settled: vec![],
+            };
+            let mut lines = Vec::new();
+            for q in issued_periods.iter().filter(|q| **q < period) {
+                let q_own = usage.own(partner, q).await?;
+                if let Some((c, line, rows)) = usage_correction(partner, q, &q_own, &ledger.billed(&partner.id, q))? {
+                    carried.push(c);
+                    lines.extend(line);
+                    rec.billed.extend(rows);
                 }
             }
-            build_invoice(partner, ym, total("partner usage", own.values())?, &adjustments, 1)?
+            for m in open {
+                let now = total("usage", usage.own(partner, &m.period).await?.values())?;
+                let (c, line) = manual_line(partner, m, now)?;
+                if m.period < period {
+                    carried.push(c);
+                    lines.push(line);
+                    rec.settled.push(m.adjustment_id.clone());
+                } else {
+                    pending.push(c); // for this period or later: the next invoice after it carries it
+                }
+            }
+            to_record.insert(partner.id.clone(), rec);
+            build_invoice(partner, ym, total("partner usage", own.values())?, &lines, 1)?
         };
         partners.push(PartnerSummary {
             partner_id: partner.id.clone(),
             invoice_number: inv.invoice_number.clone(),
-            status: if inv.status == InvoiceStatus::Issued { "issued".into() } else { "draft".into() },
+            status: inv.status.as_str().into(),
             bytes: inv.total_bytes,
             currency: inv.currency.clone(),
             total: inv.total.to_string(),
         });
-        usage_by_partner.insert(partner.id.clone(), own);
         invoices.push(inv);
     }
     let unowned: BTreeMap<String, u64> =
-        usage.iter().filter(|(t, _)| !t.is_empty() && card.partner_for_tracking_id(t).is_none()).map(|(t, b)| (t.clone(), *b)).collect();
+        all.iter().filter(|(t, _)| !t.is_empty() && card.partner_for_tracking_id(t).is_none()).map(|(t, b)| (t.clone(), *b)).collect();
     let report = RunReport {
         period: period.clone(),
-        total_bytes: total("period usage", usage.values())?,
+        snapshot: inputs.snapshot.summary(),
+        total_bytes: total("period usage", all.values())?,
         partners,
         unowned_tracking_ids: unowned,
-        untracked_bytes: usage.get("").copied().unwrap_or(0),
-        adjustments: adjustments_report,
-        pending_late_usage: pending,
+        untracked_bytes: all.get("").copied().unwrap_or(0),
+        adjustments: carried,
+        pending_corrections: pending,
     };
-    Ok(Computed { period, invoices, report, usage_by_partner })
-}
-
-/// Usage now minus usage billed, per tracking id, when positive anywhere.
-/// Late usage per tracking id, and its total.
-type Late = (BTreeMap<String, u64>, u64);
-
-fn late_usage(
-    billed: &BTreeMap<(String, String), u64>,
-    usage_now: &BTreeMap<String, u64>,
-    period: &str,
-) -> Result<Option<Late>, BillingError> {
-    let per: BTreeMap<String, u64> = usage_now
-        .iter()
-        .filter_map(|(t, now)| {
-            let b = billed.get(&(period.to_string(), t.clone())).copied().unwrap_or(0);
-            (*now > b).then(|| (t.clone(), now - b))
-        })
-        .collect();
-    let late = total("late usage", per.values())?;
-    Ok((late > 0).then_some((per, late)))
+    Ok(Computed { period, invoices, report, to_record })
 }
 
 /// Files written by a run.
@@ -207,19 +320,25 @@ fn late_usage(
 pub struct Written {
     pub invoices_json: Vec<PathBuf>,
     pub invoices_html: Vec<PathBuf>,
+    /// PDFs of the issued invoices (drafts get none).
+    pub invoices_pdf: Vec<PathBuf>,
     pub lines_csv: PathBuf,
     pub report: PathBuf,
 }
 
 fn write(path: &Path, text: &str) -> Result<(), BillingError> {
+    write_bytes(path, text.as_bytes())
+}
+
+fn write_bytes(path: &Path, bytes: &[u8]) -> Result<(), BillingError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|source| BillingError::Io { path: dir.to_path_buf(), source })?;
     }
-    std::fs::write(path, text).map_err(|source| BillingError::Io { path: path.to_path_buf(), source })
+    std::fs::write(path, bytes).map_err(|source| BillingError::Io { path: path.to_path_buf(), source })
 }
 
-/// Write the invoices (JSON, HTML), the lines CSV and the report under `out`.
-/// Equal inputs give byte-identical files.
+/// Write the invoices (JSON, HTML, and PDF once issued), the lines CSV and
+/// the report under `out`. Equal inputs give byte-identical files.
 pub fn write_files(c: &Computed, out: &Path) -> Result<Written, BillingError> {
     let mut w = Written::default();
     for inv in &c.invoices {
@@ -229,6 +348,11 @@ pub fn write_files(c: &Computed, out: &Path) -> Result<Written, BillingError> {
         write(&html, &render::invoice_html(inv))?;
         w.invoices_json.push(json);
         w.invoices_html.push(html);
+        if inv.status == InvoiceStatus::Issued {
+            let pdf = out.join("invoices").join(format!("{}.pdf", inv.invoice_number));
+            write_bytes(&pdf, &crate::pdf::invoice_pdf(inv))?;
+            w.invoices_pdf.push(pdf);
+        }
     }
     w.lines_csv = out.join(format!("invoice-lines-{}.csv", c.period));
     write(&w.lines_csv, &render::lines_csv(&c.invoices))?;
@@ -248,44 +372,134 @@ pub async fn run(store: &Store, card: &RateCard, period: &str, out: &Path) -> Re
     Ok((c, w))
 }
 
-/// `billing issue`: compute, then issue every draft: the invoice becomes
-/// final and what it billed is recorded. Already issued invoices stay as they are.
-pub async fn issue(store: &Store, card: &RateCard, period: &str, out: &Path) -> Result<(Computed, Written), BillingError> {
-    let mut c = compute(store, card, period).await?;
+/// Test hook: `BILLING_FAULT_AFTER=<step>` kills `billing issue` (SIGKILL)
+/// right after that step of [`ISSUE_STEPS`], to prove that the next run
+/// completes whatever a crash left.
+pub const FAULT_ENV: &str = "BILLING_FAULT_AFTER";
+
+/// The steps of `billing issue` that write, in order: the lock taken, the
+/// ledger rows, the `billing_invoices` rows, the `billing_invoice_lines`
+/// rows, the files.
+pub const ISSUE_STEPS: [&str; 5] = ["lock", "ledger", "invoices", "lines", "files"];
+
+fn fault_after(step: &str) {
+    if std::env::var(FAULT_ENV).is_ok_and(|v| v == step) {
+        tracing::error!(step, "FaultInjected: killing the process (SIGKILL)");
+        // SAFETY: raising a signal in our own process
+        unsafe { libc::raise(libc::SIGKILL) };
+    }
+}
+
+/// `billing issue`: issue every draft of `period`, exclusively and
+/// atomically. Holds the issue lock throughout (another `billing issue`
+/// waits for it; one held longer than `lock_stale_secs` is taken over);
+/// first completes the invoice tables from the ledger (an earlier run's
+/// crash), then computes from one snapshot, then records each new invoice
+/// with everything it billed as one ledger row (all in one INSERT), then
+/// copies them to the invoice tables and writes the files. Invoices
+/// already issued stay as they are; a second run issues nothing.
+pub async fn issue(store: &Store, card: &RateCard, period: &str, out: &Path, lock_stale_secs: u64) -> Result<(Computed, Written), BillingError> {
+    bounds(period)?;
+    store.lock_issue(lock_stale_secs).await?;
+    fault_after("lock");
+    let result = issue_locked(store, card, period, out).await;
+    store.unlock_issue().await;
+    result
+}
+
+async fn issue_locked(store: &Store, card: &RateCard, period: &str, out: &Path) -> Result<(Computed, Written), BillingError> {
+    let inputs = Inputs::read(store).await?;
+    let completed = store.complete_invoices(&inputs.ledger).await? + store.complete_lines(&inputs.ledger).await?;
+    if completed > 0 {
+        tracing::warn!(invoices = completed, "IssuedInvoicesCompleted: copied from the ledger what an interrupted issue left out");
+    }
+    let mut c = compute_at(store, card, period, &inputs).await?;
     let now = chrono::Utc::now();
-    let mut newly = Vec::new();
-    let mut billed = Vec::new();
+    let issue_id: u64 = rand::random();
+    let mut records = Vec::new();
     for inv in c.invoices.iter_mut().filter(|i| i.status == InvoiceStatus::Draft) {
         inv.issue(now)?;
-        let at = now.timestamp() as u32;
-        let row = |usage_period: &str, tracking_id: &str, bytes: u64| BilledRow {
-            invoice_number: inv.invoice_number.clone(),
-            partner_id: inv.partner_id.clone(),
-            billed_in_period: c.period.clone(),
-            usage_period: usage_period.to_string(),
-            tracking_id: tracking_id.to_string(),
-            bytes,
-            issued_at: at,
-        };
-        for (t, b) in c.usage_by_partner.get(&inv.partner_id).into_iter().flatten() {
-            billed.push(row(&c.period, t, *b));
+        let r = c.to_record.remove(&inv.partner_id).unwrap_or_default();
+        records.push(LedgerRecord {
+            invoice: inv.clone(),
+            issue_id,
+            issued_at: now.timestamp() as u32,
+            billed: r.billed,
+            settled: r.settled,
+            snapshot: c.report.snapshot.clone(),
+        });
+    }
+    store.append_ledger(&records).await?;
+    fault_after("ledger");
+    // what counts is the ledger's record of each number (a concurrent issue
+    // that got past the lock would show here: the first one counts)
+    let ledger = store.ledger().await?;
+    for inv in c.invoices.iter_mut() {
+        if let Some(rec) = ledger.issued(&inv.partner_id, &c.period) {
+            *inv = rec.invoice.clone();
         }
-        for adj in c.report.adjustments.iter().filter(|a| a.partner_id == inv.partner_id) {
-            for (t, b) in &adj.per_tracking {
-                billed.push(row(&adj.from_period, t, *b));
-            }
-        }
-        newly.push(inv.clone());
     }
     for p in c.report.partners.iter_mut() {
-        p.status = "issued".into();
+        p.status = InvoiceStatus::Issued.as_str().into();
     }
-    // invoices first: a crash before the billed rows leaves an issued invoice
-    // whose usage looks unbilled, which reconciliation reports
-    store.save(&newly).await?;
-    store.save_billed(&billed).await?;
+    store.complete_invoices(&ledger).await?;
+    fault_after("invoices");
+    store.complete_lines(&ledger).await?;
+    fault_after("lines");
     let w = write_files(&c, out)?;
+    fault_after("files");
     Ok((c, w))
+}
+
+/// `billing adjust`: record a manual credit or charge for `partner_id`'s
+/// usage `period`, in bytes (priced at the margin of that period's usage
+/// under its price list when an invoice carries it) or as an amount in the
+/// partner's currency of that period. The next invoice issued for the
+/// partner after `period` carries it; it never edits an issued invoice.
+#[allow(clippy::too_many_arguments)]
+pub async fn adjust(
+    store: &Store,
+    card: &RateCard,
+    partner_id: &str,
+    period: &str,
+    kind: AdjustmentKind,
+    bytes: Option<u64>,
+    amount: Option<rust_decimal::Decimal>,
+    reason: &str,
+    author: &str,
+) -> Result<ManualAdjustment, BillingError> {
+    let (ym, from, _) = bounds(period)?;
+    let bad = |m: String| Err(BillingError::Adjust(m));
+    let Some(partner) = card.partners.iter().find(|p| p.id == partner_id) else {
+        return bad(format!("partner {partner_id:?} is not in the rate card"));
+    };
+    let list = partner.pricing_at(from);
+    match (bytes, amount) {
+        (Some(0), None) => return bad("--bytes must be more than 0".into()),
+        (Some(_), None) => {}
+        (None, Some(a)) if a <= rust_decimal::Decimal::ZERO => return bad("--amount must be more than 0 (--credit or --charge gives the sign)".into()),
+        (None, Some(a)) if crate::pricing::round_money(a, &list.currency) != a => {
+            return bad(format!("--amount {a} has more decimals than {} allows", list.currency.code));
+        }
+        (None, Some(_)) => {}
+        _ => return bad("give exactly one of --bytes and --amount".into()),
+    }
+    if reason.trim().is_empty() || author.trim().is_empty() {
+        return bad("--reason and --by are required (the audit trail)".into());
+    }
+    let m = ManualAdjustment {
+        adjustment_id: format!("ADJ-{:016x}", rand::random::<u64>()),
+        partner_id: partner.id.clone(),
+        period: format_period(ym.0, ym.1),
+        kind,
+        bytes: bytes.unwrap_or(0),
+        amount,
+        reason: reason.trim().to_string(),
+        author: author.trim().to_string(),
+        created_at: chrono::Utc::now().timestamp() as u32,
+    };
+    store.record_adjustment(&m).await?;
+    Ok(m)
 }
 
 /// One reconciliation check.
@@ -297,7 +511,7 @@ pub struct Check {
 }
 
 /// The tracking ids whose bytes differ between `a` and `b`, as `"id": a vs b`.
-fn differences(a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>) -> Vec<String> {
+fn mismatches(a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>) -> Vec<String> {
     a.keys()
         .chain(b.keys())
         .collect::<BTreeSet<_>>()
@@ -324,7 +538,7 @@ pub async fn reconcile(store: &Store, card: &RateCard, period: &str) -> Result<V
         ("usage_by_tracking_daily", &daily),
         ("usage_by_viewer_daily", &viewer_daily),
     ] {
-        let diff = differences(&tracking, m);
+        let diff = mismatches(&tracking, m);
         checks.push(Check {
             name: format!("usage_by_tracking = {name} (per tracking id)"),
             ok: diff.is_empty(),
@@ -337,59 +551,69 @@ pub async fn reconcile(store: &Store, card: &RateCard, period: &str) -> Result<V
     let fences = store.claim_fences().await?;
     for (view, log, m) in [("usage_by_tracking", "usage_by_tracking_log", &tracking), ("usage_by_viewer", "usage_by_viewer_log", &viewer)] {
         let direct = store.log_total(log, &fences, from, to).await?;
-        let diff = differences(m, &direct);
+        let diff = mismatches(m, &direct);
         checks.push(Check {
             name: format!("{view} = {log} under the claims (per tracking id, without the views' join)"),
             ok: diff.is_empty(),
             detail: if diff.is_empty() { format!("{} bytes", total(log, direct.values())?) } else { diff.join("; ") },
         });
     }
-    let billed = store.billed_for_period(period).await?;
-    let owned = total("owned usage", tracking.iter().filter(|(t, _)| card.partner_for_tracking_id(t).is_some()).map(|(_, b)| b))?;
-    let unowned = total(
-        "unowned usage",
-        tracking.iter().filter(|(t, _)| !t.is_empty() && card.partner_for_tracking_id(t).is_none()).map(|(_, b)| b),
-    )?;
-    let untracked = tracking.get("").copied().unwrap_or(0);
+    // billing's side, from one snapshot: what the invoices price and bill
+    let inputs = Inputs::read(store).await?;
+    let ledger = &inputs.ledger;
+    let at = store.usage_at(&inputs.snapshot, from, to).await?;
+    let base = total("usage", at.values())?;
+    let owned = total("owned usage", at.iter().filter(|(t, _)| card.partner_for_tracking_id(t).is_some()).map(|(_, b)| b))?;
+    let unowned =
+        total("unowned usage", at.iter().filter(|(t, _)| !t.is_empty() && card.partner_for_tracking_id(t).is_none()).map(|(_, b)| b))?;
+    let untracked = at.get("").copied().unwrap_or(0);
     checks.push(Check {
-        name: "owned + unowned + untracked = total".into(),
+        name: "owned + unowned + untracked = total (at the billing snapshot)".into(),
         ok: total("usage", [&owned, &unowned, &untracked])? == base,
-        detail: format!("{owned} + {unowned} + {untracked} = {base}"),
+        detail: format!("{owned} + {unowned} + {untracked} = {base}; snapshot {}", inputs.snapshot.summary()),
     });
-    let over: Vec<String> = billed
-        .iter()
-        .filter(|(t, b)| tracking.get(*t).copied().unwrap_or(0) < **b)
-        .map(|(t, b)| format!("{t:?}: billed {b} > usage {}", tracking.get(t).copied().unwrap_or(0)))
-        .collect();
-    let billed_total = total("billed usage", billed.values())?;
-    let billed_ids_usage = total("usage of billed tracking ids", billed.keys().filter_map(|t| tracking.get(t)))?;
-    let pending = billed_ids_usage.saturating_sub(billed_total);
+    // billed twice: a second ledger row of an invoice number, an adjustment carried twice
+    let twice: Vec<String> = ledger.ignored.iter().map(|(n, id)| format!("{n} (issue {id:016x})")).collect();
     checks.push(Check {
-        name: "billed <= usage (per tracking id); the difference is late usage not yet billed".into(),
-        ok: over.is_empty(),
-        detail: if over.is_empty() { format!("billed {billed_total}, late not yet billed {pending}") } else { over.join("; ") },
+        name: "one ledger record per invoice number".into(),
+        ok: twice.is_empty(),
+        detail: if twice.is_empty() {
+            format!("{} invoices issued", ledger.records.len())
+        } else {
+            format!("issued twice (the first counts; remove the others after review): {}", twice.join(", "))
+        },
     });
-    // issued invoices: usage lines sum to total_bytes, which equals what was recorded as billed
-    let issued = store.issued_invoices(period).await?;
-    let billed_all = store.billed().await?;
+    let carried_twice: Vec<String> = ledger.settled().into_iter().filter(|(_, n)| *n > 1).map(|(id, n)| format!("{id} x{n}")).collect();
+    checks.push(Check {
+        name: "each manual adjustment carried by one invoice at most".into(),
+        ok: carried_twice.is_empty(),
+        detail: if carried_twice.is_empty() { format!("{} adjustments recorded", inputs.manual.len()) } else { carried_twice.join(", ") },
+    });
     for partner in &card.partners {
-        if let Some(inv) = issued.get(&partner.id) {
-            let lines = total("invoice lines", inv.lines.iter().filter(|l| l.kind == crate::invoice::LineKind::Usage).map(|l| &l.bytes))?;
-            let recorded = total(
-                "recorded billed usage",
-                billed_all.get(&partner.id).into_iter().flatten().filter(|((p, _), _)| p == period).map(|(_, b)| b),
-            )?;
-            let late_billed_later = recorded.saturating_sub(inv.total_bytes);
-            let ok = lines == inv.total_bytes && recorded >= inv.total_bytes;
-            checks.push(Check {
-                name: format!("invoice {} lines = total_bytes = billed usage", inv.invoice_number),
-                ok,
-                detail: format!(
-                    "lines {lines}, total_bytes {}, recorded {recorded} (of which late, billed later: {late_billed_later})",
-                    inv.total_bytes
-                ),
-            });
-        }
+        let own: BTreeMap<String, u64> = partner.tracking_ids.iter().filter_map(|t| at.get(t).map(|b| (t.clone(), *b))).collect();
+        let Some(rec) = ledger.issued(&partner.id, period) else { continue };
+        let inv = &rec.invoice;
+        let lines = total("invoice lines", inv.lines.iter().filter(|l| l.kind == LineKind::Usage).map(|l| &l.bytes))?;
+        let recorded: i128 = rec.billed.iter().filter(|b| b.usage_period == period).map(|b| i128::from(b.bytes)).sum();
+        checks.push(Check {
+            name: format!("invoice {} usage lines = total_bytes = its billed usage", inv.invoice_number),
+            ok: lines == inv.total_bytes && recorded == i128::from(inv.total_bytes),
+            detail: format!("lines {lines}, total_bytes {}, billed by it {recorded}", inv.total_bytes),
+        });
+        let billed = ledger.billed(&partner.id, period);
+        let diffs = differences(&own, &billed);
+        let billed_sum: i128 = billed.values().sum();
+        let (late, lower): (i128, i128) =
+            diffs.values().fold((0, 0), |(l, w), d| if *d > 0 { (l + d, w) } else { (l, w - d) });
+        checks.push(Check {
+            name: format!("{} {period}: billed = usage (a difference is a correction for the next invoice)", partner.id),
+            ok: true,
+            detail: if diffs.is_empty() {
+                format!("billed {billed_sum} = usage")
+            } else {
+                format!("billed {billed_sum}, usage {}: late usage {late} and lower usage {lower} pending", total("usage", own.values())?)
+            },
+        });
     }
     Ok(checks)
 }

@@ -1,8 +1,10 @@
-//! ClickHouse side of billing: usage per tracking id from the rollups, and the
-//! invoice tables (`billing_invoices`, `billing_invoice_lines`,
-//! `billing_billed_usage`).
+//! ClickHouse side of billing: usage per tracking id (from the fenced views,
+//! or from the log tables as of a [`Snapshot`]), the ledger
+//! (`billing_ledger`, `billing_adjustments`) and the invoice tables the
+//! console and analysts read (`billing_invoices`, `billing_invoice_lines`).
 
 use crate::invoice::Invoice;
+use crate::ledger::{AdjustmentKind, Billed, Ledger, LedgerRecord, ManualAdjustment};
 use chrono::NaiveDate;
 use runtime::ch::ClickHouseConfig;
 use serde::{Deserialize, Serialize};
@@ -23,6 +25,8 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct Store {
     client: clickhouse::Client,
+    /// Not bound to the database: for the issue lock's DDL.
+    server: clickhouse::Client,
     db: String,
     /// On a cluster: the table that a mutation must name (`T_local`, with
     /// `ON CLUSTER` when the DDL is distributed); one server: `T`.
@@ -36,6 +40,14 @@ enum LocalTables {
 }
 
 impl LocalTables {
+    /// ` ON CLUSTER c` for DDL when the cluster's DDL is distributed.
+    fn on(&self) -> &str {
+        match self {
+            LocalTables::Single => "",
+            LocalTables::Cluster { on } => on,
+        }
+    }
+
     fn of(cfg: &ClickHouseConfig) -> Result<Self, StoreError> {
         Ok(match cfg.layout().map_err(|e| StoreError::Config(e.to_string()))? {
             runtime::ch::Layout::Single => LocalTables::Single,
@@ -93,24 +105,44 @@ struct LineRow<'a> {
     created_at: u32,
 }
 
-/// One row of `billing_billed_usage`.
-#[derive(Debug, Clone, Serialize, clickhouse::Row)]
-pub struct BilledRow {
-    pub invoice_number: String,
-    pub partner_id: String,
-    pub billed_in_period: String,
-    pub usage_period: String,
-    pub tracking_id: String,
-    pub bytes: u64,
-    pub issued_at: u32,
+/// One row of `billing_ledger`: one issued invoice and what it billed.
+#[derive(Debug, Serialize, Deserialize, clickhouse::Row)]
+struct LedgerRow {
+    invoice_number: String,
+    partner_id: String,
+    period: String,
+    issue_id: u64,
+    issued_at: u32,
+    currency: String,
+    total: String,
+    document: String,
+    billed_periods: Vec<String>,
+    billed_tracking_ids: Vec<String>,
+    billed_bytes: Vec<i64>,
+    settled: Vec<String>,
+    snapshot: String,
+}
+
+/// One row of `billing_adjustments`.
+#[derive(Debug, Serialize, Deserialize, clickhouse::Row)]
+struct AdjustmentRow {
+    adjustment_id: String,
+    partner_id: String,
+    period: String,
+    kind: String,
+    bytes: u64,
+    amount: String,
+    reason: String,
+    author: String,
+    created_at: u32,
 }
 
 /// The tables billing writes: their columns with ClickHouse types, in the
 /// order of the row structs that write them (`InvoiceRow`, `LineRow`,
-/// [`BilledRow`]). A unit test binds each list to its struct, an end-to-end
+/// `LedgerRow`, `AdjustmentRow`). A unit test binds each list to its struct, an end-to-end
 /// test (`foundation::billing_row_layouts_match_the_migrated_tables`) to the
 /// migrated tables.
-pub const TABLES: [(&str, &[(&str, &str)]); 3] = [
+pub const TABLES: [(&str, &[(&str, &str)]); 4] = [
     (
         "billing_invoices",
         &[
@@ -147,15 +179,35 @@ pub const TABLES: [(&str, &[(&str, &str)]); 3] = [
         ],
     ),
     (
-        "billing_billed_usage",
+        "billing_ledger",
         &[
             ("invoice_number", "String"),
             ("partner_id", "String"),
-            ("billed_in_period", "String"),
-            ("usage_period", "String"),
-            ("tracking_id", "String"),
-            ("bytes", "UInt64"),
+            ("period", "String"),
+            ("issue_id", "UInt64"),
             ("issued_at", "DateTime('UTC')"),
+            ("currency", "String"),
+            ("total", "String"),
+            ("document", "String"),
+            ("billed_periods", "Array(String)"),
+            ("billed_tracking_ids", "Array(String)"),
+            ("billed_bytes", "Array(Int64)"),
+            ("settled", "Array(String)"),
+            ("snapshot", "String"),
+        ],
+    ),
+    (
+        "billing_adjustments",
+        &[
+            ("adjustment_id", "String"),
+            ("partner_id", "String"),
+            ("period", "String"),
+            ("kind", "String"),
+            ("bytes", "UInt64"),
+            ("amount", "String"),
+            ("reason", "String"),
+            ("author", "String"),
+            ("created_at", "DateTime('UTC')"),
         ],
     ),
 ];
@@ -189,6 +241,38 @@ pub fn fences(claims: impl IntoIterator<Item = ((String, u32), u64, u64, u64)>) 
     out
 }
 
+/// The table whose existence is the issue lock.
+const ISSUE_LOCK: &str = "billing_issue_lock";
+
+/// After this long the issue lock's holder is taken to have crashed (the default).
+pub const ISSUE_LOCK_STALE_SECS: u64 = 600;
+
+/// What one billing run reads: per claimed `((topic, partition), epoch)`,
+/// the last position whose rows count ([`Store::snapshot`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub limits: Fences,
+    /// Unix seconds.
+    pub taken_at: u32,
+}
+
+impl Snapshot {
+    /// A short JSON naming the snapshot: how many claims, and a digest of
+    /// every limit (FNV-1a 64 over the sorted limits; equal digests, equal
+    /// snapshots in practice). Stored with each issued invoice and in the
+    /// run report (so a re-run over unchanged usage is byte-identical).
+    pub fn summary(&self) -> String {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for (((t, p), e), l) in &self.limits {
+            for b in format!("{t}/{p}/{e}<={l}\n").bytes() {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        format!("{{\"claims\":{},\"digest\":\"{h:016x}\"}}", self.limits.len())
+    }
+}
+
 fn secs(d: NaiveDate) -> i64 {
     d.and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp()
 }
@@ -204,7 +288,7 @@ impl Store {
     /// A store for reading (the API's console).
     pub fn new(cfg: &ClickHouseConfig) -> Result<Self, StoreError> {
         let db = cfg.db().map_err(|e| StoreError::Config(e.to_string()))?.to_string();
-        Ok(Store { client: cfg.client(), db, local: LocalTables::of(cfg)? })
+        Ok(Store { client: cfg.client(), server: cfg.server_client(), db, local: LocalTables::of(cfg)? })
     }
 
     /// A store for `billing` itself, which writes: every insert is one
@@ -212,7 +296,7 @@ impl Store {
     pub async fn connect(cfg: &ClickHouseConfig) -> Result<Self, StoreError> {
         let db = cfg.db().map_err(|e| StoreError::Config(e.to_string()))?.to_string();
         let client = cfg.writer_client().await.map_err(|e| StoreError::Config(format!("ClickHouse at {}: {e}", cfg.url)))?;
-        Ok(Store { client, db, local: LocalTables::of(cfg)? })
+        Ok(Store { client, server: cfg.server_client(), db, local: LocalTables::of(cfg)? })
     }
 
     async fn by_key(&self, sql: &str, from: NaiveDate, to: NaiveDate) -> Result<BTreeMap<String, u64>, StoreError> {
@@ -301,74 +385,6 @@ impl Store {
         Ok(rows.into_iter().map(|r| (r.key, r.bytes)).collect())
     }
 
-    /// The issued invoice of every partner for `period` (one query for all partners).
-    pub async fn issued_invoices(&self, period: &str) -> Result<BTreeMap<String, Invoice>, StoreError> {
-        #[derive(Deserialize, clickhouse::Row)]
-        struct R {
-            partner_id: String,
-            document: String,
-        }
-        let rows: Vec<R> = self
-            .client
-            .query(&format!(
-                "SELECT partner_id, document FROM {}.billing_invoices WHERE period = ? AND status = 'issued' \
-                 ORDER BY partner_id, created_at",
-                self.db
-            ))
-            .bind(period)
-            .fetch_all()
-            .await?;
-        let mut out = BTreeMap::new();
-        for r in rows {
-            if out.contains_key(&r.partner_id) {
-                continue; // the first issue wins; later rows would be a concurrent re-issue
-            }
-            let inv =
-                Invoice::from_json(&r.document).map_err(|e| StoreError::Corrupt(format!("{}/{period}", r.partner_id), e.to_string()))?;
-            out.insert(r.partner_id, inv);
-        }
-        Ok(out)
-    }
-
-    /// Bytes billed so far, per partner, then per usage period and tracking id (one query).
-    pub async fn billed(&self) -> Result<BTreeMap<String, BTreeMap<(String, String), u64>>, StoreError> {
-        #[derive(Deserialize, clickhouse::Row)]
-        struct R {
-            partner_id: String,
-            usage_period: String,
-            tracking_id: String,
-            bytes: u64,
-        }
-        let rows: Vec<R> = self
-            .client
-            .query(&format!(
-                "SELECT partner_id, usage_period, tracking_id, sum(bytes) FROM {}.billing_billed_usage \
-                 GROUP BY partner_id, usage_period, tracking_id",
-                self.db
-            ))
-            .fetch_all()
-            .await?;
-        let mut out: BTreeMap<String, BTreeMap<(String, String), u64>> = BTreeMap::new();
-        for r in rows {
-            out.entry(r.partner_id).or_default().insert((r.usage_period, r.tracking_id), r.bytes);
-        }
-        Ok(out)
-    }
-
-    /// Bytes billed for `usage_period`, per tracking id, across all invoices.
-    pub async fn billed_for_period(&self, usage_period: &str) -> Result<BTreeMap<String, u64>, StoreError> {
-        let rows: Vec<KeyBytes> = self
-            .client
-            .query(&format!(
-                "SELECT tracking_id AS key, sum(bytes) AS bytes FROM {}.billing_billed_usage WHERE usage_period = ? GROUP BY tracking_id",
-                self.db
-            ))
-            .bind(usage_period)
-            .fetch_all()
-            .await?;
-        Ok(rows.into_iter().map(|r| (r.key, r.bytes)).collect())
-    }
-
     /// Replace the stored drafts of `period` with `invoices`.
     pub async fn save_drafts(&self, period: &str, invoices: &[Invoice]) -> Result<(), StoreError> {
         for table in ["billing_invoices", "billing_invoice_lines"] {
@@ -383,6 +399,11 @@ impl Store {
 
     /// Append invoices and their lines.
     pub async fn save(&self, invoices: &[Invoice]) -> Result<(), StoreError> {
+        self.save_invoice_rows(invoices).await?;
+        self.save_line_rows(invoices).await
+    }
+
+    async fn save_invoice_rows(&self, invoices: &[Invoice]) -> Result<(), StoreError> {
         if invoices.is_empty() {
             return Ok(());
         }
@@ -405,6 +426,14 @@ impl Store {
             .await?;
         }
         ins.end().await?;
+        Ok(())
+    }
+
+    async fn save_line_rows(&self, invoices: &[Invoice]) -> Result<(), StoreError> {
+        if invoices.iter().all(|i| i.lines.is_empty()) {
+            return Ok(());
+        }
+        let now = chrono::Utc::now().timestamp() as u32;
         let mut ins = self.client.insert::<LineRow<'_>>("billing_invoice_lines").await?;
         for inv in invoices {
             for l in &inv.lines {
@@ -414,7 +443,7 @@ impl Store {
                     period: &inv.period,
                     status: status_str(inv),
                     line_no: l.line_no,
-                    kind: serde_json::to_value(l.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+                    kind: l.kind.as_str().to_string(),
                     description: &l.description,
                     bytes: l.bytes,
                     quantity: l.quantity.to_string(),
@@ -431,17 +460,185 @@ impl Store {
         Ok(())
     }
 
-    /// Record what issued invoices billed.
-    pub async fn save_billed(&self, rows: &[BilledRow]) -> Result<(), StoreError> {
-        if rows.is_empty() {
+    /// What the usage tables hold as of now, to read every usage of one run
+    /// from ([`Store::usage_at`]): per claimed epoch, rows up to its fence and
+    /// up to its latest checkpoint. A checkpoint is written after every table
+    /// of its flush, so a flush in progress is left out whole; the
+    /// checkpoints are read before the claims, so a claim newer than them
+    /// only leaves its own epoch out. Reading the same snapshot again gives the
+    /// same usage, whatever was written since.
+    pub async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        #[derive(Deserialize, clickhouse::Row)]
+        struct Cp {
+            topic: String,
+            partition: u32,
+            epoch: u64,
+            position: u64,
+        }
+        let cps: Vec<Cp> = self
+            .client
+            .query(&format!(
+                "SELECT topic, partition, epoch, max(position) FROM {}.aggregator_checkpoints GROUP BY topic, partition, epoch",
+                self.db
+            ))
+            .fetch_all()
+            .await?;
+        let checkpoints: BTreeMap<((String, u32), u64), u64> = cps.into_iter().map(|c| (((c.topic, c.partition), c.epoch), c.position)).collect();
+        let fences = self.claim_fences().await?;
+        let limits = fences.into_iter().map(|(k, fence)| (k.clone(), fence.min(checkpoints.get(&k).copied().unwrap_or(0)))).collect();
+        Ok(Snapshot { limits, taken_at: chrono::Utc::now().timestamp() as u32 })
+    }
+
+    /// `bytes_out` per tracking id with `window_start` in `[from, to)` as of
+    /// `snapshot`: the usage billing prices.
+    pub async fn usage_at(&self, snapshot: &Snapshot, from: NaiveDate, to: NaiveDate) -> Result<BTreeMap<String, u64>, StoreError> {
+        self.log_total("usage_by_tracking_log", &snapshot.limits, from, to).await
+    }
+
+    /// The ledger: every issued invoice with what it billed ([`Ledger::from_rows`]).
+    pub async fn ledger(&self) -> Result<Ledger, StoreError> {
+        let rows: Vec<LedgerRow> = self
+            .client
+            .query(&format!(
+                "SELECT invoice_number, partner_id, period, issue_id, toUInt32(issued_at), currency, total, document, \
+                 billed_periods, billed_tracking_ids, billed_bytes, settled, snapshot FROM {}.billing_ledger",
+                self.db
+            ))
+            .fetch_all()
+            .await?;
+        let mut records = Vec::with_capacity(rows.len());
+        for r in rows {
+            let invoice = Invoice::from_json(&r.document).map_err(|e| StoreError::Corrupt(r.invoice_number.clone(), e.to_string()))?;
+            let n = r.billed_periods.len();
+            if r.billed_tracking_ids.len() != n || r.billed_bytes.len() != n {
+                return Err(StoreError::Corrupt(r.invoice_number, "billed arrays of different lengths".into()));
+            }
+            let billed = (r.billed_periods.into_iter().zip(r.billed_tracking_ids).zip(r.billed_bytes))
+                .map(|((usage_period, tracking_id), bytes)| Billed { usage_period, tracking_id, bytes })
+                .collect();
+            records.push(LedgerRecord { invoice, issue_id: r.issue_id, issued_at: r.issued_at, billed, settled: r.settled, snapshot: r.snapshot });
+        }
+        Ok(Ledger::from_rows(records))
+    }
+
+    /// Record issued invoices: one row each, in one INSERT. A row is the
+    /// invoice with everything it billed, so either it counts whole or it is
+    /// not there.
+    pub async fn append_ledger(&self, records: &[LedgerRecord]) -> Result<(), StoreError> {
+        if records.is_empty() {
             return Ok(());
         }
-        let mut ins = self.client.insert::<BilledRow>("billing_billed_usage").await?;
-        for r in rows {
-            ins.write(r).await?;
+        let mut ins = self.client.insert::<LedgerRow>("billing_ledger").await?;
+        for r in records {
+            let inv = &r.invoice;
+            ins.write(&LedgerRow {
+                invoice_number: inv.invoice_number.clone(),
+                partner_id: inv.partner_id.clone(),
+                period: inv.period.clone(),
+                issue_id: r.issue_id,
+                issued_at: r.issued_at,
+                currency: inv.currency.clone(),
+                total: inv.total.to_string(),
+                document: inv.to_json(),
+                billed_periods: r.billed.iter().map(|b| b.usage_period.clone()).collect(),
+                billed_tracking_ids: r.billed.iter().map(|b| b.tracking_id.clone()).collect(),
+                billed_bytes: r.billed.iter().map(|b| b.bytes).collect(),
+                settled: r.settled.clone(),
+                snapshot: r.snapshot.clone(),
+            })
+            .await?;
         }
         ins.end().await?;
         Ok(())
+    }
+
+    /// The issued invoices of `ledger` that `table` has no issued row of.
+    async fn missing(&self, ledger: &Ledger, table: &str) -> Result<Vec<Invoice>, StoreError> {
+        let sql = format!("SELECT DISTINCT invoice_number FROM {}.{table} WHERE status = 'issued'", self.db);
+        let have: BTreeSet<String> = self.client.query(&sql).fetch_all::<String>().await?.into_iter().collect();
+        Ok(ledger.records.values().filter(|r| !have.contains(&r.invoice.invoice_number)).map(|r| r.invoice.clone()).collect())
+    }
+
+    /// Copy the ledger's issued invoices that `billing_invoices` lacks into
+    /// it (for the console and analysts): completes what a crash after the
+    /// ledger insert left out. Returns how many were copied.
+    pub async fn complete_invoices(&self, ledger: &Ledger) -> Result<usize, StoreError> {
+        let missing = self.missing(ledger, "billing_invoices").await?;
+        self.save_invoice_rows(&missing).await?;
+        Ok(missing.len())
+    }
+
+    /// The same for `billing_invoice_lines`.
+    pub async fn complete_lines(&self, ledger: &Ledger) -> Result<usize, StoreError> {
+        let missing = self.missing(ledger, "billing_invoice_lines").await?;
+        self.save_line_rows(&missing).await?;
+        Ok(missing.len())
+    }
+
+    /// Every manual adjustment, oldest first.
+    pub async fn adjustments(&self) -> Result<Vec<ManualAdjustment>, StoreError> {
+        let rows: Vec<AdjustmentRow> = self
+            .client
+            .query(&format!(
+                "SELECT adjustment_id, partner_id, period, kind, bytes, amount, reason, author, toUInt32(created_at) \
+                 FROM {}.billing_adjustments ORDER BY created_at, adjustment_id",
+                self.db
+            ))
+            .fetch_all()
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let corrupt = |what: &str| StoreError::Corrupt(format!("adjustment {}", r.adjustment_id), what.to_string());
+            let kind = AdjustmentKind::parse(&r.kind).ok_or_else(|| corrupt("kind"))?;
+            let amount = if r.amount.is_empty() { None } else { Some(r.amount.parse().map_err(|_| corrupt("amount"))?) };
+            out.push(ManualAdjustment {
+                adjustment_id: r.adjustment_id,
+                partner_id: r.partner_id,
+                period: r.period,
+                kind,
+                bytes: r.bytes,
+                amount,
+                reason: r.reason,
+                author: r.author,
+                created_at: r.created_at,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Record a manual adjustment (never changed afterwards).
+    pub async fn record_adjustment(&self, a: &ManualAdjustment) -> Result<(), StoreError> {
+        let mut ins = self.client.insert::<AdjustmentRow>("billing_adjustments").await?;
+        ins.write(&AdjustmentRow {
+            adjustment_id: a.adjustment_id.clone(),
+            partner_id: a.partner_id.clone(),
+            period: a.period.clone(),
+            kind: a.kind.as_str().to_string(),
+            bytes: a.bytes,
+            amount: a.amount.map(|d| d.to_string()).unwrap_or_default(),
+            reason: a.reason.clone(),
+            author: a.author.clone(),
+            created_at: a.created_at,
+        })
+        .await?;
+        ins.end().await?;
+        Ok(())
+    }
+
+    /// Take the issue lock (waiting for a holder): one `billing issue` at a
+    /// time per database, whatever the period, since issuing one period
+    /// settles corrections of others. Held for seconds; one older than
+    /// `stale_secs` (its holder crashed) is taken over.
+    pub async fn lock_issue(&self, stale_secs: u64) -> Result<(), StoreError> {
+        runtime::ch::ddl_lock(&self.server, &self.db, ISSUE_LOCK, self.local.on(), stale_secs, runtime::ch::LockWait::Wait)
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::Config(format!("the issue lock: {e}")))
+    }
+
+    /// Release the issue lock.
+    pub async fn unlock_issue(&self) {
+        runtime::ch::ddl_unlock(&self.server, &self.db, ISSUE_LOCK, self.local.on()).await
     }
 
     /// Daily bytes per tracking id of `tracking_ids` in `[from, to)` (statements).
@@ -519,7 +716,8 @@ mod layout_tests {
         }
         assert_eq!(names(TABLES[0].1), <InvoiceRow<'_> as Row>::COLUMN_NAMES);
         assert_eq!(names(TABLES[1].1), <LineRow<'_> as Row>::COLUMN_NAMES);
-        assert_eq!(names(TABLES[2].1), <BilledRow as Row>::COLUMN_NAMES);
+        assert_eq!(names(TABLES[2].1), <LedgerRow as Row>::COLUMN_NAMES);
+        assert_eq!(names(TABLES[3].1), <AdjustmentRow as Row>::COLUMN_NAMES);
     }
 }
 

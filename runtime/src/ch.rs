@@ -216,6 +216,8 @@ fn sharding_key(table: &str) -> &'static str {
         | "usage_by_viewer_log"
         | "usage_dead_letters_log" => "src_partition",
         "aggregator_checkpoints" | "aggregator_dedup" | "aggregator_claims" => "partition",
+        // a partner's ledger on one shard
+        "billing_ledger" | "billing_adjustments" => "cityHash64(partner_id)",
         _ => "rand()",
     }
 }
@@ -365,6 +367,7 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration { version: 6, name: "fence_views", sql: include_str!("../migrations/0006_fence_views.sql"), former_checksums: &[] },
     Migration { version: 7, name: "contested_claims", sql: include_str!("../migrations/0007_contested_claims.sql"), former_checksums: &[] },
+    Migration { version: 8, name: "billing_ledger", sql: include_str!("../migrations/0008_billing_ledger.sql"), former_checksums: &[] },
 ];
 
 impl Migration {
@@ -496,16 +499,35 @@ async fn migrate_until(cfg: &ClickHouseConfig, stop: Option<(u32, usize)>) -> Re
 /// over (its holder crashed).
 const LOCK_STALE_SECS: u64 = 900;
 
-/// Take the migration lock of `db`: the table `{db}.schema_migrations_lock`,
-/// created without `IF NOT EXISTS` (on a cluster `ON CLUSTER`: the
-/// distributed DDL queue orders the creators, so exactly one succeeds on
-/// every server). Waits for a holder; takes over a lock older than
-/// [`LOCK_STALE_SECS`].
 async fn lock(server: &clickhouse::Client, db: &str, on: &str) -> Result<(), ChError> {
+    ddl_lock(server, db, "schema_migrations_lock", on, LOCK_STALE_SECS, LockWait::Wait).await.map(|_| ())
+}
+
+async fn unlock(server: &clickhouse::Client, db: &str, on: &str) {
+    ddl_unlock(server, db, "schema_migrations_lock", on).await
+}
+
+/// What [`ddl_lock`] does when another process holds the lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockWait {
+    /// Wait for it (logging every 10 s).
+    Wait,
+    /// Return `Ok(false)` at once.
+    Fail,
+}
+
+/// Take the lock `{db}.{name}`: a table created without `IF NOT EXISTS`,
+/// which exactly one creator gets (on a cluster `on` is ` ON CLUSTER c`: the
+/// distributed DDL queue orders the creators, so exactly one succeeds on
+/// every server). Returns `Ok(true)` once taken; when it is held, waits or
+/// returns `Ok(false)` as `wait` says. A lock older than `stale_secs` (its
+/// holder crashed) is taken over. Release it with [`ddl_unlock`].
+pub async fn ddl_lock(server: &clickhouse::Client, db: &str, name: &str, on: &str, stale_secs: u64, wait: LockWait) -> Result<bool, ChError> {
+    check_identifier(name)?;
     let mut waited_log = std::time::Instant::now();
     loop {
-        let created = server.query(&format!("CREATE TABLE {db}.schema_migrations_lock{on} (holder UInt8) ENGINE = Memory")).execute().await;
-        let Err(e) = created else { return Ok(()) };
+        let created = server.query(&format!("CREATE TABLE {db}.{name}{on} (holder UInt8) ENGINE = Memory")).execute().await;
+        let Err(e) = created else { return Ok(true) };
         let text = e.to_string();
         if !(text.contains("Code: 57") || text.contains("already exists")) {
             return Err(e.into());
@@ -513,28 +535,34 @@ async fn lock(server: &clickhouse::Client, db: &str, on: &str) -> Result<(), ChE
         let age: u64 = server
             .query(
                 "SELECT toUInt64(greatest(toInt64(toUInt32(now())) - toInt64(toUInt32(metadata_modification_time)), 0)) \
-                 FROM system.tables WHERE database = ? AND name = 'schema_migrations_lock'",
+                 FROM system.tables WHERE database = ? AND name = ?",
             )
             .bind(db)
+            .bind(name)
             .fetch_optional()
             .await?
             .unwrap_or(0);
-        if age > LOCK_STALE_SECS {
-            tracing::warn!(database = db, age_secs = age, "MigrationLockTakenOver: its holder did not finish; taking the lock over");
-            unlock(server, db, on).await;
+        if age > stale_secs {
+            tracing::warn!(database = db, lock = name, age_secs = age, "LockTakenOver: its holder did not finish; taking the lock over");
+            ddl_unlock(server, db, name, on).await;
             continue;
         }
+        if wait == LockWait::Fail {
+            return Ok(false);
+        }
         if waited_log.elapsed() > std::time::Duration::from_secs(10) {
-            tracing::info!(database = db, held_secs = age, "MigrationLockWaiting: another process is migrating this database");
+            tracing::info!(database = db, lock = name, held_secs = age, "LockWaiting: another process holds it");
             waited_log = std::time::Instant::now();
         }
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     }
 }
 
-async fn unlock(server: &clickhouse::Client, db: &str, on: &str) {
-    if let Err(e) = server.query(&format!("DROP TABLE IF EXISTS {db}.schema_migrations_lock{on}")).execute().await {
-        tracing::warn!(database = db, error = %e, "MigrationLockNotReleased: the next migration takes it over after {LOCK_STALE_SECS} s");
+/// Release a lock taken with [`ddl_lock`] (a failure is logged: the lock
+/// goes stale and is taken over).
+pub async fn ddl_unlock(server: &clickhouse::Client, db: &str, name: &str, on: &str) {
+    if let Err(e) = server.query(&format!("DROP TABLE IF EXISTS {db}.{name}{on}")).execute().await {
+        tracing::warn!(database = db, lock = name, error = %e, "LockNotReleased: the next holder takes it over once stale");
     }
 }
 

@@ -173,7 +173,7 @@ async fn invoices_match_the_simulated_usage_and_late_usage_becomes_an_adjustment
     assert!(ok, "{text}");
     assert_eq!(std::fs::read(out4.join("invoices/INV-202610-acme-r1.json")).unwrap(), issued, "issued invoice unchanged");
     let report = std::fs::read_to_string(out4.join("report-2026-10.json")).unwrap();
-    assert!(report.contains("pending_late_usage") && report.contains(&late_bytes.to_string()), "{report}");
+    assert!(report.contains("pending_corrections") && report.contains(&late_bytes.to_string()), "{report}");
     // ... the late bytes are an adjustment on November's invoice
     let out5 = dir.join("nov");
     let (ok, text) = billing(&db, &["run", "--period", "2026-11", "--rates", &rates, "--out", out5.to_str().unwrap()]);
