@@ -243,13 +243,13 @@ struct DocRow {
     document: String,
 }
 
-/// `GET /console/invoices/{number}.{html,json,csv}`: one invoice, rendered by billing.
+/// `GET /console/invoices/{number}.{html,json,csv,pdf}`: one invoice, rendered by billing.
 pub(crate) async fn invoice_file(
     State(s): State<Arc<AppState>>,
     Extension(scope): Extension<Scope>,
     Path(file): Path<String>,
 ) -> Result<Response, Reply> {
-    let (number, ext) = file.rsplit_once('.').ok_or_else(|| Reply::BadRequest("file: <invoice number>.html, .json or .csv".into()))?;
+    let (number, ext) = file.rsplit_once('.').ok_or_else(|| Reply::BadRequest("file: <invoice number>.html, .json, .csv or .pdf".into()))?;
     let row: Option<DocRow> =
         s.ch.query("SELECT partner_id, document FROM billing_invoices WHERE invoice_number = ? ORDER BY created_at DESC LIMIT 1")
             .bind(number)
@@ -263,10 +263,11 @@ pub(crate) async fn invoice_file(
         Reply::Internal("invoice document unreadable".into())
     })?;
     let (ctype, body) = match ext {
-        "html" => ("text/html; charset=utf-8", billing::render::invoice_html(&inv)),
-        "json" => ("application/json", inv.to_json()),
-        "csv" => ("text/csv; charset=utf-8", billing::render::lines_csv(std::slice::from_ref(&inv))),
-        _ => return Err(Reply::BadRequest("file: <invoice number>.html, .json or .csv".into())),
+        "html" => ("text/html; charset=utf-8", billing::render::invoice_html(&inv).into_bytes()),
+        "json" => ("application/json", inv.to_json().into_bytes()),
+        "csv" => ("text/csv; charset=utf-8", billing::render::lines_csv(std::slice::from_ref(&inv)).into_bytes()),
+        "pdf" => ("application/pdf", billing::pdf::invoice_pdf(&inv)),
+        _ => return Err(Reply::BadRequest("file: <invoice number>.html, .json, .csv or .pdf".into())),
     };
     let disposition = format!("inline; filename=\"{}.{ext}\"", inv.invoice_number.replace(['"', '\\'], ""));
     Ok((

@@ -494,9 +494,17 @@ async fn bench_billing(tracking_ids: usize) -> Result<()> {
     let c = db.client();
     let t = Instant::now();
     // one row per tracking id and hour, as an aggregator (claim epoch 1 of
-    // partition 0) would have written it; the hourly rollup is a view over it
+    // partition 0, checkpointed at position 1) would have written it; the
+    // hourly rollup is a view over it
     c.query(&format!(
         "INSERT INTO {}.aggregator_claims (topic, partition, epoch, start_offset, member, claimed_at) VALUES ('bench', 0, 1, 0, 'bench', now())",
+        db.database
+    ))
+    .execute()
+    .await?;
+    c.query(&format!(
+        "INSERT INTO {}.aggregator_checkpoints (topic, partition, epoch, position, watermark_ms, arrival_ms, member, created_at) \
+         VALUES ('bench', 0, 1, 1, 0, 0, 'bench', now())",
         db.database
     ))
     .execute()
@@ -544,6 +552,8 @@ async fn bench_billing(tracking_ids: usize) -> Result<()> {
         .output()?;
     let ours = t.elapsed().as_secs_f64();
     anyhow::ensure!(out.status.success(), "billing run failed: {}", String::from_utf8_lossy(&out.stderr));
+    let report = std::fs::read_to_string(dir.join("out").join("report-2026-10.json"))?;
+    anyhow::ensure!(report.contains(&format!("\"total_bytes\": \"{}\"", expected_total(rows))), "billing run priced every usage row");
     let _ = db.server_client().query(&format!("DROP DATABASE IF EXISTS {}", db.database)).execute().await;
     header();
     println!(
@@ -552,6 +562,11 @@ async fn bench_billing(tracking_ids: usize) -> Result<()> {
         ours / baseline
     );
     Ok(())
+}
+
+/// Sum of the bench's usage rows (`1000000 + number % 1000` bytes each), computed here.
+fn expected_total(rows: usize) -> u64 {
+    (0..rows as u64).map(|n| 1_000_000 + n % 1000).sum()
 }
 
 fn rss_kib() -> u64 {

@@ -47,12 +47,16 @@ ORDER BY (partner_id, period, adjustment_id);
 -- Invoices issued before the ledger: one ledger row per invoice number (the
 -- first issued document), with the usage billed per usage period and
 -- tracking id taken once even where a concurrent issue recorded it twice.
+-- Only numbers not in the ledger yet: re-running this statement after a
+-- failure adds nothing twice.
 INSERT INTO {db}.billing_ledger (invoice_number, partner_id, period, issue_id, issued_at, currency, total, document, billed_periods, billed_tracking_ids, billed_bytes, settled, snapshot)
 SELECT i.invoice_number, i.partner_id, i.period, toUInt64(0), i.first_at, i.currency, i.total, i.document, b.ps, b.ts, b.bs, emptyArrayString(), ''
 FROM (
     SELECT invoice_number, any(partner_id) AS partner_id, any(period) AS period, min(created_at) AS first_at,
            argMin(currency, created_at) AS currency, argMin(total, created_at) AS total, argMin(document, created_at) AS document
-    FROM {db}.billing_invoices WHERE status = 'issued' GROUP BY invoice_number
+    FROM {db}.billing_invoices
+    WHERE status = 'issued' AND invoice_number GLOBAL NOT IN (SELECT invoice_number FROM {db}.billing_ledger)
+    GROUP BY invoice_number
 ) AS i
 ALL LEFT JOIN (
     SELECT invoice_number, groupArray(usage_period) AS ps, groupArray(tracking_id) AS ts, groupArray(toInt64(bytes)) AS bs

@@ -196,11 +196,59 @@ async fn a_database_with_migration_5s_first_text_upgrades_to_the_same_schema() {
     .await
     .unwrap();
     let report = runtime::ch::migrate(&db).await.unwrap();
-    assert_eq!(report.applied, vec![6, 7]);
+    assert_eq!(report.applied, vec![6, 7, 8]);
 
     let reference_db = at_migration_4().await;
     runtime::ch::migrate(&reference_db).await.unwrap();
     assert_eq!(snapshot(&db).await, snapshot(&reference_db).await);
     drop_db(&db).await;
     drop_db(&reference_db).await;
+}
+
+/// Invoices issued before the ledger (migration 8) become ledger records:
+/// one per invoice number, with what they billed taken once, also where a
+/// concurrent issue stored the invoice and its billed rows twice.
+#[tokio::test]
+async fn invoices_issued_before_the_ledger_become_one_record_each() {
+    let db = at_migration_4().await;
+    let d = &db.database;
+    let card = billing::rates::parse_rate_card(
+        "[[partner]]\nid = \"alpha\"\nname = \"Alpha\"\ntracking_ids = [\"a-web\", \"a-app\"]\ncurrency = \"EUR\"\nunit = \"GB\"\n\
+         pricing = \"flat\"\ntiers = [ { unit_price = \"0.05\" } ]\n",
+        "rates.toml",
+    )
+    .unwrap();
+    let mut inv = billing::invoice::build_invoice(&card.partners[0], (2026, 9), 7_000, &[], 1).unwrap();
+    inv.issue(chrono::Utc::now()).unwrap();
+    let c = db.client();
+    for _ in 0..2 {
+        // the old `billing issue`, run twice at once: the invoice and its billed rows, twice
+        c.query(&format!(
+            "INSERT INTO {d}.billing_invoices (invoice_number, partner_id, period, revision, status, currency, total_bytes, subtotal, total, document, created_at) \
+             VALUES (?, 'alpha', '2026-09', 1, 'issued', 'EUR', 7000, '0.00', '0.00', ?, now())"
+        ))
+        .bind(&inv.invoice_number)
+        .bind(inv.to_json())
+        .execute()
+        .await
+        .unwrap();
+        c.query(&format!(
+            "INSERT INTO {d}.billing_billed_usage (invoice_number, partner_id, billed_in_period, usage_period, tracking_id, bytes, issued_at) \
+             VALUES (?, 'alpha', '2026-09', '2026-09', 'a-web', 3000, now()), (?, 'alpha', '2026-09', '2026-09', 'a-app', 4000, now())"
+        ))
+        .bind(&inv.invoice_number)
+        .bind(&inv.invoice_number)
+        .execute()
+        .await
+        .unwrap();
+    }
+    runtime::ch::migrate(&db).await.unwrap();
+    let ledger = billing::store::Store::new(&db).unwrap().ledger().await.unwrap();
+    assert_eq!(ledger.records.len(), 1);
+    assert!(ledger.ignored.is_empty(), "{:?}", ledger.ignored);
+    let rec = &ledger.records[&inv.invoice_number];
+    assert_eq!(rec.invoice, inv);
+    let billed: std::collections::BTreeMap<String, i128> = [("a-app".to_string(), 4000), ("a-web".to_string(), 3000)].into();
+    assert_eq!(ledger.billed("alpha", "2026-09"), billed, "billed once");
+    drop_db(&db).await;
 }
