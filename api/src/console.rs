@@ -249,7 +249,8 @@ pub(crate) async fn invoice_file(
     Extension(scope): Extension<Scope>,
     Path(file): Path<String>,
 ) -> Result<Response, Reply> {
-    let (number, ext) = file.rsplit_once('.').ok_or_else(|| Reply::BadRequest("file: <invoice number>.html, .json, .csv or .pdf".into()))?;
+    let (number, ext) =
+        file.rsplit_once('.').ok_or_else(|| Reply::BadRequest("file: <invoice number>.html, .json, .csv or .pdf".into()))?;
     let row: Option<DocRow> =
         s.ch.query("SELECT partner_id, document FROM billing_invoices WHERE invoice_number = ? ORDER BY created_at DESC LIMIT 1")
             .bind(number)

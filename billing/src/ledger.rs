@@ -191,10 +191,7 @@ mod tests {
             invoice,
             issue_id,
             issued_at,
-            billed: billed
-                .iter()
-                .map(|(p, t, b)| Billed { usage_period: p.to_string(), tracking_id: t.to_string(), bytes: *b })
-                .collect(),
+            billed: billed.iter().map(|(p, t, b)| Billed { usage_period: p.to_string(), tracking_id: t.to_string(), bytes: *b }).collect(),
             settled: vec![],
             snapshot: String::new(),
         }

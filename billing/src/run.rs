@@ -1,7 +1,9 @@
 //! Billing runs: drafts, issuing, files, the run report, reconciliation and
 //! partner statements.
 
-use crate::invoice::{build_invoice, format_period, parse_period, period_bounds, price_correction, Adjustment, Invoice, InvoiceStatus, LineKind};
+use crate::invoice::{
+    build_invoice, format_period, parse_period, period_bounds, price_correction, Adjustment, Invoice, InvoiceStatus, LineKind,
+};
 use crate::ledger::{differences, AdjustmentKind, Billed, Ledger, LedgerRecord, ManualAdjustment};
 use crate::rates::{Partner, RateCard};
 use crate::render;
@@ -159,6 +161,9 @@ impl UsageCache<'_> {
     }
 }
 
+/// A usage correction: its report entry, its invoice line, its billed rows.
+type UsageCorrection = (Correction, Option<Adjustment>, Vec<Billed>);
+
 /// The correction of `partner`'s period `q` from what the ledger billed to
 /// the usage now: its report entry, its line (none when the change nets to
 /// zero bytes) and its billed rows.
@@ -167,7 +172,7 @@ fn usage_correction(
     q: &str,
     own: &BTreeMap<String, u64>,
     billed: &BTreeMap<String, i128>,
-) -> Result<Option<(Correction, Option<Adjustment>, Vec<Billed>)>, BillingError> {
+) -> Result<Option<UsageCorrection>, BillingError> {
     let diffs = differences(own, billed);
     if diffs.is_empty() {
         return Ok(None);
@@ -176,7 +181,8 @@ fn usage_correction(
     let billed_total = u64::try_from(billed.values().sum::<i128>().max(0)).map_err(|_| BillingError::Overflow("billed bytes"))?;
     let now_total = total("usage", own.values())?;
     let adj = price_correction(&partner.pricing_at(qf), billed_total, now_total, q, None);
-    let per_tracking = diffs.iter().map(|(t, d)| Ok((t.clone(), to_i64("correction", *d)?))).collect::<Result<BTreeMap<_, _>, BillingError>>()?;
+    let per_tracking =
+        diffs.iter().map(|(t, d)| Ok((t.clone(), to_i64("correction", *d)?))).collect::<Result<BTreeMap<_, _>, BillingError>>()?;
     let rows = per_tracking.iter().map(|(t, d)| Billed { usage_period: q.to_string(), tracking_id: t.clone(), bytes: *d }).collect();
     let c = Correction {
         partner_id: partner.id.clone(),
@@ -264,7 +270,12 @@ pub async fn compute_at(store: &Store, card: &RateCard, period: &str, inputs: &I
             rec.invoice.clone()
         } else {
             let mut rec = ToRecord {
-                billed: own.iter().map(|(t, b)| Ok(Billed { usage_period: period.clone(), tracking_id: t.clone(), bytes: to_i64("usage", i128::from(*b))? })).collect::<Result<_, BillingError>>()?,
+                billed: own
+                    .iter()
+                    .map(|(t, b)| {
+                        Ok(Billed { usage_period: period.clone(), tracking_id: t.clone(), bytes: to_i64("usage", i128::from(*b))? })
+                    })
+                    .collect::<Result<_, BillingError>>()?,
                 settled: vec![],
             };
             let mut lines = Vec::new();
@@ -398,7 +409,13 @@ fn fault_after(step: &str) {
 /// with everything it billed as one ledger row (all in one INSERT), then
 /// copies them to the invoice tables and writes the files. Invoices
 /// already issued stay as they are; a second run issues nothing.
-pub async fn issue(store: &Store, card: &RateCard, period: &str, out: &Path, lock_stale_secs: u64) -> Result<(Computed, Written), BillingError> {
+pub async fn issue(
+    store: &Store,
+    card: &RateCard,
+    period: &str,
+    out: &Path,
+    lock_stale_secs: u64,
+) -> Result<(Computed, Written), BillingError> {
     bounds(period)?;
     store.lock_issue(lock_stale_secs).await?;
     fault_after("lock");
@@ -477,7 +494,9 @@ pub async fn adjust(
     match (bytes, amount) {
         (Some(0), None) => return bad("--bytes must be more than 0".into()),
         (Some(_), None) => {}
-        (None, Some(a)) if a <= rust_decimal::Decimal::ZERO => return bad("--amount must be more than 0 (--credit or --charge gives the sign)".into()),
+        (None, Some(a)) if a <= rust_decimal::Decimal::ZERO => {
+            return bad("--amount must be more than 0 (--credit or --charge gives the sign)".into())
+        }
         (None, Some(a)) if crate::pricing::round_money(a, &list.currency) != a => {
             return bad(format!("--amount {a} has more decimals than {} allows", list.currency.code));
         }
@@ -603,8 +622,7 @@ pub async fn reconcile(store: &Store, card: &RateCard, period: &str) -> Result<V
         let billed = ledger.billed(&partner.id, period);
         let diffs = differences(&own, &billed);
         let billed_sum: i128 = billed.values().sum();
-        let (late, lower): (i128, i128) =
-            diffs.values().fold((0, 0), |(l, w), d| if *d > 0 { (l + d, w) } else { (l, w - d) });
+        let (late, lower): (i128, i128) = diffs.values().fold((0, 0), |(l, w), d| if *d > 0 { (l + d, w) } else { (l, w - d) });
         checks.push(Check {
             name: format!("{} {period}: billed = usage (a difference is a correction for the next invoice)", partner.id),
             ok: true,

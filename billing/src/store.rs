@@ -483,7 +483,8 @@ impl Store {
             ))
             .fetch_all()
             .await?;
-        let checkpoints: BTreeMap<((String, u32), u64), u64> = cps.into_iter().map(|c| (((c.topic, c.partition), c.epoch), c.position)).collect();
+        let checkpoints: BTreeMap<((String, u32), u64), u64> =
+            cps.into_iter().map(|c| (((c.topic, c.partition), c.epoch), c.position)).collect();
         let fences = self.claim_fences().await?;
         let limits = fences.into_iter().map(|(k, fence)| (k.clone(), fence.min(checkpoints.get(&k).copied().unwrap_or(0)))).collect();
         Ok(Snapshot { limits, taken_at: chrono::Utc::now().timestamp() as u32 })
@@ -516,7 +517,14 @@ impl Store {
             let billed = (r.billed_periods.into_iter().zip(r.billed_tracking_ids).zip(r.billed_bytes))
                 .map(|((usage_period, tracking_id), bytes)| Billed { usage_period, tracking_id, bytes })
                 .collect();
-            records.push(LedgerRecord { invoice, issue_id: r.issue_id, issued_at: r.issued_at, billed, settled: r.settled, snapshot: r.snapshot });
+            records.push(LedgerRecord {
+                invoice,
+                issue_id: r.issue_id,
+                issued_at: r.issued_at,
+                billed,
+                settled: r.settled,
+                snapshot: r.snapshot,
+            });
         }
         Ok(Ledger::from_rows(records))
     }

@@ -522,7 +522,14 @@ pub enum LockWait {
 /// every server). Returns `Ok(true)` once taken; when it is held, waits or
 /// returns `Ok(false)` as `wait` says. A lock older than `stale_secs` (its
 /// holder crashed) is taken over. Release it with [`ddl_unlock`].
-pub async fn ddl_lock(server: &clickhouse::Client, db: &str, name: &str, on: &str, stale_secs: u64, wait: LockWait) -> Result<bool, ChError> {
+pub async fn ddl_lock(
+    server: &clickhouse::Client,
+    db: &str,
+    name: &str,
+    on: &str,
+    stale_secs: u64,
+    wait: LockWait,
+) -> Result<bool, ChError> {
     check_identifier(name)?;
     let mut waited_log = std::time::Instant::now();
     loop {

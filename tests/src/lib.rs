@@ -257,6 +257,20 @@ pub async fn wait_for_events(db: &ClickHouseConfig, events: u64, timeout: Durati
 }
 
 /// Drop a test database.
+/// Wait until every flush written to `usage_by_tracking_log` has its
+/// checkpoint (billing reads usage as of the checkpoints: a flush whose
+/// checkpoint is not written yet belongs to its next run). False on timeout.
+pub async fn wait_checkpointed(db: &ClickHouseConfig, timeout: Duration) -> bool {
+    let unflushed = format!(
+        "SELECT count() FROM (SELECT src_topic AS topic, src_partition AS partition, src_epoch AS epoch, max(src_offset) AS o \
+         FROM {db}.usage_by_tracking_log GROUP BY topic, partition, epoch) AS l \
+         ALL LEFT JOIN (SELECT topic, partition, epoch, max(position) AS p FROM {db}.aggregator_checkpoints GROUP BY topic, partition, epoch) AS c \
+         USING (topic, partition, epoch) WHERE o > p",
+        db = db.database
+    );
+    wait_until(timeout, || async { count(db, &unflushed).await == 0 }).await
+}
+
 pub async fn drop_db(db: &ClickHouseConfig) {
     let _ = db.server_client().query(&format!("DROP DATABASE IF EXISTS {}", db.database)).execute().await;
 }

@@ -109,6 +109,7 @@ async fn invoices_match_the_simulated_usage_and_late_usage_becomes_an_adjustment
     let exp = simulate_to_kafka(&cfg, &topic).await;
     let _agg = spawn_aggregator(&topic, &db, &unique("g"), &[]);
     assert_eq!(wait_for_events(&db, exp.unique_valid_events, Duration::from_secs(120)).await, exp.unique_valid_events);
+    assert!(wait_checkpointed(&db, Duration::from_secs(60)).await, "every flush checkpointed (billing reads as of the checkpoints)");
 
     // expected October bytes per tracking id, from the simulator's hourly totals
     let october = |t: &str| -> u64 {
@@ -166,6 +167,7 @@ async fn invoices_match_the_simulated_usage_and_late_usage_becomes_an_adjustment
     let late_bytes = late_exp.by_tracking["acme-web"].bytes_out;
     let total = exp.unique_valid_events + late_exp.unique_valid_events;
     assert_eq!(wait_for_events(&db, total, Duration::from_secs(120)).await, total);
+    assert!(wait_checkpointed(&db, Duration::from_secs(60)).await);
 
     // the issued invoice does not change ...
     let out4 = dir.join("after-late");

@@ -180,6 +180,11 @@ async fn count(db: &runtime::ch::ClickHouseConfig, sql: &str) -> u64 {
     e2e::count(db, &sql.replace("{db}", &db.database)).await
 }
 
+async fn counted(db: &runtime::ch::ClickHouseConfig, events: u64) {
+    assert_eq!(wait_for_events(db, events, Duration::from_secs(120)).await, events, "events counted");
+    assert!(wait_checkpointed(db, Duration::from_secs(60)).await, "every flush checkpointed");
+}
+
 fn round_cents(x: Decimal) -> Decimal {
     x.round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero)
 }
@@ -204,7 +209,9 @@ async fn issued_once(env: &Env, month: &str, usage: &BTreeMap<String, u64>, out:
     for (partner, _) in PARTNERS {
         let number = format!("INV-{}-{partner}-r1", month.replace('-', ""));
         let inv = invoice(out, &number);
-        let lines = count(db, &format!("SELECT count() FROM {{db}}.billing_invoice_lines WHERE invoice_number = '{number}' AND status = 'issued'")).await;
+        let lines =
+            count(db, &format!("SELECT count() FROM {{db}}.billing_invoice_lines WHERE invoice_number = '{number}' AND status = 'issued'"))
+                .await;
         assert_eq!(lines, inv.lines.len() as u64, "{number}: its lines stored once");
         assert!(Path::new(out).join("invoices").join(format!("{number}.pdf")).exists(), "{number}.pdf written");
     }
@@ -214,7 +221,8 @@ async fn issued_once(env: &Env, month: &str, usage: &BTreeMap<String, u64>, out:
 /// `billing issue` killed (SIGKILL) right after each of its writing steps,
 /// each time for a new month, then run again: the invoices and the billed
 /// usage are as if it had run once. Then two `billing issue` started
-/// together: one set of invoices, one of billed usage.
+/// together: one set of invoices, one of billed usage. Then a computation
+/// over one snapshot, repeated after more usage arrived, gives the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue_bills_once_across_a_crash_at_every_step_and_two_runs_at_once() {
     let topic = unique("ledger_crash");
@@ -230,7 +238,7 @@ async fn issue_bills_once_across_a_crash_at_every_step_and_two_runs_at_once() {
         usage.insert(month.clone(), month_bytes(&e, month));
     }
     let _agg = spawn_aggregator(&topic, &env.db, &unique("g"), &[]);
-    assert_eq!(wait_for_events(&env.db, events, Duration::from_secs(120)).await, events);
+    counted(&env.db, events).await;
 
     for (step, month) in steps.iter().zip(&months) {
         let out = env.out(&format!("issue-{month}"));
@@ -262,6 +270,30 @@ async fn issue_bills_once_across_a_crash_at_every_step_and_two_runs_at_once() {
         let text = env.ok(&["reconcile", "--period", m]);
         assert!(text.contains("one ledger record per invoice number"), "{text}");
     }
+
+    // one snapshot per run: usage written after it does not change what a
+    // computation over it gives; a new snapshot sees it
+    let store = billing::store::Store::connect(&env.db).await.unwrap();
+    let card = billing::rates::load_rate_card(Path::new(&env.rates)).unwrap();
+    let july = "2026-07";
+    let part1 = simulate_to_kafka(&sim(80, &format!("{topic}-jul1"), 3, "2026-07-05T10:00:00Z"), &topic).await;
+    events += part1.unique_valid_events;
+    counted(&env.db, events).await;
+    let inputs = billing::run::Inputs::read(&store).await.unwrap();
+    let shown = |c: &billing::run::Computed| {
+        (c.invoices.iter().map(Invoice::to_json).collect::<Vec<_>>(), serde_json::to_string(&c.report).unwrap())
+    };
+    let before = billing::run::compute_at(&store, &card, july, &inputs).await.unwrap();
+    let part2 = simulate_to_kafka(&sim(81, &format!("{topic}-jul2"), 3, "2026-07-06T10:00:00Z"), &topic).await;
+    events += part2.unique_valid_events;
+    counted(&env.db, events).await;
+    let again = billing::run::compute_at(&store, &card, july, &inputs).await.unwrap();
+    assert_eq!(shown(&again), shown(&before), "the same snapshot gives the same invoices and report");
+    let part1_bytes: u64 = month_bytes(&part1, july).values().sum();
+    assert_eq!(before.report.total_bytes, part1_bytes, "the snapshot holds the first part exactly");
+    let fresh = billing::run::compute(&store, &card, july).await.unwrap();
+    assert_eq!(fresh.report.total_bytes, part1_bytes + month_bytes(&part2, july).values().sum::<u64>(), "a new snapshot sees both parts");
+    assert_ne!(fresh.report.snapshot, before.report.snapshot);
     let _ = std::fs::remove_dir_all(&env.dir);
     drop_db(&env.db).await;
 }
@@ -305,23 +337,33 @@ async fn corrections_in_both_directions_and_manual_credits_reach_the_next_invoic
     // October: acme and globex only
     let oct = simulate_to_kafka(&sim(70, &format!("{topic}-oct"), 2, "2026-10-20T10:00:00Z"), &topic).await;
     let mut agg = spawn_aggregator(&topic, &db, &unique("g"), &[]);
-    assert_eq!(wait_for_events(&db, oct.unique_valid_events, Duration::from_secs(120)).await, oct.unique_valid_events);
+    counted(&db, oct.unique_valid_events).await;
     let issued_dir = env.out("oct");
     env.ok(&["issue", "--period", "2026-10", "--out", &issued_dir]);
     let oct_usage = month_bytes(&oct, "2026-10");
     assert!(!oct_usage.contains_key("initech-web"), "zed has no October usage at issue");
     assert_eq!(billed(&db, "2026-10").await, owned(&oct_usage));
-    let issued: Vec<Vec<u8>> =
-        PARTNERS.iter().map(|(p, _)| std::fs::read(Path::new(&issued_dir).join(format!("invoices/INV-202610-{p}-r1.json"))).unwrap()).collect();
+    let issued: Vec<Vec<u8>> = PARTNERS
+        .iter()
+        .map(|(p, _)| std::fs::read(Path::new(&issued_dir).join(format!("invoices/INV-202610-{p}-r1.json"))).unwrap())
+        .collect();
 
     // late October usage of all three
-    let late_cfg = SimConfig { viewers_per_partner: 2, duration_secs: 600, session_secs: (120, 400), ..sim(71, &format!("{topic}-late"), 3, "2026-10-25T12:00:00Z") };
+    let late_cfg = SimConfig {
+        viewers_per_partner: 2,
+        duration_secs: 600,
+        session_secs: (120, 400),
+        ..sim(71, &format!("{topic}-late"), 3, "2026-10-25T12:00:00Z")
+    };
     let late = simulate_to_kafka(&late_cfg, &topic).await;
     let all = oct.unique_valid_events + late.unique_valid_events;
-    assert_eq!(wait_for_events(&db, all, Duration::from_secs(120)).await, all);
+    counted(&db, all).await;
     let mut with_late = oct_usage.clone();
     add(&mut with_late, &month_bytes(&late, "2026-10"));
-    assert_eq!(sums_by(&db, "usage_by_tracking", "tracking_id").await.into_iter().map(|(t, s)| (t, s.bytes_out)).collect::<BTreeMap<_, _>>(), with_late);
+    assert_eq!(
+        sums_by(&db, "usage_by_tracking", "tracking_id").await.into_iter().map(|(t, s)| (t, s.bytes_out)).collect::<BTreeMap<_, _>>(),
+        with_late
+    );
     agg.terminate(Duration::from_secs(30));
 
     // a later claim of partition 0 starting half-way: rows past it no longer count
@@ -346,11 +388,22 @@ async fn corrections_in_both_directions_and_manual_credits_reach_the_next_invoic
 
     // finance records a credit for acme's October
     let text = env.ok(&[
-        "adjust", "--partner", "acme", "--period", "2026-10", "--credit", "--amount", "1.50", "--reason", "outage credit", "--by",
+        "adjust",
+        "--partner",
+        "acme",
+        "--period",
+        "2026-10",
+        "--credit",
+        "--amount",
+        "1.50",
+        "--reason",
+        "outage credit",
+        "--by",
         "finance@example.test",
     ]);
     assert!(text.contains("ADJ-"), "{text}");
-    let refused = env.run(&["adjust", "--partner", "acme", "--period", "2026-10", "--credit", "--amount", "1.505", "--reason", "x", "--by", "y"], &[]);
+    let refused = env
+        .run(&["adjust", "--partner", "acme", "--period", "2026-10", "--credit", "--amount", "1.505", "--reason", "x", "--by", "y"], &[]);
     assert!(!refused.status.success(), "an amount finer than the currency is refused");
 
     // November: every correction, priced as October
@@ -363,7 +416,15 @@ async fn corrections_in_both_directions_and_manual_credits_reach_the_next_invoic
         let was = oct_usage.get(tracking).copied().unwrap_or(0);
         let is = now.get(tracking).copied().unwrap_or(0);
         let price = october_price(partner);
-        let corr: Vec<_> = inv.lines.iter().filter(|l| matches!(l.kind, LineKind::Adjustment | LineKind::Credit) && l.description.contains("2026-10") && !l.description.contains("outage")).collect();
+        let corr: Vec<_> = inv
+            .lines
+            .iter()
+            .filter(|l| {
+                matches!(l.kind, LineKind::Adjustment | LineKind::Credit)
+                    && l.description.contains("2026-10")
+                    && !l.description.contains("outage")
+            })
+            .collect();
         if was == is {
             assert!(corr.is_empty(), "{partner}: nothing to correct: {:?}", inv.lines);
         } else {

@@ -173,6 +173,7 @@ async fn exact_on_the_replicated_cluster_across_a_replica_outage_and_a_kill() {
     // billing on the cluster: drafts (replaced through the local tables), issue, reconcile
     let card =
         billing::rates::load_rate_card(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/rates.example.toml"))).unwrap();
+    assert!(wait_checkpointed(&db, Duration::from_secs(60)).await, "every flush checkpointed (billing reads as of the checkpoints)");
     let store = billing::store::Store::connect(&on_server(2, &database)).await.unwrap();
     let period = first.by_day.keys().next().expect("a day of usage")[..7].to_string();
     let out = std::env::temp_dir().join(unique("cl_billing"));
