@@ -349,7 +349,7 @@ async function loadInvoices() {
     body.append(el("tr", { "data-invoice": i.invoiceNumber }, el("td", { text: i.period }), el("td", { text: i.partnerId }),
       el("td", { class: "mono", text: i.invoiceNumber }), el("td", { class: "status-" + i.status, text: i.status }),
       el("td", { class: "num", text: human(i.totalBytes) }), el("td", { class: "num", text: i.subtotal + " " + i.currency }),
-      el("td", { class: "num total", text: i.total + " " + i.currency }), el("td", {}, link("html"), " ", link("json"), " ", link("csv"), ...(i.status === "issued" ? [" ", link("pdf")] : [])));
+      el("td", { class: "num total", text: i.total + " " + i.currency }), el("td", {}, link("html"), " ", link("json"), " ", link("csv"), ...(i.status === "issued" ? [" ", link("pdf")] : []))));
   }
   if (invoices.length && !$("reconcile-period").value) $("reconcile-period").value = invoices[0].period;
 }
