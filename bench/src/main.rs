@@ -69,6 +69,18 @@ enum Cmd {
     /// its peak memory and slowest answer, next to its idle memory and a
     /// one-event request (needs the stack's broker only for start-up)
     Hostile,
+    /// Questions asked of a month of usage as the aggregator writes it
+    /// (fragments; several streams, clusters, protocols per tracking id), at
+    /// growing sizes, next to the same questions on a pre-aggregated hourly
+    /// table in the same run (needs the stack)
+    Scale {
+        /// Log rows per size, comma-separated
+        #[arg(long, default_value = "10000000", value_delimiter = ',')]
+        rows: Vec<u64>,
+        /// Tracking ids
+        #[arg(long, default_value_t = 1_000)]
+        tracking_ids: u64,
+    },
     /// Every benchmark with its default size
     All,
     /// Decode + window update of single-object events on one core, vs apache-avro's generic decode
@@ -99,6 +111,7 @@ fn main() -> Result<()> {
         Cmd::Billing { tracking_ids } => rt.block_on(bench_billing(tracking_ids)),
         Cmd::Latency { rate, seconds } => rt.block_on(bench_latency(rate, seconds)),
         Cmd::Hostile => rt.block_on(bench_hostile()),
+        Cmd::Scale { rows, tracking_ids } => rt.block_on(bench_scale(&rows, tracking_ids)),
         Cmd::All => {
             codec(1_000_000, 3, false)?;
             memory(1_000_000)?;
@@ -567,6 +580,176 @@ async fn bench_billing(tracking_ids: usize) -> Result<()> {
 /// Sum of the bench's usage rows (`1000000 + number % 1000` bytes each), computed here.
 fn expected_total(rows: usize) -> u64 {
     (0..rows as u64).map(|n| 1_000_000 + n % 1000).sum()
+}
+
+/// Seconds `f` takes, best of 3 (the first run warms the caches).
+async fn best_of_3<F, Fut, T>(mut f: F) -> Result<(f64, T)>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut best = f64::MAX;
+    let mut out = None;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let v = f().await?;
+        best = best.min(t.elapsed().as_secs_f64());
+        out = Some(v);
+    }
+    Ok((best, out.expect("ran")))
+}
+
+/// October 2026 (UTC), as unix seconds.
+const OCT_2026: (i64, i64) = (1_790_812_800, 1_793_491_200);
+
+async fn bench_scale(sizes: &[u64], tracking_ids: u64) -> Result<()> {
+    let mut lines = Vec::new();
+    for &rows in sizes {
+        let db = stack::clickhouse(format!("bench_scale_{}_{rows}", stack::stamp()));
+        runtime::ch::migrate(&db).await?;
+        let c = db.client();
+        let d = &db.database;
+        // four partitions, claimed once, checkpointed past every row
+        c.query(&format!(
+            "INSERT INTO {d}.aggregator_claims (topic, partition, epoch, start_offset, member, claim_id, claimed_at) \
+             SELECT 'bench', number, 1, 0, 'bench', number + 1, now() FROM numbers(4)"
+        ))
+        .execute()
+        .await?;
+        c.query(&format!(
+            "INSERT INTO {d}.aggregator_checkpoints (topic, partition, epoch, position, watermark_ms, arrival_ms, member, created_at) \
+             SELECT 'bench', number, 1, 1000000000, 0, 0, 'bench', now() FROM numbers(4)"
+        ))
+        .execute()
+        .await?;
+        // as a flush writes them: per tracking id a row per minute window, in
+        // 3 fragments (flushes) per window, over 2 streams x 2 clusters x 2
+        // protocols; the window walks the month as the row number grows
+        let t = Instant::now();
+        let minutes = (OCT_2026.1 - OCT_2026.0) / 60;
+        let per_window = tracking_ids * 3;
+        c.query(&format!(
+            "INSERT INTO {d}.usage_by_tracking_log (window_start, tracking_id, account_id, stream_name, cluster, protocol, bytes_out, bytes_in, \
+             events, src_topic, src_partition, src_epoch, src_offset) \
+             SELECT toDateTime({start} + (intDiv(number, {per_window}) % {minutes}) * 60), concat('t-', toString(number % {tracking_ids})), 'acct', \
+             concat('live-', toString(intDiv(number, 7) % 2)), concat('c-', toString(intDiv(number, 11) % 2)), if(intDiv(number, 13) % 2 = 0, 'WEBRTC', 'SRT'), \
+             1000 + number % 1000, 10, 1, 'bench', number % 4, 1, 1 + intDiv(number, 4000) FROM numbers({rows})",
+            start = OCT_2026.0
+        ))
+        .execute()
+        .await?;
+        let insert_s = t.elapsed().as_secs_f64();
+        // the baseline: the same usage pre-aggregated per tracking id and hour
+        c.query(&format!(
+            "CREATE TABLE {d}.bench_hourly (tracking_id String, hour DateTime('UTC'), bytes_out UInt64) \
+             ENGINE = SummingMergeTree ORDER BY (tracking_id, hour)"
+        ))
+        .execute()
+        .await?;
+        c.query(&format!(
+            "INSERT INTO {d}.bench_hourly SELECT tracking_id, toStartOfHour(window_start) AS h, sum(bytes_out) \
+             FROM {d}.usage_by_tracking_log GROUP BY tracking_id, h"
+        ))
+        .execute()
+        .await?;
+        c.query(&format!("OPTIMIZE TABLE {d}.bench_hourly FINAL")).execute().await?;
+        let bytes: u64 = c
+            .query(&format!(
+                "SELECT sum(bytes_on_disk) FROM system.parts WHERE database = '{d}' AND table = 'usage_by_tracking_log' AND active"
+            ))
+            .fetch_one()
+            .await?;
+        eprintln!("{rows} log rows inserted in {insert_s:.1} s ({bytes} bytes on disk)");
+
+        // one id's hourly month: the statistics API's query, without and with
+        // the predicate setting readers set, next to the pre-aggregated table
+        let one = "t-7";
+        let series = format!(
+            "SELECT tracking_id AS key, stream_name AS other, toStartOfHour(window_start) AS bucket, sum(bytes_out) AS bo \
+             FROM {d}.usage_by_tracking WHERE tracking_id IN (?) AND window_start >= toDateTime(?) AND window_start < toDateTime(?) \
+             GROUP BY key, other, bucket"
+        );
+        let series_with = |push: bool| {
+            let q = if push {
+                c.clone().with_option("enable_optimize_predicate_expression", "1")
+            } else {
+                c.clone().with_option("enable_optimize_predicate_expression", "0")
+            };
+            let series = series.clone();
+            move || {
+                let q = q.clone();
+                let series = series.clone();
+                async move {
+                    let n: u64 =
+                        q.query(&format!("SELECT count() FROM ({series})")).bind(one).bind(OCT_2026.0).bind(OCT_2026.1).fetch_one().await?;
+                    Ok(n)
+                }
+            }
+        };
+        let (plain, n1) = best_of_3(series_with(false)).await?;
+        let (pushed, n2) = best_of_3(series_with(true)).await?;
+        anyhow::ensure!(n1 == n2 && n1 > 0, "the series has {n1} / {n2} points");
+        let (bare, _) = best_of_3(|| {
+            let c = c.clone();
+            async move {
+                let n: u64 = c
+                    .query(&format!(
+                        "SELECT count() FROM {d}.bench_hourly WHERE tracking_id = ? AND hour >= toDateTime(?) AND hour < toDateTime(?)"
+                    ))
+                    .bind(one)
+                    .bind(OCT_2026.0)
+                    .bind(OCT_2026.1)
+                    .fetch_one()
+                    .await?;
+                Ok(n)
+            }
+        })
+        .await?;
+        // billing a month: the snapshot and every tracking id's bytes
+        let store = billing::store::Store::new(&db)?;
+        let (bill, usage) = best_of_3(|| {
+            let store = store.clone();
+            async move {
+                let snap = store.snapshot().await?;
+                let (from, to) = billing::invoice::period_bounds(2026, 10).expect("October");
+                Ok(store.usage_at(&snap, from, to).await?)
+            }
+        })
+        .await?;
+        anyhow::ensure!(usage.len() as u64 == tracking_ids, "billing saw {} tracking ids", usage.len());
+        let (bill_bare, _) = best_of_3(|| {
+            let c = c.clone();
+            async move {
+                let n: u64 = c
+                    .query(&format!("SELECT count() FROM (SELECT tracking_id, sum(bytes_out) FROM {d}.bench_hourly GROUP BY tracking_id)"))
+                    .fetch_one()
+                    .await?;
+                Ok(n)
+            }
+        })
+        .await?;
+        let ms = |s: f64| format!("{:.0} ms", s * 1000.0);
+        lines.push(format!(
+            "| {rows} log rows, {tracking_ids} tracking ids: one id's hourly month (statistics API query) | {} (predicates pushed: {}) | {} (pre-aggregated hourly table) | {:.0}x |",
+            ms(plain),
+            ms(pushed),
+            ms(bare),
+            pushed / bare
+        ));
+        lines.push(format!(
+            "| {rows} log rows: billing's usage of a month (snapshot + per tracking id) | {} | {} | {:.0}x |",
+            ms(bill),
+            ms(bill_bare),
+            bill / bill_bare
+        ));
+        lines.push(format!("| {rows} log rows: storage | {:.1} bytes per log row | | |", bytes as f64 / rows as f64));
+        let _ = db.server_client().query(&format!("DROP DATABASE IF EXISTS {d}")).execute().await;
+    }
+    header();
+    for l in lines {
+        println!("{l}");
+    }
+    Ok(())
 }
 
 fn rss_kib() -> u64 {
