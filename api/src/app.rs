@@ -179,6 +179,8 @@ pub(crate) fn success(data: Value) -> Response {
 
 pub(crate) struct Metrics {
     pub(crate) registry: Registry,
+    /// Failed authentications, throttled attempts and lockouts (`api_auth_total{result}`).
+    pub(crate) auth: IntCounterVec,
     pub(crate) requests: IntCounterVec,
     pub(crate) verify: IntCounterVec,
 }
@@ -189,9 +191,17 @@ impl Metrics {
         let requests = IntCounterVec::new(Opts::new("api_requests_total", "Requests by HTTP status"), &["status"])?;
         let verify =
             IntCounterVec::new(Opts::new("api_verify_total", "Token verifications by result (ok or the refusal code)"), &["result"])?;
+        let auth = IntCounterVec::new(
+            Opts::new(
+                "api_auth_failures_total",
+                "Failed authentications by result: failed, lockout (an address must start waiting), throttled (refused unread)",
+            ),
+            &["result"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(verify.clone()))?;
-        Ok(Metrics { registry, requests, verify })
+        registry.register(Box::new(auth.clone()))?;
+        Ok(Metrics { registry, auth, requests, verify })
     }
 }
 
@@ -217,6 +227,60 @@ pub(crate) struct AppState {
     pub(crate) sessions: crate::session::Sessions,
     /// The console's settings.
     pub(crate) console: crate::session::ConsoleSettings,
+    /// Failed authentications per client address.
+    pub(crate) throttle: crate::throttle::AuthThrottle,
+    /// The header a trusted proxy puts the client's address in (empty: the peer's address).
+    pub(crate) client_address_header: Option<axum::http::HeaderName>,
+}
+
+/// The outcome of an authentication, for the throttle.
+pub(crate) enum AuthOutcome {
+    Ok,
+    Failed,
+}
+
+impl AppState {
+    /// The client's address: the trusted proxy's header (its last entry)
+    /// when configured, else the peer's; `None` when neither is known.
+    pub(crate) fn client_address(&self, headers: &axum::http::HeaderMap, ext: &axum::http::Extensions) -> Option<std::net::IpAddr> {
+        if let Some(h) = &self.client_address_header {
+            let v = headers.get(h)?.to_str().ok()?;
+            return v.rsplit(',').next()?.trim().parse().ok();
+        }
+        ext.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip())
+    }
+
+    /// The `429` answer when `addr` must wait before authenticating again.
+    pub(crate) fn throttled(&self, addr: Option<std::net::IpAddr>) -> Option<Response> {
+        let wait = self.throttle.check(addr?, std::time::Instant::now())?;
+        self.metrics.auth.with_label_values(&["throttled"]).inc();
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let mut r = fail(StatusCode::TOO_MANY_REQUESTS, &format!("too many failed authentications from this address; retry in {secs} s"));
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        Some(r)
+    }
+
+    /// Count an authentication of `addr` (a failure, or a success that clears it).
+    pub(crate) fn authenticated(&self, addr: Option<std::net::IpAddr>, outcome: AuthOutcome) {
+        let Some(addr) = addr else {
+            if matches!(outcome, AuthOutcome::Failed) {
+                self.metrics.auth.with_label_values(&["failed"]).inc();
+            }
+            return;
+        };
+        match outcome {
+            AuthOutcome::Ok => self.throttle.succeeded(addr),
+            AuthOutcome::Failed => {
+                self.metrics.auth.with_label_values(&["failed"]).inc();
+                if let crate::throttle::Failed::Waits { wait, first: true } = self.throttle.failed(addr, std::time::Instant::now()) {
+                    self.metrics.auth.with_label_values(&["lockout"]).inc();
+                    tracing::warn!(address = %addr, wait_secs = wait.as_secs(), "AuthLockout: too many failed authentications from one address");
+                }
+            }
+        }
+    }
 }
 
 impl AppState {
@@ -262,7 +326,15 @@ pub(crate) struct Scope(pub(crate) Option<Arc<Vec<String>>>);
 pub(crate) async fn require_secret(State(s): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let role = match runtime::auth::bearer(header) {
-        Some(given) => s.role_of(given),
+        Some(given) => {
+            let addr = s.client_address(req.headers(), req.extensions());
+            if let Some(r) = s.throttled(addr) {
+                return r;
+            }
+            let role = s.role_of(given);
+            s.authenticated(addr, if role.is_some() { AuthOutcome::Ok } else { AuthOutcome::Failed });
+            role
+        }
         None if header.is_none() => match s.sessions.of(req.headers()) {
             Some(session) => {
                 let safe = matches!(*req.method(), axum::http::Method::GET | axum::http::Method::HEAD);

@@ -47,6 +47,10 @@ pub struct ApiConfig {
     pub console_session_secs: u64,
     /// Mark the console cookie `Secure` (set it when serving over TLS).
     pub console_secure_cookie: bool,
+    /// Behind a proxy: the header it puts the client's address in (its
+    /// last entry is used, e.g. `X-Forwarded-For`); empty: the peer's
+    /// address. Failed authentications are throttled per client address.
+    pub client_address_header: String,
 }
 
 /// A secret that sees only its `tracking_ids`.
@@ -74,6 +78,7 @@ impl Default for ApiConfig {
             billing_rates: None,
             console_session_secs: 1800,
             console_secure_cookie: false,
+            client_address_header: String::new(),
         }
     }
 }

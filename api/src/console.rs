@@ -93,11 +93,21 @@ fn session_json(s: &Session) -> Value {
 }
 
 /// `POST /console/login {secret}`: open a session for an admin or scoped secret.
-pub(crate) async fn login(State(s): State<Arc<AppState>>, body: Bytes) -> Response {
+pub(crate) async fn login(State(s): State<Arc<AppState>>, req: axum::extract::Request) -> Response {
+    let addr = s.client_address(req.headers(), req.extensions());
+    if let Some(r) = s.throttled(addr) {
+        tracing::info!("ConsoleSignInThrottled");
+        return r;
+    }
+    let Ok(body) = axum::body::to_bytes(req.into_body(), 64 * 1024).await else {
+        return fail(StatusCode::BAD_REQUEST, "secret: required");
+    };
     let Ok(l) = serde_json::from_slice::<Login>(&body) else {
         return fail(StatusCode::BAD_REQUEST, "secret: required");
     };
-    let role = match s.role_of(&l.secret) {
+    let role = s.role_of(&l.secret);
+    s.authenticated(addr, if role.is_some() { crate::app::AuthOutcome::Ok } else { crate::app::AuthOutcome::Failed });
+    let role = match role {
         Some(Role::Verify) => return fail(StatusCode::FORBIDDEN, "a verify-only secret cannot sign in to the console"),
         Some(r) => r,
         None => {

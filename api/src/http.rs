@@ -59,6 +59,14 @@ pub fn router(cfg: &ApiConfig, store: Arc<Store>) -> Result<Router, ApiError> {
         ch_probe: runtime::health::Probe::default(),
         sessions: Default::default(),
         console: console_settings(cfg)?,
+        throttle: Default::default(),
+        client_address_header: match cfg.client_address_header.trim() {
+            "" => None,
+            h => Some(
+                axum::http::HeaderName::from_bytes(h.as_bytes())
+                    .map_err(|_| ApiError::Config(format!("client_address_header: {h:?} is not a header name")))?,
+            ),
+        },
         policy: crate::verify::Policy {
             untracked_parent_sets_tracking: cfg.untracked_parent_sets_tracking,
             max_viewer_token_secs: cfg.max_viewer_token_secs as i64,

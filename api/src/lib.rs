@@ -18,6 +18,7 @@
 //!   read from ClickHouse.
 //! - [`console`]: the web console at `/` (embedded assets, sign-in, invoices).
 //! - [`session`]: console sessions and credential roles (a leaf).
+//! - [`throttle`]: failed authentications throttled per client address (a leaf).
 //! - [`openapi`]: the OpenAPI document's fixed parts (the paths are
 //!   generated from the handlers by `utoipa`).
 //! - [`sign`]: self-signing viewer JWTs (`api token sign`).
@@ -33,6 +34,7 @@ pub mod session;
 pub mod sign;
 pub mod stats;
 pub mod store;
+pub mod throttle;
 pub mod tokens;
 pub mod verify;
 

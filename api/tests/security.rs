@@ -169,3 +169,89 @@ async fn verify_only_secrets_cannot_sign_in_to_the_console() {
     assert!(r.headers().get("set-cookie").is_none());
     server.abort();
 }
+
+/// Failed authentications are throttled per client address: after 5
+/// failures an address must wait (429 with Retry-After, its secret not
+/// looked at, the right one neither), doubling with each further failure;
+/// a user at another address signs in at once; after the wait the right
+/// secret works and clears the address. The same for bearer secrets.
+#[tokio::test]
+async fn failed_sign_ins_are_throttled_per_address_without_locking_others_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ApiConfig {
+        api_secrets: vec![ADMIN.into()],
+        store_path: dir.path().join("tokens.db"),
+        // behind a proxy that names the client in X-Forwarded-For
+        client_address_header: "x-forwarded-for".into(),
+        ..Default::default()
+    };
+    let store = Arc::new(Store::open(&cfg.store_path).unwrap());
+    let app = api::http::router(&cfg, store).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(runtime::serve::serve(listener, app, runtime::serve::Timeouts::default(), std::future::pending()));
+    let client = reqwest::Client::new();
+    let login = |from: &'static str, secret: &'static str| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let r = client
+                .post(format!("{url}/console/login"))
+                .header("x-forwarded-for", format!("10.9.8.7, {from}"))
+                .json(&json!({ "secret": secret }))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string()))
+        }
+    };
+    const WRONG: &str = "not-the-admin-secret-0123456789abcd";
+    for i in 0..api::throttle::FREE_FAILURES {
+        assert_eq!(login("192.0.2.1", WRONG).await, (401, None), "failure {}", i + 1);
+    }
+    // the attacker's address waits, even with the right secret
+    assert_eq!(login("192.0.2.1", ADMIN).await, (429, Some("1".into())));
+    // a user elsewhere is not locked out
+    assert_eq!(login("198.51.100.20", ADMIN).await.0, 200);
+    // after the wait the right secret works and clears the address
+    let mut ok = false;
+    let t = std::time::Instant::now();
+    while !ok && t.elapsed() < Duration::from_secs(10) {
+        let (st, retry) = login("192.0.2.1", ADMIN).await;
+        ok = st == 200;
+        if !ok {
+            assert_eq!(st, 429);
+            tokio::time::sleep(Duration::from_secs(retry.unwrap().parse().unwrap())).await;
+        }
+    }
+    assert!(ok, "signed in after the wait");
+    assert_eq!(login("192.0.2.1", WRONG).await.0, 401, "cleared: failures count from zero");
+
+    // bearer secrets: the same per address
+    let bearer = |from: &'static str, secret: &'static str| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            client
+                .get(format!("{url}/api/subscribe_token/list?page=1&itemsOnPage=10"))
+                .header("x-forwarded-for", from)
+                .bearer_auth(secret)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    for _ in 0..api::throttle::FREE_FAILURES {
+        assert_eq!(bearer("203.0.113.5", WRONG).await, 401);
+    }
+    assert_eq!(bearer("203.0.113.5", ADMIN).await, 429);
+    assert_eq!(bearer("203.0.113.6", ADMIN).await, 200);
+    let metrics = client.get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("api_auth_failures_total{result=\"lockout\"} 2"), "{metrics}");
+    let throttled: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("api_auth_failures_total{result=\"throttled\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(throttled >= 2, "{metrics}");
+}

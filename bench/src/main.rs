@@ -487,6 +487,32 @@ async fn bench_hostile() -> Result<()> {
         answers.push(len);
     }
     let peak = stack::peak_rss_kib(pid);
+    // a flood: 256 maximum-size bodies at once (the body budget lets a few
+    // in at a time and refuses the others unread), then a valid request
+    let flood = bytes::Bytes::from("{}\n".repeat(MAX_BODY / 3 - 16).into_bytes());
+    let t = Instant::now();
+    let statuses: Vec<u16> = futures::future::join_all((0..256).map(|_| {
+        let (client, url, key, body) = (client.clone(), format!("{base}/v1/usage"), key.clone(), flood.clone());
+        async move {
+            match client.post(url).bearer_auth(key).header("Content-Type", "application/x-ndjson").body(body).send().await {
+                Ok(r) => r.status().as_u16(),
+                Err(_) => 0, // refused unread: the server may close before the client sent everything
+            }
+        }
+    }))
+    .await;
+    let flood_secs = t.elapsed().as_secs_f64();
+    let flood_peak = stack::peak_rss_kib(pid);
+    let count = |st: u16| statuses.iter().filter(|s| **s == st).count();
+    let after = post("application/json", b"[]".to_vec()).await?;
+    anyhow::ensure!(after.0 == 200, "a request after the flood answered {}", after.0);
+    eprintln!(
+        "flood of 256 x 16 MiB: {} read and refused (413), {} refused unread (503), {} (429), {} connections closed unread, in {flood_secs:.1} s",
+        count(413),
+        count(503),
+        count(429),
+        count(0)
+    );
     let _ = gw.kill();
     let _ = gw.wait();
     header();
@@ -495,6 +521,13 @@ async fn bench_hostile() -> Result<()> {
         "| gateway: hostile 16 MiB bodies (empty objects as NDJSON and array, events with oversized ids, the largest valid events) | peak RSS {} MiB ({over_idle:.1}x max_body_bytes above idle), slowest answer {slowest:.2} s, largest answer {} bytes | idle RSS {} MiB, one small request {small:.3} s | goal ≤ 4x, < 1 s |",
         peak / 1024,
         answers.iter().max().copied().unwrap_or(0),
+        idle / 1024,
+    );
+    println!(
+        "| gateway: 256 concurrent 16 MiB bodies (the body budget's defaults: 128 MiB in all, 64 MiB per key) | peak RSS {} MiB; {} read, {} refused unread; a valid request right after: 200 | idle RSS {} MiB | goal < 512 MiB |",
+        flood_peak / 1024,
+        count(413),
+        256 - count(413),
         idle / 1024,
     );
     Ok(())

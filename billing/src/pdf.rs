@@ -6,10 +6,10 @@
 //! A small writer of its own (PDF 1.4, uncompressed text streams): an
 //! invoice needs text, lines and page breaks, and nothing in it varies but
 //! the invoice, so equal invoices give byte-identical files (no creation
-//! date, no random ids). Text is encoded in WinAnsi: characters outside it
-//! print as `?`.
+//! date, no random ids). Text is encoded in WinAnsi (Latin-1 plus dashes,
+//! quotes and the euro sign): characters outside it print as `?`.
 
-use crate::invoice::{Invoice, InvoiceStatus};
+use crate::invoice::{Invoice, InvoiceStatus, LineKind};
 use crate::render::{group_thousands, quantity_cell, unit_price_cell};
 use std::fmt::Write;
 
@@ -52,11 +52,46 @@ fn literal(s: &str) -> String {
             '\u{a0}'..='\u{ff}' => {
                 let _ = write!(out, "\\{:03o}", c as u32);
             }
-            _ => out.push('?'),
+            _ => match win_ansi(c) {
+                Some(b) => {
+                    let _ = write!(out, "\\{b:03o}");
+                }
+                None => out.push('?'),
+            },
         }
     }
     out.push(')');
     out
+}
+
+/// The WinAnsi byte of the characters it has beyond Latin-1 (dashes,
+/// quotes, the euro sign, ...).
+fn win_ansi(c: char) -> Option<u8> {
+    Some(match c {
+        '€' => 0x80,
+        '‚' => 0x82,
+        '„' => 0x84,
+        '…' => 0x85,
+        '‘' => 0x91,
+        '’' => 0x92,
+        '“' => 0x93,
+        '”' => 0x94,
+        '•' => 0x95,
+        '–' => 0x96,
+        '—' => 0x97,
+        '™' => 0x99,
+        _ => return None,
+    })
+}
+
+/// The note after a line's description, as on the HTML invoice.
+fn kind_note(kind: LineKind) -> &'static str {
+    match kind {
+        LineKind::Usage => "",
+        LineKind::CommitmentTrueUp => " (commitment)",
+        LineKind::Adjustment => " (adjustment)",
+        LineKind::Credit => " (credit)",
+    }
 }
 
 /// Words of `s` in rows of at most `n` characters (a longer word is cut).
@@ -183,7 +218,7 @@ pub fn invoice_pdf(inv: &Invoice) -> Vec<u8> {
     };
     header(&mut p);
     for l in &inv.lines {
-        let rows = wrap(&format!("{} ({})", l.description, l.kind.as_str().replace('_', " ")), DESCRIPTION_CHARS);
+        let rows = wrap(&format!("{}{}", l.description, kind_note(l.kind)), DESCRIPTION_CHARS);
         if p.y - 11.0 * (rows.len() as f32) < MARGIN + 20.0 {
             p.down(PAGE_H); // the whole line on the next page
             header(&mut p);
@@ -258,7 +293,7 @@ mod tests {
     #[test]
     fn strings_are_escaped_and_encoded() {
         assert_eq!(literal("a(b)c\\d"), "(a\\(b\\)c\\\\d)");
-        assert_eq!(literal("Zürich €"), "(Z\\374rich ?)");
+        assert_eq!(literal("Zürich € 0–10 ✓"), "(Z\\374rich \\200 0\\22610 ?)");
     }
 
     #[test]

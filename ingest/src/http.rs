@@ -10,6 +10,7 @@
 //! and re-sending the whole request is safe because events are identified by
 //! `(viewer_id, seq)` and duplicates are dropped downstream.
 
+use crate::budget::{BodyBudget, Reservation, Spent};
 use crate::json::{metric_reason, parse_body_limited, BodyLimits, EventError, Rejection};
 use crate::producer::{ProducerOptions, SendAllError, UsageProducer};
 use axum::extract::{Request, State};
@@ -39,6 +40,12 @@ pub struct IngestConfig {
     pub api_keys: Vec<String>,
     /// Largest accepted request body, bytes (`413` above).
     pub max_body_bytes: usize,
+    /// Bytes of request bodies held at once, across all requests (`503`
+    /// with `Retry-After` when spent; see `budget`).
+    pub max_bodies_bytes: usize,
+    /// The part of `max_bodies_bytes` one API key may hold (`429` with
+    /// `Retry-After` when spent).
+    pub max_bodies_bytes_per_key: usize,
     /// Most events in one request (`413` above).
     pub max_events_per_request: usize,
     /// Events produced but not yet acknowledged, across all requests; a request
@@ -60,6 +67,8 @@ impl Default for IngestConfig {
             listen: "127.0.0.1:8088".into(),
             api_keys: vec![],
             max_body_bytes: 16 * 1024 * 1024,
+            max_bodies_bytes: 128 * 1024 * 1024,
+            max_bodies_bytes_per_key: 64 * 1024 * 1024,
             max_events_per_request: 10_000,
             max_inflight_events: 200_000,
             delivery_timeout_ms: 10_000,
@@ -80,6 +89,9 @@ impl IngestConfig {
         if self.max_events_per_request == 0 || self.max_inflight_events < self.max_events_per_request {
             return Err("need 0 < max_events_per_request <= max_inflight_events".into());
         }
+        if !(self.max_body_bytes <= self.max_bodies_bytes_per_key && self.max_bodies_bytes_per_key <= self.max_bodies_bytes) {
+            return Err("need max_body_bytes <= max_bodies_bytes_per_key <= max_bodies_bytes".into());
+        }
         Ok(())
     }
 }
@@ -91,6 +103,8 @@ struct Metrics {
     requests: IntCounterVec,
     produce_seconds: Histogram,
     inflight: IntGauge,
+    budget_refused: IntCounterVec,
+    bodies_held: IntGauge,
 }
 
 impl Metrics {
@@ -113,8 +127,19 @@ impl Metrics {
         registry.register(Box::new(rejected.clone())).unwrap();
         registry.register(Box::new(requests.clone())).unwrap();
         registry.register(Box::new(produce_seconds.clone())).unwrap();
+        let budget_refused = IntCounterVec::new(
+            Opts::new(
+                "ingest_body_budget_refused_total",
+                "Requests refused unread because the body budget was spent, by scope (total, key)",
+            ),
+            &["scope"],
+        )
+        .unwrap();
+        let bodies_held = IntGauge::new("ingest_body_bytes_held", "Bytes of request bodies held now (max_bodies_bytes bounds it)").unwrap();
         registry.register(Box::new(inflight.clone())).unwrap();
-        Metrics { registry, accepted, rejected, requests, produce_seconds, inflight }
+        registry.register(Box::new(budget_refused.clone())).unwrap();
+        registry.register(Box::new(bodies_held.clone())).unwrap();
+        Metrics { registry, accepted, rejected, requests, produce_seconds, inflight, budget_refused, bodies_held }
     }
 }
 
@@ -131,7 +156,13 @@ struct AppState {
     broker_probe: runtime::health::Probe,
     /// `cfg.api_keys` as digests.
     keys: runtime::auth::KeySet,
+    /// What the bodies being read and handled may hold.
+    budget: Arc<BodyBudget>,
 }
+
+/// The index of the API key a request authenticated with (its budget share).
+#[derive(Debug, Clone, Copy)]
+struct KeyIndex(usize);
 
 /// Build the gateway's router (also used by tests).
 pub fn router(cfg: IngestConfig) -> Result<Router, crate::IngestError> {
@@ -151,6 +182,7 @@ pub fn router(cfg: IngestConfig) -> Result<Router, crate::IngestError> {
         broker_down: AtomicBool::new(false),
         broker_probe: runtime::health::Probe::default(),
         keys: runtime::auth::KeySet::new(&cfg.api_keys),
+        budget: BodyBudget::new(cfg.max_bodies_bytes, cfg.max_bodies_bytes_per_key, cfg.api_keys.len()),
         cfg,
     });
     let api = Router::new().route("/v1/usage", post(post_usage)).layer(middleware::from_fn_with_state(state.clone(), require_key));
@@ -188,22 +220,46 @@ fn with_retry_after(mut r: Response, secs: u32) -> Response {
     r
 }
 
-async fn require_key(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+async fn require_key(State(s): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let ok = runtime::auth::bearer(header).is_some_and(|given| s.keys.contains(given));
-    if !ok {
+    let key = runtime::auth::bearer(header).and_then(|given| s.keys.position(given));
+    let Some(key) = key else {
         s.metrics.requests.with_label_values(&["401"]).inc();
         let mut r = error_reply(StatusCode::UNAUTHORIZED, "missing or invalid API key (Authorization: Bearer <key>)", None);
         r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return r;
-    }
+    };
+    req.extensions_mut().insert(KeyIndex(key));
     next.run(req).await
 }
 
-async fn post_usage(State(s): State<Arc<AppState>>, headers: HeaderMap, body: axum::body::Body) -> Response {
-    let r = match read_body(body, &headers, s.cfg.max_body_bytes).await {
-        Ok(body) => handle_usage(&s, &headers, body).await,
-        Err(r) => {
+async fn post_usage(
+    State(s): State<Arc<AppState>>,
+    axum::Extension(KeyIndex(key)): axum::Extension<KeyIndex>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    let r = match read_body(body, &headers, s.cfg.max_body_bytes, &s.budget, key).await {
+        Ok((body, held)) => {
+            // held until the answer: the body and the events parsed from it
+            let r = handle_usage(&s, &headers, body).await;
+            drop(held);
+            r
+        }
+        Err(Unread::Spent(spent)) => {
+            let (status, scope, what) = match spent {
+                Spent::Total => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "total", "the gateway holds its maximum of request bodies (max_bodies_bytes)")
+                }
+                Spent::Key => {
+                    (StatusCode::TOO_MANY_REQUESTS, "key", "this API key holds its share of request bodies (max_bodies_bytes_per_key)")
+                }
+            };
+            s.metrics.budget_refused.with_label_values(&[scope]).inc();
+            tracing::warn!(scope, "BodyBudgetSpent: a request was refused unread");
+            with_retry_after(error_reply(status, format!("{what}; nothing was read, retry later"), None), 1)
+        }
+        Err(Unread::Reply(r)) => {
             if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 s.metrics.rejected.with_label_values(&["body_too_large"]).inc();
             }
@@ -214,25 +270,44 @@ async fn post_usage(State(s): State<Arc<AppState>>, headers: HeaderMap, body: ax
     r
 }
 
+/// Why a body was not read.
+enum Unread {
+    /// The body budget is spent.
+    Spent(Spent),
+    /// Too large, or the client stopped sending.
+    Reply(Response),
+}
+
 /// The request body in one buffer sized from `Content-Length` (no second
 /// copy of a large body), refused with `413` as soon as it passes `max`.
-async fn read_body(body: axum::body::Body, headers: &HeaderMap, max: usize) -> Result<Vec<u8>, Response> {
+/// The declared length is reserved from `budget` before a byte is read (a
+/// body without one grows its reservation as it arrives).
+async fn read_body(
+    body: axum::body::Body,
+    headers: &HeaderMap,
+    max: usize,
+    budget: &Arc<BodyBudget>,
+    key: usize,
+) -> Result<(Vec<u8>, Reservation), Unread> {
     use futures::StreamExt;
-    let too_large = || error_reply(StatusCode::PAYLOAD_TOO_LARGE, format!("request body larger than {max} bytes"), None);
+    let too_large = || Unread::Reply(error_reply(StatusCode::PAYLOAD_TOO_LARGE, format!("request body larger than {max} bytes"), None));
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
     if declared.is_some_and(|n| n > max) {
         return Err(too_large());
     }
+    let mut held = budget.reserve(key, declared.unwrap_or(0)).map_err(Unread::Spent)?;
     let mut buf = Vec::with_capacity(declared.unwrap_or(0));
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| error_reply(StatusCode::REQUEST_TIMEOUT, format!("reading the request body: {e}"), None))?;
+        let chunk =
+            chunk.map_err(|e| Unread::Reply(error_reply(StatusCode::REQUEST_TIMEOUT, format!("reading the request body: {e}"), None)))?;
         if buf.len() + chunk.len() > max {
             return Err(too_large());
         }
+        held.grow_to(buf.len() + chunk.len()).map_err(Unread::Spent)?;
         buf.extend_from_slice(&chunk);
     }
-    Ok(buf)
+    Ok((buf, held))
 }
 
 async fn handle_usage(s: &AppState, headers: &HeaderMap, body: Vec<u8>) -> Response {
@@ -387,6 +462,7 @@ async fn broker_up(s: &AppState) -> bool {
 }
 
 async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+    s.metrics.bodies_held.set(s.budget.held_bytes() as i64);
     let mut buf = Vec::new();
     let _ = TextEncoder::new().encode(&s.metrics.registry.gather(), &mut buf);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], buf).into_response()

@@ -2,6 +2,7 @@
 //! headers must arrive within `header_timeout` (slowloris), its body within
 //! `body_timeout`, and a graceful shutdown waits for requests in progress.
 //! (`axum::serve` sets no timer, so hyper's header timeout never fires there.)
+//! Every request carries its peer's address as `ConnectInfo<SocketAddr>`.
 
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -39,7 +40,7 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -51,7 +52,11 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let service = TowerToHyperService::new(app.clone());
+        let service =
+            TowerToHyperService::new(tower::ServiceExt::map_request(app.clone(), move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                req
+            }));
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(timeouts.header)

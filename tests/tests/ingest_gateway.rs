@@ -648,3 +648,67 @@ async fn a_refused_record_is_the_requests_4xx_and_never_marks_the_broker_down() 
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(gw.get("/readyz").await.status, 200);
 }
+
+/// An upload that declares `len` bytes, sends `sent` of them and stalls
+/// (a slow or hostile client holding its share of the body budget).
+async fn stalled_upload(url: &str, key: &str, len: usize, sent: usize) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let addr = url.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "POST /v1/usage HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nContent-Type: application/x-ndjson\r\nContent-Length: {len}\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&vec![b' '; sent]).await.unwrap();
+    s.flush().await.unwrap();
+    s
+}
+
+/// Bytes of bodies the gateway holds, from its metrics.
+async fn held(gw: &Gateway) -> f64 {
+    let m = gw.get("/metrics").await;
+    m.text.lines().find_map(|l| l.strip_prefix("ingest_body_bytes_held ")).and_then(|v| v.parse().ok()).unwrap_or(-1.0)
+}
+
+/// The bodies of all requests share a budget: uploads that hold it make the
+/// next request wait outside (`503`, or `429` for a key past its share, with
+/// `Retry-After`, its body unread), and once they end a valid batch is
+/// accepted again. The budget's counts are back to zero afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bodies_of_all_requests_share_a_memory_budget() {
+    const MIB: usize = 1024 * 1024;
+    let other = "gw-test-key-other-0123456789abcd";
+    let gw = gateway(|c| {
+        c.api_keys.push(other.to_string());
+        c.max_body_bytes = 2 * MIB;
+        c.max_bodies_bytes_per_key = 4 * MIB;
+        c.max_bodies_bytes = 6 * MIB;
+    })
+    .await;
+    // KEY holds its whole share with two stalled 2 MiB uploads
+    let a = stalled_upload(&gw.url, KEY, 2 * MIB, 1000).await;
+    let b = stalled_upload(&gw.url, KEY, 2 * MIB, 1000).await;
+    assert!(wait_until(Duration::from_secs(10), || async { held(&gw).await >= (4 * MIB) as f64 }).await, "the two uploads hold 4 MiB");
+    let sent = batch(&gw, 20);
+    let body: Vec<Value> = sent.iter().enumerate().map(|(i, ev)| to_json(ev, i)).collect();
+    let r = gw.post_array(&body).await;
+    assert_eq!(r.status, 429, "KEY's share is spent: {}", r.text);
+    assert_eq!(r.headers.get("retry-after").map(|v| v.to_str().unwrap()), Some("1"));
+    // the other key still has room; then the total is spent for everyone
+    let c = stalled_upload(&gw.url, other, 2 * MIB, 1000).await;
+    assert!(wait_until(Duration::from_secs(10), || async { held(&gw).await >= (6 * MIB) as f64 }).await, "6 MiB held in all");
+    let rb = gw.client.post(format!("{}/v1/usage", gw.url)).bearer_auth(other).header("content-type", "application/json").body("[]");
+    let r = gw.request(rb).await;
+    assert_eq!(r.status, 503, "the total is spent: {}", r.text);
+    assert!(r.headers.contains_key("retry-after"));
+    assert_topic_empty(&gw.topic).await;
+    // the uploads end (their clients go away): the budget is free again
+    drop((a, b, c));
+    assert!(wait_until(Duration::from_secs(10), || async { held(&gw).await == 0.0 }).await, "everything given back");
+    let r = gw.post_array(&body).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_topic_holds_exactly(&gw.topic, &sent).await;
+    let m = gw.get("/metrics").await;
+    assert!(m.text.contains("ingest_body_budget_refused_total{scope=\"key\"} 1"), "{}", m.text);
+    assert!(m.text.contains("ingest_body_budget_refused_total{scope=\"total\"} 1"), "{}", m.text);
+}
