@@ -386,6 +386,12 @@ pub(crate) async fn limit_stats(State(s): State<Arc<AppState>>, mut req: Request
         r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return r;
     };
-    req.extensions_mut().insert(StatsSlot(Arc::new(std::sync::Mutex::new(Some(permit)))));
-    next.run(req).await
+    // held here until the answer is made (the request's own copy is gone once
+    // the handler has extracted what it needs); a streamed answer takes the
+    // permit along until its last row
+    let slot = StatsSlot(Arc::new(std::sync::Mutex::new(Some(permit))));
+    req.extensions_mut().insert(slot.clone());
+    let answer = next.run(req).await;
+    drop(slot);
+    answer
 }

@@ -255,3 +255,56 @@ async fn failed_sign_ins_are_throttled_per_address_without_locking_others_out() 
         .unwrap_or(0);
     assert!(throttled >= 2, "{metrics}");
 }
+
+/// At most `MAX_CONCURRENT_STATS` statistics queries run at once: with that
+/// many held by a ClickHouse that does not answer (a listener that accepts
+/// and stays silent), the next one is refused at once with `503` and
+/// `Retry-After`, and token routes are not held back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statistics_queries_past_the_concurrency_limit_get_503() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ch_url = format!("http://{}", silent.local_addr().unwrap());
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let held = Arc::new(tokio::sync::Mutex::new(Vec::new()));
+    {
+        let (accepted, held) = (accepted.clone(), held.clone());
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = silent.accept().await {
+                held.lock().await.push(conn);
+                accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ApiConfig {
+        api_secrets: vec![ADMIN.into()],
+        store_path: dir.path().join("tokens.db"),
+        clickhouse: runtime::ch::ClickHouseConfig { url: ch_url, ..Default::default() },
+        ..Default::default()
+    };
+    let store = Arc::new(Store::open(&cfg.store_path).unwrap());
+    let app = api::http::router(&cfg, store).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(runtime::serve::serve(listener, app, runtime::serve::Timeouts::default(), std::future::pending()));
+    let path = "/api/analytics/tracking/total?trackingIds=acme&startDate=2026-10-01&stopDate=2026-10-02";
+    let mut running = Vec::new();
+    for _ in 0..api::http::MAX_CONCURRENT_STATS {
+        let url = url.clone();
+        running.push(tokio::spawn(async move { call(&url, reqwest::Method::GET, path, ADMIN, None).await }));
+    }
+    // every one of them is waiting on ClickHouse
+    let t = std::time::Instant::now();
+    while accepted.load(std::sync::atomic::Ordering::SeqCst) < api::http::MAX_CONCURRENT_STATS {
+        assert!(t.elapsed() < Duration::from_secs(10), "the queries reached ClickHouse");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = reqwest::Client::new().get(format!("{url}{path}")).bearer_auth(ADMIN).timeout(Duration::from_secs(5)).send().await;
+    let r = r.expect("the query past the limit is answered at once, not run");
+    assert_eq!(r.status().as_u16(), 503);
+    assert_eq!(r.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    assert_eq!(call(&url, reqwest::Method::GET, "/api/subscribe_token/list?page=1&itemsOnPage=10", ADMIN, None).await.0, 200);
+    for r in running {
+        r.abort();
+    }
+}
