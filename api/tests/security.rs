@@ -20,11 +20,16 @@ async fn start(dir: &std::path::Path, header_timeout: Duration) -> String {
         store_path: dir.join("tokens.db"),
         ..Default::default()
     };
+    serve(&cfg, runtime::serve::Timeouts { header: header_timeout, body: Duration::from_secs(5) }).await
+}
+
+/// `cfg`'s service as `api serve` runs it (`runtime::serve`: requests carry
+/// the peer's address); its base URL.
+async fn serve(cfg: &ApiConfig, timeouts: runtime::serve::Timeouts) -> String {
     let store = Arc::new(Store::open(&cfg.store_path).unwrap());
-    let app = api::http::router(&cfg, store).unwrap();
+    let app = api::http::router(cfg, store).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let timeouts = runtime::serve::Timeouts { header: header_timeout, body: Duration::from_secs(5) };
     tokio::spawn(runtime::serve::serve(listener, app, timeouts, std::future::pending()));
     format!("http://{addr}")
 }
@@ -185,11 +190,7 @@ async fn failed_sign_ins_are_throttled_per_address_without_locking_others_out() 
         client_address_header: "x-forwarded-for".into(),
         ..Default::default()
     };
-    let store = Arc::new(Store::open(&cfg.store_path).unwrap());
-    let app = api::http::router(&cfg, store).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(runtime::serve::serve(listener, app, runtime::serve::Timeouts::default(), std::future::pending()));
+    let url = serve(&cfg, runtime::serve::Timeouts::default()).await;
     let client = reqwest::Client::new();
     let login = |from: &'static str, secret: &'static str| {
         let (client, url) = (client.clone(), url.clone());
@@ -282,11 +283,7 @@ async fn statistics_queries_past_the_concurrency_limit_get_503() {
         clickhouse: runtime::ch::ClickHouseConfig { url: ch_url, ..Default::default() },
         ..Default::default()
     };
-    let store = Arc::new(Store::open(&cfg.store_path).unwrap());
-    let app = api::http::router(&cfg, store).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(runtime::serve::serve(listener, app, runtime::serve::Timeouts::default(), std::future::pending()));
+    let url = serve(&cfg, runtime::serve::Timeouts::default()).await;
     let path = "/api/analytics/tracking/total?trackingIds=acme&startDate=2026-10-01&stopDate=2026-10-02";
     let mut running = Vec::new();
     for _ in 0..api::http::MAX_CONCURRENT_STATS {

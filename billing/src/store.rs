@@ -252,8 +252,6 @@ pub const ISSUE_LOCK_STALE_SECS: u64 = 600;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
     pub limits: Fences,
-    /// Unix seconds.
-    pub taken_at: u32,
 }
 
 impl Snapshot {
@@ -487,7 +485,7 @@ impl Store {
             cps.into_iter().map(|c| (((c.topic, c.partition), c.epoch), c.position)).collect();
         let fences = self.claim_fences().await?;
         let limits = fences.into_iter().map(|(k, fence)| (k.clone(), fence.min(checkpoints.get(&k).copied().unwrap_or(0)))).collect();
-        Ok(Snapshot { limits, taken_at: chrono::Utc::now().timestamp() as u32 })
+        Ok(Snapshot { limits })
     }
 
     /// `bytes_out` per tracking id with `window_start` in `[from, to)` as of

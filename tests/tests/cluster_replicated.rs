@@ -84,6 +84,17 @@ async fn migrations_from_two_servers_at_once_make_one_schema_on_every_server() {
     drop_everywhere(&database).await;
 }
 
+/// A new topic of 4 partitions named after `prefix`, and a new database
+/// migrated on the cluster (its settings through server 1).
+async fn fresh(prefix: &str) -> (String, String, ClickHouseConfig) {
+    let topic = unique(prefix);
+    create_topic(&topic, 4).await;
+    let database = unique("mtr");
+    let db = on_server(0, &database);
+    runtime::ch::migrate(&db).await.expect("migrations on the cluster (scripts/stack up --cluster)");
+    (topic, database, db)
+}
+
 /// Sums of a view by one column, read through server `n`.
 async fn sums(database: &str, n: usize, view: &str, col: &str) -> BTreeMap<String, Sums> {
     sums_by(&on_server(n, database), view, col).await
@@ -128,11 +139,7 @@ async fn exact_on_every_server(database: &str, runs: &[&Expected]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exact_on_the_replicated_cluster_across_a_replica_outage_and_a_kill() {
     let _turn = REPLICA_FAULTS.lock().await;
-    let topic = unique("cl_eo");
-    create_topic(&topic, 4).await;
-    let database = unique("mtr");
-    let db = on_server(0, &database);
-    runtime::ch::migrate(&db).await.expect("migrations on the cluster (scripts/stack up --cluster)");
+    let (topic, database, db) = fresh("cl_eo").await;
     let sim = |seed: u64, run: &str| SimConfig {
         seed,
         run_id: run.to_string(),
@@ -228,11 +235,7 @@ fn log_has(log: &std::path::Path, what: &str) -> bool {
 async fn exact_on_the_replicated_cluster_through_a_kill_loop_and_a_lagging_replica() {
     use rand::Rng;
     let _turn = REPLICA_FAULTS.lock().await;
-    let topic = unique("cl_kill");
-    create_topic(&topic, 4).await;
-    let database = unique("mtr");
-    let db = on_server(0, &database);
-    runtime::ch::migrate(&db).await.expect("migrations on the cluster (scripts/stack up --cluster)");
+    let (topic, database, db) = fresh("cl_kill").await;
     let sim = |seed: u64, run: &str| SimConfig {
         seed,
         run_id: run.to_string(),
