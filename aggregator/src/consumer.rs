@@ -296,6 +296,7 @@ pub fn run(cfg: &AggregatorConfig, consumer: BaseConsumer<AggContext>, shutdown:
     let interval = Duration::from_millis(cfg.flush_interval_ms);
     let mut next_flush = Instant::now() + interval;
     let mut next_lag = Instant::now();
+    let mut next_gauges = Instant::now();
     let mut next_reload = Instant::now();
     let mut backoff = Duration::from_millis(250);
     let mut paused = false;
@@ -384,6 +385,12 @@ pub fn run(cfg: &AggregatorConfig, consumer: BaseConsumer<AggContext>, shutdown:
                 paused = true;
                 warn!(pending = core.pending_rows(), "ConsumptionPaused: too many rows wait for ClickHouse");
             }
+            next_gauges = Instant::now();
+        }
+        // at each cut, and once a second: the gauges of held state (cheap sums
+        // over the partitions)
+        if Instant::now() >= next_gauges {
+            next_gauges = Instant::now() + Duration::from_secs(1);
             core.update_gauges();
         }
         if Instant::now() >= next_lag {

@@ -157,6 +157,7 @@ impl<S: Store> Core<S> {
     /// too; the next owner re-reads from the last checkpoint, and its claim
     /// supersedes whatever part of the batch landed.
     pub async fn revoke(&mut self, partitions: &[i32]) -> Result<(), AggError> {
+        tracing::debug!(?partitions, pending = self.pending_rows(), flushing = self.is_flushing(), "PartitionsRevoking");
         // first the batch in flight (if any), then what accumulated since
         let mut flushed = self.flush(true).await;
         if flushed.is_ok() && self.pending_rows() > 0 {

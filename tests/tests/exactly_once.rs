@@ -323,33 +323,56 @@ async fn a_paused_member_that_resumes_after_a_takeover_adds_nothing() {
     create_topic(&topic, 4).await;
     let db = test_db().await;
     let (records, want) = interleaved_days(0x5eed_0003, &topic, 400, 250);
-    // member A: slow flushes, so it holds rows when it is paused
+    // member A: one flush every 15 s, so that it holds unwritten rows for
+    // most of that time, and a pause can fall well between two flushes
     let port_a = free_port();
     let a = spawn_aggregator(
         &topic,
         &db,
         &unique("g"),
         &[
-            ("AGGREGATOR__FLUSH_INTERVAL_MS", "4000".to_string()),
+            ("AGGREGATOR__FLUSH_INTERVAL_MS", "15000".to_string()),
             ("AGGREGATOR__METRICS_LISTEN", format!("127.0.0.1:{port_a}")),
             ("AGGREGATOR__KAFKA__PROPERTIES__session.timeout.ms", "6000".to_string()),
         ],
     );
+    // events keep arriving for at least 24 s, past A's first flush
     let producing = {
         let (topic, records) = (topic.clone(), records.clone());
         tokio::spawn(async move {
-            for chunk in records.chunks(5_000) {
+            for chunk in records.chunks(2_500) {
                 produce(&topic, chunk).await;
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(600)).await;
             }
         })
     };
+    let metrics = format!("http://127.0.0.1:{port_a}/metrics");
+    // the sum of a metric's series (all label values), as A reports it
+    let metric = |name: &'static str| {
+        let metrics = metrics.clone();
+        async move {
+            let text = reqwest::get(&metrics).await.ok()?.text().await.ok()?;
+            let values = text.lines().filter(|l| !l.starts_with('#')).filter_map(|l| {
+                let (series, value) = l.rsplit_once(' ')?;
+                (series == name || series.strip_prefix(name)?.starts_with('{')).then(|| value.parse::<f64>().ok())?
+            });
+            Some(values.sum::<f64>())
+        }
+    };
+    // A's first flush wrote checkpoints. A holds unwritten rows once it has
+    // consumed messages past them (offsets start at 0, so a checkpoint's
+    // position is the number of messages it covers), and its next flush is
+    // then ~14 s away
     let checkpoints = format!("SELECT count() FROM {}.aggregator_checkpoints", db.database);
     assert!(wait_until(Duration::from_secs(60), || async { count(&db, &checkpoints).await > 0 }).await, "A made progress");
-    // pause A between two flushes while events keep arriving
-    let n = count(&db, &checkpoints).await;
-    assert!(wait_until(Duration::from_secs(30), || async { count(&db, &checkpoints).await > n }).await, "A flushed again");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let written =
+        format!("SELECT sum(p) FROM (SELECT partition, max(position) AS p FROM {}.aggregator_checkpoints GROUP BY partition)", db.database);
+    let written = count(&db, &written).await as f64;
+    let holding = wait_until(Duration::from_secs(10), || async {
+        metric("aggregator_events_total").await.is_some_and(|consumed| consumed > written)
+    })
+    .await;
+    assert!(holding, "A consumed messages past its checkpoints");
     a.signal(19); // SIGSTOP
                   // B takes over (a group of its own: tansu may keep the paused member in A's group)
     let _b = spawn_aggregator(&topic, &db, &unique("g"), &[]);
@@ -357,13 +380,7 @@ async fn a_paused_member_that_resumes_after_a_takeover_adds_nothing() {
     assert_exact(&db, &want, Duration::from_secs(300)).await;
     // A resumes with its pending rows: they must not count
     a.signal(18); // SIGCONT
-    let metrics = format!("http://127.0.0.1:{port_a}/metrics");
-    let fenced = wait_until(Duration::from_secs(60), || async {
-        let text = reqwest::get(&metrics).await.map(|r| r.text());
-        let Ok(text) = text else { return false };
-        text.await.unwrap_or_default().lines().any(|l| l.starts_with("aggregator_fenced_total ") && !l.ends_with(" 0"))
-    })
-    .await;
+    let fenced = wait_until(Duration::from_secs(60), || async { metric("aggregator_fenced_total").await.is_some_and(|v| v > 0.0) }).await;
     assert!(fenced, "the resumed member found its partitions claimed by B");
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_exact(&db, &want, Duration::from_secs(60)).await;
