@@ -43,7 +43,10 @@ async fn the_platforms_python_client_works_unchanged_but_for_the_base_url() {
     let url = format!("http://{}", listener.local_addr().unwrap());
     let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/platform/client_check.py");
+    // cargo's run-time CARGO_MANIFEST_DIR, not the compiled-in one: the build
+    // cache is shared by the clones of a machine (see the tests crate's repo_root)
+    let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    let script = format!("{dir}/tests/platform/client_check.py");
     let out = tokio::process::Command::new(&python)
         .arg(script)
         .env("PLATFORM_BASE_URL", &url)

@@ -155,7 +155,10 @@ pub fn release_bin(name: &str) -> Result<PathBuf> {
     let dir = exe.parent().context("exe dir")?;
     let target = dir.parent().context("target dir")?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
+    // cargo's run-time CARGO_MANIFEST_DIR first: the build cache is shared by
+    // the clones of a machine, so the compiled-in one may name another clone
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    let manifest = format!("{manifest_dir}/../Cargo.toml");
     eprintln!("building {name} (release)...");
     let st = Command::new(&cargo)
         .args([
@@ -167,7 +170,7 @@ pub fn release_bin(name: &str) -> Result<PathBuf> {
             "--bin",
             name,
             "--manifest-path",
-            manifest,
+            &manifest,
             "--target-dir",
         ])
         .arg(target)

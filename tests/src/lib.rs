@@ -289,9 +289,20 @@ pub async fn simulate_to_kafka(cfg: &simulator::simulate::SimConfig, topic: &str
     simulator::sim_run::run(cfg, &target, &opts).await.expect("simulation sent")
 }
 
+/// The repository's root. Read from the `CARGO_MANIFEST_DIR` that cargo sets
+/// when it runs a test, not the one compiled in: the build cache is shared
+/// by every clone on a machine (`scripts/test`), so a test binary built in
+/// another clone can be fresh for this one, and its compiled-in path point
+/// into that clone.
+pub fn repo_root() -> std::path::PathBuf {
+    let dir = std::env::var_os("CARGO_MANIFEST_DIR").map(std::path::PathBuf::from);
+    let dir = dir.unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    dir.parent().expect("the workspace root").to_path_buf()
+}
+
 /// Run `scripts/stack <cmd>` (used by the tests that stop a server).
 pub fn stack(cmd: &str) -> bool {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let root = repo_root();
     Command::new(root.join("scripts/stack")).arg(cmd).status().map(|s| s.success()).unwrap_or(false)
 }
 

@@ -347,8 +347,7 @@ async fn reconcile_sees_a_fenced_view_that_drops_rows() {
     let db = test_db().await;
     let topic = unique("conf_rec");
     insert_fixture(&db, &topic).await;
-    let card =
-        billing::rates::load_rate_card(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/rates.example.toml"))).unwrap();
+    let card = billing::rates::load_rate_card(&e2e::repo_root().join("deploy/rates.example.toml")).unwrap();
     let store = billing::store::Store::connect(&db).await.unwrap();
     let checks = billing::run::reconcile(&store, &card, "2026-10").await.unwrap();
     let direct: Vec<_> = checks.iter().filter(|c| c.name.contains("without the views' join")).collect();

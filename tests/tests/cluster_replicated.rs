@@ -17,7 +17,7 @@ fn on_server(n: usize, database: &str) -> ClickHouseConfig {
 
 /// Stop or start replica `n` (1-based) with `scripts/stack`.
 fn replica(cmd: &str, n: usize) -> bool {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let root = e2e::repo_root();
     std::process::Command::new(root.join("scripts/stack")).args([cmd, &n.to_string()]).status().is_ok_and(|s| s.success())
 }
 
@@ -178,8 +178,7 @@ async fn exact_on_the_replicated_cluster_across_a_replica_outage_and_a_kill() {
     assert!(wait_until(Duration::from_secs(60), || async { count(&db, &dl).await == poison }).await, "poison dead-lettered once");
 
     // billing on the cluster: drafts (replaced through the local tables), issue, reconcile
-    let card =
-        billing::rates::load_rate_card(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/rates.example.toml"))).unwrap();
+    let card = billing::rates::load_rate_card(&e2e::repo_root().join("deploy/rates.example.toml")).unwrap();
     assert!(wait_checkpointed(&db, Duration::from_secs(60)).await, "every flush checkpointed (billing reads as of the checkpoints)");
     let store = billing::store::Store::connect(&on_server(2, &database)).await.unwrap();
     let period = first.by_day.keys().next().expect("a day of usage")[..7].to_string();

@@ -167,7 +167,7 @@ async fn the_console_in_a_real_browser() {
     let mut agg = spawn_aggregator(&topic, &db, &unique("g"), &[]);
     assert_eq!(wait_for_events(&db, exp.unique_valid_events, Duration::from_secs(180)).await, exp.unique_valid_events);
     agg.terminate(Duration::from_secs(30));
-    let rates_path = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/rates.example.toml"));
+    let rates_path = e2e::repo_root().join("deploy/rates.example.toml");
     let card = billing::rates::load_rate_card(&rates_path).unwrap();
     let billing_store = billing::store::Store::connect(&db).await.unwrap();
     let billing_out = tempfile_dir("console-billing");
@@ -193,7 +193,7 @@ async fn the_console_in_a_real_browser() {
     let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
     let downloads = tempfile_dir("console-downloads");
-    let shots = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../out/test-artifacts/console"));
+    let shots = e2e::repo_root().join("out/test-artifacts/console");
     std::fs::create_dir_all(&shots).unwrap();
     let (_driver, c) = start_chrome(&downloads).await;
     let mut p = Page { c, base: base.clone(), shots, n: 0 };

@@ -205,7 +205,7 @@ fn migration_with_bad_database_name_is_refused() {
 
 #[test]
 fn compose_file_is_valid_for_a_real_compose_parser() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let root = e2e::repo_root();
     let out = std::process::Command::new("docker-compose")
         .args(["-f", "docker-compose.yml", "config"])
         .current_dir(&root)
