@@ -155,6 +155,7 @@ pub mod error;
 pub mod metrics;
 pub mod rowbinary;
 pub mod rows;
+pub mod seal;
 pub mod server;
 pub mod sink;
 pub mod state;

@@ -25,6 +25,17 @@ enum Cmd {
     Migrate,
     /// Print the effective configuration as TOML and exit
     Config,
+    /// Seal what can no longer change: fold the log rows at or below every
+    /// partition's latest valid checkpoint into the sealed tables (one seal at
+    /// a time; safe to kill at any point). Run it from cron, or with --every
+    Seal {
+        /// Seal again every this many seconds until SIGTERM/SIGINT (default: once)
+        #[arg(long)]
+        every: Option<u64>,
+        /// A seal lock older than this many seconds is a crashed seal's, and taken over
+        #[arg(long, default_value_t = 600)]
+        lock_stale_secs: u64,
+    },
     /// Export dead letters as NDJSON (decoded event included when it decodes), to fix and re-inject with `ingest replay`
     DeadLetters {
         /// Only those received at or after this time (RFC 3339)
@@ -56,6 +67,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Run => run(cfg, rt),
+        Cmd::Seal { every, lock_stale_secs } => rt.block_on(seal(&cfg, every, lock_stale_secs)),
         Cmd::DeadLetters { since, reason, out } => {
             let since = since.map(|t| t.timestamp().clamp(0, u32::MAX as i64) as u32).unwrap_or(0);
             let mut w: Box<dyn std::io::Write> = match &out {
@@ -65,6 +77,30 @@ fn main() -> Result<()> {
             let n = rt.block_on(aggregator::dead_letters::export(&cfg.clickhouse, since, &reason, &mut w))?;
             eprintln!("{n} dead letters exported");
             Ok(())
+        }
+    }
+}
+
+async fn seal(cfg: &AggregatorConfig, every: Option<u64>, lock_stale_secs: u64) -> Result<()> {
+    use aggregator::seal::SealSkipped;
+    runtime::ch::migrate(&cfg.clickhouse).await.context("applying ClickHouse migrations")?;
+    let shutdown = runtime::shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        match aggregator::seal::seal(&cfg.clickhouse, lock_stale_secs).await {
+            Ok(Ok(r)) => eprintln!("seal {} (#{}): {} partitions sealed further, in {} ms", r.seal_id, r.seq, r.moved.len(), r.millis),
+            Ok(Err(SealSkipped::NothingNew)) => eprintln!("nothing new to seal"),
+            Ok(Err(SealSkipped::Locked)) => eprintln!("another seal is running; not sealing now"),
+            Ok(Err(SealSkipped::ClaimsChanged)) => {
+                eprintln!("a partition was claimed while sealing; not committed, the next seal covers it")
+            }
+            Err(e) if every.is_some() && e.is_transient() => tracing::warn!(error = %e, "SealFailed: retrying at the next interval"),
+            Err(e) => return Err(e).context("sealing"),
+        }
+        let Some(secs) = every else { return Ok(()) };
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(secs.max(1))) => {}
+            _ = &mut shutdown => return Ok(()),
         }
     }
 }

@@ -159,6 +159,15 @@ impl ClickHouseConfig {
         check_identifier(&self.database)
     }
 
+    /// ` ON CLUSTER c` for DDL that every server must run (a cluster whose
+    /// DDL is distributed), else empty.
+    pub fn ddl_on(&self) -> Result<String, ChError> {
+        Ok(match self.layout()? {
+            Layout::Cluster { cluster, on_cluster: true, .. } => format!(" ON CLUSTER {cluster}"),
+            _ => String::new(),
+        })
+    }
+
     /// The table layout these settings select.
     pub fn layout(&self) -> Result<Layout, ChError> {
         if self.cluster.is_empty() {
@@ -368,6 +377,12 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 6, name: "fence_views", sql: include_str!("../migrations/0006_fence_views.sql"), former_checksums: &[] },
     Migration { version: 7, name: "contested_claims", sql: include_str!("../migrations/0007_contested_claims.sql"), former_checksums: &[] },
     Migration { version: 8, name: "billing_ledger", sql: include_str!("../migrations/0008_billing_ledger.sql"), former_checksums: &[] },
+    Migration {
+        version: 9,
+        name: "sealed_aggregates",
+        sql: include_str!("../migrations/0009_sealed_aggregates.sql"),
+        former_checksums: &[],
+    },
 ];
 
 impl Migration {
@@ -521,7 +536,7 @@ pub enum LockWait {
 /// distributed DDL queue orders the creators, so exactly one succeeds on
 /// every server). Returns `Ok(true)` once taken; when it is held, waits or
 /// returns `Ok(false)` as `wait` says. A lock older than `stale_secs` (its
-/// holder crashed) is taken over. Release it with [`ddl_unlock`].
+/// holder crashed) is taken over; with `stale_secs` 0, at once. Release it with [`ddl_unlock`].
 pub async fn ddl_lock(
     server: &clickhouse::Client,
     db: &str,
@@ -549,7 +564,7 @@ pub async fn ddl_lock(
             .fetch_optional()
             .await?
             .unwrap_or(0);
-        if age > stale_secs {
+        if stale_secs == 0 || age > stale_secs {
             tracing::warn!(database = db, lock = name, age_secs = age, "LockTakenOver: its holder did not finish; taking the lock over");
             ddl_unlock(server, db, name, on).await;
             continue;

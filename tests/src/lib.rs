@@ -209,6 +209,67 @@ pub async fn sums_by(db: &ClickHouseConfig, table: &str, col: &str) -> BTreeMap<
     rows.into_iter().map(|r| (r.key, Sums { bytes_out: r.bytes_out, bytes_in: r.bytes_in, events: r.events })).collect()
 }
 
+/// Run `aggregator seal` once against `db` and wait for it. `fault`: kill
+/// it (SIGKILL) right after that step ([`aggregator::seal::SEAL_FAULT_ENV`]).
+/// The lock is taken over at once (`--lock-stale-secs 0`): a killed seal
+/// leaves it behind.
+pub fn run_seal(db: &ClickHouseConfig, fault: Option<&str>) -> std::process::ExitStatus {
+    let mut env = vec![
+        ("AGGREGATOR__CLICKHOUSE__URL", db.url.clone()),
+        ("AGGREGATOR__CLICKHOUSE__DATABASE", db.database.clone()),
+        ("RUST_LOG", "warn".to_string()),
+    ];
+    if let Some(step) = fault {
+        env.push((aggregator::seal::SEAL_FAULT_ENV, step.to_string()));
+    }
+    let mut p = Proc::spawn("aggregator", &["seal", "--lock-stale-secs", "0"], &env);
+    p.wait_exit(Duration::from_secs(120)).expect("aggregator seal finished")
+}
+
+/// Every reader's view (the contract views and the rollups) gives, per key,
+/// what the log gives under the fences alone: the unsealed computation,
+/// written here as the views were before sealing existed.
+pub async fn assert_sealed_equals_unsealed(db: &ClickHouseConfig) {
+    let d = &db.database;
+    let unsealed = |log: &str| {
+        format!(
+            "(SELECT * FROM {d}.{log} ALL INNER JOIN (SELECT topic AS src_topic, partition AS src_partition, epoch AS src_epoch, fence \
+             FROM {d}.aggregator_fences) AS f USING (src_topic, src_partition, src_epoch) WHERE src_offset <= fence)"
+        )
+    };
+    let checks = [
+        ("usage_by_tracking", "usage_by_tracking_log", "concat(toString(window_start), '|', tracking_id, '|', stream_name, '|', protocol)"),
+        ("usage_by_viewer", "usage_by_viewer_log", "concat(toString(window_start), '|', viewer_id, '|', custom_viewer_data)"),
+        (
+            "usage_by_tracking_hourly",
+            "usage_by_tracking_log",
+            "concat(toString(toStartOfHour(window_start)), '|', tracking_id, '|', cluster)",
+        ),
+        ("usage_by_tracking_daily", "usage_by_tracking_log", "concat(toString(toDate(window_start)), '|', tracking_id, '|', account_id)"),
+        ("usage_by_stream_daily", "usage_by_tracking_log", "concat(toString(toDate(window_start)), '|', stream_name, '|', tracking_id)"),
+        ("usage_by_viewer_daily", "usage_by_viewer_log", "concat(toString(toDate(window_start)), '|', viewer_id)"),
+    ];
+    for (view, log, key) in checks {
+        // the same key over the view's own time column
+        let view_key = match view {
+            "usage_by_tracking_hourly" => key.replace("toStartOfHour(window_start)", "hour"),
+            "usage_by_tracking_daily" | "usage_by_stream_daily" | "usage_by_viewer_daily" => key.replace("toDate(window_start)", "day"),
+            _ => key.to_string(),
+        };
+        let got = sums_by(db, view, &view_key).await;
+        let sql = format!(
+            "SELECT {key} AS key, sum(bytes_out) AS bytes_out, sum(bytes_in) AS bytes_in, sum(events) AS events \
+             FROM {} GROUP BY key ORDER BY key",
+            unsealed(log)
+        );
+        let rows: Vec<KeyedSums> = db.client().query(&sql).fetch_all().await.expect("unsealed query");
+        let want: BTreeMap<String, Sums> =
+            rows.into_iter().map(|r| (r.key, Sums { bytes_out: r.bytes_out, bytes_in: r.bytes_in, events: r.events })).collect();
+        assert_eq!(got.len(), want.len(), "{view}: as many keys as the unsealed computation");
+        assert!(got == want, "{view}: every key's sums equal the unsealed computation's");
+    }
+}
+
 pub async fn count(db: &ClickHouseConfig, sql: &str) -> u64 {
     db.client().query(sql).fetch_one::<u64>().await.expect("count query")
 }

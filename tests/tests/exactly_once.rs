@@ -294,7 +294,10 @@ async fn sigkill_after_each_step_of_the_write_sequence_keeps_every_table_exact()
     produce(&topic, &records).await;
     // small, frequent batches: every run is killed long before the stream ends
     let fast = || vec![("AGGREGATOR__FLUSH_INTERVAL_MS", "300".to_string()), ("AGGREGATOR__FLUSH_MAX_ROWS", "2000".to_string())];
-    for table in [Table::DeadLetters, Table::Viewer, Table::Tracking, Table::Dedup, Table::Checkpoints] {
+    // a seal killed after one of these steps after each crash
+    let seal_kills = ["lock", "usage_by_tracking_sealed", "usage_by_viewer_sealed", "usage_by_viewer_daily_sealed", "commit"];
+    assert!(seal_kills.iter().all(|s| aggregator::seal::seal_steps().contains(s)));
+    for (i, table) in [Table::DeadLetters, Table::Viewer, Table::Tracking, Table::Dedup, Table::Checkpoints].into_iter().enumerate() {
         let before = rows_without_checkpoint(&db, table).await;
         let mut env = fast();
         env.push(("AGGREGATOR_FAULT_KILL_AFTER", format!("{}:2", table.name())));
@@ -308,9 +311,31 @@ async fn sigkill_after_each_step_of_the_write_sequence_keeps_every_table_exact()
         }
         let counted = count(&db, &format!("SELECT sum(events) FROM {}.usage_by_tracking", db.database)).await;
         assert!(counted < want.events, "killed mid-stream after {}: {counted} of {}", table.name(), want.events);
+        // a seal killed at one of its steps (a different one each time), then
+        // one that completes: what every reader sees never changes
+        let step = seal_kills[i];
+        let killed = run_seal(&db, Some(step));
+        assert_eq!(killed.signal(), Some(9), "the seal was killed after its step {step}");
+        assert_sealed_equals_unsealed(&db).await;
+        assert!(run_seal(&db, None).success(), "a seal after the killed one");
+        assert_sealed_equals_unsealed(&db).await;
     }
+    let sealed = format!("SELECT count() FROM {}.usage_seals", db.database);
+    let n = count(&db, &sealed).await;
+    assert!(n >= 5, "a seal committed after each crash: {n}");
+    // the rest of the stream with a seal every second alongside
     let _agg = spawn_aggregator(&topic, &db, &unique("g"), &fast());
+    let _sealer = Proc::spawn(
+        "aggregator",
+        &["seal", "--every", "1"],
+        &[
+            ("AGGREGATOR__CLICKHOUSE__URL", db.url.clone()),
+            ("AGGREGATOR__CLICKHOUSE__DATABASE", db.database.clone()),
+            ("RUST_LOG", "warn".to_string()),
+        ],
+    );
     assert_exact(&db, &want, Duration::from_secs(300)).await;
+    assert_sealed_equals_unsealed(&db).await;
     // what the crashes left behind is still in the tables, and does not count
     let raw = count(&db, &format!("SELECT sum(events) FROM {}.usage_by_tracking_log", db.database)).await;
     assert!(raw > want.events, "superseded rows are kept but invisible: {raw} raw vs {} counted", want.events);

@@ -1,0 +1,295 @@
+//! Sealing: fold the log rows that can no longer change into the sealed
+//! tables, so that readers scan one row per key and grain instead of every
+//! flush fragment of every partition (migration 9, docs/clickhouse.md
+//! "Sealed aggregates").
+//!
+//! **What is final.** A partition's rows at or below its latest valid
+//! checkpoint never change: a checkpoint is written after every table of
+//! its flush, and every later claim of the partition starts at or past the
+//! latest valid checkpoint, so no fence can move below it. A seal folds,
+//! per partition, the valid log rows with a flush position in
+//! `(sealed_to, checkpoint]` into the sealed tables.
+//!
+//! **Exactly once.** One seal at a time (a DDL lock, as `billing issue`).
+//! A seal writes its rows under a fresh random `seal_id`, every table in
+//! [`SEAL_TABLES`] order, and then one row to `usage_seals`: its id, its
+//! sequence number (the previous one plus one) and, for every partition,
+//! the offset up to which it is now sealed. That single row is the commit:
+//! readers count sealed rows only of ids in `usage_seals`, and read the log
+//! only above the latest commit's offsets. A seal killed at any step adds
+//! nothing (its rows stay invisible); the next one takes a new id and
+//! covers the same offsets. A claim that lands while a seal runs changes
+//! the fences the seal read: the seal then does not commit.
+//!
+//! **Reading.** Under the contract names, the views add the sealed rows of
+//! committed seals and the fenced log rows above the latest commit; the
+//! answer equals the unsealed computation at every step.
+
+use crate::error::AggError;
+use runtime::ch::{ClickHouseConfig, LockWait};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::time::Instant;
+use tracing::{info, warn};
+
+/// The lock table: one seal at a time.
+pub const SEAL_LOCK: &str = "usage_seal_lock";
+
+/// Test hook: `AGGREGATOR_SEAL_FAULT_AFTER=<step>` kills `aggregator seal`
+/// (SIGKILL) right after that step: `lock`, a table of [`SEAL_TABLES`], or
+/// `commit`.
+pub const SEAL_FAULT_ENV: &str = "AGGREGATOR_SEAL_FAULT_AFTER";
+
+/// The steps [`SEAL_FAULT_ENV`] can name, in the order a seal takes them.
+pub fn seal_steps() -> Vec<&'static str> {
+    std::iter::once("lock").chain(SEAL_TABLES.iter().map(|t| t.name)).chain(std::iter::once("commit")).collect()
+}
+
+/// One sealed table: where it is written from, at which grain.
+pub struct SealTable {
+    pub name: &'static str,
+    /// The log table read.
+    log: &'static str,
+    /// The sealed table's columns, in order, without `seal_id`.
+    columns: &'static str,
+    /// The SELECT list over the log, matching `columns` (sums last).
+    select: &'static str,
+    /// The GROUP BY over the log.
+    group: &'static str,
+}
+
+const SUMS: &str = "sum(bytes_out), sum(bytes_in), sum(events)";
+
+/// Every sealed table, in the order a seal writes them.
+pub const SEAL_TABLES: [SealTable; 6] = [
+    SealTable {
+        name: "usage_by_tracking_sealed",
+        log: "usage_by_tracking_log",
+        columns: "window_start, tracking_id, account_id, stream_name, cluster, protocol, bytes_out, bytes_in, events",
+        select: "window_start, tracking_id, account_id, stream_name, cluster, protocol",
+        group: "window_start, tracking_id, account_id, stream_name, cluster, protocol",
+    },
+    SealTable {
+        name: "usage_by_tracking_hourly_sealed",
+        log: "usage_by_tracking_log",
+        columns: "hour, tracking_id, account_id, stream_name, cluster, protocol, bytes_out, bytes_in, events",
+        select: "toStartOfHour(window_start) AS hour, tracking_id, account_id, stream_name, cluster, protocol",
+        group: "hour, tracking_id, account_id, stream_name, cluster, protocol",
+    },
+    SealTable {
+        name: "usage_by_tracking_daily_sealed",
+        log: "usage_by_tracking_log",
+        columns: "day, tracking_id, account_id, stream_name, cluster, protocol, bytes_out, bytes_in, events",
+        select: "toDate(window_start) AS day, tracking_id, account_id, stream_name, cluster, protocol",
+        group: "day, tracking_id, account_id, stream_name, cluster, protocol",
+    },
+    SealTable {
+        name: "usage_by_stream_daily_sealed",
+        log: "usage_by_tracking_log",
+        columns: "day, account_id, stream_name, tracking_id, cluster, protocol, bytes_out, bytes_in, events",
+        select: "toDate(window_start) AS day, account_id, stream_name, tracking_id, cluster, protocol",
+        group: "day, account_id, stream_name, tracking_id, cluster, protocol",
+    },
+    SealTable {
+        name: "usage_by_viewer_sealed",
+        log: "usage_by_viewer_log",
+        columns: "window_start, tracking_id, custom_viewer_data, viewer_id, account_id, stream_name, cluster, bytes_out, bytes_in, events",
+        select: "window_start, tracking_id, custom_viewer_data, viewer_id, account_id, stream_name, cluster",
+        group: "window_start, tracking_id, custom_viewer_data, viewer_id, account_id, stream_name, cluster",
+    },
+    SealTable {
+        name: "usage_by_viewer_daily_sealed",
+        log: "usage_by_viewer_log",
+        columns: "day, tracking_id, custom_viewer_data, viewer_id, account_id, stream_name, cluster, bytes_out, bytes_in, events",
+        select: "toDate(window_start) AS day, tracking_id, custom_viewer_data, viewer_id, account_id, stream_name, cluster",
+        group: "day, tracking_id, custom_viewer_data, viewer_id, account_id, stream_name, cluster",
+    },
+];
+
+/// A partition as the seals name it: `topic/partition`.
+pub type PartitionKey = (String, u32);
+
+/// The latest committed seal: its sequence number and, per partition, the
+/// offset up to which the log is sealed (empty and 0 before the first).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sealed {
+    pub seq: u64,
+    pub sealed_to: BTreeMap<PartitionKey, u64>,
+}
+
+/// What one seal did.
+#[derive(Debug, Clone)]
+pub struct SealReport {
+    pub seal_id: u64,
+    pub seq: u64,
+    /// Per partition that moved: `(from, to]`.
+    pub moved: BTreeMap<PartitionKey, (u64, u64)>,
+    /// Milliseconds spent on each sealed table.
+    pub tables: Vec<(&'static str, u64)>,
+    pub millis: u64,
+}
+
+/// Why a seal did not run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SealSkipped {
+    /// Another seal holds the lock.
+    Locked,
+    /// No partition has a valid checkpoint past the latest seal.
+    NothingNew,
+    /// A claim landed while the seal ran: its rows were not committed.
+    ClaimsChanged,
+}
+
+#[derive(Deserialize, clickhouse::Row)]
+struct SealRow {
+    seq: u64,
+    topics: Vec<String>,
+    partitions: Vec<u32>,
+    sealed_to: Vec<u64>,
+}
+
+#[derive(Deserialize, clickhouse::Row)]
+struct CheckpointMax {
+    topic: String,
+    partition: u32,
+    position: u64,
+}
+
+/// The latest committed seal of the database `client` is bound to.
+pub async fn latest(client: &clickhouse::Client, db: &str) -> Result<Sealed, AggError> {
+    let row: Option<SealRow> = client
+        .query(&format!("SELECT seq, topics, partitions, sealed_to FROM {db}.usage_seals ORDER BY seq DESC LIMIT 1"))
+        .fetch_optional()
+        .await?;
+    let Some(r) = row else { return Ok(Sealed::default()) };
+    if r.topics.len() != r.partitions.len() || r.topics.len() != r.sealed_to.len() {
+        return Err(AggError::CorruptState(format!("usage_seals: seal {} has arrays of different lengths", r.seq)));
+    }
+    let sealed_to = r.topics.into_iter().zip(r.partitions).zip(r.sealed_to).collect();
+    Ok(Sealed { seq: r.seq, sealed_to })
+}
+
+/// A digest of the claims table: a seal commits only if it is unchanged.
+async fn claims_digest(client: &clickhouse::Client, db: &str) -> Result<(u64, u64), AggError> {
+    Ok(client
+        .query(&format!("SELECT count(), sum(cityHash64(topic, partition, epoch, start_offset, claim_id)) FROM {db}.aggregator_claims"))
+        .fetch_one::<(u64, u64)>()
+        .await?)
+}
+
+fn fault_after(step: &str) {
+    if std::env::var(SEAL_FAULT_ENV).is_ok_and(|s| s == step) {
+        tracing::error!(step, "FaultInjected: killing the process (SIGKILL)");
+        // SAFETY: raising a signal on the current process has no preconditions.
+        unsafe { libc::raise(libc::SIGKILL) };
+    }
+}
+
+/// Run one seal (see the module docs). `lock_stale_secs`: a lock older
+/// than this is taken to be a crashed seal's and taken over.
+pub async fn seal(cfg: &ClickHouseConfig, lock_stale_secs: u64) -> Result<Result<SealReport, SealSkipped>, AggError> {
+    let db = cfg.db().map_err(|e| AggError::Config(e.to_string()))?.to_string();
+    let on = cfg.ddl_on().map_err(|e| AggError::Config(e.to_string()))?;
+    let server = cfg.server_client();
+    let taken = runtime::ch::ddl_lock(&server, &db, SEAL_LOCK, &on, lock_stale_secs, LockWait::Fail)
+        .await
+        .map_err(|e| AggError::Config(format!("the seal lock: {e}")))?;
+    if !taken {
+        return Ok(Err(SealSkipped::Locked));
+    }
+    fault_after("lock");
+    let result = seal_locked(cfg, &db).await;
+    runtime::ch::ddl_unlock(&server, &db, SEAL_LOCK, &on).await;
+    result
+}
+
+async fn seal_locked(cfg: &ClickHouseConfig, db: &str) -> Result<Result<SealReport, SealSkipped>, AggError> {
+    let started = Instant::now();
+    let client = cfg.writer_client().await.map_err(|e| AggError::Config(format!("ClickHouse at {}: {e}", cfg.url)))?;
+    let before = latest(&client, db).await?;
+    let digest = claims_digest(&client, db).await?;
+    // per partition, the latest checkpoint that counts
+    let checkpoints: Vec<CheckpointMax> = client
+        .query(&format!(
+            "SELECT topic, partition, max(position) FROM {db}.aggregator_checkpoints \
+             ALL INNER JOIN (SELECT topic, partition, epoch, fence FROM {db}.aggregator_fences) AS f USING (topic, partition, epoch) \
+             WHERE position <= fence GROUP BY topic, partition"
+        ))
+        .fetch_all()
+        .await?;
+    let mut moved = BTreeMap::new();
+    let mut sealed_to = before.sealed_to.clone();
+    for c in checkpoints {
+        let key = (c.topic, c.partition);
+        let from = before.sealed_to.get(&key).copied().unwrap_or(0);
+        if c.position > from {
+            moved.insert(key.clone(), (from, c.position));
+            sealed_to.insert(key, c.position);
+        }
+    }
+    if moved.is_empty() {
+        return Ok(Err(SealSkipped::NothingNew));
+    }
+    let seal_id = loop {
+        let id = rand::random::<u64>();
+        if id != 0 {
+            break id;
+        }
+    };
+    let keys: Vec<String> = moved.keys().map(|(t, p)| format!("{t}/{p}")).collect();
+    let froms: Vec<u64> = moved.values().map(|r| r.0).collect();
+    let tos: Vec<u64> = moved.values().map(|r| r.1).collect();
+    let mut tables = Vec::new();
+    for t in &SEAL_TABLES {
+        let t0 = Instant::now();
+        client
+            .query(&format!(
+                "INSERT INTO {db}.{name} ({columns}, seal_id) \
+                 SELECT {select}, {SUMS}, toUInt64({seal_id}) FROM ( \
+                   SELECT * FROM {db}.{log} \
+                   ALL INNER JOIN (SELECT topic AS src_topic, partition AS src_partition, epoch AS src_epoch, fence FROM {db}.aggregator_fences) AS f \
+                   USING (src_topic, src_partition, src_epoch) \
+                   WHERE has(?, concat(src_topic, '/', toString(src_partition))) AND src_offset <= fence \
+                     AND src_offset > transform(concat(src_topic, '/', toString(src_partition)), ?, ?, toUInt64(0)) \
+                     AND src_offset <= transform(concat(src_topic, '/', toString(src_partition)), ?, ?, toUInt64(0)) \
+                 ) GROUP BY {group}",
+                name = t.name,
+                columns = t.columns,
+                select = t.select,
+                log = t.log,
+                group = t.group,
+            ))
+            .bind(&keys)
+            .bind(&keys)
+            .bind(&froms)
+            .bind(&keys)
+            .bind(&tos)
+            .execute()
+            .await?;
+        tables.push((t.name, t0.elapsed().as_millis() as u64));
+        fault_after(t.name);
+    }
+    if claims_digest(&client, db).await? != digest {
+        warn!(seal_id, "SealAbandoned: a claim landed while sealing; its rows stay invisible, the next seal covers them");
+        return Ok(Err(SealSkipped::ClaimsChanged));
+    }
+    let seq = before.seq + 1;
+    let (topics, partitions): (Vec<String>, Vec<u32>) = sealed_to.keys().cloned().unzip();
+    let upto: Vec<u64> = sealed_to.values().copied().collect();
+    client
+        .query(&format!(
+            "INSERT INTO {db}.usage_seals (seal_id, seq, topics, partitions, sealed_to, sealed_at) \
+             SELECT toUInt64(?), toUInt64(?), ?, ?, ?, now()"
+        ))
+        .bind(seal_id)
+        .bind(seq)
+        .bind(&topics)
+        .bind(&partitions)
+        .bind(&upto)
+        .execute()
+        .await?;
+    fault_after("commit");
+    let millis = started.elapsed().as_millis() as u64;
+    info!(seal_id, seq, partitions = moved.len(), tables = ?tables, millis, "SealCommitted");
+    Ok(Ok(SealReport { seal_id, seq, moved, tables, millis }))
+}
