@@ -219,6 +219,9 @@ pub fn run_seal(db: &ClickHouseConfig, fault: Option<&str>) -> std::process::Exi
         ("AGGREGATOR__CLICKHOUSE__DATABASE", db.database.clone()),
         ("RUST_LOG", "warn".to_string()),
     ];
+    if !db.cluster.is_empty() {
+        env.push(("AGGREGATOR__CLICKHOUSE__CLUSTER", db.cluster.clone()));
+    }
     if let Some(step) = fault {
         env.push((aggregator::seal::SEAL_FAULT_ENV, step.to_string()));
     }

@@ -157,6 +157,13 @@ async fn exact_on_the_replicated_cluster_across_a_replica_outage_and_a_kill() {
     let layout = [("AGGREGATOR__CLICKHOUSE__CLUSTER", "metering".to_string())];
     let mut agg = spawn_aggregator(&topic, &db, &unique("g"), &layout);
     exact_on_every_server(&database, &[&first]).await;
+    // sealed on the cluster, through server 3: every server's readers see the same
+    assert!(wait_checkpointed(&db, Duration::from_secs(60)).await, "every flush checkpointed");
+    assert!(run_seal(&on_server(3, &database), None).success(), "a seal on the cluster");
+    let sealed = format!("SELECT count() FROM {database}.usage_seals");
+    assert_eq!(count(&db, &sealed).await, 1, "one seal committed");
+    assert_sealed_equals_unsealed(&on_server(1, &database)).await;
+    exact_on_every_server(&database, &[&first]).await;
 
     // replica 2 (shard 1's other replica) down while more usage arrives
     let back = ReplicaBack(2);
@@ -176,6 +183,10 @@ async fn exact_on_the_replicated_cluster_across_a_replica_outage_and_a_kill() {
     let dl = format!("SELECT count() FROM {database}.usage_dead_letters");
     let poison = first.poison_sent + second.poison_sent;
     assert!(wait_until(Duration::from_secs(60), || async { count(&db, &dl).await == poison }).await, "poison dead-lettered once");
+    assert!(wait_checkpointed(&db, Duration::from_secs(60)).await, "every flush checkpointed");
+    assert!(run_seal(&on_server(0, &database), None).success(), "a second seal on the cluster");
+    assert_sealed_equals_unsealed(&on_server(2, &database)).await;
+    exact_on_every_server(&database, &[&first, &second]).await;
 
     // billing on the cluster: drafts (replaced through the local tables), issue, reconcile
     let card = billing::rates::load_rate_card(&e2e::repo_root().join("deploy/rates.example.toml")).unwrap();
