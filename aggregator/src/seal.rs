@@ -26,7 +26,7 @@
 //! answer equals the unsealed computation at every step.
 
 use crate::error::AggError;
-use runtime::ch::{ClickHouseConfig, LockWait};
+use runtime::ch::{ClickHouseConfig, LockWait, PartitionKey, Sealed};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -106,17 +106,6 @@ pub const SEAL_TABLES: [SealTable; 6] = [
     },
 ];
 
-/// A partition as the seals name it: `topic/partition`.
-pub type PartitionKey = (String, u32);
-
-/// The latest committed seal: its sequence number and, per partition, the
-/// offset up to which the log is sealed (empty and 0 before the first).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Sealed {
-    pub seq: u64,
-    pub sealed_to: BTreeMap<PartitionKey, u64>,
-}
-
 /// What one seal did.
 #[derive(Debug, Clone)]
 pub struct SealReport {
@@ -141,32 +130,18 @@ pub enum SealSkipped {
 }
 
 #[derive(Deserialize, clickhouse::Row)]
-struct SealRow {
-    seq: u64,
-    topics: Vec<String>,
-    partitions: Vec<u32>,
-    sealed_to: Vec<u64>,
-}
-
-#[derive(Deserialize, clickhouse::Row)]
 struct CheckpointMax {
     topic: String,
     partition: u32,
     position: u64,
 }
 
-/// The latest committed seal of the database `client` is bound to.
+/// The latest committed seal of `db`.
 pub async fn latest(client: &clickhouse::Client, db: &str) -> Result<Sealed, AggError> {
-    let row: Option<SealRow> = client
-        .query(&format!("SELECT seq, topics, partitions, sealed_to FROM {db}.usage_seals ORDER BY seq DESC LIMIT 1"))
-        .fetch_optional()
-        .await?;
-    let Some(r) = row else { return Ok(Sealed::default()) };
-    if r.topics.len() != r.partitions.len() || r.topics.len() != r.sealed_to.len() {
-        return Err(AggError::CorruptState(format!("usage_seals: seal {} has arrays of different lengths", r.seq)));
-    }
-    let sealed_to = r.topics.into_iter().zip(r.partitions).zip(r.sealed_to).collect();
-    Ok(Sealed { seq: r.seq, sealed_to })
+    runtime::ch::latest_seal(client, db).await.map_err(|e| match e {
+        runtime::ch::ChError::ClickHouse(e) => AggError::ClickHouse(e),
+        other => AggError::CorruptState(other.to_string()),
+    })
 }
 
 /// A digest of the claims table: a seal commits only if it is unchanged.

@@ -252,6 +252,10 @@ pub const ISSUE_LOCK_STALE_SECS: u64 = 600;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
     pub limits: Fences,
+    /// The latest committed seal when the snapshot was taken: usage at or
+    /// below its offsets is read from the sealed daily table (the seals up
+    /// to its `seq`), the rest from the log under `limits`.
+    pub sealed: runtime::ch::Sealed,
 }
 
 impl Snapshot {
@@ -267,7 +271,7 @@ impl Snapshot {
                 h = h.wrapping_mul(0x0100_0000_01b3);
             }
         }
-        format!("{{\"claims\":{},\"digest\":\"{h:016x}\"}}", self.limits.len())
+        format!("{{\"claims\":{},\"seal\":{},\"digest\":\"{h:016x}\"}}", self.limits.len(), self.sealed.seq)
     }
 }
 
@@ -365,21 +369,50 @@ impl Store {
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<BTreeMap<String, u64>, StoreError> {
+        self.log_rows_total(log_table, fences, &BTreeMap::new(), from, to).await
+    }
+
+    /// [`Store::log_total`] of the rows above `above` (per partition; none: all).
+    async fn log_rows_total(
+        &self,
+        log_table: &str,
+        fences: &Fences,
+        above: &BTreeMap<runtime::ch::PartitionKey, u64>,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<BTreeMap<String, u64>, StoreError> {
         if fences.is_empty() {
             return Ok(BTreeMap::new());
         }
         let keys: Vec<String> = fences.keys().map(|((t, p), e)| format!("{t}/{p}/{e}")).collect();
         let limits: Vec<u64> = fences.values().copied().collect();
+        // (no bound at all when `above` is empty: 18.16's transform refuses empty arrays)
+        let (parts, lows): (Vec<String>, Vec<u64>) = if above.is_empty() {
+            (vec![String::new()], vec![0])
+        } else {
+            (above.keys().map(|(t, p)| format!("{t}/{p}")).collect(), above.values().copied().collect())
+        };
         let sql = format!(
             "WITH concat(src_topic, '/', toString(src_partition), '/', toString(src_epoch)) AS claim \
              SELECT tracking_id AS key, sum(bytes_out) AS bytes FROM {}.{log_table} \
              WHERE window_start >= toDateTime(?) AND window_start < toDateTime(?) \
                AND has(?, claim) AND src_offset <= transform(claim, ?, ?, toUInt64(0)) \
+               AND src_offset > transform(concat(src_topic, '/', toString(src_partition)), ?, ?, toUInt64(0)) \
              GROUP BY tracking_id",
             self.db
         );
-        let rows: Vec<KeyBytes> =
-            self.client.query(&sql).bind(secs(from)).bind(secs(to)).bind(&keys).bind(&keys).bind(&limits).fetch_all().await?;
+        let rows: Vec<KeyBytes> = self
+            .client
+            .query(&sql)
+            .bind(secs(from))
+            .bind(secs(to))
+            .bind(&keys)
+            .bind(&keys)
+            .bind(&limits)
+            .bind(&parts)
+            .bind(&lows)
+            .fetch_all()
+            .await?;
         Ok(rows.into_iter().map(|r| (r.key, r.bytes)).collect())
     }
 
@@ -473,6 +506,8 @@ impl Store {
             epoch: u64,
             position: u64,
         }
+        // the seal first: every checkpoint it sealed to is then among those read next
+        let sealed = runtime::ch::latest_seal(&self.client, &self.db).await.map_err(|e| StoreError::Config(e.to_string()))?;
         let cps: Vec<Cp> = self
             .client
             .query(&format!(
@@ -485,13 +520,32 @@ impl Store {
             cps.into_iter().map(|c| (((c.topic, c.partition), c.epoch), c.position)).collect();
         let fences = self.claim_fences().await?;
         let limits = fences.into_iter().map(|(k, fence)| (k.clone(), fence.min(checkpoints.get(&k).copied().unwrap_or(0)))).collect();
-        Ok(Snapshot { limits })
+        Ok(Snapshot { limits, sealed })
     }
 
     /// `bytes_out` per tracking id with `window_start` in `[from, to)` as of
     /// `snapshot`: the usage billing prices.
+    /// The sealed part is one row per tracking id, day and seal (the daily
+    /// sealed table, ordered by tracking id and day); the log is read only
+    /// above the seal's offsets.
     pub async fn usage_at(&self, snapshot: &Snapshot, from: NaiveDate, to: NaiveDate) -> Result<BTreeMap<String, u64>, StoreError> {
-        self.log_total("usage_by_tracking_log", &snapshot.limits, from, to).await
+        let mut usage = self.log_rows_total("usage_by_tracking_log", &snapshot.limits, &snapshot.sealed.sealed_to, from, to).await?;
+        if snapshot.sealed.seq == 0 {
+            return Ok(usage);
+        }
+        let sql = format!(
+            "SELECT tracking_id AS key, sum(bytes_out) AS bytes FROM {db}.usage_by_tracking_daily_sealed \
+             WHERE day >= toDate(toDateTime(?)) AND day < toDate(toDateTime(?)) \
+               AND seal_id GLOBAL IN (SELECT seal_id FROM {db}.usage_seals WHERE seq <= ?) \
+             GROUP BY tracking_id",
+            db = self.db
+        );
+        let rows: Vec<KeyBytes> = self.client.query(&sql).bind(secs(from)).bind(secs(to)).bind(snapshot.sealed.seq).fetch_all().await?;
+        for r in rows {
+            let e = usage.entry(r.key).or_insert(0);
+            *e = e.checked_add(r.bytes).ok_or_else(|| StoreError::Config("usage overflows u64".into()))?;
+        }
+        Ok(usage)
     }
 
     /// The ledger: every issued invoice with what it billed ([`Ledger::from_rows`]).

@@ -86,6 +86,42 @@ pub enum ChError {
     Version(String),
     #[error("migration {version} ({name}), statement {index}: {source}")]
     Statement { version: u32, name: String, index: usize, source: clickhouse::error::Error },
+    /// Stored state that cannot be read back: stop, do not guess.
+    #[error("corrupt state in {table}: {detail}")]
+    Corrupt { table: &'static str, detail: String },
+}
+
+/// A Kafka partition as the seals name it: `(topic, partition)`.
+pub type PartitionKey = (String, u32);
+
+/// The latest committed seal (migration 9, `aggregator::seal`): its sequence
+/// number and, per partition, the offset up to which the log is sealed
+/// (empty and 0 before the first seal).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sealed {
+    pub seq: u64,
+    pub sealed_to: std::collections::BTreeMap<PartitionKey, u64>,
+}
+
+/// Read the latest committed seal of `db`.
+pub async fn latest_seal(client: &clickhouse::Client, db: &str) -> Result<Sealed, ChError> {
+    #[derive(serde::Deserialize, clickhouse::Row)]
+    struct SealRow {
+        seq: u64,
+        topics: Vec<String>,
+        partitions: Vec<u32>,
+        sealed_to: Vec<u64>,
+    }
+    let row: Option<SealRow> = client
+        .query(&format!("SELECT seq, topics, partitions, sealed_to FROM {db}.usage_seals ORDER BY seq DESC LIMIT 1"))
+        .fetch_optional()
+        .await?;
+    let Some(r) = row else { return Ok(Sealed::default()) };
+    if r.topics.len() != r.partitions.len() || r.topics.len() != r.sealed_to.len() {
+        return Err(ChError::Corrupt { table: "usage_seals", detail: format!("seal {} has arrays of different lengths", r.seq) });
+    }
+    let sealed_to = r.topics.into_iter().zip(r.partitions).zip(r.sealed_to).collect();
+    Ok(Sealed { seq: r.seq, sealed_to })
 }
 
 /// Check that `name` is a plain identifier, safe to put into SQL unquoted.

@@ -110,6 +110,8 @@ async fn invoices_match_the_simulated_usage_and_late_usage_becomes_an_adjustment
     let _agg = spawn_aggregator(&topic, &db, &unique("g"), &[]);
     assert_eq!(wait_for_events(&db, exp.unique_valid_events, Duration::from_secs(120)).await, exp.unique_valid_events);
     assert!(wait_checkpointed(&db, Duration::from_secs(60)).await, "every flush checkpointed (billing reads as of the checkpoints)");
+    // sealed: billing reads the sealed daily rows (and the log above them)
+    assert!(run_seal(&db, None).success(), "a seal");
 
     // expected October bytes per tracking id, from the simulator's hourly totals
     let october = |t: &str| -> u64 {
@@ -168,6 +170,9 @@ async fn invoices_match_the_simulated_usage_and_late_usage_becomes_an_adjustment
     let total = exp.unique_valid_events + late_exp.unique_valid_events;
     assert_eq!(wait_for_events(&db, total, Duration::from_secs(120)).await, total);
     assert!(wait_checkpointed(&db, Duration::from_secs(60)).await);
+    // the late usage sealed too: what was issued is read from two seals now
+    assert!(run_seal(&db, None).success(), "a second seal");
+    assert_eq!(count(&db, &format!("SELECT count() FROM {}.usage_seals", db.database)).await, 2);
 
     // the issued invoice does not change ...
     let out4 = dir.join("after-late");
@@ -194,8 +199,8 @@ async fn invoices_match_the_simulated_usage_and_late_usage_becomes_an_adjustment
     db.client()
         .query(&format!(
             "INSERT INTO {db}.usage_by_viewer_log (window_start, tracking_id, viewer_id, bytes_out, events, src_topic, src_partition, src_epoch, src_offset) \
-             SELECT toDateTime('2026-10-31 20:00:00', 'UTC'), 'acme-web', 'forged', 12345, 1, src_topic, src_partition, src_epoch, src_offset \
-             FROM {db}.usage_by_viewer LIMIT 1",
+             SELECT toDateTime('2026-10-31 20:00:00', 'UTC'), 'acme-web', 'forged', 12345, 1, topic, partition, epoch, position \
+             FROM {db}.aggregator_checkpoints ORDER BY epoch DESC, position DESC LIMIT 1",
             db = db.database
         ))
         .execute()
