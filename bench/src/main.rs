@@ -761,7 +761,62 @@ async fn bench_scale(sizes: &[u64], tracking_ids: u64) -> Result<()> {
             }
         })
         .await?;
+        // sealed: the same questions once `aggregator seal` folded the log
+        let t = Instant::now();
+        let report = aggregator::seal::seal(&db, 600).await?.map_err(|skipped| anyhow::anyhow!("the seal did not run: {skipped:?}"))?;
+        let seal_s = t.elapsed().as_secs_f64();
+        eprintln!("sealed {} partitions in {seal_s:.1} s: {:?}", report.moved.len(), report.tables);
+        let (sealed_series, n3) = best_of_3(series_with(true)).await?;
+        anyhow::ensure!(n3 == n1, "the sealed series has {n3} points, the log's {n1}");
+        let (sealed_bill, sealed_usage) = best_of_3(|| {
+            let store = store.clone();
+            async move {
+                let snap = store.snapshot().await?;
+                let (from, to) = billing::invoice::period_bounds(2026, 10).expect("October");
+                Ok(store.usage_at(&snap, from, to).await?)
+            }
+        })
+        .await?;
+        anyhow::ensure!(sealed_usage == usage, "billing reads the same usage sealed and unsealed");
+        let pushed_client = c.clone().with_option("enable_optimize_predicate_expression", "1");
+        let timed = |sql: String| {
+            let q = pushed_client.clone();
+            move || {
+                let (q, sql) = (q.clone(), sql.clone());
+                async move {
+                    let n: u64 = q.query(&format!("SELECT count() FROM ({sql})")).fetch_one().await?;
+                    Ok(n)
+                }
+            }
+        };
+        let (id_year, _) = best_of_3(timed(format!(
+            "SELECT day, sum(bytes_out) FROM {d}.usage_by_tracking_daily WHERE tracking_id = '{one}' \
+             AND day >= toDate('2026-01-01') AND day < toDate('2027-01-01') GROUP BY day"
+        )))
+        .await?;
+        let (stream_month, n4) = best_of_3(timed(format!(
+            "SELECT day, sum(bytes_out) FROM {d}.usage_by_stream_daily WHERE account_id = 'acct' AND stream_name = 'live-1' \
+             AND day >= toDate('2026-10-01') AND day < toDate('2026-11-01') GROUP BY day"
+        )))
+        .await?;
+        anyhow::ensure!(n4 > 0, "one stream has no day of usage");
         let ms = |s: f64| format!("{:.0} ms", s * 1000.0);
+        lines.push(format!(
+            "| {rows} log rows, sealed (seal: {}): one id's hourly month / one id's daily year / one stream's daily month | {} / {} / {} | {} (pre-aggregated hourly table, one id's month) | {:.0}x |",
+            ms(seal_s),
+            ms(sealed_series),
+            ms(id_year),
+            ms(stream_month),
+            ms(bare),
+            sealed_series / bare
+        ));
+        lines.push(format!(
+            "| {rows} log rows, sealed: billing's usage of a month | {} (unsealed {}) | {} | {:.0}x |",
+            ms(sealed_bill),
+            ms(bill),
+            ms(bill_bare),
+            sealed_bill / bill_bare
+        ));
         lines.push(format!(
             "| {rows} log rows, {tracking_ids} tracking ids: one id's hourly month (statistics API query) | {} (predicates pushed: {}) | {} (pre-aggregated hourly table) | {:.0}x |",
             ms(plain),

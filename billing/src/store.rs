@@ -386,6 +386,23 @@ impl Store {
         }
         let keys: Vec<String> = fences.keys().map(|((t, p), e)| format!("{t}/{p}/{e}")).collect();
         let limits: Vec<u64> = fences.values().copied().collect();
+        // read first (PREWHERE): a row of a partition in `above` at or below
+        // the smallest bound is not read further
+        // (rows of partitions without a claim never count; when every claimed
+        // partition is in `above`, the offset alone decides, on one column)
+        let unsealed: Vec<String> = fences
+            .keys()
+            .map(|((t, p), _)| (t.clone(), *p))
+            .filter(|k| !above.contains_key(k))
+            .map(|(t, p)| format!("({}, {p})", sql_string(&t)))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let prewhere = match above.values().copied().min() {
+            None => String::new(),
+            Some(floor) if unsealed.is_empty() => format!("PREWHERE src_offset > {floor}"),
+            Some(floor) => format!("PREWHERE src_offset > {floor} OR (src_topic, src_partition) IN ({})", unsealed.join(", ")),
+        };
         // (no bound at all when `above` is empty: 18.16's transform refuses empty arrays)
         let (parts, lows): (Vec<String>, Vec<u64>) = if above.is_empty() {
             (vec![String::new()], vec![0])
@@ -395,6 +412,7 @@ impl Store {
         let sql = format!(
             "WITH concat(src_topic, '/', toString(src_partition), '/', toString(src_epoch)) AS claim \
              SELECT tracking_id AS key, sum(bytes_out) AS bytes FROM {}.{log_table} \
+             {prewhere} \
              WHERE window_start >= toDateTime(?) AND window_start < toDateTime(?) \
                AND has(?, claim) AND src_offset <= transform(claim, ?, ?, toUInt64(0)) \
                AND src_offset > transform(concat(src_topic, '/', toString(src_partition)), ?, ?, toUInt64(0)) \
@@ -809,4 +827,9 @@ mod tests {
         assert_eq!(f[&(p(1), 8)], 0, "nothing of a contested epoch counts");
         assert_eq!(f[&(p(1), 9)], u64::MAX);
     }
+}
+
+/// `s` as a ClickHouse string literal (quotes and backslashes escaped).
+fn sql_string(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
 }
