@@ -212,7 +212,9 @@ async fn seal_locked(cfg: &ClickHouseConfig, db: &str) -> Result<Result<SealRepo
         }
     };
     let keys: Vec<String> = moved.keys().map(|(t, p)| format!("{t}/{p}")).collect();
-    let froms: Vec<u64> = moved.values().map(|r| r.0).collect();
+    // the first offset to seal: past the last seal, or 0 (rows at position 0
+    // count, e.g. written before migration 5) for a partition never sealed
+    let firsts: Vec<u64> = moved.keys().map(|k| before.sealed_to.get(k).map_or(0, |f| f + 1)).collect();
     let tos: Vec<u64> = moved.values().map(|r| r.1).collect();
     let mut tables = Vec::new();
     for t in &SEAL_TABLES {
@@ -225,7 +227,7 @@ async fn seal_locked(cfg: &ClickHouseConfig, db: &str) -> Result<Result<SealRepo
                    ALL INNER JOIN (SELECT topic AS src_topic, partition AS src_partition, epoch AS src_epoch, fence FROM {db}.aggregator_fences) AS f \
                    USING (src_topic, src_partition, src_epoch) \
                    WHERE has(?, concat(src_topic, '/', toString(src_partition))) AND src_offset <= fence \
-                     AND src_offset > transform(concat(src_topic, '/', toString(src_partition)), ?, ?, toUInt64(0)) \
+                     AND src_offset >= transform(concat(src_topic, '/', toString(src_partition)), ?, ?, toUInt64(0)) \
                      AND src_offset <= transform(concat(src_topic, '/', toString(src_partition)), ?, ?, toUInt64(0)) \
                  ) GROUP BY {group}",
                 name = t.name,
@@ -236,7 +238,7 @@ async fn seal_locked(cfg: &ClickHouseConfig, db: &str) -> Result<Result<SealRepo
             ))
             .bind(&keys)
             .bind(&keys)
-            .bind(&froms)
+            .bind(&firsts)
             .bind(&keys)
             .bind(&tos)
             .execute()

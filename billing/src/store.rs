@@ -404,10 +404,12 @@ impl Store {
             Some(floor) => format!("PREWHERE src_offset > {floor} OR (src_topic, src_partition) IN ({})", unsealed.join(", ")),
         };
         // (no bound at all when `above` is empty: 18.16's transform refuses empty arrays)
-        let (parts, lows): (Vec<String>, Vec<u64>) = if above.is_empty() {
-            (vec![String::new()], vec![0])
+        // (signed: a partition not in `above` has bound -1, so its rows at
+        // position 0 count)
+        let (parts, lows): (Vec<String>, Vec<i64>) = if above.is_empty() {
+            (vec![String::new()], vec![-1])
         } else {
-            (above.keys().map(|(t, p)| format!("{t}/{p}")).collect(), above.values().copied().collect())
+            (above.keys().map(|(t, p)| format!("{t}/{p}")).collect(), above.values().map(|&v| v.min(i64::MAX as u64) as i64).collect())
         };
         let sql = format!(
             "WITH concat(src_topic, '/', toString(src_partition), '/', toString(src_epoch)) AS claim \
@@ -415,7 +417,7 @@ impl Store {
              {prewhere} \
              WHERE window_start >= toDateTime(?) AND window_start < toDateTime(?) \
                AND has(?, claim) AND src_offset <= transform(claim, ?, ?, toUInt64(0)) \
-               AND src_offset > transform(concat(src_topic, '/', toString(src_partition)), ?, ?, toUInt64(0)) \
+               AND toInt64(src_offset) > transform(concat(src_topic, '/', toString(src_partition)), ?, ?, toInt64(-1)) \
              GROUP BY tracking_id",
             self.db
         );

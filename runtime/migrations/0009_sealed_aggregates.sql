@@ -134,7 +134,8 @@ SELECT topic AS src_topic, partition AS src_partition, upto AS sealed_to
 FROM (SELECT argMax(topics, seq) AS ts, argMax(partitions, seq) AS ps, argMax(sealed_to, seq) AS us FROM {db}.usage_seals)
 ARRAY JOIN ts AS topic, ps AS partition, us AS upto;
 
--- Per claimed epoch: its fence, and where its partition is sealed (0: not).
+-- Per claimed epoch: its fence, and where its partition is sealed (0: not
+-- sealed; a seal covers at least offset 1, and its first covers offset 0 too).
 CREATE VIEW IF NOT EXISTS {db}.usage_tail_fences AS
 SELECT src_topic, src_partition, src_epoch, fence, sealed_to
 FROM (SELECT topic AS src_topic, partition AS src_partition, epoch AS src_epoch, fence FROM {db}.aggregator_fences) AS f
@@ -156,7 +157,7 @@ FROM (
 ) AS l
 ALL INNER JOIN (SELECT src_topic, src_partition, src_epoch, fence, sealed_to FROM {db}.usage_tail_fences) AS f
 USING (src_topic, src_partition, src_epoch)
-WHERE src_offset <= fence AND src_offset > sealed_to;
+WHERE src_offset <= fence AND (sealed_to = 0 OR src_offset > sealed_to);
 
 CREATE VIEW IF NOT EXISTS {db}.usage_by_viewer_tail AS
 SELECT window_start, tracking_id, custom_viewer_data, viewer_id, account_id, stream_name, cluster, bytes_out, bytes_in, events,
@@ -168,7 +169,7 @@ FROM (
 ) AS l
 ALL INNER JOIN (SELECT src_topic, src_partition, src_epoch, fence, sealed_to FROM {db}.usage_tail_fences) AS f
 USING (src_topic, src_partition, src_epoch)
-WHERE src_offset <= fence AND src_offset > sealed_to;
+WHERE src_offset <= fence AND (sealed_to = 0 OR src_offset > sealed_to);
 
 -- The contract views: sealed rows of committed seals, then the tail. Sealed
 -- rows carry no source (src_topic '', the other src_ columns 0).

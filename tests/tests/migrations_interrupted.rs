@@ -196,7 +196,8 @@ async fn a_database_with_migration_5s_first_text_upgrades_to_the_same_schema() {
     .await
     .unwrap();
     let report = runtime::ch::migrate(&db).await.unwrap();
-    assert_eq!(report.applied, vec![6, 7, 8]);
+    let after_5: Vec<u32> = runtime::ch::MIGRATIONS.iter().map(|m| m.version).filter(|&v| v > 5).collect();
+    assert_eq!(report.applied, after_5, "every migration after 5 applied");
 
     let reference_db = at_migration_4().await;
     runtime::ch::migrate(&reference_db).await.unwrap();
