@@ -216,10 +216,13 @@ async fn seal_locked(cfg: &ClickHouseConfig, db: &str) -> Result<Result<SealRepo
     // count, e.g. written before migration 5) for a partition never sealed
     let firsts: Vec<u64> = moved.keys().map(|k| before.sealed_to.get(k).map_or(0, |f| f + 1)).collect();
     let tos: Vec<u64> = moved.values().map(|r| r.1).collect();
+    // the first seal of a large log groups all of it: the grouping spills to
+    // disk past 1 GB instead of failing on the server's memory limit
+    let grouping = client.clone().with_option("max_bytes_before_external_group_by", "1000000000");
     let mut tables = Vec::new();
     for t in &SEAL_TABLES {
         let t0 = Instant::now();
-        client
+        grouping
             .query(&format!(
                 "INSERT INTO {db}.{name} ({columns}, seal_id) \
                  SELECT {select}, {SUMS}, toUInt64({seal_id}) FROM ( \
