@@ -740,15 +740,15 @@ async fn bench_scale(sizes: &[u64], tracking_ids: u64) -> Result<()> {
         .await?;
         // billing a month: the snapshot and every tracking id's bytes
         let store = billing::store::Store::new(&db)?;
-        let (bill, usage) = best_of_3(|| {
+        let bill_month = || {
             let store = store.clone();
             async move {
                 let snap = store.snapshot().await?;
                 let (from, to) = billing::invoice::period_bounds(2026, 10).expect("October");
                 Ok(store.usage_at(&snap, from, to).await?)
             }
-        })
-        .await?;
+        };
+        let (bill, usage) = best_of_3(bill_month).await?;
         anyhow::ensure!(usage.len() as u64 == tracking_ids, "billing saw {} tracking ids", usage.len());
         let (bill_bare, _) = best_of_3(|| {
             let c = c.clone();
@@ -768,15 +768,7 @@ async fn bench_scale(sizes: &[u64], tracking_ids: u64) -> Result<()> {
         eprintln!("sealed {} partitions in {seal_s:.1} s: {:?}", report.moved.len(), report.tables);
         let (sealed_series, n3) = best_of_3(series_with(true)).await?;
         anyhow::ensure!(n3 == n1, "the sealed series has {n3} points, the log's {n1}");
-        let (sealed_bill, sealed_usage) = best_of_3(|| {
-            let store = store.clone();
-            async move {
-                let snap = store.snapshot().await?;
-                let (from, to) = billing::invoice::period_bounds(2026, 10).expect("October");
-                Ok(store.usage_at(&snap, from, to).await?)
-            }
-        })
-        .await?;
+        let (sealed_bill, sealed_usage) = best_of_3(bill_month).await?;
         anyhow::ensure!(sealed_usage == usage, "billing reads the same usage sealed and unsealed");
         let pushed_client = c.clone().with_option("enable_optimize_predicate_expression", "1");
         let timed = |sql: String| {

@@ -49,11 +49,10 @@ impl LocalTables {
     }
 
     fn of(cfg: &ClickHouseConfig) -> Result<Self, StoreError> {
-        Ok(match cfg.layout().map_err(|e| StoreError::Config(e.to_string()))? {
+        let config = |e: runtime::ch::ChError| StoreError::Config(e.to_string());
+        Ok(match cfg.layout().map_err(config)? {
             runtime::ch::Layout::Single => LocalTables::Single,
-            runtime::ch::Layout::Cluster { cluster, on_cluster, .. } => {
-                LocalTables::Cluster { on: if on_cluster { format!(" ON CLUSTER {cluster}") } else { String::new() } }
-            }
+            runtime::ch::Layout::Cluster { .. } => LocalTables::Cluster { on: cfg.ddl_on().map_err(config)? },
         })
     }
 

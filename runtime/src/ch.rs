@@ -515,10 +515,7 @@ async fn migrate_until(cfg: &ClickHouseConfig, stop: Option<(u32, usize)>) -> Re
     let db = cfg.db()?;
     let layout = cfg.layout()?;
     let server = cfg.server_client();
-    let on = match &layout {
-        Layout::Cluster { cluster, on_cluster: true, .. } => format!(" ON CLUSTER {cluster}"),
-        _ => String::new(),
-    };
+    let on = cfg.ddl_on()?;
     server.query(&format!("CREATE DATABASE IF NOT EXISTS {db}{on}")).execute().await?;
     // on a replicated cluster one record for all servers (a replica of it on
     // each), so that a member reaching another server finds what was applied

@@ -209,11 +209,8 @@ pub async fn sums_by(db: &ClickHouseConfig, table: &str, col: &str) -> BTreeMap<
     rows.into_iter().map(|r| (r.key, Sums { bytes_out: r.bytes_out, bytes_in: r.bytes_in, events: r.events })).collect()
 }
 
-/// Run `aggregator seal` once against `db` and wait for it. `fault`: kill
-/// it (SIGKILL) right after that step ([`aggregator::seal::SEAL_FAULT_ENV`]).
-/// The lock is taken over at once (`--lock-stale-secs 0`): a killed seal
-/// leaves it behind.
-pub fn run_seal(db: &ClickHouseConfig, fault: Option<&str>) -> std::process::ExitStatus {
+/// The environment of `aggregator seal` against `db`.
+pub fn seal_env(db: &ClickHouseConfig) -> Vec<(&'static str, String)> {
     let mut env = vec![
         ("AGGREGATOR__CLICKHOUSE__URL", db.url.clone()),
         ("AGGREGATOR__CLICKHOUSE__DATABASE", db.database.clone()),
@@ -222,6 +219,15 @@ pub fn run_seal(db: &ClickHouseConfig, fault: Option<&str>) -> std::process::Exi
     if !db.cluster.is_empty() {
         env.push(("AGGREGATOR__CLICKHOUSE__CLUSTER", db.cluster.clone()));
     }
+    env
+}
+
+/// Run `aggregator seal` once against `db` and wait for it. `fault`: kill
+/// it (SIGKILL) right after that step ([`aggregator::seal::SEAL_FAULT_ENV`]).
+/// The lock is taken over at once (`--lock-stale-secs 0`): a killed seal
+/// leaves it behind.
+pub fn run_seal(db: &ClickHouseConfig, fault: Option<&str>) -> std::process::ExitStatus {
+    let mut env = seal_env(db);
     if let Some(step) = fault {
         env.push((aggregator::seal::SEAL_FAULT_ENV, step.to_string()));
     }

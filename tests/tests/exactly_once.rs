@@ -325,15 +325,7 @@ async fn sigkill_after_each_step_of_the_write_sequence_keeps_every_table_exact()
     assert!(n >= 5, "a seal committed after each crash: {n}");
     // the rest of the stream with a seal every second alongside
     let _agg = spawn_aggregator(&topic, &db, &unique("g"), &fast());
-    let _sealer = Proc::spawn(
-        "aggregator",
-        &["seal", "--every", "1"],
-        &[
-            ("AGGREGATOR__CLICKHOUSE__URL", db.url.clone()),
-            ("AGGREGATOR__CLICKHOUSE__DATABASE", db.database.clone()),
-            ("RUST_LOG", "warn".to_string()),
-        ],
-    );
+    let _sealer = Proc::spawn("aggregator", &["seal", "--every", "1"], &seal_env(&db));
     assert_exact(&db, &want, Duration::from_secs(300)).await;
     assert_sealed_equals_unsealed(&db).await;
     // what the crashes left behind is still in the tables, and does not count
