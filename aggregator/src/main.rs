@@ -84,6 +84,7 @@ fn main() -> Result<()> {
 async fn seal(cfg: &AggregatorConfig, every: Option<u64>, lock_stale_secs: u64) -> Result<()> {
     use aggregator::seal::SealSkipped;
     runtime::ch::migrate(&cfg.clickhouse).await.context("applying ClickHouse migrations")?;
+    runtime::rights::check_rights(&cfg.clickhouse, runtime::rights::Access::Write, "aggregator").await?;
     let shutdown = runtime::shutdown_signal();
     tokio::pin!(shutdown);
     loop {
@@ -107,6 +108,7 @@ async fn seal(cfg: &AggregatorConfig, every: Option<u64>, lock_stale_secs: u64) 
 
 fn run(cfg: AggregatorConfig, rt: tokio::runtime::Runtime) -> Result<()> {
     rt.block_on(runtime::ch::migrate(&cfg.clickhouse)).context("applying ClickHouse migrations")?;
+    rt.block_on(runtime::rights::check_rights(&cfg.clickhouse, runtime::rights::Access::Write, "aggregator"))?;
     let metrics = Arc::new(Metrics::new());
     let sink = rt.block_on(Sink::connect(&cfg.clickhouse, &cfg.kafka.topic))?;
     if !cfg.metrics_listen.is_empty() {

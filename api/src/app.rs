@@ -4,7 +4,7 @@
 //! and `console` use it, and `http` wires them; it uses only the leaves
 //! `store` and `session`.
 
-use crate::session::Role;
+use crate::session::{Role, Session};
 use crate::store::{Store, StoreError};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -287,15 +287,31 @@ impl AppState {
     /// The role of a bearer secret; every key set is consulted whatever
     /// matched first (constant time each).
     pub(crate) fn role_of(&self, given: &str) -> Option<Role> {
-        let admin = self.secrets.contains(given);
-        let verifier = self.verify_secrets.contains(given);
-        let scoped = self.scoped_keys.position(given).map(|i| self.scoped_ids[i].clone());
+        self.role_of_digest(&runtime::auth::digest(given))
+    }
+
+    /// The role of the secret of digest `d` (see [`AppState::role_of`]).
+    pub(crate) fn role_of_digest(&self, d: &[u8; 32]) -> Option<Role> {
+        let admin = self.secrets.contains_digest(d);
+        let verifier = self.verify_secrets.contains_digest(d);
+        let scoped = self.scoped_keys.position_digest(d).map(|i| self.scoped_ids[i].clone());
         if admin {
             Some(Role::Admin)
         } else if verifier {
             Some(Role::Verify)
         } else {
             scoped.map(Role::Scoped)
+        }
+    }
+
+    /// The console session of a request's cookie, with the role its secret
+    /// has now (none when the secret is no longer configured, or is
+    /// verify-only).
+    pub(crate) fn session_of(&self, headers: &axum::http::HeaderMap) -> Option<Session> {
+        let stored = self.sessions.of(headers)?;
+        match self.role_of_digest(&stored.key_digest)? {
+            Role::Verify => None,
+            role => Some(Session { role, csrf: stored.csrf, expires: stored.expires }),
         }
     }
 }
@@ -335,7 +351,7 @@ pub(crate) async fn require_secret(State(s): State<Arc<AppState>>, mut req: Requ
             s.authenticated(addr, if role.is_some() { AuthOutcome::Ok } else { AuthOutcome::Failed });
             role
         }
-        None if header.is_none() => match s.sessions.of(req.headers()) {
+        None if header.is_none() => match s.session_of(req.headers()) {
             Some(session) => {
                 let safe = matches!(*req.method(), axum::http::Method::GET | axum::http::Method::HEAD);
                 if !safe && !session.csrf_ok(req.headers().get("x-csrf-token")) {

@@ -10,7 +10,12 @@
 //!   a random 256-bit id in a cookie that is `HttpOnly`, `SameSite=Strict`,
 //!   `Path=/`, `Secure` when `console_secure_cookie`, and short-lived
 //!   (`console_session_secs`, default 30 min, not extended). Sessions live in
-//!   memory (a restart signs everyone out), at most [`MAX_SESSIONS`].
+//!   the token store (`console_sessions`, by the SHA-256 of the id): they
+//!   survive a restart, every `api serve` sharing the store honours them and
+//!   a sign-out on one ends them on all; at most [`MAX_SESSIONS`]. A session
+//!   keeps the digest of the secret that opened it and takes that secret's
+//!   role at every request, so a secret removed from the configuration ends
+//!   its sessions.
 //! - **CSRF**: every request that is not `GET`/`HEAD` and is authenticated
 //!   by the cookie must carry `X-CSRF-Token` equal to the session's token
 //!   (compared in constant time), which the page gets from the sign-in
@@ -26,7 +31,7 @@
 //!   against the rate card named by `billing_rates`.
 
 use crate::app::{fail, success, AppState, Reply, Scope};
-use crate::session::{Role, Session, COOKIE};
+use crate::session::{OpenRefused, Role, Session, COOKIE};
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -116,9 +121,15 @@ pub(crate) async fn login(State(s): State<Arc<AppState>>, req: axum::extract::Re
         }
     };
     let ttl = chrono::Duration::seconds(s.console.session_secs as i64);
-    let Some((id, session)) = s.sessions.open(role, ttl) else {
-        return crate::app::error_body(StatusCode::SERVICE_UNAVAILABLE, "too many console sessions; retry later");
+    let (id, stored) = match s.sessions.open(runtime::auth::digest(&l.secret), ttl) {
+        Ok(opened) => opened,
+        Err(OpenRefused::Full) => return crate::app::error_body(StatusCode::SERVICE_UNAVAILABLE, "too many console sessions; retry later"),
+        Err(OpenRefused::Store(e)) => {
+            tracing::error!(error = %e, "ConsoleSessionOpenFailed");
+            return crate::app::error_body(StatusCode::SERVICE_UNAVAILABLE, "the session store failed; retry later");
+        }
     };
+    let session = Session { role, csrf: stored.csrf, expires: stored.expires };
     let secure = if s.console.secure_cookie { "; Secure" } else { "" };
     let set = format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}", s.console.session_secs);
     tracing::info!(role = ?matches!(session.role, Role::Admin), "ConsoleSignedIn");
@@ -132,7 +143,7 @@ pub(crate) async fn login(State(s): State<Arc<AppState>>, req: axum::extract::Re
 /// `GET /console/session`: the signed-in session, or `data: null` (not an
 /// error: the page asks before anyone signed in).
 pub(crate) async fn session(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    success(s.sessions.of(&headers).map(|sess| session_json(&sess)).unwrap_or(Value::Null))
+    success(s.session_of(&headers).map(|sess| session_json(&sess)).unwrap_or(Value::Null))
 }
 
 /// `POST /console/logout`

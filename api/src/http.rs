@@ -36,6 +36,7 @@ pub fn router(cfg: &ApiConfig, store: Arc<Store>) -> Result<Router, ApiError> {
     cfg.validate().map_err(ApiError::Config)?;
     let metrics = Metrics::new().map_err(|e| ApiError::Config(format!("metrics: {e}")))?;
     let state = Arc::new(AppState {
+        sessions: crate::session::Sessions(store.clone()),
         store,
         secrets: runtime::auth::KeySet::new(&cfg.api_secrets),
         verify_secrets: runtime::auth::KeySet::new(&cfg.verify_secrets),
@@ -57,7 +58,6 @@ pub fn router(cfg: &ApiConfig, store: Arc<Store>) -> Result<Router, ApiError> {
             .with_option("result_overflow_mode", "throw"),
         stats_slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_STATS)),
         ch_probe: runtime::health::Probe::default(),
-        sessions: Default::default(),
         console: console_settings(cfg)?,
         throttle: Default::default(),
         client_address_header: match cfg.client_address_header.trim() {
@@ -144,6 +144,9 @@ fn console_settings(cfg: &ApiConfig) -> Result<crate::session::ConsoleSettings, 
 /// `shutdown` resolves.
 pub async fn serve(cfg: ApiConfig, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), ApiError> {
     cfg.validate().map_err(ApiError::Config)?;
+    runtime::rights::check_rights(&cfg.clickhouse, runtime::rights::Access::Read, "api")
+        .await
+        .map_err(|e| ApiError::Config(e.to_string()))?;
     let store = Arc::new(Store::open(&cfg.store_path)?);
     let app = router(&cfg, store)?;
     let listener = tokio::net::TcpListener::bind(&cfg.listen).await?;

@@ -2,10 +2,10 @@
 //! router's authentication (`app`) and the console's routes (`console`); a
 //! leaf (it uses neither).
 
+use crate::store::StoredSession;
 use axum::http::{header, HeaderMap, HeaderValue};
 use chrono::{DateTime, Utc};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
 /// Name of the session cookie.
@@ -35,40 +35,60 @@ impl Session {
     }
 }
 
-/// The console's sessions, by the SHA-256 of their id (the id itself is
-/// only in the cookie).
-#[derive(Debug, Default)]
-pub struct Sessions(Mutex<HashMap<[u8; 32], Session>>);
-
 fn digest(id: &str) -> [u8; 32] {
     use sha2::Digest;
     sha2::Sha256::digest(id.as_bytes()).into()
 }
 
+/// The console's sessions, kept in the token store (`console_sessions`) so
+/// that they survive a restart and every `api serve` process sharing the
+/// store sees the same sessions and sign-outs. A session records the digest
+/// of the secret that opened it; its role is that secret's role in the
+/// current configuration (resolved by the caller), so removing a secret
+/// ends its sessions.
+#[derive(Debug)]
+pub(crate) struct Sessions(pub(crate) Arc<crate::store::Store>);
+
+/// Why a session could not be opened.
+pub(crate) enum OpenRefused {
+    /// [`MAX_SESSIONS`] are live.
+    Full,
+    /// The store failed.
+    Store(crate::store::StoreError),
+}
+
 impl Sessions {
-    pub(crate) fn open(&self, role: Role, ttl: chrono::Duration) -> Option<(String, Session)> {
-        let mut m = self.0.lock().ok()?;
+    /// Open a session for the secret of digest `key_digest`: its id (for
+    /// the cookie) and what the store keeps.
+    pub(crate) fn open(&self, key_digest: [u8; 32], ttl: chrono::Duration) -> Result<(String, StoredSession), OpenRefused> {
         let now = Utc::now();
-        m.retain(|_, s| s.expires > now);
-        if m.len() >= MAX_SESSIONS {
-            return None;
-        }
         let id = crate::store::generate_token();
-        let s = Session { role, csrf: crate::store::generate_token(), expires: now + ttl };
-        m.insert(digest(&id), s.clone());
-        Some((id, s))
+        let s = StoredSession { key_digest, csrf: crate::store::generate_token(), expires: now + ttl };
+        match self.0.open_session(&digest(&id), &s, MAX_SESSIONS, now) {
+            Ok(true) => Ok((id, s)),
+            Ok(false) => Err(OpenRefused::Full),
+            Err(e) => Err(OpenRefused::Store(e)),
+        }
     }
 
-    /// The live session of a request's cookie.
-    pub(crate) fn of(&self, headers: &HeaderMap) -> Option<Session> {
+    /// The live session of a request's cookie (a store failure is logged
+    /// and reads as no session).
+    pub(crate) fn of(&self, headers: &HeaderMap) -> Option<StoredSession> {
         let id = cookie(headers, COOKIE)?;
-        let m = self.0.lock().ok()?;
-        m.get(&digest(id)).filter(|s| s.expires > Utc::now()).cloned()
+        match self.0.session(&digest(id), Utc::now()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "ConsoleSessionReadFailed");
+                None
+            }
+        }
     }
 
     pub(crate) fn close(&self, headers: &HeaderMap) {
-        if let (Some(id), Ok(mut m)) = (cookie(headers, COOKIE), self.0.lock()) {
-            m.remove(&digest(id));
+        if let Some(id) = cookie(headers, COOKIE) {
+            if let Err(e) = self.0.close_session(&digest(id)) {
+                tracing::error!(error = %e, "ConsoleSessionCloseFailed");
+            }
         }
     }
 }

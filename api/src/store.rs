@@ -293,7 +293,25 @@ CREATE TABLE IF NOT EXISTS bound_ips (
     ip        TEXT NOT NULL,
     PRIMARY KEY (token_key, ip)
 );
+CREATE TABLE IF NOT EXISTS console_sessions (
+    id_digest  BLOB PRIMARY KEY,
+    key_digest BLOB NOT NULL,
+    csrf       TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL
+);
 ";
+
+/// A console session as the store keeps it (`console_sessions`): by the
+/// SHA-256 of its id (the id itself is only in the cookie), with the
+/// SHA-256 of the secret that opened it, so that its role is read from the
+/// current configuration at every request (a secret removed from the
+/// configuration ends its sessions).
+#[derive(Debug, Clone)]
+pub struct StoredSession {
+    pub key_digest: [u8; 32],
+    pub csrf: String,
+    pub expires: DateTime<Utc>,
+}
 
 /// Columns added after the first release: `(table, column, definition)`,
 /// added at open when missing (stores created earlier keep their data).
@@ -505,6 +523,47 @@ impl Store {
 
     fn conn(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
         self.conn.lock().map_err(|_| StoreError::Poisoned)
+    }
+
+    /// Record a console session unless `max` live ones exist; expired ones
+    /// are removed first. `false`: too many.
+    pub fn open_session(&self, id_digest: &[u8; 32], session: &StoredSession, max: usize, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute("DELETE FROM console_sessions WHERE expires_ms <= ?1", params![now.timestamp_millis()])?;
+        let live: i64 = tx.query_row("SELECT count(*) FROM console_sessions", [], |r| r.get(0))?;
+        if live >= max as i64 {
+            return Ok(false);
+        }
+        tx.execute(
+            "INSERT INTO console_sessions (id_digest, key_digest, csrf, expires_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![&id_digest[..], &session.key_digest[..], session.csrf, session.expires.timestamp_millis()],
+        )?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// The live console session of `id_digest`.
+    pub fn session(&self, id_digest: &[u8; 32], now: DateTime<Utc>) -> Result<Option<StoredSession>, StoreError> {
+        let row: Option<(Vec<u8>, String, i64)> = self
+            .conn()?
+            .query_row(
+                "SELECT key_digest, csrf, expires_ms FROM console_sessions WHERE id_digest = ?1 AND expires_ms > ?2",
+                params![&id_digest[..], now.timestamp_millis()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let Some((key, csrf, expires_ms)) = row else { return Ok(None) };
+        let corrupt = |message: &str| StoreError::Corrupt { table: "console_sessions", id: 0, message: message.into() };
+        let key_digest: [u8; 32] = key.try_into().map_err(|_| corrupt("key digest is not 32 bytes"))?;
+        let expires = Utc.timestamp_millis_opt(expires_ms).single().ok_or_else(|| corrupt("expiry out of range"))?;
+        Ok(Some(StoredSession { key_digest, csrf, expires }))
+    }
+
+    /// End a console session (sign-out); every API process sharing the store sees it ended.
+    pub fn close_session(&self, id_digest: &[u8; 32]) -> Result<(), StoreError> {
+        self.conn()?.execute("DELETE FROM console_sessions WHERE id_digest = ?1", params![&id_digest[..]])?;
+        Ok(())
     }
 
     /// A cheap query that proves the store answers (health checks).

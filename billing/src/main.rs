@@ -104,6 +104,7 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
         let store = Store::connect(&cfg.clickhouse).await?;
+        runtime::rights::check_rights(&cfg.clickhouse, runtime::rights::Access::Write, "billing").await?;
         match cli.cmd {
             Cmd::Run { p, out } => {
                 let card = load_rate_card(&p.rates)?;

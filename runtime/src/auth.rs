@@ -48,7 +48,9 @@ impl std::fmt::Debug for KeySet {
     }
 }
 
-fn digest(s: &str) -> [u8; 32] {
+/// The SHA-256 of a secret: what a [`KeySet`] holds, and what a console
+/// session records of the secret that opened it.
+pub fn digest(s: &str) -> [u8; 32] {
     Sha256::digest(s.as_bytes()).into()
 }
 
@@ -60,20 +62,24 @@ impl KeySet {
     /// Whether `given` is one of the keys; every key is compared, each in
     /// constant time.
     pub fn contains(&self, given: &str) -> bool {
-        let d = digest(given);
-        let mut found = subtle::Choice::from(0);
-        for k in &self.0 {
-            found |= k.ct_eq(&d);
-        }
-        found.into()
+        self.contains_digest(&digest(given))
+    }
+
+    /// Whether the key of digest `d` is one of the keys (constant time over all keys).
+    pub fn contains_digest(&self, d: &[u8; 32]) -> bool {
+        self.position_digest(d).is_some()
     }
 
     /// The index of the key `given` is (constant time over all keys).
     pub fn position(&self, given: &str) -> Option<usize> {
-        let d = digest(given);
+        self.position_digest(&digest(given))
+    }
+
+    /// The index of the key of digest `d` (constant time over all keys).
+    pub fn position_digest(&self, d: &[u8; 32]) -> Option<usize> {
         let mut at = None;
         for (i, k) in self.0.iter().enumerate() {
-            if bool::from(k.ct_eq(&d)) && at.is_none() {
+            if bool::from(k.ct_eq(d)) && at.is_none() {
                 at = Some(i);
             }
         }

@@ -54,6 +54,21 @@ pub struct ClickHouseConfig {
     /// lagging replica and a claim row is never lost with one replica.
     /// 0: neither (not recommended).
     pub insert_quorum: u32,
+    /// What a service does at start when its user has more rights than it
+    /// needs ([`crate::rights`]): `warn` (the default) logs
+    /// `ClickHouseUserExcessRights`, `refuse` stops the service, `off` skips
+    /// the check (`migrate`, which needs an administrator, never checks).
+    pub rights_check: RightsCheck,
+}
+
+/// See [`ClickHouseConfig::rights_check`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RightsCheck {
+    #[default]
+    Warn,
+    Refuse,
+    Off,
 }
 
 impl Default for ClickHouseConfig {
@@ -67,6 +82,7 @@ impl Default for ClickHouseConfig {
             replicated: true,
             on_cluster: true,
             insert_quorum: 2,
+            rights_check: RightsCheck::Warn,
         }
     }
 }
@@ -86,6 +102,13 @@ pub enum ChError {
     Version(String),
     #[error("migration {version} ({name}), statement {index}: {source}")]
     Statement { version: u32, name: String, index: usize, source: clickhouse::error::Error },
+    /// ClickHouse did not answer in time: retry later.
+    #[error("ClickHouse did not answer {0} in time")]
+    Timeout(&'static str),
+    /// The service's user has rights it does not need and
+    /// `rights_check = "refuse"`: give the service its own user.
+    #[error("ClickHouse user {user:?} has more rights than this service needs: {detail} (docs/security.md \"ClickHouse users\")")]
+    ExcessRights { user: String, detail: String },
     /// Stored state that cannot be read back: stop, do not guess.
     #[error("corrupt state in {table}: {detail}")]
     Corrupt { table: &'static str, detail: String },

@@ -2,7 +2,8 @@
 //! ([`ch`], `runtime/migrations/`), Kafka settings ([`kafka`]), configuration
 //! loading ([`config`]), tracing ([`telemetry`]), bearer credentials
 //! ([`auth`]), HTTP serving with slow-client limits ([`serve`]), cached
-//! health probes ([`health`]), CSV cells ([`csv`]) and the shutdown signal
+//! health probes ([`health`]), the check of a service's ClickHouse user
+//! ([`rights`]), CSV cells ([`csv`]) and the shutdown signal
 //! ([`shutdown_signal`]). The contract itself (event, codec, validation) is
 //! the `schemas` crate.
 
@@ -12,6 +13,7 @@ pub mod config;
 pub mod csv;
 pub mod health;
 pub mod kafka;
+pub mod rights;
 pub mod serve;
 pub mod telemetry;
 

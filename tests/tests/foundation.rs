@@ -262,3 +262,191 @@ async fn billing_row_layouts_match_the_migrated_tables() {
     }
     drop_db(&db).await;
 }
+
+/// The services' own ClickHouse users of the stack (scripts/stack, on
+/// 18.16: users.xml profiles; docs/security.md "ClickHouse users"): the
+/// writer and the reader reach their database only, the reader cannot
+/// write; the check each service makes at start finds no excess in them
+/// and finds the administrator's; with `rights_check = "refuse"` the API
+/// and the aggregator refuse to start as the administrator and start as
+/// their own users. 18.16 only (`scripts/test` skips `service_users` on the
+/// in-process engine, which has no users).
+#[tokio::test]
+async fn service_users_have_least_privilege_and_services_refuse_more() {
+    use runtime::rights::{excess_rights, Access};
+    let admin = runtime::ch::ClickHouseConfig { url: clickhouse_url(), database: "metering_privileges".into(), ..Default::default() };
+    let user = |name: &str| runtime::ch::ClickHouseConfig { user: format!("metering_privileges_{name}"), ..admin.clone() };
+    let (writer, reader) = (user("writer"), user("reader"));
+    admin.server_client().query("DROP DATABASE IF EXISTS metering_privileges").execute().await.unwrap();
+    runtime::ch::migrate(&admin).await.expect("the administrator migrates");
+
+    assert_eq!(excess_rights(&writer, Access::Write).await.unwrap(), Vec::<String>::new());
+    assert_eq!(excess_rights(&reader, Access::Read).await.unwrap(), Vec::<String>::new());
+    // the administrator reaches other databases (at least `default`) and writes
+    let excess = excess_rights(&admin, Access::Read).await.unwrap();
+    assert_eq!(excess.len(), 2, "{excess:?}");
+    assert!(excess[0].starts_with("reaches databases other than metering_privileges: ") && excess[0].contains("default"), "{excess:?}");
+    assert_eq!(excess[1], "can write to metering_privileges (INSERT is allowed)");
+    // the writer used as a reader can write
+    assert_eq!(
+        excess_rights(&writer, Access::Read).await.unwrap(),
+        vec!["can write to metering_privileges (INSERT is allowed)".to_string()]
+    );
+
+    // what the server itself refuses, whatever the services do
+    let refused = |r: Result<(), clickhouse::error::Error>, code: &str| {
+        let e = r.expect_err("refused").to_string();
+        assert!(e.contains(&format!("Code: {code}")), "{e}");
+    };
+    let insert =
+        "INSERT INTO aggregator_claims (topic, partition, epoch, start_offset, member, claimed_at) VALUES ('t', 0, 1, 0, 'm', now())";
+    refused(reader.client().query(insert).execute().await, "164");
+    refused(reader.client().query("DROP TABLE aggregator_claims").execute().await, "164");
+    refused(writer.server_client().query("SELECT count() FROM default.nothing").execute().await, "291");
+    refused(reader.server_client().query("SELECT count() FROM default.nothing").execute().await, "291");
+    writer.client().query(insert).execute().await.expect("the writer inserts");
+    let claims = count(&reader, "SELECT count() FROM metering_privileges.aggregator_claims").await;
+    assert_eq!(claims, 1, "the reader reads");
+
+    // the services' start
+    let env = |prefix: &str, cfg: &runtime::ch::ClickHouseConfig| -> Vec<(String, String)> {
+        vec![
+            (format!("{prefix}__CLICKHOUSE__URL"), cfg.url.clone()),
+            (format!("{prefix}__CLICKHOUSE__DATABASE"), cfg.database.clone()),
+            (format!("{prefix}__CLICKHOUSE__USER"), cfg.user.clone()),
+            (format!("{prefix}__CLICKHOUSE__RIGHTS_CHECK"), "refuse".into()),
+        ]
+    };
+    let run = |name: &str, args: &[&str], env: Vec<(String, String)>| {
+        let out = std::process::Command::new(bin(name)).args(args).envs(env).output().expect("spawn");
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (ok, err) = run("aggregator", &["seal"], env("AGGREGATOR", &admin));
+    assert!(!ok && err.contains("has more rights than this service needs"), "the aggregator as the administrator: {err}");
+    let (ok, err) = run("aggregator", &["seal"], env("AGGREGATOR", &writer));
+    assert!(ok, "the aggregator as its writer seals: {err}");
+    let (ok, err) = run("billing", &["reconcile", "--period", "2026-10", "--rates", "deploy/rates.example.toml"], env("BILLING", &admin));
+    assert!(!ok && err.contains("has more rights than this service needs"), "billing as the administrator: {err}");
+
+    let secret = "privileges-admin-secret-0123456789abcdef".to_string();
+    let api = |cfg: &runtime::ch::ClickHouseConfig| {
+        let port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = env("API", cfg);
+        e.push(("API__LISTEN".into(), format!("127.0.0.1:{port}")));
+        e.push(("API__API_SECRETS".into(), format!("[\"{secret}\"]")));
+        e.push(("API__STORE_PATH".into(), dir.path().join("t.db").display().to_string()));
+        (port, dir, e)
+    };
+    let (_, _dir, e) = api(&admin);
+    let (ok, err) = run("api", &["serve"], e);
+    assert!(!ok && err.contains("can write to metering_privileges"), "the API as the administrator: {err}");
+    let (port, _dir, e) = api(&reader);
+    let e: Vec<(&str, String)> = e.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let _api = Proc::spawn("api", &["serve"], &e);
+    let url = format!("http://127.0.0.1:{port}");
+    assert!(
+        wait_until(Duration::from_secs(30), || async { reqwest::get(format!("{url}/healthz")).await.is_ok() }).await,
+        "the API as its reader starts"
+    );
+    let r = reqwest::Client::new()
+        .get(format!("{url}/api/analytics/tracking/total?trackingIds=acme&startDate=2026-10-01&stopDate=2026-10-02"))
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "statistics as the reader: {}", r.text().await.unwrap());
+}
+
+/// Console sessions live in the token store: two `api serve` processes on
+/// one store share them (sign in on one, use the console on the other, with
+/// its CSRF token), a restart keeps them, a sign-out on one ends them on
+/// both, and a secret removed from the configuration ends its sessions.
+#[tokio::test]
+async fn console_sessions_survive_a_restart_and_work_across_api_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    const ADMIN: &str = "replicas-admin-secret-0123456789abcdef";
+    const PARTNER: &str = "replicas-partner-secret-0123456789abcd";
+    let spawn = |port: u16, with_partner: bool| {
+        let scoped = if with_partner { format!("[{{secret = \"{PARTNER}\", tracking_ids = [\"acme-web\"]}}]") } else { "[]".into() };
+        let env = vec![
+            ("API__LISTEN", format!("127.0.0.1:{port}")),
+            ("API__API_SECRETS", format!("[\"{ADMIN}\"]")),
+            ("API__SCOPED_SECRETS", scoped),
+            ("API__STORE_PATH", dir.path().join("tokens.db").display().to_string()),
+            ("API__CLICKHOUSE__URL", clickhouse_url()),
+            ("API__CLICKHOUSE__RIGHTS_CHECK", "off".into()),
+        ];
+        Proc::spawn("api", &["serve"], &env)
+    };
+    let up = |port: u16| async move {
+        let url = format!("http://127.0.0.1:{port}");
+        assert!(
+            wait_until(Duration::from_secs(30), || async { reqwest::get(format!("{url}/healthz")).await.is_ok() }).await,
+            "api on {port}"
+        );
+        url
+    };
+    let (pa, pb) = (free_port(), free_port());
+    let mut a = spawn(pa, true);
+    let mut b = spawn(pb, true);
+    let (ua, ub) = (up(pa).await, up(pb).await);
+    let http = reqwest::Client::new();
+    let login = |url: String, secret: &'static str| {
+        let http = http.clone();
+        async move {
+            let r = http.post(format!("{url}/console/login")).json(&serde_json::json!({ "secret": secret })).send().await.unwrap();
+            assert_eq!(r.status().as_u16(), 200);
+            let cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+            let body: serde_json::Value = r.json().await.unwrap();
+            (cookie, body["data"]["csrf"].as_str().unwrap().to_string())
+        }
+    };
+    let session = |url: String, cookie: String| {
+        let http = http.clone();
+        async move {
+            let r = http.get(format!("{url}/console/session")).header("cookie", cookie).send().await.unwrap();
+            let body: serde_json::Value = r.json().await.unwrap();
+            body["data"]["role"].as_str().map(str::to_string)
+        }
+    };
+    let (admin_cookie, csrf) = login(ua.clone(), ADMIN).await;
+    let (partner_cookie, _) = login(ua.clone(), PARTNER).await;
+    assert_eq!(session(ub.clone(), admin_cookie.clone()).await.as_deref(), Some("admin"), "the session opened on A, on B");
+    // a change on B with the session of A: the CSRF token of A's sign-in is B's too
+    let create = |csrf: Option<String>| {
+        let (http, ub, cookie) = (http.clone(), ub.clone(), admin_cookie.clone());
+        async move {
+            let mut r = http
+                .post(format!("{ub}/api/subscribe_token"))
+                .header("cookie", cookie)
+                .json(&serde_json::json!({"label": "via B", "streams": [{"streamName": "live"}], "tracking": {"trackingId": "acme-web"}}));
+            if let Some(c) = csrf {
+                r = r.header("x-csrf-token", c);
+            }
+            r.send().await.unwrap().status().as_u16()
+        }
+    };
+    assert_eq!(create(None).await, 403, "without the CSRF token");
+    assert_eq!(create(Some(csrf.clone())).await, 200, "with it");
+
+    // A restarts: its sessions are still there
+    a.terminate(Duration::from_secs(10));
+    let _a = spawn(pa, true);
+    let ua = up(pa).await;
+    assert_eq!(session(ua.clone(), admin_cookie.clone()).await.as_deref(), Some("admin"), "after A's restart");
+    assert_eq!(session(ua.clone(), partner_cookie.clone()).await.as_deref(), Some("partner"));
+
+    // B restarts without the partner's secret: that secret's session ends there
+    b.terminate(Duration::from_secs(10));
+    let _b = spawn(pb, false);
+    let ub = up(pb).await;
+    assert_eq!(session(ub.clone(), partner_cookie.clone()).await, None, "a removed secret's session");
+    assert_eq!(session(ua.clone(), partner_cookie).await.as_deref(), Some("partner"), "A still has the secret");
+
+    // signing out on B ends the session on A
+    let r =
+        http.post(format!("{ub}/console/logout")).header("cookie", admin_cookie.clone()).header("x-csrf-token", csrf).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(session(ua, admin_cookie).await, None, "signed out on B, on A");
+}
