@@ -146,6 +146,7 @@
 //! plus pending rows; above `max_pending_rows` (ClickHouse slow or down)
 //! consumption pauses until the backlog is written.
 
+pub mod compact;
 pub mod config;
 pub mod consumer;
 pub mod core;

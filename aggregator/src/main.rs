@@ -98,6 +98,16 @@ async fn seal(cfg: &AggregatorConfig, every: Option<u64>, lock_stale_secs: u64) 
             Err(e) if every.is_some() && e.is_transient() => tracing::warn!(error = %e, "SealFailed: retrying at the next interval"),
             Err(e) => return Err(e).context("sealing"),
         }
+        // the dedup days no claim can need (aggregator::compact)
+        let horizon = aggregator::state::Limits::from_config(cfg).dedup_horizon;
+        match aggregator::compact::drop_stale_dedup(&cfg.clickhouse, horizon).await {
+            Ok(Some(d)) if !d.days.is_empty() => {
+                eprintln!("dedup: {} day partitions dropped ({:?}); kept what claims need", d.days.len(), d.days)
+            }
+            Ok(_) => {}
+            Err(e) if every.is_some() && e.is_transient() => tracing::warn!(error = %e, "DedupDropFailed: retrying at the next interval"),
+            Err(e) => return Err(e).context("dropping stale dedup partitions"),
+        }
         let Some(secs) = every else { return Ok(()) };
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_secs(secs.max(1))) => {}

@@ -163,21 +163,24 @@ impl Store for Sink {
         .await?;
         for (&p, l) in out.iter_mut() {
             let Some(pos) = l.position else { continue };
-            // viewers within either horizon of the checkpoint
-            let cutoff_ms = l.arrival_ms.saturating_sub(horizon.ms);
-            let cutoff_offset = pos.saturating_sub(horizon.offsets).max(0) as u64;
+            // viewers within either horizon of the checkpoint, from the days
+            // that can hold them (crate::compact)
+            let (cutoff_ms, cutoff_offset) = crate::compact::cutoffs(horizon, pos, l.arrival_ms);
+            let since =
+                crate::compact::restore_since(&self.client, db, &self.topic, p as u32, pos as u64, cutoff_ms, cutoff_offset).await?;
             let mut cursor = self
                 .client
                 .query(&format!(
                     "SELECT viewer_id, argMax(seq_ranges, position) AS ranges, max(last_seen_ms) AS seen, max(position) AS pos \
                      FROM {db}.aggregator_dedup {} \
-                     WHERE topic = ? AND partition = ? AND position <= ? AND position <= fence \
+                     WHERE topic = ? AND partition = ? AND position <= ? AND position <= fence AND created_at >= toDateTime(?) \
                      GROUP BY viewer_id HAVING seen >= ? OR pos >= ?",
                     join_fences(db)
                 ))
                 .bind(&self.topic)
                 .bind(p as u32)
                 .bind(pos as u64)
+                .bind(since)
                 .bind(cutoff_ms)
                 .bind(cutoff_offset)
                 .fetch::<DedupRow>()?;

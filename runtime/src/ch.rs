@@ -227,6 +227,17 @@ impl ClickHouseConfig {
         })
     }
 
+    /// `db.table` as an `ALTER` (a mutation, `DROP PARTITION`) must name
+    /// it: on a cluster the local table, `ON CLUSTER` when the DDL is
+    /// distributed (`Distributed` tables take neither).
+    pub fn alter_target(&self, table: &str) -> Result<String, ChError> {
+        let db = self.db()?;
+        Ok(match self.layout()? {
+            Layout::Single => format!("{db}.{table}"),
+            Layout::Cluster { .. } => format!("{db}.{table}_local{}", self.ddl_on()?),
+        })
+    }
+
     /// The table layout these settings select.
     pub fn layout(&self) -> Result<Layout, ChError> {
         if self.cluster.is_empty() {

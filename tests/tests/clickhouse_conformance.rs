@@ -411,3 +411,113 @@ async fn a_writers_insert_is_visible_when_it_returns() {
     }
     drop_db(&db).await;
 }
+
+/// Bounded dedup state (`aggregator::compact`): ten days of checkpoints and
+/// dedup rows of one partition, with record timestamps five days ahead of
+/// the writers' clock (a producer stamping records with its own clock). A
+/// claim restores exactly the viewers within the horizon, reading the days
+/// that can hold them; the compaction drops the days before those (less
+/// two), and a claim after it restores the same state.
+#[tokio::test]
+async fn dedup_restore_reads_the_horizon_days_and_compaction_drops_older_ones() {
+    let db = test_db().await;
+    let topic = unique("bound");
+    const DAY_MS: i64 = 86_400_000;
+    // day d: written at noon of 2026-10-(1+d), arrival clock 5 days ahead,
+    // checkpoint at position 1000 (d + 1)
+    let base = window_secs(("2026-10-01", 12, 0));
+    let written = |d: i64| base + d * 86_400;
+    let arrival = |d: i64| (written(d) * 1000) + 5 * DAY_MS;
+    let position = |d: i64| 1_000 * (d as u64 + 1);
+    // viewers and the days they were seen on
+    let seen: &[(&str, &[i64])] = &[
+        ("v-day0", &[0]),
+        ("v-days0to5", &[0, 1, 2, 3, 4, 5]),
+        ("v-every-day", &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]),
+        ("v-day7", &[7]),
+        ("v-day6", &[6]),
+    ];
+    insert(
+        &db,
+        "aggregator_claims",
+        "topic, partition, epoch, start_offset, member, claim_id, claimed_at",
+        [format!("('{topic}', 0, 1, 0, 'm', 1, toDateTime({}, 'UTC'))", written(0) - 60)].into_iter(),
+    )
+    .await;
+    insert(
+        &db,
+        "aggregator_checkpoints",
+        "topic, partition, epoch, position, watermark_ms, arrival_ms, member, created_at",
+        (0..10).map(|d| format!("('{topic}', 0, 1, {}, 0, {}, 'm', toDateTime({}, 'UTC'))", position(d), arrival(d), written(d))),
+    )
+    .await;
+    // a viewer's row at each checkpoint of a day it was seen on: its seqs
+    // so far (one per day seen), last seen at that day's arrival clock
+    let mut rows = Vec::new();
+    for &(viewer, days) in seen {
+        for (i, &d) in days.iter().enumerate() {
+            rows.push(format!(
+                "('{topic}', 0, 1, {}, '{viewer}', [0, {i}], {}, toDateTime({}, 'UTC'))",
+                position(d),
+                arrival(d),
+                written(d)
+            ));
+        }
+    }
+    insert(&db, "aggregator_dedup", "topic, partition, epoch, position, viewer_id, seq_ranges, last_seen_ms, created_at", rows.into_iter())
+        .await;
+
+    // horizon: 2.5 days of arrival, or the last 1,500 records
+    let horizon = Horizon { ms: 5 * DAY_MS / 2, offsets: 1_500 };
+    let (resume, resume_arrival) = (position(9), arrival(9));
+    // computed here: a viewer is restored iff its last day's arrival is
+    // within the horizon of day 9's, or its last position within 1,500 of it
+    let expected: BTreeMap<&str, i64> = seen
+        .iter()
+        .filter(|(_, days)| {
+            let last = *days.last().unwrap();
+            arrival(last) >= resume_arrival - horizon.ms || position(last) + 1_500 >= resume
+        })
+        .map(|&(v, days)| (v, days.len() as i64 - 1))
+        .collect();
+    assert_eq!(expected.keys().copied().collect::<Vec<_>>(), ["v-day7", "v-every-day"], "the fixture's horizon");
+    let check = |dedup: &mut aggregator::store::LoadedPartition, when: &str| {
+        assert_eq!(dedup.viewers_restored, expected.len(), "{when}");
+        let at = At { arrival_ms: resume_arrival, offset: resume as i64 };
+        for &(viewer, _) in seen {
+            let last = expected.get(viewer).copied();
+            for seq in 0..12 {
+                let want = if last.is_some_and(|l| seq <= l) { Seen::Duplicate } else { Seen::New };
+                assert_eq!(dedup.dedup.check_and_insert(viewer, seq, at), want, "{when}: {viewer} seq {seq}");
+            }
+        }
+    };
+    let sink = Sink::connect(&db, &topic).await.unwrap();
+    let mut first = sink.claim(&[0], "m2", horizon).await.unwrap().remove(&0).unwrap();
+    assert_eq!(first.position, Some(resume as i64));
+    check(&mut first, "the first claim");
+
+    // the restore reads from the earliest checkpoint within the horizon
+    // (day 7 by arrival), less an hour: from day 7's partition on
+    let earliest_needed = (0..10).find(|&d| arrival(d) >= resume_arrival - horizon.ms || position(d) + 1_500 >= resume).unwrap();
+    assert_eq!(earliest_needed, 7);
+    let since =
+        aggregator::compact::restore_since(&db.client(), &db.database, &topic, 0, resume, resume_arrival - horizon.ms, resume - 1_500)
+            .await
+            .unwrap();
+    assert_eq!(since as i64, written(earliest_needed) - aggregator::compact::SINCE_MARGIN_SECS as i64);
+
+    // the compaction keeps two more days: it drops the days before day 5's
+    let dropped = aggregator::compact::drop_stale_dedup(&db, horizon).await.unwrap().expect("checkpoints exist");
+    let kept_from = (earliest_needed - aggregator::compact::KEEP_DAYS as i64) as usize;
+    let want_days: Vec<u32> = (1..=kept_from as u32).map(|d| 2026_10_00 + d).collect();
+    assert_eq!(dropped.days, want_days, "the day partitions dropped");
+    let left = count(&db, &format!("SELECT count() FROM {}.aggregator_dedup WHERE topic = '{topic}'", db.database)).await;
+    let want_left = seen.iter().flat_map(|(_, days)| days.iter()).filter(|&&d| d >= kept_from as i64).count() as u64;
+    assert_eq!(left, want_left, "dedup rows of days {kept_from}.. kept");
+    // nothing more to drop, and the next claim restores the same state
+    assert_eq!(aggregator::compact::drop_stale_dedup(&db, horizon).await.unwrap().unwrap().days, Vec::<u32>::new());
+    let mut second = sink.claim(&[0], "m3", horizon).await.unwrap().remove(&0).unwrap();
+    check(&mut second, "the claim after the compaction");
+    drop_db(&db).await;
+}
