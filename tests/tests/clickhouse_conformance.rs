@@ -510,7 +510,8 @@ async fn dedup_restore_reads_the_horizon_days_and_compaction_drops_older_ones() 
     // the compaction keeps two more days: it drops the days before day 5's
     let dropped = aggregator::compact::drop_stale_dedup(&db, horizon).await.unwrap().expect("checkpoints exist");
     let kept_from = (earliest_needed - aggregator::compact::KEEP_DAYS as i64) as usize;
-    let want_days: Vec<u32> = (1..=kept_from as u32).map(|d| 2026_10_00 + d).collect();
+    // YYYYMMDD of 2026-10-01 .. 2026-10-05
+    let want_days: Vec<u32> = (1..=kept_from as u32).map(|d| 20_261_000 + d).collect();
     assert_eq!(dropped.days, want_days, "the day partitions dropped");
     let left = count(&db, &format!("SELECT count() FROM {}.aggregator_dedup WHERE topic = '{topic}'", db.database)).await;
     let want_left = seen.iter().flat_map(|(_, days)| days.iter()).filter(|&&d| d >= kept_from as i64).count() as u64;
