@@ -81,6 +81,16 @@ enum Cmd {
         #[arg(long, default_value_t = 1_000)]
         tracking_ids: u64,
     },
+    /// A claim of a partition with N active viewers and D days of dedup
+    /// history: the claim and its dedup restore, next to the bare read of
+    /// the rows it needs and to the restore without the horizon's bound, in
+    /// the same run (needs the stack)
+    Restore {
+        #[arg(long, default_value_t = 1_000_000)]
+        viewers: u64,
+        #[arg(long, default_value_t = 30)]
+        days: u64,
+    },
     /// Every benchmark with its default size
     All,
     /// Decode + window update of single-object events on one core, vs apache-avro's generic decode
@@ -112,6 +122,7 @@ fn main() -> Result<()> {
         Cmd::Latency { rate, seconds } => rt.block_on(bench_latency(rate, seconds)),
         Cmd::Hostile => rt.block_on(bench_hostile()),
         Cmd::Scale { rows, tracking_ids } => rt.block_on(bench_scale(&rows, tracking_ids)),
+        Cmd::Restore { viewers, days } => rt.block_on(bench_restore(viewers, days)),
         Cmd::All => {
             codec(1_000_000, 3, false)?;
             memory(1_000_000)?;
@@ -630,6 +641,101 @@ where
         out = Some(v);
     }
     Ok((best, out.expect("ran")))
+}
+
+async fn bench_restore(viewers: u64, days: u64) -> Result<()> {
+    use aggregator::store::Store;
+    let db = stack::clickhouse(format!("bench_restore_{}", stack::stamp()));
+    runtime::ch::migrate(&db).await?;
+    let c = db.client();
+    let d = &db.database;
+    // a day of arrival, a million records and a checkpoint per day; every
+    // viewer reports every day (one dedup row per viewer and day)
+    let t = Instant::now();
+    let start = OCT_2026.0;
+    c.query(&format!(
+        "INSERT INTO {d}.aggregator_claims (topic, partition, epoch, start_offset, member, claim_id, claimed_at) \
+         VALUES ('bench', 0, 1, 0, 'bench', 1, toDateTime({start}))"
+    ))
+    .execute()
+    .await?;
+    c.query(&format!(
+        "INSERT INTO {d}.aggregator_checkpoints (topic, partition, epoch, position, watermark_ms, arrival_ms, member, created_at) \
+         SELECT 'bench', 0, 1, (number + 1) * 1000000, 0, ({start} + number * 86400) * 1000, 'bench', toDateTime({start} + number * 86400) \
+         FROM numbers({days})"
+    ))
+    .execute()
+    .await?;
+    for day in 0..days {
+        c.query(&format!(
+            "INSERT INTO {d}.aggregator_dedup (topic, partition, epoch, position, viewer_id, seq_ranges, last_seen_ms, created_at) \
+             SELECT 'bench', 0, 1, {pos}, concat('viewer-', toString(number)), [0, {seq}], {seen}, toDateTime({at}) FROM numbers({viewers})",
+            pos = (day + 1) * 1_000_000,
+            seq = day * 100,
+            seen = (start + day as i64 * 86_400) * 1000,
+            at = start + day as i64 * 86_400,
+        ))
+        .execute()
+        .await?;
+    }
+    let rows: u64 = c.query(&format!("SELECT count() FROM {d}.aggregator_dedup")).fetch_one().await?;
+    eprintln!("{rows} dedup rows ({viewers} viewers x {days} days) in {:.1} s", t.elapsed().as_secs_f64());
+
+    let horizon = aggregator::dedup::Horizon { ms: 86_400_000, offsets: 2_000_000 };
+    let sink = aggregator::sink::Sink::connect(&db, "bench").await?;
+    let (claim_s, restored) = best_of_3(|| async {
+        let loaded = sink.claim(&[0], "bench", horizon).await?;
+        Ok(loaded.get(&0).map_or(0, |l| l.viewers_restored))
+    })
+    .await?;
+    anyhow::ensure!(restored as u64 == viewers, "the claim restored {restored} of {viewers} active viewers");
+    // the bare read of what the restore needs: the rows of the days its
+    // bound names, no grouping, no fences
+    let pos = days * 1_000_000;
+    let (cutoff_ms, cutoff_offset) =
+        aggregator::compact::cutoffs(horizon, pos as i64, (start + (days as i64 - 1) * 86_400) * 1000);
+    let since = aggregator::compact::restore_since(&c, d, "bench", 0, pos, cutoff_ms, cutoff_offset).await?;
+    #[derive(serde::Deserialize, clickhouse::Row)]
+    struct Bare {
+        _viewer_id: String,
+        _seq_ranges: Vec<i64>,
+    }
+    let (bare_s, bare_rows) = best_of_3(|| async {
+        let rows: Vec<Bare> = c
+            .query(&format!("SELECT viewer_id, seq_ranges FROM {d}.aggregator_dedup WHERE created_at >= toDateTime(?)"))
+            .bind(since)
+            .fetch_all()
+            .await?;
+        Ok(rows.len())
+    })
+    .await?;
+    // before the bound: the same restore query over every day
+    let (unbounded_s, n) = best_of_3(|| async {
+        let rows: Vec<Bare> = c
+            .query(&format!(
+                "SELECT viewer_id, argMax(seq_ranges, position) AS ranges FROM {d}.aggregator_dedup \
+                 ALL INNER JOIN (SELECT topic, partition, epoch, fence FROM {d}.aggregator_fences) AS f USING (topic, partition, epoch) \
+                 WHERE topic = 'bench' AND partition = 0 AND position <= {pos} AND position <= fence \
+                 GROUP BY viewer_id HAVING max(last_seen_ms) >= {cutoff_ms} OR max(position) >= {cutoff_offset}"
+            ))
+            .fetch_all()
+            .await?;
+        Ok(rows.len())
+    })
+    .await?;
+    anyhow::ensure!(n as u64 == viewers, "the unbounded restore found {n} viewers");
+    let bytes: u64 = c
+        .query(&format!("SELECT sum(bytes_on_disk) FROM system.parts WHERE database = '{d}' AND table = 'aggregator_dedup' AND active"))
+        .fetch_one()
+        .await?;
+    let _ = db.server_client().query(&format!("DROP DATABASE IF EXISTS {d}")).execute().await;
+    header();
+    println!(
+        "| claim and dedup restore: {viewers} active viewers, {days} days of dedup rows ({rows} rows, {} MB) | {claim_s:.2} s ({restored} viewers restored) | {bare_s:.2} s (the bare read of the {bare_rows} rows of the days the bound names) | {:.1}x; before the bound: {unbounded_s:.2} s |",
+        bytes / 1_000_000,
+        claim_s / bare_s,
+    );
+    Ok(())
 }
 
 /// October 2026 (UTC), as unix seconds.
