@@ -1,7 +1,8 @@
 //! Bounded state in ClickHouse: a claim's dedup restore reads only the rows
 //! it can need, and `aggregator seal` drops the dedup partitions that no
 //! restore can need, so that claim time and storage follow the dedup
-//! horizon, not the age of the topic.
+//! horizon, not the age of the topic; and the retention of sealed rows per
+//! grain ([`apply_retention`]).
 //!
 //! **What a restore needs.** A claim resuming a partition at its checkpoint
 //! `pos` (arrival clock `arrival`) restores the viewers whose latest dedup
@@ -127,4 +128,80 @@ pub async fn drop_stale_dedup(cfg: &ClickHouseConfig, horizon: Horizon) -> Resul
         tracing::info!(dropped = ?days, needed_since, "DedupPartitionsDropped");
     }
     Ok(Some(DedupDropped { needed_since, days }))
+}
+
+/// The sealed tables retention applies to: `(table, time column, grain)`.
+pub const RETAINED: [(&str, &str, Grain); 3] = [
+    ("usage_by_tracking_sealed", "window_start", Grain::Minute),
+    ("usage_by_viewer_sealed", "window_start", Grain::Minute),
+    ("usage_by_tracking_hourly_sealed", "hour", Grain::Hourly),
+];
+
+/// A grain that has a retention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grain {
+    Minute,
+    Hourly,
+}
+
+/// What [`apply_retention`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Retained {
+    /// `(table, YYYYMM)` dropped.
+    pub dropped: Vec<(&'static str, u32)>,
+    /// Months past their retention kept because their billing period is not issued.
+    pub waiting_for_issue: Vec<(&'static str, u32)>,
+}
+
+/// Drop the months of sealed rows past their grain's retention at `today`
+/// (`crate::config::Retention`): a month goes once it ends before the
+/// first day of the month `days` before `today`, and, with `after_issue`,
+/// once its billing period is in `billing_ledger`. Idempotent.
+pub async fn apply_retention(
+    cfg: &ClickHouseConfig,
+    retention: &crate::config::Retention,
+    today: chrono::NaiveDate,
+) -> Result<Retained, AggError> {
+    use chrono::Datelike;
+    let config = |e: runtime::ch::ChError| AggError::Config(e.to_string());
+    let db = cfg.db().map_err(config)?;
+    let client = cfg.writer_client().await.map_err(|e| AggError::Config(format!("ClickHouse at {}: {e}", cfg.url)))?;
+    let mut out = Retained::default();
+    for (table, column, grain) in RETAINED {
+        let days = match grain {
+            Grain::Minute => retention.minute_days,
+            Grain::Hourly => retention.hourly_days,
+        };
+        if days == 0 {
+            continue;
+        }
+        let edge = today - chrono::Days::new(u64::from(days));
+        let first = edge.with_day(1).expect("day 1 exists");
+        let months: Vec<u32> = client
+            .query(&format!("SELECT DISTINCT toYYYYMM({column}) AS m FROM {db}.{table} WHERE {column} < toDateTime(?) ORDER BY m"))
+            .bind(first.format("%Y-%m-%d 00:00:00").to_string())
+            .fetch_all()
+            .await?;
+        for m in months {
+            if retention.after_issue {
+                let period = format!("{}-{:02}", m / 100, m % 100);
+                let issued: u64 =
+                    client.query(&format!("SELECT count() FROM {db}.billing_ledger WHERE period = ?")).bind(&period).fetch_one().await?;
+                if issued == 0 {
+                    out.waiting_for_issue.push((table, m));
+                    continue;
+                }
+            }
+            let target = cfg.alter_target(table).map_err(config)?;
+            client.query(&format!("ALTER TABLE {target} DROP PARTITION {m}")).execute().await?;
+            out.dropped.push((table, m));
+        }
+    }
+    if !out.dropped.is_empty() {
+        tracing::info!(dropped = ?out.dropped, "SealedMonthsDropped");
+    }
+    if !out.waiting_for_issue.is_empty() {
+        tracing::info!(waiting = ?out.waiting_for_issue, "RetentionWaitsForIssue: months past retention kept until billing issues them");
+    }
+    Ok(out)
 }

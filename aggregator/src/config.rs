@@ -64,6 +64,36 @@ pub struct AggregatorConfig {
     pub member_id: String,
     /// Log as JSON lines.
     pub json_logs: bool,
+    /// How long `aggregator seal` keeps sealed rows, per grain.
+    pub retention: Retention,
+}
+
+/// How long sealed rows are kept, per grain (`[retention]`;
+/// `crate::compact::apply_retention`, run by `aggregator seal`). Rows go by
+/// whole months (the sealed tables' partitions), once the month is older
+/// than the grain's days. Daily rows are always kept: billing reads them,
+/// also for late usage of issued periods.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retention {
+    /// Days minute rows are kept (`usage_by_tracking_sealed`,
+    /// `usage_by_viewer_sealed`: the contract views' detail); 0 keeps them.
+    /// Default 90.
+    pub minute_days: u32,
+    /// Days hourly rows are kept (`usage_by_tracking_hourly_sealed`); 0
+    /// keeps them. Default 730.
+    pub hourly_days: u32,
+    /// Drop a month only once its billing period has been issued
+    /// (`billing_ledger`), so that reconciling a period before its issue
+    /// always sees its detail. Default true; set false where billing is not
+    /// used.
+    pub after_issue: bool,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention { minute_days: 90, hourly_days: 730, after_issue: true }
+    }
 }
 
 impl Default for AggregatorConfig {
@@ -87,6 +117,7 @@ impl Default for AggregatorConfig {
             start_from: "earliest".into(),
             member_id: String::new(),
             json_logs: false,
+            retention: Retention::default(),
         }
     }
 }
@@ -94,6 +125,13 @@ impl Default for AggregatorConfig {
 impl AggregatorConfig {
     /// Check values that serde cannot.
     pub fn validate(&self) -> Result<(), String> {
+        // a seal must never write into a month retention has dropped
+        let least = self.max_lateness_secs.div_ceil(86_400) + 32;
+        for (name, days) in [("retention.minute_days", self.retention.minute_days), ("retention.hourly_days", self.retention.hourly_days)] {
+            if days != 0 && u64::from(days) < least {
+                return Err(format!("{name} = {days}: 0 (keep) or at least {least} (max_lateness_secs in days plus a month)"));
+            }
+        }
         if self.window_secs == 0 || 86_400 % self.window_secs != 0 {
             return Err(format!("window_secs = {}: must divide a day (e.g. 10, 60, 300, 3600)", self.window_secs));
         }
@@ -169,6 +207,19 @@ impl StartFrom {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_retention_shorter_than_lateness_and_a_month_is_refused() {
+        let mut c = AggregatorConfig::default();
+        assert_eq!(c.validate(), Ok(()), "the defaults (90 and 730 days)");
+        // 35 days of lateness plus 32
+        c.retention.minute_days = 66;
+        assert!(c.validate().unwrap_err().contains("retention.minute_days = 66: 0 (keep) or at least 67"));
+        c.retention.minute_days = 67;
+        assert_eq!(c.validate(), Ok(()));
+        c.retention.minute_days = 0;
+        assert_eq!(c.validate(), Ok(()), "0 keeps");
+    }
 
     #[test]
     fn start_from_forms() {

@@ -108,6 +108,13 @@ async fn seal(cfg: &AggregatorConfig, every: Option<u64>, lock_stale_secs: u64) 
             Err(e) if every.is_some() && e.is_transient() => tracing::warn!(error = %e, "DedupDropFailed: retrying at the next interval"),
             Err(e) => return Err(e).context("dropping stale dedup partitions"),
         }
+        // sealed months past their grain's retention
+        match aggregator::compact::apply_retention(&cfg.clickhouse, &cfg.retention, chrono::Utc::now().date_naive()).await {
+            Ok(r) if !r.dropped.is_empty() => eprintln!("retention: dropped {:?}", r.dropped),
+            Ok(_) => {}
+            Err(e) if every.is_some() && e.is_transient() => tracing::warn!(error = %e, "RetentionFailed: retrying at the next interval"),
+            Err(e) => return Err(e).context("applying retention"),
+        }
         let Some(secs) = every else { return Ok(()) };
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_secs(secs.max(1))) => {}

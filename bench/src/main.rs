@@ -692,8 +692,7 @@ async fn bench_restore(viewers: u64, days: u64) -> Result<()> {
     // the bare read of what the restore needs: the rows of the days its
     // bound names, no grouping, no fences
     let pos = days * 1_000_000;
-    let (cutoff_ms, cutoff_offset) =
-        aggregator::compact::cutoffs(horizon, pos as i64, (start + (days as i64 - 1) * 86_400) * 1000);
+    let (cutoff_ms, cutoff_offset) = aggregator::compact::cutoffs(horizon, pos as i64, (start + (days as i64 - 1) * 86_400) * 1000);
     let since = aggregator::compact::restore_since(&c, d, "bench", 0, pos, cutoff_ms, cutoff_offset).await?;
     #[derive(serde::Deserialize, clickhouse::Row)]
     struct Bare {

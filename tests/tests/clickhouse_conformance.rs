@@ -522,3 +522,104 @@ async fn dedup_restore_reads_the_horizon_days_and_compaction_drops_older_ones() 
     check(&mut second, "the claim after the compaction");
     drop_db(&db).await;
 }
+
+/// Retention (`aggregator::compact::apply_retention`): ten months of sealed
+/// rows at every grain, periods January to May issued. With minute rows kept
+/// 90 days, on 2026-10-15 the months before July are past it: January to
+/// May go from both minute tables, June waits for its issue, the hourly and
+/// daily rows stay; without the issue rule June goes too; a second run
+/// drops nothing. What the contract views show is what is left.
+#[tokio::test]
+async fn retention_drops_whole_sealed_months_past_their_grain_once_issued() {
+    use aggregator::config::Retention;
+    let db = test_db().await;
+    let month_start = |m: u32| window_secs((&format!("2026-{m:02}-01"), 0, 0));
+    let months: Vec<u32> = (1..=10).collect();
+    insert(
+        &db,
+        "usage_seals",
+        "seal_id, seq, topics, partitions, sealed_to, sealed_at",
+        ["(7, 1, ['t'], [0], [0], now())".to_string()].into_iter(),
+    )
+    .await;
+    // month m: one row of m * 1000 bytes at each grain, on its 3rd day
+    let at = |m: u32| month_start(m) + 2 * 86_400 + 3_600;
+    let cols = "tracking_id, account_id, stream_name, cluster, protocol, bytes_out, bytes_in, events, seal_id";
+    let vals = |m: u32| format!("'acme', 'a', 's', 'c', 'p', {}, 0, 1, 7", m * 1000);
+    insert(
+        &db,
+        "usage_by_tracking_sealed",
+        &format!("window_start, {cols}"),
+        months.iter().map(|&m| format!("(toDateTime({}, 'UTC'), {})", at(m), vals(m))),
+    )
+    .await;
+    insert(
+        &db,
+        "usage_by_tracking_hourly_sealed",
+        &format!("hour, {cols}"),
+        months.iter().map(|&m| format!("(toDateTime({}, 'UTC'), {})", at(m), vals(m))),
+    )
+    .await;
+    insert(
+        &db,
+        "usage_by_tracking_daily_sealed",
+        &format!("day, {cols}"),
+        months.iter().map(|&m| format!("(toDate(toDateTime({}, 'UTC')), {})", at(m), vals(m))),
+    )
+    .await;
+    insert(
+        &db,
+        "usage_by_viewer_sealed",
+        "window_start, tracking_id, custom_viewer_data, viewer_id, account_id, stream_name, cluster, bytes_out, bytes_in, events, seal_id",
+        months.iter().map(|&m| format!("(toDateTime({}, 'UTC'), 'acme', '', 'v', 'a', 's', 'c', {}, 0, 1, 7)", at(m), m * 1000)),
+    )
+    .await;
+    insert(
+        &db,
+        "billing_ledger",
+        "invoice_number, partner_id, period, issue_id, issued_at, currency, total, document, billed_periods, billed_tracking_ids, billed_bytes, settled, snapshot",
+        (1..=5).map(|m| format!("('INV-2026{m:02}-acme-r1', 'acme', '2026-{m:02}', 1, now(), 'EUR', '1.00', '', [], [], [], [], '')")),
+    )
+    .await;
+    // bytes per month through a view, as analysts see them
+    let per_month = |view: &'static str, column: &'static str| {
+        let db = db.clone();
+        async move {
+            #[derive(Deserialize, clickhouse::Row)]
+            struct Month {
+                m: u32,
+                bytes: u64,
+            }
+            let rows: Vec<Month> = db
+                .client()
+                .query(&format!("SELECT toYYYYMM({column}) AS m, sum(bytes_out) FROM {view} GROUP BY m ORDER BY m"))
+                .fetch_all()
+                .await
+                .unwrap();
+            rows.into_iter().map(|r| (r.m, r.bytes)).collect::<Vec<_>>()
+        }
+    };
+    let expect = |from: u32| months.iter().filter(|&&m| m >= from).map(|&m| (202_600 + m, u64::from(m) * 1000)).collect::<Vec<_>>();
+    assert_eq!(per_month("usage_by_tracking", "window_start").await, expect(1), "before");
+
+    let today = chrono::NaiveDate::from_ymd_opt(2026, 10, 15).unwrap();
+    let r = Retention { minute_days: 90, hourly_days: 730, after_issue: true };
+    let out = aggregator::compact::apply_retention(&db, &r, today).await.unwrap();
+    let minute_tables = ["usage_by_tracking_sealed", "usage_by_viewer_sealed"];
+    let pairs = |tables: &[&'static str], ms: std::ops::RangeInclusive<u32>| {
+        tables.iter().flat_map(|&t| ms.clone().map(move |m| (t, 202_600 + m))).collect::<Vec<_>>()
+    };
+    assert_eq!(out.dropped, pairs(&minute_tables, 1..=5), "issued months past 90 days");
+    assert_eq!(out.waiting_for_issue, pairs(&minute_tables, 6..=6), "June is past 90 days but not issued");
+    assert_eq!(per_month("usage_by_tracking", "window_start").await, expect(6));
+    assert_eq!(per_month("usage_by_viewer", "window_start").await, expect(6));
+    assert_eq!(per_month("usage_by_tracking_hourly", "hour").await, expect(1), "hourly rows kept 730 days");
+    assert_eq!(per_month("usage_by_tracking_daily", "day").await, expect(1), "daily rows kept");
+
+    let r = Retention { after_issue: false, ..r };
+    let out = aggregator::compact::apply_retention(&db, &r, today).await.unwrap();
+    assert_eq!(out.dropped, pairs(&minute_tables, 6..=6), "without the issue rule");
+    assert_eq!(per_month("usage_by_tracking", "window_start").await, expect(7));
+    assert_eq!(aggregator::compact::apply_retention(&db, &r, today).await.unwrap(), Default::default(), "a second run");
+    drop_db(&db).await;
+}
