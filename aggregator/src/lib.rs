@@ -100,6 +100,12 @@
 //!    claim. Claims from before migration 7 carry `claim_id` 0 and keep their
 //!    meaning. Tested with a barrier between the claim's read and write
 //!    (`Sink::with_claim_barrier`) on the real server, and with the fake.
+//! 9. **A sealed checkpoint counts.** A seal (`seal`) folds the rows up to a
+//!    partition's latest valid checkpoint into the sealed tables, and readers
+//!    read the log only above it. A contested claim that lands after the
+//!    seal makes that checkpoint's epoch count nothing in the log, but the
+//!    sealed rows keep it; so a claim resumes at the latest seal's offset at
+//!    least, restoring the dedup state as of it, and counts only past it.
 //!
 //! Why not idempotent segments (deterministic cut points, replayed segments
 //! byte-identical and deduplicated by the server)? They need insert

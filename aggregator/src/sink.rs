@@ -114,13 +114,25 @@ impl Store for Sink {
         let db = &self.db;
         let list: Vec<u32> = partitions.iter().map(|&p| p as u32).collect();
         let epochs = self.latest_epochs(partitions).await?;
+        // A sealed checkpoint counts whatever claims land later (a late
+        // contested claim makes its epoch's fence 0): the sealed rows hold
+        // the log up to it, so a claim must never resume below it.
+        let sealed = crate::seal::latest(&self.client, db).await?;
+        let (sealed_parts, sealed_to): (Vec<u32>, Vec<u64>) =
+            sealed.sealed_to.iter().filter(|((t, p), _)| *t == self.topic && list.contains(p)).map(|((_, p), &to)| (*p, to)).unzip();
+        let counts = if sealed_parts.is_empty() {
+            "position <= fence".to_string()
+        } else {
+            // 18.16's transform() refuses empty arrays: only with a seal
+            format!("(position <= fence OR position <= transform(partition, {sealed_parts:?}, {sealed_to:?}, toUInt64(0)))")
+        };
         // the last checkpoint of each partition that no later claim superseded
         let checkpoints: Vec<CheckpointRow> = self
             .client
             .query(&format!(
                 "SELECT partition, max(position) AS pos, argMax(watermark_ms, position), argMax(arrival_ms, position) \
                  FROM {db}.aggregator_checkpoints {} \
-                 WHERE topic = ? AND has(?, partition) AND position <= fence GROUP BY partition",
+                 WHERE topic = ? AND has(?, partition) AND {counts} GROUP BY partition",
                 join_fences(db)
             ))
             .bind(&self.topic)
@@ -173,7 +185,7 @@ impl Store for Sink {
                 .query(&format!(
                     "SELECT viewer_id, argMax(seq_ranges, position) AS ranges, max(last_seen_ms) AS seen, max(position) AS pos \
                      FROM {db}.aggregator_dedup {} \
-                     WHERE topic = ? AND partition = ? AND position <= ? AND position <= fence AND created_at >= toDateTime(?) \
+                     WHERE topic = ? AND partition = ? AND position <= ? AND {counts} AND created_at >= toDateTime(?) \
                      GROUP BY viewer_id HAVING seen >= ? OR pos >= ?",
                     join_fences(db)
                 ))

@@ -623,3 +623,72 @@ async fn retention_drops_whole_sealed_months_past_their_grain_once_issued() {
     assert_eq!(aggregator::compact::apply_retention(&db, &r, today).await.unwrap(), Default::default(), "a second run");
     drop_db(&db).await;
 }
+
+/// A sealed checkpoint counts whatever claim lands later. Epoch 2 resumed
+/// from epoch 1's checkpoint at 100 and checkpointed at 150 and 200; a seal
+/// sealed the partition to 200; then a claim of epoch 2 by another member
+/// lands late (contested: epoch 2's rows and checkpoints stop counting).
+/// The next claim resumes at 200 with the dedup state as of 200, not at
+/// 100: resuming at 100 would count again, in its first flush past 200,
+/// the events of (100, 200] that the sealed rows hold.
+#[tokio::test]
+async fn a_claim_never_resumes_below_a_sealed_checkpoint_after_a_late_contest() {
+    let db = test_db().await;
+    let topic = unique("late");
+    insert(
+        &db,
+        "aggregator_claims",
+        "topic, partition, epoch, start_offset, member, claim_id, claimed_at",
+        [(1, 0, 1), (2, 100, 2)].iter().map(|(e, s, id)| format!("('{topic}', 0, {e}, {s}, 'm', {id}, now())")),
+    )
+    .await;
+    insert(
+        &db,
+        "aggregator_checkpoints",
+        "topic, partition, epoch, position, watermark_ms, arrival_ms, member, created_at",
+        [(1, 100, 1_000), (2, 150, 1_500), (2, 200, 2_000)]
+            .iter()
+            .map(|(e, pos, ms)| format!("('{topic}', 0, {e}, {pos}, {ms}, {ms}, 'm', now())")),
+    )
+    .await;
+    insert(
+        &db,
+        "aggregator_dedup",
+        "topic, partition, epoch, position, viewer_id, seq_ranges, last_seen_ms, created_at",
+        [(1, 100, "v1", "[0, 1]", 1_000), (2, 150, "v1", "[0, 3]", 1_500), (2, 200, "v2", "[0, 5]", 2_000)]
+            .iter()
+            .map(|(e, pos, v, r, ms)| format!("('{topic}', 0, {e}, {pos}, '{v}', {r}, {ms}, now())")),
+    )
+    .await;
+    insert(
+        &db,
+        "usage_seals",
+        "seal_id, seq, topics, partitions, sealed_to, sealed_at",
+        [format!("(7, 1, ['{topic}'], [0], [200], now())")].into_iter(),
+    )
+    .await;
+    // the late claim of epoch 2
+    insert(
+        &db,
+        "aggregator_claims",
+        "topic, partition, epoch, start_offset, member, claim_id, claimed_at",
+        [format!("('{topic}', 0, 2, 100, 'late', 99, now())")].into_iter(),
+    )
+    .await;
+
+    let sink = Sink::connect(&db, &topic).await.unwrap();
+    let horizon = Horizon { ms: 86_400_000, offsets: 1_000_000 };
+    let mut l = sink.claim(&[0], "next", horizon).await.unwrap().remove(&0).unwrap();
+    assert_eq!(l.epoch, 3);
+    assert_eq!(l.position, Some(200), "resumes at the sealed checkpoint");
+    assert_eq!((l.watermark_ms, l.arrival_ms), (2_000, 2_000));
+    assert_eq!(l.viewers_restored, 2);
+    let at = At { arrival_ms: 2_000, offset: 200 };
+    for (viewer, last) in [("v1", 3), ("v2", 5)] {
+        for seq in 0..8 {
+            let want = if seq <= last { Seen::Duplicate } else { Seen::New };
+            assert_eq!(l.dedup.check_and_insert(viewer, seq, at), want, "{viewer} seq {seq}: the state as of 200");
+        }
+    }
+    drop_db(&db).await;
+}
