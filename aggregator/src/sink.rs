@@ -120,11 +120,14 @@ impl Store for Sink {
         let sealed = crate::seal::latest(&self.client, db).await?;
         let (sealed_parts, sealed_to): (Vec<u32>, Vec<u64>) =
             sealed.sealed_to.iter().filter(|((t, p), _)| *t == self.topic && list.contains(p)).map(|((_, p), &to)| (*p, to)).unzip();
-        let counts = if sealed_parts.is_empty() {
-            "position <= fence".to_string()
+        let (counts, from_seal) = if sealed_parts.is_empty() {
+            ("position <= fence".to_string(), String::new())
         } else {
             // 18.16's transform() refuses empty arrays: only with a seal
-            format!("(position <= fence OR position <= transform(partition, {sealed_parts:?}, {sealed_to:?}, toUInt64(0)))")
+            let sealed = format!("transform(partition, {sealed_parts:?}, {sealed_to:?}, toUInt64(0))");
+            // nothing below the seal can be resumed from: the read starts
+            // there (the table's key), whatever the partition's age
+            (format!("(position <= fence OR position <= {sealed})"), format!(" AND position >= {sealed}"))
         };
         // the last checkpoint of each partition that no later claim superseded
         let checkpoints: Vec<CheckpointRow> = self
@@ -132,7 +135,7 @@ impl Store for Sink {
             .query(&format!(
                 "SELECT partition, max(position) AS pos, argMax(watermark_ms, position), argMax(arrival_ms, position) \
                  FROM {db}.aggregator_checkpoints {} \
-                 WHERE topic = ? AND has(?, partition) AND {counts} GROUP BY partition",
+                 WHERE topic = ? AND has(?, partition) AND {counts}{from_seal} GROUP BY partition",
                 join_fences(db)
             ))
             .bind(&self.topic)
