@@ -918,9 +918,7 @@ async fn bench_scale(sizes: &[u64], tracking_ids: u64) -> Result<()> {
         anyhow::ensure!(failed.is_empty(), "reconcile failed: {failed:?}");
         // storage of the sealed tables next to the log's
         let sealed_bytes: u64 = c
-            .query(&format!(
-                "SELECT sum(bytes_on_disk) FROM system.parts WHERE database = '{d}' AND endsWith(table, '_sealed') AND active"
-            ))
+            .query(&format!("SELECT sum(bytes_on_disk) FROM system.parts WHERE database = '{d}' AND endsWith(table, '_sealed') AND active"))
             .fetch_one()
             .await?;
         let ms = |s: f64| format!("{:.0} ms", s * 1000.0);
