@@ -36,7 +36,8 @@ pub async fn serve(listen: &str, metrics: Arc<Metrics>, ch: clickhouse::Client) 
         .route("/readyz", get(readyz))
         .with_state(AppState { metrics, ch, probe: Arc::new(runtime::health::Probe::default()) });
     let listener = tokio::net::TcpListener::bind(listen).await?;
-    axum::serve(listener, app).await
+    // the slow-client limits every service's HTTP has (runtime::serve)
+    runtime::serve::serve(listener, app, runtime::serve::Timeouts::default(), std::future::pending()).await
 }
 
 /// 200 with `{"ready": true, ...}` when this member can do its job: ClickHouse

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 pub use runtime::auth::MIN_SECRET_CHARS;
 
 /// Settings of `api serve` (file plus `API__...` environment overrides, e.g.
-/// `API__API_SECRETS='["a-secret-of-16-chars+"]'`).
+/// `API__API_SECRETS='["<64 hex characters>"]'`; secrets of at least
+/// [`MIN_SECRET_CHARS`] characters).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
@@ -57,7 +58,7 @@ pub struct ApiConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScopedSecret {
-    /// The bearer secret (at least 16 characters).
+    /// The bearer secret (at least [`MIN_SECRET_CHARS`] characters).
     pub secret: String,
     /// Tracking ids it may read (at least one).
     pub tracking_ids: Vec<String>,
