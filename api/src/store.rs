@@ -509,15 +509,23 @@ impl Store {
         Self::init(Connection::open_in_memory()?)
     }
 
-    fn init(conn: Connection) -> Result<Store, StoreError> {
-        conn.execute_batch(SCHEMA)?;
+    fn init(mut conn: Connection) -> Result<Store, StoreError> {
+        // one process at a time (the write lock, waited for up to the busy
+        // timeout): `api serve` replicas starting together on a new store
+        // would otherwise both add the same column, and one would fail
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute_batch(SCHEMA)?;
         for (table, column, def) in ADDED_COLUMNS {
-            let mut stmt = conn.prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?;
-            let have = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
+            let have = {
+                let mut stmt = tx.prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?;
+                let names = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
+                names
+            };
             if !have.iter().any(|c| c == column) {
-                conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {def}"))?;
+                tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {def}"))?;
             }
         }
+        tx.commit()?;
         Ok(Store { conn: Mutex::new(conn) })
     }
 

@@ -4,6 +4,7 @@
 //! byte and the cent. No floating point anywhere: money and quantities are
 //! [`rust_decimal::Decimal`], byte counts are `u64`.
 //!
+//! * [`config`]: the settings of the `billing` binary.
 //! * [`rates`]: parse and validate the TOML rate card finance edits.
 //! * [`pricing`]: turn a byte count and a price list into rounded charge lines.
 //! * [`invoice`]: the invoice document and its stable JSON form.
@@ -43,6 +44,7 @@
 //!   (a second row of an invoice number, an adjustment carried twice) and
 //!   lists the corrections pending per partner and period.
 
+pub mod config;
 pub mod invoice;
 pub mod ledger;
 pub mod pdf;

@@ -1,24 +1,12 @@
 //! `billing`: monthly partner invoices from the usage aggregates.
 
 use anyhow::{Context, Result};
+use billing::config::BillingConfig;
 use billing::rates::load_rate_card;
 use billing::run;
 use billing::store::Store;
 use clap::{Parser, Subcommand};
-use runtime::ch::ClickHouseConfig;
-use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
-
-/// `billing` settings (file plus `BILLING__...` environment overrides).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct BillingConfig {
-    /// ClickHouse endpoint and database with the usage aggregates.
-    clickhouse: ClickHouseConfig,
-    /// Seconds after which the lock of a `billing issue` that crashed is
-    /// taken over (an issue takes seconds; default 600).
-    issue_lock_stale_secs: Option<u64>,
-}
 
 #[derive(Parser)]
 #[command(name = "billing", version, about = "Monthly partner invoices from the usage aggregates")]

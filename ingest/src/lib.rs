@@ -3,13 +3,15 @@
 //! - [`UsageProducer`]: the Rust library media servers use to validate,
 //!   encode (Avro single-object) and produce usage events to Kafka.
 //! - [`http`]: `ingest serve`, the authenticated HTTP gateway (`POST /v1/usage`),
-//!   with a memory budget for the bodies of all requests ([`budget`]).
+//!   with a memory budget for the bodies of all requests ([`budget`]),
+//!   configured by [`config::IngestConfig`].
 //! - `ingest replay`: re-injects fixed dead letters.
 //!
 //! The media-server simulator lives in the `simulator` crate, so the
 //! gateway links neither the token service nor the simulator.
 
 pub mod budget;
+pub mod config;
 pub mod error;
 pub mod http;
 pub mod json;

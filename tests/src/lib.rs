@@ -437,3 +437,12 @@ pub fn iso_ms(ms: i64) -> String {
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
+
+/// Serve `app` on a free loopback port: its base URL (`http://127.0.0.1:N`,
+/// no trailing slash) and the server's task.
+pub async fn serve_router(app: axum::Router) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let server = tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
+    (url, server)
+}

@@ -188,9 +188,8 @@ async fn the_console_in_a_real_browser() {
     };
     let store = Arc::new(Store::open(&store_path).unwrap());
     let app = api::http::router(&api_cfg, store.clone()).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}/", listener.local_addr().unwrap());
-    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (url, server) = serve_router(app).await;
+    let base = format!("{url}/");
 
     let downloads = tempfile_dir("console-downloads");
     let shots = e2e::repo_root().join("out/test-artifacts/console");

@@ -560,15 +560,13 @@ async fn events_over_the_byte_maximum_are_refused_at_every_entry_and_sums_never_
     cfg.kafka.topic = topic.clone();
     cfg.api_keys = vec!["max-test-key-0123456789abcdefghij".into()];
     let app = ingest::http::router(cfg).expect("router");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (url, server) = serve_router(app).await;
     let body = serde_json::json!([{
         "viewer_id": "v", "seq": 0, "interval_start": 1_790_812_800_000i64, "interval_end": 1_790_812_810_000i64,
         "bytes_out": i64::MAX, "bytes_in": 0, "account_id": "a", "stream_name": "s", "cluster": "c", "server_id": "x"
     }]);
     let r = reqwest::Client::new()
-        .post(format!("http://{addr}/v1/usage"))
+        .post(format!("{url}/v1/usage"))
         .bearer_auth("max-test-key-0123456789abcdefghij")
         .json(&body)
         .send()

@@ -387,7 +387,9 @@ async fn console_sessions_survive_a_restart_and_work_across_api_processes() {
         );
         url
     };
-    let (pa, pb) = (free_port(), free_port());
+    let pa = free_port();
+    let pb = std::iter::repeat_with(free_port).find(|&p| p != pa).unwrap();
+    // both start at once on a new store, as replicas behind a balancer do
     let mut a = spawn(pa, true);
     let mut b = spawn(pb, true);
     let (ua, ub) = (up(pa).await, up(pb).await);

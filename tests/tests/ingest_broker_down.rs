@@ -89,9 +89,7 @@ async fn broker_down_gives_503_with_retry_after_and_loses_nothing_acknowledged()
     // are safe either way: duplicates are dropped downstream).
     cfg.kafka.properties.insert("enable.idempotence".into(), "false".into());
     let app = ingest::http::router(cfg).expect("router");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (url, server) = serve_router(app).await;
     let client = reqwest::Client::new();
     let mut acked: Vec<OwnedViewerUsage> = Vec::new();
 

@@ -49,12 +49,8 @@ async fn gateway(tweak: impl FnOnce(&mut IngestConfig)) -> Gateway {
     cfg.api_keys = vec![KEY.to_string()];
     tweak(&mut cfg);
     let app = ingest::http::router(cfg).expect("gateway router");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app).await.expect("serve");
-    });
-    Gateway { url: format!("http://{addr}"), topic, client: reqwest::Client::new(), server }
+    let (url, server) = serve_router(app).await;
+    Gateway { url, topic, client: reqwest::Client::new(), server }
 }
 
 impl Gateway {

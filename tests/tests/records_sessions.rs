@@ -67,9 +67,7 @@ async fn ongoing_and_completed_sessions() {
         ..Default::default()
     };
     let app = api::http::router(&cfg, Arc::new(Store::open(&cfg.store_path).unwrap())).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (url, server) = serve_router(app).await;
     let client = reqwest::Client::new();
     let records = |search: &str| {
         let body = json!({"startTime": iso_ms(now - 3 * 3_600_000), "endTime": iso_ms(now + 3_600_000),

@@ -140,12 +140,8 @@ async fn statistics_api_equals_the_expected_usage() {
     };
     let store = Arc::new(Store::open(&api_cfg.store_path).expect("store"));
     let app = api::http::router(&api_cfg, store).expect("router");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app).await.expect("serve");
-    });
-    let api = Api { url: format!("http://{addr}"), client: reqwest::Client::new(), server };
+    let (url, server) = serve_router(app).await;
+    let api = Api { url, client: reqwest::Client::new(), server };
     let ids_tracked: Vec<&str> = tracked.iter().map(String::as_str).collect();
 
     // ready (token store and ClickHouse answer), without a secret

@@ -37,12 +37,8 @@ impl Api {
         let cfg = ApiConfig { api_secrets: vec![SECRET.into()], store_path: dir.join("tokens.db"), ..Default::default() };
         let store = Arc::new(Store::open(&cfg.store_path).expect("open token store"));
         let app = api::http::router(&cfg, store).expect("api router");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app).await.expect("serve");
-        });
-        Api { url: format!("http://{addr}"), client: reqwest::Client::new(), server, dir }
+        let (url, server) = serve_router(app).await;
+        Api { url, client: reqwest::Client::new(), server, dir }
     }
 
     async fn post(&self, path: &str, body: Value) -> (u16, Value) {

@@ -19,9 +19,7 @@ async fn usage_is_attributed_by_verified_viewer_tokens() {
     let cfg = ApiConfig { api_secrets: vec![SECRET.into()], store_path: dir.join("tokens.db"), ..Default::default() };
     let store = Arc::new(Store::open(&cfg.store_path).expect("token store"));
     let app = api::http::router(&cfg, store).expect("router");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (url, _server) = serve_router(app).await;
 
     let topic = unique("tok");
     create_topic(&topic, 2).await;
