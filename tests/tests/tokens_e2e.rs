@@ -9,6 +9,7 @@
 use api::config::ApiConfig;
 use api::sign::{sign, SignRequest};
 use api::store::Store;
+use e2e::serve_router;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
