@@ -218,7 +218,7 @@ async fn seal_locked(cfg: &ClickHouseConfig, db: &str) -> Result<Result<SealRepo
     let tos: Vec<u64> = moved.values().map(|r| r.1).collect();
     // the first seal of a large log groups all of it: the grouping spills to
     // disk past 1 GB instead of failing on the server's memory limit
-    let grouping = client.clone().with_option("max_bytes_before_external_group_by", "1000000000");
+    let grouping = runtime::ch::spilling(client.clone());
     let mut tables = Vec::new();
     for t in &SEAL_TABLES {
         let t0 = Instant::now();

@@ -289,7 +289,8 @@ impl Store {
     /// A store for reading (the API's console).
     pub fn new(cfg: &ClickHouseConfig) -> Result<Self, StoreError> {
         let db = cfg.db().map_err(|e| StoreError::Config(e.to_string()))?.to_string();
-        Ok(Store { client: cfg.client(), server: cfg.server_client(), db, local: LocalTables::of(cfg)? })
+        // the reconciliation groups a month of rows by every key through the rollup views
+        Ok(Store { client: runtime::ch::spilling(cfg.client()), server: cfg.server_client(), db, local: LocalTables::of(cfg)? })
     }
 
     /// A store for `billing` itself, which writes: every insert is one
@@ -297,7 +298,7 @@ impl Store {
     pub async fn connect(cfg: &ClickHouseConfig) -> Result<Self, StoreError> {
         let db = cfg.db().map_err(|e| StoreError::Config(e.to_string()))?.to_string();
         let client = cfg.writer_client().await.map_err(|e| StoreError::Config(format!("ClickHouse at {}: {e}", cfg.url)))?;
-        Ok(Store { client, server: cfg.server_client(), db, local: LocalTables::of(cfg)? })
+        Ok(Store { client: runtime::ch::spilling(client), server: cfg.server_client(), db, local: LocalTables::of(cfg)? })
     }
 
     async fn by_key(&self, sql: &str, from: NaiveDate, to: NaiveDate) -> Result<BTreeMap<String, u64>, StoreError> {

@@ -87,6 +87,15 @@ impl Default for ClickHouseConfig {
     }
 }
 
+/// `client` with its GROUP BY spilling to disk past 1 GB
+/// (`max_bytes_before_external_group_by`) instead of failing on the
+/// server's memory limit: for the queries that group a whole month or more
+/// of rows by every key (a seal; billing's reconciliation through the
+/// rollup views, which at 100 M viewer rows needed 3.8 GB on 18.16).
+pub fn spilling(client: clickhouse::Client) -> clickhouse::Client {
+    client.with_option("max_bytes_before_external_group_by", "1000000000")
+}
+
 /// Errors of the ClickHouse helpers.
 #[derive(Debug, Error)]
 pub enum ChError {
