@@ -497,6 +497,25 @@ impl Store {
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
                 .map_err(|source| StoreError::Dir { path: path.to_path_buf(), source })?;
         }
+        // Two processes opening a new file at once (API replicas starting
+        // together) can deadlock on its locks, switching it to WAL at the
+        // same time: SQLite then answers one of them SQLITE_BUSY at once,
+        // without the busy timeout. Such an open is retried for up to 10 s.
+        let started = std::time::Instant::now();
+        loop {
+            match Self::open_once(path) {
+                Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)))
+                    if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+                        && started.elapsed() < std::time::Duration::from_secs(10) =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20 + rand::random::<u64>() % 80));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_once(path: &Path) -> Result<Store, StoreError> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
