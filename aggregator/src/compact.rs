@@ -167,6 +167,8 @@ pub async fn apply_retention(
     let db = cfg.db().map_err(config)?;
     let client = cfg.writer_client().await.map_err(|e| AggError::Config(format!("ClickHouse at {}: {e}", cfg.url)))?;
     let mut out = Retained::default();
+    // the issued billing periods, read once and only if a month is due
+    let mut issued: Option<std::collections::HashSet<String>> = None;
     for (table, column, grain) in RETAINED {
         let days = match grain {
             Grain::Minute => retention.minute_days,
@@ -184,10 +186,13 @@ pub async fn apply_retention(
             .await?;
         for m in months {
             if retention.after_issue {
+                if issued.is_none() {
+                    let periods: Vec<String> =
+                        client.query(&format!("SELECT DISTINCT period FROM {db}.billing_ledger")).fetch_all().await?;
+                    issued = Some(periods.into_iter().collect());
+                }
                 let period = format!("{}-{:02}", m / 100, m % 100);
-                let issued: u64 =
-                    client.query(&format!("SELECT count() FROM {db}.billing_ledger WHERE period = ?")).bind(&period).fetch_one().await?;
-                if issued == 0 {
+                if !issued.as_ref().is_some_and(|p| p.contains(&period)) {
                     out.waiting_for_issue.push((table, m));
                     continue;
                 }
