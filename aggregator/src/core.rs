@@ -235,7 +235,7 @@ impl<S: Store> Core<S> {
         self.flushes_since_checkpoint += 1;
         let checkpoint = force_checkpoint || self.flushes_since_checkpoint >= self.checkpoint_every;
         for st in self.parts.values_mut() {
-            st.cut(&topic, now_secs, &mut rows);
+            st.cut(&topic, &mut rows);
             let moved = st.checkpointed != Some(st.position) && st.position > 0;
             if checkpoint && moved {
                 st.checkpoint(&topic, &self.member, now_secs, &mut rows);

@@ -35,6 +35,11 @@ enum Cmd {
         /// A seal lock older than this many seconds is a crashed seal's, and taken over
         #[arg(long, default_value_t = 600)]
         lock_stale_secs: u64,
+        /// The tail's time margin: longer than an insert may take from its start
+        /// until it is acknowledged (the aggregator's 60 s timeout) plus the clock
+        /// difference between ClickHouse servers (docs/clickhouse.md, "Sealed aggregates")
+        #[arg(long, default_value_t = aggregator::seal::DEFAULT_TAIL_MARGIN_SECS, value_parser = clap::value_parser!(u32).range(61..))]
+        tail_margin_secs: u32,
     },
     /// Export dead letters as NDJSON (decoded event included when it decodes), to fix and re-inject with `ingest replay`
     DeadLetters {
@@ -67,7 +72,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Run => run(cfg, rt),
-        Cmd::Seal { every, lock_stale_secs } => rt.block_on(seal(&cfg, every, lock_stale_secs)),
+        Cmd::Seal { every, lock_stale_secs, tail_margin_secs } => rt.block_on(seal(&cfg, every, lock_stale_secs, tail_margin_secs)),
         Cmd::DeadLetters { since, reason, out } => {
             let since = since.map(|t| t.timestamp().clamp(0, u32::MAX as i64) as u32).unwrap_or(0);
             let mut w: Box<dyn std::io::Write> = match &out {
@@ -81,14 +86,14 @@ fn main() -> Result<()> {
     }
 }
 
-async fn seal(cfg: &AggregatorConfig, every: Option<u64>, lock_stale_secs: u64) -> Result<()> {
+async fn seal(cfg: &AggregatorConfig, every: Option<u64>, lock_stale_secs: u64, tail_margin_secs: u32) -> Result<()> {
     use aggregator::seal::SealSkipped;
     runtime::ch::migrate(&cfg.clickhouse).await.context("applying ClickHouse migrations")?;
     runtime::rights::check_rights(&cfg.clickhouse, runtime::rights::Access::Write, "aggregator").await?;
     let shutdown = runtime::shutdown_signal();
     tokio::pin!(shutdown);
     loop {
-        match aggregator::seal::seal(&cfg.clickhouse, lock_stale_secs).await {
+        match aggregator::seal::seal_with(&cfg.clickhouse, lock_stale_secs, tail_margin_secs).await {
             Ok(Ok(r)) => eprintln!("seal {} (#{}): {} partitions sealed further, in {} ms", r.seal_id, r.seq, r.moved.len(), r.millis),
             Ok(Err(SealSkipped::NothingNew)) => eprintln!("nothing new to seal"),
             Ok(Err(SealSkipped::Locked)) => eprintln!("another seal is running; not sealing now"),

@@ -24,6 +24,31 @@
 //! **Reading.** Under the contract names, the views add the sealed rows of
 //! committed seals and the fenced log rows above the latest commit; the
 //! answer equals the unsealed computation at every step.
+//!
+//! **The tail's time bound.** The log tables are ordered by the hour their
+//! rows were inserted (migration 10; `inserted_at` is the server's clock at
+//! the insert). Each seal records `tail_since`: no row of its tail (a valid
+//! row above its offsets) was inserted before it. The tails and the next
+//! seal read the log from that hour on, so they read what arrived since
+//! about the latest seal, not the whole log. A seal takes the server's
+//! clock `now` before it reads anything and sets
+//! `tail_since = min(now - margin, the earliest insert of a tail
+//! row it sees)`. A row it does not see landed after its reads began: its
+//! insert was acknowledged later, and an insert that counts is acknowledged
+//! within the writer's 60 s timeout of its start (one that is not makes
+//! its writer claim anew, and the new claim supersedes its rows). So
+//! the margin (`aggregator seal --tail-margin-secs`, default
+//! [`DEFAULT_TAIL_MARGIN_SECS`] = 600) must exceed that timeout plus the
+//! clock difference between the servers of a cluster. Which rows count is still
+//! decided by offsets and fences alone: the bound only skips rows, and
+//! `billing reconcile` counts the log without it (its direct checks).
+//!
+//! **The legacy tables.** The rows written before migration 10 stay in
+//! `usage_by_*_log_legacy`. Seals read them too until one finds none of
+//! their valid rows above its offsets, once they are empty or the margin
+//! has passed since the migration (an insert in flight at the rename lands there); it
+//! records `legacy_drained`, and from then on no reader of the tails reads
+//! them.
 
 use crate::error::AggError;
 use runtime::ch::{ClickHouseConfig, LockWait, PartitionKey, Sealed};
@@ -44,6 +69,19 @@ pub const SEAL_FAULT_ENV: &str = "AGGREGATOR_SEAL_FAULT_AFTER";
 pub fn seal_steps() -> Vec<&'static str> {
     std::iter::once("lock").chain(SEAL_TABLES.iter().map(|t| t.name)).chain(std::iter::once("commit")).collect()
 }
+
+/// See the module docs, "The tail's time bound".
+pub const DEFAULT_TAIL_MARGIN_SECS: u32 = 600;
+
+/// The columns of `usage_by_tracking_log` a seal reads.
+const TRACKING_COLUMNS: &str = "window_start, tracking_id, account_id, stream_name, cluster, protocol, \
+     bytes_out, bytes_in, events, src_topic, src_partition, src_epoch, src_offset, inserted_at";
+/// The columns of `usage_by_viewer_log` a seal reads.
+const VIEWER_COLUMNS: &str = "window_start, tracking_id, custom_viewer_data, viewer_id, account_id, stream_name, cluster, \
+     bytes_out, bytes_in, events, src_topic, src_partition, src_epoch, src_offset, inserted_at";
+
+/// The log tables: `(log, its columns)`; each has a `_legacy` twin.
+pub const LOGS: [(&str, &str); 2] = [("usage_by_tracking_log", TRACKING_COLUMNS), ("usage_by_viewer_log", VIEWER_COLUMNS)];
 
 /// One sealed table: where it is written from, at which grain.
 pub struct SealTable {
@@ -163,6 +201,15 @@ fn fault_after(step: &str) {
 /// Run one seal (see the module docs). `lock_stale_secs`: a lock older
 /// than this is taken to be a crashed seal's and taken over.
 pub async fn seal(cfg: &ClickHouseConfig, lock_stale_secs: u64) -> Result<Result<SealReport, SealSkipped>, AggError> {
+    seal_with(cfg, lock_stale_secs, DEFAULT_TAIL_MARGIN_SECS).await
+}
+
+/// [`seal`] with the tail's time margin `tail_margin_secs` (module docs).
+pub async fn seal_with(
+    cfg: &ClickHouseConfig,
+    lock_stale_secs: u64,
+    tail_margin_secs: u32,
+) -> Result<Result<SealReport, SealSkipped>, AggError> {
     let db = cfg.db().map_err(|e| AggError::Config(e.to_string()))?.to_string();
     let on = cfg.ddl_on().map_err(|e| AggError::Config(e.to_string()))?;
     let server = cfg.server_client();
@@ -173,12 +220,12 @@ pub async fn seal(cfg: &ClickHouseConfig, lock_stale_secs: u64) -> Result<Result
         return Ok(Err(SealSkipped::Locked));
     }
     fault_after("lock");
-    let result = seal_locked(cfg, &db).await;
+    let result = seal_locked(cfg, &db, tail_margin_secs).await;
     runtime::ch::ddl_unlock(&server, &db, SEAL_LOCK, &on).await;
     result
 }
 
-async fn seal_locked(cfg: &ClickHouseConfig, db: &str) -> Result<Result<SealReport, SealSkipped>, AggError> {
+async fn seal_locked(cfg: &ClickHouseConfig, db: &str, margin: u32) -> Result<Result<SealReport, SealSkipped>, AggError> {
     let started = Instant::now();
     let client = cfg.writer_client().await.map_err(|e| AggError::Config(format!("ClickHouse at {}: {e}", cfg.url)))?;
     let before = latest(&client, db).await?;
@@ -211,6 +258,8 @@ async fn seal_locked(cfg: &ClickHouseConfig, db: &str) -> Result<Result<SealRepo
             break id;
         }
     };
+    // the server's clock before anything is read (the tail's time bound)
+    let now: u32 = client.query("SELECT toUInt32(now())").fetch_one().await?;
     let keys: Vec<String> = moved.keys().map(|(t, p)| format!("{t}/{p}")).collect();
     // the first offset to seal: past the last seal, or 0 (rows at position 0
     // count, e.g. written before migration 5) for a partition never sealed
@@ -222,11 +271,12 @@ async fn seal_locked(cfg: &ClickHouseConfig, db: &str) -> Result<Result<SealRepo
     let mut tables = Vec::new();
     for t in &SEAL_TABLES {
         let t0 = Instant::now();
+        let columns = LOGS.iter().find(|l| l.0 == t.log).map(|l| l.1).unwrap_or(TRACKING_COLUMNS);
         grouping
             .query(&format!(
                 "INSERT INTO {db}.{name} ({columns}, seal_id) \
                  SELECT {select}, {SUMS}, toUInt64({seal_id}) FROM ( \
-                   SELECT * FROM {db}.{log} \
+                   SELECT * FROM {source} AS l \
                    ALL INNER JOIN (SELECT topic AS src_topic, partition AS src_partition, epoch AS src_epoch, fence FROM {db}.aggregator_fences) AS f \
                    USING (src_topic, src_partition, src_epoch) \
                    WHERE has(?, concat(src_topic, '/', toString(src_partition))) AND src_offset <= fence \
@@ -236,7 +286,7 @@ async fn seal_locked(cfg: &ClickHouseConfig, db: &str) -> Result<Result<SealRepo
                 name = t.name,
                 columns = t.columns,
                 select = t.select,
-                log = t.log,
+                source = before.log_source(db, t.log, columns),
                 group = t.group,
             ))
             .bind(&keys)
@@ -249,6 +299,7 @@ async fn seal_locked(cfg: &ClickHouseConfig, db: &str) -> Result<Result<SealRepo
         tables.push((t.name, t0.elapsed().as_millis() as u64));
         fault_after(t.name);
     }
+    let (tail_since, legacy_drained) = tail_bound(&client, db, &before, &sealed_to, now, margin).await?;
     if claims_digest(&client, db).await? != digest {
         warn!(seal_id, "SealAbandoned: a claim landed while sealing; its rows stay invisible, the next seal covers them");
         return Ok(Err(SealSkipped::ClaimsChanged));
@@ -258,18 +309,89 @@ async fn seal_locked(cfg: &ClickHouseConfig, db: &str) -> Result<Result<SealRepo
     let upto: Vec<u64> = sealed_to.values().copied().collect();
     client
         .query(&format!(
-            "INSERT INTO {db}.usage_seals (seal_id, seq, topics, partitions, sealed_to, sealed_at) \
-             SELECT toUInt64(?), toUInt64(?), ?, ?, ?, now()"
+            "INSERT INTO {db}.usage_seals (seal_id, seq, topics, partitions, sealed_to, sealed_at, tail_since, legacy_drained) \
+             SELECT toUInt64(?), toUInt64(?), ?, ?, ?, now(), toDateTime(?, 'UTC'), toUInt8(?)"
         ))
         .bind(seal_id)
         .bind(seq)
         .bind(&topics)
         .bind(&partitions)
         .bind(&upto)
+        .bind(tail_since)
+        .bind(legacy_drained as u8)
         .execute()
         .await?;
     fault_after("commit");
     let millis = started.elapsed().as_millis() as u64;
-    info!(seal_id, seq, partitions = moved.len(), tables = ?tables, millis, "SealCommitted");
+    info!(seal_id, seq, partitions = moved.len(), tables = ?tables, millis, tail_since, legacy_drained, "SealCommitted");
     Ok(Ok(SealReport { seal_id, seq, moved, tables, millis }))
+}
+
+/// The new seal's `tail_since` and `legacy_drained` (module docs): `now` is
+/// the server's clock taken before the seal read anything, `sealed_to` the
+/// offsets it is about to commit.
+async fn tail_bound(
+    client: &clickhouse::Client,
+    db: &str,
+    before: &Sealed,
+    sealed_to: &BTreeMap<PartitionKey, u64>,
+    now: u32,
+    margin: u32,
+) -> Result<(u32, bool), AggError> {
+    let keys: Vec<String> = sealed_to.keys().map(|(t, p)| format!("{t}/{p}")).collect();
+    let upto: Vec<u64> = sealed_to.values().copied().collect();
+    // a valid row above the new offsets (of any partition; one never sealed
+    // has all its rows above)
+    let above = |source: String| {
+        format!(
+            "SELECT count(), toUInt32(min(inserted_at)) FROM {source} AS l \
+             ALL INNER JOIN (SELECT topic AS src_topic, partition AS src_partition, epoch AS src_epoch, fence FROM {db}.aggregator_fences) AS f \
+             USING (src_topic, src_partition, src_epoch) \
+             WHERE src_offset <= fence AND (NOT has(?, concat(src_topic, '/', toString(src_partition))) \
+                OR src_offset > transform(concat(src_topic, '/', toString(src_partition)), ?, ?, toUInt64(0)))"
+        )
+    };
+    let mut since = now.saturating_sub(margin);
+    let recent = Sealed { legacy_drained: true, ..before.clone() };
+    for (log, _) in LOGS {
+        let (n, first): (u64, u32) = client
+            .query(&above(recent.log_source(db, log, "src_topic, src_partition, src_epoch, src_offset, inserted_at")))
+            .bind(&keys)
+            .bind(&keys)
+            .bind(&upto)
+            .fetch_one()
+            .await?;
+        if n > 0 {
+            since = since.min(first);
+        }
+    }
+    if before.legacy_drained {
+        return Ok((since, true));
+    }
+    // drained: no valid legacy row is above the new offsets, and the legacy
+    // tables are empty or migration 10 is older than the margin (an insert
+    // in flight at its rename may land late)
+    let migrated: u32 = client
+        .query(&format!("SELECT toUInt32(min(applied_at)) FROM {db}.schema_migrations WHERE version = 10"))
+        .fetch_one()
+        .await?;
+    let mut legacy_rows = 0;
+    for (log, _) in LOGS {
+        legacy_rows += client.query(&format!("SELECT count() FROM {db}.{log}_legacy")).fetch_one::<u64>().await?;
+    }
+    if legacy_rows > 0 && (migrated == 0 || migrated > now.saturating_sub(margin)) {
+        return Ok((since, false));
+    }
+    let mut left = 0;
+    for (log, _) in LOGS {
+        let (n, _): (u64, u32) = client
+            .query(&above(format!("(SELECT src_topic, src_partition, src_epoch, src_offset, inserted_at FROM {db}.{log}_legacy)")))
+            .bind(&keys)
+            .bind(&keys)
+            .bind(&upto)
+            .fetch_one()
+            .await?;
+        left += n;
+    }
+    Ok((since, left == 0))
 }

@@ -281,7 +281,7 @@ impl PartitionState {
 
     /// Encode the pending rows into `out` (tagged with the claim and the
     /// current position) and start a fresh accumulation.
-    pub fn cut(&mut self, topic: &str, now_secs: u32, out: &mut tables::BatchRows) {
+    pub fn cut(&mut self, topic: &str, out: &mut tables::BatchRows) {
         let p = std::mem::take(&mut self.pending);
         // row caches point into the accumulation just taken
         self.generation = self.generation.wrapping_add(1).max(1);
@@ -294,7 +294,6 @@ impl PartitionState {
                 [s.get(k.tracking), s.get(k.account), s.get(k.stream), s.get(k.cluster), k.protocol.as_str()],
                 v,
                 at,
-                now_secs,
             );
         }
         for (k, v) in &p.viewer.rows {
@@ -304,7 +303,6 @@ impl PartitionState {
                 [s.get(k.tracking), s.get(k.cvd), s.get(k.viewer), s.get(k.account), s.get(k.stream), s.get(k.cluster)],
                 v,
                 at,
-                now_secs,
             );
         }
         for d in &p.dead {
@@ -410,7 +408,7 @@ mod tests {
                 ((k.window, names), v.bytes_out)
             })
             .collect();
-        st.cut("t", 0, &mut out);
+        st.cut("t", &mut out);
         rows
     }
 

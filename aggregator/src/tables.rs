@@ -74,7 +74,6 @@ impl Table {
             SRC[1],
             SRC[2],
             SRC[3],
-            ("inserted_at", "DateTime('UTC')"),
         ];
         const TRACKING: &[(&str, &str)] = &[
             ("window_start", "DateTime('UTC')"),
@@ -90,7 +89,6 @@ impl Table {
             SRC[1],
             SRC[2],
             SRC[3],
-            ("inserted_at", "DateTime('UTC')"),
         ];
         const DEDUP: &[(&str, &str)] = &[
             ("topic", "String"),
@@ -118,6 +116,17 @@ impl Table {
             Table::Tracking => TRACKING,
             Table::Dedup => DEDUP,
             Table::Checkpoints => CHECKPOINTS,
+        }
+    }
+
+    /// Columns after [`Table::columns`] that the server fills (their
+    /// default) and the aggregator never writes: `inserted_at`, the server's
+    /// clock at the insert, which the tails' time bound relies on (migration
+    /// 10, `crate::seal`).
+    pub fn server_columns(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Table::Viewer | Table::Tracking => &[("inserted_at", "DateTime('UTC')")],
+            _ => &[],
         }
     }
 
@@ -174,26 +183,24 @@ fn src(w: &mut RowBinary, s: Src<'_>) {
 }
 
 /// `usage_by_tracking_log`: `strs` = tracking, account, stream, cluster, protocol.
-pub fn tracking_row(w: &mut RowBinary, window: u32, strs: [&str; 5], s: &Sums, at: Src<'_>, now: u32) {
+pub fn tracking_row(w: &mut RowBinary, window: u32, strs: [&str; 5], s: &Sums, at: Src<'_>) {
     w.datetime(window);
     for x in strs {
         w.string(x);
     }
     w.u64(s.bytes_out).u64(s.bytes_in).u64(s.events);
     src(w, at);
-    w.datetime(now);
     w.end_row();
 }
 
 /// `usage_by_viewer_log`: `strs` = tracking, custom viewer data, viewer, account, stream, cluster.
-pub fn viewer_row(w: &mut RowBinary, window: u32, strs: [&str; 6], s: &Sums, at: Src<'_>, now: u32) {
+pub fn viewer_row(w: &mut RowBinary, window: u32, strs: [&str; 6], s: &Sums, at: Src<'_>) {
     w.datetime(window);
     for x in strs {
         w.string(x);
     }
     w.u64(s.bytes_out).u64(s.bytes_in).u64(s.events);
     src(w, at);
-    w.datetime(now);
     w.end_row();
 }
 

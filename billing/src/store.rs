@@ -369,27 +369,31 @@ impl Store {
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<BTreeMap<String, u64>, StoreError> {
-        self.log_rows_total(log_table, fences, &BTreeMap::new(), from, to).await
+        self.log_rows_total(log_table, fences, &runtime::ch::Sealed::default(), from, to).await
     }
 
-    /// [`Store::log_total`] of the rows above `above` (per partition; none: all).
+    /// [`Store::log_total`] of the rows above `sealed` (its offsets per
+    /// partition, and its time bound; [`runtime::ch::Sealed::default`]: all).
     async fn log_rows_total(
         &self,
         log_table: &str,
         fences: &Fences,
-        above: &BTreeMap<runtime::ch::PartitionKey, u64>,
+        sealed: &runtime::ch::Sealed,
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<BTreeMap<String, u64>, StoreError> {
         if fences.is_empty() {
             return Ok(BTreeMap::new());
         }
+        let above = &sealed.sealed_to;
         let keys: Vec<String> = fences.keys().map(|((t, p), e)| format!("{t}/{p}/{e}")).collect();
         let limits: Vec<u64> = fences.values().copied().collect();
-        // read first (PREWHERE): a row of a partition in `above` at or below
-        // the smallest bound is not read further
-        // (rows of partitions without a claim never count; when every claimed
-        // partition is in `above`, the offset alone decides, on one column)
+        // the log from the seal's time bound (its primary key); the legacy
+        // table (migration 10), unless drained, read first (PREWHERE) on the
+        // offset: a row of a partition in `above` at or below the smallest
+        // bound is not read further (rows of partitions without a claim
+        // never count; when every claimed partition is in `above`, the
+        // offset alone decides, on one column)
         let unsealed: Vec<String> = fences
             .keys()
             .map(|((t, p), _)| (t.clone(), *p))
@@ -403,6 +407,13 @@ impl Store {
             Some(floor) if unsealed.is_empty() => format!("PREWHERE src_offset > {floor}"),
             Some(floor) => format!("PREWHERE src_offset > {floor} OR (src_topic, src_partition) IN ({})", unsealed.join(", ")),
         };
+        let columns = "tracking_id, bytes_out, window_start, src_topic, src_partition, src_epoch, src_offset";
+        let recent = runtime::ch::Sealed { legacy_drained: true, ..sealed.clone() }.log_source(&self.db, log_table, columns);
+        let source = if sealed.legacy_drained {
+            recent
+        } else {
+            format!("(SELECT {columns} FROM {recent} UNION ALL SELECT {columns} FROM {}.{log_table}_legacy {prewhere})", self.db)
+        };
         // (no bound at all when `above` is empty: 18.16's transform refuses empty arrays)
         // (signed: a partition not in `above` has bound -1, so its rows at
         // position 0 count)
@@ -413,13 +424,11 @@ impl Store {
         };
         let sql = format!(
             "WITH concat(src_topic, '/', toString(src_partition), '/', toString(src_epoch)) AS claim \
-             SELECT tracking_id AS key, sum(bytes_out) AS bytes FROM {}.{log_table} \
-             {prewhere} \
+             SELECT tracking_id AS key, sum(bytes_out) AS bytes FROM {source} AS l \
              WHERE window_start >= toDateTime(?) AND window_start < toDateTime(?) \
                AND has(?, claim) AND src_offset <= transform(claim, ?, ?, toUInt64(0)) \
                AND toInt64(src_offset) > transform(concat(src_topic, '/', toString(src_partition)), ?, ?, toInt64(-1)) \
-             GROUP BY tracking_id",
-            self.db
+             GROUP BY tracking_id"
         );
         let rows: Vec<KeyBytes> = self
             .client
@@ -549,7 +558,7 @@ impl Store {
     /// sealed table, ordered by tracking id and day); the log is read only
     /// above the seal's offsets.
     pub async fn usage_at(&self, snapshot: &Snapshot, from: NaiveDate, to: NaiveDate) -> Result<BTreeMap<String, u64>, StoreError> {
-        let mut usage = self.log_rows_total("usage_by_tracking_log", &snapshot.limits, &snapshot.sealed.sealed_to, from, to).await?;
+        let mut usage = self.log_rows_total("usage_by_tracking_log", &snapshot.limits, &snapshot.sealed, from, to).await?;
         if snapshot.sealed.seq == 0 {
             return Ok(usage);
         }

@@ -128,11 +128,37 @@ pub type PartitionKey = (String, u32);
 
 /// The latest committed seal (migration 9, `aggregator::seal`): its sequence
 /// number and, per partition, the offset up to which the log is sealed
-/// (empty and 0 before the first seal).
+/// (empty and 0 before the first seal); since migration 10 also its time
+/// bound and whether the legacy log tables are drained.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Sealed {
     pub seq: u64,
     pub sealed_to: std::collections::BTreeMap<PartitionKey, u64>,
+    /// No row of the tail was inserted before this time (Unix seconds; 0:
+    /// no bound): the tails read the log from its hour on.
+    pub tail_since: u32,
+    /// A seal found no row of the legacy log tables above its offsets: the
+    /// tails no longer read them.
+    pub legacy_drained: bool,
+}
+
+impl Sealed {
+    /// The rows of the log table `log` (`usage_by_tracking_log` or
+    /// `usage_by_viewer_log`) that a reader above this seal must consider,
+    /// as a parenthesised subquery of `columns`: the log from the hour of
+    /// `tail_since` (its primary key), and its `_legacy` twin unless
+    /// drained. [`Sealed::default`] gives every row.
+    pub fn log_source(&self, db: &str, log: &str, columns: &str) -> String {
+        let recent = format!(
+            "SELECT {columns} FROM {db}.{log} PREWHERE toStartOfHour(inserted_at) >= toStartOfHour(toDateTime({}, 'UTC'))",
+            self.tail_since
+        );
+        if self.legacy_drained {
+            format!("({recent})")
+        } else {
+            format!("({recent} UNION ALL SELECT {columns} FROM {db}.{log}_legacy)")
+        }
+    }
 }
 
 /// Read the latest committed seal of `db`.
@@ -143,9 +169,16 @@ pub async fn latest_seal(client: &clickhouse::Client, db: &str) -> Result<Sealed
         topics: Vec<String>,
         partitions: Vec<u32>,
         sealed_to: Vec<u64>,
+        tail_since: u32,
+        drained: u8,
     }
+    // (a scalar subquery is Nullable on current versions: ifNull)
     let row: Option<SealRow> = client
-        .query(&format!("SELECT seq, topics, partitions, sealed_to FROM {db}.usage_seals ORDER BY seq DESC LIMIT 1"))
+        .query(&format!(
+            "SELECT seq, topics, partitions, sealed_to, toUInt32(tail_since), \
+             toUInt8(ifNull((SELECT max(legacy_drained) FROM {db}.usage_seals), 0)) AS drained \
+             FROM {db}.usage_seals ORDER BY seq DESC LIMIT 1"
+        ))
         .fetch_optional()
         .await?;
     let Some(r) = row else { return Ok(Sealed::default()) };
@@ -153,7 +186,7 @@ pub async fn latest_seal(client: &clickhouse::Client, db: &str) -> Result<Sealed
         return Err(ChError::Corrupt { table: "usage_seals", detail: format!("seal {} has arrays of different lengths", r.seq) });
     }
     let sealed_to = r.topics.into_iter().zip(r.partitions).zip(r.sealed_to).collect();
-    Ok(Sealed { seq: r.seq, sealed_to })
+    Ok(Sealed { seq: r.seq, sealed_to, tail_since: r.tail_since, legacy_drained: r.drained == 1 })
 }
 
 /// Check that `name` is a plain identifier, safe to put into SQL unquoted.
@@ -302,6 +335,8 @@ fn sharding_key(table: &str) -> &'static str {
         | "usage_dead_letters"
         | "usage_by_tracking_log"
         | "usage_by_viewer_log"
+        | "usage_by_tracking_log_legacy"
+        | "usage_by_viewer_log_legacy"
         | "usage_dead_letters_log" => "src_partition",
         "aggregator_checkpoints" | "aggregator_dedup" | "aggregator_claims" => "partition",
         // a partner's ledger on one shard
@@ -317,7 +352,7 @@ fn table_name(rest: &str) -> &str {
 }
 
 /// Render one single-server statement for a cluster.
-fn cluster_statement(stmt: &str, db: &str, cluster: &str, replicated: bool, on_cluster: bool) -> Vec<String> {
+fn cluster_statement(stmt: &str, db: &str, cluster: &str, replicated: bool, on_cluster: bool, version: u32) -> Vec<String> {
     let on = if on_cluster { format!(" ON CLUSTER {cluster}") } else { String::new() };
     let create_table = format!("CREATE TABLE IF NOT EXISTS {db}.");
     let create_mv = format!("CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.");
@@ -399,7 +434,14 @@ fn cluster_statement(stmt: &str, db: &str, cluster: &str, replicated: bool, on_c
         };
         let local = format!("{name}_local");
         let engine = if replicated {
-            let path = format!("'/clickhouse/tables/{{shard}}/{db}/{local}', '{{replica}}'");
+            // a table renamed keeps its Keeper path: from migration 10 on
+            // (which renames the log tables and creates new ones under their
+            // names) the path names the migration too, so it is never taken
+            let path = if version >= 10 {
+                format!("'/clickhouse/tables/{{shard}}/{db}/{local}_m{version}', '{{replica}}'")
+            } else {
+                format!("'/clickhouse/tables/{{shard}}/{db}/{local}', '{{replica}}'")
+            };
             let args = if args.is_empty() { path } else { format!("{path}, {args}") };
             format!("Replicated{engine_name}({args})")
         } else if args.is_empty() {
@@ -462,6 +504,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../migrations/0009_sealed_aggregates.sql"),
         former_checksums: &[],
     },
+    Migration {
+        version: 10,
+        name: "log_by_insertion",
+        sql: include_str!("../migrations/0010_log_by_insertion.sql"),
+        former_checksums: &[],
+    },
 ];
 
 impl Migration {
@@ -480,7 +528,7 @@ impl Migration {
         match layout {
             Layout::Single => self.statements(db),
             Layout::Cluster { cluster, replicated, on_cluster } => {
-                self.statements(db).iter().flat_map(|s| cluster_statement(s, db, cluster, *replicated, *on_cluster)).collect()
+                self.statements(db).iter().flat_map(|s| cluster_statement(s, db, cluster, *replicated, *on_cluster, self.version)).collect()
             }
         }
     }
@@ -501,10 +549,19 @@ impl Migration {
 /// migration interrupted half-way then goes on where it stopped.
 async fn already_done(server: &clickhouse::Client, db: &str, stmt: &str) -> Result<bool, ChError> {
     if let Some(rest) = stmt.strip_prefix(&format!("RENAME TABLE {db}.")) {
+        // done once its target exists (a later statement may have made a
+        // new table under the source's name) or its source is gone
         let from = table_name(rest);
-        let n: u64 =
-            server.query("SELECT count() FROM system.tables WHERE database = ? AND name = ?").bind(db).bind(from).fetch_one().await?;
-        return Ok(n == 0);
+        let to = rest[from.len()..].trim_start().strip_prefix("TO ").and_then(|r| r.trim_start().strip_prefix(&format!("{db}.")));
+        let exists = |name: String| async move {
+            server.query("SELECT count() FROM system.tables WHERE database = ? AND name = ?").bind(db).bind(name).fetch_one::<u64>().await
+        };
+        if let Some(to) = to {
+            if exists(table_name(to).to_string()).await? > 0 {
+                return Ok(true);
+            }
+        }
+        return Ok(exists(from.to_string()).await? == 0);
     }
     if let Some(rest) = stmt.strip_prefix(&format!("ALTER TABLE {db}.")) {
         let table = table_name(rest);

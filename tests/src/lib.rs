@@ -242,8 +242,10 @@ pub async fn assert_sealed_equals_unsealed(db: &ClickHouseConfig) {
     let d = &db.database;
     let unsealed = |log: &str| {
         format!(
-            "(SELECT * FROM {d}.{log} ALL INNER JOIN (SELECT topic AS src_topic, partition AS src_partition, epoch AS src_epoch, fence \
-             FROM {d}.aggregator_fences) AS f USING (src_topic, src_partition, src_epoch) WHERE src_offset <= fence)"
+            "(SELECT * FROM {} AS l ALL INNER JOIN (SELECT topic AS src_topic, partition AS src_partition, epoch AS src_epoch, fence \
+             FROM {d}.aggregator_fences) AS f USING (src_topic, src_partition, src_epoch) WHERE src_offset <= fence)",
+            // every row of the log and of its legacy table (migration 10)
+            runtime::ch::Sealed::default().log_source(d, log, "*")
         )
     };
     let checks = [

@@ -238,7 +238,8 @@ async fn aggregator_row_layouts_match_the_migrated_tables() {
             .fetch_all()
             .await
             .unwrap();
-        let want: Vec<(String, String)> = table.columns().iter().map(|(n, t)| (n.to_string(), t.to_string())).collect();
+        let want: Vec<(String, String)> =
+            table.columns().iter().chain(table.server_columns()).map(|(n, t)| (n.to_string(), t.to_string())).collect();
         assert_eq!(got, want, "{}", table.name());
     }
     drop_db(&db).await;

@@ -208,7 +208,6 @@ impl FakeStore {
                     }
                     let s = [r.u64(), r.u64(), r.u64()];
                     let p = r.src();
-                    r.u32();
                     g.tracking.push((p, (window, tracking, String::new()), s));
                 }
                 Table::Viewer => {
@@ -221,7 +220,6 @@ impl FakeStore {
                     }
                     let s = [r.u64(), r.u64(), r.u64()];
                     let p = r.src();
-                    r.u32();
                     g.viewer.push((p, (window, tracking, viewer), s));
                 }
                 Table::DeadLetters => {
