@@ -762,16 +762,18 @@ async fn bench_scale(sizes: &[u64], tracking_ids: u64) -> Result<()> {
         .await?;
         // as a flush writes them: per tracking id a row per minute window, in
         // 3 fragments (flushes) per window, over 2 streams x 2 clusters x 2
-        // protocols; the window walks the month as the row number grows
+        // protocols; the window walks the month as the row number grows, and
+        // each row was inserted by the flush after its window closed
+        let flushed = 65;
         let t = Instant::now();
         let minutes = (OCT_2026.1 - OCT_2026.0) / 60;
         let per_window = tracking_ids * 3;
         c.query(&format!(
             "INSERT INTO {d}.usage_by_tracking_log (window_start, tracking_id, account_id, stream_name, cluster, protocol, bytes_out, bytes_in, \
-             events, src_topic, src_partition, src_epoch, src_offset) \
-             SELECT toDateTime({start} + (intDiv(number, {per_window}) % {minutes}) * 60), concat('t-', toString(number % {tracking_ids})), 'acct', \
+             events, src_topic, src_partition, src_epoch, src_offset, inserted_at) \
+             SELECT toDateTime({start} + (intDiv(number, {per_window}) % {minutes}) * 60) AS w, concat('t-', toString(number % {tracking_ids})), 'acct', \
              concat('live-', toString(intDiv(number, 7) % 2)), concat('c-', toString(intDiv(number, 11) % 2)), if(intDiv(number, 13) % 2 = 0, 'WEBRTC', 'SRT'), \
-             1000 + number % 1000, 10, 1, 'bench', number % 4, 1, 1 + intDiv(number, 4000) FROM numbers({rows})",
+             1000 + number % 1000, 10, 1, 'bench', number % 4, 1, 1 + intDiv(number, 4000), w + {flushed} FROM numbers({rows})",
             start = OCT_2026.0
         ))
         .execute()
@@ -780,15 +782,33 @@ async fn bench_scale(sizes: &[u64], tracking_ids: u64) -> Result<()> {
         // tracking id's row; 100 viewers per tracking id)
         c.query(&format!(
             "INSERT INTO {d}.usage_by_viewer_log (window_start, tracking_id, custom_viewer_data, viewer_id, account_id, stream_name, cluster, \
-             bytes_out, bytes_in, events, src_topic, src_partition, src_epoch, src_offset) \
-             SELECT toDateTime({start} + (intDiv(number, {per_window}) % {minutes}) * 60), concat('t-', toString(number % {tracking_ids})), '', \
+             bytes_out, bytes_in, events, src_topic, src_partition, src_epoch, src_offset, inserted_at) \
+             SELECT toDateTime({start} + (intDiv(number, {per_window}) % {minutes}) * 60) AS w, concat('t-', toString(number % {tracking_ids})), '', \
              concat('v-', toString(number % ({tracking_ids} * 100))), 'acct', concat('live-', toString(intDiv(number, 7) % 2)), \
-             concat('c-', toString(intDiv(number, 11) % 2)), 1000 + number % 1000, 10, 1, 'bench', number % 4, 1, 1 + intDiv(number, 4000) \
-             FROM numbers({rows})",
+             concat('c-', toString(intDiv(number, 11) % 2)), 1000 + number % 1000, 10, 1, 'bench', number % 4, 1, 1 + intDiv(number, 4000), \
+             w + {flushed} FROM numbers({rows})",
             start = OCT_2026.0
         ))
         .execute()
         .await?;
+        // the tail: what the flushes wrote since the last checkpoint a seal can
+        // use (0.1 % of the rows, at least 1,000), at the server's clock as
+        // the aggregator writes, at offsets past the checkpoints
+        let tail = (rows / 1000).max(1000);
+        for (log, cols, vals) in [
+            ("usage_by_tracking_log", "protocol", "'WEBRTC'"),
+            ("usage_by_viewer_log", "custom_viewer_data, viewer_id", "'', concat('v-', toString(number % 100))"),
+        ] {
+            c.query(&format!(
+                "INSERT INTO {d}.{log} (window_start, tracking_id, account_id, stream_name, cluster, {cols}, bytes_out, bytes_in, events, \
+                 src_topic, src_partition, src_epoch, src_offset) \
+                 SELECT toDateTime({end} - 60), concat('t-', toString(number % {tracking_ids})), 'acct', concat('live-', toString(number % 2)), \
+                 'c-0', {vals}, 1000, 10, 1, 'bench', number % 4, 1, 1000000001 + intDiv(number, 4) FROM numbers({tail})",
+                end = OCT_2026.1
+            ))
+            .execute()
+            .await?;
+        }
         let insert_s = t.elapsed().as_secs_f64();
         // the baseline: the same usage pre-aggregated per tracking id and hour
         c.query(&format!(

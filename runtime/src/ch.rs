@@ -170,14 +170,10 @@ pub async fn latest_seal(client: &clickhouse::Client, db: &str) -> Result<Sealed
         partitions: Vec<u32>,
         sealed_to: Vec<u64>,
         tail_since: u32,
-        drained: u8,
     }
-    // (a scalar subquery is Nullable on current versions: ifNull)
     let row: Option<SealRow> = client
         .query(&format!(
-            "SELECT seq, topics, partitions, sealed_to, toUInt32(tail_since), \
-             toUInt8(ifNull((SELECT max(legacy_drained) FROM {db}.usage_seals), 0)) AS drained \
-             FROM {db}.usage_seals ORDER BY seq DESC LIMIT 1"
+            "SELECT seq, topics, partitions, sealed_to, toUInt32(tail_since) FROM {db}.usage_seals ORDER BY seq DESC LIMIT 1"
         ))
         .fetch_optional()
         .await?;
@@ -186,7 +182,11 @@ pub async fn latest_seal(client: &clickhouse::Client, db: &str) -> Result<Sealed
         return Err(ChError::Corrupt { table: "usage_seals", detail: format!("seal {} has arrays of different lengths", r.seq) });
     }
     let sealed_to = r.topics.into_iter().zip(r.partitions).zip(r.sealed_to).collect();
-    Ok(Sealed { seq: r.seq, sealed_to, tail_since: r.tail_since, legacy_drained: r.drained == 1 })
+    // any seal's word counts (once drained, the legacy tables stay so); a
+    // query of its own: 18.16 loses a scalar subquery's column over a
+    // Distributed table
+    let drained: u8 = client.query(&format!("SELECT max(legacy_drained) FROM {db}.usage_seals")).fetch_one().await?;
+    Ok(Sealed { seq: r.seq, sealed_to, tail_since: r.tail_since, legacy_drained: drained == 1 })
 }
 
 /// Check that `name` is a plain identifier, safe to put into SQL unquoted.
