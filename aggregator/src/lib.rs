@@ -154,6 +154,7 @@
 
 pub mod compact;
 pub mod config;
+pub mod consolidate;
 pub mod consumer;
 pub mod core;
 pub mod dead_letters;

@@ -40,6 +40,10 @@ enum Cmd {
         /// difference between ClickHouse servers (docs/clickhouse.md, "Sealed aggregates")
         #[arg(long, default_value_t = aggregator::seal::DEFAULT_TAIL_MARGIN_SECS, value_parser = clap::value_parser!(u32).range(61..))]
         tail_margin_secs: u32,
+        /// Consolidate a month of the hourly and daily sealed rows into one row per key
+        /// once its rows come from this many seals (0: never; docs/clickhouse.md "Sealed aggregates")
+        #[arg(long, default_value_t = aggregator::consolidate::DEFAULT_MIN_SEALS)]
+        consolidate_min_seals: u64,
     },
     /// Export dead letters as NDJSON (decoded event included when it decodes), to fix and re-inject with `ingest replay`
     DeadLetters {
@@ -72,7 +76,9 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Run => run(cfg, rt),
-        Cmd::Seal { every, lock_stale_secs, tail_margin_secs } => rt.block_on(seal(&cfg, every, lock_stale_secs, tail_margin_secs)),
+        Cmd::Seal { every, lock_stale_secs, tail_margin_secs, consolidate_min_seals } => {
+            rt.block_on(seal(&cfg, every, SealArgs { lock_stale_secs, tail_margin_secs, consolidate_min_seals }))
+        }
         Cmd::DeadLetters { since, reason, out } => {
             let since = since.map(|t| t.timestamp().clamp(0, u32::MAX as i64) as u32).unwrap_or(0);
             let mut w: Box<dyn std::io::Write> = match &out {
@@ -86,8 +92,16 @@ fn main() -> Result<()> {
     }
 }
 
-async fn seal(cfg: &AggregatorConfig, every: Option<u64>, lock_stale_secs: u64, tail_margin_secs: u32) -> Result<()> {
+/// The options of `aggregator seal` besides `--every`.
+struct SealArgs {
+    lock_stale_secs: u64,
+    tail_margin_secs: u32,
+    consolidate_min_seals: u64,
+}
+
+async fn seal(cfg: &AggregatorConfig, every: Option<u64>, args: SealArgs) -> Result<()> {
     use aggregator::seal::SealSkipped;
+    let SealArgs { lock_stale_secs, tail_margin_secs, consolidate_min_seals } = args;
     runtime::ch::migrate(&cfg.clickhouse).await.context("applying ClickHouse migrations")?;
     runtime::rights::check_rights(&cfg.clickhouse, runtime::rights::Access::Write, "aggregator").await?;
     let shutdown = runtime::shutdown_signal();
@@ -99,6 +113,9 @@ async fn seal(cfg: &AggregatorConfig, every: Option<u64>, lock_stale_secs: u64, 
             Ok(Err(SealSkipped::Locked)) => eprintln!("another seal is running; not sealing now"),
             Ok(Err(SealSkipped::ClaimsChanged)) => {
                 eprintln!("a partition was claimed while sealing; not committed, the next seal covers it")
+            }
+            Ok(Err(SealSkipped::Superseded)) => {
+                eprintln!("another seal committed while this one ran (its lock had gone stale); not committed")
             }
             Err(e) if every.is_some() && e.is_transient() => tracing::warn!(error = %e, "SealFailed: retrying at the next interval"),
             Err(e) => return Err(e).context("sealing"),
@@ -119,6 +136,17 @@ async fn seal(cfg: &AggregatorConfig, every: Option<u64>, lock_stale_secs: u64, 
             Ok(_) => {}
             Err(e) if every.is_some() && e.is_transient() => tracing::warn!(error = %e, "RetentionFailed: retrying at the next interval"),
             Err(e) => return Err(e).context("applying retention"),
+        }
+        // one row per key of a month's hourly and daily sealed rows
+        if consolidate_min_seals > 0 {
+            match aggregator::consolidate::consolidate(&cfg.clickhouse, consolidate_min_seals, lock_stale_secs).await {
+                Ok(Ok(c)) => eprintln!("consolidated (seal {}): {:?}", c.seal_id, c.months),
+                Ok(Err(_)) => {}
+                Err(e) if every.is_some() && e.is_transient() => {
+                    tracing::warn!(error = %e, "ConsolidationFailed: retrying at the next interval")
+                }
+                Err(e) => return Err(e).context("consolidating sealed rows"),
+            }
         }
         let Some(secs) = every else { return Ok(()) };
         tokio::select! {

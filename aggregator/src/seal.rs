@@ -88,21 +88,31 @@ pub struct SealTable {
     pub name: &'static str,
     /// The log table read.
     log: &'static str,
+    /// The columns read from it.
+    log_columns: &'static str,
     /// The sealed table's columns, in order, without `seal_id`.
-    columns: &'static str,
+    pub(crate) columns: &'static str,
     /// The SELECT list over the log, matching `columns` (sums last).
     select: &'static str,
-    /// The GROUP BY over the log.
-    group: &'static str,
+    /// The GROUP BY over the log: the sealed table's key, its time column first.
+    pub(crate) group: &'static str,
 }
 
-const SUMS: &str = "sum(bytes_out), sum(bytes_in), sum(events)";
+pub(crate) const SUMS: &str = "sum(bytes_out), sum(bytes_in), sum(events)";
+
+impl SealTable {
+    /// The sealed table's key columns, its time column first.
+    pub fn key(&self) -> &'static str {
+        self.group
+    }
+}
 
 /// Every sealed table, in the order a seal writes them.
 pub const SEAL_TABLES: [SealTable; 6] = [
     SealTable {
         name: "usage_by_tracking_sealed",
         log: "usage_by_tracking_log",
+        log_columns: TRACKING_COLUMNS,
         columns: "window_start, tracking_id, account_id, stream_name, cluster, protocol, bytes_out, bytes_in, events",
         select: "window_start, tracking_id, account_id, stream_name, cluster, protocol",
         group: "window_start, tracking_id, account_id, stream_name, cluster, protocol",
@@ -110,6 +120,7 @@ pub const SEAL_TABLES: [SealTable; 6] = [
     SealTable {
         name: "usage_by_tracking_hourly_sealed",
         log: "usage_by_tracking_log",
+        log_columns: TRACKING_COLUMNS,
         columns: "hour, tracking_id, account_id, stream_name, cluster, protocol, bytes_out, bytes_in, events",
         select: "toStartOfHour(window_start) AS hour, tracking_id, account_id, stream_name, cluster, protocol",
         group: "hour, tracking_id, account_id, stream_name, cluster, protocol",
@@ -117,6 +128,7 @@ pub const SEAL_TABLES: [SealTable; 6] = [
     SealTable {
         name: "usage_by_tracking_daily_sealed",
         log: "usage_by_tracking_log",
+        log_columns: TRACKING_COLUMNS,
         columns: "day, tracking_id, account_id, stream_name, cluster, protocol, bytes_out, bytes_in, events",
         select: "toDate(window_start) AS day, tracking_id, account_id, stream_name, cluster, protocol",
         group: "day, tracking_id, account_id, stream_name, cluster, protocol",
@@ -124,6 +136,7 @@ pub const SEAL_TABLES: [SealTable; 6] = [
     SealTable {
         name: "usage_by_stream_daily_sealed",
         log: "usage_by_tracking_log",
+        log_columns: TRACKING_COLUMNS,
         columns: "day, account_id, stream_name, tracking_id, cluster, protocol, bytes_out, bytes_in, events",
         select: "toDate(window_start) AS day, account_id, stream_name, tracking_id, cluster, protocol",
         group: "day, account_id, stream_name, tracking_id, cluster, protocol",
@@ -131,6 +144,7 @@ pub const SEAL_TABLES: [SealTable; 6] = [
     SealTable {
         name: "usage_by_viewer_sealed",
         log: "usage_by_viewer_log",
+        log_columns: VIEWER_COLUMNS,
         columns: "window_start, tracking_id, custom_viewer_data, viewer_id, account_id, stream_name, cluster, bytes_out, bytes_in, events",
         select: "window_start, tracking_id, custom_viewer_data, viewer_id, account_id, stream_name, cluster",
         group: "window_start, tracking_id, custom_viewer_data, viewer_id, account_id, stream_name, cluster",
@@ -138,6 +152,7 @@ pub const SEAL_TABLES: [SealTable; 6] = [
     SealTable {
         name: "usage_by_viewer_daily_sealed",
         log: "usage_by_viewer_log",
+        log_columns: VIEWER_COLUMNS,
         columns: "day, tracking_id, custom_viewer_data, viewer_id, account_id, stream_name, cluster, bytes_out, bytes_in, events",
         select: "toDate(window_start) AS day, tracking_id, custom_viewer_data, viewer_id, account_id, stream_name, cluster",
         group: "day, tracking_id, custom_viewer_data, viewer_id, account_id, stream_name, cluster",
@@ -165,6 +180,9 @@ pub enum SealSkipped {
     NothingNew,
     /// A claim landed while the seal ran: its rows were not committed.
     ClaimsChanged,
+    /// Another seal committed while this one ran (its lock had gone stale
+    /// and was taken over): its rows were not committed.
+    Superseded,
 }
 
 #[derive(Deserialize, clickhouse::Row)]
@@ -180,6 +198,11 @@ pub async fn latest(client: &clickhouse::Client, db: &str) -> Result<Sealed, Agg
         runtime::ch::ChError::ClickHouse(e) => AggError::ClickHouse(e),
         other => AggError::CorruptState(other.to_string()),
     })
+}
+
+/// The sequence number of the latest committed seal (0: none).
+pub(crate) async fn latest_seq(client: &clickhouse::Client, db: &str) -> Result<u64, AggError> {
+    Ok(client.query(&format!("SELECT max(seq) FROM {db}.usage_seals")).fetch_one::<u64>().await?)
 }
 
 /// A digest of the claims table: a seal commits only if it is unchanged.
@@ -271,7 +294,6 @@ async fn seal_locked(cfg: &ClickHouseConfig, db: &str, margin: u32) -> Result<Re
     let mut tables = Vec::new();
     for t in &SEAL_TABLES {
         let t0 = Instant::now();
-        let columns = LOGS.iter().find(|l| l.0 == t.log).map(|l| l.1).unwrap_or(TRACKING_COLUMNS);
         grouping
             .query(&format!(
                 "INSERT INTO {db}.{name} ({columns}, seal_id) \
@@ -286,7 +308,7 @@ async fn seal_locked(cfg: &ClickHouseConfig, db: &str, margin: u32) -> Result<Re
                 name = t.name,
                 columns = t.columns,
                 select = t.select,
-                source = before.log_source(db, t.log, columns),
+                source = before.log_source(db, t.log, t.log_columns),
                 group = t.group,
             ))
             .bind(&keys)
@@ -303,6 +325,13 @@ async fn seal_locked(cfg: &ClickHouseConfig, db: &str, margin: u32) -> Result<Re
     if claims_digest(&client, db).await? != digest {
         warn!(seal_id, "SealAbandoned: a claim landed while sealing; its rows stay invisible, the next seal covers them");
         return Ok(Err(SealSkipped::ClaimsChanged));
+    }
+    // a seal that outlived its lock (paused, or slower than
+    // --lock-stale-secs) and whose lock was taken over must not commit
+    // over its successor's work
+    if latest_seq(&client, db).await? != before.seq {
+        warn!(seal_id, "SealAbandoned: another seal committed meanwhile (this seal's lock went stale); its rows stay invisible");
+        return Ok(Err(SealSkipped::Superseded));
     }
     let seq = before.seq + 1;
     let (topics, partitions): (Vec<String>, Vec<u32>) = sealed_to.keys().cloned().unzip();
@@ -371,10 +400,8 @@ async fn tail_bound(
     // drained: no valid legacy row is above the new offsets, and the legacy
     // tables are empty or migration 10 is older than the margin (an insert
     // in flight at its rename may land late)
-    let migrated: u32 = client
-        .query(&format!("SELECT toUInt32(min(applied_at)) FROM {db}.schema_migrations WHERE version = 10"))
-        .fetch_one()
-        .await?;
+    let migrated: u32 =
+        client.query(&format!("SELECT toUInt32(min(applied_at)) FROM {db}.schema_migrations WHERE version = 10")).fetch_one().await?;
     let mut legacy_rows = 0;
     for (log, _) in LOGS {
         legacy_rows += client.query(&format!("SELECT count() FROM {db}.{log}_legacy")).fetch_one::<u64>().await?;

@@ -19,6 +19,10 @@ pub enum StoreError {
     Config(String),
     #[error("stored invoice {0} cannot be read: {1}")]
     Corrupt(String, String),
+    /// The sealed rows this read's snapshot needs were consolidated while it
+    /// ran (`aggregator::consolidate`); nothing was written. Run again.
+    #[error("the sealed usage was consolidated after this run's snapshot (seal {0}); nothing was written, run it again")]
+    SnapshotConsolidated(u64),
 }
 
 /// Billing's handle on ClickHouse.
@@ -570,6 +574,17 @@ impl Store {
             db = self.db
         );
         let rows: Vec<KeyBytes> = self.client.query(&sql).bind(secs(from)).bind(secs(to)).bind(snapshot.sealed.seq).fetch_all().await?;
+        // a consolidation after the snapshot replaced rows of its seals with
+        // rows of a later one: this answer may lack them
+        let later: u64 = self
+            .client
+            .query(&format!("SELECT count() FROM {}.usage_seals WHERE consolidated = 1 AND seq > ?", self.db))
+            .bind(snapshot.sealed.seq)
+            .fetch_one()
+            .await?;
+        if later > 0 {
+            return Err(StoreError::SnapshotConsolidated(snapshot.sealed.seq));
+        }
         for r in rows {
             let e = usage.entry(r.key).or_insert(0);
             *e = e.checked_add(r.bytes).ok_or_else(|| StoreError::Config("usage overflows u64".into()))?;

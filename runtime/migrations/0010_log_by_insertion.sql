@@ -68,6 +68,8 @@ ORDER BY (toStartOfHour(inserted_at), tracking_id, window_start, viewer_id);
 -- Seals before this migration have no time bound (1970: the whole log).
 ALTER TABLE {db}.usage_seals ADD COLUMN tail_since DateTime('UTC');
 ALTER TABLE {db}.usage_seals ADD COLUMN legacy_drained UInt8;
+-- 1: a consolidation (aggregator/src/consolidate.rs), which moves no offset
+ALTER TABLE {db}.usage_seals ADD COLUMN consolidated UInt8;
 
 -- The latest seal's time bound, and whether the legacy tables are drained
 -- (no seal: 1970 and 0, so everything is read).

@@ -172,9 +172,7 @@ pub async fn latest_seal(client: &clickhouse::Client, db: &str) -> Result<Sealed
         tail_since: u32,
     }
     let row: Option<SealRow> = client
-        .query(&format!(
-            "SELECT seq, topics, partitions, sealed_to, toUInt32(tail_since) FROM {db}.usage_seals ORDER BY seq DESC LIMIT 1"
-        ))
+        .query(&format!("SELECT seq, topics, partitions, sealed_to, toUInt32(tail_since) FROM {db}.usage_seals ORDER BY seq DESC LIMIT 1"))
         .fetch_optional()
         .await?;
     let Some(r) = row else { return Ok(Sealed::default()) };

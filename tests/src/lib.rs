@@ -225,13 +225,16 @@ pub fn seal_env(db: &ClickHouseConfig) -> Vec<(&'static str, String)> {
 /// Run `aggregator seal` once against `db` and wait for it. `fault`: kill
 /// it (SIGKILL) right after that step ([`aggregator::seal::SEAL_FAULT_ENV`]).
 /// The lock is taken over at once (`--lock-stale-secs 0`): a killed seal
-/// leaves it behind.
+/// leaves it behind. Months with rows of 2 seals or more are consolidated
+/// after the seal (`aggregator::consolidate`).
 pub fn run_seal(db: &ClickHouseConfig, fault: Option<&str>) -> std::process::ExitStatus {
     let mut env = seal_env(db);
     if let Some(step) = fault {
         env.push((aggregator::seal::SEAL_FAULT_ENV, step.to_string()));
     }
-    let mut p = Proc::spawn("aggregator", &["seal", "--lock-stale-secs", "0"], &env);
+    // consolidating from the second seal on: every suite that seals also
+    // reads consolidated rows
+    let mut p = Proc::spawn("aggregator", &["seal", "--lock-stale-secs", "0", "--consolidate-min-seals", "2"], &env);
     p.wait_exit(Duration::from_secs(120)).expect("aggregator seal finished")
 }
 

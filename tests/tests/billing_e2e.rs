@@ -172,7 +172,9 @@ async fn invoices_match_the_simulated_usage_and_late_usage_becomes_an_adjustment
     assert!(wait_checkpointed(&db, Duration::from_secs(60)).await);
     // the late usage sealed too: what was issued is read from two seals now
     assert!(run_seal(&db, None).success(), "a second seal");
-    assert_eq!(count(&db, &format!("SELECT count() FROM {}.usage_seals", db.database)).await, 2);
+    assert_eq!(count(&db, &format!("SELECT count() FROM {}.usage_seals WHERE consolidated = 0", db.database)).await, 2);
+    // and October's rows of the two seals consolidated into one row per key
+    assert_eq!(count(&db, &format!("SELECT count() FROM {}.usage_seals WHERE consolidated = 1", db.database)).await, 1);
 
     // the issued invoice does not change ...
     let out4 = dir.join("after-late");

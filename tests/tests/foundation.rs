@@ -214,11 +214,12 @@ fn compose_file_is_valid_for_a_real_compose_parser() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "docker-compose config failed: {stderr}");
     let cfg = String::from_utf8_lossy(&out.stdout);
-    for service in ["kafka:", "kafka-init:", "clickhouse:", "migrate:", "ingest:", "aggregator:", "api:", "billing:"] {
+    for service in ["kafka:", "kafka-init:", "clickhouse:", "migrate:", "ingest:", "aggregator:", "seal:", "api:", "billing:"] {
         assert!(cfg.contains(service), "service {service} missing from:\n{cfg}");
     }
     assert!(cfg.contains("healthcheck:"), "healthchecks present");
     assert!(cfg.contains("replicas: 2"), "two aggregator replicas in one group");
+    assert!(cfg.contains("- seal") && cfg.contains("- --every"), "sealing runs as a service");
     assert!(cfg.contains("--partitions") && cfg.contains("service_completed_successfully"), "topic created before the services start");
 }
 
