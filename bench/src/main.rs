@@ -80,6 +80,12 @@ enum Cmd {
         /// Tracking ids
         #[arg(long, default_value_t = 1_000)]
         tracking_ids: u64,
+        /// After the one seal of the log: this many seals in all, each of late
+        /// usage of every tracking id on every day of the month (what seals every
+        /// 5 minutes do to a day's rows), and billing's month before and after
+        /// the consolidation (1: none)
+        #[arg(long, default_value_t = 1)]
+        seals: u64,
     },
     /// A claim of a partition with N active viewers and D days of dedup
     /// history: the claim and its dedup restore, next to the bare read of
@@ -121,7 +127,7 @@ fn main() -> Result<()> {
         Cmd::Billing { tracking_ids } => rt.block_on(bench_billing(tracking_ids)),
         Cmd::Latency { rate, seconds } => rt.block_on(bench_latency(rate, seconds)),
         Cmd::Hostile => rt.block_on(bench_hostile()),
-        Cmd::Scale { rows, tracking_ids } => rt.block_on(bench_scale(&rows, tracking_ids)),
+        Cmd::Scale { rows, tracking_ids, seals } => rt.block_on(bench_scale(&rows, tracking_ids, seals)),
         Cmd::Restore { viewers, days } => rt.block_on(bench_restore(viewers, days)),
         Cmd::All => {
             codec(1_000_000, 3, false)?;
@@ -737,10 +743,101 @@ async fn bench_restore(viewers: u64, days: u64) -> Result<()> {
     Ok(())
 }
 
+/// `bench scale --seals`: `seals - 1` more seals, each of one row per
+/// tracking id and day of October (late usage, at the server's clock), then
+/// billing's month with every key-day split over the seals, the
+/// consolidation, and billing's month again (the same usage).
+async fn many_seals(
+    db: &runtime::ch::ClickHouseConfig,
+    store: &billing::store::Store,
+    tracking_ids: u64,
+    seals: u64,
+    bill_bare: f64,
+) -> Result<String> {
+    let (c, d) = (db.client(), &db.database);
+    let days = (OCT_2026.1 - OCT_2026.0) / 86_400;
+    let t = Instant::now();
+    for k in 1..seals {
+        let offset = 2_000_000_000 + k;
+        c.query(&format!(
+            "INSERT INTO {d}.usage_by_tracking_log (window_start, tracking_id, account_id, stream_name, cluster, protocol, bytes_out, bytes_in, \
+             events, src_topic, src_partition, src_epoch, src_offset) \
+             SELECT toDateTime({start} + (number % {days}) * 86400), concat('t-', toString(intDiv(number, {days}) % {tracking_ids})), 'acct', \
+             'live-0', 'c-0', 'WEBRTC', 1, 0, 1, 'bench', 0, 1, {offset} FROM numbers({n})",
+            start = OCT_2026.0,
+            n = tracking_ids * days as u64,
+        ))
+        .execute()
+        .await?;
+        c.query(&format!(
+            "INSERT INTO {d}.aggregator_checkpoints (topic, partition, epoch, position, watermark_ms, arrival_ms, member, created_at) \
+             VALUES ('bench', 0, 1, {offset}, 0, 0, 'bench', now())"
+        ))
+        .execute()
+        .await?;
+        aggregator::seal::seal(db, 600).await?.map_err(|skipped| anyhow::anyhow!("seal {k} did not run: {skipped:?}"))?;
+    }
+    let sealing_s = t.elapsed().as_secs_f64();
+    let daily_rows = || {
+        let c = c.clone();
+        async move {
+            let n: u64 = c.query(&format!("SELECT count() FROM {d}.usage_by_tracking_daily_sealed")).fetch_one().await?;
+            anyhow::Ok(n)
+        }
+    };
+    let bill_month = || {
+        let store = store.clone();
+        async move {
+            let snap = store.snapshot().await?;
+            let (from, to) = billing::invoice::period_bounds(2026, 10).expect("October");
+            Ok(store.usage_at(&snap, from, to).await?)
+        }
+    };
+    // the part of billing's read that consolidation changes: the daily rows
+    let daily_read = || {
+        let c = c.clone();
+        async move {
+            let n: u64 = c
+                .query(&format!(
+                    "SELECT count() FROM (SELECT tracking_id, sum(bytes_out) FROM {d}.usage_by_tracking_daily_sealed \
+                     WHERE day >= toDate('2026-10-01') AND day < toDate('2026-11-01') \
+                       AND seal_id GLOBAL IN (SELECT seal_id FROM {d}.usage_seals) GROUP BY tracking_id)"
+                ))
+                .fetch_one()
+                .await?;
+            anyhow::Ok(n)
+        }
+    };
+    let split_rows = daily_rows().await?;
+    let (split, usage) = best_of_3(bill_month).await?;
+    let (split_daily, _) = best_of_3(daily_read).await?;
+    let t = Instant::now();
+    let done = aggregator::consolidate::consolidate(db, 2, 600)
+        .await?
+        .map_err(|skipped| anyhow::anyhow!("the consolidation did not run: {skipped:?}"))?;
+    let consolidate_s = t.elapsed().as_secs_f64();
+    eprintln!("consolidated in {consolidate_s:.1} s: {:?}", done.months);
+    let one_rows = daily_rows().await?;
+    let (consolidated, usage_after) = best_of_3(bill_month).await?;
+    let (one_daily, _) = best_of_3(daily_read).await?;
+    anyhow::ensure!(usage_after == usage, "billing reads the same usage before and after the consolidation");
+    Ok(format!(
+        "| {seals} seals, each with usage of every tracking id on every day of the month ({:.0} s): billing's usage of a month, before / after the consolidation ({:.1} s); of it, the daily sealed rows' read | {:.0} / {:.0} ms; the daily rows: {:.0} ms ({split_rows} rows) / {:.0} ms ({one_rows} rows) | {:.0} ms | {:.0}x after |",
+        sealing_s,
+        consolidate_s,
+        split * 1000.0,
+        consolidated * 1000.0,
+        split_daily * 1000.0,
+        one_daily * 1000.0,
+        bill_bare * 1000.0,
+        consolidated / bill_bare
+    ))
+}
+
 /// October 2026 (UTC), as unix seconds.
 const OCT_2026: (i64, i64) = (1_790_812_800, 1_793_491_200);
 
-async fn bench_scale(sizes: &[u64], tracking_ids: u64) -> Result<()> {
+async fn bench_scale(sizes: &[u64], tracking_ids: u64, seals: u64) -> Result<()> {
     let mut lines = Vec::new();
     for &rows in sizes {
         let db = stack::clickhouse(format!("bench_scale_{}_{rows}", stack::stamp()));
@@ -981,6 +1078,9 @@ async fn bench_scale(sizes: &[u64], tracking_ids: u64) -> Result<()> {
             ms(bill_bare),
             bill / bill_bare
         ));
+        if seals > 1 {
+            lines.push(many_seals(&db, &store, tracking_ids, seals, bill_bare).await?);
+        }
         let _ = db.server_client().query(&format!("DROP DATABASE IF EXISTS {d}")).execute().await;
     }
     header();
