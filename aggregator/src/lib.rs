@@ -107,14 +107,14 @@
 //!    sealed rows keep it; so a claim resumes at the latest seal's offset at
 //!    least, restoring the dedup state as of it, and counts only past it.
 //! 10. **The tail by insertion time.** Readers find the log rows above the
-//!    latest seal by the hour they were inserted: the server stamps
-//!    `inserted_at` at each insert, and a seal records a time before which
-//!    no row of its tail was inserted (`seal`, "The tail's time bound"). A
-//!    row that counts above a seal was acknowledged after that seal's reads
-//!    began, within the 60 s insert timeout of its start; the seal's margin
-//!    (600 s) covers that and the clocks of the servers. Which rows count is
-//!    still decided by 1 to 9 alone. A consolidation (`consolidate`) swaps a
-//!    month of sealed rows for one row per key, committed as a seal.
+//!     latest seal by the hour they were inserted: the server stamps
+//!     `inserted_at` at each insert, and a seal records a time before which
+//!     no row of its tail was inserted (`seal`, "The tail's time bound"). A
+//!     row that counts above a seal was acknowledged after that seal's reads
+//!     began, within the 60 s insert timeout of its start; the seal's margin
+//!     (600 s) covers that and the clocks of the servers. Which rows count is
+//!     still decided by 1 to 9 alone. A consolidation (`consolidate`) swaps a
+//!     month of sealed rows for one row per key, committed as a seal.
 //!
 //! Why not idempotent segments (deterministic cut points, replayed segments
 //! byte-identical and deduplicated by the server)? They need insert
