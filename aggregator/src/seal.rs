@@ -380,11 +380,11 @@ async fn tail_bound(
                 OR src_offset > transform(concat(src_topic, '/', toString(src_partition)), ?, ?, toUInt64(0)))"
         )
     };
+    const COLUMNS: &str = "src_topic, src_partition, src_epoch, src_offset, inserted_at";
     let mut since = now.saturating_sub(margin);
-    let recent = Sealed { legacy_drained: true, ..before.clone() };
     for (log, _) in LOGS {
         let (n, first): (u64, u32) = client
-            .query(&above(recent.log_source(db, log, "src_topic, src_partition, src_epoch, src_offset, inserted_at")))
+            .query(&above(format!("({})", before.recent_log(db, log, COLUMNS))))
             .bind(&keys)
             .bind(&keys)
             .bind(&upto)
@@ -412,7 +412,7 @@ async fn tail_bound(
     let mut left = 0;
     for (log, _) in LOGS {
         let (n, _): (u64, u32) = client
-            .query(&above(format!("(SELECT src_topic, src_partition, src_epoch, src_offset, inserted_at FROM {db}.{log}_legacy)")))
+            .query(&above(format!("(SELECT {COLUMNS} FROM {db}.{log}_legacy)")))
             .bind(&keys)
             .bind(&keys)
             .bind(&upto)

@@ -743,6 +743,13 @@ async fn bench_restore(viewers: u64, days: u64) -> Result<()> {
     Ok(())
 }
 
+/// Billing's usage of October 2026: a snapshot and every tracking id's bytes.
+async fn bill_october(store: billing::store::Store) -> Result<std::collections::BTreeMap<String, u64>> {
+    let snap = store.snapshot().await?;
+    let (from, to) = billing::invoice::period_bounds(2026, 10).expect("October");
+    Ok(store.usage_at(&snap, from, to).await?)
+}
+
 /// `bench scale --seals`: `seals - 1` more seals, each of one row per
 /// tracking id and day of October (late usage, at the server's clock), then
 /// billing's month with every key-day split over the seals, the
@@ -785,14 +792,7 @@ async fn many_seals(
             anyhow::Ok(n)
         }
     };
-    let bill_month = || {
-        let store = store.clone();
-        async move {
-            let snap = store.snapshot().await?;
-            let (from, to) = billing::invoice::period_bounds(2026, 10).expect("October");
-            Ok(store.usage_at(&snap, from, to).await?)
-        }
-    };
+    let bill_month = || bill_october(store.clone());
     // the part of billing's read that consolidation changes: the daily rows
     let daily_read = || {
         let c = c.clone();
@@ -975,14 +975,7 @@ async fn bench_scale(sizes: &[u64], tracking_ids: u64, seals: u64) -> Result<()>
         .await?;
         // billing a month: the snapshot and every tracking id's bytes
         let store = billing::store::Store::new(&db)?;
-        let bill_month = || {
-            let store = store.clone();
-            async move {
-                let snap = store.snapshot().await?;
-                let (from, to) = billing::invoice::period_bounds(2026, 10).expect("October");
-                Ok(store.usage_at(&snap, from, to).await?)
-            }
-        };
+        let bill_month = || bill_october(store.clone());
         let (bill, usage) = best_of_3(bill_month).await?;
         anyhow::ensure!(usage.len() as u64 == tracking_ids, "billing saw {} tracking ids", usage.len());
         let (bill_bare, _) = best_of_3(|| {

@@ -412,11 +412,11 @@ impl Store {
             Some(floor) => format!("PREWHERE src_offset > {floor} OR (src_topic, src_partition) IN ({})", unsealed.join(", ")),
         };
         let columns = "tracking_id, bytes_out, window_start, src_topic, src_partition, src_epoch, src_offset";
-        let recent = runtime::ch::Sealed { legacy_drained: true, ..sealed.clone() }.log_source(&self.db, log_table, columns);
+        let recent = sealed.recent_log(&self.db, log_table, columns);
         let source = if sealed.legacy_drained {
-            recent
+            format!("({recent})")
         } else {
-            format!("(SELECT {columns} FROM {recent} UNION ALL SELECT {columns} FROM {}.{log_table}_legacy {prewhere})", self.db)
+            format!("({recent} UNION ALL SELECT {columns} FROM {}.{log_table}_legacy {prewhere})", self.db)
         };
         // (no bound at all when `above` is empty: 18.16's transform refuses empty arrays)
         // (signed: a partition not in `above` has bound -1, so its rows at

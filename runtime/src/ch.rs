@@ -145,19 +145,24 @@ pub struct Sealed {
 impl Sealed {
     /// The rows of the log table `log` (`usage_by_tracking_log` or
     /// `usage_by_viewer_log`) that a reader above this seal must consider,
-    /// as a parenthesised subquery of `columns`: the log from the hour of
-    /// `tail_since` (its primary key), and its `_legacy` twin unless
-    /// drained. [`Sealed::default`] gives every row.
+    /// as a parenthesised subquery of `columns`: [`Sealed::recent_log`], and
+    /// the `_legacy` twin unless drained. [`Sealed::default`] gives every row.
     pub fn log_source(&self, db: &str, log: &str, columns: &str) -> String {
-        let recent = format!(
-            "SELECT {columns} FROM {db}.{log} PREWHERE toStartOfHour(inserted_at) >= toStartOfHour(toDateTime({}, 'UTC'))",
-            self.tail_since
-        );
+        let recent = self.recent_log(db, log, columns);
         if self.legacy_drained {
             format!("({recent})")
         } else {
             format!("({recent} UNION ALL SELECT {columns} FROM {db}.{log}_legacy)")
         }
+    }
+
+    /// `SELECT columns` of `log` from the hour of `tail_since` on (its
+    /// primary key), without the legacy twin.
+    pub fn recent_log(&self, db: &str, log: &str, columns: &str) -> String {
+        format!(
+            "SELECT {columns} FROM {db}.{log} PREWHERE toStartOfHour(inserted_at) >= toStartOfHour(toDateTime({}, 'UTC'))",
+            self.tail_since
+        )
     }
 }
 

@@ -760,6 +760,18 @@ async fn stream_month(db: &ClickHouseConfig, stream: &str, max_rows: u64) -> Res
     Ok(rows.into_iter().map(|r| (r.d, r.bytes)).collect())
 }
 
+/// Partition 0 of `topic` claimed once, from offset 0, at epoch 1.
+async fn claim_epoch_1(db: &ClickHouseConfig, topic: &str) {
+    insert(
+        db,
+        "aggregator_claims",
+        "topic, partition, epoch, start_offset, member, claim_id, claimed_at",
+        [format!("('{topic}', 0, 1, 0, 'm', 1, now())")].into_iter(),
+    )
+    .await;
+}
+
+/// A checkpoint of partition 0 of `topic` at `position`, epoch 1.
 async fn checkpoint(db: &ClickHouseConfig, topic: &str, position: u64) {
     insert(
         db,
@@ -784,13 +796,7 @@ async fn the_tails_read_what_arrived_since_the_seal_not_the_whole_log() {
     const LIMIT: u64 = 200_000;
     let db = test_db().await;
     let topic = unique("tail");
-    insert(
-        &db,
-        "aggregator_claims",
-        "topic, partition, epoch, start_offset, member, claim_id, claimed_at",
-        [format!("('{topic}', 0, 1, 0, 'm', 1, now())")].into_iter(),
-    )
-    .await;
+    claim_epoch_1(&db, &topic).await;
     bulk_rows(&db, &topic, N).await;
     checkpoint(&db, &topic, N).await;
     let err = stream_month(&db, "s3", LIMIT).await.expect_err("unsealed, one stream's month reads the whole log");
@@ -865,13 +871,7 @@ async fn an_upgrade_keeps_every_logged_row_and_a_seal_drains_the_legacy_tables()
     let err = runtime::ch::migrate_interrupted(&db, 10, 1).await.unwrap_err();
     assert!(matches!(err, runtime::ch::ChError::Interrupted { version: 10, index: 1 }), "{err}");
     let topic = unique("upg");
-    insert(
-        &db,
-        "aggregator_claims",
-        "topic, partition, epoch, start_offset, member, claim_id, claimed_at",
-        [format!("('{topic}', 0, 1, 0, 'm', 1, now())")].into_iter(),
-    )
-    .await;
+    claim_epoch_1(&db, &topic).await;
     bulk_rows(&db, &topic, N).await;
     checkpoint(&db, &topic, N).await;
     let want = stream_days(N, 3);
@@ -928,13 +928,7 @@ async fn consolidation_makes_one_row_per_key_and_changes_no_answer() {
     let db = test_db().await;
     let topic = unique("cons");
     let d = db.database.clone();
-    insert(
-        &db,
-        "aggregator_claims",
-        "topic, partition, epoch, start_offset, member, claim_id, claimed_at",
-        [format!("('{topic}', 0, 1, 0, 'm', 1, now())")].into_iter(),
-    )
-    .await;
+    claim_epoch_1(&db, &topic).await;
     // batch i: the same 20 tracking ids, 4 streams and 50 viewers over the
     // minutes of 2026-10-01, offsets i * BATCH + 1 ..= (i + 1) * BATCH
     let batch = |i: u64| {
