@@ -9,17 +9,24 @@
 //! minute's rows come from one or two seals.)
 //!
 //! **Exactly once.** It holds the seal lock, so no seal writes meanwhile.
-//! For each month it fills a staging table (`<table>_consolidating`, the
-//! month dropped first, so a run killed half-way leaves nothing that
-//! counts) with the sums of the committed seals' rows, under a fresh id.
-//! Then it commits that id as a seal of its own in `usage_seals`: the next
-//! sequence number, the same offsets and time bound as the latest seal, and
-//! `consolidated = 1`. Then it swaps each month in with `REPLACE PARTITION`,
-//! which is atomic: a reader sees the month's rows of the earlier seals or
-//! the consolidated ones, never both and never neither (both are committed
-//! from the commit on). A run killed after the commit leaves some months
-//! swapped and the others as they were; each is right. Rows of a seal that
-//! was never committed (a killed seal) are left out: nothing counted them.
+//! For each month it fills a staging table of its own
+//! (`<table>_consolidating_<id>`) with the sums of the committed seals'
+//! rows, under a fresh id. Then it commits that id as a seal of its own in
+//! `usage_seals`: the next sequence number, the same offsets and time bound
+//! as the latest seal, and `consolidated = 1`. Then it swaps each month in
+//! with `REPLACE PARTITION`, which is atomic: a reader sees the month's rows
+//! of the earlier seals or the consolidated ones, never both and never
+//! neither (both are committed from the commit on). A run killed after the
+//! commit leaves some months swapped and the others as they were; each is
+//! right. Rows of a seal that was never committed (a killed seal) are left
+//! out: nothing counted them.
+//!
+//! **A run that outlives its lock** (paused, or slower than
+//! `--lock-stale-secs`, while another run takes the lock over) must not
+//! commit, nor swap a month in over rows sealed after it staged them. Its
+//! commit is conditional on the server (as a seal's, `seal.rs`), and every
+//! run that takes the lock first drops every staging table it finds
+//! ([`drop_staging`]): the stale run's swap then fails, and it stops.
 //!
 //! **Snapshots.** Billing reads sealed rows of the seals up to its snapshot
 //! (`seq <= S`). A consolidation committed after the snapshot takes the
@@ -105,7 +112,10 @@ pub async fn consolidate_until(
     {
         return Ok(Err(ConsolidationSkipped::Locked));
     }
-    let result = locked(cfg, &db, min_seals, stop).await;
+    let result = match drop_staging(cfg, &db).await {
+        Ok(()) => locked(cfg, &db, min_seals, stop).await,
+        Err(e) => Err(e),
+    };
     runtime::ch::ddl_unlock(&server, &db, SEAL_LOCK, "").await;
     result
 }
@@ -149,7 +159,7 @@ async fn locked(
         if months.is_empty() {
             continue;
         }
-        let staging = format!("{db}.{name}_consolidating");
+        let staging = format!("{db}.{}", staging(name, id));
         client.query(&format!("CREATE TABLE IF NOT EXISTS {staging} AS {db}.{name}")).execute().await?;
         for month in months {
             let m = month.m;
@@ -175,19 +185,22 @@ async fn locked(
     }
     // the commit: the latest seal's offsets and bound under the next number;
     // not if another seal committed meanwhile (this run's lock went stale)
-    if crate::seal::latest_seq(&client, db).await? != seq {
-        warn!(seal_id = id, "ConsolidationAbandoned: another seal committed meanwhile (this run's lock went stale)");
-        return Ok(Err(ConsolidationSkipped::Superseded));
-    }
+    // (conditional on the server, as a seal's commit)
     client
         .query(&format!(
             "INSERT INTO {db}.usage_seals (seal_id, seq, topics, partitions, sealed_to, sealed_at, tail_since, legacy_drained, consolidated) \
              SELECT toUInt64({id}), toUInt64({next}), topics, partitions, sealed_to, now(), tail_since, legacy_drained, 1 \
-             FROM {db}.usage_seals WHERE seq = {seq} LIMIT 1",
-            next = seq + 1
+             FROM {db}.usage_seals WHERE seq = {seq} AND {condition} LIMIT 1",
+            next = seq + 1,
+            condition = crate::seal::commit_condition(db),
         ))
+        .bind(seq)
         .execute()
         .await?;
+    if !crate::seal::committed(&client, db, id).await? {
+        warn!(seal_id = id, "ConsolidationAbandoned: another seal committed meanwhile (this run's lock went stale)");
+        return Ok(Err(ConsolidationSkipped::Superseded));
+    }
     if stop == Some(Stop::Committed) {
         return Ok(Ok(out));
     }
@@ -196,14 +209,68 @@ async fn locked(
             warn!(seal_id = id, "ConsolidationAbandoned: another seal committed meanwhile; the months not swapped stay as they are");
             return Ok(Err(ConsolidationSkipped::Superseded));
         }
-        client.query(&format!("ALTER TABLE {db}.{name} REPLACE PARTITION {m} FROM {db}.{name}_consolidating")).execute().await?;
+        crate::seal::fault_after("swap");
+        // a run whose lock was taken over finds its staging dropped (see
+        // [`drop_staging`]): the swap fails and the month stays as it is
+        let swapped =
+            client.query(&format!("ALTER TABLE {db}.{name} REPLACE PARTITION {m} FROM {db}.{}", staging(name, id))).execute().await;
+        if let Err(e) = swapped {
+            if exists(&client, db, &staging(name, id)).await? {
+                return Err(e.into());
+            }
+            warn!(
+                seal_id = id,
+                "ConsolidationAbandoned: its staging was dropped by a run that took the lock over; the months not swapped stay as they are"
+            );
+            return Ok(Err(ConsolidationSkipped::Superseded));
+        }
         if i == 0 && stop == Some(Stop::FirstSwap) {
             return Ok(Ok(out));
         }
     }
     for name in CONSOLIDATED {
-        client.query(&format!("DROP TABLE IF EXISTS {db}.{name}_consolidating")).execute().await?;
+        client.query(&format!("DROP TABLE IF EXISTS {db}.{}", staging(name, id))).execute().await?;
     }
     info!(seal_id = id, seq = seq + 1, months = ?out.months, "SealsConsolidated");
     Ok(Ok(out))
+}
+
+/// The staging table of `table` for the run `id`: a name of its own, so a
+/// run never swaps in another run's rows.
+fn staging(table: &str, id: u64) -> String {
+    format!("{table}{STAGING}{id:016x}")
+}
+
+/// What every staging table's name holds.
+const STAGING: &str = "_consolidating_";
+
+async fn exists(client: &clickhouse::Client, db: &str, table: &str) -> Result<bool, AggError> {
+    let n: u64 = client.query("SELECT count() FROM system.tables WHERE database = ? AND name = ?").bind(db).bind(table).fetch_one().await?;
+    Ok(n > 0)
+}
+
+/// Drop every staging table of `db`. Called by every run that takes the
+/// seal lock, before it writes anything: a staging table then left belongs
+/// to a run that crashed or whose lock went stale (paused, or slower than
+/// `--lock-stale-secs`). Without its staging such a run, resumed, cannot
+/// swap a month in over rows sealed after it was staged.
+pub(crate) async fn drop_staging(cfg: &ClickHouseConfig, db: &str) -> Result<(), AggError> {
+    let client = cfg.writer_client().await.map_err(|e| AggError::Config(format!("ClickHouse at {}: {e}", cfg.url)))?;
+    let tables: Vec<String> = client
+        .query("SELECT name FROM system.tables WHERE database = ? AND position(name, ?) > 0")
+        .bind(db)
+        .bind(STAGING)
+        .fetch_all()
+        .await?;
+    for t in tables {
+        warn!(table = %t, "ConsolidationStagingDropped: left by a run that crashed or lost its lock");
+        client
+            .query(&format!(
+                "DROP TABLE IF EXISTS {db}.{}",
+                runtime::ch::check_identifier(&t).map_err(|e| AggError::CorruptState(e.to_string()))?
+            ))
+            .execute()
+            .await?;
+    }
+    Ok(())
 }

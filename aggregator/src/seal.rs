@@ -21,6 +21,17 @@
 //! covers the same offsets. A claim that lands while a seal runs changes
 //! the fences the seal read: the seal then does not commit.
 //!
+//! **A seal that outlives its lock** (paused, or slower than
+//! `--lock-stale-secs`, while another seal takes the lock over) must not
+//! commit over its successor. Its commit is one statement, conditional on
+//! the server: it writes the row only if the latest sequence number is
+//! still the one the seal started from, and the seal reads its row back to
+//! learn whether it committed. No pause of the process can fall between
+//! that check and the write; two commits of one number would need two
+//! statements executing at the same instant, and [`latest`] then refuses
+//! to build on either (`ChError::Corrupt`), as `billing reconcile`'s
+//! direct counts would report the double count.
+//!
 //! **Reading.** Under the contract names, the views add the sealed rows of
 //! committed seals and the fenced log rows above the latest commit; the
 //! answer equals the unsealed computation at every step.
@@ -61,13 +72,20 @@ use tracing::{info, warn};
 pub const SEAL_LOCK: &str = "usage_seal_lock";
 
 /// Test hook: `AGGREGATOR_SEAL_FAULT_AFTER=<step>` kills `aggregator seal`
-/// (SIGKILL) right after that step: `lock`, a table of [`SEAL_TABLES`], or
-/// `commit`.
+/// (SIGKILL) right after that step: one of [`seal_steps`], or `swap` (a
+/// consolidation's check before each month's swap).
 pub const SEAL_FAULT_ENV: &str = "AGGREGATOR_SEAL_FAULT_AFTER";
 
-/// The steps [`SEAL_FAULT_ENV`] can name, in the order a seal takes them.
+/// Test hook: `AGGREGATOR_SEAL_PAUSE_AFTER=<step>` stops `aggregator seal`
+/// (SIGSTOP, as a pause of the host would) right after that step, like
+/// [`SEAL_FAULT_ENV`]; SIGCONT resumes it.
+pub const SEAL_PAUSE_ENV: &str = "AGGREGATOR_SEAL_PAUSE_AFTER";
+
+/// The steps [`SEAL_FAULT_ENV`] can name, in the order a seal takes them:
+/// `lock`, each table of [`SEAL_TABLES`], `checked` (the checks before the
+/// commit) and `commit`.
 pub fn seal_steps() -> Vec<&'static str> {
-    std::iter::once("lock").chain(SEAL_TABLES.iter().map(|t| t.name)).chain(std::iter::once("commit")).collect()
+    std::iter::once("lock").chain(SEAL_TABLES.iter().map(|t| t.name)).chain(["checked", "commit"]).collect()
 }
 
 /// See the module docs, "The tail's time bound".
@@ -205,6 +223,19 @@ pub(crate) async fn latest_seq(client: &clickhouse::Client, db: &str) -> Result<
     Ok(client.query(&format!("SELECT max(seq) FROM {db}.usage_seals")).fetch_one::<u64>().await?)
 }
 
+/// The condition of a commit to `usage_seals` (one bound value: the
+/// sequence number the committing run started from): no other run
+/// committed meanwhile.
+pub(crate) fn commit_condition(db: &str) -> String {
+    format!("(SELECT max(seq) FROM {db}.usage_seals) = toUInt64(?)")
+}
+
+/// Whether `seal_id` is committed (its conditional commit wrote its row).
+pub(crate) async fn committed(client: &clickhouse::Client, db: &str, seal_id: u64) -> Result<bool, AggError> {
+    let n: u64 = client.query(&format!("SELECT count() FROM {db}.usage_seals WHERE seal_id = ?")).bind(seal_id).fetch_one().await?;
+    Ok(n > 0)
+}
+
 /// A digest of the claims table: a seal commits only if it is unchanged.
 async fn claims_digest(client: &clickhouse::Client, db: &str) -> Result<(u64, u64), AggError> {
     Ok(client
@@ -213,11 +244,14 @@ async fn claims_digest(client: &clickhouse::Client, db: &str) -> Result<(u64, u6
         .await?)
 }
 
-fn fault_after(step: &str) {
-    if std::env::var(SEAL_FAULT_ENV).is_ok_and(|s| s == step) {
-        tracing::error!(step, "FaultInjected: killing the process (SIGKILL)");
-        // SAFETY: raising a signal on the current process has no preconditions.
-        unsafe { libc::raise(libc::SIGKILL) };
+/// The test hooks [`SEAL_FAULT_ENV`] and [`SEAL_PAUSE_ENV`] at `step`.
+pub(crate) fn fault_after(step: &str) {
+    for (env, signal, what) in [(SEAL_FAULT_ENV, libc::SIGKILL, "killing"), (SEAL_PAUSE_ENV, libc::SIGSTOP, "stopping")] {
+        if std::env::var(env).is_ok_and(|s| s == step) {
+            tracing::error!(step, "FaultInjected: {what} the process");
+            // SAFETY: raising a signal on the current process has no preconditions.
+            unsafe { libc::raise(signal) };
+        }
     }
 }
 
@@ -243,7 +277,10 @@ pub async fn seal_with(
         return Ok(Err(SealSkipped::Locked));
     }
     fault_after("lock");
-    let result = seal_locked(cfg, &db, tail_margin_secs).await;
+    let result = match crate::consolidate::drop_staging(cfg, &db).await {
+        Ok(()) => seal_locked(cfg, &db, tail_margin_secs).await,
+        Err(e) => Err(e),
+    };
     runtime::ch::ddl_unlock(&server, &db, SEAL_LOCK, &on).await;
     result
 }
@@ -326,20 +363,21 @@ async fn seal_locked(cfg: &ClickHouseConfig, db: &str, margin: u32) -> Result<Re
         warn!(seal_id, "SealAbandoned: a claim landed while sealing; its rows stay invisible, the next seal covers them");
         return Ok(Err(SealSkipped::ClaimsChanged));
     }
-    // a seal that outlived its lock (paused, or slower than
-    // --lock-stale-secs) and whose lock was taken over must not commit
-    // over its successor's work
-    if latest_seq(&client, db).await? != before.seq {
-        warn!(seal_id, "SealAbandoned: another seal committed meanwhile (this seal's lock went stale); its rows stay invisible");
-        return Ok(Err(SealSkipped::Superseded));
-    }
+    fault_after("checked");
     let seq = before.seq + 1;
     let (topics, partitions): (Vec<String>, Vec<u32>) = sealed_to.keys().cloned().unzip();
     let upto: Vec<u64> = sealed_to.values().copied().collect();
+    // a seal that outlived its lock (paused, or slower than
+    // --lock-stale-secs) and whose lock was taken over must not commit
+    // over its successor's work: the commit is conditional on the server,
+    // in the statement itself, so no pause of this process can fall
+    // between the check and the write
     client
         .query(&format!(
             "INSERT INTO {db}.usage_seals (seal_id, seq, topics, partitions, sealed_to, sealed_at, tail_since, legacy_drained) \
-             SELECT toUInt64(?), toUInt64(?), ?, ?, ?, now(), toDateTime(?, 'UTC'), toUInt8(?)"
+             SELECT toUInt64(?), toUInt64(?), ?, ?, ?, now(), toDateTime(?, 'UTC'), toUInt8(?) \
+             WHERE {}",
+            commit_condition(db)
         ))
         .bind(seal_id)
         .bind(seq)
@@ -348,8 +386,13 @@ async fn seal_locked(cfg: &ClickHouseConfig, db: &str, margin: u32) -> Result<Re
         .bind(&upto)
         .bind(tail_since)
         .bind(legacy_drained as u8)
+        .bind(before.seq)
         .execute()
         .await?;
+    if !committed(&client, db, seal_id).await? {
+        warn!(seal_id, "SealAbandoned: another seal committed meanwhile (this seal's lock went stale); its rows stay invisible");
+        return Ok(Err(SealSkipped::Superseded));
+    }
     fault_after("commit");
     let millis = started.elapsed().as_millis() as u64;
     info!(seal_id, seq, partitions = moved.len(), tables = ?tables, millis, tail_since, legacy_drained, "SealCommitted");

@@ -176,11 +176,20 @@ pub async fn latest_seal(client: &clickhouse::Client, db: &str) -> Result<Sealed
         sealed_to: Vec<u64>,
         tail_since: u32,
     }
-    let row: Option<SealRow> = client
-        .query(&format!("SELECT seq, topics, partitions, sealed_to, toUInt32(tail_since) FROM {db}.usage_seals ORDER BY seq DESC LIMIT 1"))
-        .fetch_optional()
+    let mut rows: Vec<SealRow> = client
+        .query(&format!("SELECT seq, topics, partitions, sealed_to, toUInt32(tail_since) FROM {db}.usage_seals ORDER BY seq DESC LIMIT 2"))
+        .fetch_all()
         .await?;
-    let Some(r) = row else { return Ok(Sealed::default()) };
+    // each commit is conditional on the number before it (seal.rs): two
+    // commits of one number mean two of them ran at the same instant, and
+    // every reader would count both; stop rather than build on either
+    if rows.len() == 2 && rows[0].seq == rows[1].seq {
+        return Err(ChError::Corrupt {
+            table: "usage_seals",
+            detail: format!("two seals committed as #{}; delete one of them (docs/clickhouse.md \"Sealed aggregates\")", rows[0].seq),
+        });
+    }
+    let Some(r) = (!rows.is_empty()).then(|| rows.swap_remove(0)) else { return Ok(Sealed::default()) };
     if r.topics.len() != r.partitions.len() || r.topics.len() != r.sealed_to.len() {
         return Err(ChError::Corrupt { table: "usage_seals", detail: format!("seal {} has arrays of different lengths", r.seq) });
     }

@@ -14,6 +14,7 @@ use e2e::*;
 use runtime::ch::ClickHouseConfig;
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 const DAY1: &str = "2026-10-01";
 const DAY2: &str = "2026-10-02";
@@ -988,7 +989,7 @@ async fn consolidation_makes_one_row_per_key_and_changes_no_answer() {
         assert_eq!(rows, keys, "{name}: one row per key");
     }
     assert_eq!(count(&db, &format!("SELECT count() FROM {d}.usage_by_tracking_daily_sealed WHERE seal_id = 4242")).await, 0);
-    assert_eq!(count(&db, &format!("SELECT count() FROM system.tables WHERE database = '{d}' AND name LIKE '%_consolidating'")).await, 0);
+    assert_eq!(count(&db, &format!("SELECT count() FROM system.tables WHERE database = '{d}' AND name LIKE '%_consolidating%'")).await, 0);
 
     let err = store.usage_at(&before, from, to).await.expect_err("a snapshot from before the consolidation");
     assert!(matches!(err, billing::store::StoreError::SnapshotConsolidated(_)), "{err}");
@@ -997,5 +998,117 @@ async fn consolidation_makes_one_row_per_key_and_changes_no_answer() {
 
     batch(5).await;
     assert_sealed_equals_unsealed(&db).await;
+    drop_db(&db).await;
+}
+
+/// `aggregator seal` paused (it stops itself, SIGSTOP) after `step`, taking a
+/// held lock over at once and consolidating months of 2 seals or more.
+fn paused_seal(db: &ClickHouseConfig, step: &str) -> Proc {
+    let mut env = seal_env(db);
+    env.push((aggregator::seal::SEAL_PAUSE_ENV, step.to_string()));
+    let mut p = Proc::spawn("aggregator", &["seal", "--lock-stale-secs", "0", "--consolidate-min-seals", "2"], &env);
+    assert!(p.wait_stopped(Duration::from_secs(60)), "aggregator seal reached {step} and paused");
+    p
+}
+
+/// `n` rows into both logs at offsets `from + 1 ..= from + n` of partition 0
+/// under epoch 1 (tracking id `t{i % 5}`, viewer `v{i % 7}`, a minute of
+/// 2026-10-02 each, `i % 100 + 1` bytes out), then a checkpoint at `from + n`.
+async fn rows_and_checkpoint(db: &ClickHouseConfig, topic: &str, from: u64, n: u64) {
+    let d = &db.database;
+    for (log, vcols, vvals) in [
+        ("usage_by_tracking_log", "protocol", "'WHEP'"),
+        ("usage_by_viewer_log", "custom_viewer_data, viewer_id", "'', concat('v', toString(number % 7))"),
+    ] {
+        exec(
+            db,
+            format!(
+                "INSERT INTO {d}.{log} (window_start, tracking_id, account_id, stream_name, cluster, {vcols}, bytes_out, bytes_in, \
+                 events, src_topic, src_partition, src_epoch, src_offset) \
+                 SELECT toDateTime('2026-10-02 00:00:00', 'UTC') + (number % 1440) * 60, concat('t', toString(number % 5)), 'acct', \
+                 's1', 'c', {vvals}, number % 100 + 1, 0, 1, '{topic}', toUInt32(0), toUInt64(1), {from} + number + 1 \
+                 FROM system.numbers LIMIT {n}"
+            ),
+        )
+        .await;
+    }
+    checkpoint(db, topic, from + n).await;
+}
+
+/// Bytes out of the month through billing's read and through the contract
+/// view, next to the bytes written (`1..=n` offsets of [`rows_and_checkpoint`]).
+async fn assert_month_bytes(db: &ClickHouseConfig, n: u64) {
+    let want: u64 = (0..n).map(|i| i % 100 + 1).sum();
+    let store = billing::store::Store::connect(db).await.unwrap();
+    let (from, to) = billing::invoice::period_bounds(2026, 10).unwrap();
+    let snap = store.snapshot().await.unwrap();
+    assert_eq!(store.usage_at(&snap, from, to).await.unwrap().values().sum::<u64>(), want, "billing's month");
+    let d = &db.database;
+    assert_eq!(count(db, &format!("SELECT sum(bytes_out) FROM {d}.usage_by_tracking")).await, want, "usage_by_tracking");
+    assert_sealed_equals_unsealed(db).await;
+}
+
+/// A seal that outlives its lock commits nothing: paused (SIGSTOP) after its
+/// last check, right before its commit, while another seal takes the lock
+/// over and commits; resumed, its commit finds a newer seal and adds
+/// nothing. One commit per sequence number, every byte once.
+#[tokio::test]
+async fn a_seal_paused_before_its_commit_adds_nothing_after_a_takeover() {
+    const N: u64 = 3_000;
+    let db = test_db().await;
+    let topic = unique("pause");
+    claim_epoch_1(&db, &topic).await;
+    rows_and_checkpoint(&db, &topic, 0, N).await;
+    let mut stale = paused_seal(&db, "checked");
+    rows_and_checkpoint(&db, &topic, N, N).await;
+    aggregator::seal::seal(&db, 0).await.unwrap().expect("the seal that takes the lock over");
+    stale.signal(18); // SIGCONT
+    let st = stale.wait_exit(Duration::from_secs(60)).expect("the stale seal finished");
+    assert!(st.success(), "{st:?}");
+    let d = &db.database;
+    assert_eq!(count(&db, &format!("SELECT count() FROM {d}.usage_seals")).await, 1, "one commit");
+    assert_month_bytes(&db, 2 * N).await;
+    // two commits of one number (two commit statements at the same
+    // instant) every reader would count: no seal builds on them, and
+    // billing does not read them
+    exec(
+        &db,
+        format!(
+            "INSERT INTO {d}.usage_seals (seal_id, seq, topics, partitions, sealed_to, sealed_at) \
+             SELECT 7, 1, topics, partitions, sealed_to, now() FROM {d}.usage_seals"
+        ),
+    )
+    .await;
+    let err = aggregator::seal::seal(&db, 0).await.expect_err("a seal on a doubled commit");
+    assert!(err.to_string().contains("two seals committed as #1"), "{err}");
+    let store = billing::store::Store::connect(&db).await.unwrap();
+    assert!(store.snapshot().await.is_err(), "billing's snapshot on a doubled commit");
+    drop_db(&db).await;
+}
+
+/// A consolidation that outlives its lock swaps nothing in: paused before
+/// its first swap while a seal takes the lock over and seals new rows of
+/// the same month; resumed, its swap would replace the month without the
+/// new rows. It finds its staging gone and stops.
+#[tokio::test]
+async fn a_consolidation_paused_before_its_swap_drops_no_newer_seal() {
+    const N: u64 = 3_000;
+    let db = test_db().await;
+    let topic = unique("cpause");
+    claim_epoch_1(&db, &topic).await;
+    rows_and_checkpoint(&db, &topic, 0, N).await;
+    aggregator::seal::seal(&db, 0).await.unwrap().expect("a first seal");
+    rows_and_checkpoint(&db, &topic, N, N).await;
+    aggregator::seal::seal(&db, 0).await.unwrap().expect("a second seal");
+    let mut stale = paused_seal(&db, "swap");
+    rows_and_checkpoint(&db, &topic, 2 * N, N).await;
+    aggregator::seal::seal(&db, 0).await.unwrap().expect("the seal that takes the lock over");
+    assert_month_bytes(&db, 3 * N).await;
+    stale.signal(18); // SIGCONT
+    stale.wait_exit(Duration::from_secs(60)).expect("the stale consolidation finished");
+    assert_month_bytes(&db, 3 * N).await;
+    // the next consolidation runs whole and changes no answer
+    aggregator::consolidate::consolidate(&db, 2, 0).await.unwrap().expect("a consolidation");
+    assert_month_bytes(&db, 3 * N).await;
     drop_db(&db).await;
 }
