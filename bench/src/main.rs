@@ -889,9 +889,10 @@ async fn bench_scale(sizes: &[u64], tracking_ids: u64, seals: u64) -> Result<()>
         .execute()
         .await?;
         // the tail: what the flushes wrote since the last checkpoint a seal can
-        // use (0.1 % of the rows, at least 1,000), at the server's clock as
-        // the aggregator writes, at offsets past the checkpoints
-        let tail = (rows / 1000).max(1000);
+        // use, with a seal every 5 minutes at most two intervals: the month's
+        // rows of 10 minutes (at least 1,000), at the server's clock as the
+        // aggregator writes, at offsets past the checkpoints
+        let tail = (rows * 10 / minutes as u64).max(1000);
         for (log, cols, vals) in [
             ("usage_by_tracking_log", "protocol", "'WEBRTC'"),
             ("usage_by_viewer_log", "custom_viewer_data, viewer_id", "'', concat('v-', toString(number % 100))"),
