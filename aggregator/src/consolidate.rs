@@ -112,10 +112,7 @@ pub async fn consolidate_until(
     {
         return Ok(Err(ConsolidationSkipped::Locked));
     }
-    let result = match drop_staging(cfg, &db).await {
-        Ok(()) => locked(cfg, &db, min_seals, stop).await,
-        Err(e) => Err(e),
-    };
+    let result = locked(cfg, &db, min_seals, stop).await;
     runtime::ch::ddl_unlock(&server, &db, SEAL_LOCK, "").await;
     result
 }
@@ -127,6 +124,7 @@ async fn locked(
     stop: Option<Stop>,
 ) -> Result<Result<Consolidated, ConsolidationSkipped>, AggError> {
     let client = cfg.writer_client().await.map_err(|e| AggError::Config(format!("ClickHouse at {}: {e}", cfg.url)))?;
+    drop_staging(&client, db).await?;
     let seq = crate::seal::latest_seq(&client, db).await?;
     if seq == 0 {
         return Ok(Err(ConsolidationSkipped::NothingToDo));
@@ -254,8 +252,7 @@ async fn exists(client: &clickhouse::Client, db: &str, table: &str) -> Result<bo
 /// to a run that crashed or whose lock went stale (paused, or slower than
 /// `--lock-stale-secs`). Without its staging such a run, resumed, cannot
 /// swap a month in over rows sealed after it was staged.
-pub(crate) async fn drop_staging(cfg: &ClickHouseConfig, db: &str) -> Result<(), AggError> {
-    let client = cfg.writer_client().await.map_err(|e| AggError::Config(format!("ClickHouse at {}: {e}", cfg.url)))?;
+pub(crate) async fn drop_staging(client: &clickhouse::Client, db: &str) -> Result<(), AggError> {
     let tables: Vec<String> = client
         .query("SELECT name FROM system.tables WHERE database = ? AND position(name, ?) > 0")
         .bind(db)

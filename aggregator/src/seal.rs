@@ -277,10 +277,7 @@ pub async fn seal_with(
         return Ok(Err(SealSkipped::Locked));
     }
     fault_after("lock");
-    let result = match crate::consolidate::drop_staging(cfg, &db).await {
-        Ok(()) => seal_locked(cfg, &db, tail_margin_secs).await,
-        Err(e) => Err(e),
-    };
+    let result = seal_locked(cfg, &db, tail_margin_secs).await;
     runtime::ch::ddl_unlock(&server, &db, SEAL_LOCK, &on).await;
     result
 }
@@ -288,6 +285,7 @@ pub async fn seal_with(
 async fn seal_locked(cfg: &ClickHouseConfig, db: &str, margin: u32) -> Result<Result<SealReport, SealSkipped>, AggError> {
     let started = Instant::now();
     let client = cfg.writer_client().await.map_err(|e| AggError::Config(format!("ClickHouse at {}: {e}", cfg.url)))?;
+    crate::consolidate::drop_staging(&client, db).await?;
     let before = latest(&client, db).await?;
     let digest = claims_digest(&client, db).await?;
     // per partition, the latest checkpoint that counts

@@ -189,7 +189,10 @@ pub async fn latest_seal(client: &clickhouse::Client, db: &str) -> Result<Sealed
             detail: format!("two seals committed as #{}; delete one of them (docs/clickhouse.md \"Sealed aggregates\")", rows[0].seq),
         });
     }
-    let Some(r) = (!rows.is_empty()).then(|| rows.swap_remove(0)) else { return Ok(Sealed::default()) };
+    if rows.is_empty() {
+        return Ok(Sealed::default());
+    }
+    let r = rows.swap_remove(0);
     if r.topics.len() != r.partitions.len() || r.topics.len() != r.sealed_to.len() {
         return Err(ChError::Corrupt { table: "usage_seals", detail: format!("seal {} has arrays of different lengths", r.seq) });
     }
