@@ -1015,11 +1015,11 @@ async fn bench_scale(sizes: &[u64], tracking_ids: u64, seals: u64) -> Result<()>
              AND day >= toDate('2026-01-01') AND day < toDate('2027-01-01') GROUP BY day"
         )))
         .await?;
-        let (stream_month, n4) = best_of_3(timed(format!(
+        let stream_sql = format!(
             "SELECT day, sum(bytes_out) FROM {d}.usage_by_stream_daily WHERE account_id = 'acct' AND stream_name = 'live-1' \
              AND day >= toDate('2026-10-01') AND day < toDate('2026-11-01') GROUP BY day"
-        )))
-        .await?;
+        );
+        let (stream_month, n4) = best_of_3(timed(stream_sql.clone())).await?;
         anyhow::ensure!(n4 > 0, "one stream has no day of usage");
         // billing's reconciliation of the month (every check), sealed
         let t = Instant::now();
@@ -1075,6 +1075,38 @@ async fn bench_scale(sizes: &[u64], tracking_ids: u64, seals: u64) -> Result<()>
         if seals > 1 {
             lines.push(many_seals(&db, &store, tracking_ids, seals, bill_bare).await?);
         }
+        // a year of seals every 5 minutes over a 64-partition topic: the
+        // latest seal copied 105,119 times (seals that found nothing new) with
+        // 60 idle partitions added, then the same questions again; what they
+        // read above must not grow with the seals
+        let year = 365 * 24 * 12 - 1;
+        c.query(&format!(
+            "INSERT INTO {d}.usage_seals (seal_id, seq, topics, partitions, sealed_to, sealed_at, tail_since, legacy_drained, consolidated) \
+             SELECT 13835058055282163712 + n, seq + n, arrayConcat(topics, arrayMap(x -> 'bench-idle', range(60))), \
+             arrayConcat(partitions, arrayMap(x -> toUInt32(x), range(60))), arrayConcat(sealed_to, arrayMap(x -> toUInt64(1), range(60))), \
+             sealed_at, tail_since, legacy_drained, 0 \
+             FROM (SELECT seq, topics, partitions, sealed_to, sealed_at, tail_since, legacy_drained FROM {d}.usage_seals ORDER BY seq DESC LIMIT 1) \
+             ARRAY JOIN range(1, {year} + 1) AS n"
+        ))
+        .execute()
+        .await?;
+        let (year_series, n5) = best_of_3(series_with(true)).await?;
+        anyhow::ensure!(n5 == n1, "after a year of seals the series has {n5} points, the log's {n1}");
+        let (year_stream, n6) = best_of_3(timed(stream_sql.clone())).await?;
+        anyhow::ensure!(n6 == n4, "after a year of seals one stream has {n6} days, before {n4}");
+        let (year_bill, year_usage) = best_of_3(bill_month).await?;
+        anyhow::ensure!(year_usage == usage, "billing reads the same usage after a year of seals");
+        lines.push(format!(
+            "| {rows} log rows, sealed, then a year of 5-minute seals ({} commits, 64 partitions): one id's hourly month / one stream's daily month / billing's month | {} / {} / {} | {} / {} / {} (one seal, above) | {:.1}x |",
+            year + 1,
+            ms(year_series),
+            ms(year_stream),
+            ms(year_bill),
+            ms(sealed_series),
+            ms(stream_month),
+            ms(sealed_bill),
+            year_stream / stream_month
+        ));
         let _ = db.server_client().query(&format!("DROP DATABASE IF EXISTS {d}")).execute().await;
     }
     header();

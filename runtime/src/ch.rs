@@ -175,9 +175,15 @@ pub async fn latest_seal(client: &clickhouse::Client, db: &str) -> Result<Sealed
         partitions: Vec<u32>,
         sealed_to: Vec<u64>,
         tail_since: u32,
+        legacy_drained: u8,
     }
     let mut rows: Vec<SealRow> = client
-        .query(&format!("SELECT seq, topics, partitions, sealed_to, toUInt32(tail_since) FROM {db}.usage_seals ORDER BY seq DESC LIMIT 2"))
+        // the rows of the largest number only (its primary key; a year of
+        // seals is 10^5 rows of arrays, see migration 11)
+        .query(&format!(
+            "SELECT seq, topics, partitions, sealed_to, toUInt32(tail_since), legacy_drained FROM {db}.usage_seals \
+             PREWHERE seq GLOBAL IN (SELECT max(seq) FROM {db}.usage_seals) ORDER BY seal_id DESC LIMIT 2"
+        ))
         .fetch_all()
         .await?;
     // each commit is conditional on the number before it (seal.rs): two
@@ -197,11 +203,8 @@ pub async fn latest_seal(client: &clickhouse::Client, db: &str) -> Result<Sealed
         return Err(ChError::Corrupt { table: "usage_seals", detail: format!("seal {} has arrays of different lengths", r.seq) });
     }
     let sealed_to = r.topics.into_iter().zip(r.partitions).zip(r.sealed_to).collect();
-    // any seal's word counts (once drained, the legacy tables stay so); a
-    // query of its own: 18.16 loses a scalar subquery's column over a
-    // Distributed table
-    let drained: u8 = client.query(&format!("SELECT max(legacy_drained) FROM {db}.usage_seals")).fetch_one().await?;
-    Ok(Sealed { seq: r.seq, sealed_to, tail_since: r.tail_since, legacy_drained: drained == 1 })
+    // every seal carries `legacy_drained` forward once set (seal.rs)
+    Ok(Sealed { seq: r.seq, sealed_to, tail_since: r.tail_since, legacy_drained: r.legacy_drained == 1 })
 }
 
 /// Check that `name` is a plain identifier, safe to put into SQL unquoted.
@@ -525,6 +528,7 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../migrations/0010_log_by_insertion.sql"),
         former_checksums: &[],
     },
+    Migration { version: 11, name: "latest_seal", sql: include_str!("../migrations/0011_latest_seal.sql"), former_checksums: &[] },
 ];
 
 impl Migration {
