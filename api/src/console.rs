@@ -320,7 +320,7 @@ pub(crate) async fn reconciliation(
     let (Some(card), Some(store)) = (&s.console.rates, &s.console.billing) else {
         return Err(Reply::BadRequest("period: no rate card configured (set billing_rates) to reconcile".into()));
     };
-    let checks = billing::run::reconcile(store, card, &period).await.map_err(|e| {
+    let checks = billing::run::reconcile_with(store, card, &period, billing::store::LogCounting::ReadOnly).await.map_err(|e| {
         tracing::error!(error = %e, "ReconciliationFailed");
         Reply::Internal(format!("reconciliation failed: {e}"))
     })?;

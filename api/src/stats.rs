@@ -144,6 +144,61 @@ impl Resolution {
     }
 }
 
+/// The grain a question is read at: the coarsest whose boundaries both
+/// ends of the range and every bucket fall on, so that the sealed table of
+/// that grain answers it (docs/clickhouse.md, "Which table answers"): a
+/// month of days reads one row per key and day, not per minute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Grain {
+    Minute,
+    Hour,
+    Day,
+}
+
+impl Grain {
+    fn of(resolution: Option<Resolution>, start: DateTime<Utc>, stop: DateTime<Utc>) -> Grain {
+        let bucket = match resolution {
+            Some(Resolution::Minute) => Grain::Minute,
+            Some(Resolution::Hour) => Grain::Hour,
+            Some(Resolution::Day | Resolution::Month) | None => Grain::Day,
+        };
+        let aligned = |t: DateTime<Utc>| match t.timestamp() {
+            s if s % 86_400 == 0 => Grain::Day,
+            s if s % 3_600 == 0 => Grain::Hour,
+            _ => Grain::Minute,
+        };
+        bucket.min(aligned(start)).min(aligned(stop))
+    }
+
+    /// The view, its time column, and the bucket expression of `resolution`
+    /// on it (the same values as [`Resolution::sql`] on `window_start`).
+    fn source(self, by: By, resolution: Option<Resolution>) -> (&'static str, &'static str, &'static str) {
+        match (self, resolution) {
+            (Grain::Minute, r) => ("usage_by_tracking", "window_start", r.map_or("toUInt32(0)", Resolution::sql)),
+            (Grain::Hour, r) => (
+                "usage_by_tracking_hourly",
+                "hour",
+                match r {
+                    None => "toUInt32(0)",
+                    Some(Resolution::Minute | Resolution::Hour) => "toUInt32(hour)",
+                    Some(Resolution::Day) => "toUInt32(toStartOfDay(hour))",
+                    Some(Resolution::Month) => "toUInt32(toYYYYMM(hour))",
+                },
+            ),
+            (Grain::Day, r) => (
+                // the stream routes: the daily table ordered by stream
+                if by == By::Stream { "usage_by_stream_daily" } else { "usage_by_tracking_daily" },
+                "day",
+                match r {
+                    None => "toUInt32(0)",
+                    Some(Resolution::Month) => "toUInt32(toYYYYMM(day))",
+                    Some(_) => "toUInt32(toUInt32(day) * 86400)",
+                },
+            ),
+        }
+    }
+}
+
 /// What the ids of a request are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum By {
@@ -349,7 +404,10 @@ async fn aggregate(s: &AppState, by: By, q: &AnalyticsQuery, scope: &Scope) -> R
         By::Tracking => ("tracking_id", "stream_name"),
         By::Stream => ("stream_name", "tracking_id"),
     };
-    let bucket = q.resolution.map_or("toUInt32(0)", Resolution::sql);
+    let grain = Grain::of(q.resolution, q.start, q.stop);
+    let (view, time, bucket) = grain.source(by, q.resolution);
+    // a day's bounds as dates, compared with the `Date` column
+    let (from, to) = if grain == Grain::Day { ("toDate(?)", "toDate(?)") } else { ("toDateTime(?)", "toDateTime(?)") };
     let scoped_ids: Option<&Vec<String>> = match by {
         By::Stream => scope.0.as_deref(),
         By::Tracking => None,
@@ -357,7 +415,7 @@ async fn aggregate(s: &AppState, by: By, q: &AnalyticsQuery, scope: &Scope) -> R
     let scope_clause = scoped_ids.map(|ids| format!(" AND tracking_id IN ({})", placeholders(ids.len()))).unwrap_or_default();
     let sql = format!(
         "SELECT {key} AS key, {other} AS other, {bucket} AS bucket, sum(bytes_out) AS bo, sum(bytes_in) AS bi \
-         FROM usage_by_tracking WHERE {key} IN ({}) AND window_start >= toDateTime(?) AND window_start < toDateTime(?){scope_clause} \
+         FROM {view} WHERE {key} IN ({}) AND {time} >= {from} AND {time} < {to}{scope_clause} \
          GROUP BY key, other, bucket ORDER BY key, bucket, other",
         placeholders(q.ids.len())
     );
@@ -365,7 +423,11 @@ async fn aggregate(s: &AppState, by: By, q: &AnalyticsQuery, scope: &Scope) -> R
     for id in &q.ids {
         query = query.bind(id.as_str());
     }
-    query = query.bind(q.start.timestamp()).bind(q.stop.timestamp());
+    query = if grain == Grain::Day {
+        query.bind(q.start.date_naive().to_string()).bind(q.stop.date_naive().to_string())
+    } else {
+        query.bind(q.start.timestamp()).bind(q.stop.timestamp())
+    };
     if let Some(ids) = scoped_ids {
         for id in ids.iter() {
             query = query.bind(id.as_str());
@@ -763,6 +825,31 @@ pub(crate) async fn viewer_records(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_question_is_read_at_the_coarsest_grain_its_range_and_buckets_fall_on() {
+        let t = |d: u32, h: u32, m: u32| Utc.with_ymd_and_hms(2026, 10, d, h, m, 0).unwrap();
+        use Resolution::*;
+        let cases = [
+            // (resolution, start, stop, grain)
+            (Some(Day), t(1, 0, 0), t(31, 0, 0), Grain::Day),
+            (Some(Month), t(1, 0, 0), t(31, 0, 0), Grain::Day),
+            (None, t(1, 0, 0), t(2, 0, 0), Grain::Day),
+            (Some(Hour), t(1, 0, 0), t(31, 0, 0), Grain::Hour),
+            (Some(Minute), t(1, 0, 0), t(2, 0, 0), Grain::Minute),
+            // a range's end inside a day or an hour: the finer grain
+            (Some(Day), t(1, 6, 0), t(31, 0, 0), Grain::Hour),
+            (None, t(1, 0, 0), t(1, 20, 30), Grain::Minute),
+            (Some(Hour), t(1, 0, 0), t(1, 20, 30), Grain::Minute),
+        ];
+        for (r, start, stop, want) in cases {
+            assert_eq!(Grain::of(r, start, stop), want, "{r:?} {start} .. {stop}");
+        }
+        assert_eq!(Grain::Day.source(By::Stream, Some(Day)).0, "usage_by_stream_daily", "streams: the table ordered by stream");
+        assert_eq!(Grain::Day.source(By::Tracking, Some(Day)).0, "usage_by_tracking_daily");
+        assert_eq!(Grain::Hour.source(By::Stream, Some(Hour)).0, "usage_by_tracking_hourly");
+        assert_eq!(Grain::Minute.source(By::Tracking, Some(Hour)), ("usage_by_tracking", "window_start", Hour.sql()));
+    }
 
     #[test]
     fn query_parsing_and_limits() {

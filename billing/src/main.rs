@@ -75,6 +75,10 @@ enum Cmd {
     Reconcile {
         #[command(flatten)]
         p: PeriodArgs,
+        /// Count every log row of the period again, not only those since the
+        /// previous reconciliation's seal (docs/billing.md, "Reconciliation")
+        #[arg(long)]
+        recount: bool,
     },
     /// Per-partner usage statements (CSV per tracking id per day, per viewer data)
     Statements {
@@ -126,9 +130,14 @@ fn main() -> Result<()> {
                     m.partner_id
                 );
             }
-            Cmd::Reconcile { p } => {
+            Cmd::Reconcile { p, recount } => {
                 let card = load_rate_card(&p.rates)?;
-                let checks = run::reconcile(&store, &card, &p.period).await?;
+                let checks = run::reconcile_with(
+                    &store,
+                    &card,
+                    &p.period,
+                    if recount { billing::store::LogCounting::Recount } else { billing::store::LogCounting::Incremental },
+                ).await?;
                 let mut failed = 0;
                 for c in &checks {
                     println!("{} {}: {}", if c.ok { "ok  " } else { "FAIL" }, c.name, c.detail);

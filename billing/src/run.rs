@@ -7,7 +7,7 @@ use crate::invoice::{
 use crate::ledger::{differences, AdjustmentKind, Billed, Ledger, LedgerRecord, ManualAdjustment};
 use crate::rates::{Partner, RateCard};
 use crate::render;
-use crate::store::{Snapshot, Store, StoreError};
+use crate::store::{LogCounting, Snapshot, Store, StoreError};
 use chrono::NaiveDate;
 use runtime::csv;
 use serde::Serialize;
@@ -540,8 +540,14 @@ fn mismatches(a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>) -> Vec<Strin
         .collect()
 }
 
-/// `billing reconcile`: prove that every view of a period's bytes agrees.
+/// `billing reconcile`: prove that every view of a period's bytes agrees
+/// ([`reconcile_with`], counting the log from the previous count on).
 pub async fn reconcile(store: &Store, card: &RateCard, period: &str) -> Result<Vec<Check>, BillingError> {
+    reconcile_with(store, card, period, LogCounting::Incremental).await
+}
+
+/// [`reconcile`], counting the log tables as `counting` says (migration 12).
+pub async fn reconcile_with(store: &Store, card: &RateCard, period: &str, counting: LogCounting) -> Result<Vec<Check>, BillingError> {
     let (_, from, to) = bounds(period)?;
     let period = &period[..7];
     let tracking = store.total("usage_by_tracking", "window_start", from, to).await?;
@@ -567,14 +573,30 @@ pub async fn reconcile(store: &Store, card: &RateCard, period: &str) -> Result<V
     // the same bytes counted on the log tables under fences computed here from
     // the claims, without the views' join: a join that drops or repeats rows
     // (as `ANY` came to on current ClickHouse) fails here
+    // (the seal before the fences: every epoch with rows below it is among them)
+    let latest = store.latest_seal().await?;
     let fences = store.claim_fences().await?;
     for (view, log, m) in [("usage_by_tracking", "usage_by_tracking_log", &tracking), ("usage_by_viewer", "usage_by_viewer_log", &viewer)] {
-        let direct = store.log_total(log, &fences, from, to).await?;
-        let diff = mismatches(m, &direct);
+        let count = store.audited_log_total(log, &fences, &latest, period, from, to, counting).await?;
+        let diff = mismatches(m, &count.bytes);
+        let how = match (count.counted_before, count.recorded) {
+            (0, r) if let Some(changed) = count.fences_changed => format!(
+                "every row counted: the fences below seal #{changed} changed since it was counted (a late claim){}",
+                if r > 0 { format!("; recorded up to seal #{r}") } else { String::new() }
+            ),
+            (0, 0) => "every row counted".to_string(),
+            (0, r) => format!("every row counted; recorded up to seal #{r}"),
+            (b, r) if b == r => format!("rows up to seal #{b} as counted before, the rest counted now"),
+            (b, r) => format!("rows up to seal #{b} as counted before, the rest counted now; recorded up to seal #{r}"),
+        };
         checks.push(Check {
             name: format!("{view} = {log} under the claims (per tracking id, without the views' join)"),
             ok: diff.is_empty(),
-            detail: if diff.is_empty() { format!("{} bytes", total(log, direct.values())?) } else { diff.join("; ") },
+            detail: if diff.is_empty() {
+                format!("{} bytes ({how})", total(log, count.bytes.values())?)
+            } else {
+                format!("{} ({how})", diff.join("; "))
+            },
         });
     }
     // billing's side, from one snapshot: what the invoices price and bill

@@ -218,6 +218,64 @@ pub const TABLES: [(&str, &[(&str, &str)]); 4] = [
 /// The fence of each claimed `((topic, partition), epoch)`.
 pub type Fences = BTreeMap<((String, u32), u64), u64>;
 
+/// How reconciliation counts a log table ([`Store::audited_log_total`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogCounting {
+    /// The rows above the recorded count's seal, added to it; the count as
+    /// of the latest seal is then recorded.
+    #[default]
+    Incremental,
+    /// Every row again (recorded counts ignored); then recorded.
+    Recount,
+    /// As [`LogCounting::Incremental`], recording nothing: for a read-only
+    /// user (the console's reconciliation).
+    ReadOnly,
+}
+
+/// A period's bytes counted on a log table ([`Store::audited_log_total`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogCount {
+    /// `bytes_out` per tracking id with rows.
+    pub bytes: BTreeMap<String, u64>,
+    /// The seal whose recorded count was taken (0: none, every row counted now).
+    pub counted_before: u64,
+    /// The seal up to which the count is now recorded (0: none).
+    pub recorded: u64,
+    /// A count recorded up to this seal was not used: the fences below it
+    /// changed since (a late contested claim); every row was counted.
+    pub fences_changed: Option<u64>,
+}
+
+/// A count recorded by a reconciliation (migration 12).
+#[derive(Debug, Default)]
+struct Audit {
+    /// The seal it counts up to.
+    seq: u64,
+    /// `bytes_out` per tracking id.
+    bytes: BTreeMap<String, u64>,
+    /// [`fences_below`] that seal when counted.
+    fences: BTreeMap<String, u64>,
+}
+
+/// What decides which log rows at or below `sealed` count: per claimed
+/// epoch of a sealed partition (`topic/partition/epoch`), its fence cut at
+/// the partition's sealed offset.
+fn fences_below(fences: &Fences, sealed: &runtime::ch::Sealed) -> BTreeMap<String, u64> {
+    fences
+        .iter()
+        .filter_map(|(((t, p), e), fence)| sealed.sealed_to.get(&(t.clone(), *p)).map(|upto| (format!("{t}/{p}/{e}"), (*fence).min(*upto))))
+        .collect()
+}
+
+/// Add `more` into `into`, refusing an overflow.
+fn add_into(into: &mut BTreeMap<String, u64>, more: BTreeMap<String, u64>) -> Result<(), StoreError> {
+    for (k, b) in more {
+        let e = into.entry(k).or_insert(0);
+        *e = e.checked_add(b).ok_or_else(|| StoreError::Config("usage overflows u64".into()))?;
+    }
+    Ok(())
+}
+
 /// Per claimed `((topic, partition), epoch)` from the claims `(partition,
 /// epoch, start, claim_id)`: the first offset it no longer owns, the
 /// smallest start of a later epoch of its partition (`u64::MAX` while it is
@@ -342,6 +400,11 @@ impl Store {
         self.by_key(&sql, from, to).await
     }
 
+    /// The latest committed seal (`runtime::ch::latest_seal`).
+    pub async fn latest_seal(&self) -> Result<runtime::ch::Sealed, StoreError> {
+        runtime::ch::latest_seal(&self.client, &self.db).await.map_err(|e| StoreError::Config(e.to_string()))
+    }
+
     /// The fences of every claimed epoch, computed here ([`fences`]) from the
     /// claims table, not read from the `aggregator_fences` view.
     pub async fn claim_fences(&self) -> Result<Fences, StoreError> {
@@ -386,8 +449,23 @@ impl Store {
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<BTreeMap<String, u64>, StoreError> {
+        let (_, above) = self.log_rows_split(log_table, fences, sealed, &runtime::ch::Sealed::default(), from, to).await?;
+        Ok(above)
+    }
+
+    /// [`Store::log_rows_total`] above `sealed`, in two parts: the rows at or
+    /// below `upper`'s offsets, and those above them.
+    async fn log_rows_split(
+        &self,
+        log_table: &str,
+        fences: &Fences,
+        sealed: &runtime::ch::Sealed,
+        upper: &runtime::ch::Sealed,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<(BTreeMap<String, u64>, BTreeMap<String, u64>), StoreError> {
         if fences.is_empty() {
-            return Ok(BTreeMap::new());
+            return Ok(Default::default());
         }
         let above = &sealed.sealed_to;
         let keys: Vec<String> = fences.keys().map(|((t, p), e)| format!("{t}/{p}/{e}")).collect();
@@ -421,22 +499,38 @@ impl Store {
         // (no bound at all when `above` is empty: 18.16's transform refuses empty arrays)
         // (signed: a partition not in `above` has bound -1, so its rows at
         // position 0 count)
-        let (parts, lows): (Vec<String>, Vec<i64>) = if above.is_empty() {
-            (vec![String::new()], vec![-1])
-        } else {
-            (above.keys().map(|(t, p)| format!("{t}/{p}")).collect(), above.values().map(|&v| v.min(i64::MAX as u64) as i64).collect())
+        let bounds = |sealed: &BTreeMap<runtime::ch::PartitionKey, u64>| -> (Vec<String>, Vec<i64>) {
+            if sealed.is_empty() {
+                (vec![String::new()], vec![-1])
+            } else {
+                (sealed.keys().map(|(t, p)| format!("{t}/{p}")).collect(), sealed.values().map(|&v| v.min(i64::MAX as u64) as i64).collect())
+            }
         };
+        let (parts, lows) = bounds(above);
+        let (upper_parts, upper_lows) = bounds(&upper.sealed_to);
         let sql = format!(
-            "WITH concat(src_topic, '/', toString(src_partition), '/', toString(src_epoch)) AS claim \
-             SELECT tracking_id AS key, sum(bytes_out) AS bytes FROM {source} AS l \
+            "WITH concat(src_topic, '/', toString(src_partition), '/', toString(src_epoch)) AS claim, \
+                  toInt64(src_offset) <= transform(concat(src_topic, '/', toString(src_partition)), ?, ?, toInt64(-1)) AS below \
+             SELECT tracking_id AS key, sumIf(bytes_out, below) AS sealed, countIf(below) AS sealed_rows, \
+                    sumIf(bytes_out, NOT below) AS bytes, countIf(NOT below) AS rows FROM {source} AS l \
              WHERE window_start >= toDateTime(?) AND window_start < toDateTime(?) \
                AND has(?, claim) AND src_offset <= transform(claim, ?, ?, toUInt64(0)) \
                AND toInt64(src_offset) > transform(concat(src_topic, '/', toString(src_partition)), ?, ?, toInt64(-1)) \
              GROUP BY tracking_id"
         );
-        let rows: Vec<KeyBytes> = self
+        #[derive(Deserialize, clickhouse::Row)]
+        struct Split {
+            key: String,
+            sealed: u64,
+            sealed_rows: u64,
+            bytes: u64,
+            rows: u64,
+        }
+        let rows: Vec<Split> = self
             .client
             .query(&sql)
+            .bind(&upper_parts)
+            .bind(&upper_lows)
             .bind(secs(from))
             .bind(secs(to))
             .bind(&keys)
@@ -446,7 +540,171 @@ impl Store {
             .bind(&lows)
             .fetch_all()
             .await?;
-        Ok(rows.into_iter().map(|r| (r.key, r.bytes)).collect())
+        let mut out: (BTreeMap<String, u64>, BTreeMap<String, u64>) = Default::default();
+        for r in rows {
+            // a tracking id with rows is in the answer, also with 0 bytes (as in the views')
+            if r.sealed_rows > 0 {
+                out.0.insert(r.key.clone(), r.sealed);
+            }
+            if r.rows > 0 {
+                out.1.insert(r.key, r.bytes);
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`Store::log_total`] of `period` (`YYYY-MM`, from `from` to `to`) as
+    /// reconciliation counts it (migration 12): the count recorded by an
+    /// earlier reconciliation, as of its seal, plus the rows above that
+    /// seal; the count as of `latest` (read before `fences`, so that every
+    /// epoch with rows below it is among them) is then recorded for the
+    /// next one. A recorded count is used only while the fences it was
+    /// counted under, cut at its seal, are unchanged (a late contested claim
+    /// changes them).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn audited_log_total(
+        &self,
+        log_table: &str,
+        fences: &Fences,
+        latest: &runtime::ch::Sealed,
+        period: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+        counting: LogCounting,
+    ) -> Result<LogCount, StoreError> {
+        let audit = if counting == LogCounting::Recount { None } else { self.log_audit(period, log_table).await? };
+        // the audit's seal, for its offsets and time bound (one that is not
+        // there any more, or not yet on this replica: count everything)
+        let mut base = (runtime::ch::Sealed::default(), BTreeMap::new());
+        let mut fences_changed = None;
+        if let Some(audit) = audit.filter(|a| a.seq <= latest.seq) {
+            let config = |e: runtime::ch::ChError| StoreError::Config(e.to_string());
+            if let Some(sealed) = runtime::ch::seal_at(&self.client, &self.db, audit.seq).await.map_err(config)? {
+                if fences_below(fences, &sealed) == audit.fences {
+                    base = (sealed, audit.bytes);
+                } else {
+                    fences_changed = Some(audit.seq);
+                }
+            }
+        }
+        let (lower, mut bytes) = base;
+        let (sealed, above) = self.log_rows_split(log_table, fences, &lower, latest, from, to).await?;
+        add_into(&mut bytes, sealed)?;
+        if latest.seq > lower.seq && counting != LogCounting::ReadOnly {
+            self.record_log_audit(period, log_table, latest.seq, &bytes, &fences_below(fences, latest)).await?;
+        }
+        let recorded = if counting == LogCounting::ReadOnly { lower.seq } else { latest.seq.max(lower.seq) };
+        let counted_before = lower.seq;
+        add_into(&mut bytes, above)?;
+        Ok(LogCount { bytes, counted_before, recorded, fences_changed })
+    }
+
+    /// The latest complete audit of `period` and `log_table` (of the latest
+    /// seal, the last written).
+    async fn log_audit(&self, period: &str, log_table: &str) -> Result<Option<Audit>, StoreError> {
+        #[derive(Deserialize, clickhouse::Row)]
+        struct Header {
+            seal_seq: u64,
+            audit_id: u64,
+        }
+        let found: Option<Header> = self
+            .client
+            .query(&format!(
+                "SELECT seal_seq, audit_id FROM {}.billing_log_audits WHERE period = ? AND log_table = ? \
+                 GROUP BY seal_seq, audit_id, keys HAVING count() = keys ORDER BY seal_seq DESC, audit_id DESC LIMIT 1",
+                self.db
+            ))
+            .bind(period)
+            .bind(log_table)
+            .fetch_optional()
+            .await?;
+        let Some(h) = found else { return Ok(None) };
+        #[derive(Deserialize, clickhouse::Row)]
+        struct Row {
+            header: u8,
+            tracking_id: String,
+            bytes_out: u64,
+            fence_claims: Vec<String>,
+            fence_limits: Vec<u64>,
+        }
+        let rows: Vec<Row> = self
+            .client
+            .query(&format!(
+                "SELECT header, tracking_id, bytes_out, fence_claims, fence_limits FROM {}.billing_log_audits \
+                 WHERE period = ? AND log_table = ? AND seal_seq = ? AND audit_id = ?",
+                self.db
+            ))
+            .bind(period)
+            .bind(log_table)
+            .bind(h.seal_seq)
+            .bind(h.audit_id)
+            .fetch_all()
+            .await?;
+        let mut audit = Audit { seq: h.seal_seq, ..Audit::default() };
+        for r in rows {
+            if r.header == 1 {
+                audit.fences = r.fence_claims.into_iter().zip(r.fence_limits).collect();
+            } else {
+                audit.bytes.insert(r.tracking_id, r.bytes_out);
+            }
+        }
+        Ok(Some(audit))
+    }
+
+    /// Record `bytes` as the count of `period` in `log_table` up to seal
+    /// `seq`, counted under `fences` ([`fences_below`] it): one INSERT.
+    async fn record_log_audit(
+        &self,
+        period: &str,
+        log_table: &str,
+        seq: u64,
+        bytes: &BTreeMap<String, u64>,
+        fences: &BTreeMap<String, u64>,
+    ) -> Result<(), StoreError> {
+        #[derive(Serialize, clickhouse::Row)]
+        struct AuditRow<'a> {
+            period: &'a str,
+            log_table: &'a str,
+            seal_seq: u64,
+            audit_id: u64,
+            keys: u64,
+            header: u8,
+            tracking_id: &'a str,
+            bytes_out: u64,
+            fence_claims: Vec<&'a str>,
+            fence_limits: Vec<u64>,
+            audited_at: u32,
+        }
+        // ordered by the time of writing (milliseconds, then 16 random bits):
+        // of two counts up to one seal, the later one is taken (a recount's)
+        let now = chrono::Utc::now();
+        let audit_id = ((now.timestamp_millis() as u64) << 16) | u64::from(rand::random::<u16>());
+        let (keys, now) = (bytes.len() as u64 + 1, now.timestamp() as u32);
+        let mut ins = self.client.insert::<AuditRow<'_>>("billing_log_audits").await?;
+        let row = |header, tracking_id, bytes_out| AuditRow {
+            period,
+            log_table,
+            seal_seq: seq,
+            audit_id,
+            keys,
+            header,
+            tracking_id,
+            bytes_out,
+            fence_claims: vec![],
+            fence_limits: vec![],
+            audited_at: now,
+        };
+        ins.write(&AuditRow {
+            fence_claims: fences.keys().map(String::as_str).collect(),
+            fence_limits: fences.values().copied().collect(),
+            ..row(1, "", 0)
+        })
+        .await?;
+        for (t, b) in bytes {
+            ins.write(&row(0, t.as_str(), *b)).await?;
+        }
+        ins.end().await?;
+        Ok(())
     }
 
     /// Replace the stored drafts of `period` with `invoices`.
@@ -540,7 +798,7 @@ impl Store {
             position: u64,
         }
         // the seal first: every checkpoint it sealed to is then among those read next
-        let sealed = runtime::ch::latest_seal(&self.client, &self.db).await.map_err(|e| StoreError::Config(e.to_string()))?;
+        let sealed = self.latest_seal().await?;
         let cps: Vec<Cp> = self
             .client
             .query(&format!(

@@ -168,6 +168,19 @@ impl Sealed {
 
 /// Read the latest committed seal of `db`.
 pub async fn latest_seal(client: &clickhouse::Client, db: &str) -> Result<Sealed, ChError> {
+    // the rows of the largest number only (its primary key; a year of seals
+    // is 10^5 rows of arrays, see migration 11)
+    Ok(seal_rows(client, db, &format!("GLOBAL IN (SELECT max(seq) FROM {db}.usage_seals)")).await?.unwrap_or_default())
+}
+
+/// Read the committed seal number `seq` of `db` (`None`: no such seal).
+pub async fn seal_at(client: &clickhouse::Client, db: &str, seq: u64) -> Result<Option<Sealed>, ChError> {
+    seal_rows(client, db, &format!("= {seq}")).await
+}
+
+/// The seal whose `seq` matches `condition` (SQL after `seq`), refusing a
+/// number committed twice.
+async fn seal_rows(client: &clickhouse::Client, db: &str, condition: &str) -> Result<Option<Sealed>, ChError> {
     #[derive(serde::Deserialize, clickhouse::Row)]
     struct SealRow {
         seq: u64,
@@ -178,11 +191,9 @@ pub async fn latest_seal(client: &clickhouse::Client, db: &str) -> Result<Sealed
         legacy_drained: u8,
     }
     let mut rows: Vec<SealRow> = client
-        // the rows of the largest number only (its primary key; a year of
-        // seals is 10^5 rows of arrays, see migration 11)
         .query(&format!(
             "SELECT seq, topics, partitions, sealed_to, toUInt32(tail_since), legacy_drained FROM {db}.usage_seals \
-             PREWHERE seq GLOBAL IN (SELECT max(seq) FROM {db}.usage_seals) ORDER BY seal_id DESC LIMIT 2"
+             PREWHERE seq {condition} ORDER BY seal_id DESC LIMIT 2"
         ))
         .fetch_all()
         .await?;
@@ -196,7 +207,7 @@ pub async fn latest_seal(client: &clickhouse::Client, db: &str) -> Result<Sealed
         });
     }
     if rows.is_empty() {
-        return Ok(Sealed::default());
+        return Ok(None);
     }
     let r = rows.swap_remove(0);
     if r.topics.len() != r.partitions.len() || r.topics.len() != r.sealed_to.len() {
@@ -204,7 +215,7 @@ pub async fn latest_seal(client: &clickhouse::Client, db: &str) -> Result<Sealed
     }
     let sealed_to = r.topics.into_iter().zip(r.partitions).zip(r.sealed_to).collect();
     // every seal carries `legacy_drained` forward once set (seal.rs)
-    Ok(Sealed { seq: r.seq, sealed_to, tail_since: r.tail_since, legacy_drained: r.legacy_drained == 1 })
+    Ok(Some(Sealed { seq: r.seq, sealed_to, tail_since: r.tail_since, legacy_drained: r.legacy_drained == 1 }))
 }
 
 /// Check that `name` is a plain identifier, safe to put into SQL unquoted.
@@ -529,6 +540,12 @@ pub const MIGRATIONS: &[Migration] = &[
         former_checksums: &[],
     },
     Migration { version: 11, name: "latest_seal", sql: include_str!("../migrations/0011_latest_seal.sql"), former_checksums: &[] },
+    Migration {
+        version: 12,
+        name: "reconcile_audits",
+        sql: include_str!("../migrations/0012_reconcile_audits.sql"),
+        former_checksums: &[],
+    },
 ];
 
 impl Migration {

@@ -210,6 +210,23 @@ async fn statistics_api_equals_the_expected_usage() {
     let months = want(&exp.by_day, &|d| format!("{}-01T00:00:00Z", &d[..7]));
     assert_eq!(months.keys().map(|k| k.1.clone()).collect::<std::collections::BTreeSet<_>>().len(), 2, "two months");
     assert_eq!(series("Month").await, months, "monthly series");
+    // a range whose ends are not whole days (read from the hourly rows):
+    // the sums of its hours
+    let (start, stop) = ("2026-10-31T06:00:00Z", "2026-11-01T12:00:00Z");
+    let (st, body) = api
+        .get(&format!("/api/analytics/tracking/total?{}", q(&ids_tracked, "trackingIds", &format!("startDate={start}&stopDate={stop}"))))
+        .await;
+    assert_eq!(st, 200, "{body}");
+    let mut hours: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+    for ((t, h), v) in want(&exp.by_hour, &|h| h.to_string()) {
+        if h.as_str() >= start && h.as_str() < stop {
+            let e = hours.entry((t, String::new())).or_default();
+            e.0 += v.0;
+            e.1 += v.1;
+        }
+    }
+    assert!(!hours.is_empty(), "the simulation has usage in those hours");
+    assert_eq!(by_bucket(&body["data"]), hours, "totals of 06:00 to 12:00 the next day");
     let minute = series("Minute").await;
     assert!(minute.len() > 100, "many minute buckets");
     assert!(minute.keys().all(|(_, ts)| ts.ends_with(":00Z")));
