@@ -840,7 +840,7 @@ async fn the_tails_read_what_arrived_since_the_seal_not_the_whole_log() {
     // a row that breaks the bound's premise (inserted with a clock from
     // before the seal, which no writer of this project does) is skipped by
     // the tails, and `billing reconcile`'s direct count, which reads the
-    // whole log, reports the difference
+    // whole log on its first run for the period, reports the difference
     exec(
         &db,
         format!(
