@@ -137,7 +137,8 @@ fn main() -> Result<()> {
                     &card,
                     &p.period,
                     if recount { billing::store::LogCounting::Recount } else { billing::store::LogCounting::Incremental },
-                ).await?;
+                )
+                .await?;
                 let mut failed = 0;
                 for c in &checks {
                     println!("{} {}: {}", if c.ok { "ok  " } else { "FAIL" }, c.name, c.detail);

@@ -503,7 +503,10 @@ impl Store {
             if sealed.is_empty() {
                 (vec![String::new()], vec![-1])
             } else {
-                (sealed.keys().map(|(t, p)| format!("{t}/{p}")).collect(), sealed.values().map(|&v| v.min(i64::MAX as u64) as i64).collect())
+                (
+                    sealed.keys().map(|(t, p)| format!("{t}/{p}")).collect(),
+                    sealed.values().map(|&v| v.min(i64::MAX as u64) as i64).collect(),
+                )
             }
         };
         let (parts, lows) = bounds(above);
