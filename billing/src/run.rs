@@ -7,7 +7,7 @@ use crate::invoice::{
 use crate::ledger::{differences, AdjustmentKind, Billed, Ledger, LedgerRecord, ManualAdjustment};
 use crate::rates::{Partner, RateCard};
 use crate::render;
-use crate::store::{LogCounting, Snapshot, Store, StoreError};
+use crate::store::{LogCounting, Recounted, Snapshot, Store, StoreError};
 use chrono::NaiveDate;
 use runtime::csv;
 use serde::Serialize;
@@ -579,15 +579,18 @@ pub async fn reconcile_with(store: &Store, card: &RateCard, period: &str, counti
     for (view, log, m) in [("usage_by_tracking", "usage_by_tracking_log", &tracking), ("usage_by_viewer", "usage_by_viewer_log", &viewer)] {
         let count = store.audited_log_total(log, &fences, &latest, period, from, to, counting).await?;
         let diff = mismatches(m, &count.bytes);
-        let how = match (count.counted_before, count.recorded) {
-            (0, r) if let Some(changed) = count.fences_changed => format!(
-                "every row counted: the fences below seal #{changed} changed since it was counted (a late claim){}",
-                if r > 0 { format!("; recorded up to seal #{r}") } else { String::new() }
+        let recorded = |r: u64| if r > 0 { format!("; recorded up to seal #{r}") } else { String::new() };
+        let how = match (count.counted_before, count.recorded, count.recounted) {
+            (0, r, Some(Recounted::FencesChanged { seal })) => {
+                format!("every row counted: the fences below seal #{seal} changed since it was counted (a late claim){}", recorded(r))
+            }
+            (0, r, Some(Recounted::RowsChanged { seal, then, now })) => format!(
+                "every row counted: rows below seal #{seal} were written or deleted since it was counted ({then} recent rows then, {now} now){}",
+                recorded(r)
             ),
-            (0, 0) => "every row counted".to_string(),
-            (0, r) => format!("every row counted; recorded up to seal #{r}"),
-            (b, r) if b == r => format!("rows up to seal #{b} as counted before, the rest counted now"),
-            (b, r) => format!("rows up to seal #{b} as counted before, the rest counted now; recorded up to seal #{r}"),
+            (0, r, _) => format!("every row counted{}", recorded(r)),
+            (b, r, _) if b == r => format!("rows up to seal #{b} as counted before, the rest counted now"),
+            (b, r, _) => format!("rows up to seal #{b} as counted before, the rest counted now{}", recorded(r)),
         };
         checks.push(Check {
             name: format!("{view} = {log} under the claims (per tracking id, without the views' join)"),

@@ -241,9 +241,35 @@ pub struct LogCount {
     pub counted_before: u64,
     /// The seal up to which the count is now recorded (0: none).
     pub recorded: u64,
-    /// A count recorded up to this seal was not used: the fences below it
-    /// changed since (a late contested claim); every row was counted.
-    pub fences_changed: Option<u64>,
+    /// Why a recorded count was not used, and every row was counted.
+    pub recounted: Option<Recounted>,
+}
+
+/// Why reconciliation counted every log row although a count was recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recounted {
+    /// The fences below the recorded seal changed since (a late contested claim).
+    FencesChanged { seal: u64 },
+    /// The valid log rows below the recorded seal inserted since the hour of
+    /// its time bound numbered `then` when counted and `now` now: rows
+    /// written below a seal (by hand: no writer of this project does), or
+    /// deleted.
+    RowsChanged { seal: u64, then: u64, now: u64 },
+}
+
+/// [`Store::log_rows_split`]: the valid log rows of a period read above a
+/// seal `sealed`, split at a seal `upper`.
+#[derive(Debug, Default)]
+struct Split {
+    /// `bytes_out` per tracking id of the rows at or below `upper`.
+    below: BTreeMap<String, u64>,
+    /// ... and above it.
+    above: BTreeMap<String, u64>,
+    /// Rows at or below `sealed` inserted since the hour of its time bound
+    /// (with `with_below`).
+    stale_rows: u64,
+    /// Rows at or below `upper` inserted since the hour of its time bound.
+    recent_below: u64,
 }
 
 /// A count recorded by a reconciliation (migration 12).
@@ -255,6 +281,9 @@ struct Audit {
     bytes: BTreeMap<String, u64>,
     /// [`fences_below`] that seal when counted.
     fences: BTreeMap<String, u64>,
+    /// The valid rows at or below that seal inserted since the hour of its
+    /// time bound, when counted ([`Split::recent_below`]).
+    recent_below: u64,
 }
 
 /// What decides which log rows at or below `sealed` count: per claimed
@@ -449,12 +478,14 @@ impl Store {
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<BTreeMap<String, u64>, StoreError> {
-        let (_, above) = self.log_rows_split(log_table, fences, sealed, &runtime::ch::Sealed::default(), from, to).await?;
-        Ok(above)
+        let split = self.log_rows_split(log_table, fences, sealed, &runtime::ch::Sealed::default(), from, to, false).await?;
+        Ok(split.above)
     }
 
     /// [`Store::log_rows_total`] above `sealed`, in two parts: the rows at or
-    /// below `upper`'s offsets, and those above them.
+    /// below `upper`'s offsets, and those above them. `with_below`: also
+    /// count the valid rows read at or below `sealed` ([`Split::recent_below`]).
+    #[allow(clippy::too_many_arguments)]
     async fn log_rows_split(
         &self,
         log_table: &str,
@@ -463,7 +494,8 @@ impl Store {
         upper: &runtime::ch::Sealed,
         from: NaiveDate,
         to: NaiveDate,
-    ) -> Result<(BTreeMap<String, u64>, BTreeMap<String, u64>), StoreError> {
+        with_below: bool,
+    ) -> Result<Split, StoreError> {
         if fences.is_empty() {
             return Ok(Default::default());
         }
@@ -489,7 +521,7 @@ impl Store {
             Some(floor) if unsealed.is_empty() => format!("PREWHERE src_offset > {floor}"),
             Some(floor) => format!("PREWHERE src_offset > {floor} OR (src_topic, src_partition) IN ({})", unsealed.join(", ")),
         };
-        let columns = "tracking_id, bytes_out, window_start, src_topic, src_partition, src_epoch, src_offset";
+        let columns = "tracking_id, bytes_out, window_start, src_topic, src_partition, src_epoch, src_offset, inserted_at";
         let recent = sealed.recent_log(&self.db, log_table, columns);
         let source = if sealed.legacy_drained {
             format!("({recent})")
@@ -511,46 +543,60 @@ impl Store {
         };
         let (parts, lows) = bounds(above);
         let (upper_parts, upper_lows) = bounds(&upper.sealed_to);
+        // `fresh`: above `sealed`; `below`: at or below `upper`; `recent`:
+        // inserted since the hour of `upper`'s time bound (and
+        // `recent_since_sealed`: of `sealed`'s)
         let sql = format!(
             "WITH concat(src_topic, '/', toString(src_partition), '/', toString(src_epoch)) AS claim, \
-                  toInt64(src_offset) <= transform(concat(src_topic, '/', toString(src_partition)), ?, ?, toInt64(-1)) AS below \
-             SELECT tracking_id AS key, sumIf(bytes_out, below) AS sealed, countIf(below) AS sealed_rows, \
-                    sumIf(bytes_out, NOT below) AS bytes, countIf(NOT below) AS rows FROM {source} AS l \
+                  concat(src_topic, '/', toString(src_partition)) AS part, \
+                  toInt64(src_offset) > transform(part, ?, ?, toInt64(-1)) AS fresh, \
+                  toInt64(src_offset) <= transform(part, ?, ?, toInt64(-1)) AS below, \
+                  toStartOfHour(inserted_at) >= toStartOfHour(toDateTime(?, 'UTC')) AS recent, \
+                  toStartOfHour(inserted_at) >= toStartOfHour(toDateTime(?, 'UTC')) AS recent_since_sealed \
+             SELECT tracking_id AS key, sumIf(bytes_out, fresh AND below) AS sealed, countIf(fresh AND below) AS sealed_rows, \
+                    sumIf(bytes_out, fresh AND NOT below) AS bytes, countIf(fresh AND NOT below) AS rows, \
+                    countIf(NOT fresh AND recent_since_sealed) AS stale_rows, countIf(below AND recent) AS recent_below_rows FROM {source} AS l \
              WHERE window_start >= toDateTime(?) AND window_start < toDateTime(?) \
-               AND has(?, claim) AND src_offset <= transform(claim, ?, ?, toUInt64(0)) \
-               AND toInt64(src_offset) > transform(concat(src_topic, '/', toString(src_partition)), ?, ?, toInt64(-1)) \
-             GROUP BY tracking_id"
+               AND has(?, claim) AND src_offset <= transform(claim, ?, ?, toUInt64(0)){} \
+             GROUP BY tracking_id",
+            if with_below { "" } else { " AND fresh" }
         );
         #[derive(Deserialize, clickhouse::Row)]
-        struct Split {
+        struct Row {
             key: String,
             sealed: u64,
             sealed_rows: u64,
             bytes: u64,
             rows: u64,
+            stale_rows: u64,
+            recent_below_rows: u64,
         }
-        let rows: Vec<Split> = self
+        let rows: Vec<Row> = self
             .client
             .query(&sql)
+            .bind(&parts)
+            .bind(&lows)
             .bind(&upper_parts)
             .bind(&upper_lows)
+            .bind(upper.tail_since)
+            .bind(sealed.tail_since)
             .bind(secs(from))
             .bind(secs(to))
             .bind(&keys)
             .bind(&keys)
             .bind(&limits)
-            .bind(&parts)
-            .bind(&lows)
             .fetch_all()
             .await?;
-        let mut out: (BTreeMap<String, u64>, BTreeMap<String, u64>) = Default::default();
+        let mut out = Split::default();
         for r in rows {
+            out.stale_rows += r.stale_rows;
+            out.recent_below += r.recent_below_rows;
             // a tracking id with rows is in the answer, also with 0 bytes (as in the views')
             if r.sealed_rows > 0 {
-                out.0.insert(r.key.clone(), r.sealed);
+                out.below.insert(r.key.clone(), r.sealed);
             }
             if r.rows > 0 {
-                out.1.insert(r.key, r.bytes);
+                out.above.insert(r.key, r.bytes);
             }
         }
         Ok(out)
@@ -578,28 +624,47 @@ impl Store {
         let audit = if counting == LogCounting::Recount { None } else { self.log_audit(period, log_table).await? };
         // the audit's seal, for its offsets and time bound (one that is not
         // there any more, or not yet on this replica: count everything)
-        let mut base = (runtime::ch::Sealed::default(), BTreeMap::new());
-        let mut fences_changed = None;
+        let mut recounted = None;
+        let mut base = None;
         if let Some(audit) = audit.filter(|a| a.seq <= latest.seq) {
             let config = |e: runtime::ch::ChError| StoreError::Config(e.to_string());
             if let Some(sealed) = runtime::ch::seal_at(&self.client, &self.db, audit.seq).await.map_err(config)? {
-                if fences_below(fences, &sealed) == audit.fences {
-                    base = (sealed, audit.bytes);
-                } else {
-                    fences_changed = Some(audit.seq);
+                if fences_below(fences, &sealed) != audit.fences {
+                    recounted = Some(Recounted::FencesChanged { seal: audit.seq });
+                } else if sealed.tail_since <= latest.tail_since {
+                    // (else the rows the latest seal's count needs are not
+                    // all among those read from the audit's bound: all)
+                    base = Some((sealed, audit));
                 }
             }
         }
-        let (lower, mut bytes) = base;
-        let (sealed, above) = self.log_rows_split(log_table, fences, &lower, latest, from, to).await?;
-        add_into(&mut bytes, sealed)?;
+        let everything = runtime::ch::Sealed::default();
+        let (lower, mut bytes, split) = match base {
+            Some((sealed, audit)) => {
+                let split = self.log_rows_split(log_table, fences, &sealed, latest, from, to, true).await?;
+                // rows below the audit's seal written (or gone) since it was
+                // counted: a hand-made row, or a premise of the seal broken
+                if split.stale_rows == audit.recent_below {
+                    (sealed, audit.bytes, split)
+                } else {
+                    recounted = Some(Recounted::RowsChanged { seal: audit.seq, then: audit.recent_below, now: split.stale_rows });
+                    let split = self.log_rows_split(log_table, fences, &everything, latest, from, to, true).await?;
+                    (everything, BTreeMap::new(), split)
+                }
+            }
+            None => {
+                let split = self.log_rows_split(log_table, fences, &everything, latest, from, to, true).await?;
+                (everything, BTreeMap::new(), split)
+            }
+        };
+        add_into(&mut bytes, split.below)?;
         if latest.seq > lower.seq && counting != LogCounting::ReadOnly {
-            self.record_log_audit(period, log_table, latest.seq, &bytes, &fences_below(fences, latest)).await?;
+            self.record_log_audit(period, log_table, latest.seq, &bytes, &fences_below(fences, latest), split.recent_below).await?;
         }
         let recorded = if counting == LogCounting::ReadOnly { lower.seq } else { latest.seq.max(lower.seq) };
         let counted_before = lower.seq;
-        add_into(&mut bytes, above)?;
-        Ok(LogCount { bytes, counted_before, recorded, fences_changed })
+        add_into(&mut bytes, split.above)?;
+        Ok(LogCount { bytes, counted_before, recorded, recounted })
     }
 
     /// The latest complete audit of `period` and `log_table` (of the latest
@@ -629,11 +694,12 @@ impl Store {
             bytes_out: u64,
             fence_claims: Vec<String>,
             fence_limits: Vec<u64>,
+            recent_below: u64,
         }
         let rows: Vec<Row> = self
             .client
             .query(&format!(
-                "SELECT header, tracking_id, bytes_out, fence_claims, fence_limits FROM {}.billing_log_audits \
+                "SELECT header, tracking_id, bytes_out, fence_claims, fence_limits, recent_below FROM {}.billing_log_audits \
                  WHERE period = ? AND log_table = ? AND seal_seq = ? AND audit_id = ?",
                 self.db
             ))
@@ -647,6 +713,7 @@ impl Store {
         for r in rows {
             if r.header == 1 {
                 audit.fences = r.fence_claims.into_iter().zip(r.fence_limits).collect();
+                audit.recent_below = r.recent_below;
             } else {
                 audit.bytes.insert(r.tracking_id, r.bytes_out);
             }
@@ -655,7 +722,8 @@ impl Store {
     }
 
     /// Record `bytes` as the count of `period` in `log_table` up to seal
-    /// `seq`, counted under `fences` ([`fences_below`] it): one INSERT.
+    /// `seq`, counted under `fences` ([`fences_below`] it), with
+    /// [`Split::recent_below`]: one INSERT.
     async fn record_log_audit(
         &self,
         period: &str,
@@ -663,6 +731,7 @@ impl Store {
         seq: u64,
         bytes: &BTreeMap<String, u64>,
         fences: &BTreeMap<String, u64>,
+        recent_below: u64,
     ) -> Result<(), StoreError> {
         #[derive(Serialize, clickhouse::Row)]
         struct AuditRow<'a> {
@@ -676,6 +745,7 @@ impl Store {
             bytes_out: u64,
             fence_claims: Vec<&'a str>,
             fence_limits: Vec<u64>,
+            recent_below: u64,
             audited_at: u32,
         }
         // ordered by the time of writing (milliseconds, then 16 random bits):
@@ -695,11 +765,13 @@ impl Store {
             bytes_out,
             fence_claims: vec![],
             fence_limits: vec![],
+            recent_below: 0,
             audited_at: now,
         };
         ins.write(&AuditRow {
             fence_claims: fences.keys().map(String::as_str).collect(),
             fence_limits: fences.values().copied().collect(),
+            recent_below,
             ..row(1, "", 0)
         })
         .await?;

@@ -18,7 +18,12 @@
 -- starts with the time of writing in milliseconds): a recount's. A count is
 -- used only while the fences it was counted under, cut at its seal, are the
 -- same: a late contested claim (docs/clickhouse.md) changes which rows
--- below a seal count, and the next reconciliation then counts every row.
+-- below a seal count, and the next reconciliation then counts every row. It
+-- does so too when the number of valid rows below the seal inserted since
+-- the hour of the seal's time bound changed: no writer of this project
+-- writes there, so such a row was written by hand (the next reconciliation
+-- reads those rows anyway). Rows deleted from older hours are seen only by
+-- `--recount`.
 CREATE TABLE IF NOT EXISTS {db}.billing_log_audits (
     period      String,
     log_table   String,
@@ -32,6 +37,9 @@ CREATE TABLE IF NOT EXISTS {db}.billing_log_audits (
     -- (topic/partition/epoch), its fence cut at the sealed offset
     fence_claims Array(String),
     fence_limits Array(UInt64),
+    -- on the header row: the valid rows at or below the seal inserted since
+    -- the hour of its time bound (tail_since), when counted
+    recent_below UInt64,
     audited_at  DateTime('UTC')
 ) ENGINE = MergeTree
 ORDER BY (period, log_table, seal_seq, audit_id, header, tracking_id);

@@ -1015,7 +1015,16 @@ fn paused_seal(db: &ClickHouseConfig, step: &str) -> Proc {
 /// under epoch 1 (tracking id `t{i % 5}`, viewer `v{i % 7}`, a minute of
 /// 2026-10-02 each, `i % 100 + 1` bytes out), then a checkpoint at `from + n`.
 async fn rows_and_checkpoint(db: &ClickHouseConfig, topic: &str, from: u64, n: u64) {
+    rows_and_checkpoint_at(db, topic, from, n, None).await
+}
+
+/// [`rows_and_checkpoint`], inserted at `inserted_at` (`None`: the server's clock, as the aggregator writes).
+async fn rows_and_checkpoint_at(db: &ClickHouseConfig, topic: &str, from: u64, n: u64, inserted_at: Option<&str>) {
     let d = &db.database;
+    let (icol, ival) = match inserted_at {
+        Some(t) => (", inserted_at", format!(", toDateTime('{t}', 'UTC')")),
+        None => ("", String::new()),
+    };
     for (log, vcols, vvals) in [
         ("usage_by_tracking_log", "protocol", "'WHEP'"),
         ("usage_by_viewer_log", "custom_viewer_data, viewer_id", "'', concat('v', toString(number % 7))"),
@@ -1024,9 +1033,9 @@ async fn rows_and_checkpoint(db: &ClickHouseConfig, topic: &str, from: u64, n: u
             db,
             format!(
                 "INSERT INTO {d}.{log} (window_start, tracking_id, account_id, stream_name, cluster, {vcols}, bytes_out, bytes_in, \
-                 events, src_topic, src_partition, src_epoch, src_offset) \
+                 events, src_topic, src_partition, src_epoch, src_offset{icol}) \
                  SELECT toDateTime('2026-10-02 00:00:00', 'UTC') + (number % 1440) * 60, concat('t', toString(number % 5)), 'acct', \
-                 's1', 'c', {vvals}, number % 100 + 1, 0, 1, '{topic}', toUInt32(0), toUInt64(1), {from} + number + 1 \
+                 's1', 'c', {vvals}, number % 100 + 1, 0, 1, '{topic}', toUInt32(0), toUInt64(1), {from} + number + 1{ival} \
                  FROM system.numbers LIMIT {n}"
             ),
         )
@@ -1123,12 +1132,14 @@ fn direct_checks(checks: &[billing::run::Check]) -> Vec<(bool, String)> {
 
 /// `billing reconcile` counts a log row once. Its first run counts every row
 /// of the period and records the count as of the latest seal; later runs
-/// count only the rows above the recorded seal and add them, and record
-/// anew when a newer seal exists. What each run reads shows in what it
-/// sees: with the log's rows below the recorded seal gone, the next run
-/// still agrees (it does not read them), while `--recount`, which reads
-/// every row again, reports them missing. A recorded count cut short (not
-/// all of its rows there) is ignored.
+/// count only the rows above the recorded seal (read from its time bound)
+/// and add them, and record anew when a newer seal exists. What each run
+/// reads shows in what it sees: with the log's older rows below the
+/// recorded seal dropped, the next run still agrees (it does not read them),
+/// while `--recount`, which reads every row again, reports them missing. A
+/// row written by hand below the recorded seal, in the hours a run reads,
+/// makes it count everything (and fail); so does a late contested claim. A
+/// recorded count cut short is ignored; a read-only run records nothing.
 #[tokio::test]
 async fn reconcile_counts_each_log_row_once_and_a_recount_reads_them_all() {
     let db = test_db().await;
@@ -1136,7 +1147,8 @@ async fn reconcile_counts_each_log_row_once_and_a_recount_reads_them_all() {
     let topic = unique("audit");
     let bytes = |n: u64| (0..n).map(|i| i % 100 + 1).sum::<u64>();
     claim_epoch_1(&db, &topic).await;
-    rows_and_checkpoint(&db, &topic, 0, 1000).await;
+    // a month of history, inserted in October (the log's partition 202610)
+    rows_and_checkpoint_at(&db, &topic, 0, 1000, Some("2026-10-02 12:00:00")).await;
     let first = aggregator::seal::seal(&db, 0).await.unwrap().expect("a seal").seq;
     let card = billing::rates::load_rate_card(&e2e::repo_root().join("deploy/rates.example.toml")).unwrap();
     let store = billing::store::Store::connect(&db).await.unwrap();
@@ -1157,7 +1169,7 @@ async fn reconcile_counts_each_log_row_once_and_a_recount_reads_them_all() {
     for (_, detail) in direct_checks(&checks) {
         assert_eq!(detail, format!("{} bytes (every row counted; recorded up to seal #{first})", bytes(1000)));
     }
-    // rows above the seal: counted now, added to the recorded count
+    // rows above the seal, at the server's clock: counted now, added to the recorded count
     rows_and_checkpoint(&db, &topic, 1000, 500).await;
     let total = bytes(1000) + bytes(500);
     let checks = run(false).await;
@@ -1188,6 +1200,9 @@ async fn reconcile_counts_each_log_row_once_and_a_recount_reads_them_all() {
     .await;
     let checks = run(false).await;
     assert!(checks.iter().all(|c| c.ok), "the count cut short is not taken: {checks:#?}");
+    for (_, detail) in direct_checks(&checks) {
+        assert_eq!(detail, format!("{total} bytes (rows up to seal #{second} as counted before, the rest counted now)"));
+    }
     // a late contested claim of epoch 1 (docs/clickhouse.md): the rows below
     // the seal count differently now, so the recorded count is not used
     // (it would agree with the views, which keep what they sealed)
@@ -1210,17 +1225,38 @@ async fn reconcile_counts_each_log_row_once_and_a_recount_reads_them_all() {
     for (_, detail) in direct_checks(&checks) {
         assert!(detail.starts_with(&format!("{total} bytes (every row counted: the fences below seal #{second} changed")), "{detail}");
     }
-    // every log row is at or below the second seal: gone, the next run still
+    // October's log rows (all below the seals) gone: the next run still
     // agrees, reading none of them
     for log in ["usage_by_tracking_log", "usage_by_viewer_log"] {
-        exec(&db, format!("TRUNCATE TABLE {d}.{log}")).await;
+        exec(&db, format!("ALTER TABLE {d}.{log} DROP PARTITION 202610")).await;
     }
     let checks = run(false).await;
     assert!(checks.iter().all(|c| c.ok), "{checks:#?}");
     for (_, detail) in direct_checks(&checks) {
         assert_eq!(detail, format!("{total} bytes (rows up to seal #{second} as counted before, the rest counted now)"));
     }
-    // a recount reads the log again: its rows are missing
+    // a row written by hand below the seal, now: that run counts every row
+    // (and sees October's missing)
+    exec(
+        &db,
+        format!(
+            "INSERT INTO {d}.usage_by_tracking_log (window_start, tracking_id, account_id, stream_name, cluster, protocol, bytes_out, \
+             bytes_in, events, src_topic, src_partition, src_epoch, src_offset) \
+             VALUES (toDateTime('2026-10-02 00:00:00', 'UTC'), 't0', 'acct', 's1', 'c', 'WHEP', 12345, 0, 1, '{topic}', 0, 1, 1500)"
+        ),
+    )
+    .await;
+    let checks = run(false).await;
+    let direct = direct_checks(&checks);
+    assert!(
+        !direct[0].0
+            && direct[0].1.contains(&format!(
+                "rows below seal #{second} were written or deleted since it was counted (500 recent rows then, 501 now)"
+            )),
+        "{direct:?}"
+    );
+    assert!(direct[1].0, "the viewer log is as counted: {direct:?}");
+    // a recount reads the whole log again: October's rows are missing
     let checks = run(true).await;
     for (ok, detail) in direct_checks(&checks) {
         assert!(!ok, "a recount sees the log's rows gone: {detail}");
