@@ -180,9 +180,10 @@ impl Grain {
                 "hour",
                 match r {
                     None => "toUInt32(0)",
-                    Some(Resolution::Minute | Resolution::Hour) => "toUInt32(hour)",
                     Some(Resolution::Day) => "toUInt32(toStartOfDay(hour))",
                     Some(Resolution::Month) => "toUInt32(toYYYYMM(hour))",
+                    // Hour (Minute buckets are read at the minute grain)
+                    Some(_) => "toUInt32(hour)",
                 },
             ),
             (Grain::Day, r) => (

@@ -456,20 +456,8 @@ impl Store {
     /// `bytes_out` per tracking id with `window_start` in `[from, to)` read
     /// from a log table (`usage_by_tracking_log` or `usage_by_viewer_log`)
     /// under `fences` ([`Store::claim_fences`]), not through the fenced
-    /// views' join: reconciliation's independent count of what those views
-    /// must show.
-    pub async fn log_total(
-        &self,
-        log_table: &str,
-        fences: &Fences,
-        from: NaiveDate,
-        to: NaiveDate,
-    ) -> Result<BTreeMap<String, u64>, StoreError> {
-        self.log_rows_total(log_table, fences, &runtime::ch::Sealed::default(), from, to).await
-    }
-
-    /// [`Store::log_total`] of the rows above `sealed` (its offsets per
-    /// partition, and its time bound; [`runtime::ch::Sealed::default`]: all).
+    /// views' join, of the rows above `sealed` (its offsets per partition,
+    /// and its time bound; [`runtime::ch::Sealed::default`]: all).
     async fn log_rows_total(
         &self,
         log_table: &str,
@@ -602,8 +590,9 @@ impl Store {
         Ok(out)
     }
 
-    /// [`Store::log_total`] of `period` (`YYYY-MM`, from `from` to `to`) as
-    /// reconciliation counts it (migration 12): the count recorded by an
+    /// [`Store::log_rows_total`] of `period` (`YYYY-MM`, from `from` to
+    /// `to`) as reconciliation counts it: its independent count of what the
+    /// views must show (migration 12): the count recorded by an
     /// earlier reconciliation, as of its seal, plus the rows above that
     /// seal; the count as of `latest` (read before `fences`, so that every
     /// epoch with rows below it is among them) is then recorded for the
@@ -638,21 +627,21 @@ impl Store {
                 }
             }
         }
-        let everything = runtime::ch::Sealed::default();
-        let (lower, mut bytes, split) = match base {
-            Some((sealed, audit)) => {
-                let split = self.log_rows_split(log_table, fences, &sealed, latest, from, to, true).await?;
-                // rows below the audit's seal written (or gone) since it was
-                // counted: a hand-made row, or a premise of the seal broken
-                if split.stale_rows == audit.recent_below {
-                    (sealed, audit.bytes, split)
-                } else {
-                    recounted = Some(Recounted::RowsChanged { seal: audit.seq, then: audit.recent_below, now: split.stale_rows });
-                    let split = self.log_rows_split(log_table, fences, &everything, latest, from, to, true).await?;
-                    (everything, BTreeMap::new(), split)
-                }
+        let mut counted = None;
+        if let Some((sealed, audit)) = base {
+            let split = self.log_rows_split(log_table, fences, &sealed, latest, from, to, true).await?;
+            // rows below the audit's seal written (or gone) since it was
+            // counted: a hand-made row, or a premise of the seal broken
+            if split.stale_rows == audit.recent_below {
+                counted = Some((sealed, audit.bytes, split));
+            } else {
+                recounted = Some(Recounted::RowsChanged { seal: audit.seq, then: audit.recent_below, now: split.stale_rows });
             }
+        }
+        let (lower, mut bytes, split) = match counted {
+            Some(c) => c,
             None => {
+                let everything = runtime::ch::Sealed::default();
                 let split = self.log_rows_split(log_table, fences, &everything, latest, from, to, true).await?;
                 (everything, BTreeMap::new(), split)
             }
