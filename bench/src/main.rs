@@ -86,6 +86,10 @@ enum Cmd {
         /// the consolidation (1: none)
         #[arg(long, default_value_t = 1)]
         seals: u64,
+        /// Keep each size's database (its name is printed) to ask it more
+        /// questions by hand; drop it with `DROP DATABASE`
+        #[arg(long)]
+        keep: bool,
     },
     /// A claim of a partition with N active viewers and D days of dedup
     /// history: the claim and its dedup restore, next to the bare read of
@@ -127,7 +131,7 @@ fn main() -> Result<()> {
         Cmd::Billing { tracking_ids } => rt.block_on(bench_billing(tracking_ids)),
         Cmd::Latency { rate, seconds } => rt.block_on(bench_latency(rate, seconds)),
         Cmd::Hostile => rt.block_on(bench_hostile()),
-        Cmd::Scale { rows, tracking_ids, seals } => rt.block_on(bench_scale(&rows, tracking_ids, seals)),
+        Cmd::Scale { rows, tracking_ids, seals, keep } => rt.block_on(bench_scale(&rows, tracking_ids, seals, keep)),
         Cmd::Restore { viewers, days } => rt.block_on(bench_restore(viewers, days)),
         Cmd::All => {
             codec(1_000_000, 3, false)?;
@@ -837,7 +841,7 @@ async fn many_seals(
 /// October 2026 (UTC), as unix seconds.
 const OCT_2026: (i64, i64) = (1_790_812_800, 1_793_491_200);
 
-async fn bench_scale(sizes: &[u64], tracking_ids: u64, seals: u64) -> Result<()> {
+async fn bench_scale(sizes: &[u64], tracking_ids: u64, seals: u64, keep: bool) -> Result<()> {
     let mut lines = Vec::new();
     for &rows in sizes {
         let db = stack::clickhouse(format!("bench_scale_{}_{rows}", stack::stamp()));
@@ -1115,7 +1119,11 @@ async fn bench_scale(sizes: &[u64], tracking_ids: u64, seals: u64) -> Result<()>
             ms(sealed_bill),
             year_stream / stream_month
         ));
-        let _ = db.server_client().query(&format!("DROP DATABASE IF EXISTS {d}")).execute().await;
+        if keep {
+            eprintln!("kept the database {d}");
+        } else {
+            let _ = db.server_client().query(&format!("DROP DATABASE IF EXISTS {d}")).execute().await;
+        }
     }
     header();
     for l in lines {

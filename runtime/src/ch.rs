@@ -546,6 +546,7 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../migrations/0012_reconcile_audits.sql"),
         former_checksums: &[],
     },
+    Migration { version: 13, name: "seal_bound", sql: include_str!("../migrations/0013_seal_bound.sql"), former_checksums: &[] },
 ];
 
 impl Migration {
