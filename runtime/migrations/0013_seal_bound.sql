@@ -13,9 +13,13 @@
 --     26.x runs once per query however often the tails name it. Its columns
 --     are the seal's scalar ones, so 18.16 (which runs each occurrence) reads
 --     no array for it.
---   * `usage_seal_offsets` is its (topic, partition, sealed offset) triples,
---     looked up per tail row after the join with the fences: the tails join
---     the fences alone.
+--   * `usage_seal_offsets` is its topics, partitions and sealed offsets (three
+--     arrays in one tuple, one scalar subquery), looked up per tail row after
+--     the join with the fences: the tails join the fences alone.
+--   * No lambda here returns a tuple: 18.16 cannot read such a view back from
+--     its metadata after a restart ("Unknown identifier"), and its
+--     distributed DDL cannot parse the text it formats for `o.2[...]`; the
+--     cluster suite restarts a replica and found both.
 --   * The legacy tables (migration 10) are bounded by the drained flag only.
 --     Until a seal drains them (minutes after an upgrade: the first seal past
 --     the tail margin), a question reads them whole; before, it read three
@@ -27,10 +31,10 @@
 -- on; 1970 with no seal); 2. '' once the legacy tables are drained, else the
 -- byte 0xFF: a tracking id (valid UTF-8) sorts below it, so drained legacy
 -- rows are skipped by the primary key; 3. the byte 0xFF (made here, so that
--- no view's text holds it). `usage_seal_offsets`: per partition the latest
--- seal names, (topic, partition, the offset up to which it sealed it); a
--- seal covers at least offset 1, so a partition named with 0, or not named,
--- is not sealed.
+-- no view's text holds it). `usage_seal_offsets`: the topics and partitions
+-- the latest seal names and the offset up to which it sealed each; a seal
+-- covers at least offset 1, so a partition named with 0, or not named, is
+-- not sealed.
 -- An aggregate without GROUP BY gives one row even with no seal, so each
 -- scalar subquery has a value.
 
@@ -46,7 +50,7 @@ FROM {db}.usage_seals
 WHERE seq = (SELECT max(seq) FROM {db}.usage_seals);
 
 CREATE VIEW IF NOT EXISTS {db}.usage_seal_offsets AS
-SELECT argMax(arrayMap((t, p, u) -> (t, p, u), topics, partitions, sealed_to), seal_id) AS offsets
+SELECT tuple(argMax(topics, seal_id), argMax(partitions, seal_id), argMax(sealed_to, seal_id)) AS offsets
 FROM {db}.usage_seals
 WHERE seq = (SELECT max(seq) FROM {db}.usage_seals);
 
@@ -68,9 +72,9 @@ FROM (
 ALL INNER JOIN (SELECT topic AS src_topic, partition AS src_partition, epoch AS src_epoch, fence FROM {db}.aggregator_fences) AS f
 USING (src_topic, src_partition, src_epoch)
 WHERE src_offset <= fence
-  AND arrayAll(s -> tupleElement(s, 1) != src_topic OR tupleElement(s, 2) != src_partition
-                    OR tupleElement(s, 3) = 0 OR src_offset > tupleElement(s, 3),
-               (SELECT offsets FROM {db}.usage_seal_offsets));
+  AND arrayAll(o -> arrayAll((t, p, u) -> t != src_topic OR p != src_partition OR u = 0 OR src_offset > u,
+                              tupleElement(o, 1), tupleElement(o, 2), tupleElement(o, 3)),
+               [(SELECT offsets FROM {db}.usage_seal_offsets)]);
 
 CREATE VIEW IF NOT EXISTS {db}.usage_by_viewer_tail AS
 SELECT window_start, tracking_id, custom_viewer_data, viewer_id, account_id, stream_name, cluster, bytes_out, bytes_in, events,
@@ -90,6 +94,6 @@ FROM (
 ALL INNER JOIN (SELECT topic AS src_topic, partition AS src_partition, epoch AS src_epoch, fence FROM {db}.aggregator_fences) AS f
 USING (src_topic, src_partition, src_epoch)
 WHERE src_offset <= fence
-  AND arrayAll(s -> tupleElement(s, 1) != src_topic OR tupleElement(s, 2) != src_partition
-                    OR tupleElement(s, 3) = 0 OR src_offset > tupleElement(s, 3),
-               (SELECT offsets FROM {db}.usage_seal_offsets));
+  AND arrayAll(o -> arrayAll((t, p, u) -> t != src_topic OR p != src_partition OR u = 0 OR src_offset > u,
+                              tupleElement(o, 1), tupleElement(o, 2), tupleElement(o, 3)),
+               [(SELECT offsets FROM {db}.usage_seal_offsets)]);
