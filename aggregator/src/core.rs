@@ -55,7 +55,8 @@ pub struct FlushReport {
 /// A test hook: kill the process (SIGKILL) right after the `n`th successful
 /// insert into `table`, leaving a partially written batch behind. Set by the
 /// environment variable `AGGREGATOR_FAULT_KILL_AFTER=<table>:<n>` (e.g.
-/// `usage_by_viewer_log:3`); never set in production.
+/// `usage_by_viewer_log:3`), in builds with the `fault-injection` feature
+/// only (`runtime::fault`); a build without it refuses the variable.
 #[derive(Debug, Clone, Copy)]
 pub struct KillAfter {
     pub table: Table,
@@ -66,6 +67,7 @@ impl KillAfter {
     pub const ENV: &'static str = "AGGREGATOR_FAULT_KILL_AFTER";
 
     pub fn from_env() -> Result<Option<KillAfter>, AggError> {
+        runtime::fault::refuse_unless_built_in(&[Self::ENV]).map_err(AggError::Config)?;
         let Ok(v) = std::env::var(Self::ENV) else { return Ok(None) };
         let bad = || AggError::Config(format!("{}={v:?}: expected <table>:<n>, e.g. usage_by_viewer_log:3", Self::ENV));
         let (t, n) = v.split_once(':').ok_or_else(bad)?;
@@ -388,9 +390,7 @@ async fn write_tables<S: Store>(
             static INSERTS: AtomicU64 = AtomicU64::new(0);
             let n = INSERTS.fetch_add(1, Ordering::SeqCst) + 1;
             if n >= k.n {
-                tracing::error!(table = table.name(), inserts = n, "FaultInjected: killing the process (SIGKILL)");
-                // SAFETY: raising a signal in our own process
-                unsafe { libc::raise(libc::SIGKILL) };
+                runtime::fault::now(runtime::fault::Fault::Kill, &format!("{} inserts into {}", n, table.name()));
             }
         }
     }

@@ -63,6 +63,14 @@ enum Cmd {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    // a test hook's variable in a build without the hooks: refuse to run
+    // rather than run without the fault a test expects
+    runtime::fault::refuse_unless_built_in(&[
+        aggregator::core::KillAfter::ENV,
+        aggregator::seal::SEAL_FAULT_ENV,
+        aggregator::seal::SEAL_PAUSE_ENV,
+    ])
+    .map_err(anyhow::Error::msg)?;
     let cfg: AggregatorConfig = runtime::config::load(cli.config.as_deref(), "AGGREGATOR")?;
     cfg.validate().map_err(anyhow::Error::msg).context("invalid configuration")?;
     runtime::telemetry::init_tracing(cfg.json_logs);

@@ -244,15 +244,11 @@ async fn claims_digest(client: &clickhouse::Client, db: &str) -> Result<(u64, u6
         .await?)
 }
 
-/// The test hooks [`SEAL_FAULT_ENV`] and [`SEAL_PAUSE_ENV`] at `step`.
+/// The test hooks [`SEAL_FAULT_ENV`] and [`SEAL_PAUSE_ENV`] at `step`
+/// (`runtime::fault`: only in builds with the `fault-injection` feature).
 pub(crate) fn fault_after(step: &str) {
-    for (env, signal, what) in [(SEAL_FAULT_ENV, libc::SIGKILL, "killing"), (SEAL_PAUSE_ENV, libc::SIGSTOP, "stopping")] {
-        if std::env::var(env).is_ok_and(|s| s == step) {
-            tracing::error!(step, "FaultInjected: {what} the process");
-            // SAFETY: raising a signal on the current process has no preconditions.
-            unsafe { libc::raise(signal) };
-        }
-    }
+    runtime::fault::at(SEAL_FAULT_ENV, step, runtime::fault::Fault::Kill);
+    runtime::fault::at(SEAL_PAUSE_ENV, step, runtime::fault::Fault::Stop);
 }
 
 /// Run one seal (see the module docs). `lock_stale_secs`: a lock older

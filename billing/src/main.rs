@@ -91,6 +91,8 @@ enum Cmd {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    // a test hook's variable in a build without the hooks: refuse to run
+    runtime::fault::refuse_unless_built_in(&[run::FAULT_ENV]).map_err(anyhow::Error::msg)?;
     let cfg: BillingConfig = runtime::config::load(cli.config.as_deref(), "BILLING")?;
     runtime::telemetry::init_tracing(false);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

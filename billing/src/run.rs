@@ -385,7 +385,9 @@ pub async fn run(store: &Store, card: &RateCard, period: &str, out: &Path) -> Re
 
 /// Test hook: `BILLING_FAULT_AFTER=<step>` kills `billing issue` (SIGKILL)
 /// right after that step of [`ISSUE_STEPS`], to prove that the next run
-/// completes whatever a crash left.
+/// completes whatever a crash left. Only in builds with the
+/// `fault-injection` feature (`runtime::fault`); a build without it refuses
+/// the variable.
 pub const FAULT_ENV: &str = "BILLING_FAULT_AFTER";
 
 /// The steps of `billing issue` that write, in order: the lock taken, the
@@ -394,11 +396,7 @@ pub const FAULT_ENV: &str = "BILLING_FAULT_AFTER";
 pub const ISSUE_STEPS: [&str; 5] = ["lock", "ledger", "invoices", "lines", "files"];
 
 fn fault_after(step: &str) {
-    if std::env::var(FAULT_ENV).is_ok_and(|v| v == step) {
-        tracing::error!(step, "FaultInjected: killing the process (SIGKILL)");
-        // SAFETY: raising a signal in our own process
-        unsafe { libc::raise(libc::SIGKILL) };
-    }
+    runtime::fault::at(FAULT_ENV, step, runtime::fault::Fault::Kill);
 }
 
 /// `billing issue`: issue every draft of `period`, exclusively and

@@ -3,7 +3,8 @@
 //! loading ([`config`]), tracing ([`telemetry`]), bearer credentials
 //! ([`auth`]), HTTP serving with slow-client limits ([`serve`]), cached
 //! health probes ([`health`]), the check of a service's ClickHouse user
-//! ([`rights`]), CSV cells ([`csv`]) and the shutdown signal
+//! ([`rights`]), CSV cells ([`csv`]), the test hooks ([`fault`], only with
+//! the `fault-injection` feature) and the shutdown signal
 //! ([`shutdown_signal`]). The contract itself (event, codec, validation) is
 //! the `schemas` crate.
 
@@ -11,6 +12,7 @@ pub mod auth;
 pub mod ch;
 pub mod config;
 pub mod csv;
+pub mod fault;
 pub mod health;
 pub mod kafka;
 pub mod rights;
