@@ -76,7 +76,7 @@ pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().and_then(|d| if d.ends_with("deps") { d.parent() } else { Some(d) }).expect("target dir");
     let p = dir.join(name);
-    assert!(p.exists(), "{} not built: run `cargo build --workspace --bins` first (scripts/test does)", p.display());
+    assert!(p.exists(), "{} not built: run `cargo build --workspace --bins --features metering-aggregator/fault-injection,metering-billing/fault-injection` first (scripts/test does)", p.display());
     p
 }
 
