@@ -1,6 +1,7 @@
 //! `aggregator` configuration: one TOML file plus `AGGREGATOR__...` environment overrides.
 
 use runtime::ch::ClickHouseConfig;
+use runtime::config::ConfigError;
 use runtime::kafka::KafkaConfig;
 use serde::{Deserialize, Serialize};
 
@@ -59,7 +60,8 @@ pub struct AggregatorConfig {
     /// tansu 0.6 lacks: it answers offset 0 for any time), or offsets per partition `0:1200,1:1187`
     /// (unlisted partitions start at the earliest). Ignored once a
     /// partition has a checkpoint: restarts always resume from ClickHouse.
-    pub start_from: String,
+    /// Read once, with the configuration ([`StartFrom`]).
+    pub start_from: StartFrom,
     /// Name of this member in checkpoints and logs; default host name and pid.
     pub member_id: String,
     /// Log as JSON lines.
@@ -114,7 +116,7 @@ impl Default for AggregatorConfig {
             max_event_bytes: schemas::validate::DEFAULT_MAX_EVENT_BYTES,
             accept_gap_partitions: vec![],
             metrics_listen: "127.0.0.1:9101".into(),
-            start_from: "earliest".into(),
+            start_from: StartFrom::Earliest,
             member_id: String::new(),
             json_logs: false,
             retention: Retention::default(),
@@ -123,8 +125,12 @@ impl Default for AggregatorConfig {
 }
 
 impl AggregatorConfig {
-    /// Check values that serde cannot.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Check values that serde cannot; the error names the setting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check().map_err(ConfigError::Invalid)
+    }
+
+    fn check(&self) -> Result<(), String> {
         // a seal must never write into a month retention has dropped
         let least = self.max_lateness_secs.div_ceil(86_400) + 32;
         for (name, days) in [("retention.minute_days", self.retention.minute_days), ("retention.hourly_days", self.retention.hourly_days)] {
@@ -152,7 +158,6 @@ impl AggregatorConfig {
         }
         runtime::ch::check_identifier(&self.clickhouse.database).map_err(|e| e.to_string())?;
         self.clickhouse.layout().map_err(|e| format!("clickhouse.cluster: {e}"))?;
-        StartFrom::parse(&self.start_from)?;
         Ok(())
     }
 
@@ -166,8 +171,11 @@ impl AggregatorConfig {
     }
 }
 
-/// Parsed [`AggregatorConfig::start_from`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// [`AggregatorConfig::start_from`], parsed once as the configuration is
+/// read (a malformed value is an error naming the key) and written back in
+/// the same forms.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum StartFrom {
     Earliest,
     Latest,
@@ -204,6 +212,26 @@ impl StartFrom {
     }
 }
 
+impl TryFrom<String> for StartFrom {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        StartFrom::parse(&s)
+    }
+}
+
+impl From<StartFrom> for String {
+    fn from(s: StartFrom) -> String {
+        match s {
+            StartFrom::Earliest => "earliest".into(),
+            StartFrom::Latest => "latest".into(),
+            StartFrom::Time(ms) => chrono::DateTime::from_timestamp_millis(ms)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+                .unwrap_or_else(|| ms.to_string()),
+            StartFrom::Offsets(list) => list.iter().map(|(p, o)| format!("{p}:{o}")).collect::<Vec<_>>().join(","),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,14 +239,14 @@ mod tests {
     #[test]
     fn a_retention_shorter_than_lateness_and_a_month_is_refused() {
         let mut c = AggregatorConfig::default();
-        assert_eq!(c.validate(), Ok(()), "the defaults (90 and 730 days)");
+        assert_eq!(c.check(), Ok(()), "the defaults (90 and 730 days)");
         // 35 days of lateness plus 32
         c.retention.minute_days = 66;
-        assert!(c.validate().unwrap_err().contains("retention.minute_days = 66: 0 (keep) or at least 67"));
+        assert!(c.validate().unwrap_err().to_string().contains("retention.minute_days = 66: 0 (keep) or at least 67"));
         c.retention.minute_days = 67;
-        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.check(), Ok(()));
         c.retention.minute_days = 0;
-        assert_eq!(c.validate(), Ok(()), "0 keeps");
+        assert_eq!(c.check(), Ok(()), "0 keeps");
     }
 
     #[test]
@@ -230,6 +258,18 @@ mod tests {
         for bad in ["yesterday", "0:", "0:1,0:2", "-1:5", "1:-5", "2026-11-01"] {
             let e = StartFrom::parse(bad).unwrap_err();
             assert!(e.contains("start_from"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn start_from_is_read_once_with_the_configuration_and_written_back_alike() {
+        let load = |v: &str| runtime::config::load_from::<AggregatorConfig>(None, "AGG", [("AGG__START_FROM".to_string(), v.to_string())]);
+        assert_eq!(load("0:12,3:0").unwrap().start_from, StartFrom::Offsets(vec![(0, 12), (3, 0)]));
+        assert_eq!(load("latest").unwrap().start_from, StartFrom::Latest);
+        let e = load("yesterday").unwrap_err().to_string();
+        assert!(e.contains("start_from = \"yesterday\""), "{e}");
+        for s in ["earliest", "latest", "2026-11-01T00:00:00.000Z", "0:12,3:0"] {
+            assert_eq!(String::from(StartFrom::parse(s).unwrap()), s);
         }
     }
 }

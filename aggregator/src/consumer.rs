@@ -4,7 +4,7 @@
 //! `Handle::block_on`, so the loop stays strictly sequential.
 
 use crate::config::{AggregatorConfig, StartFrom};
-use crate::core::Core;
+use crate::core::{Core, FlushReport};
 use crate::error::AggError;
 use crate::sink::Sink;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
@@ -38,7 +38,7 @@ pub struct AggContext {
     /// Partitions whose checkpoint may lie before the log start.
     accept_gap: Vec<i32>,
     /// Set when the callback could not load state: the loop stops with this error.
-    fatal: Mutex<Option<String>>,
+    fatal: Mutex<Option<AggError>>,
     /// Where partitions without a checkpoint start.
     start_from: StartFrom,
 }
@@ -54,7 +54,7 @@ impl AggContext {
         &self,
         consumer: &BaseConsumer<Self>,
         positions: &[(i32, Option<i64>)],
-    ) -> Result<(Vec<(i32, Offset)>, Vec<AggError>), String> {
+    ) -> Result<(Vec<(i32, Offset)>, Vec<AggError>), AggError> {
         let mut out = Vec::new();
         let mut refused = Vec::new();
         let mut by_time = TopicPartitionList::new();
@@ -73,7 +73,7 @@ impl AggContext {
                     list.iter().find(|&&(q, _)| q == p).map(|&(_, o)| Offset::Offset(o)).unwrap_or(Offset::Beginning)
                 }
                 (None, StartFrom::Time(ms)) => {
-                    by_time.add_partition_offset(&self.topic, p, Offset::Offset(*ms)).map_err(|e| e.to_string())?;
+                    by_time.add_partition_offset(&self.topic, p, Offset::Offset(*ms))?;
                     continue;
                 }
             };
@@ -85,17 +85,17 @@ impl AggContext {
         if by_time.count() > 0 {
             let found = consumer
                 .offsets_for_times(by_time, Duration::from_secs(30))
-                .map_err(|e| format!("start_from by time: offsets for times failed ({e}); use partition:offset pairs"))?;
+                .map_err(|e| AggError::Config(format!("start_from by time: offsets for times failed ({e}); use partition:offset pairs")))?;
             for e in found.elements() {
                 let offset = match e.offset() {
                     Offset::Offset(o) => Offset::Offset(o),
                     // no message at or after the time yet
                     Offset::End => Offset::End,
                     other => {
-                        return Err(format!(
+                        return Err(AggError::Config(format!(
                             "start_from by time: the broker answered {other:?} for partition {}; use partition:offset pairs",
                             e.partition()
-                        ))
+                        )))
                     }
                 };
                 info!(partition = e.partition(), ?offset, "PartitionStartsWithoutCheckpoint");
@@ -190,7 +190,7 @@ impl ConsumerContext for AggContext {
                         }
                         Err(e) => {
                             error!(error = %e, "PartitionLoadFailed: giving up");
-                            *self.fatal.lock().expect("lock") = Some(e.to_string());
+                            *self.fatal.lock().expect("lock") = Some(e);
                             break None;
                         }
                     }
@@ -264,7 +264,7 @@ pub fn create_consumer(cfg: &AggregatorConfig, core: Core<Sink>, rt: Handle) -> 
         refused: Mutex::new(BTreeSet::new()),
         accept_gap: cfg.accept_gap_partitions.clone(),
         fatal: Mutex::new(None),
-        start_from: StartFrom::parse(&cfg.start_from).map_err(rdkafka::error::KafkaError::ClientCreation)?,
+        start_from: cfg.start_from.clone(),
     };
     let mut c = cfg.kafka.client_config();
     c.set("group.id", &cfg.group_id)
@@ -288,144 +288,231 @@ pub fn create_consumer(cfg: &AggregatorConfig, core: Core<Sink>, rt: Handle) -> 
     kafka.finish(c).create_with_context(ctx)
 }
 
-/// Run until `shutdown` is set, then flush what is held.
+/// Run until `shutdown` is set, then flush what is held: [`ConsumeLoop`]'s
+/// steps, in order, until then.
 pub fn run(cfg: &AggregatorConfig, consumer: BaseConsumer<AggContext>, shutdown: Arc<AtomicBool>) -> Result<(), AggError> {
-    let ctx = consumer.context().clone();
     consumer.subscribe(&[&cfg.kafka.topic])?;
     info!(topic = %cfg.kafka.topic, group = %cfg.group_id, "AggregatorStarted");
-    let interval = Duration::from_millis(cfg.flush_interval_ms);
-    let mut next_flush = Instant::now() + interval;
-    let mut next_lag = Instant::now();
-    let mut next_gauges = Instant::now();
-    let mut next_reload = Instant::now();
-    let mut backoff = Duration::from_millis(250);
-    let mut paused = false;
-    let topic_c = std::ffi::CString::new(cfg.kafka.topic.as_str()).map_err(|_| AggError::Config("topic contains NUL".into()))?;
+    let mut l = ConsumeLoop::new(cfg, &consumer)?;
     while !shutdown.load(Ordering::Relaxed) {
-        if let Some(msg) = ctx.fatal.lock().expect("lock").take() {
-            return Err(AggError::Config(format!("cannot load partition state: {msg}")));
-        }
-        if Instant::now() >= next_reload {
-            if let Err(e) = reload_dropped(&consumer, &ctx) {
-                warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "PartitionReloadFailed");
-                next_reload = Instant::now() + backoff;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
-        }
-        // at least a few ms: while a batch is written in the background a due
-        // flush waits for it, and the loop must not spin meanwhile
-        let wait = next_flush.saturating_duration_since(Instant::now()).clamp(Duration::from_millis(5), Duration::from_millis(100));
-        if let Some(first) = consumer.poll(wait) {
-            let mut core = ctx.core.lock().expect("core lock");
-            let mut next = Some(first);
-            let mut n = 0;
-            while let Some(m) = next.take() {
-                match m {
-                    Ok(m) => {
-                        core.process(m.partition(), m.offset(), m.timestamp().to_millis(), m.payload().unwrap_or(&[]));
-                    }
-                    Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset)) => {
-                        // an offset outside the log (retention passed a lagging
-                        // member, or a truncated topic): the partition stops
-                        error!("OffsetOutOfRange: a partition's position left the log; it is not consumed (see the broker log for which)");
-                        core.metrics.offset_errors.inc();
-                        core.metrics.partitions_refused.set(core.metrics.partitions_refused.get().max(1));
-                    }
-                    Err(e) => warn!(error = %e, "KafkaErrorReceived"),
-                }
-                n += 1;
-                if n < 2048 {
-                    drop(core);
-                    next = consumer.poll(Duration::ZERO);
-                    core = ctx.core.lock().expect("core lock");
-                }
-            }
-        }
+        l.stop_if_fatal()?;
+        l.reload_if_due();
+        l.poll();
+        let ctx = consumer.context();
         let mut core = ctx.core.lock().expect("core lock");
-        // collect the batch written in the background, if it is done
-        if let Some(result) = core.poll_flush(&ctx.rt) {
-            match result {
-                Ok(report) => {
-                    backoff = Duration::from_millis(250);
-                    if paused && core.pending_rows() < cfg.max_pending_rows {
-                        set_paused(&consumer, &cfg.kafka.topic, &core.assigned(), false);
-                        paused = false;
-                        info!("ConsumptionResumed");
-                    }
-                    commit_positions(&consumer, &cfg.kafka.topic, &report.checkpointed);
+        match core.poll_flush(&ctx.rt) {
+            Some(Ok(report)) => l.flush_written(&mut core, &report),
+            Some(Err(e)) => l.flush_failed(&mut core, e),
+            None => {}
+        }
+        l.maybe_flush(&mut core);
+        l.report(&core);
+    }
+    l.finish();
+    Ok(())
+}
+
+/// The consume loop's state between its steps: when the next flush, gauge
+/// update, lag report and reload are due, the reload backoff, and whether
+/// consumption is paused for back-pressure. One thread runs the steps in
+/// order; ClickHouse I/O runs on the tokio runtime (`Handle::block_on`, or
+/// the background flush), so the loop stays strictly sequential.
+struct ConsumeLoop<'a> {
+    cfg: &'a AggregatorConfig,
+    consumer: &'a BaseConsumer<AggContext>,
+    ctx: &'a AggContext,
+    interval: Duration,
+    next_flush: Instant,
+    next_lag: Instant,
+    next_gauges: Instant,
+    next_reload: Instant,
+    backoff: Duration,
+    /// Paused by [`ConsumeLoop::maybe_flush`] for back-pressure (not the
+    /// partitions paused for a reload or a refusal).
+    paused: bool,
+    topic_c: std::ffi::CString,
+}
+
+/// The backoff of reloads after a successful flush.
+const RELOAD_BACKOFF: Duration = Duration::from_millis(250);
+
+impl<'a> ConsumeLoop<'a> {
+    fn new(cfg: &'a AggregatorConfig, consumer: &'a BaseConsumer<AggContext>) -> Result<Self, AggError> {
+        let now = Instant::now();
+        let interval = Duration::from_millis(cfg.flush_interval_ms);
+        Ok(ConsumeLoop {
+            cfg,
+            consumer,
+            ctx: consumer.context(),
+            interval,
+            next_flush: now + interval,
+            next_lag: now,
+            next_gauges: now,
+            next_reload: now,
+            backoff: RELOAD_BACKOFF,
+            paused: false,
+            topic_c: std::ffi::CString::new(cfg.kafka.topic.as_str()).map_err(|_| AggError::Config("kafka.topic contains NUL".into()))?,
+        })
+    }
+
+    /// Stop with the error the rebalance callback could not recover from.
+    fn stop_if_fatal(&self) -> Result<(), AggError> {
+        match self.ctx.fatal.lock().expect("lock").take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Claim again, when due, the partitions a failed flush or an interrupted
+    /// rebalance dropped; on failure retry later with a growing backoff.
+    fn reload_if_due(&mut self) {
+        if Instant::now() < self.next_reload {
+            return;
+        }
+        if let Err(e) = reload_dropped(self.consumer, self.ctx) {
+            warn!(error = %e, retry_in_ms = self.backoff.as_millis() as u64, "PartitionReloadFailed");
+            self.next_reload = Instant::now() + self.backoff;
+            self.backoff = (self.backoff * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    /// Wait for records (until the next flush is due, 5 to 100 ms: while a
+    /// batch is written in the background a due flush waits for it, and the
+    /// loop must not spin meanwhile), then fold up to 2,048 of them into the
+    /// partitions' state.
+    fn poll(&self) {
+        let wait = self.next_flush.saturating_duration_since(Instant::now()).clamp(Duration::from_millis(5), Duration::from_millis(100));
+        let Some(first) = self.consumer.poll(wait) else { return };
+        let mut core = self.ctx.core.lock().expect("core lock");
+        let mut next = Some(first);
+        let mut n = 0;
+        while let Some(m) = next.take() {
+            match m {
+                Ok(m) => {
+                    core.process(m.partition(), m.offset(), m.timestamp().to_millis(), m.payload().unwrap_or(&[]));
                 }
-                Err(e) => {
-                    let fenced = if let AggError::Fenced(f) = &e { f.clone() } else { vec![] };
-                    warn!(error = %e, "FlushFailed: dropping the in-memory state; claiming the partitions again from their last checkpoint");
-                    let parts = core.drop_all_state();
-                    let (lost, reclaim): (Vec<i32>, Vec<i32>) = parts.into_iter().partition(|p| fenced.contains(p));
-                    set_paused(&consumer, &cfg.kafka.topic, &lost, true);
-                    set_paused(&consumer, &cfg.kafka.topic, &reclaim, true);
-                    if !lost.is_empty() {
-                        error!(partitions = ?lost, "PartitionFenced: another member claimed these partitions; not consuming them until Kafka assigns them again");
-                        let mut refused = ctx.refused.lock().expect("lock");
-                        refused.extend(lost.iter().copied());
-                        core.metrics.partitions_refused.set(refused.len() as i64);
-                    }
-                    ctx.reload.lock().expect("lock").extend(reclaim);
-                    paused = false;
-                    // jittered, so that two members whose claims collided do not collide again
-                    next_reload = Instant::now() + backoff.mul_f64(1.0 + rand::random::<f64>());
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset)) => {
+                    // an offset outside the log (retention passed a lagging
+                    // member, or a truncated topic): the partition stops
+                    error!("OffsetOutOfRange: a partition's position left the log; it is not consumed (see the broker log for which)");
+                    core.metrics.offset_errors.inc();
+                    core.metrics.partitions_refused.set(core.metrics.partitions_refused.get().max(1));
                 }
+                Err(e) => warn!(error = %e, "KafkaErrorReceived"),
+            }
+            n += 1;
+            if n < 2048 {
+                // the rebalance callback takes the core lock inside poll
+                drop(core);
+                next = self.consumer.poll(Duration::ZERO);
+                core = self.ctx.core.lock().expect("core lock");
             }
         }
-        let due = Instant::now() >= next_flush || core.pending_rows() >= cfg.flush_max_rows;
-        if due && !core.is_flushing() {
-            // write in the background and keep consuming meanwhile
-            core.start_flush(&ctx.rt);
-            next_flush = Instant::now() + interval;
-            if !paused && core.pending_rows() >= cfg.max_pending_rows {
-                set_paused(&consumer, &cfg.kafka.topic, &core.assigned(), true);
-                paused = true;
-                warn!(pending = core.pending_rows(), "ConsumptionPaused: too many rows wait for ClickHouse");
-            }
-            next_gauges = Instant::now();
+    }
+
+    /// A batch written in the background landed: resume consumption paused
+    /// for back-pressure once the backlog fits, and tell Kafka the positions
+    /// (informative only: offsets are read back from ClickHouse).
+    fn flush_written(&mut self, core: &mut Core<Sink>, report: &FlushReport) {
+        self.backoff = RELOAD_BACKOFF;
+        if self.paused && core.pending_rows() < self.cfg.max_pending_rows {
+            set_paused(self.consumer, &self.cfg.kafka.topic, &core.assigned(), false);
+            self.paused = false;
+            info!("ConsumptionResumed");
         }
-        // at each cut, and once a second: the gauges of held state (cheap sums
-        // over the partitions)
-        if Instant::now() >= next_gauges {
-            next_gauges = Instant::now() + Duration::from_secs(1);
+        commit_positions(self.consumer, &self.cfg.kafka.topic, &report.checkpointed);
+    }
+
+    /// A batch failed ([`AggError`] says which way): drop every partition's
+    /// in-memory state; partitions another member claimed wait for Kafka to
+    /// assign them again, the others are claimed again from their last
+    /// checkpoint after a jittered backoff.
+    fn flush_failed(&mut self, core: &mut Core<Sink>, e: AggError) {
+        let fenced = if let AggError::Fenced(f) = &e { f.clone() } else { vec![] };
+        warn!(error = %e, "FlushFailed: dropping the in-memory state; claiming the partitions again from their last checkpoint");
+        let parts = core.drop_all_state();
+        let (lost, reclaim): (Vec<i32>, Vec<i32>) = parts.into_iter().partition(|p| fenced.contains(p));
+        let topic = &self.cfg.kafka.topic;
+        set_paused(self.consumer, topic, &lost, true);
+        set_paused(self.consumer, topic, &reclaim, true);
+        if !lost.is_empty() {
+            error!(partitions = ?lost, "PartitionFenced: another member claimed these partitions; not consuming them until Kafka assigns them again");
+            let mut refused = self.ctx.refused.lock().expect("lock");
+            refused.extend(lost.iter().copied());
+            core.metrics.partitions_refused.set(refused.len() as i64);
+        }
+        self.ctx.reload.lock().expect("lock").extend(reclaim);
+        self.paused = false;
+        // jittered, so that two members whose claims collided do not collide again
+        self.next_reload = Instant::now() + self.backoff.mul_f64(1.0 + rand::random::<f64>());
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(10));
+    }
+
+    /// Cut a batch when the interval passed or enough rows wait, unless one
+    /// is still being written, and write it in the background; pause
+    /// consumption while too many rows wait for ClickHouse.
+    fn maybe_flush(&mut self, core: &mut Core<Sink>) {
+        let due = Instant::now() >= self.next_flush || core.pending_rows() >= self.cfg.flush_max_rows;
+        if !due || core.is_flushing() {
+            return;
+        }
+        core.start_flush(&self.ctx.rt);
+        self.next_flush = Instant::now() + self.interval;
+        if !self.paused && core.pending_rows() >= self.cfg.max_pending_rows {
+            set_paused(self.consumer, &self.cfg.kafka.topic, &core.assigned(), true);
+            self.paused = true;
+            warn!(pending = core.pending_rows(), "ConsumptionPaused: too many rows wait for ClickHouse");
+        }
+        self.next_gauges = Instant::now();
+    }
+
+    /// At each cut and once a second, the gauges of held state (cheap sums
+    /// over the partitions); every 10 s, each partition's lag from the
+    /// cached high watermark.
+    fn report(&mut self, core: &Core<Sink>) {
+        let now = Instant::now();
+        if now >= self.next_gauges {
+            self.next_gauges = now + Duration::from_secs(1);
             core.update_gauges();
         }
-        if Instant::now() >= next_lag {
-            next_lag = Instant::now() + Duration::from_secs(10);
+        if now >= self.next_lag {
+            self.next_lag = now + Duration::from_secs(10);
             for p in core.assigned() {
-                if let (Some(high), Some(pos)) = (cached_high_watermark(&consumer, &topic_c, p), core.position(p)) {
+                if let (Some(high), Some(pos)) = (cached_high_watermark(self.consumer, &self.topic_c, p), core.position(p)) {
                     core.metrics.consumer_lag.with_label_values(&[&p.to_string()]).set((high - pos).max(0));
                 }
             }
         }
     }
-    info!("AggregatorStopping: flushing what is held");
-    let mut core = ctx.core.lock().expect("core lock");
-    let started = Instant::now();
-    loop {
-        match ctx.rt.block_on(core.flush(true)) {
-            Ok(report) => {
-                commit_positions(&consumer, &cfg.kafka.topic, &report.checkpointed);
-                if !core.is_flushing() && core.pending_rows() == 0 {
+
+    /// On shutdown: write what is held (for at most a minute), then leave
+    /// the group. Without the final flush the next start resumes from the
+    /// last checkpoint, which loses nothing.
+    fn finish(self) {
+        info!("AggregatorStopping: flushing what is held");
+        let mut core = self.ctx.core.lock().expect("core lock");
+        let started = Instant::now();
+        loop {
+            match self.ctx.rt.block_on(core.flush(true)) {
+                Ok(report) => {
+                    commit_positions(self.consumer, &self.cfg.kafka.topic, &report.checkpointed);
+                    if !core.is_flushing() && core.pending_rows() == 0 {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "stopping without the final flush; the next start resumes from the last checkpoint");
                     break;
                 }
             }
-            Err(e) => {
-                warn!(error = %e, "stopping without the final flush; the next start resumes from the last checkpoint");
+            if started.elapsed() > SHUTDOWN_FLUSH_FOR {
                 break;
             }
         }
-        if started.elapsed() > SHUTDOWN_FLUSH_FOR {
-            break;
-        }
+        drop(core);
+        self.consumer.unsubscribe();
+        info!("AggregatorStopped");
     }
-    drop(core);
-    consumer.unsubscribe();
-    info!("AggregatorStopped");
-    Ok(())
 }
 
 /// Pause or resume `partitions` of `topic`.
@@ -497,7 +584,7 @@ fn reload_dropped(consumer: &BaseConsumer<AggContext>, ctx: &AggContext) -> Resu
         }
     };
     core.metrics.claims.inc_by(positions.len() as u64);
-    let (starts, refused) = ctx.start_offsets(consumer, &positions).map_err(AggError::Config)?;
+    let (starts, refused) = ctx.start_offsets(consumer, &positions)?;
     for (p, offset) in starts {
         consumer.seek(&ctx.topic, p, offset, Duration::from_secs(10))?;
         set_paused(consumer, &ctx.topic, &[p], false);

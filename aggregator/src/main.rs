@@ -72,7 +72,7 @@ fn main() -> Result<()> {
     ])
     .map_err(anyhow::Error::msg)?;
     let cfg: AggregatorConfig = runtime::config::load(cli.config.as_deref(), "AGGREGATOR")?;
-    cfg.validate().map_err(anyhow::Error::msg).context("invalid configuration")?;
+    cfg.validate().context("invalid configuration")?;
     runtime::telemetry::init_tracing(cfg.json_logs);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     match cli.cmd {

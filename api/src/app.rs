@@ -4,7 +4,7 @@
 //! and `console` use it, and `http` wires them; it uses only the leaves
 //! `store` and `session`.
 
-use crate::session::{Role, Session};
+use crate::console::session::{Role, Session};
 use crate::store::{Store, StoreError};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -218,15 +218,15 @@ pub(crate) struct AppState {
     /// Client of the ClickHouse holding the usage tables.
     pub(crate) ch: clickhouse::Client,
     /// The operator's verification rules.
-    pub(crate) policy: crate::verify::Policy,
+    pub(crate) policy: crate::tokens::verify::Policy,
     /// Slots of statistics queries running at once.
     pub(crate) stats_slots: Arc<tokio::sync::Semaphore>,
     /// ClickHouse probed at most once a second by `/readyz`.
     pub(crate) ch_probe: runtime::health::Probe,
     /// Signed-in console sessions.
-    pub(crate) sessions: crate::session::Sessions,
+    pub(crate) sessions: crate::console::session::Sessions,
     /// The console's settings.
-    pub(crate) console: crate::session::ConsoleSettings,
+    pub(crate) console: crate::console::session::ConsoleSettings,
     /// Failed authentications per client address.
     pub(crate) throttle: crate::throttle::AuthThrottle,
     /// The header a trusted proxy puts the client's address in (empty: the peer's address).

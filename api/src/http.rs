@@ -17,7 +17,8 @@ pub use crate::app::ApiError;
 use crate::app::{limit_stats, require_secret, AppState, Metrics};
 use crate::config::ApiConfig;
 use crate::store::Store;
-use crate::tokens::{update_publish, update_subscribe, MAX_BODY_BYTES};
+use crate::tokens::handlers::{update_publish, update_subscribe};
+use crate::tokens::MAX_BODY_BYTES;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
@@ -36,7 +37,7 @@ pub fn router(cfg: &ApiConfig, store: Arc<Store>) -> Result<Router, ApiError> {
     cfg.validate().map_err(ApiError::Config)?;
     let metrics = Metrics::new().map_err(|e| ApiError::Config(format!("metrics: {e}")))?;
     let state = Arc::new(AppState {
-        sessions: crate::session::Sessions(store.clone()),
+        sessions: crate::console::session::Sessions(store.clone()),
         store,
         secrets: runtime::auth::KeySet::new(&cfg.api_secrets),
         verify_secrets: runtime::auth::KeySet::new(&cfg.verify_secrets),
@@ -67,7 +68,7 @@ pub fn router(cfg: &ApiConfig, store: Arc<Store>) -> Result<Router, ApiError> {
                     .map_err(|_| ApiError::Config(format!("client_address_header: {h:?} is not a header name")))?,
             ),
         },
-        policy: crate::verify::Policy {
+        policy: crate::tokens::verify::Policy {
             untracked_parent_sets_tracking: cfg.untracked_parent_sets_tracking,
             max_viewer_token_secs: cfg.max_viewer_token_secs as i64,
             ..Default::default()
@@ -79,16 +80,24 @@ pub fn router(cfg: &ApiConfig, store: Arc<Store>) -> Result<Router, ApiError> {
         .routes(routes!(crate::stats::tracking_series))
         .routes(routes!(crate::stats::streams_total))
         .routes(routes!(crate::stats::streams_series))
-        .routes(routes!(crate::stats::viewer_records))
+        .routes(routes!(crate::stats::records::viewer_records))
         .layer(middleware::from_fn_with_state(state.clone(), limit_stats));
     let (api, doc) = OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
-        .routes(routes!(crate::tokens::create_subscribe, crate::tokens::all_subscribe))
-        .routes(routes!(crate::tokens::list_subscribe))
-        .routes(routes!(crate::tokens::get_subscribe, crate::tokens::update_subscribe, crate::tokens::delete_subscribe))
-        .routes(routes!(crate::tokens::create_publish, crate::tokens::all_publish))
-        .routes(routes!(crate::tokens::list_publish))
-        .routes(routes!(crate::tokens::get_publish, crate::tokens::update_publish, crate::tokens::delete_publish))
-        .routes(routes!(crate::tokens::verify_token))
+        .routes(routes!(crate::tokens::handlers::create_subscribe, crate::tokens::handlers::all_subscribe))
+        .routes(routes!(crate::tokens::handlers::list_subscribe))
+        .routes(routes!(
+            crate::tokens::handlers::get_subscribe,
+            crate::tokens::handlers::update_subscribe,
+            crate::tokens::handlers::delete_subscribe
+        ))
+        .routes(routes!(crate::tokens::handlers::create_publish, crate::tokens::handlers::all_publish))
+        .routes(routes!(crate::tokens::handlers::list_publish))
+        .routes(routes!(
+            crate::tokens::handlers::get_publish,
+            crate::tokens::handlers::update_publish,
+            crate::tokens::handlers::delete_publish
+        ))
+        .routes(routes!(crate::tokens::handlers::verify_token))
         .merge(stats)
         .split_for_parts();
     let doc = Arc::new(doc.to_pretty_json().map_err(|e| ApiError::Config(format!("openapi: {e}")))?);
@@ -128,7 +137,7 @@ pub fn router(cfg: &ApiConfig, store: Arc<Store>) -> Result<Router, ApiError> {
         .with_state(state))
 }
 
-fn console_settings(cfg: &ApiConfig) -> Result<crate::session::ConsoleSettings, ApiError> {
+fn console_settings(cfg: &ApiConfig) -> Result<crate::console::session::ConsoleSettings, ApiError> {
     let rates = match &cfg.billing_rates {
         Some(p) => Some(Arc::new(billing::rates::load_rate_card(p).map_err(|e| ApiError::Config(format!("billing_rates: {e}")))?)),
         None => None,
@@ -137,7 +146,12 @@ fn console_settings(cfg: &ApiConfig) -> Result<crate::session::ConsoleSettings, 
         Some(_) => Some(Arc::new(billing::store::Store::new(&cfg.clickhouse).map_err(|e| ApiError::Config(format!("clickhouse: {e}")))?)),
         None => None,
     };
-    Ok(crate::session::ConsoleSettings { session_secs: cfg.console_session_secs, secure_cookie: cfg.console_secure_cookie, rates, billing })
+    Ok(crate::console::session::ConsoleSettings {
+        session_secs: cfg.console_session_secs,
+        secure_cookie: cfg.console_secure_cookie,
+        rates,
+        billing,
+    })
 }
 
 /// Open the store at `cfg.store_path` and serve on `cfg.listen` until

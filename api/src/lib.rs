@@ -5,38 +5,40 @@
 //! master token to viewers directly, or **self-sign** viewer tokens (HS256
 //! JWTs keyed with the master token string) that may add
 //! `customViewerData`. Media servers admit a viewer only with a token that
-//! [`verify::verify`] accepts, and attribute the viewer's bytes to the
-//! [`verify::Attribution`] it returns (`token_id`, `tracking_id`,
+//! [`tokens::verify::verify`] accepts, and attribute the viewer's bytes to the
+//! [`tokens::verify::Attribution`] it returns (`token_id`, `tracking_id`,
 //! `custom_viewer_data`).
 //!
-//! - [`store`]: tokens in SQLite (persist across restarts).
+//! Three products, each in its folder:
+//! - [`tokens`]: the token routes (`/api/subscribe_token`,
+//!   `/api/publish_token`, `/api/token/verify`): the token model, request
+//!   validation, handlers, responses, the tokens' store, self-signed viewer
+//!   JWTs ([`tokens::sign`], `api token sign`) and the admission rules
+//!   ([`tokens::verify`]: token, stream, cluster, the viewer's origin,
+//!   address and country, and the attribution).
+//! - [`stats`]: usage statistics (`/api/analytics/...`, `/api/records/viewers`)
+//!   read from ClickHouse, with their queries built by [`stats`]'s SQL builder.
+//! - [`console`]: the web console at `/`: its handlers beside its assets
+//!   (`console/assets/`, embedded), sign-in and sessions
+//!   ([`console::session`]: credential roles), invoices.
+//!
+//! Shared by them:
+//! - [`store`]: the API's SQLite file (tokens, IP bindings, console sessions).
 //! - [`http`]: `api serve`: the router, health, readiness and metrics.
 //! - [`app`]: state shared by the routes, replies, credential checks (a leaf).
-//! - [`tokens`]: the token routes (`/api/subscribe_token`,
-//!   `/api/publish_token`, `/api/token/verify`).
-//! - [`stats`]: usage statistics (`/api/analytics/...`, `/api/records/viewers`)
-//!   read from ClickHouse.
-//! - [`console`]: the web console at `/` (embedded assets, sign-in, invoices).
-//! - [`session`]: console sessions and credential roles (a leaf).
 //! - [`throttle`]: failed authentications throttled per client address (a leaf).
 //! - [`openapi`]: the OpenAPI document's fixed parts (the paths are
 //!   generated from the handlers by `utoipa`).
-//! - [`sign`]: self-signing viewer JWTs (`api token sign`).
-//! - [`verify`]: the admission rules (token, stream, cluster, the viewer's
-//!   origin, address and country) and the attribution.
 
 pub mod app;
 pub mod config;
 pub mod console;
 pub mod http;
 pub mod openapi;
-pub mod session;
-pub mod sign;
 pub mod stats;
 pub mod store;
 pub mod throttle;
 pub mod tokens;
-pub mod verify;
 
 /// The usage contract's limits, defined once in `schemas`.
 pub use schemas::validate::{MAX_CUSTOM_VIEWER_DATA_CHARS, MAX_TRACKING_ID_CHARS};

@@ -89,7 +89,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Token(TokenCmd::Sign(a)) => {
-            let req = api::sign::SignRequest {
+            let req = api::tokens::sign::SignRequest {
                 token_id: a.token_id,
                 stream_name: a.stream,
                 tracking_id: a.tracking_id,
@@ -100,7 +100,7 @@ fn main() -> Result<()> {
                 expires_in_secs: a.expires_in,
             };
             let parent = read_parent_token(a.parent_token_file.as_deref())?;
-            let jwt = api::sign::sign(&parent, &req, chrono::Utc::now())?;
+            let jwt = api::tokens::sign::sign(&parent, &req, chrono::Utc::now())?;
             println!("{jwt}");
             Ok(())
         }
@@ -120,6 +120,6 @@ fn read_parent_token(file: Option<&std::path::Path>) -> Result<String> {
             .context("no parent token: set METERING_PARENT_TOKEN or pass --parent-token-file FILE (or - for standard input)")?,
     };
     let token = text.trim().to_string();
-    anyhow::ensure!(api::verify::is_master_token(&token), "the parent token is not 64 hex characters");
+    anyhow::ensure!(api::tokens::verify::is_master_token(&token), "the parent token is not 64 hex characters");
     Ok(token)
 }

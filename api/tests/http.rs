@@ -2,8 +2,8 @@
 //! a temporary directory).
 
 use api::config::ApiConfig;
-use api::sign::{sign, SignRequest};
 use api::store::Store;
+use api::tokens::sign::{sign, SignRequest};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::Arc;

@@ -7,6 +7,7 @@
 
 use api::config::ApiConfig;
 use api::store::Store;
+use api::tokens::model::{PublishToken, SubscribeToken};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Command;
@@ -66,14 +67,14 @@ async fn the_platforms_python_client_works_unchanged_but_for_the_base_url() {
     assert_eq!(c["originCluster"].as_str(), Some("Auto"));
     assert_eq!((&c["allowedCountries"], &c["bindIpsOnUsage"]), (&serde_json::json!(["FR", "DE"]), &serde_json::json!(3)));
     assert!(c["expiresOn"].as_str().unwrap().starts_with("2030-01-01T00:00:00"), "{c}");
-    let held = store.get_subscribe(id).unwrap().expect("the token the client created");
+    let held = store.get::<SubscribeToken>(id).unwrap().expect("the token the client created");
     let r = &seen["rotated"];
     assert_ne!(r["token"], c["token"], "rotated");
-    assert_eq!(r["token"].as_str(), Some(held.token.as_str()));
+    assert_eq!(r["token"].as_str(), Some(held.common.token.as_str()));
     assert_eq!(r["tracking"], c["tracking"], "the tracking id survives the rotation");
-    assert_eq!((held.label.as_str(), held.tracking_id.as_deref()), ("partner acme (rotated)", Some("acme")));
+    assert_eq!((held.common.label.as_str(), held.tracking_id.as_deref()), ("partner acme (rotated)", Some("acme")));
     assert_eq!(r["streams"], serde_json::json!([["live", false], ["backup", false]]));
-    assert_eq!(held.rules.denied_countries, ["US"]);
+    assert_eq!(held.common.rules.denied_countries, ["US"]);
     assert_eq!(seen["read_label"], "partner acme");
     // Name descending, one per page, then an empty page
     assert_eq!(seen["pages"], serde_json::json!([["partner globex"], ["partner acme (rotated)"], []]));
@@ -85,11 +86,11 @@ async fn the_platforms_python_client_works_unchanged_but_for_the_base_url() {
     assert_eq!(p["listed"], serde_json::json!([p["id"]]));
     // the client sends one restream target as an object: kept as the platform's list
     assert_eq!(p["restream"], serde_json::json!([["rtmp://restream.example/live", "stream-key-1"]]));
-    assert!(store.get_publish(p["id"].as_i64().unwrap()).unwrap().is_none(), "deleted through the client");
+    assert!(store.get::<PublishToken>(p["id"].as_i64().unwrap()).unwrap().is_none(), "deleted through the client");
     // a client error in the platform's envelope: the client raises it with the message
     let e = &seen["read_deleted"];
     assert_eq!((&e["status"], &e["reason"]), (&serde_json::json!(400), &serde_json::json!("fail")), "{e}");
     assert!(e["message"].as_str().unwrap().contains("not found"), "{e}");
-    assert_eq!(store.list_subscribe(Default::default()).unwrap().len(), 1);
+    assert_eq!(store.list::<SubscribeToken>(Default::default()).unwrap().len(), 1);
     server.abort();
 }

@@ -2,7 +2,8 @@
 //! (docs/security.md), against the service in-process.
 
 use api::config::{ApiConfig, ScopedSecret};
-use api::store::{AccessRules, NewSubscribeToken, Store, StoreError, StreamRule};
+use api::store::{Store, StoreError};
+use api::tokens::model::{AccessRules, NewSubscribeToken, NewTokenCommon, StreamRule, SubscribeToken};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,14 +112,16 @@ fn concurrent_updates_never_reactivate_a_revoked_token() {
     for round in 0..20 {
         let store = Arc::new(Store::open_in_memory().unwrap());
         let t = store
-            .create_subscribe(
+            .create::<SubscribeToken>(
                 NewSubscribeToken {
-                    label: "t".into(),
-                    streams: vec![StreamRule { stream_name: "live".into(), is_regex: false }],
+                    common: NewTokenCommon {
+                        label: "t".into(),
+                        streams: vec![StreamRule { stream_name: "live".into(), is_regex: false }],
+                        origin_cluster: "auto".into(),
+                        expires_on: None,
+                        rules: AccessRules::default(),
+                    },
                     tracking_id: None,
-                    origin_cluster: "auto".into(),
-                    expires_on: None,
-                    rules: AccessRules::default(),
                 },
                 chrono::Utc::now(),
             )
@@ -131,8 +134,8 @@ fn concurrent_updates_never_reactivate_a_revoked_token() {
                 barrier.wait();
                 for j in 0..50 {
                     store
-                        .update_subscribe(t.id, |t| {
-                            t.label = format!("w{i}-{j}");
+                        .update::<SubscribeToken, _>(t.common.id, |t| {
+                            t.common.label = format!("w{i}-{j}");
                             Ok::<_, StoreError>(())
                         })
                         .unwrap();
@@ -141,15 +144,15 @@ fn concurrent_updates_never_reactivate_a_revoked_token() {
         }
         barrier.wait();
         store
-            .update_subscribe(t.id, |t| {
-                t.is_active = false;
+            .update::<SubscribeToken, _>(t.common.id, |t| {
+                t.common.is_active = false;
                 Ok::<_, StoreError>(())
             })
             .unwrap();
         for th in threads {
             th.join().unwrap();
         }
-        assert!(!store.get_subscribe(t.id).unwrap().unwrap().is_active, "round {round}: revoked token re-activated");
+        assert!(!store.get::<SubscribeToken>(t.common.id).unwrap().unwrap().common.is_active, "round {round}: revoked token re-activated");
     }
 }
 

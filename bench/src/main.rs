@@ -12,7 +12,7 @@ use schemas::Codec;
 use simulator::simulate::{Messages, SimConfig, SimMessage};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 mod stack;
 
@@ -193,7 +193,7 @@ async fn produce_load(topic: &str, rate: usize, seconds: usize, delivered: Arc<V
     let mut produced_at = Vec::with_capacity(seconds);
     let start = Instant::now();
     for s in 0..seconds {
-        let due = start + std::time::Duration::from_secs(s as u64);
+        let due = start + Duration::from_secs(s as u64);
         tokio::time::sleep_until(due.into()).await;
         let now_ms = chrono_like_now_ms();
         let mut futs = Vec::with_capacity(rate);
@@ -222,7 +222,7 @@ async fn produce_load(topic: &str, rate: usize, seconds: usize, delivered: Arc<V
                         futs.push(f);
                         break;
                     }
-                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(1)).await,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
                 }
             }
         }
@@ -238,7 +238,7 @@ async fn produce_load(topic: &str, rate: usize, seconds: usize, delivered: Arc<V
     }
     // dropping a producer purges what it still holds: wait for it first
     let p = producer.clone();
-    tokio::task::spawn_blocking(move || rdkafka::producer::Producer::flush(&p, std::time::Duration::from_secs(60))).await??;
+    tokio::task::spawn_blocking(move || rdkafka::producer::Producer::flush(&p, Duration::from_secs(60))).await??;
     Ok(produced_at)
 }
 
@@ -279,9 +279,9 @@ async fn latency_baseline(rate: usize, seconds: usize) -> Result<(f64, f64)> {
         let mut counts = vec![0usize; seconds];
         let mut seen = vec![None; seconds];
         let d = delivered2;
-        let deadline = Instant::now() + std::time::Duration::from_secs(seconds as u64 + 120);
+        let deadline = Instant::now() + Duration::from_secs(seconds as u64 + 120);
         while seen.iter().any(|s: &Option<Instant>| s.is_none()) && Instant::now() < deadline {
-            if let Some(Ok(m)) = c.poll(std::time::Duration::from_millis(100)) {
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
                 let Ok(ev) = codec.decode(rdkafka::Message::payload(&m).unwrap_or(&[])) else { continue };
                 if let Some(i) = ev.tracking_id.as_deref().and_then(|t| t.strip_prefix("lat-")).and_then(|x| x.parse::<usize>().ok()) {
                     if i < seconds {
@@ -319,7 +319,7 @@ async fn bench_latency(rate: usize, seconds: usize) -> Result<()> {
         .env("AGGREGATOR__METRICS_LISTEN", "")
         .env("RUST_LOG", "warn")
         .spawn()?;
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let start = Instant::now();
     let delivered: Arc<Vec<AtomicUsize>> = Arc::new((0..seconds).map(|_| AtomicUsize::new(usize::MAX)).collect());
     let watcher = {
@@ -327,7 +327,7 @@ async fn bench_latency(rate: usize, seconds: usize) -> Result<()> {
         let d = delivered.clone();
         tokio::spawn(async move {
             let mut seen: Vec<Option<Instant>> = vec![None; seconds];
-            let deadline = Instant::now() + std::time::Duration::from_secs(seconds as u64 + 120);
+            let deadline = Instant::now() + Duration::from_secs(seconds as u64 + 120);
             while seen.iter().any(|s| s.is_none()) && Instant::now() < deadline {
                 #[derive(serde::Deserialize, clickhouse::Row)]
                 struct R {
@@ -348,7 +348,7 @@ async fn bench_latency(rate: usize, seconds: usize) -> Result<()> {
                         }
                     }
                 }
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
             seen
         })
@@ -456,7 +456,7 @@ async fn bench_hostile() -> Result<()> {
             up = true;
             break;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     anyhow::ensure!(up, "the gateway did not start");
     let post = |ctype: &'static str, body: Vec<u8>| {
@@ -651,6 +651,27 @@ where
         out = Some(v);
     }
     Ok((best, out.expect("ran")))
+}
+
+/// Wait (at most 10 minutes, with progress) until no background merge runs on
+/// `d`'s tables, so that the questions after it are timed in the steady state a
+/// server reaches between inserts, not while merges of a bulk insert take both
+/// cores. Returns the seconds waited.
+async fn merges_settled(c: &clickhouse::Client, d: &str) -> Result<f64> {
+    let t = Instant::now();
+    let mut said = Instant::now();
+    loop {
+        let running: u64 = c.query("SELECT count() FROM system.merges WHERE database = ?").bind(d).fetch_one().await?;
+        if running == 0 {
+            return Ok(t.elapsed().as_secs_f64());
+        }
+        anyhow::ensure!(t.elapsed() < Duration::from_secs(600), "{running} merges still run on {d} after 10 minutes");
+        if said.elapsed() >= Duration::from_secs(10) {
+            eprintln!("waiting for {running} background merges on {d} ({:.0} s)", t.elapsed().as_secs_f64());
+            said = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 async fn bench_restore(viewers: u64, days: u64) -> Result<()> {
@@ -933,6 +954,8 @@ async fn bench_scale(sizes: &[u64], tracking_ids: u64, seals: u64, keep: bool) -
             .fetch_one()
             .await?;
         eprintln!("{rows} log rows inserted in {insert_s:.1} s ({bytes} bytes on disk)");
+        let waited = merges_settled(&c, d).await?;
+        eprintln!("background merges settled after {waited:.1} s");
 
         // one id's hourly month: the statistics API's query, without and with
         // the predicate setting readers set, next to the pre-aggregated table
@@ -999,6 +1022,8 @@ async fn bench_scale(sizes: &[u64], tracking_ids: u64, seals: u64, keep: bool) -
         let report = aggregator::seal::seal(&db, 600).await?.map_err(|skipped| anyhow::anyhow!("the seal did not run: {skipped:?}"))?;
         let seal_s = t.elapsed().as_secs_f64();
         eprintln!("sealed {} partitions in {seal_s:.1} s: {:?}", report.moved.len(), report.tables);
+        let waited = merges_settled(&c, d).await?;
+        eprintln!("background merges settled after {waited:.1} s");
         let (sealed_series, n3) = best_of_3(series_with(true)).await?;
         anyhow::ensure!(n3 == n1, "the sealed series has {n3} points, the log's {n1}");
         let (sealed_bill, sealed_usage) = best_of_3(bill_month).await?;

@@ -76,14 +76,14 @@ pub async fn admit(cfg: &SimConfig, sessions: Vec<Session>, api: &TokenApi) -> R
     let mut admitted = Vec::with_capacity(sessions.len());
     for mut s in sessions {
         let (parent_id, parent) = &masters[s.tracking_id.as_deref().unwrap_or("")];
-        let req = api::sign::SignRequest {
+        let req = api::tokens::sign::SignRequest {
             token_id: *parent_id,
             stream_name: s.stream_name.clone(),
             custom_viewer_data: s.custom_viewer_data.clone(),
             expires_in_secs: 3600,
             ..Default::default()
         };
-        let mut jwt = api::sign::sign(parent, &req, chrono::Utc::now()).map_err(|e| IngestError::Config(e.to_string()))?;
+        let mut jwt = api::tokens::sign::sign(parent, &req, chrono::Utc::now()).map_err(|e| IngestError::Config(e.to_string()))?;
         if rng.gen_bool(api.invalid_fraction.clamp(0.0, 1.0)) {
             // a forged token: the signature no longer matches. Change the
             // signature's first character (six data bits); the last one also

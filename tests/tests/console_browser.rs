@@ -9,6 +9,7 @@
 
 use api::config::{ApiConfig, ScopedSecret};
 use api::store::Store;
+use api::tokens::model::SubscribeToken;
 use e2e::*;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
@@ -222,18 +223,18 @@ async fn the_console_in_a_real_browser() {
     p.click("#token-submit").await;
     p.until("token listed", "[...document.querySelectorAll('#tokens-table td.tracking')].some(td => td.textContent === 'browser-partner')")
         .await;
-    let held = store.list_subscribe(Default::default()).unwrap();
+    let held = store.list::<SubscribeToken>(Default::default()).unwrap();
     let created = held.iter().find(|t| t.tracking_id.as_deref() == Some("browser-partner")).expect("created in the store");
-    assert_eq!((created.label.as_str(), created.origin_cluster.as_str()), ("Browser partner", "Auto"));
+    assert_eq!((created.common.label.as_str(), created.common.origin_cluster.as_str()), ("Browser partner", "Auto"));
     p.shot("token-created").await;
 
     // sign a test viewer token for it; it verifies with the partner's attribution
-    p.c.execute("document.getElementById('sign-parent').value = arguments[0];", vec![json!(created.id.to_string())]).await.unwrap();
+    p.c.execute("document.getElementById('sign-parent').value = arguments[0];", vec![json!(created.common.id.to_string())]).await.unwrap();
     p.c.find(Locator::Id("sign-cvd")).await.unwrap().send_keys("{\"user\":\"u-browser\"}").await.unwrap();
     p.click("#sign-form button[type=submit]").await;
     p.until("signed", "document.getElementById('signed-token').value.split('.').length === 3").await;
     let jwt = p.c.execute("return document.getElementById('signed-token').value", vec![]).await.unwrap();
-    let verdict = api::verify::verify(store.as_ref(), jwt.as_str().unwrap(), "live", "fra-1", chrono::Utc::now()).unwrap();
+    let verdict = api::tokens::verify::verify(store.as_ref(), jwt.as_str().unwrap(), "live", "fra-1", chrono::Utc::now()).unwrap();
     assert_eq!(verdict.tracking_id.as_deref(), Some("browser-partner"));
     assert_eq!(verdict.custom_viewer_data.as_deref(), Some("{\"user\":\"u-browser\"}"));
     p.click("#copy-token").await;
@@ -241,17 +242,17 @@ async fn the_console_in_a_real_browser() {
     p.shot("viewer-token-signed").await;
 
     // rotate it (two clicks), then edit its label
-    let row = format!("#tokens-table tr[data-token-id='{}']", created.id);
+    let row = format!("#tokens-table tr[data-token-id='{}']", created.common.id);
     p.click(&format!("{row} button:nth-of-type(2)")).await;
     p.click(&format!("{row} button:nth-of-type(2)")).await;
     p.until("rotated", "document.getElementById('message').textContent.includes('rotated')").await;
-    assert_ne!(store.get_subscribe(created.id).unwrap().unwrap().token, created.token, "rotated in the store");
+    assert_ne!(store.get::<SubscribeToken>(created.common.id).unwrap().unwrap().common.token, created.common.token, "rotated in the store");
     p.click(&format!("{row} button:nth-of-type(1)")).await;
     p.until("edit form", "document.getElementById('token-submit').textContent === 'Save'").await;
     p.set("token-label", "Browser partner (renamed)").await;
     p.click("#token-submit").await;
     p.until("saved", "document.getElementById('message').textContent.includes('saved')").await;
-    assert_eq!(store.get_subscribe(created.id).unwrap().unwrap().label, "Browser partner (renamed)");
+    assert_eq!(store.get::<SubscribeToken>(created.common.id).unwrap().unwrap().common.label, "Browser partner (renamed)");
 
     // publish tokens show subscribeRequiresAuth
     p.click("nav button[data-tab=publish]").await;

@@ -7,8 +7,8 @@
 //! A partner cannot bill its viewers to another partner's channel.
 
 use api::config::ApiConfig;
-use api::sign::{sign, SignRequest};
 use api::store::Store;
+use api::tokens::sign::{sign, SignRequest};
 use e2e::serve_router;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;

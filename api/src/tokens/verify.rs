@@ -41,8 +41,9 @@
 //! (`token_required`) when a Publish token in force for the stream has
 //! `subscribeRequiresAuth`, and admitted untracked otherwise.
 
-use crate::sign::{StreamingClaims, ViewerClaims, SUBSCRIBE_TOKEN_TYPE};
-use crate::store::{AccessRules, SubscribeToken, TokenLookup};
+use crate::tokens::model::{AccessRules, SubscribeToken};
+use crate::tokens::sign::{StreamingClaims, ViewerClaims, SUBSCRIBE_TOKEN_TYPE};
+use crate::tokens::store::TokenLookup;
 use crate::{is_auto_cluster, MAX_CUSTOM_VIEWER_DATA_CHARS, MAX_TRACKING_ID_CHARS};
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
@@ -388,7 +389,7 @@ pub fn admit(
         // a viewer without a token is untracked (`Attribution::default()`)
         None => {
             let publish = lookup.publish_tokens().map_err(store_err)?;
-            if publish.iter().any(|p| p.subscribe_requires_auth && p.in_force(now) && p.streams.iter().any(|r| r.matches(stream))) {
+            if publish.iter().any(|p| p.subscribe_requires_auth && p.common.in_force(now) && p.common.grants_stream(stream)) {
                 return Err(VerifyError::TokenRequired(stream.to_string()));
             }
             Ok(None)
@@ -402,7 +403,7 @@ fn store_err(e: crate::store::StoreError) -> VerifyError {
 }
 
 fn check_stream_and_cluster(parent: &SubscribeToken, stream: &str, cluster: &str, effective_cluster: &str) -> Result<(), VerifyError> {
-    if !parent.grants_stream(stream) {
+    if !parent.common.grants_stream(stream) {
         return Err(VerifyError::StreamMismatch(stream.to_string()));
     }
     if !is_auto_cluster(effective_cluster) && !effective_cluster.eq_ignore_ascii_case(cluster) {
@@ -420,15 +421,15 @@ fn verify_master(
     now: DateTime<Utc>,
 ) -> Result<Attribution, VerifyError> {
     let t = lookup.subscribe_by_token(token).map_err(store_err)?.ok_or(VerifyError::UnknownToken)?;
-    if !t.is_active {
-        return Err(VerifyError::TokenInactive(t.id));
+    if !t.common.is_active {
+        return Err(VerifyError::TokenInactive(t.common.id));
     }
-    if t.is_expired(now) {
-        return Err(VerifyError::TokenExpired(t.id));
+    if t.common.is_expired(now) {
+        return Err(VerifyError::TokenExpired(t.common.id));
     }
-    check_stream_and_cluster(&t, stream, cluster, &t.origin_cluster)?;
-    check_viewer(lookup, &t.rules, None, viewer, &format!("subscribe:{}", t.id))?;
-    Ok(Attribution { token_id: Some(t.id), tracking_id: t.tracking_id, custom_viewer_data: None, expires_at: t.expires_on })
+    check_stream_and_cluster(&t, stream, cluster, &t.common.origin_cluster)?;
+    check_viewer(lookup, &t.common.rules, None, viewer, &format!("subscribe:{}", t.common.id))?;
+    Ok(Attribution { token_id: Some(t.common.id), tracking_id: t.tracking_id, custom_viewer_data: None, expires_at: t.common.expires_on })
 }
 
 fn decode_part(part: &str, what: &str) -> Result<serde_json::Value, VerifyError> {
@@ -475,13 +476,12 @@ fn verify_jwt(
     validation.validate_nbf = false;
     validation.validate_aud = false;
     validation.leeway = 0;
-    let data = jsonwebtoken::decode::<ViewerClaims>(token, &DecodingKey::from_secret(parent.token.as_bytes()), &validation).map_err(
-        |e| match e.kind() {
+    let data = jsonwebtoken::decode::<ViewerClaims>(token, &DecodingKey::from_secret(parent.common.token.as_bytes()), &validation)
+        .map_err(|e| match e.kind() {
             ErrorKind::InvalidSignature => VerifyError::BadSignature,
             ErrorKind::InvalidAlgorithm => VerifyError::AlgNotAllowed(alg_name.to_string()),
             _ => VerifyError::Malformed(e.to_string()),
-        },
-    )?;
+        })?;
     let claims = data.claims;
     // 4. Expiry of the JWT.
     let exp = claims.exp.ok_or(VerifyError::ExpMissing)?;
@@ -504,14 +504,14 @@ fn verify_jwt(
         return Err(VerifyError::LifetimeTooLong { max_secs: policy.max_viewer_token_secs });
     }
     // 5. The parent's state and expiry.
-    if !parent.is_active {
-        return Err(VerifyError::ParentInactive(parent.id));
+    if !parent.common.is_active {
+        return Err(VerifyError::ParentInactive(parent.common.id));
     }
-    if parent.is_expired(now) {
-        return Err(VerifyError::ParentExpired(parent.id));
+    if parent.common.is_expired(now) {
+        return Err(VerifyError::ParentExpired(parent.common.id));
     }
     let exp_at = DateTime::<Utc>::from_timestamp(exp, 0).ok_or_else(|| VerifyError::Malformed(format!("exp {exp} out of range")))?;
-    let expires_at = Some(parent.expires_on.map_or(exp_at, |pe| pe.min(exp_at)));
+    let expires_at = Some(parent.common.expires_on.map_or(exp_at, |pe| pe.min(exp_at)));
     // 6. Type and sizes.
     let s = claims.streaming;
     if s.token_type != SUBSCRIBE_TOKEN_TYPE {
@@ -534,9 +534,9 @@ fn verify_jwt(
         return Err(VerifyError::StreamMismatch(stream.to_string()));
     }
     let effective_cluster = match s.origin_cluster.as_deref() {
-        None => parent.origin_cluster.as_str(),
-        Some(c) if is_auto_cluster(&parent.origin_cluster) || c.eq_ignore_ascii_case(&parent.origin_cluster) => c,
-        Some(c) => return Err(VerifyError::ClusterMismatch { cluster: c.to_string(), expected: parent.origin_cluster.clone() }),
+        None => parent.common.origin_cluster.as_str(),
+        Some(c) if is_auto_cluster(&parent.common.origin_cluster) || c.eq_ignore_ascii_case(&parent.common.origin_cluster) => c,
+        Some(c) => return Err(VerifyError::ClusterMismatch { cluster: c.to_string(), expected: parent.common.origin_cluster.clone() }),
     };
     check_stream_and_cluster(&parent, stream, cluster, effective_cluster)?;
     // 9. Tracking.
@@ -549,8 +549,8 @@ fn verify_jwt(
     };
     // 11. The viewer; a JWT's IPs are bound per JWT (its signature's digest).
     let bind_key = format!("jwt:{}", hex::encode(Sha256::digest(token.rsplit('.').next().unwrap_or("").as_bytes())));
-    check_viewer(lookup, &parent.rules, Some(&s), viewer, &bind_key)?;
-    Ok(Attribution { token_id: Some(parent.id), tracking_id, custom_viewer_data: s.custom_viewer_data, expires_at })
+    check_viewer(lookup, &parent.common.rules, Some(&s), viewer, &bind_key)?;
+    Ok(Attribution { token_id: Some(parent.common.id), tracking_id, custom_viewer_data: s.custom_viewer_data, expires_at })
 }
 
 #[cfg(test)]

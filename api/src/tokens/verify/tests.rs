@@ -1,8 +1,9 @@
 //! Every admission rule, with its negative case.
 
 use super::*;
-use crate::sign::{sign, sign_with, SignRequest};
-use crate::store::{AccessRules, NewPublishToken, NewSubscribeToken, Store, StreamRule};
+use crate::store::Store;
+use crate::tokens::model::{AccessRules, NewPublishToken, NewSubscribeToken, NewTokenCommon, PublishToken, StreamRule, SubscribeToken};
+use crate::tokens::sign::{sign, sign_with, SignRequest};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{Duration, TimeZone};
 use jsonwebtoken::{EncodingKey, Header};
@@ -21,30 +22,34 @@ fn fx() -> Fx {
     let store = Store::open_in_memory().unwrap();
     let now = Utc.with_ymd_and_hms(2026, 11, 27, 12, 0, 0).unwrap();
     let acme = store
-        .create_subscribe(
+        .create::<SubscribeToken>(
             NewSubscribeToken {
-                label: "acme".into(),
-                streams: vec![
-                    StreamRule { stream_name: "live".into(), is_regex: false },
-                    StreamRule { stream_name: "event-[0-9]+".into(), is_regex: true },
-                ],
+                common: NewTokenCommon {
+                    label: "acme".into(),
+                    streams: vec![
+                        StreamRule { stream_name: "live".into(), is_regex: false },
+                        StreamRule { stream_name: "event-[0-9]+".into(), is_regex: true },
+                    ],
+                    origin_cluster: "auto".into(),
+                    expires_on: Some(now + Duration::hours(1)),
+                    rules: AccessRules::default(),
+                },
                 tracking_id: Some("acme".into()),
-                origin_cluster: "auto".into(),
-                expires_on: Some(now + Duration::hours(1)),
-                rules: AccessRules::default(),
             },
             now,
         )
         .unwrap();
     let open = store
-        .create_subscribe(
+        .create::<SubscribeToken>(
             NewSubscribeToken {
-                label: "open".into(),
-                streams: vec![StreamRule { stream_name: "live".into(), is_regex: false }],
+                common: NewTokenCommon {
+                    label: "open".into(),
+                    streams: vec![StreamRule { stream_name: "live".into(), is_regex: false }],
+                    origin_cluster: "fra-1".into(),
+                    expires_on: None,
+                    rules: AccessRules::default(),
+                },
                 tracking_id: None,
-                origin_cluster: "fra-1".into(),
-                expires_on: None,
-                rules: AccessRules::default(),
             },
             now,
         )
@@ -53,12 +58,12 @@ fn fx() -> Fx {
 }
 
 fn req(parent: &SubscribeToken, stream: &str) -> SignRequest {
-    SignRequest { token_id: parent.id, stream_name: stream.into(), expires_in_secs: 600, ..Default::default() }
+    SignRequest { token_id: parent.common.id, stream_name: stream.into(), expires_in_secs: 600, ..Default::default() }
 }
 
 impl Fx {
     fn jwt(&self, parent: &SubscribeToken, r: SignRequest) -> String {
-        sign(&parent.token, &r, self.now).unwrap()
+        sign(&parent.common.token, &r, self.now).unwrap()
     }
     fn check(&self, token: &str, stream: &str, cluster: &str) -> Result<Attribution, VerifyError> {
         verify(&self.store, token, stream, cluster, self.now)
@@ -81,7 +86,7 @@ fn b64(v: &serde_json::Value) -> String {
 }
 
 fn claims(fx: &Fx, parent: &SubscribeToken, streaming: serde_json::Value) -> serde_json::Value {
-    let mut s = json!({"tokenId": parent.id, "tokenType": "Subscribe", "streamName": "live"});
+    let mut s = json!({"tokenId": parent.common.id, "tokenType": "Subscribe", "streamName": "live"});
     for (k, v) in streaming.as_object().unwrap() {
         s[k] = v.clone();
     }
@@ -93,17 +98,17 @@ fn claims(fx: &Fx, parent: &SubscribeToken, streaming: serde_json::Value) -> ser
 #[test]
 fn master_token_directly() {
     let f = fx();
-    let a = f.check(&f.acme.token, "live", "fra-1").unwrap();
+    let a = f.check(&f.acme.common.token, "live", "fra-1").unwrap();
     assert_eq!(
         a,
         Attribution {
-            token_id: Some(f.acme.id),
+            token_id: Some(f.acme.common.id),
             tracking_id: Some("acme".into()),
             custom_viewer_data: None,
-            expires_at: f.acme.expires_on
+            expires_at: f.acme.common.expires_on
         }
     );
-    let a = f.check(&f.open.token, "live", "fra-1").unwrap();
+    let a = f.check(&f.open.common.token, "live", "fra-1").unwrap();
     assert_eq!(a.tracking_id, None);
 }
 
@@ -115,7 +120,7 @@ fn jwt_inherits_the_parents_tracking_and_carries_custom_data() {
     assert_eq!(
         a,
         Attribution {
-            token_id: Some(f.acme.id),
+            token_id: Some(f.acme.common.id),
             tracking_id: Some("acme".into()),
             custom_viewer_data: Some("{\"user\":\"u1\"}".into()),
             expires_at: Some(f.now + Duration::seconds(600)),
@@ -155,25 +160,25 @@ fn lifetime_nbf_and_iat_are_enforced() {
     let mut c = claims(&f, &f.open, json!({}));
     c["iat"] = json!(now - 30 * 86_400);
     c["exp"] = json!(now + 600);
-    assert_eq!(f.code(&forge(&f.open.token, c, Algorithm::HS256), "live", "fra-1"), "lifetime_too_long");
+    assert_eq!(f.code(&forge(&f.open.common.token, c, Algorithm::HS256), "live", "fra-1"), "lifetime_too_long");
     // nbf in the future (beyond the skew) and at the skew's edge
     let mut c = claims(&f, &f.open, json!({}));
     c["nbf"] = json!(now + 120);
-    assert_eq!(f.code(&forge(&f.open.token, c.clone(), Algorithm::HS256), "live", "fra-1"), "not_yet_valid");
+    assert_eq!(f.code(&forge(&f.open.common.token, c.clone(), Algorithm::HS256), "live", "fra-1"), "not_yet_valid");
     c["nbf"] = json!(now + 60);
-    assert!(f.check(&forge(&f.open.token, c, Algorithm::HS256), "live", "fra-1").is_ok());
+    assert!(f.check(&forge(&f.open.common.token, c, Algorithm::HS256), "live", "fra-1").is_ok());
     // iat in the future
     let mut c = claims(&f, &f.open, json!({}));
     c["iat"] = json!(now + 3600);
     c["exp"] = json!(now + 4000);
-    assert_eq!(f.code(&forge(&f.open.token, c, Algorithm::HS256), "live", "fra-1"), "issued_in_future");
+    assert_eq!(f.code(&forge(&f.open.common.token, c, Algorithm::HS256), "live", "fra-1"), "issued_in_future");
 }
 
 #[test]
 fn hs384_and_hs512_are_accepted() {
     let f = fx();
     for alg in [Algorithm::HS384, Algorithm::HS512] {
-        let t = sign_with(&f.acme.token, &req(&f.acme, "live"), f.now, alg).unwrap();
+        let t = sign_with(&f.acme.common.token, &req(&f.acme, "live"), f.now, alg).unwrap();
         assert!(f.check(&t, "live", "c").is_ok(), "{alg:?}");
     }
 }
@@ -186,8 +191,8 @@ fn regex_streams_match_the_whole_name_and_empty_jwt_stream_means_any_granted() {
     assert!(f.check(&t, "live", "c").is_ok());
     assert_eq!(f.code(&t, "xevent-12", "c"), "stream_mismatch");
     assert_eq!(f.code(&t, "event-12x", "c"), "stream_mismatch");
-    assert_eq!(f.code(&f.acme.token, "event-", "c"), "stream_mismatch");
-    assert!(f.check(&f.acme.token, "event-7", "c").is_ok());
+    assert_eq!(f.code(&f.acme.common.token, "event-", "c"), "stream_mismatch");
+    assert!(f.check(&f.acme.common.token, "event-7", "c").is_ok());
 }
 
 // ---- signature and algorithm ----
@@ -218,9 +223,9 @@ fn tampered_payload_is_rejected() {
 fn wrong_key_is_rejected() {
     let f = fx();
     // Signed with the other partner's master token.
-    let t = sign(&f.open.token, &req(&f.acme, "live"), f.now).unwrap();
+    let t = sign(&f.open.common.token, &req(&f.acme, "live"), f.now).unwrap();
     assert_eq!(f.code(&t, "live", "c"), "bad_signature");
-    let t = sign(&crate::store::generate_token(), &req(&f.acme, "live"), f.now).unwrap();
+    let t = sign(&crate::tokens::model::generate_token(), &req(&f.acme, "live"), f.now).unwrap();
     assert_eq!(f.code(&t, "live", "c"), "bad_signature");
 }
 
@@ -245,12 +250,14 @@ fn hs256_signature_under_another_alg_header_is_rejected() {
     let payload = b64(&claims(&f, &f.acme, json!({})));
     let header = b64(&json!({"alg": "HS512", "typ": "JWT"}));
     let msg = format!("{header}.{payload}");
-    let sig = jsonwebtoken::crypto::sign(msg.as_bytes(), &EncodingKey::from_secret(f.acme.token.as_bytes()), Algorithm::HS256).unwrap();
+    let sig =
+        jsonwebtoken::crypto::sign(msg.as_bytes(), &EncodingKey::from_secret(f.acme.common.token.as_bytes()), Algorithm::HS256).unwrap();
     assert_eq!(f.code(&format!("{msg}.{sig}"), "live", "c"), "bad_signature");
     // The same signature under its true header verifies.
     let header = b64(&json!({"alg": "HS256", "typ": "JWT"}));
     let msg = format!("{header}.{payload}");
-    let sig = jsonwebtoken::crypto::sign(msg.as_bytes(), &EncodingKey::from_secret(f.acme.token.as_bytes()), Algorithm::HS256).unwrap();
+    let sig =
+        jsonwebtoken::crypto::sign(msg.as_bytes(), &EncodingKey::from_secret(f.acme.common.token.as_bytes()), Algorithm::HS256).unwrap();
     assert!(f.check(&format!("{msg}.{sig}"), "live", "c").is_ok());
 }
 
@@ -259,10 +266,11 @@ fn hs256_signature_under_another_alg_header_is_rejected() {
 #[test]
 fn expired_jwt_is_rejected() {
     let f = fx();
-    let t = sign(&f.acme.token, &SignRequest { expires_in_secs: 60, ..req(&f.acme, "live") }, f.now - Duration::minutes(5)).unwrap();
+    let t = sign(&f.acme.common.token, &SignRequest { expires_in_secs: 60, ..req(&f.acme, "live") }, f.now - Duration::minutes(5)).unwrap();
     assert_eq!(f.code(&t, "live", "c"), "expired");
     // exp == now is expired too.
-    let t = sign(&f.acme.token, &SignRequest { expires_in_secs: 60, ..req(&f.acme, "live") }, f.now - Duration::seconds(60)).unwrap();
+    let t =
+        sign(&f.acme.common.token, &SignRequest { expires_in_secs: 60, ..req(&f.acme, "live") }, f.now - Duration::seconds(60)).unwrap();
     assert_eq!(f.code(&t, "live", "c"), "expired");
 }
 
@@ -271,7 +279,7 @@ fn exp_missing_is_rejected() {
     let f = fx();
     let mut c = claims(&f, &f.acme, json!({}));
     c.as_object_mut().unwrap().remove("exp");
-    assert_eq!(f.code(&forge(&f.acme.token, c, Algorithm::HS256), "live", "c"), "exp_missing");
+    assert_eq!(f.code(&forge(&f.acme.common.token, c, Algorithm::HS256), "live", "c"), "exp_missing");
 }
 
 #[test]
@@ -298,14 +306,14 @@ fn expired_parent_is_rejected() {
     assert!(verify(&f.store, &t, "live", "c", later).is_ok());
     // Parent expiry moved earlier after the JWT was signed.
     f.store
-        .update_subscribe(f.acme.id, |t| {
-            t.expires_on = Some(f.now + Duration::seconds(10));
+        .update::<SubscribeToken, _>(f.acme.common.id, |t| {
+            t.common.expires_on = Some(f.now + Duration::seconds(10));
             Ok::<_, crate::store::StoreError>(())
         })
         .unwrap();
     let at = f.now + Duration::seconds(20);
     assert_eq!(verify(&f.store, &t, "live", "c", at).unwrap_err().code(), "parent_expired");
-    assert_eq!(verify(&f.store, &f.acme.token, "live", "c", at).unwrap_err().code(), "token_expired");
+    assert_eq!(verify(&f.store, &f.acme.common.token, "live", "c", at).unwrap_err().code(), "token_expired");
 }
 
 // ---- parent state ----
@@ -314,15 +322,15 @@ fn expired_parent_is_rejected() {
 fn deleted_parent_is_rejected() {
     let f = fx();
     let t = f.jwt(&f.acme, req(&f.acme, "live"));
-    assert!(f.store.delete_subscribe(f.acme.id).unwrap());
+    assert!(f.store.delete::<SubscribeToken>(f.acme.common.id).unwrap());
     assert_eq!(f.code(&t, "live", "c"), "parent_not_found");
-    assert_eq!(f.code(&f.acme.token, "live", "c"), "unknown_token");
+    assert_eq!(f.code(&f.acme.common.token, "live", "c"), "unknown_token");
 }
 
 fn set_active(f: &Fx, active: bool) {
     f.store
-        .update_subscribe(f.acme.id, |t| {
-            t.is_active = active;
+        .update::<SubscribeToken, _>(f.acme.common.id, |t| {
+            t.common.is_active = active;
             Ok::<_, crate::store::StoreError>(())
         })
         .unwrap();
@@ -334,7 +342,7 @@ fn inactive_parent_is_rejected() {
     let t = f.jwt(&f.acme, req(&f.acme, "live"));
     set_active(&f, false);
     assert_eq!(f.code(&t, "live", "c"), "parent_inactive");
-    assert_eq!(f.code(&f.acme.token, "live", "c"), "token_inactive");
+    assert_eq!(f.code(&f.acme.common.token, "live", "c"), "token_inactive");
     set_active(&f, true);
     assert!(f.check(&t, "live", "c").is_ok());
 }
@@ -356,7 +364,7 @@ fn stream_mismatch_is_rejected() {
     assert_eq!(f.code(&t, "event-1", "c"), "stream_mismatch"); // granted by the parent, not by the JWT
     let t = f.jwt(&f.acme, req(&f.acme, "other"));
     assert_eq!(f.code(&t, "other", "c"), "stream_mismatch"); // not granted by the parent
-    assert_eq!(f.code(&f.acme.token, "Live", "c"), "stream_mismatch");
+    assert_eq!(f.code(&f.acme.common.token, "Live", "c"), "stream_mismatch");
 }
 
 #[test]
@@ -366,7 +374,7 @@ fn cluster_mismatch_is_rejected() {
     let t = f.jwt(&f.open, req(&f.open, "live"));
     assert!(f.check(&t, "live", "fra-1").is_ok());
     assert_eq!(f.code(&t, "live", "ams-1"), "cluster_mismatch");
-    assert_eq!(f.code(&f.open.token, "live", "ams-1"), "cluster_mismatch");
+    assert_eq!(f.code(&f.open.common.token, "live", "ams-1"), "cluster_mismatch");
     let t = f.jwt(&f.open, SignRequest { origin_cluster: Some("ams-1".into()), ..req(&f.open, "live") });
     assert_eq!(f.code(&t, "live", "ams-1"), "cluster_mismatch");
     // Parent auto: the JWT may pin a cluster, which then must match.
@@ -379,17 +387,17 @@ fn cluster_mismatch_is_rejected() {
 fn oversized_fields_are_rejected() {
     let f = fx();
     let c = claims(&f, &f.acme, json!({"customViewerData": "x".repeat(1025)}));
-    assert_eq!(f.code(&forge(&f.acme.token, c, Algorithm::HS256), "live", "c"), "field_too_long");
+    assert_eq!(f.code(&forge(&f.acme.common.token, c, Algorithm::HS256), "live", "c"), "field_too_long");
     let c = claims(&f, &f.acme, json!({"customViewerData": "é".repeat(1024)}));
-    assert!(f.check(&forge(&f.acme.token, c, Algorithm::HS256), "live", "c").is_ok());
+    assert!(f.check(&forge(&f.acme.common.token, c, Algorithm::HS256), "live", "c").is_ok());
     let c = claims(&f, &f.open, json!({"tracking": {"trackingId": "t".repeat(129)}}));
-    assert_eq!(f.code(&forge(&f.open.token, c, Algorithm::HS256), "live", "fra-1"), "field_too_long");
+    assert_eq!(f.code(&forge(&f.open.common.token, c, Algorithm::HS256), "live", "fra-1"), "field_too_long");
     let c = claims(&f, &f.open, json!({"tracking": {"trackingId": "t".repeat(128)}}));
     let loose = Policy { untracked_parent_sets_tracking: true, ..Policy::default() };
-    assert!(verify_with(&f.store, &forge(&f.open.token, c, Algorithm::HS256), "live", "fra-1", f.now, &loose).is_ok());
+    assert!(verify_with(&f.store, &forge(&f.open.common.token, c, Algorithm::HS256), "live", "fra-1", f.now, &loose).is_ok());
     // The signer refuses them too.
-    assert!(sign(&f.open.token, &SignRequest { custom_viewer_data: Some("x".repeat(1025)), ..req(&f.open, "live") }, f.now).is_err());
-    assert!(sign(&f.open.token, &SignRequest { tracking_id: Some("t".repeat(129)), ..req(&f.open, "live") }, f.now).is_err());
+    assert!(sign(&f.open.common.token, &SignRequest { custom_viewer_data: Some("x".repeat(1025)), ..req(&f.open, "live") }, f.now).is_err());
+    assert!(sign(&f.open.common.token, &SignRequest { tracking_id: Some("t".repeat(129)), ..req(&f.open, "live") }, f.now).is_err());
 }
 
 #[test]
@@ -399,9 +407,9 @@ fn malformed_tokens_are_rejected() {
         assert_eq!(f.code(t, "live", "c"), "malformed", "{t:?}");
     }
     let c = claims(&f, &f.acme, json!({"tokenType": "Publish"}));
-    assert_eq!(f.code(&forge(&f.acme.token, c, Algorithm::HS256), "live", "c"), "malformed");
+    assert_eq!(f.code(&forge(&f.acme.common.token, c, Algorithm::HS256), "live", "c"), "malformed");
     let c = json!({"streaming": {"tokenType": "Subscribe"}, "exp": f.now.timestamp() + 60});
-    assert_eq!(f.code(&forge(&f.acme.token, c, Algorithm::HS256), "live", "c"), "malformed");
+    assert_eq!(f.code(&forge(&f.acme.common.token, c, Algorithm::HS256), "live", "c"), "malformed");
     // An unknown 64-hex string is a master token nobody issued.
     assert_eq!(f.code(&"a".repeat(64), "live", "c"), "unknown_token");
 }
@@ -445,14 +453,16 @@ fn codes_are_distinct() {
 /// A Subscribe token with these access rules, tracked `"r"`, stream `live`, cluster `Auto`.
 fn with_rules(f: &Fx, rules: AccessRules) -> SubscribeToken {
     f.store
-        .create_subscribe(
+        .create::<SubscribeToken>(
             NewSubscribeToken {
-                label: "rules".into(),
-                streams: vec![StreamRule { stream_name: "live".into(), is_regex: false }],
+                common: NewTokenCommon {
+                    label: "rules".into(),
+                    streams: vec![StreamRule { stream_name: "live".into(), is_regex: false }],
+                    origin_cluster: "Auto".into(),
+                    expires_on: None,
+                    rules,
+                },
                 tracking_id: Some("r".into()),
-                origin_cluster: "Auto".into(),
-                expires_on: None,
-                rules,
             },
             f.now,
         )
@@ -475,7 +485,7 @@ fn allowed_origins_are_enforced_for_master_and_viewer_tokens() {
     let t =
         with_rules(&f, AccessRules { allowed_origins: vec!["https://www.acme.tv".into(), "*.partner.com".into()], ..Default::default() });
     let jwt = f.jwt(&t, req(&t, "live"));
-    for token in [t.token.as_str(), jwt.as_str()] {
+    for token in [t.common.token.as_str(), jwt.as_str()] {
         assert!(f.as_viewer(token, &viewer(Some("https://www.acme.tv"), None, None)).is_ok());
         assert!(f.as_viewer(token, &viewer(Some("https://play.partner.com:8443"), None, None)).is_ok());
         for bad in [Some("https://evil.tv"), Some("http://www.acme.tv"), Some("https://partner.com"), Some("https://evilpartner.com"), None]
@@ -496,7 +506,7 @@ fn allowed_ip_addresses_are_enforced_for_master_and_viewer_tokens() {
     let f = fx();
     let t = with_rules(&f, AccessRules { allowed_ip_addresses: vec!["10.1.0.0/16".into(), "2001:db8::7".into()], ..Default::default() });
     let jwt = f.jwt(&t, req(&t, "live"));
-    for token in [t.token.as_str(), jwt.as_str()] {
+    for token in [t.common.token.as_str(), jwt.as_str()] {
         for ok in ["10.1.200.3", "2001:db8::7", "::ffff:10.1.0.9"] {
             assert!(f.as_viewer(token, &viewer(None, Some(ok), None)).is_ok(), "{ok}");
         }
@@ -515,13 +525,13 @@ fn countries_are_enforced_for_master_and_viewer_tokens() {
     let allow = with_rules(&f, AccessRules { allowed_countries: vec!["FR".into(), "DE".into()], ..Default::default() });
     let deny = with_rules(&f, AccessRules { denied_countries: vec!["US".into()], ..Default::default() });
     let (ja, jd) = (f.jwt(&allow, req(&allow, "live")), f.jwt(&deny, req(&deny, "live")));
-    for token in [allow.token.as_str(), ja.as_str()] {
+    for token in [allow.common.token.as_str(), ja.as_str()] {
         assert!(f.as_viewer(token, &viewer(None, None, Some("fr"))).is_ok());
         for bad in [Some("US"), None] {
             assert_eq!(f.as_viewer(token, &viewer(None, None, bad)).unwrap_err().code(), "country_not_allowed", "{bad:?}");
         }
     }
-    for token in [deny.token.as_str(), jd.as_str()] {
+    for token in [deny.common.token.as_str(), jd.as_str()] {
         assert!(f.as_viewer(token, &viewer(None, None, Some("FR"))).is_ok());
         assert!(f.as_viewer(token, &viewer(None, None, None)).is_ok(), "unknown country is not a denied one");
         assert_eq!(f.as_viewer(token, &viewer(None, None, Some("us"))).unwrap_err().code(), "country_denied");
@@ -534,11 +544,11 @@ fn bind_ips_on_usage_binds_the_first_addresses() {
     let t = with_rules(&f, AccessRules { bind_ips_on_usage: 2, ..Default::default() });
     let ip = |i: &str| viewer(None, Some(i), None);
     // master token: the first two addresses are bound, a third is refused, the bound ones stay in
-    assert!(f.as_viewer(&t.token, &ip("192.0.2.1")).is_ok());
-    assert!(f.as_viewer(&t.token, &ip("192.0.2.2")).is_ok());
-    assert_eq!(f.as_viewer(&t.token, &ip("192.0.2.3")).unwrap_err().code(), "ip_not_bound");
-    assert!(f.as_viewer(&t.token, &ip("192.0.2.1")).is_ok());
-    assert_eq!(f.as_viewer(&t.token, &viewer(None, None, None)).unwrap_err().code(), "ip_not_bound");
+    assert!(f.as_viewer(&t.common.token, &ip("192.0.2.1")).is_ok());
+    assert!(f.as_viewer(&t.common.token, &ip("192.0.2.2")).is_ok());
+    assert_eq!(f.as_viewer(&t.common.token, &ip("192.0.2.3")).unwrap_err().code(), "ip_not_bound");
+    assert!(f.as_viewer(&t.common.token, &ip("192.0.2.1")).is_ok());
+    assert_eq!(f.as_viewer(&t.common.token, &viewer(None, None, None)).unwrap_err().code(), "ip_not_bound");
     // each viewer token is bound on its own
     let (j1, j2) = (f.jwt(&t, req(&t, "live")), f.jwt(&t, SignRequest { custom_viewer_data: Some("v2".into()), ..req(&t, "live") }));
     assert!(f.as_viewer(&j1, &ip("198.51.100.1")).is_ok());
@@ -556,14 +566,16 @@ fn subscribe_requires_auth_refuses_viewers_without_a_token() {
     assert_eq!(admit(&f.store, None, "live", "fra-1", &v, f.now, &p).unwrap(), None);
     let publish = |requires: bool, stream: &str| {
         f.store
-            .create_publish(
+            .create::<PublishToken>(
                 NewPublishToken {
-                    label: "owner".into(),
-                    streams: vec![StreamRule { stream_name: stream.into(), is_regex: false }],
-                    origin_cluster: "Auto".into(),
-                    expires_on: None,
+                    common: NewTokenCommon {
+                        label: "owner".into(),
+                        streams: vec![StreamRule { stream_name: stream.into(), is_regex: false }],
+                        origin_cluster: "Auto".into(),
+                        expires_on: None,
+                        rules: AccessRules::default(),
+                    },
                     subscribe_requires_auth: requires,
-                    rules: AccessRules::default(),
                     options: Default::default(),
                 },
                 f.now,
@@ -576,12 +588,12 @@ fn subscribe_requires_auth_refuses_viewers_without_a_token() {
     assert_eq!(admit(&f.store, None, "live", "fra-1", &v, f.now, &p).unwrap_err().code(), "token_required");
     // other streams stay open; a viewer with a token is admitted and tracked
     assert_eq!(admit(&f.store, None, "other", "fra-1", &v, f.now, &p).unwrap(), None);
-    let a = admit(&f.store, Some(&f.acme.token), "live", "fra-1", &v, f.now, &p).unwrap().unwrap();
+    let a = admit(&f.store, Some(&f.acme.common.token), "live", "fra-1", &v, f.now, &p).unwrap().unwrap();
     assert_eq!(a.tracking_id.as_deref(), Some("acme"));
     // a disabled publish token no longer requires it
     f.store
-        .update_publish(secure.id, |t| {
-            t.is_active = false;
+        .update::<PublishToken, _>(secure.common.id, |t| {
+            t.common.is_active = false;
             Ok::<_, crate::store::StoreError>(())
         })
         .unwrap();
@@ -594,19 +606,21 @@ fn auto_cluster_in_any_case() {
     for auto in ["Auto", "AUTO", "auto"] {
         let t = f
             .store
-            .create_subscribe(
+            .create::<SubscribeToken>(
                 NewSubscribeToken {
-                    label: "a".into(),
-                    streams: vec![StreamRule { stream_name: "live".into(), is_regex: false }],
+                    common: NewTokenCommon {
+                        label: "a".into(),
+                        streams: vec![StreamRule { stream_name: "live".into(), is_regex: false }],
+                        origin_cluster: auto.into(),
+                        expires_on: None,
+                        rules: AccessRules::default(),
+                    },
                     tracking_id: Some("t".into()),
-                    origin_cluster: auto.into(),
-                    expires_on: None,
-                    rules: AccessRules::default(),
                 },
                 f.now,
             )
             .unwrap();
-        assert!(f.check(&t.token, "live", "fra-1").is_ok(), "{auto}");
+        assert!(f.check(&t.common.token, "live", "fra-1").is_ok(), "{auto}");
         let j = f.jwt(&t, req(&t, "live"));
         assert!(f.check(&j, "live", "iad-1").is_ok(), "{auto}");
     }

@@ -62,8 +62,8 @@ impl Sessions {
     /// the cookie) and what the store keeps.
     pub(crate) fn open(&self, key_digest: [u8; 32], ttl: chrono::Duration) -> Result<(String, StoredSession), OpenRefused> {
         let now = Utc::now();
-        let id = crate::store::generate_token();
-        let s = StoredSession { key_digest, csrf: crate::store::generate_token(), expires: now + ttl };
+        let id = crate::tokens::model::generate_token();
+        let s = StoredSession { key_digest, csrf: crate::tokens::model::generate_token(), expires: now + ttl };
         match self.0.open_session(&digest(&id), &s, MAX_SESSIONS, now) {
             Ok(true) => Ok((id, s)),
             Ok(false) => Err(OpenRefused::Full),

@@ -1,7 +1,7 @@
 //! The web console at `/` of `api serve`: sign-in with an API secret, tokens,
 //! usage per tracking id, viewer records and invoices.
 //!
-//! - **Assets** (`api/console/`) are embedded in the binary (`include_str!`):
+//! - **Assets** (`api/src/console/assets/`) are embedded in the binary (`include_str!`):
 //!   one HTML page, plain JavaScript and CSS; nothing is built at run time.
 //!   The page calls the same JSON API as every client (`/api/...`), plus the
 //!   console routes below.
@@ -31,7 +31,9 @@
 //!   against the rate card named by `billing_rates`.
 
 use crate::app::{fail, success, AppState, Reply, Scope};
-use crate::session::{OpenRefused, Role, Session, COOKIE};
+pub mod session;
+
+use self::session::{OpenRefused, Role, Session, COOKIE};
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -42,9 +44,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
-const INDEX_HTML: &str = include_str!("../console/index.html");
-const APP_JS: &str = include_str!("../console/app.js");
-const APP_CSS: &str = include_str!("../console/app.css");
+const INDEX_HTML: &str = include_str!("assets/index.html");
+const APP_JS: &str = include_str!("assets/app.js");
+const APP_CSS: &str = include_str!("assets/app.css");
 
 // ---- assets ----
 
@@ -174,15 +176,19 @@ pub(crate) async fn sign(State(s): State<Arc<AppState>>, Extension(scope): Exten
         return Err(Reply::Forbidden("signing needs an admin secret".into()));
     }
     let b: SignBody = serde_json::from_slice(&body).map_err(|e| Reply::BadRequest(format!("invalid body: {e}")))?;
-    let parent = s.store.get_subscribe(b.token_id)?.ok_or_else(|| Reply::NotFound(format!("Subscribe token {} not found", b.token_id)))?;
-    let req = crate::sign::SignRequest {
-        token_id: parent.id,
+    let parent = s
+        .store
+        .get::<crate::tokens::model::SubscribeToken>(b.token_id)?
+        .ok_or_else(|| Reply::NotFound(format!("Subscribe token {} not found", b.token_id)))?;
+    let req = crate::tokens::sign::SignRequest {
+        token_id: parent.common.id,
         stream_name: b.stream_name,
         custom_viewer_data: b.custom_viewer_data.filter(|d| !d.is_empty()),
         expires_in_secs: b.expires_in.unwrap_or(3600),
         ..Default::default()
     };
-    let jwt = crate::sign::sign(&parent.token, &req, Utc::now()).map_err(|e| Reply::BadRequest(format!("customViewerData: {e}")))?;
+    let jwt = crate::tokens::sign::sign(&parent.common.token, &req, Utc::now())
+        .map_err(|e| Reply::BadRequest(format!("customViewerData: {e}")))?;
     Ok(success(json!({ "token": jwt })))
 }
 
