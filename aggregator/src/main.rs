@@ -81,7 +81,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Migrate => {
-            let report = rt.block_on(runtime::ch::migrate(&cfg.clickhouse))?;
+            let report = rt.block_on(warehouse::migrate(&cfg.clickhouse))?;
             println!("migrations applied: {:?}, already present: {:?}", report.applied, report.already);
             Ok(())
         }
@@ -112,7 +112,7 @@ struct SealArgs {
 async fn seal(cfg: &AggregatorConfig, every: Option<u64>, args: SealArgs) -> Result<()> {
     use aggregator::seal::SealSkipped;
     let SealArgs { lock_stale_secs, tail_margin_secs, consolidate_min_seals } = args;
-    runtime::ch::migrate(&cfg.clickhouse).await.context("applying ClickHouse migrations")?;
+    warehouse::migrate(&cfg.clickhouse).await.context("applying ClickHouse migrations")?;
     runtime::rights::check_rights(&cfg.clickhouse, runtime::rights::Access::Write, "aggregator").await?;
     let shutdown = runtime::shutdown_signal();
     tokio::pin!(shutdown);
@@ -167,7 +167,7 @@ async fn seal(cfg: &AggregatorConfig, every: Option<u64>, args: SealArgs) -> Res
 }
 
 fn run(cfg: AggregatorConfig, rt: tokio::runtime::Runtime) -> Result<()> {
-    rt.block_on(runtime::ch::migrate(&cfg.clickhouse)).context("applying ClickHouse migrations")?;
+    rt.block_on(warehouse::migrate(&cfg.clickhouse)).context("applying ClickHouse migrations")?;
     rt.block_on(runtime::rights::check_rights(&cfg.clickhouse, runtime::rights::Access::Write, "aggregator"))?;
     let metrics = Arc::new(Metrics::new());
     let sink = rt.block_on(Sink::connect(&cfg.clickhouse, &cfg.kafka.topic))?;

@@ -309,7 +309,7 @@ async fn bench_latency(rate: usize, seconds: usize) -> Result<()> {
     let topic = format!("bench-lat-{}", stack::stamp());
     stack::create_topic(&topic, 4).await?;
     let db = stack::clickhouse(format!("bench_lat_{}", stack::stamp()));
-    runtime::ch::migrate(&db).await?;
+    warehouse::migrate(&db).await?;
     let mut agg = std::process::Command::new(stack::release_bin("aggregator")?)
         .arg("run")
         .env("AGGREGATOR__KAFKA__TOPIC", &topic)
@@ -556,7 +556,7 @@ async fn bench_hostile() -> Result<()> {
 
 async fn bench_billing(tracking_ids: usize) -> Result<()> {
     let db = stack::clickhouse(format!("bench_billing_{}", stack::stamp()));
-    runtime::ch::migrate(&db).await?;
+    warehouse::migrate(&db).await?;
     let rows = tracking_ids * 744;
     let c = db.client();
     let t = Instant::now();
@@ -677,7 +677,7 @@ async fn merges_settled(c: &clickhouse::Client, d: &str) -> Result<f64> {
 async fn bench_restore(viewers: u64, days: u64) -> Result<()> {
     use aggregator::store::Store;
     let db = stack::clickhouse(format!("bench_restore_{}", stack::stamp()));
-    runtime::ch::migrate(&db).await?;
+    warehouse::migrate(&db).await?;
     let c = db.client();
     let d = &db.database;
     // a day of arrival, a million records and a checkpoint per day; every
@@ -866,7 +866,7 @@ async fn bench_scale(sizes: &[u64], tracking_ids: u64, seals: u64, keep: bool) -
     let mut lines = Vec::new();
     for &rows in sizes {
         let db = stack::clickhouse(format!("bench_scale_{}_{rows}", stack::stamp()));
-        runtime::ch::migrate(&db).await?;
+        warehouse::migrate(&db).await?;
         let c = db.client();
         let d = &db.database;
         // four partitions, claimed once, checkpointed past every row

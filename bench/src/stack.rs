@@ -199,7 +199,7 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
 /// events are visible. Returns (events/s, peak RSS KiB, the server's version).
 pub async fn aggregator_drain(topic: &str, unique: u64) -> Result<(f64, u64, String)> {
     let db = clickhouse(format!("bench_{}", stamp()));
-    runtime::ch::migrate(&db).await?;
+    warehouse::migrate(&db).await?;
     let mut version: String = db.server_client().query("SELECT version()").fetch_one().await?;
     if !db.cluster.is_empty() {
         version = format!("{version}, cluster {} (replicated, insert_quorum {})", db.cluster, db.insert_quorum);

@@ -1,25 +1,15 @@
 //! ClickHouse connection settings and the migration runner.
 //!
-//! Migrations are the versioned SQL files in `runtime/migrations/`, embedded at
-//! build time. `{db}` in a file stands for the target database. Each file may
-//! hold several statements separated by `;` at the end of a line. Applied
-//! versions are recorded in `{db}.schema_migrations` with a checksum of the
-//! file; an applied file that was edited afterwards is an error. Every
-//! statement is written to be safe to re-run (`IF NOT EXISTS`), so two
-//! processes migrating at once, or a run interrupted half-way, do no harm.
-//!
-//! ## Layouts
-//! The files describe the single-server layout. With [`ClickHouseConfig::cluster`]
-//! set, [`Migration::statements_for`] renders the same files for a sharded
-//! (and by default replicated) cluster: every table `T` becomes a local table
-//! `T_local` (`Replicated*MergeTree`, or the plain engine when `replicated`
-//! is off) on every server, plus a `Distributed` table `T` over the cluster
-//! under the contract name, so readers and writers keep using `T`.
-//! Materialized views read and write the local tables on each shard. The
-//! aggregator's tables are sharded by source Kafka partition, so one
-//! partition's rows of an insert land on one shard in one part, which keeps
-//! its exactly-once design (see `aggregator/src/lib.rs`) per partition. Inserts
-//! go through the `Distributed` tables synchronously (`insert_distributed_sync`).
+//! The runner applies a [`Schema`]: versioned SQL files (the `warehouse`
+//! crate owns the project's, in `warehouse/migrations/`), where `{db}`
+//! stands for the target database and statements are separated by `;` at
+//! the end of a line. Applied versions are recorded in
+//! `{db}.schema_migrations` with a checksum of the file; an applied file
+//! that was edited afterwards is an error. Every statement is written to be
+//! safe to re-run (`IF NOT EXISTS`), so two processes migrating at once, or a
+//! run interrupted half-way, do no harm. The schema renders each statement
+//! for the [`Layout`] (one server, or a sharded and replicated cluster:
+//! `warehouse::cluster`).
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -354,147 +344,21 @@ pub enum Layout {
     Cluster { cluster: String, replicated: bool, on_cluster: bool },
 }
 
-/// Column that shards a table across a cluster: the aggregator's tables by
-/// source partition (one partition's rows of an insert on one shard), the rest
-/// at random (written by materialized views on each shard, or small).
-fn sharding_key(table: &str) -> &'static str {
-    match table {
-        "usage_by_tracking"
-        | "usage_by_viewer"
-        | "usage_dead_letters"
-        | "usage_by_tracking_log"
-        | "usage_by_viewer_log"
-        | "usage_by_tracking_log_legacy"
-        | "usage_by_viewer_log_legacy"
-        | "usage_dead_letters_log" => "src_partition",
-        "aggregator_checkpoints" | "aggregator_dedup" | "aggregator_claims" => "partition",
-        // a partner's ledger on one shard
-        "billing_ledger" | "billing_adjustments" => "cityHash64(partner_id)",
-        _ => "rand()",
-    }
-}
-
-/// The table name after `{db}.` at the start of `rest`.
-fn table_name(rest: &str) -> &str {
+/// The identifier at the start of `rest` (a table or column name after
+/// `{db}.` or a keyword).
+pub fn leading_identifier(rest: &str) -> &str {
     let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
     &rest[..end]
 }
 
-/// Render one single-server statement for a cluster.
-fn cluster_statement(stmt: &str, db: &str, cluster: &str, replicated: bool, on_cluster: bool, version: u32) -> Vec<String> {
-    let on = if on_cluster { format!(" ON CLUSTER {cluster}") } else { String::new() };
-    let create_table = format!("CREATE TABLE IF NOT EXISTS {db}.");
-    let create_mv = format!("CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.");
-    let create_view = format!("CREATE VIEW IF NOT EXISTS {db}.");
-    let drop = format!("DROP TABLE IF EXISTS {db}.");
-    let rename = format!("RENAME TABLE {db}.");
-    let alter = format!("ALTER TABLE {db}.");
-    let distributed = |name: &str| {
-        format!(
-            "CREATE TABLE IF NOT EXISTS {db}.{name}{on} AS {db}.{name}_local ENGINE = Distributed({cluster}, {db}, {name}_local, {})",
-            sharding_key(name)
-        )
-    };
-    if let Some(rest) = stmt.strip_prefix(&create_view) {
-        // plain views read the Distributed tables: one per server
-        let name = table_name(rest);
-        return vec![format!("CREATE VIEW IF NOT EXISTS {db}.{name}{on}{}", &rest[name.len()..])];
-    }
-    if let Some(rest) = stmt.strip_prefix(&drop) {
-        // a table is a local table and its Distributed table; a view has no local twin
-        let name = table_name(rest);
-        return vec![format!("DROP TABLE IF EXISTS {db}.{name}{on}"), format!("DROP TABLE IF EXISTS {db}.{name}_local{on}")];
-    }
-    if let Some(rest) = stmt.strip_prefix(&rename) {
-        // rename the local tables; the Distributed table names its local table, so recreate it
-        let from = table_name(rest);
-        let Some(to) = rest[from.len()..].trim_start().strip_prefix("TO ").and_then(|r| r.trim_start().strip_prefix(&format!("{db}.")))
-        else {
-            return vec![stmt.to_string()];
-        };
-        let to = table_name(to);
-        return vec![
-            format!("RENAME TABLE {db}.{from}_local TO {db}.{to}_local{on}"),
-            format!("DROP TABLE IF EXISTS {db}.{from}{on}"),
-            distributed(to),
-        ];
-    }
-    if let Some(rest) = stmt.strip_prefix(&alter) {
-        // the local tables change; the Distributed table (which holds no rows:
-        // inserts are synchronous) is made anew over them. (Distributed DDL
-        // refuses an ALTER of a table that is not replicated on a cluster
-        // whose shards have replicas; an ALTER of a Replicated table returns
-        // once every replica applied it, so the new table sees the columns.)
-        let name = table_name(rest);
-        let tail = &rest[name.len()..];
-        return vec![
-            format!("ALTER TABLE {db}.{name}_local{on}{tail}"),
-            format!("DROP TABLE IF EXISTS {db}.{name}{on}"),
-            distributed(name),
-        ];
-    }
-    if let Some(rest) = stmt.strip_prefix(&create_table) {
-        let name = table_name(rest);
-        let body = &rest[name.len()..];
-        let Some(at) = body.find("ENGINE = ") else { return vec![stmt.to_string()] };
-        let engine_text = &body[at + "ENGINE = ".len()..];
-        let engine_name = table_name(engine_text);
-        let after_name = &engine_text[engine_name.len()..];
-        // engine arguments: a balanced (...) right after the name, if any
-        let (args, tail) = if after_name.starts_with('(') {
-            let mut depth = 0;
-            let mut end = after_name.len();
-            for (i, c) in after_name.char_indices() {
-                match c {
-                    '(' => depth += 1,
-                    ')' => {
-                        depth -= 1;
-                        if depth == 0 {
-                            end = i + 1;
-                            break;
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            (&after_name[1..end - 1], &after_name[end..])
-        } else {
-            ("", after_name)
-        };
-        let local = format!("{name}_local");
-        let engine = if replicated {
-            // a table renamed keeps its Keeper path: from migration 10 on
-            // (which renames the log tables and creates new ones under their
-            // names) the path names the migration too, so it is never taken
-            let path = if version >= 10 {
-                format!("'/clickhouse/tables/{{shard}}/{db}/{local}_m{version}', '{{replica}}'")
-            } else {
-                format!("'/clickhouse/tables/{{shard}}/{db}/{local}', '{{replica}}'")
-            };
-            let args = if args.is_empty() { path } else { format!("{path}, {args}") };
-            format!("Replicated{engine_name}({args})")
-        } else if args.is_empty() {
-            engine_name.to_string()
-        } else {
-            format!("{engine_name}({args})")
-        };
-        vec![format!("CREATE TABLE IF NOT EXISTS {db}.{local}{on}{}ENGINE = {engine}{tail}", &body[..at]), distributed(name)]
-    } else if let Some(rest) = stmt.strip_prefix(&create_mv) {
-        // a view per shard, from the local source into the local target
-        let name = table_name(rest);
-        let mut body = rest[name.len()..].to_string();
-        for kw in ["TO ", "FROM "] {
-            let pat = format!("{kw}{db}.");
-            let at = body.match_indices(&pat).map(|(i, _)| i).find(|&i| i > 0 && body[..i].ends_with(char::is_whitespace));
-            if let Some(i) = at {
-                let t = table_name(&body[i + pat.len()..]).to_string();
-                body.replace_range(i..i + pat.len() + t.len(), &format!("{pat}{t}_local"));
-            }
-        }
-        vec![format!("CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{name}{on}{body}")]
-    } else {
-        vec![stmt.to_string()]
-    }
+/// What the migration runner applies: the schema's migrations in order,
+/// and how a statement is rendered for a layout (the `warehouse` crate
+/// owns both: `warehouse::SCHEMA`).
+#[derive(Debug, Clone, Copy)]
+pub struct Schema {
+    pub migrations: &'static [Migration],
+    /// The statements of a migration for a layout, `{db}` replaced.
+    pub render: fn(&Migration, &str, &Layout) -> Vec<String>,
 }
 
 /// One migration file.
@@ -510,45 +374,6 @@ pub struct Migration {
     pub former_checksums: &'static [&'static str],
 }
 
-/// All migrations, in order.
-pub const MIGRATIONS: &[Migration] = &[
-    Migration { version: 1, name: "contract_tables", sql: include_str!("../migrations/0001_contract_tables.sql"), former_checksums: &[] },
-    Migration { version: 2, name: "aggregator_state", sql: include_str!("../migrations/0002_aggregator_state.sql"), former_checksums: &[] },
-    Migration { version: 3, name: "rollups", sql: include_str!("../migrations/0003_rollups.sql"), former_checksums: &[] },
-    Migration { version: 4, name: "billing", sql: include_str!("../migrations/0004_billing.sql"), former_checksums: &[] },
-    // its first text created the fenced views with `ANY INNER JOIN` (refused by
-    // current versions, and of another meaning since 19.14); migration 6 replaces them
-    Migration {
-        version: 5,
-        name: "epoch_fencing",
-        sql: include_str!("../migrations/0005_epoch_fencing.sql"),
-        former_checksums: &["5eb5a22c80c8d994"],
-    },
-    Migration { version: 6, name: "fence_views", sql: include_str!("../migrations/0006_fence_views.sql"), former_checksums: &[] },
-    Migration { version: 7, name: "contested_claims", sql: include_str!("../migrations/0007_contested_claims.sql"), former_checksums: &[] },
-    Migration { version: 8, name: "billing_ledger", sql: include_str!("../migrations/0008_billing_ledger.sql"), former_checksums: &[] },
-    Migration {
-        version: 9,
-        name: "sealed_aggregates",
-        sql: include_str!("../migrations/0009_sealed_aggregates.sql"),
-        former_checksums: &[],
-    },
-    Migration {
-        version: 10,
-        name: "log_by_insertion",
-        sql: include_str!("../migrations/0010_log_by_insertion.sql"),
-        former_checksums: &[],
-    },
-    Migration { version: 11, name: "latest_seal", sql: include_str!("../migrations/0011_latest_seal.sql"), former_checksums: &[] },
-    Migration {
-        version: 12,
-        name: "reconcile_audits",
-        sql: include_str!("../migrations/0012_reconcile_audits.sql"),
-        former_checksums: &[],
-    },
-    Migration { version: 13, name: "seal_bound", sql: include_str!("../migrations/0013_seal_bound.sql"), former_checksums: &[] },
-];
-
 impl Migration {
     /// The statements of this file with `{db}` replaced.
     pub fn statements(&self, db: &str) -> Vec<String> {
@@ -558,16 +383,6 @@ impl Migration {
             .map(|s| s.trim().trim_end_matches(';').trim().replace("{db}", db))
             .filter(|s| !s.is_empty())
             .collect()
-    }
-
-    /// The statements for `layout` (see the module docs for the cluster rendering).
-    pub fn statements_for(&self, db: &str, layout: &Layout) -> Vec<String> {
-        match layout {
-            Layout::Single => self.statements(db),
-            Layout::Cluster { cluster, replicated, on_cluster } => {
-                self.statements(db).iter().flat_map(|s| cluster_statement(s, db, cluster, *replicated, *on_cluster, self.version)).collect()
-            }
-        }
     }
 
     /// FNV-1a 64 of the file text: detects edits of an applied migration.
@@ -588,22 +403,22 @@ async fn already_done(server: &clickhouse::Client, db: &str, stmt: &str) -> Resu
     if let Some(rest) = stmt.strip_prefix(&format!("RENAME TABLE {db}.")) {
         // done once its target exists (a later statement may have made a
         // new table under the source's name) or its source is gone
-        let from = table_name(rest);
+        let from = leading_identifier(rest);
         let to = rest[from.len()..].trim_start().strip_prefix("TO ").and_then(|r| r.trim_start().strip_prefix(&format!("{db}.")));
         let exists = |name: String| async move {
             server.query("SELECT count() FROM system.tables WHERE database = ? AND name = ?").bind(db).bind(name).fetch_one::<u64>().await
         };
         if let Some(to) = to {
-            if exists(table_name(to).to_string()).await? > 0 {
+            if exists(leading_identifier(to).to_string()).await? > 0 {
                 return Ok(true);
             }
         }
         return Ok(exists(from.to_string()).await? == 0);
     }
     if let Some(rest) = stmt.strip_prefix(&format!("ALTER TABLE {db}.")) {
-        let table = table_name(rest);
+        let table = leading_identifier(rest);
         if let Some(at) = rest.find(" ADD COLUMN ") {
-            let column = table_name(&rest[at + " ADD COLUMN ".len()..]);
+            let column = leading_identifier(&rest[at + " ADD COLUMN ".len()..]);
             let n: u64 = server
                 .query("SELECT count() FROM system.columns WHERE database = ? AND table = ? AND name = ?")
                 .bind(db)
@@ -636,19 +451,24 @@ pub struct MigrationReport {
 /// run again after a failure at any point (`IF NOT EXISTS`, drop before
 /// create, inserts that skip what exists, and [`already_done`] for renames
 /// and added columns), so a failed run is finished by running `migrate` again.
-pub async fn migrate(cfg: &ClickHouseConfig) -> Result<MigrationReport, ChError> {
-    migrate_until(cfg, None).await
+pub async fn migrate(cfg: &ClickHouseConfig, schema: &Schema) -> Result<MigrationReport, ChError> {
+    migrate_until(cfg, schema, None).await
 }
 
 /// Like [`migrate`], but stops with [`ChError::Interrupted`] just before
 /// statement `statement` (1-based) of migration `version` (one past its last:
 /// after every statement, before it is recorded), as a crash there would:
 /// for tests of re-running an interrupted migration.
-pub async fn migrate_interrupted(cfg: &ClickHouseConfig, version: u32, statement: usize) -> Result<MigrationReport, ChError> {
-    migrate_until(cfg, Some((version, statement))).await
+pub async fn migrate_interrupted(
+    cfg: &ClickHouseConfig,
+    schema: &Schema,
+    version: u32,
+    statement: usize,
+) -> Result<MigrationReport, ChError> {
+    migrate_until(cfg, schema, Some((version, statement))).await
 }
 
-async fn migrate_until(cfg: &ClickHouseConfig, stop: Option<(u32, usize)>) -> Result<MigrationReport, ChError> {
+async fn migrate_until(cfg: &ClickHouseConfig, schema: &Schema, stop: Option<(u32, usize)>) -> Result<MigrationReport, ChError> {
     let db = cfg.db()?;
     let layout = cfg.layout()?;
     let server = cfg.server_client();
@@ -665,15 +485,15 @@ async fn migrate_until(cfg: &ClickHouseConfig, stop: Option<(u32, usize)>) -> Re
     server.query(&format!("CREATE TABLE IF NOT EXISTS {db}.schema_migrations{engine} ORDER BY version")).execute().await?;
     let applied_sql = format!("SELECT version, any(checksum) FROM {db}.schema_migrations GROUP BY version");
     let applied: Vec<AppliedRow> = server.query(&applied_sql).fetch_all().await?;
-    if MIGRATIONS.iter().all(|m| applied.iter().any(|r| r.version == m.version)) {
-        return apply(&server, db, &layout, &applied, stop).await; // checks the checksums, applies nothing
+    if schema.migrations.iter().all(|m| applied.iter().any(|r| r.version == m.version)) {
+        return apply(&server, db, &layout, schema, &applied, stop).await; // checks the checksums, applies nothing
     }
     // one migrating process at a time (several members start together); then
     // read again what the one before it applied
     lock(&server, db, &on).await?;
     let result = async {
         let applied: Vec<AppliedRow> = server.query(&applied_sql).fetch_all().await?;
-        apply(&server, db, &layout, &applied, stop).await
+        apply(&server, db, &layout, schema, &applied, stop).await
     }
     .await;
     unlock(&server, db, &on).await;
@@ -763,11 +583,12 @@ async fn apply(
     server: &clickhouse::Client,
     db: &str,
     layout: &Layout,
+    schema: &Schema,
     applied: &[AppliedRow],
     stop: Option<(u32, usize)>,
 ) -> Result<MigrationReport, ChError> {
     let mut report = MigrationReport { applied: vec![], already: vec![] };
-    for m in MIGRATIONS {
+    for m in schema.migrations {
         if let Some(row) = applied.iter().find(|r| r.version == m.version) {
             if row.checksum != m.checksum() && !m.former_checksums.contains(&row.checksum.as_str()) {
                 return Err(ChError::ChecksumMismatch {
@@ -780,7 +601,7 @@ async fn apply(
             report.already.push(m.version);
             continue;
         }
-        let statements = m.statements_for(db, layout);
+        let statements = (schema.render)(m, db, layout);
         for (index, stmt) in statements.iter().enumerate() {
             if stop == Some((m.version, index + 1)) {
                 return Err(ChError::Interrupted { version: m.version, index: index + 1 });
@@ -839,70 +660,5 @@ mod tests {
         for bad in ["", "a-b", "a;DROP", "1abc", "a b", "`x`"] {
             assert!(check_identifier(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn every_migration_splits_into_statements_with_db_replaced() {
-        for m in MIGRATIONS {
-            let stmts = m.statements("mydb");
-            assert!(!stmts.is_empty(), "migration {} has no statements", m.version);
-            for s in &stmts {
-                assert!(!s.contains("{db}"));
-                assert!(!s.ends_with(';'));
-            }
-        }
-        let versions: Vec<u32> = MIGRATIONS.iter().map(|m| m.version).collect();
-        assert!(!versions.is_empty());
-        let mut sorted = versions.clone();
-        sorted.sort();
-        sorted.dedup();
-        assert_eq!(versions, sorted, "versions must be unique and ascending");
-    }
-
-    #[test]
-    fn cluster_layout_renders_local_replicated_tables_distributed_tables_and_local_views() {
-        let layout = Layout::Cluster { cluster: "metering".into(), replicated: true, on_cluster: true };
-        let all: Vec<String> = MIGRATIONS.iter().flat_map(|m| m.statements_for("db", &layout)).collect();
-        let single: Vec<String> = MIGRATIONS.iter().flat_map(|m| m.statements("db")).collect();
-        let kind = |p: &str| single.iter().filter(|s| s.starts_with(p)).count();
-        let (tables, mvs, views) = (kind("CREATE TABLE"), kind("CREATE MATERIALIZED VIEW"), kind("CREATE VIEW"));
-        let (drops, renames, alters) = (kind("DROP TABLE"), kind("RENAME TABLE"), kind("ALTER TABLE"));
-        let others = single.len() - tables - mvs - views - drops - renames - alters;
-        // a table: local + Distributed; a drop: both; a rename: local rename, drop and new Distributed;
-        // an alter: of the local table, then the Distributed table dropped and made anew
-        assert_eq!(all.len(), 2 * tables + mvs + views + 2 * drops + 3 * renames + 3 * alters + others);
-        let find = |prefix: &str| all.iter().find(|s| s.starts_with(prefix)).unwrap_or_else(|| panic!("{prefix}: {all:#?}"));
-        let local = find("CREATE TABLE IF NOT EXISTS db.usage_by_tracking_local ON CLUSTER metering (");
-        assert!(local.contains("ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/db/usage_by_tracking_local', '{replica}')\nORDER BY (tracking_id,"), "{local}");
-        assert!(local.contains("src_offset    UInt64"), "columns kept: {local}");
-        assert_eq!(
-            find("CREATE TABLE IF NOT EXISTS db.usage_by_tracking ON"),
-            "CREATE TABLE IF NOT EXISTS db.usage_by_tracking ON CLUSTER metering AS db.usage_by_tracking_local \
-             ENGINE = Distributed(metering, db, usage_by_tracking_local, src_partition)"
-        );
-        let rollup = find("CREATE TABLE IF NOT EXISTS db.usage_by_tracking_hourly_local");
-        assert!(rollup.contains("ReplicatedSummingMergeTree('/clickhouse/tables/{shard}/db/usage_by_tracking_hourly_local', '{replica}', (bytes_out, bytes_in, events))"), "{rollup}");
-        let mv = find("CREATE MATERIALIZED VIEW IF NOT EXISTS db.usage_by_tracking_hourly_mv");
-        assert!(mv.contains(" ON CLUSTER metering\nTO db.usage_by_tracking_hourly_local AS"), "{mv}");
-        assert!(mv.contains("FROM db.usage_by_tracking_local"), "{mv}");
-        assert!(find("CREATE TABLE IF NOT EXISTS db.aggregator_dedup ON").ends_with(", partition)"));
-        // the fencing migration: renamed local tables under a new Distributed table, columns on both
-        find("RENAME TABLE db.usage_by_tracking_local TO db.usage_by_tracking_log_local ON CLUSTER metering");
-        find("DROP TABLE IF EXISTS db.usage_by_tracking ON CLUSTER metering");
-        assert_eq!(
-            find("CREATE TABLE IF NOT EXISTS db.usage_by_tracking_log ON"),
-            "CREATE TABLE IF NOT EXISTS db.usage_by_tracking_log ON CLUSTER metering AS db.usage_by_tracking_log_local \
-             ENGINE = Distributed(metering, db, usage_by_tracking_log_local, src_partition)"
-        );
-        find("ALTER TABLE db.usage_by_tracking_log_local ON CLUSTER metering ADD COLUMN src_epoch UInt64");
-        assert!(!all.iter().any(|s| s.starts_with("ALTER TABLE db.usage_by_tracking_log ")), "no ALTER of a Distributed table");
-        assert!(find("CREATE VIEW IF NOT EXISTS db.usage_by_tracking ON CLUSTER metering AS").contains("FROM db.usage_by_tracking_log\n"));
-        find("DROP TABLE IF EXISTS db.usage_by_tracking_hourly_mv ON CLUSTER metering");
-        find("DROP TABLE IF EXISTS db.usage_by_tracking_hourly_local ON CLUSTER metering");
-        // without replication and distributed DDL: plain engines, no ON CLUSTER
-        let plain = Layout::Cluster { cluster: "c".into(), replicated: false, on_cluster: false };
-        let all: Vec<String> = MIGRATIONS.iter().flat_map(|m| m.statements_for("db", &plain)).collect();
-        assert!(all.iter().all(|s| !s.contains("ON CLUSTER") && !s.contains("Replicated")));
-        assert!(all.iter().any(|s| s.contains("ENGINE = SummingMergeTree((bytes_out, bytes_in, events))")));
     }
 }

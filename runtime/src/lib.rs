@@ -1,5 +1,5 @@
-//! The runtime every service shares: ClickHouse client and migrations
-//! ([`ch`], `runtime/migrations/`), Kafka settings ([`kafka`]), configuration
+//! The runtime every service shares: ClickHouse client and the migration
+//! runner ([`ch`]; the schema itself is the `warehouse` crate's), Kafka settings ([`kafka`]), configuration
 //! loading ([`config`]), tracing ([`telemetry`]), bearer credentials
 //! ([`auth`]), HTTP serving with slow-client limits ([`serve`]), cached
 //! health probes ([`health`]), the check of a service's ClickHouse user

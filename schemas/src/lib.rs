@@ -1,4 +1,5 @@
-//! The contract of the metering pipeline and nothing else: the usage event,
+//! The event contract of the metering pipeline and nothing else (the
+//! ClickHouse schema is the `warehouse` crate's): the usage event,
 //! its Avro single-object codec and schema versions, and the validity rules
 //! and limits. No I/O: the shared runtime (ClickHouse, Kafka, config,
 //! telemetry, credentials, HTTP serving) is the `runtime` crate.

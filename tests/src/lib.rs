@@ -50,7 +50,7 @@ pub fn unique(prefix: &str) -> String {
 /// A fresh, migrated database.
 pub async fn test_db() -> ClickHouseConfig {
     let cfg = ClickHouseConfig { url: clickhouse_url(), database: unique("mt"), ..Default::default() };
-    runtime::ch::migrate(&cfg)
+    warehouse::migrate(&cfg)
         .await
         .unwrap_or_else(|e| panic!("migrations on {} failed ({e}); is the stack up? run scripts/stack up", cfg.url));
     cfg

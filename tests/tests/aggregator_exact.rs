@@ -192,7 +192,7 @@ async fn cluster_layout_through_distributed_tables_is_exact_across_a_kill() {
         on_cluster: false,
         ..Default::default()
     };
-    runtime::ch::migrate(&db)
+    warehouse::migrate(&db)
         .await
         .expect("cluster-layout migrations (is metering_local in the server's remote_servers? scripts/stack up writes it)");
     let engines: BTreeMap<String, String> = db

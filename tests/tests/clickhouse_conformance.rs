@@ -875,7 +875,7 @@ async fn an_upgrade_keeps_every_logged_row_and_a_seal_drains_the_legacy_tables()
     const N: u64 = 300_000;
     const LIMIT: u64 = 100_000;
     let db = ClickHouseConfig { url: clickhouse_url(), database: unique("upg"), ..Default::default() };
-    let err = runtime::ch::migrate_interrupted(&db, 10, 1).await.unwrap_err();
+    let err = warehouse::migrate_interrupted(&db, 10, 1).await.unwrap_err();
     assert!(matches!(err, runtime::ch::ChError::Interrupted { version: 10, index: 1 }), "{err}");
     let topic = unique("upg");
     claim_epoch_1(&db, &topic).await;
@@ -884,7 +884,7 @@ async fn an_upgrade_keeps_every_logged_row_and_a_seal_drains_the_legacy_tables()
     let want = stream_days(N, 3);
     assert_eq!(stream_month(&db, "s3", u64::MAX).await.unwrap(), want, "before the upgrade");
 
-    runtime::ch::migrate(&db).await.unwrap();
+    warehouse::migrate(&db).await.unwrap();
     let d = &db.database;
     assert_eq!(count(&db, &format!("SELECT count() FROM {d}.usage_by_tracking_log_legacy")).await, N);
     assert_eq!(count(&db, &format!("SELECT count() FROM {d}.usage_by_tracking_log")).await, 0);

@@ -71,7 +71,7 @@ async fn migrations_from_two_servers_at_once_make_one_schema_on_every_server() {
     let _turn = REPLICA_FAULTS.lock().await;
     let database = unique("mtr");
     let (a, b) = (on_server(0, &database), on_server(3, &database));
-    let (ra, rb) = tokio::join!(runtime::ch::migrate(&a), runtime::ch::migrate(&b));
+    let (ra, rb) = tokio::join!(warehouse::migrate(&a), warehouse::migrate(&b));
     let (ra, rb) = (ra.expect("migrate through server 1"), rb.expect("migrate through server 4"));
     assert!(!ra.applied.is_empty() || !rb.applied.is_empty(), "{ra:?} {rb:?}");
     // every server has the same tables and columns, and knows every migration as applied
@@ -81,7 +81,7 @@ async fn migrations_from_two_servers_at_once_make_one_schema_on_every_server() {
     for n in 0..4 {
         let db = on_server(n, &database);
         assert_eq!(schema(&db).await, first, "server {} has the schema of server 1", n + 1);
-        let again = runtime::ch::migrate(&db).await.unwrap();
+        let again = warehouse::migrate(&db).await.unwrap();
         assert!(again.applied.is_empty(), "server {}: nothing left to apply: {again:?}", n + 1);
     }
     drop_everywhere(&database).await;
@@ -94,7 +94,7 @@ async fn fresh(prefix: &str) -> (String, String, ClickHouseConfig) {
     create_topic(&topic, 4).await;
     let database = unique("mtr");
     let db = on_server(0, &database);
-    runtime::ch::migrate(&db).await.expect("migrations on the cluster (scripts/stack up --cluster)");
+    warehouse::migrate(&db).await.expect("migrations on the cluster (scripts/stack up --cluster)");
     (topic, database, db)
 }
 

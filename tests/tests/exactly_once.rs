@@ -614,7 +614,7 @@ async fn two_members_claiming_one_partition_at_once_count_nothing_twice() {
 async fn two_members_claiming_one_partition_at_once_on_the_replicated_cluster_count_nothing_twice() {
     let database = unique("mtr_race");
     let db = on_cluster_server(0, &database);
-    runtime::ch::migrate(&db).await.expect("migrations on the cluster (scripts/stack up --cluster)");
+    warehouse::migrate(&db).await.expect("migrations on the cluster (scripts/stack up --cluster)");
     // partition 0 is on shard 1: servers 1 and 2 are its replicas
     race(&db, &on_cluster_server(1, &database)).await;
     let _ = db.server_client().query(&format!("DROP DATABASE IF EXISTS {database} ON CLUSTER metering")).execute().await;

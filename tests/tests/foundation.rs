@@ -121,11 +121,11 @@ struct DeadRow {
 #[tokio::test]
 async fn migrations_are_idempotent_and_every_contract_table_takes_a_row() {
     let db = test_db().await; // first application
-    let again = runtime::ch::migrate(&db).await.expect("second application");
+    let again = warehouse::migrate(&db).await.expect("second application");
     assert!(again.applied.is_empty(), "nothing applied twice: {again:?}");
-    assert_eq!(again.already.len(), runtime::ch::MIGRATIONS.len());
+    assert_eq!(again.already.len(), warehouse::MIGRATIONS.len());
     let recorded = count(&db, &format!("SELECT count() FROM {}.schema_migrations", db.database)).await;
-    assert_eq!(recorded, runtime::ch::MIGRATIONS.len() as u64, "each migration recorded once");
+    assert_eq!(recorded, warehouse::MIGRATIONS.len() as u64, "each migration recorded once");
 
     let c = db.client();
     // Rows are written to the append-only logs under a claim (here epoch 0 of
@@ -199,7 +199,7 @@ async fn migrations_are_idempotent_and_every_contract_table_takes_a_row() {
 fn migration_with_bad_database_name_is_refused() {
     let cfg = runtime::ch::ClickHouseConfig { database: "x; DROP TABLE y".into(), ..Default::default() };
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let err = rt.block_on(runtime::ch::migrate(&cfg)).unwrap_err();
+    let err = rt.block_on(warehouse::migrate(&cfg)).unwrap_err();
     assert!(err.to_string().contains("invalid database name"), "{err}");
 }
 
@@ -280,7 +280,7 @@ async fn service_users_have_least_privilege_and_services_refuse_more() {
     let user = |name: &str| runtime::ch::ClickHouseConfig { user: format!("metering_privileges_{name}"), ..admin.clone() };
     let (writer, reader) = (user("writer"), user("reader"));
     admin.server_client().query("DROP DATABASE IF EXISTS metering_privileges").execute().await.unwrap();
-    runtime::ch::migrate(&admin).await.expect("the administrator migrates");
+    warehouse::migrate(&admin).await.expect("the administrator migrates");
 
     assert_eq!(excess_rights(&writer, Access::Write).await.unwrap(), Vec::<String>::new());
     assert_eq!(excess_rights(&reader, Access::Read).await.unwrap(), Vec::<String>::new());

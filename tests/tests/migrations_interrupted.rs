@@ -10,8 +10,9 @@
 //! claim per partition, and the usage visible through the fenced views.
 
 use e2e::*;
-use runtime::ch::{ChError, ClickHouseConfig, MIGRATIONS};
+use runtime::ch::{ChError, ClickHouseConfig};
 use serde::Deserialize;
+use warehouse::MIGRATIONS;
 
 #[derive(Debug, PartialEq, Deserialize, clickhouse::Row)]
 struct Column {
@@ -89,7 +90,7 @@ async fn snapshot(db: &ClickHouseConfig) -> Snapshot {
 /// A fresh database at migration 4 with the rows of a deployment of that time.
 async fn at_migration_4() -> ClickHouseConfig {
     let db = ClickHouseConfig { url: clickhouse_url(), database: unique("mig"), ..Default::default() };
-    let err = runtime::ch::migrate_interrupted(&db, 5, 1).await.unwrap_err();
+    let err = warehouse::migrate_interrupted(&db, 5, 1).await.unwrap_err();
     assert!(matches!(err, ChError::Interrupted { version: 5, index: 1 }), "{err}");
     let d = &db.database;
     let c = db.client();
@@ -115,7 +116,7 @@ async fn at_migration_4() -> ClickHouseConfig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_migration_interrupted_at_any_statement_finishes_the_same_when_run_again() {
     let reference_db = at_migration_4().await;
-    runtime::ch::migrate(&reference_db).await.unwrap();
+    warehouse::migrate(&reference_db).await.unwrap();
     let reference = snapshot(&reference_db).await;
     assert_eq!(reference.claims, vec![(0, 0, 0), (1, 0, 0)], "one epoch-0 claim per partition with a checkpoint");
     assert_eq!((reference.visible_bytes, reference.visible_rows), (3000, 2), "the usage written before migration 5 stays visible");
@@ -133,12 +134,12 @@ async fn a_migration_interrupted_at_any_statement_finishes_the_same_when_run_aga
         let results = futures::future::join_all(chunk.iter().map(|&(version, index)| async move {
             let db = at_migration_4().await;
             if (version, index) != (5, 1) {
-                let err = runtime::ch::migrate_interrupted(&db, version, index).await.unwrap_err();
+                let err = warehouse::migrate_interrupted(&db, version, index).await.unwrap_err();
                 assert!(matches!(err, ChError::Interrupted { .. }), "{err}");
             }
-            let report = runtime::ch::migrate(&db).await.unwrap_or_else(|e| panic!("after a stop at {version}.{index}: {e}"));
+            let report = warehouse::migrate(&db).await.unwrap_or_else(|e| panic!("after a stop at {version}.{index}: {e}"));
             assert!(report.applied.contains(&version), "{version} applied on the second run: {report:?}");
-            let again = runtime::ch::migrate(&db).await.unwrap();
+            let again = warehouse::migrate(&db).await.unwrap();
             assert!(again.applied.is_empty(), "nothing left to apply: {again:?}");
             let got = snapshot(&db).await;
             drop_db(&db).await;
@@ -161,7 +162,7 @@ async fn a_migration_interrupted_at_any_statement_finishes_the_same_when_run_aga
 /// text outright (so no database of theirs can hold it).
 #[tokio::test]
 async fn a_database_with_migration_5s_first_text_upgrades_to_the_same_schema() {
-    let first_text = runtime::ch::Migration {
+    let first_text = warehouse::Migration {
         version: 5,
         name: "epoch_fencing",
         sql: include_str!("../fixtures/0005_epoch_fencing.v1.sql"),
@@ -195,12 +196,12 @@ async fn a_database_with_migration_5s_first_text_upgrades_to_the_same_schema() {
     .execute()
     .await
     .unwrap();
-    let report = runtime::ch::migrate(&db).await.unwrap();
-    let after_5: Vec<u32> = runtime::ch::MIGRATIONS.iter().map(|m| m.version).filter(|&v| v > 5).collect();
+    let report = warehouse::migrate(&db).await.unwrap();
+    let after_5: Vec<u32> = warehouse::MIGRATIONS.iter().map(|m| m.version).filter(|&v| v > 5).collect();
     assert_eq!(report.applied, after_5, "every migration after 5 applied");
 
     let reference_db = at_migration_4().await;
-    runtime::ch::migrate(&reference_db).await.unwrap();
+    warehouse::migrate(&reference_db).await.unwrap();
     assert_eq!(snapshot(&db).await, snapshot(&reference_db).await);
     drop_db(&db).await;
     drop_db(&reference_db).await;
@@ -243,7 +244,7 @@ async fn invoices_issued_before_the_ledger_become_one_record_each() {
         .await
         .unwrap();
     }
-    runtime::ch::migrate(&db).await.unwrap();
+    warehouse::migrate(&db).await.unwrap();
     let ledger = billing::store::Store::new(&db).unwrap().ledger().await.unwrap();
     assert_eq!(ledger.records.len(), 1);
     assert!(ledger.ignored.is_empty(), "{:?}", ledger.ignored);

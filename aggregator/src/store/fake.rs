@@ -1,6 +1,6 @@
 //! An in-memory [`Store`] with fault injection, for unit tests of the flush
 //! protocol. It decodes the rows it is given and applies the same fencing
-//! rule as the ClickHouse views (`runtime/migrations/0007_contested_claims.sql`):
+//! rule as the ClickHouse views (`warehouse/migrations/0007_contested_claims.sql`):
 //! a row of epoch `e` at flush position `p` is visible iff `p <= fence(e)`,
 //! the smallest start of any later claim of its partition, or 0 when more
 //! than one claim holds `e`.

@@ -431,7 +431,11 @@ mod tests {
         let q = RecordsQuery::parse(body(serde_json::json!({"trackingIds": ["p-2"]})), &scope, now).unwrap();
         assert_eq!(q.scoped, None);
         let end = now + Duration::minutes(1);
-        assert_eq!((q.start, q.end), (end - Duration::days(MAX_RECORD_DAYS), end), "neither bound: the last 31 days (a request the first version refused)");
+        assert_eq!(
+            (q.start, q.end),
+            (end - Duration::days(MAX_RECORD_DAYS), end),
+            "neither bound: the last 31 days (a request the first version refused)"
+        );
         assert_eq!(q.sql(0).text().matches('?').count(), 6);
         // and an id outside it is refused
         assert!(matches!(RecordsQuery::parse(body(serde_json::json!({"trackingIds": ["other"]})), &scope, now), Err(Reply::Forbidden(_))));
