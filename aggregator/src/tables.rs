@@ -33,101 +33,35 @@ pub struct Src<'a> {
 impl Table {
     pub const ORDER: [Table; 5] = [Table::DeadLetters, Table::Viewer, Table::Tracking, Table::Dedup, Table::Checkpoints];
 
-    /// The physical table (the analyst views under the contract names read
-    /// the data tables through the claim fences).
-    pub fn name(self) -> &'static str {
+    /// The table's layout (`warehouse::tables`): its physical name (the
+    /// analyst views under the contract names read the data tables through
+    /// the claim fences) and its columns in encoding order.
+    pub fn layout(self) -> warehouse::tables::TableLayout {
+        use warehouse::tables::*;
         match self {
-            Table::DeadLetters => "usage_dead_letters_log",
-            Table::Viewer => "usage_by_viewer_log",
-            Table::Tracking => "usage_by_tracking_log",
-            Table::Dedup => "aggregator_dedup",
-            Table::Checkpoints => "aggregator_checkpoints",
+            Table::DeadLetters => USAGE_DEAD_LETTERS_LOG,
+            Table::Viewer => USAGE_BY_VIEWER_LOG,
+            Table::Tracking => USAGE_BY_TRACKING_LOG,
+            Table::Dedup => AGGREGATOR_DEDUP,
+            Table::Checkpoints => AGGREGATOR_CHECKPOINTS,
         }
+    }
+
+    /// The physical table.
+    pub fn name(self) -> &'static str {
+        self.layout().name
     }
 
     /// Columns in encoding order, with their ClickHouse types.
     pub fn columns(self) -> &'static [(&'static str, &'static str)] {
-        const SRC: [(&str, &str); 4] =
-            [("src_topic", "String"), ("src_partition", "UInt32"), ("src_epoch", "UInt64"), ("src_offset", "UInt64")];
-        const DEAD: &[(&str, &str)] = &[
-            ("received_at", "DateTime('UTC')"),
-            ("source", "String"),
-            ("reason", "String"),
-            ("payload", "String"),
-            SRC[0],
-            SRC[1],
-            SRC[2],
-            SRC[3],
-        ];
-        const VIEWER: &[(&str, &str)] = &[
-            ("window_start", "DateTime('UTC')"),
-            ("tracking_id", "String"),
-            ("custom_viewer_data", "String"),
-            ("viewer_id", "String"),
-            ("account_id", "String"),
-            ("stream_name", "String"),
-            ("cluster", "String"),
-            ("bytes_out", "UInt64"),
-            ("bytes_in", "UInt64"),
-            ("events", "UInt64"),
-            SRC[0],
-            SRC[1],
-            SRC[2],
-            SRC[3],
-        ];
-        const TRACKING: &[(&str, &str)] = &[
-            ("window_start", "DateTime('UTC')"),
-            ("tracking_id", "String"),
-            ("account_id", "String"),
-            ("stream_name", "String"),
-            ("cluster", "String"),
-            ("protocol", "String"),
-            ("bytes_out", "UInt64"),
-            ("bytes_in", "UInt64"),
-            ("events", "UInt64"),
-            SRC[0],
-            SRC[1],
-            SRC[2],
-            SRC[3],
-        ];
-        const DEDUP: &[(&str, &str)] = &[
-            ("topic", "String"),
-            ("partition", "UInt32"),
-            ("epoch", "UInt64"),
-            ("position", "UInt64"),
-            ("viewer_id", "String"),
-            ("seq_ranges", "Array(Int64)"),
-            ("last_seen_ms", "Int64"),
-            ("created_at", "DateTime('UTC')"),
-        ];
-        const CHECKPOINTS: &[(&str, &str)] = &[
-            ("topic", "String"),
-            ("partition", "UInt32"),
-            ("epoch", "UInt64"),
-            ("position", "UInt64"),
-            ("watermark_ms", "Int64"),
-            ("arrival_ms", "Int64"),
-            ("member", "String"),
-            ("created_at", "DateTime('UTC')"),
-        ];
-        match self {
-            Table::DeadLetters => DEAD,
-            Table::Viewer => VIEWER,
-            Table::Tracking => TRACKING,
-            Table::Dedup => DEDUP,
-            Table::Checkpoints => CHECKPOINTS,
-        }
+        self.layout().columns
     }
 
-    /// Columns after [`Table::columns`] that the server fills (their
-    /// default) and the aggregator never writes: `inserted_at`, the server's
-    /// clock at the insert, which the tails' time bound relies on (migration
-    /// 10, `crate::seal`).
+    /// Columns after [`Table::columns`] that the server fills and the
+    /// aggregator never writes (`inserted_at`, which the tails' time bound
+    /// relies on: migration 10, `crate::seal`).
     pub fn server_columns(self) -> &'static [(&'static str, &'static str)] {
-        match self {
-            Table::Viewer | Table::Tracking => &[("inserted_at", "DateTime('UTC')")],
-            _ => &[],
-        }
+        self.layout().server_columns
     }
 
     /// Data tables are read through the claim fences; state tables are read

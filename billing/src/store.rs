@@ -140,79 +140,17 @@ struct AdjustmentRow {
     created_at: u32,
 }
 
-/// The tables billing writes: their columns with ClickHouse types, in the
-/// order of the row structs that write them (`InvoiceRow`, `LineRow`,
-/// `LedgerRow`, `AdjustmentRow`). A unit test binds each list to its struct, an end-to-end
-/// test (`foundation::billing_row_layouts_match_the_migrated_tables`) to the
-/// migrated tables.
-pub const TABLES: [(&str, &[(&str, &str)]); 4] = [
-    (
-        "billing_invoices",
-        &[
-            ("invoice_number", "String"),
-            ("partner_id", "String"),
-            ("period", "String"),
-            ("revision", "UInt32"),
-            ("status", "String"),
-            ("currency", "String"),
-            ("total_bytes", "UInt64"),
-            ("subtotal", "String"),
-            ("total", "String"),
-            ("document", "String"),
-            ("created_at", "DateTime('UTC')"),
-        ],
-    ),
-    (
-        "billing_invoice_lines",
-        &[
-            ("invoice_number", "String"),
-            ("partner_id", "String"),
-            ("period", "String"),
-            ("status", "String"),
-            ("line_no", "UInt32"),
-            ("kind", "String"),
-            ("description", "String"),
-            ("bytes", "UInt64"),
-            ("quantity", "String"),
-            ("unit", "String"),
-            ("unit_price", "String"),
-            ("amount", "String"),
-            ("currency", "String"),
-            ("created_at", "DateTime('UTC')"),
-        ],
-    ),
-    (
-        "billing_ledger",
-        &[
-            ("invoice_number", "String"),
-            ("partner_id", "String"),
-            ("period", "String"),
-            ("issue_id", "UInt64"),
-            ("issued_at", "DateTime('UTC')"),
-            ("currency", "String"),
-            ("total", "String"),
-            ("document", "String"),
-            ("billed_periods", "Array(String)"),
-            ("billed_tracking_ids", "Array(String)"),
-            ("billed_bytes", "Array(Int64)"),
-            ("settled", "Array(String)"),
-            ("snapshot", "String"),
-        ],
-    ),
-    (
-        "billing_adjustments",
-        &[
-            ("adjustment_id", "String"),
-            ("partner_id", "String"),
-            ("period", "String"),
-            ("kind", "String"),
-            ("bytes", "UInt64"),
-            ("amount", "String"),
-            ("reason", "String"),
-            ("author", "String"),
-            ("created_at", "DateTime('UTC')"),
-        ],
-    ),
+/// The tables billing writes (their layouts are `warehouse::tables`'s), in
+/// the order of the row structs that write them (`InvoiceRow`, `LineRow`,
+/// `LedgerRow`, `AdjustmentRow`). A unit test binds each layout to its
+/// struct, an end-to-end test
+/// (`foundation::row_layouts_match_the_migrated_tables`) to the migrated
+/// tables.
+pub const TABLES: [warehouse::tables::TableLayout; 4] = [
+    warehouse::tables::BILLING_INVOICES,
+    warehouse::tables::BILLING_INVOICE_LINES,
+    warehouse::tables::BILLING_LEDGER,
+    warehouse::tables::BILLING_ADJUSTMENTS,
 ];
 
 /// The fence of each claimed `((topic, partition), epoch)`.
@@ -1140,10 +1078,10 @@ mod layout_tests {
         fn names(cols: &[(&'static str, &'static str)]) -> Vec<&'static str> {
             cols.iter().map(|c| c.0).collect()
         }
-        assert_eq!(names(TABLES[0].1), <InvoiceRow<'_> as Row>::COLUMN_NAMES);
-        assert_eq!(names(TABLES[1].1), <LineRow<'_> as Row>::COLUMN_NAMES);
-        assert_eq!(names(TABLES[2].1), <LedgerRow as Row>::COLUMN_NAMES);
-        assert_eq!(names(TABLES[3].1), <AdjustmentRow as Row>::COLUMN_NAMES);
+        assert_eq!(names(TABLES[0].columns), <InvoiceRow<'_> as Row>::COLUMN_NAMES);
+        assert_eq!(names(TABLES[1].columns), <LineRow<'_> as Row>::COLUMN_NAMES);
+        assert_eq!(names(TABLES[2].columns), <LedgerRow as Row>::COLUMN_NAMES);
+        assert_eq!(names(TABLES[3].columns), <AdjustmentRow as Row>::COLUMN_NAMES);
     }
 }
 

@@ -4,16 +4,19 @@
 //! ([`cluster`]), and [`migrate`], which applies them with `runtime`'s
 //! migration runner.
 //!
-//! Which table holds what, its grain and retention, and which question it
-//! answers fastest: `docs/clickhouse.md`. Who writes each table: the
-//! aggregator (`aggregator::tables`: the log tables, dead letters, dedup
-//! snapshots and checkpoints; `aggregator::seal`: the sealed tables) and
-//! billing (`billing::store::TABLES`: invoices, lines, the ledger and
-//! adjustments), each row layout tested against the migrated table
-//! (`tests/tests/foundation.rs`). The Avro event contract is elsewhere:
+//! The row layout of every table a service writes row by row is here too
+//! ([`tables`]), used by its writer: the aggregator (`aggregator::tables`:
+//! the log tables, dead letters, dedup snapshots and checkpoints) and
+//! billing (`billing::store`: invoices, lines, the ledger and adjustments),
+//! each layout tested against the migrated table
+//! (`tests/tests/foundation.rs`). The sealed tables are written by
+//! `INSERT ... SELECT` from the logs (`aggregator::seal`). Which table holds
+//! what, its grain and retention, and which question it answers fastest:
+//! `docs/clickhouse.md`. The Avro event contract is elsewhere:
 //! `schemas/`.
 
 pub mod cluster;
+pub mod tables;
 
 pub use runtime::ch::{ChError, Migration, MigrationReport};
 use runtime::ch::{ClickHouseConfig, Schema};
