@@ -1,6 +1,7 @@
 //! Prometheus metrics of the aggregator (`/metrics`).
 
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use runtime::ops::register;
 
 /// Every metric the aggregator exports. Names are documented in docs/operations.md.
 pub struct Metrics {
@@ -29,94 +30,105 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    /// Every metric, registered (`runtime::ops::register`).
+    pub fn try_new() -> prometheus::Result<Self> {
         let registry = Registry::new();
-        macro_rules! reg {
-            ($m:expr) => {{
-                let m = $m;
-                registry.register(Box::new(m.clone())).expect("unique metric");
-                m
-            }};
-        }
-        Metrics {
-            events: reg!(
-                IntCounterVec::new(Opts::new("aggregator_events_total", "Kafka messages processed, by outcome"), &["outcome"]).unwrap()
-            ),
-            late_events: reg!(IntCounter::new(
-                "aggregator_late_events_total",
-                "Counted events whose window was already behind the partition watermark"
-            )
-            .unwrap()),
-            dead_letters: reg!(IntCounterVec::new(
-                Opts::new("aggregator_dead_letters_total", "Records sent to usage_dead_letters, by reason"),
-                &["reason"]
-            )
-            .unwrap()),
-            dedup_horizon_exceeded: reg!(IntCounter::new(
-                "aggregator_dedup_horizon_exceeded_total",
-                "Events of viewers whose dedup state had passed the horizon (counted as new)"
-            )
-            .unwrap()),
-            flush_seconds: reg!(Histogram::with_opts(
-                HistogramOpts::new("aggregator_flush_seconds", "Time to write one flush batch to ClickHouse")
-                    .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
-            )
-            .unwrap()),
-            flush_rows: reg!(IntCounterVec::new(
-                Opts::new("aggregator_flush_rows_total", "Rows written to ClickHouse, by table"),
-                &["table"]
-            )
-            .unwrap()),
-            flush_errors: reg!(IntCounter::new(
-                "aggregator_flush_errors_total",
-                "Failed flushes (the partitions are claimed again and re-read)"
-            )
-            .unwrap()),
-            consumer_lag: reg!(IntGaugeVec::new(
-                Opts::new("aggregator_consumer_lag", "High watermark minus position, by partition"),
-                &["partition"]
-            )
-            .unwrap()),
-            open_windows: reg!(IntGauge::new("aggregator_open_windows", "Distinct windows with unflushed rows").unwrap()),
-            pending_rows: reg!(IntGauge::new("aggregator_pending_rows", "Aggregate rows not yet written").unwrap()),
-            dedup_viewers: reg!(IntGauge::new("aggregator_dedup_viewers", "Viewers held in the dedup state").unwrap()),
-            assigned_partitions: reg!(IntGauge::new("aggregator_assigned_partitions", "Partitions assigned to this member").unwrap()),
-            group_joined: reg!(IntGauge::new("aggregator_group_joined", "1 once the first partition assignment completed").unwrap()),
-            flush_failing: reg!(IntGauge::new("aggregator_flush_failing", "1 while the latest flush attempt failed").unwrap()),
-            fenced: reg!(IntCounter::new(
-                "aggregator_fenced_total",
-                "Partitions found claimed by another member before a flush (their batch was dropped)"
-            )
-            .unwrap()),
-            contested: reg!(IntCounter::new(
-                "aggregator_claims_contested_total",
-                "Partitions found claimed by another member at the same epoch before a flush (claimed again)"
-            )
-            .unwrap()),
-            claims: reg!(IntCounter::new(
-                "aggregator_claims_total",
-                "Partition claims written (assignments and re-claims after a failed flush)"
-            )
-            .unwrap()),
-            partitions_refused: reg!(IntGauge::new(
-                "aggregator_partitions_refused",
-                "Assigned partitions not consumed: checkpoint outside the Kafka log, or claimed by another member"
-            )
-            .unwrap()),
-            offset_errors: reg!(IntCounter::new(
-                "aggregator_offset_errors_total",
-                "Checkpoints found outside the Kafka log, and offset-out-of-range errors from the broker"
-            )
-            .unwrap()),
+        Ok(Metrics {
+            events: register(
+                &registry,
+                IntCounterVec::new(Opts::new("aggregator_events_total", "Kafka messages processed, by outcome"), &["outcome"]),
+            )?,
+            late_events: register(
+                &registry,
+                IntCounter::new("aggregator_late_events_total", "Counted events whose window was already behind the partition watermark"),
+            )?,
+            dead_letters: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("aggregator_dead_letters_total", "Records sent to usage_dead_letters, by reason"),
+                    &["reason"],
+                ),
+            )?,
+            dedup_horizon_exceeded: register(
+                &registry,
+                IntCounter::new(
+                    "aggregator_dedup_horizon_exceeded_total",
+                    "Events of viewers whose dedup state had passed the horizon (counted as new)",
+                ),
+            )?,
+            flush_seconds: register(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new("aggregator_flush_seconds", "Time to write one flush batch to ClickHouse")
+                        .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+                ),
+            )?,
+            flush_rows: register(
+                &registry,
+                IntCounterVec::new(Opts::new("aggregator_flush_rows_total", "Rows written to ClickHouse, by table"), &["table"]),
+            )?,
+            flush_errors: register(
+                &registry,
+                IntCounter::new("aggregator_flush_errors_total", "Failed flushes (the partitions are claimed again and re-read)"),
+            )?,
+            consumer_lag: register(
+                &registry,
+                IntGaugeVec::new(Opts::new("aggregator_consumer_lag", "High watermark minus position, by partition"), &["partition"]),
+            )?,
+            open_windows: register(&registry, IntGauge::new("aggregator_open_windows", "Distinct windows with unflushed rows"))?,
+            pending_rows: register(&registry, IntGauge::new("aggregator_pending_rows", "Aggregate rows not yet written"))?,
+            dedup_viewers: register(&registry, IntGauge::new("aggregator_dedup_viewers", "Viewers held in the dedup state"))?,
+            assigned_partitions: register(
+                &registry,
+                IntGauge::new("aggregator_assigned_partitions", "Partitions assigned to this member"),
+            )?,
+            group_joined: register(&registry, IntGauge::new("aggregator_group_joined", "1 once the first partition assignment completed"))?,
+            flush_failing: register(&registry, IntGauge::new("aggregator_flush_failing", "1 while the latest flush attempt failed"))?,
+            fenced: register(
+                &registry,
+                IntCounter::new(
+                    "aggregator_fenced_total",
+                    "Partitions found claimed by another member before a flush (their batch was dropped)",
+                ),
+            )?,
+            contested: register(
+                &registry,
+                IntCounter::new(
+                    "aggregator_claims_contested_total",
+                    "Partitions found claimed by another member at the same epoch before a flush (claimed again)",
+                ),
+            )?,
+            claims: register(
+                &registry,
+                IntCounter::new("aggregator_claims_total", "Partition claims written (assignments and re-claims after a failed flush)"),
+            )?,
+            partitions_refused: register(
+                &registry,
+                IntGauge::new(
+                    "aggregator_partitions_refused",
+                    "Assigned partitions not consumed: checkpoint outside the Kafka log, or claimed by another member",
+                ),
+            )?,
+            offset_errors: register(
+                &registry,
+                IntCounter::new(
+                    "aggregator_offset_errors_total",
+                    "Checkpoints found outside the Kafka log, and offset-out-of-range errors from the broker",
+                ),
+            )?,
             registry,
-        }
+        })
+    }
+
+    /// [`Metrics::try_new`]; the definitions are fixed, so a failure is a
+    /// bug (the unit tests make them).
+    pub fn new() -> Self {
+        Self::try_new().expect("the aggregator's metrics are well-formed and unique")
     }
 
     /// Prometheus text exposition format.
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("encode metrics");
-        String::from_utf8(buf).expect("utf8 metrics")
+        runtime::ops::render(&self.registry).expect("encode metrics")
     }
 }
 

@@ -12,6 +12,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use prometheus::{IntCounterVec, Opts, Registry};
+use runtime::ops::register;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use thiserror::Error;
@@ -188,19 +189,17 @@ pub(crate) struct Metrics {
 impl Metrics {
     pub(crate) fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
-        let requests = IntCounterVec::new(Opts::new("api_requests_total", "Requests by HTTP status"), &["status"])?;
+        let requests = IntCounterVec::new(Opts::new("api_requests_total", "Requests by HTTP status"), &["status"]);
         let verify =
-            IntCounterVec::new(Opts::new("api_verify_total", "Token verifications by result (ok or the refusal code)"), &["result"])?;
+            IntCounterVec::new(Opts::new("api_verify_total", "Token verifications by result (ok or the refusal code)"), &["result"]);
         let auth = IntCounterVec::new(
             Opts::new(
                 "api_auth_failures_total",
                 "Failed authentications by result: failed, lockout (an address must start waiting), throttled (refused unread)",
             ),
             &["result"],
-        )?;
-        registry.register(Box::new(requests.clone()))?;
-        registry.register(Box::new(verify.clone()))?;
-        registry.register(Box::new(auth.clone()))?;
+        );
+        let (requests, verify, auth) = (register(&registry, requests)?, register(&registry, verify)?, register(&registry, auth)?);
         Ok(Metrics { registry, auth, requests, verify })
     }
 }

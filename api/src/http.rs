@@ -20,12 +20,12 @@ use crate::store::Store;
 use crate::tokens::handlers::{update_publish, update_subscribe};
 use crate::tokens::MAX_BODY_BYTES;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post, put};
 use axum::Router;
-use prometheus::{Encoder, TextEncoder};
+use runtime::ops::{BoxFuture, Check, Ops, Readiness};
 use std::sync::Arc;
 use utoipa::OpenApi;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -127,14 +127,13 @@ pub fn router(cfg: &ApiConfig, store: Arc<Store>) -> Result<Router, ApiError> {
         .route("/console/session", get(crate::console::session))
         .route("/console/logout", post(crate::console::logout))
         .layer(DefaultBodyLimit::max(4096));
+    let ops = runtime::ops::router(Arc::new(ApiOps(state.clone())));
     Ok(Router::new()
         .merge(api)
         .merge(console)
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_handler))
-        .layer(middleware::from_fn_with_state(state.clone(), count_requests))
-        .with_state(state))
+        .with_state(state.clone())
+        .merge(ops)
+        .layer(middleware::from_fn_with_state(state, count_requests)))
 }
 
 fn console_settings(cfg: &ApiConfig) -> Result<crate::console::session::ConsoleSettings, ApiError> {
@@ -175,40 +174,41 @@ async fn count_requests(State(s): State<Arc<AppState>>, req: Request, next: Next
     r
 }
 
-/// Check the bearer secret: every secret (unscoped and scoped) is compared,
-/// each in constant time. Puts the caller's [`Scope`] into the request.
-async fn healthz(State(s): State<Arc<AppState>>) -> Response {
-    match store_up(&s) {
-        Ok(()) => (StatusCode::OK, "ok").into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
+/// What the operations endpoints read (`runtime::ops`).
+struct ApiOps(Arc<AppState>);
+
+impl ApiOps {
+    /// The token store answers; the error is the reason to show.
+    fn store_up(&self) -> Result<(), String> {
+        self.0.store.ping().map_err(|e| {
+            tracing::error!(error = %e, "HealthCheckFailed");
+            "token store unavailable".to_string()
+        })
     }
 }
 
-/// The token store answers; the error is the reason to show.
-fn store_up(s: &AppState) -> Result<(), &'static str> {
-    s.store.ping().map_err(|e| {
-        tracing::error!(error = %e, "HealthCheckFailed");
-        "token store unavailable"
-    })
-}
+impl Ops for ApiOps {
+    /// Live when the token store answers.
+    fn health(&self) -> BoxFuture<'_, Vec<Check>> {
+        Box::pin(async { vec![Check { name: "tokenStore", result: self.store_up() }] })
+    }
 
-/// Readiness: the token store and ClickHouse (statistics) both answer.
-async fn readyz(State(s): State<Arc<AppState>>) -> Response {
-    let mut reasons = Vec::new();
-    if let Err(e) = store_up(&s) {
-        reasons.push(e.to_string());
+    /// Ready when the token store and ClickHouse (statistics) both answer.
+    fn readiness(&self) -> BoxFuture<'_, Readiness> {
+        Box::pin(async {
+            let mut reasons = Vec::new();
+            if let Err(e) = self.store_up() {
+                reasons.push(e);
+            }
+            let s = &self.0;
+            if let Err(e) = s.ch_probe.check(|| runtime::health::clickhouse_ping(&s.ch)).await {
+                reasons.push(e);
+            }
+            Readiness { reasons, extra: Default::default() }
+        })
     }
-    if let Err(e) = s.ch_probe.check(|| runtime::health::clickhouse_ping(&s.ch)).await {
-        reasons.push(e);
-    }
-    let status = if reasons.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, axum::Json(serde_json::json!({"ready": reasons.is_empty(), "reasons": reasons}))).into_response()
-}
 
-async fn metrics_handler(State(s): State<Arc<AppState>>) -> Response {
-    let mut buf = Vec::new();
-    if let Err(e) = TextEncoder::new().encode(&s.metrics.registry.gather(), &mut buf) {
-        return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
+    fn registry(&self) -> &prometheus::Registry {
+        &self.0.metrics.registry
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], buf).into_response()
 }

@@ -17,9 +17,10 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::post;
 use axum::{Json, Router};
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+use runtime::ops::{register, BoxFuture, Check, Ops, Readiness};
 use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -40,38 +41,41 @@ struct Metrics {
 }
 
 impl Metrics {
-    fn new() -> Self {
+    /// Every metric, registered (`runtime::ops::register`).
+    fn try_new() -> prometheus::Result<Self> {
         let registry = Registry::new();
-        let accepted = prometheus::IntCounter::new("ingest_events_accepted_total", "Events acknowledged by Kafka").unwrap();
-        let rejected = IntCounterVec::new(
-            Opts::new("ingest_events_rejected_total", "Events rejected, by reason (field name or request-level reason)"),
-            &["reason"],
-        )
-        .unwrap();
-        let requests = IntCounterVec::new(Opts::new("ingest_requests_total", "Requests by HTTP status"), &["status"]).unwrap();
-        let produce_seconds = Histogram::with_opts(
-            HistogramOpts::new("ingest_produce_seconds", "Time from produce to the last acknowledgement of a request")
-                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
-        )
-        .unwrap();
-        let inflight = IntGauge::new("ingest_inflight_events", "Events produced and waiting for acknowledgement (queue depth)").unwrap();
-        registry.register(Box::new(accepted.clone())).unwrap();
-        registry.register(Box::new(rejected.clone())).unwrap();
-        registry.register(Box::new(requests.clone())).unwrap();
-        registry.register(Box::new(produce_seconds.clone())).unwrap();
-        let budget_refused = IntCounterVec::new(
-            Opts::new(
-                "ingest_body_budget_refused_total",
-                "Requests refused unread because the body budget was spent, by scope (total, key)",
+        let r = &registry;
+        let accepted = register(r, prometheus::IntCounter::new("ingest_events_accepted_total", "Events acknowledged by Kafka"))?;
+        let rejected = register(
+            r,
+            IntCounterVec::new(
+                Opts::new("ingest_events_rejected_total", "Events rejected, by reason (field name or request-level reason)"),
+                &["reason"],
             ),
-            &["scope"],
-        )
-        .unwrap();
-        let bodies_held = IntGauge::new("ingest_body_bytes_held", "Bytes of request bodies held now (max_bodies_bytes bounds it)").unwrap();
-        registry.register(Box::new(inflight.clone())).unwrap();
-        registry.register(Box::new(budget_refused.clone())).unwrap();
-        registry.register(Box::new(bodies_held.clone())).unwrap();
-        Metrics { registry, accepted, rejected, requests, produce_seconds, inflight, budget_refused, bodies_held }
+        )?;
+        let requests = register(r, IntCounterVec::new(Opts::new("ingest_requests_total", "Requests by HTTP status"), &["status"]))?;
+        let produce_seconds = register(
+            r,
+            Histogram::with_opts(
+                HistogramOpts::new("ingest_produce_seconds", "Time from produce to the last acknowledgement of a request")
+                    .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            ),
+        )?;
+        let inflight =
+            register(r, IntGauge::new("ingest_inflight_events", "Events produced and waiting for acknowledgement (queue depth)"))?;
+        let budget_refused = register(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "ingest_body_budget_refused_total",
+                    "Requests refused unread because the body budget was spent, by scope (total, key)",
+                ),
+                &["scope"],
+            ),
+        )?;
+        let bodies_held =
+            register(r, IntGauge::new("ingest_body_bytes_held", "Bytes of request bodies held now (max_bodies_bytes bounds it)"))?;
+        Ok(Metrics { registry, accepted, rejected, requests, produce_seconds, inflight, budget_refused, bodies_held })
     }
 }
 
@@ -110,7 +114,7 @@ pub fn router(cfg: IngestConfig) -> Result<Router, crate::IngestError> {
     let state = Arc::new(AppState {
         inflight: Semaphore::new(cfg.max_inflight_events),
         producer,
-        metrics: Metrics::new(),
+        metrics: Metrics::try_new().map_err(|e| crate::IngestError::Config(format!("metrics: {e}")))?,
         broker_down: AtomicBool::new(false),
         broker_probe: runtime::health::Probe::default(),
         keys: runtime::auth::KeySet::new(&cfg.api_keys),
@@ -118,12 +122,7 @@ pub fn router(cfg: IngestConfig) -> Result<Router, crate::IngestError> {
         cfg,
     });
     let api = Router::new().route("/v1/usage", post(post_usage)).layer(middleware::from_fn_with_state(state.clone(), require_key));
-    Ok(Router::new()
-        .merge(api)
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(state))
+    Ok(Router::new().merge(api).with_state(state.clone()).merge(runtime::ops::router(Arc::new(IngestOps(state)))))
 }
 
 /// Serve on `cfg.listen` until `shutdown` resolves.
@@ -355,27 +354,41 @@ async fn handle_usage(s: &AppState, headers: &HeaderMap, body: Vec<u8>) -> Respo
     }
 }
 
-async fn healthz(State(s): State<Arc<AppState>>) -> Response {
-    if broker_up(&s).await {
-        (StatusCode::OK, Json(json!({"status": "ok", "kafka": "reachable"}))).into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "error", "kafka": "unreachable"}))).into_response()
-    }
-}
+/// What the operations endpoints read (`runtime::ops`).
+struct IngestOps(Arc<AppState>);
 
-/// Readiness: the broker answers and the in-flight queue has room, so a
-/// request sent now would be taken (a load balancer stops routing here
-/// otherwise). 503 with the reasons.
-async fn readyz(State(s): State<Arc<AppState>>) -> Response {
-    let mut reasons = Vec::new();
-    if !broker_up(&s).await {
-        reasons.push("kafka unreachable");
+impl Ops for IngestOps {
+    /// Live when the broker answers.
+    fn health(&self) -> BoxFuture<'_, Vec<Check>> {
+        Box::pin(async {
+            let result = if broker_up(&self.0).await { Ok(()) } else { Err("unreachable".to_string()) };
+            vec![Check { name: "kafka", result }]
+        })
     }
-    if s.inflight.available_permits() == 0 {
-        reasons.push("in-flight request queue is full");
+
+    /// Ready when the broker answers and the in-flight queue has room, so a
+    /// request sent now would be taken (a load balancer stops routing here
+    /// otherwise).
+    fn readiness(&self) -> BoxFuture<'_, Readiness> {
+        Box::pin(async {
+            let mut reasons = Vec::new();
+            if !broker_up(&self.0).await {
+                reasons.push("kafka unreachable".to_string());
+            }
+            if self.0.inflight.available_permits() == 0 {
+                reasons.push("in-flight request queue is full".to_string());
+            }
+            Readiness { reasons, extra: Default::default() }
+        })
     }
-    let status = if reasons.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({"ready": reasons.is_empty(), "reasons": reasons}))).into_response()
+
+    fn registry(&self) -> &Registry {
+        &self.0.metrics.registry
+    }
+
+    fn refresh(&self) {
+        self.0.metrics.bodies_held.set(self.0.budget.held_bytes() as i64);
+    }
 }
 
 /// The broker answered a metadata request within 2 s (off the async
@@ -391,11 +404,4 @@ async fn broker_up(s: &AppState) -> bool {
         }
     };
     s.broker_probe.check(probe).await.is_ok()
-}
-
-async fn metrics(State(s): State<Arc<AppState>>) -> Response {
-    s.metrics.bodies_held.set(s.budget.held_bytes() as i64);
-    let mut buf = Vec::new();
-    let _ = TextEncoder::new().encode(&s.metrics.registry.gather(), &mut buf);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], buf).into_response()
 }

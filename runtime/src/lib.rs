@@ -15,6 +15,7 @@ pub mod csv;
 pub mod fault;
 pub mod health;
 pub mod kafka;
+pub mod ops;
 pub mod rights;
 pub mod serve;
 pub mod telemetry;
