@@ -610,12 +610,21 @@ async fn apply(
                 tracing::info!(version = m.version, statement = index + 1, "MigrationStatementAlreadyApplied");
                 continue;
             }
-            server.query(stmt).execute().await.map_err(|source| ChError::Statement {
-                version: m.version,
-                name: m.name.into(),
-                index: index + 1,
-                source,
-            })?;
+            if let Err(source) = server.query(stmt).execute().await {
+                // ClickHouse 18.16's DDL worker can apply an `ALTER ... ON
+                // CLUSTER` of a replicated table on every server and still
+                // leave one host's task unfinished (its replica applied the
+                // change first, and the worker fails to record its own
+                // answer); the initiator then times out (code 159) although
+                // the change is there, and the queue finishes in the
+                // background. Such a statement counts as done once it shows.
+                let timed_out = matches!(layout, Layout::Cluster { .. }) && source.to_string().contains("Code: 159");
+                if timed_out && already_done(server, db, stmt).await? {
+                    tracing::warn!(version = m.version, statement = index + 1, error = %source, "MigrationStatementTimedOutButApplied");
+                    continue;
+                }
+                return Err(ChError::Statement { version: m.version, name: m.name.into(), index: index + 1, source });
+            }
         }
         if stop == Some((m.version, statements.len() + 1)) {
             // every statement ran, the migration is not recorded yet
