@@ -255,8 +255,10 @@ impl RecordsQuery {
         if end - start > span {
             return Err(Reply::BadRequest(format!("endTime: range too long: at most {MAX_RECORD_DAYS} days")));
         }
-        // scoped secrets are held to their ids
-        let filter = match (b.tracking_ids, b.stream_names) {
+        // scoped secrets are held to their ids: by the tracking id filter
+        // itself (checked against the scope here), else by a second list
+        let scoped_ids = || scope.0.as_deref().cloned();
+        let (filter, scoped) = match (b.tracking_ids, b.stream_names) {
             (Some(_), Some(_)) => return Err(Reply::BadRequest("trackingIds: give trackingIds or streamNames, not both".into())),
             (Some(t), None) => {
                 if t.iter().any(Option::is_none) && scope.0.is_some() {
@@ -271,15 +273,14 @@ impl RecordsQuery {
                     check_ids(By::Tracking, &named)?;
                 }
                 check_scope(scope, &named)?;
-                Some(("tracking_id", t))
+                (Some(("tracking_id", t)), None)
             }
             (None, Some(st)) => {
                 check_ids(By::Stream, &st)?;
-                Some(("stream_name", st))
+                (Some(("stream_name", st)), scoped_ids())
             }
-            (None, None) => None,
+            (None, None) => (None, scoped_ids()),
         };
-        let by_tracking = matches!(filter, Some(("tracking_id", _)));
         Ok(RecordsQuery {
             start,
             end,
@@ -287,7 +288,7 @@ impl RecordsQuery {
             end_op: b.end_operator.unwrap_or(Operator::LessThan),
             search: b.search.unwrap_or_default(),
             filter,
-            scoped: if by_tracking { None } else { scope.0.as_deref().cloned() },
+            scoped,
         })
     }
 
