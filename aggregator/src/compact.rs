@@ -31,7 +31,9 @@
 
 use crate::dedup::Horizon;
 use crate::error::AggError;
+use crate::events;
 use runtime::ch::ClickHouseConfig;
+use runtime::events::InternalEvent;
 use serde::Deserialize;
 
 /// Slack below [`restore_since`] in the restore's filter, seconds.
@@ -125,7 +127,7 @@ pub async fn drop_stale_dedup(cfg: &ClickHouseConfig, horizon: Horizon) -> Resul
         client.query(&format!("ALTER TABLE {table} DROP PARTITION {d}")).execute().await?;
     }
     if !days.is_empty() {
-        tracing::info!(dropped = ?days, needed_since, "DedupPartitionsDropped");
+        events::DedupPartitionsDropped { dropped: &days, needed_since: &needed_since }.emit();
     }
     Ok(Some(DedupDropped { needed_since, days }))
 }
@@ -203,10 +205,10 @@ pub async fn apply_retention(
         }
     }
     if !out.dropped.is_empty() {
-        tracing::info!(dropped = ?out.dropped, "SealedMonthsDropped");
+        events::SealedMonthsDropped { dropped: &out.dropped }.emit();
     }
     if !out.waiting_for_issue.is_empty() {
-        tracing::info!(waiting = ?out.waiting_for_issue, "RetentionWaitsForIssue: months past retention kept until billing issues them");
+        events::RetentionWaitsForIssue { waiting: &out.waiting_for_issue }.emit();
     }
     Ok(out)
 }

@@ -37,9 +37,10 @@
 //! every shard, and the swap must run on each shard's local table.
 
 use crate::error::AggError;
+use crate::events;
 use crate::seal::{SEAL_LOCK, SEAL_TABLES, SUMS};
 use runtime::ch::{ClickHouseConfig, Layout, LockWait};
-use tracing::{info, warn};
+use runtime::events::InternalEvent;
 
 /// The sealed tables consolidated (the hourly and daily grains).
 pub const CONSOLIDATED: [&str; 4] =
@@ -196,7 +197,7 @@ async fn locked(
         .execute()
         .await?;
     if !crate::seal::committed(&client, db, id).await? {
-        warn!(seal_id = id, "ConsolidationAbandoned: another seal committed meanwhile (this run's lock went stale)");
+        events::ConsolidationAbandoned { seal_id: id, why: "another seal committed meanwhile (this run's lock went stale)" }.emit();
         return Ok(Err(ConsolidationSkipped::Superseded));
     }
     if stop == Some(Stop::Committed) {
@@ -204,7 +205,11 @@ async fn locked(
     }
     for (i, (name, m, _, _)) in out.months.iter().enumerate() {
         if crate::seal::latest_seq(&client, db).await? != seq + 1 {
-            warn!(seal_id = id, "ConsolidationAbandoned: another seal committed meanwhile; the months not swapped stay as they are");
+            events::ConsolidationAbandoned {
+                seal_id: id,
+                why: "another seal committed meanwhile; the months not swapped stay as they are",
+            }
+            .emit();
             return Ok(Err(ConsolidationSkipped::Superseded));
         }
         crate::seal::fault_after("swap");
@@ -216,10 +221,11 @@ async fn locked(
             if exists(&client, db, &staging(name, id)).await? {
                 return Err(e.into());
             }
-            warn!(
-                seal_id = id,
-                "ConsolidationAbandoned: its staging was dropped by a run that took the lock over; the months not swapped stay as they are"
-            );
+            events::ConsolidationAbandoned {
+                seal_id: id,
+                why: "its staging was dropped by a run that took the lock over; the months not swapped stay as they are",
+            }
+            .emit();
             return Ok(Err(ConsolidationSkipped::Superseded));
         }
         if i == 0 && stop == Some(Stop::FirstSwap) {
@@ -229,7 +235,7 @@ async fn locked(
     for name in CONSOLIDATED {
         client.query(&format!("DROP TABLE IF EXISTS {db}.{}", staging(name, id))).execute().await?;
     }
-    info!(seal_id = id, seq = seq + 1, months = ?out.months, "SealsConsolidated");
+    events::SealsConsolidated { seal_id: id, seq: seq + 1, months: &out.months }.emit();
     Ok(Ok(out))
 }
 
@@ -260,7 +266,7 @@ pub(crate) async fn drop_staging(client: &clickhouse::Client, db: &str) -> Resul
         .fetch_all()
         .await?;
     for t in tables {
-        warn!(table = %t, "ConsolidationStagingDropped: left by a run that crashed or lost its lock");
+        events::ConsolidationStagingDropped { table: &t }.emit();
         client
             .query(&format!(
                 "DROP TABLE IF EXISTS {db}.{}",

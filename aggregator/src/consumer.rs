@@ -6,17 +6,18 @@
 use crate::config::{AggregatorConfig, StartFrom};
 use crate::core::{Core, FlushReport};
 use crate::error::AggError;
+use crate::events;
 use crate::sink::Sink;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use runtime::events::InternalEvent;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
-use tracing::{error, info, warn};
 
 /// How long the rebalance callback keeps retrying to load state from ClickHouse
 /// (below `max.poll.interval.ms`, or the member is dropped from the group).
@@ -78,7 +79,7 @@ impl AggContext {
                 }
             };
             if pos.is_none() {
-                info!(partition = p, ?offset, "PartitionStartsWithoutCheckpoint");
+                events::PartitionStartsWithoutCheckpoint { partition: p, offset: &offset }.emit();
             }
             out.push((p, offset));
         }
@@ -98,7 +99,7 @@ impl AggContext {
                         )))
                     }
                 };
-                info!(partition = e.partition(), ?offset, "PartitionStartsWithoutCheckpoint");
+                events::PartitionStartsWithoutCheckpoint { partition: e.partition(), offset: &offset }.emit();
                 out.push((e.partition(), offset));
             }
         }
@@ -133,13 +134,7 @@ impl AggContext {
                     })
                 }
                 Ok((low, _)) if pos < low => {
-                    warn!(
-                        partition = p,
-                        checkpoint = pos,
-                        log_start = low,
-                        lost = low - pos,
-                        "OffsetGapAccepted: resuming at the log start"
-                    );
+                    events::OffsetGapAccepted { partition: p, checkpoint: pos, log_start: low, lost: low - pos }.emit();
                     return Ok(Offset::Offset(low));
                 }
                 Ok(_) => return Ok(Offset::Offset(pos)),
@@ -149,7 +144,7 @@ impl AggContext {
         // The broker did not answer: resume at the checkpoint. The consumer
         // runs with auto.offset.reset=error, so an offset outside the log
         // still stops the partition with an error instead of a silent reset.
-        warn!(partition = p, error = ?last_err, "could not read the log bounds; resuming at the checkpoint");
+        events::LogBoundsUnread { partition: p, error: &last_err }.emit();
         Ok(Offset::Offset(pos))
     }
 
@@ -157,7 +152,7 @@ impl AggContext {
         let mut parts = Vec::new();
         for e in errors {
             if let AggError::OffsetOutOfRange { partition, .. } = e {
-                error!(error = %e, partition, "PartitionRefused");
+                events::PartitionRefused { error: e, partition: *partition }.emit();
                 core.metrics.offset_errors.inc();
                 parts.push(*partition);
             }
@@ -184,12 +179,12 @@ impl ConsumerContext for AggContext {
                     match self.rt.block_on(core.assign(&parts)) {
                         Ok(p) => break Some(p),
                         Err(e) if e.is_transient() && started.elapsed() < ASSIGN_RETRY_FOR => {
-                            warn!(error = %e, "PartitionLoadFailed: retrying");
+                            events::PartitionLoadFailed { error: &e, giving_up: false }.emit();
                             std::thread::sleep(backoff);
                             backoff = (backoff * 2).min(Duration::from_secs(5));
                         }
                         Err(e) => {
-                            error!(error = %e, "PartitionLoadFailed: giving up");
+                            events::PartitionLoadFailed { error: &e, giving_up: true }.emit();
                             *self.fatal.lock().expect("lock") = Some(e);
                             break None;
                         }
@@ -202,7 +197,7 @@ impl ConsumerContext for AggContext {
                 let (starts, refused) = match self.start_offsets(consumer, &positions) {
                     Ok(s) => s,
                     Err(e) => {
-                        error!(error = %e, "PartitionLoadFailed: giving up");
+                        events::PartitionLoadFailed { error: &e, giving_up: true }.emit();
                         *self.fatal.lock().expect("lock") = Some(e);
                         let _ = consumer.assign(&TopicPartitionList::new());
                         return;
@@ -219,11 +214,11 @@ impl ConsumerContext for AggContext {
                 let mut assign = TopicPartitionList::new();
                 for (p, offset) in &starts {
                     if let Err(e) = assign.add_partition_offset(&self.topic, *p, *offset) {
-                        error!(partition = p, error = %e, "cannot set start offset");
+                        events::StartOffsetFailed { partition: *p, error: &e }.emit();
                     }
                 }
                 if let Err(e) = consumer.assign(&assign) {
-                    error!(error = %e, "assign failed");
+                    events::AssignFailed { error: &e }.emit();
                 }
                 // a partition paused before a rebalance stays paused otherwise
                 let consumed: Vec<i32> = starts.iter().map(|s| s.0).collect();
@@ -241,7 +236,7 @@ impl ConsumerContext for AggContext {
                 let _ = consumer.unassign();
             }
             other => {
-                error!(error = ?other, "rebalance error");
+                events::RebalanceFailed { error: &other }.emit();
                 let _ = consumer.unassign();
             }
         }
@@ -282,7 +277,7 @@ pub fn create_consumer(cfg: &AggregatorConfig, core: Core<Sink>, rt: Handle) -> 
     let mut kafka = cfg.kafka.clone();
     for key in PROTECTED {
         if let Some(v) = kafka.properties.remove(*key) {
-            warn!(property = key, value = %v, "ignoring a kafka property the aggregator sets itself (exactly-once needs it)");
+            events::KafkaPropertyIgnored { property: key, value: &v }.emit();
         }
     }
     kafka.finish(c).create_with_context(ctx)
@@ -292,7 +287,7 @@ pub fn create_consumer(cfg: &AggregatorConfig, core: Core<Sink>, rt: Handle) -> 
 /// steps, in order, until then.
 pub fn run(cfg: &AggregatorConfig, consumer: BaseConsumer<AggContext>, shutdown: Arc<AtomicBool>) -> Result<(), AggError> {
     consumer.subscribe(&[&cfg.kafka.topic])?;
-    info!(topic = %cfg.kafka.topic, group = %cfg.group_id, "AggregatorStarted");
+    events::AggregatorStarted { topic: &cfg.kafka.topic, group: &cfg.group_id }.emit();
     let mut l = ConsumeLoop::new(cfg, &consumer)?;
     while !shutdown.load(Ordering::Relaxed) {
         l.stop_if_fatal()?;
@@ -370,7 +365,7 @@ impl<'a> ConsumeLoop<'a> {
             return;
         }
         if let Err(e) = reload_dropped(self.consumer, self.ctx) {
-            warn!(error = %e, retry_in_ms = self.backoff.as_millis() as u64, "PartitionReloadFailed");
+            events::PartitionReloadFailed { error: &e, retry_in_ms: self.backoff.as_millis() as u64 }.emit();
             self.next_reload = Instant::now() + self.backoff;
             self.backoff = (self.backoff * 2).min(Duration::from_secs(10));
         }
@@ -394,11 +389,11 @@ impl<'a> ConsumeLoop<'a> {
                 Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset)) => {
                     // an offset outside the log (retention passed a lagging
                     // member, or a truncated topic): the partition stops
-                    error!("OffsetOutOfRange: a partition's position left the log; it is not consumed (see the broker log for which)");
+                    events::OffsetOutOfRange.emit();
                     core.metrics.offset_errors.inc();
                     core.metrics.partitions_refused.set(core.metrics.partitions_refused.get().max(1));
                 }
-                Err(e) => warn!(error = %e, "KafkaErrorReceived"),
+                Err(e) => events::KafkaErrorReceived { error: &e }.emit(),
             }
             n += 1;
             if n < 2048 {
@@ -418,7 +413,7 @@ impl<'a> ConsumeLoop<'a> {
         if self.paused && core.pending_rows() < self.cfg.max_pending_rows {
             set_paused(self.consumer, &self.cfg.kafka.topic, &core.assigned(), false);
             self.paused = false;
-            info!("ConsumptionResumed");
+            events::ConsumptionResumed.emit();
         }
         commit_positions(self.consumer, &self.cfg.kafka.topic, &report.checkpointed);
     }
@@ -429,14 +424,14 @@ impl<'a> ConsumeLoop<'a> {
     /// checkpoint after a jittered backoff.
     fn flush_failed(&mut self, core: &mut Core<Sink>, e: AggError) {
         let fenced = if let AggError::Fenced(f) = &e { f.clone() } else { vec![] };
-        warn!(error = %e, "FlushFailed: dropping the in-memory state; claiming the partitions again from their last checkpoint");
+        events::FlushFailed { error: &e }.emit();
         let parts = core.drop_all_state();
         let (lost, reclaim): (Vec<i32>, Vec<i32>) = parts.into_iter().partition(|p| fenced.contains(p));
         let topic = &self.cfg.kafka.topic;
         set_paused(self.consumer, topic, &lost, true);
         set_paused(self.consumer, topic, &reclaim, true);
         if !lost.is_empty() {
-            error!(partitions = ?lost, "PartitionFenced: another member claimed these partitions; not consuming them until Kafka assigns them again");
+            events::PartitionFenced { partitions: &lost }.emit();
             let mut refused = self.ctx.refused.lock().expect("lock");
             refused.extend(lost.iter().copied());
             core.metrics.partitions_refused.set(refused.len() as i64);
@@ -461,7 +456,7 @@ impl<'a> ConsumeLoop<'a> {
         if !self.paused && core.pending_rows() >= self.cfg.max_pending_rows {
             set_paused(self.consumer, &self.cfg.kafka.topic, &core.assigned(), true);
             self.paused = true;
-            warn!(pending = core.pending_rows(), "ConsumptionPaused: too many rows wait for ClickHouse");
+            events::ConsumptionPaused { pending: core.pending_rows() }.emit();
         }
         self.next_gauges = Instant::now();
     }
@@ -489,7 +484,7 @@ impl<'a> ConsumeLoop<'a> {
     /// the group. Without the final flush the next start resumes from the
     /// last checkpoint, which loses nothing.
     fn finish(self) {
-        info!("AggregatorStopping: flushing what is held");
+        events::AggregatorStopping.emit();
         let mut core = self.ctx.core.lock().expect("core lock");
         let started = Instant::now();
         loop {
@@ -501,7 +496,7 @@ impl<'a> ConsumeLoop<'a> {
                     }
                 }
                 Err(e) => {
-                    warn!(error = %e, "stopping without the final flush; the next start resumes from the last checkpoint");
+                    events::FinalFlushFailed { error: &e }.emit();
                     break;
                 }
             }
@@ -511,7 +506,7 @@ impl<'a> ConsumeLoop<'a> {
         }
         drop(core);
         self.consumer.unsubscribe();
-        info!("AggregatorStopped");
+        events::AggregatorStopped.emit();
     }
 }
 
@@ -526,7 +521,7 @@ fn set_paused(consumer: &BaseConsumer<AggContext>, topic: &str, partitions: &[i3
     }
     let r = if pause { consumer.pause(&tpl) } else { consumer.resume(&tpl) };
     if let Err(e) = r {
-        warn!(error = %e, ?partitions, pause, "pause/resume failed");
+        events::PauseFailed { error: &e, partitions, pause }.emit();
     }
 }
 
@@ -554,7 +549,7 @@ fn commit_positions(consumer: &BaseConsumer<AggContext>, topic: &str, positions:
         let _ = tpl.add_partition_offset(topic, p, Offset::Offset(pos));
     }
     if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-        warn!(error = %e, "informative Kafka offset commit failed");
+        events::OffsetCommitFailed { error: &e }.emit();
     }
 }
 
@@ -588,7 +583,7 @@ fn reload_dropped(consumer: &BaseConsumer<AggContext>, ctx: &AggContext) -> Resu
     for (p, offset) in starts {
         consumer.seek(&ctx.topic, p, offset, Duration::from_secs(10))?;
         set_paused(consumer, &ctx.topic, &[p], false);
-        info!(partition = p, ?offset, "PartitionReloaded");
+        events::PartitionReloaded { partition: p, offset: &offset }.emit();
     }
     ctx.refuse(consumer, &mut core, &refused);
     Ok(())

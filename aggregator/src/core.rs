@@ -16,10 +16,12 @@
 
 use crate::config::AggregatorConfig;
 use crate::error::AggError;
+use crate::events;
 use crate::metrics::Metrics;
 use crate::state::{Limits, Outcome, PartitionState};
 use crate::store::Store;
 use crate::tables::{BatchRows, Table};
+use runtime::events::InternalEvent;
 use schemas::Codec;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,7 +29,6 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
 
 struct Inflight {
     seq: u64,
@@ -134,7 +135,7 @@ impl<S: Store> Core<S> {
         let loaded = self.store.claim(partitions, &self.member, self.limits.dedup_horizon).await?;
         let mut out = Vec::new();
         for (p, l) in loaded {
-            info!(partition = p, epoch = l.epoch, position = ?l.position, viewers = l.viewers_restored, "PartitionClaimed");
+            events::PartitionClaimed { partition: p, epoch: l.epoch, position: &l.position, viewers: l.viewers_restored }.emit();
             let mut st = PartitionState::new(p, l.epoch, l.position.unwrap_or(0), l.watermark_ms, l.arrival_ms, l.dedup);
             st.checkpointed = l.position;
             self.parts.insert(p, st);
@@ -159,7 +160,7 @@ impl<S: Store> Core<S> {
     /// too; the next owner re-reads from the last checkpoint, and its claim
     /// supersedes whatever part of the batch landed.
     pub async fn revoke(&mut self, partitions: &[i32]) -> Result<(), AggError> {
-        tracing::debug!(?partitions, pending = self.pending_rows(), flushing = self.is_flushing(), "PartitionsRevoking");
+        events::PartitionsRevoking { partitions: &partitions, pending: self.pending_rows(), flushing: self.is_flushing() }.emit();
         // first the batch in flight (if any), then what accumulated since
         let mut flushed = self.flush(true).await;
         if flushed.is_ok() && self.pending_rows() > 0 {
@@ -167,11 +168,11 @@ impl<S: Store> Core<S> {
         }
         for p in partitions {
             self.parts.remove(p);
-            info!(partition = p, "PartitionRevoked");
+            events::PartitionRevoked { partition: *p }.emit();
         }
         self.metrics.assigned_partitions.set(self.parts.len() as i64);
         if let Err(e) = flushed {
-            warn!(error = %e, "FlushAbandoned: revoked before the batch was written; the next owner resumes from the last checkpoint");
+            events::FlushAbandoned { error: &e }.emit();
             // Partitions we keep may have had rows in the dropped batch: their
             // in-memory state is now ahead of ClickHouse. Drop it as well; the
             // caller claims them again.
@@ -346,7 +347,7 @@ async fn write_batch<S: Store>(
     match &result {
         Ok(_) => {
             metrics.flush_seconds.observe(started.elapsed().as_secs_f64());
-            tracing::debug!(batch = batch.seq, rows = batch.rows.total_rows(), ms = started.elapsed().as_millis() as u64, "BatchFlushed");
+            events::BatchFlushed { batch: batch.seq, rows: batch.rows.total_rows(), ms: started.elapsed().as_millis() as u64 }.emit();
         }
         Err(AggError::Fenced(parts)) => {
             metrics.fenced.inc_by(parts.len() as u64);

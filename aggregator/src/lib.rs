@@ -169,6 +169,7 @@ pub mod core;
 pub mod dead_letters;
 pub mod dedup;
 pub mod error;
+pub mod events;
 pub mod metrics;
 pub mod rowbinary;
 pub mod rows;

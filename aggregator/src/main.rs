@@ -1,8 +1,9 @@
 //! `aggregator`: Kafka usage events -> exact tumbling windows in ClickHouse.
 
-use aggregator::{consumer, core::Core, metrics::Metrics, sink::Sink, AggregatorConfig};
+use aggregator::{consumer, core::Core, events, metrics::Metrics, sink::Sink, AggregatorConfig};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use runtime::events::InternalEvent;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -127,7 +128,7 @@ async fn seal(cfg: &AggregatorConfig, every: Option<u64>, args: SealArgs) -> Res
             Ok(Err(SealSkipped::Superseded)) => {
                 eprintln!("another seal committed while this one ran (its lock had gone stale); not committed")
             }
-            Err(e) if every.is_some() && e.is_transient() => tracing::warn!(error = %e, "SealFailed: retrying at the next interval"),
+            Err(e) if every.is_some() && e.is_transient() => events::SealFailed { error: &e }.emit(),
             Err(e) => return Err(e).context("sealing"),
         }
         // the dedup days no claim can need (aggregator::compact)
@@ -137,14 +138,14 @@ async fn seal(cfg: &AggregatorConfig, every: Option<u64>, args: SealArgs) -> Res
                 eprintln!("dedup: {} day partitions dropped ({:?}); kept what claims need", d.days.len(), d.days)
             }
             Ok(_) => {}
-            Err(e) if every.is_some() && e.is_transient() => tracing::warn!(error = %e, "DedupDropFailed: retrying at the next interval"),
+            Err(e) if every.is_some() && e.is_transient() => events::DedupDropFailed { error: &e }.emit(),
             Err(e) => return Err(e).context("dropping stale dedup partitions"),
         }
         // sealed months past their grain's retention
         match aggregator::compact::apply_retention(&cfg.clickhouse, &cfg.retention, chrono::Utc::now().date_naive()).await {
             Ok(r) if !r.dropped.is_empty() => eprintln!("retention: dropped {:?}", r.dropped),
             Ok(_) => {}
-            Err(e) if every.is_some() && e.is_transient() => tracing::warn!(error = %e, "RetentionFailed: retrying at the next interval"),
+            Err(e) if every.is_some() && e.is_transient() => events::RetentionFailed { error: &e }.emit(),
             Err(e) => return Err(e).context("applying retention"),
         }
         // one row per key of a month's hourly and daily sealed rows
@@ -152,9 +153,7 @@ async fn seal(cfg: &AggregatorConfig, every: Option<u64>, args: SealArgs) -> Res
             match aggregator::consolidate::consolidate(&cfg.clickhouse, consolidate_min_seals, lock_stale_secs).await {
                 Ok(Ok(c)) => eprintln!("consolidated (seal {}): {:?}", c.seal_id, c.months),
                 Ok(Err(_)) => {}
-                Err(e) if every.is_some() && e.is_transient() => {
-                    tracing::warn!(error = %e, "ConsolidationFailed: retrying at the next interval")
-                }
+                Err(e) if every.is_some() && e.is_transient() => events::ConsolidationFailed { error: &e }.emit(),
                 Err(e) => return Err(e).context("consolidating sealed rows"),
             }
         }
@@ -175,7 +174,7 @@ fn run(cfg: AggregatorConfig, rt: tokio::runtime::Runtime) -> Result<()> {
         let (listen, m, ch) = (cfg.metrics_listen.clone(), metrics.clone(), cfg.clickhouse.client());
         rt.spawn(async move {
             if let Err(e) = aggregator::server::serve(&listen, m, ch).await {
-                tracing::error!(error = %e, listen, "metrics endpoint failed");
+                events::MetricsEndpointFailed { error: &e, listen: &listen }.emit();
             }
         });
     }

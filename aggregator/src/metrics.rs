@@ -30,9 +30,11 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Every metric, registered (`runtime::ops::register`).
+    /// Every metric, registered (`runtime::ops::register`), and the
+    /// internal events' counter (`runtime::events`).
     pub fn try_new() -> prometheus::Result<Self> {
         let registry = Registry::new();
+        runtime::events::register(&registry)?;
         Ok(Metrics {
             events: register(
                 &registry,

@@ -62,11 +62,12 @@
 //! them.
 
 use crate::error::AggError;
+use crate::events;
 use runtime::ch::{ClickHouseConfig, LockWait, PartitionKey, Sealed};
+use runtime::events::InternalEvent;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::Instant;
-use tracing::{info, warn};
 
 /// The lock table: one seal at a time.
 pub const SEAL_LOCK: &str = "usage_seal_lock";
@@ -354,7 +355,7 @@ async fn seal_locked(cfg: &ClickHouseConfig, db: &str, margin: u32) -> Result<Re
     }
     let (tail_since, legacy_drained) = tail_bound(&client, db, &before, &sealed_to, now, margin).await?;
     if claims_digest(&client, db).await? != digest {
-        warn!(seal_id, "SealAbandoned: a claim landed while sealing; its rows stay invisible, the next seal covers them");
+        events::SealAbandoned { seal_id, why: "a claim landed while sealing; its rows stay invisible, the next seal covers them" }.emit();
         return Ok(Err(SealSkipped::ClaimsChanged));
     }
     fault_after("checked");
@@ -384,12 +385,13 @@ async fn seal_locked(cfg: &ClickHouseConfig, db: &str, margin: u32) -> Result<Re
         .execute()
         .await?;
     if !committed(&client, db, seal_id).await? {
-        warn!(seal_id, "SealAbandoned: another seal committed meanwhile (this seal's lock went stale); its rows stay invisible");
+        events::SealAbandoned { seal_id, why: "another seal committed meanwhile (this seal's lock went stale); its rows stay invisible" }
+            .emit();
         return Ok(Err(SealSkipped::Superseded));
     }
     fault_after("commit");
     let millis = started.elapsed().as_millis() as u64;
-    info!(seal_id, seq, partitions = moved.len(), tables = ?tables, millis, tail_since, legacy_drained, "SealCommitted");
+    events::SealCommitted { seal_id, seq, partitions: moved.len(), tables: &tables, millis, tail_since, legacy_drained }.emit();
     Ok(Ok(SealReport { seal_id, seq, moved, tables, millis }))
 }
 

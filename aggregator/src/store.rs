@@ -64,5 +64,7 @@ pub trait Store: Clone + Send + Sync + 'static {
     fn insert(&self, table: Table, rows: &RowBinary, query_id: &str) -> impl Future<Output = Result<(), AggError>> + Send;
 }
 
-#[cfg(test)]
+/// The fake, for this crate's unit tests and, with the `testing` feature,
+/// for other crates' (never in a release build: the feature is off by default).
+#[cfg(any(test, feature = "testing"))]
 pub mod fake;

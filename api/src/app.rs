@@ -2,9 +2,10 @@
 //! credential checks (roles: admin, verify-only, partner-scoped; see
 //! `docs/security.md`). Below the crate's route modules: `tokens`, `stats`
 //! and `console` use it, and `http` wires them; it uses only the leaves
-//! `store` and `session`.
+//! `store`, `session` and `events`.
 
 use crate::console::session::{Role, Session};
+use crate::events;
 use crate::store::{Store, StoreError};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -12,6 +13,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use prometheus::{IntCounterVec, Opts, Registry};
+use runtime::events::InternalEvent;
 use runtime::ops::register;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -51,7 +53,7 @@ pub(crate) enum Reply {
 
 impl From<StoreError> for Reply {
     fn from(e: StoreError) -> Self {
-        tracing::error!(error = %e, "TokenStoreFailed");
+        events::TokenStoreFailed { error: &e }.emit();
         Reply::Internal("token store unavailable".into())
     }
 }
@@ -200,6 +202,7 @@ impl Metrics {
             &["result"],
         );
         let (requests, verify, auth) = (register(&registry, requests)?, register(&registry, verify)?, register(&registry, auth)?);
+        runtime::events::register(&registry)?;
         Ok(Metrics { registry, auth, requests, verify })
     }
 }
@@ -275,7 +278,7 @@ impl AppState {
                 self.metrics.auth.with_label_values(&["failed"]).inc();
                 if let crate::throttle::Failed::Waits { wait, first: true } = self.throttle.failed(addr, std::time::Instant::now()) {
                     self.metrics.auth.with_label_values(&["lockout"]).inc();
-                    tracing::warn!(address = %addr, wait_secs = wait.as_secs(), "AuthLockout: too many failed authentications from one address");
+                    events::AuthLockout { address: addr, wait_secs: wait.as_secs() }.emit();
                 }
             }
         }

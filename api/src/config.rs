@@ -1,6 +1,7 @@
 //! Settings of `api serve`: a TOML file plus `API__...` environment
 //! overrides (see [`runtime::config::load`]).
 
+use runtime::config::ConfigError;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -86,7 +87,11 @@ impl Default for ApiConfig {
 
 impl ApiConfig {
     /// Check the settings that have no safe default.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check().map_err(ConfigError::Invalid)
+    }
+
+    fn check(&self) -> Result<(), String> {
         if self.api_secrets.is_empty() {
             return Err("api_secrets: at least one admin secret is required (API__API_SECRETS='[\"...\"]')".into());
         }
@@ -164,7 +169,7 @@ mod tests {
         assert!(scoped("0123456789abcdef0123456789abcdef", vec!["acme".into()]).validate().is_err());
         // the shipped placeholder never starts a service
         let placeholder = ApiConfig { api_secrets: vec!["change-me-api-secret-0001-xxxxxxxxxxxx".into()], ..Default::default() };
-        assert!(placeholder.validate().unwrap_err().contains("placeholder"));
+        assert!(placeholder.validate().unwrap_err().to_string().contains("placeholder"));
         let verify = ApiConfig {
             api_secrets: vec!["0123456789abcdef0123456789abcdef".into()],
             verify_secrets: vec!["0123456789abcdef0123456789abcdef".into()],

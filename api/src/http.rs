@@ -16,6 +16,7 @@
 pub use crate::app::ApiError;
 use crate::app::{limit_stats, require_secret, AppState, Metrics};
 use crate::config::ApiConfig;
+use crate::events;
 use crate::store::Store;
 use crate::tokens::handlers::{update_publish, update_subscribe};
 use crate::tokens::MAX_BODY_BYTES;
@@ -25,6 +26,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post, put};
 use axum::Router;
+use runtime::events::InternalEvent;
 use runtime::ops::{BoxFuture, Check, Ops, Readiness};
 use std::sync::Arc;
 use utoipa::OpenApi;
@@ -34,7 +36,7 @@ pub use crate::app::MAX_CONCURRENT_STATS;
 
 /// The service's router on an open store (also used by tests).
 pub fn router(cfg: &ApiConfig, store: Arc<Store>) -> Result<Router, ApiError> {
-    cfg.validate().map_err(ApiError::Config)?;
+    cfg.validate().map_err(|e| ApiError::Config(e.into_message()))?;
     let metrics = Metrics::new().map_err(|e| ApiError::Config(format!("metrics: {e}")))?;
     let state = Arc::new(AppState {
         sessions: crate::console::session::Sessions(store.clone()),
@@ -156,14 +158,14 @@ fn console_settings(cfg: &ApiConfig) -> Result<crate::console::session::ConsoleS
 /// Open the store at `cfg.store_path` and serve on `cfg.listen` until
 /// `shutdown` resolves.
 pub async fn serve(cfg: ApiConfig, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), ApiError> {
-    cfg.validate().map_err(ApiError::Config)?;
+    cfg.validate().map_err(|e| ApiError::Config(e.into_message()))?;
     runtime::rights::check_rights(&cfg.clickhouse, runtime::rights::Access::Read, "api")
         .await
         .map_err(|e| ApiError::Config(e.to_string()))?;
     let store = Arc::new(Store::open(&cfg.store_path)?);
     let app = router(&cfg, store)?;
     let listener = tokio::net::TcpListener::bind(&cfg.listen).await?;
-    tracing::info!(listen = %cfg.listen, store = %cfg.store_path.display(), "ApiListening");
+    events::ApiListening { listen: &cfg.listen, store: &cfg.store_path }.emit();
     runtime::serve::serve(listener, app, runtime::serve::Timeouts::default(), shutdown).await?;
     Ok(())
 }
@@ -181,7 +183,7 @@ impl ApiOps {
     /// The token store answers; the error is the reason to show.
     fn store_up(&self) -> Result<(), String> {
         self.0.store.ping().map_err(|e| {
-            tracing::error!(error = %e, "HealthCheckFailed");
+            events::HealthCheckFailed { error: &e }.emit();
             "token store unavailable".to_string()
         })
     }

@@ -27,12 +27,15 @@
 //! - [`http`]: `api serve`: the router, health, readiness and metrics.
 //! - [`app`]: state shared by the routes, replies, credential checks (a leaf).
 //! - [`throttle`]: failed authentications throttled per client address (a leaf).
+//! - [`events`]: the internal events: each logs one line and counts in
+//!   `metering_internal_events_total` (a leaf).
 //! - [`openapi`]: the OpenAPI document's fixed parts (the paths are
 //!   generated from the handlers by `utoipa`).
 
 pub mod app;
 pub mod config;
 pub mod console;
+pub mod events;
 pub mod http;
 pub mod openapi;
 pub mod stats;

@@ -83,7 +83,7 @@ fn main() -> Result<()> {
         Cmd::Serve => {
             let cfg: api::config::ApiConfig = runtime::config::load(cli.config.as_deref(), "API")?;
             runtime::telemetry::init_tracing(cfg.json_logs);
-            cfg.validate().map_err(anyhow::Error::msg).context("invalid configuration")?;
+            cfg.validate().context("invalid configuration")?;
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             rt.block_on(api::http::serve(cfg, runtime::shutdown_signal()))?;
             Ok(())

@@ -1,6 +1,7 @@
 //! Billing runs: drafts, issuing, files, the run report, reconciliation and
 //! partner statements.
 
+use crate::events;
 use crate::invoice::{
     build_invoice, format_period, parse_period, period_bounds, price_correction, Adjustment, Invoice, InvoiceStatus, LineKind,
 };
@@ -10,6 +11,7 @@ use crate::render;
 use crate::store::{LogCounting, Recounted, Snapshot, Store, StoreError};
 use chrono::NaiveDate;
 use runtime::csv;
+use runtime::events::InternalEvent;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -426,7 +428,7 @@ async fn issue_locked(store: &Store, card: &RateCard, period: &str, out: &Path) 
     let inputs = Inputs::read(store).await?;
     let completed = store.complete_invoices(&inputs.ledger).await? + store.complete_lines(&inputs.ledger).await?;
     if completed > 0 {
-        tracing::warn!(invoices = completed, "IssuedInvoicesCompleted: copied from the ledger what an interrupted issue left out");
+        events::IssuedInvoicesCompleted { invoices: completed }.emit();
     }
     let mut c = compute_at(store, card, period, &inputs).await?;
     let now = chrono::Utc::now();

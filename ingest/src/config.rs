@@ -1,6 +1,7 @@
 //! Settings of `ingest serve`: a TOML file plus `INGEST__...` environment
 //! overrides (see [`runtime::config::load`]).
 
+use runtime::config::ConfigError;
 use runtime::kafka::KafkaConfig;
 use serde::{Deserialize, Serialize};
 
@@ -55,7 +56,12 @@ impl Default for IngestConfig {
 }
 
 impl IngestConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    /// Check the settings that have no safe default.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check().map_err(ConfigError::Invalid)
+    }
+
+    fn check(&self) -> Result<(), String> {
         if self.api_keys.is_empty() {
             return Err("api_keys: at least one key is required (INGEST__API_KEYS='[\"...\"]')".into());
         }

@@ -11,6 +11,7 @@
 //! `(viewer_id, seq)` and duplicates are dropped downstream.
 
 use crate::budget::{BodyBudget, Reservation, Spent};
+use crate::events;
 use crate::json::{metric_reason, parse_body_limited, BodyLimits, EventError, Rejection};
 use crate::producer::{ProducerOptions, SendAllError, UsageProducer};
 use axum::extract::{Request, State};
@@ -20,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+use runtime::events::InternalEvent;
 use runtime::ops::{register, BoxFuture, Check, Ops, Readiness};
 use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,7 +43,7 @@ struct Metrics {
 }
 
 impl Metrics {
-    /// Every metric, registered (`runtime::ops::register`).
+    /// Every metric, registered (`runtime::ops::register`), and the internal events' counter.
     fn try_new() -> prometheus::Result<Self> {
         let registry = Registry::new();
         let r = &registry;
@@ -75,6 +77,7 @@ impl Metrics {
         )?;
         let bodies_held =
             register(r, IntGauge::new("ingest_body_bytes_held", "Bytes of request bodies held now (max_bodies_bytes bounds it)"))?;
+        runtime::events::register(r)?;
         Ok(Metrics { registry, accepted, rejected, requests, produce_seconds, inflight, budget_refused, bodies_held })
     }
 }
@@ -102,7 +105,7 @@ struct KeyIndex(usize);
 
 /// Build the gateway's router (also used by tests).
 pub fn router(cfg: IngestConfig) -> Result<Router, crate::IngestError> {
-    cfg.validate().map_err(crate::IngestError::Config)?;
+    cfg.validate().map_err(|e| crate::IngestError::Config(e.into_message()))?;
     let producer = UsageProducer::new(
         &cfg.kafka,
         ProducerOptions {
@@ -130,7 +133,7 @@ pub async fn serve(cfg: IngestConfig, shutdown: impl std::future::Future<Output 
     let listen = cfg.listen.clone();
     let app = router(cfg)?;
     let listener = tokio::net::TcpListener::bind(&listen).await?;
-    tracing::info!(listen = %listen, "IngestListening");
+    events::IngestListening { listen: &listen }.emit();
     runtime::serve::serve(listener, app, runtime::serve::Timeouts::default(), shutdown).await?;
     Ok(())
 }
@@ -187,7 +190,7 @@ async fn post_usage(
                 }
             };
             s.metrics.budget_refused.with_label_values(&[scope]).inc();
-            tracing::warn!(scope, "BodyBudgetSpent: a request was refused unread");
+            events::BodyBudgetSpent { scope }.emit();
             with_retry_after(error_reply(status, format!("{what}; nothing was read, retry later"), None), 1)
         }
         Err(Unread::Reply(r)) => {
@@ -331,7 +334,7 @@ async fn handle_usage(s: &AppState, headers: &HeaderMap, body: Vec<u8>) -> Respo
         Err(SendAllError::Kafka(e)) if crate::producer::is_record_error(&e) => {
             // the broker is up and refused one of this request's records
             s.metrics.rejected.with_label_values(&["kafka_refused_record"]).inc_by(events.len() as u64);
-            tracing::warn!(error = %e, events = events.len(), "RecordRefused");
+            events::RecordRefused { error: &e, events: events.len() }.emit();
             error_reply(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 format!("Kafka refused a record of this request ({e}); some events may have been written, none will be counted twice if the request is fixed and re-sent"),
@@ -341,7 +344,7 @@ async fn handle_usage(s: &AppState, headers: &HeaderMap, body: Vec<u8>) -> Respo
         Err(SendAllError::Kafka(e)) => {
             s.broker_down.store(true, Ordering::Relaxed);
             s.metrics.rejected.with_label_values(&["kafka_unavailable"]).inc_by(events.len() as u64);
-            tracing::warn!(error = %e, events = events.len(), "ProduceFailed");
+            events::ProduceFailed { error: &e, events: events.len() }.emit();
             with_retry_after(
                 error_reply(
                     StatusCode::SERVICE_UNAVAILABLE,

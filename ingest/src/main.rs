@@ -40,7 +40,7 @@ fn main() -> Result<()> {
         Cmd::Serve => {
             let cfg: IngestConfig = runtime::config::load(cli.config.as_deref(), "INGEST")?;
             runtime::telemetry::init_tracing(cfg.json_logs);
-            cfg.validate().map_err(anyhow::Error::msg).context("invalid configuration")?;
+            cfg.validate().context("invalid configuration")?;
             rt.block_on(ingest::http::serve(cfg, runtime::shutdown_signal()))
         }
         Cmd::Replay { file, brokers, topic } => {

@@ -55,6 +55,7 @@ pub fn digest(s: &str) -> [u8; 32] {
 }
 
 impl KeySet {
+    /// The set of `keys`, each kept as its SHA-256 digest only.
     pub fn new<S: AsRef<str>>(keys: &[S]) -> Self {
         KeySet(keys.iter().map(|k| digest(k.as_ref())).collect())
     }
@@ -84,10 +85,6 @@ impl KeySet {
             }
         }
         at
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
     }
 }
 

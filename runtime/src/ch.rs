@@ -11,6 +11,7 @@
 //! for the [`Layout`] (one server, or a sharded and replicated cluster:
 //! `warehouse::cluster`).
 
+use crate::events::{self, InternalEvent};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -55,9 +56,12 @@ pub struct ClickHouseConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RightsCheck {
+    /// Log `ClickHouseUserExcessRights` (or `ClickHouseUserUnchecked`) and start all the same.
     #[default]
     Warn,
+    /// Refuse to start: [`ChError::ExcessRights`], or the error of a check that could not run.
     Refuse,
+    /// Do not check.
     Off,
 }
 
@@ -89,28 +93,67 @@ pub fn spilling(client: clickhouse::Client) -> clickhouse::Client {
 /// Errors of the ClickHouse helpers.
 #[derive(Debug, Error)]
 pub enum ChError {
+    /// A query failed, or ClickHouse could not be reached.
     #[error("ClickHouse: {0}")]
     ClickHouse(#[from] clickhouse::error::Error),
+    /// A database, cluster or lock name that is not a plain identifier ([`check_identifier`]); holds it.
     #[error("invalid database name {0:?}: use letters, digits and '_' only")]
     BadIdentifier(String),
+    /// An applied migration's file was edited since: never edit one, add a new migration.
     #[error("migration {version} ({name}) was applied with checksum {applied} but the file now has {current}; never edit an applied migration, add a new one")]
-    ChecksumMismatch { version: u32, name: String, applied: String, current: String },
+    ChecksumMismatch {
+        /// The migration's version.
+        version: u32,
+        /// The migration's name.
+        name: String,
+        /// The checksum recorded in `schema_migrations` when it was applied.
+        applied: String,
+        /// The checksum of the file in this build.
+        current: String,
+    },
+    /// A test stopped the migrations on purpose ([`migrate_interrupted`]), as a crash there would.
     #[error("migration {version} interrupted before statement {index} (on purpose, by a test)")]
-    Interrupted { version: u32, index: usize },
+    Interrupted {
+        /// The migration it stopped in.
+        version: u32,
+        /// The statement it stopped before, 1-based; one past the last: before the migration is recorded.
+        index: usize,
+    },
+    /// `SELECT version()` answered text that is not `MAJOR.MINOR...`; holds it.
     #[error("ClickHouse answered version {0:?}, which is not MAJOR.MINOR...")]
     Version(String),
+    /// A statement of a migration failed; once its cause is fixed, running the migrations again finishes the run.
     #[error("migration {version} ({name}), statement {index}: {source}")]
-    Statement { version: u32, name: String, index: usize, source: clickhouse::error::Error },
+    Statement {
+        /// The migration's version.
+        version: u32,
+        /// The migration's name.
+        name: String,
+        /// The failed statement's position in the migration, 1-based.
+        index: usize,
+        /// ClickHouse's error.
+        source: clickhouse::error::Error,
+    },
     /// ClickHouse did not answer in time: retry later.
     #[error("ClickHouse did not answer {0} in time")]
     Timeout(&'static str),
     /// The service's user has rights it does not need and
     /// `rights_check = "refuse"`: give the service its own user.
     #[error("ClickHouse user {user:?} has more rights than this service needs: {detail} (docs/security.md \"ClickHouse users\")")]
-    ExcessRights { user: String, detail: String },
+    ExcessRights {
+        /// The ClickHouse user's name.
+        user: String,
+        /// What it can do beyond the service's needs, one sentence each, joined by `; `.
+        detail: String,
+    },
     /// Stored state that cannot be read back: stop, do not guess.
     #[error("corrupt state in {table}: {detail}")]
-    Corrupt { table: &'static str, detail: String },
+    Corrupt {
+        /// The table that holds it.
+        table: &'static str,
+        /// What is wrong, and what to do about it.
+        detail: String,
+    },
 }
 
 /// A Kafka partition as the seals name it: `(topic, partition)`.
@@ -122,7 +165,9 @@ pub type PartitionKey = (String, u32);
 /// bound and whether the legacy log tables are drained.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Sealed {
+    /// The seal's sequence number; 0 before the first seal.
     pub seq: u64,
+    /// Per partition, the checkpoint position up to which its log rows are sealed; empty before the first seal.
     pub sealed_to: std::collections::BTreeMap<PartitionKey, u64>,
     /// No row of the tail was inserted before this time (Unix seconds; 0:
     /// no bound): the tails read the log from its hour on.
@@ -312,7 +357,9 @@ impl ClickHouseConfig {
 /// A ClickHouse server's version, as `SELECT version()` answers it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ServerVersion {
+    /// The first number, e.g. 18 of `18.16.1`.
     pub major: u32,
+    /// The second number, e.g. 16 of `18.16.1`.
     pub minor: u32,
 }
 
@@ -340,8 +387,17 @@ pub async fn server_version(client: &clickhouse::Client) -> Result<ServerVersion
 /// How the tables are laid out (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Layout {
+    /// One server: every table under its contract name (`clickhouse.cluster` empty).
     Single,
-    Cluster { cluster: String, replicated: bool, on_cluster: bool },
+    /// A sharded cluster: each table a local `T_local` on every server and a `Distributed` table `T` over them.
+    Cluster {
+        /// The cluster's name in the servers' `remote_servers`; a plain identifier.
+        cluster: String,
+        /// The local tables are `Replicated*MergeTree` (needs ClickHouse Keeper or ZooKeeper).
+        replicated: bool,
+        /// The DDL runs `ON CLUSTER` (distributed DDL); off: on the server it is sent to only.
+        on_cluster: bool,
+    },
 }
 
 /// The identifier at the start of `rest` (a table or column name after
@@ -356,6 +412,7 @@ pub fn leading_identifier(rest: &str) -> &str {
 /// owns both: `warehouse::SCHEMA`).
 #[derive(Debug, Clone, Copy)]
 pub struct Schema {
+    /// Every migration, in ascending version order.
     pub migrations: &'static [Migration],
     /// The statements of a migration for a layout, `{db}` replaced.
     pub render: fn(&Migration, &str, &Layout) -> Vec<String>,
@@ -364,8 +421,11 @@ pub struct Schema {
 /// One migration file.
 #[derive(Debug, Clone, Copy)]
 pub struct Migration {
+    /// Its number: unique, ascending, recorded in `{db}.schema_migrations` once applied.
     pub version: u32,
+    /// Short name: its file's name after the number (e.g. `contract_tables`).
     pub name: &'static str,
+    /// The file's text: statements ended by `;` at the end of a line, `{db}` for the database.
     pub sql: &'static str,
     /// Checksums of earlier texts of this file that are accepted as applied.
     /// Only for a file whose first text could not run on every supported
@@ -441,7 +501,9 @@ struct AppliedRow {
 /// What [`migrate`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MigrationReport {
+    /// Versions this run applied, in order.
     pub applied: Vec<u32>,
+    /// Versions found already recorded (their checksums checked), in order.
     pub already: Vec<u32>,
 }
 
@@ -449,7 +511,7 @@ pub struct MigrationReport {
 ///
 /// A migration is recorded after its last statement. Every statement can be
 /// run again after a failure at any point (`IF NOT EXISTS`, drop before
-/// create, inserts that skip what exists, and [`already_done`] for renames
+/// create, inserts that skip what exists, and `already_done` for renames
 /// and added columns), so a failed run is finished by running `migrate` again.
 pub async fn migrate(cfg: &ClickHouseConfig, schema: &Schema) -> Result<MigrationReport, ChError> {
     migrate_until(cfg, schema, None).await
@@ -555,7 +617,7 @@ pub async fn ddl_lock(
             .await?
             .unwrap_or(0);
         if stale_secs == 0 || age > stale_secs {
-            tracing::warn!(database = db, lock = name, age_secs = age, "LockTakenOver: its holder did not finish; taking the lock over");
+            events::LockTakenOver { database: db, lock: name, age_secs: age }.emit();
             ddl_unlock(server, db, name, on).await;
             continue;
         }
@@ -563,7 +625,7 @@ pub async fn ddl_lock(
             return Ok(false);
         }
         if waited_log.elapsed() > std::time::Duration::from_secs(10) {
-            tracing::info!(database = db, lock = name, held_secs = age, "LockWaiting: another process holds it");
+            events::LockWaiting { database: db, lock: name, held_secs: age }.emit();
             waited_log = std::time::Instant::now();
         }
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -574,7 +636,7 @@ pub async fn ddl_lock(
 /// goes stale and is taken over).
 pub async fn ddl_unlock(server: &clickhouse::Client, db: &str, name: &str, on: &str) {
     if let Err(e) = server.query(&format!("DROP TABLE IF EXISTS {db}.{name}{on}")).execute().await {
-        tracing::warn!(database = db, lock = name, error = %e, "LockNotReleased: the next holder takes it over once stale");
+        events::LockNotReleased { database: db, lock: name, error: &e }.emit();
     }
 }
 
@@ -607,7 +669,7 @@ async fn apply(
                 return Err(ChError::Interrupted { version: m.version, index: index + 1 });
             }
             if already_done(server, db, stmt).await? {
-                tracing::info!(version = m.version, statement = index + 1, "MigrationStatementAlreadyApplied");
+                events::MigrationStatementAlreadyApplied { version: m.version, statement: index + 1 }.emit();
                 continue;
             }
             if let Err(source) = server.query(stmt).execute().await {
@@ -620,7 +682,7 @@ async fn apply(
                 // background. Such a statement counts as done once it shows.
                 let timed_out = matches!(layout, Layout::Cluster { .. }) && source.to_string().contains("Code: 159");
                 if timed_out && already_done(server, db, stmt).await? {
-                    tracing::warn!(version = m.version, statement = index + 1, error = %source, "MigrationStatementTimedOutButApplied");
+                    events::MigrationStatementTimedOutButApplied { version: m.version, statement: index + 1, error: &source }.emit();
                     continue;
                 }
                 return Err(ChError::Statement { version: m.version, name: m.name.into(), index: index + 1, source });
@@ -640,7 +702,7 @@ async fn apply(
             .bind(m.checksum())
             .execute()
             .await?;
-        tracing::info!(version = m.version, name = m.name, "MigrationApplied");
+        events::MigrationApplied { version: m.version, name: m.name }.emit();
         report.applied.push(m.version);
     }
     Ok(report)

@@ -11,16 +11,48 @@ use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
+/// Why a service's configuration could not be loaded: it does not start.
 #[derive(Debug, Error)]
 pub enum ConfigError {
+    /// The config file could not be read.
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        /// The file, as given.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML, or not a valid configuration on its own (e.g. an unknown key).
     #[error("config file {path}: {message}")]
-    File { path: PathBuf, message: String },
+    File {
+        /// The file, as given.
+        path: PathBuf,
+        /// What is wrong, with its line and column.
+        message: String,
+    },
+    /// An environment override could not be applied (an empty key segment, or a key under a value that is not a section).
     #[error("environment variable {var}: {message}")]
-    Env { var: String, message: String },
+    Env {
+        /// The variable's name, e.g. `INGEST__API_KEYS`.
+        var: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The file and overrides together do not make a valid configuration (a
+    /// wrong or missing value, or a service's own check of it); holds why.
     #[error("configuration: {0}")]
     Invalid(String),
+}
+
+impl ConfigError {
+    /// The message without the `configuration:` prefix, for an error type
+    /// that adds its own.
+    pub fn into_message(self) -> String {
+        match self {
+            ConfigError::Invalid(message) => message,
+            e => e.to_string(),
+        }
+    }
 }
 
 /// Load `T` from `path` (optional) and `PREFIX__...` environment variables.

@@ -12,7 +12,7 @@ pub struct Probe {
 }
 
 impl Probe {
-    pub fn new(ttl: Duration) -> Self {
+    pub(crate) fn new(ttl: Duration) -> Self {
         Probe { ttl, last: tokio::sync::Mutex::new(None) }
     }
 

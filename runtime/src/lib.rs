@@ -3,15 +3,19 @@
 //! loading ([`config`]), tracing ([`telemetry`]), bearer credentials
 //! ([`auth`]), HTTP serving with slow-client limits ([`serve`]), cached
 //! health probes ([`health`]), the check of a service's ClickHouse user
-//! ([`rights`]), CSV cells ([`csv`]), the test hooks ([`fault`], only with
+//! ([`rights`]), CSV cells ([`csv`]), internal events that log and count
+//! ([`events`]), the test hooks ([`fault`], only with
 //! the `fault-injection` feature) and the shutdown signal
 //! ([`shutdown_signal`]). The contract itself (event, codec, validation) is
 //! the `schemas` crate.
+
+#![warn(missing_docs)]
 
 pub mod auth;
 pub mod ch;
 pub mod config;
 pub mod csv;
+pub mod events;
 pub mod fault;
 pub mod health;
 pub mod kafka;
@@ -30,5 +34,5 @@ pub async fn shutdown_signal() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
-    tracing::info!("ShutdownRequested");
+    events::InternalEvent::emit(events::ShutdownRequested);
 }

@@ -29,7 +29,9 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// What a probe found of one dependency (`name`: `kafka`, `clickhouse`, ...).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Check {
+    /// The dependency: its key in the `/healthz` body.
     pub name: &'static str,
+    /// `Ok` when reachable; else why not (the key's value, and `/healthz` answers 503).
     pub result: Result<(), String>,
 }
 
@@ -37,7 +39,9 @@ pub struct Check {
 /// `/readyz` body adds.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Readiness {
+    /// Why not ready, one sentence each; empty: ready (`/readyz` answers 200).
     pub reasons: Vec<String>,
+    /// Further keys of the `/readyz` body (e.g. the aggregator's `assignedPartitions`).
     pub extra: Map<String, Value>,
 }
 

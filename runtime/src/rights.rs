@@ -17,6 +17,7 @@
 //! default, or a refusal to start.
 
 use crate::ch::{ChError, ClickHouseConfig, RightsCheck};
+use crate::events::{self, InternalEvent};
 
 /// What a service does with its database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,7 +81,7 @@ pub async fn check_rights(cfg: &ClickHouseConfig, access: Access, service: &str)
     };
     match checked {
         Ok(excess) if excess.is_empty() => {
-            tracing::info!(service, user = %user, ?access, "ClickHouseUserChecked");
+            events::ClickHouseUserChecked { service, user: &user, access: &access }.emit();
             Ok(())
         }
         Ok(excess) => {
@@ -88,15 +89,12 @@ pub async fn check_rights(cfg: &ClickHouseConfig, access: Access, service: &str)
             if cfg.rights_check == RightsCheck::Refuse {
                 return Err(ChError::ExcessRights { user: user.clone(), detail });
             }
-            tracing::warn!(
-                service, user = %user, ?access, excess = %detail,
-                "ClickHouseUserExcessRights: this service's ClickHouse user has more rights than it needs; give it its own user (docs/security.md \"ClickHouse users\"), or set clickhouse.rights_check = \"refuse\" to stop instead"
-            );
+            events::ClickHouseUserExcessRights { service, user: &user, access: &access, excess: &detail }.emit();
             Ok(())
         }
         Err(e) if cfg.rights_check == RightsCheck::Refuse => Err(e),
         Err(e) => {
-            tracing::warn!(service, user = %user, error = %e, "ClickHouseUserUnchecked: could not check the rights of this service's ClickHouse user");
+            events::ClickHouseUserUnchecked { service, user: &user, error: &e }.emit();
             Ok(())
         }
     }

@@ -4,6 +4,7 @@
 //! (`axum::serve` sets no timer, so hyper's header timeout never fires there.)
 //! Every request carries its peer's address as `ConnectInfo<SocketAddr>`.
 
+use crate::events::{self, InternalEvent};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -45,7 +46,7 @@ pub async fn serve(
                 Ok(a) => a,
                 Err(e) => {
                     // e.g. too many open files: back off instead of spinning
-                    tracing::warn!(error = %e, "accept failed");
+                    events::AcceptFailed { error: &e }.emit();
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -64,7 +65,7 @@ pub async fn serve(
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+                events::ConnectionFailed { error: &e }.emit();
             }
         });
     }

@@ -37,14 +37,24 @@ pub const CURRENT_VERSION: &str = "v1";
 /// the consumer: it is dead-lettered with [`DecodeError::reason`].
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum DecodeError {
+    /// The message is shorter than the header; holds its length in bytes.
     #[error("message is {0} bytes, shorter than the 10-byte single-object header")]
     TooShort(usize),
+    /// The message does not open with [`MAGIC`]; holds its first two bytes.
     #[error("message does not start with the single-object marker C3 01 (found {0:02x} {1:02x})")]
     BadMagic(u8, u8),
+    /// The header's writer schema fingerprint (held, in wire order) is none of [`SCHEMA_VERSIONS`]'.
     #[error("unknown writer schema fingerprint {}", hex(.0))]
     UnknownFingerprint([u8; 8]),
+    /// The body does not decode as the writer schema (or resolve to the current one).
     #[error("malformed Avro body at field `{field}`: {reason}")]
-    Malformed { field: &'static str, reason: String },
+    Malformed {
+        /// The schema field being read when decoding failed (`record` for the whole record).
+        field: &'static str,
+        /// What was wrong there.
+        reason: String,
+    },
+    /// The body decoded, with this many bytes left over after the record.
     #[error("{0} unexpected bytes after the end of the record")]
     TrailingBytes(usize),
 }
@@ -67,8 +77,11 @@ fn hex(b: &[u8]) -> String {
 /// A known writer schema.
 #[derive(Debug, Clone)]
 pub struct SchemaVersion {
+    /// The version's name in [`SCHEMA_VERSIONS`], e.g. `v1`.
     pub name: &'static str,
+    /// The parsed writer schema.
     pub schema: Schema,
+    /// Its CRC-64-AVRO fingerprint in wire order, as in a message's header ([`fingerprint()`]).
     pub fingerprint: [u8; 8],
 }
 
@@ -90,7 +103,7 @@ impl Default for Codec {
 ///
 /// apache-avro's `canonical_form()` strips `logicalType` but leaves the
 /// wrapper object, writing `{"type":"long"}` where the specification's
-/// [PRIMITIVES] rule asks for `"long"` (Python's `avro` package does the
+/// \[PRIMITIVES\] rule asks for `"long"` (Python's `avro` package does the
 /// same; Java's `SchemaNormalization` follows the rule). The contract's test
 /// vector follows the specification, so the wrappers are reduced here. Named
 /// types always carry `"name"` first, so only bare primitive wrappers match.

@@ -13,10 +13,15 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Protocol {
+    /// `WEBRTC`: WebRTC, negotiated other than by WHEP.
     Webrtc,
+    /// `WHEP`: WebRTC playback negotiated over WHEP (WebRTC-HTTP Egress Protocol).
     Whep,
+    /// `RTMP`: Real-Time Messaging Protocol.
     Rtmp,
+    /// `SRT`: Secure Reliable Transport.
     Srt,
+    /// `OTHER`: any other protocol; the schema's default.
     #[default]
     Other,
 }
@@ -41,10 +46,11 @@ impl Protocol {
         self as u8
     }
 
-    pub fn from_index(i: i64) -> Option<Protocol> {
+    pub(crate) fn from_index(i: i64) -> Option<Protocol> {
         usize::try_from(i).ok().and_then(|i| Self::ALL.get(i).copied())
     }
 
+    /// The protocol of Avro symbol `s` (`WHEP`, ...; exact case); `None` for an unknown symbol.
     pub fn from_symbol(s: &str) -> Option<Protocol> {
         Self::ALL.into_iter().find(|p| p.as_str() == s)
     }
@@ -59,21 +65,33 @@ impl fmt::Display for Protocol {
 /// Bytes exchanged with one viewer connection during one reporting interval.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ViewerUsage<'a> {
+    /// Connection id assigned by the media server, unique per viewer connection; the record's Kafka key.
     pub viewer_id: Cow<'a, str>,
+    /// Report number within the connection: 0 for the first, +1 for each next; `(viewer_id, seq)` identifies the event. Never negative.
     pub seq: i64,
     /// Inclusive start of the interval, UTC epoch milliseconds.
     pub interval_start: i64,
     /// Exclusive end of the interval, UTC epoch milliseconds.
     pub interval_end: i64,
+    /// Egress bytes sent to the viewer in the interval: what is billed. Never negative.
     pub bytes_out: i64,
+    /// Ingress bytes received from the viewer in the interval (RTCP, data channel). Never negative.
     pub bytes_in: i64,
+    /// Account that owns the stream (the content owner).
     pub account_id: Cow<'a, str>,
+    /// Name of the stream the viewer watches, within `account_id`.
     pub stream_name: Cow<'a, str>,
+    /// Origin cluster region of the stream, e.g. `fra-1`.
     pub cluster: Cow<'a, str>,
+    /// Media server instance that measured the bytes.
     pub server_id: Cow<'a, str>,
+    /// Transport protocol of the viewer connection.
     pub protocol: Protocol,
+    /// Id of the Subscribe token the viewer connected with (the parent token, for a self-signed one), if any.
     pub token_id: Option<i64>,
+    /// Distribution channel (syndication partner) the viewer is attributed to; `None` for untracked viewers. At most 128 characters.
     pub tracking_id: Option<Cow<'a, str>>,
+    /// Opaque per-viewer attribution set by the distributor in a self-signed token; at most 1024 characters.
     pub custom_viewer_data: Option<Cow<'a, str>>,
 }
 

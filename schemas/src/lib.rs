@@ -4,6 +4,8 @@
 //! and limits. No I/O: the shared runtime (ClickHouse, Kafka, config,
 //! telemetry, credentials, HTTP serving) is the `runtime` crate.
 
+#![warn(missing_docs)]
+
 pub mod codec;
 pub mod event;
 pub mod validate;

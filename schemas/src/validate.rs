@@ -51,7 +51,9 @@ impl Default for Rules {
 /// One broken rule: which field and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FieldError {
+    /// The field that breaks the rule, by its schema name (e.g. `bytes_out`).
     pub field: &'static str,
+    /// Why, in plain words, without the field name (e.g. `must be >= 0, got -1`).
     pub reason: String,
     /// [`CODE_TOO_LARGE`] or [`CODE_INVALID`] (not serialised: the text says it).
     #[serde(skip)]

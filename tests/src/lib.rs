@@ -17,6 +17,42 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+/// Turns at the shared stack. The suites are modules of one test binary
+/// (`tests/tests/it`), whose tests run two at a time: every test holds
+/// [`turns::shared`] while it runs, and the few that stop a server every
+/// test uses (ClickHouse, the broker) hold [`turns::exclusive`] instead, so
+/// no other test meets their outage. The tests that break a replica of the
+/// cluster take [`turns::replica_faults`] too.
+pub mod turns {
+    use tokio::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+    static STACK: RwLock<()> = RwLock::const_new(());
+    static REPLICA_FAULTS: Mutex<()> = Mutex::const_new(());
+
+    /// A turn at the stack alongside other tests (a test that panicked
+    /// while holding a turn does not stop the others).
+    pub async fn shared() -> RwLockReadGuard<'static, ()> {
+        STACK.read().await
+    }
+
+    /// [`shared`], for a test that is not async.
+    pub fn shared_blocking() -> RwLockReadGuard<'static, ()> {
+        STACK.blocking_read()
+    }
+
+    /// The stack alone: for a test that stops one of its servers.
+    pub async fn exclusive() -> RwLockWriteGuard<'static, ()> {
+        STACK.write().await
+    }
+
+    /// The tests that break a replica (stop it, stop its fetches) or need
+    /// every replica up take turns: each expects the replicas as the last
+    /// one left them.
+    pub async fn replica_faults() -> MutexGuard<'static, ()> {
+        REPLICA_FAULTS.lock().await
+    }
+}
+
 pub fn brokers() -> String {
     std::env::var("METERING_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
@@ -463,6 +499,29 @@ pub fn iso_ms(ms: i64) -> String {
 /// A TCP port on 127.0.0.1 that was free a moment ago (for a child process to listen on).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A valid event of `viewer`, number `seq`: `bytes_out` bytes in the 10 s
+/// from `start_ms`, and plain values elsewhere (account `acct`, stream
+/// `live`, cluster `fra-1`, server `srv`, WHEP, no token, tracking id or
+/// viewer data) that a test changes with `ViewerUsage { field, ..usage_event(...) }`.
+pub fn usage_event(viewer: &str, seq: i64, start_ms: i64, bytes_out: i64) -> schemas::OwnedViewerUsage {
+    schemas::ViewerUsage {
+        viewer_id: viewer.to_string().into(),
+        seq,
+        interval_start: start_ms,
+        interval_end: start_ms + 10_000,
+        bytes_out,
+        bytes_in: 0,
+        account_id: "acct".into(),
+        stream_name: "live".into(),
+        cluster: "fra-1".into(),
+        server_id: "srv".into(),
+        protocol: schemas::Protocol::Whep,
+        token_id: None,
+        tracking_id: None,
+        custom_viewer_data: None,
+    }
 }
 
 /// Serve `app` on a free loopback port: its base URL (`http://127.0.0.1:N`,

@@ -1,9 +1,9 @@
 //! The schema on a sharded (and by default replicated) cluster.
 //!
 //! The migration files describe the single-server layout. With
-//! `clickhouse.cluster` set, each statement is read into a [`Statement`]
+//! `clickhouse.cluster` set, each statement is read into a `Statement`
 //! (what it creates, drops, renames or alters) and rendered for the
-//! [`Target`]: every table `T` becomes a local table `T_local`
+//! `Target`: every table `T` becomes a local table `T_local`
 //! (`Replicated*MergeTree`, or the plain engine when `replicated` is off) on
 //! every server, plus a `Distributed` table `T` over the cluster under the
 //! contract name, so readers and writers keep using `T`. Materialized views
@@ -19,7 +19,7 @@ use runtime::ch::{leading_identifier, Layout, Migration};
 /// A single-server migration statement, as far as its cluster rendering
 /// depends on it. Names are without the `{db}.` prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Statement<'a> {
+pub(crate) enum Statement<'a> {
     /// `CREATE TABLE IF NOT EXISTS db.name <columns>ENGINE = <engine>(<args>)<tail>`
     /// (`columns` keeps its text up to `ENGINE = `; `args` is empty for an
     /// engine without arguments).
@@ -128,7 +128,7 @@ pub fn sharding_key(table: &str) -> &'static str {
 /// tables are replicated and its DDL distributed (`ON CLUSTER`), and the
 /// migration's version (it names the Keeper paths from migration 10 on).
 #[derive(Debug, Clone, Copy)]
-pub struct Target<'a> {
+pub(crate) struct Target<'a> {
     pub db: &'a str,
     pub cluster: &'a str,
     pub replicated: bool,

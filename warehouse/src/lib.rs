@@ -9,11 +9,13 @@
 //! the log tables, dead letters, dedup snapshots and checkpoints) and
 //! billing (`billing::store`: invoices, lines, the ledger and adjustments),
 //! each layout tested against the migrated table
-//! (`tests/tests/foundation.rs`). The sealed tables are written by
+//! (`tests/tests/it/foundation.rs`). The sealed tables are written by
 //! `INSERT ... SELECT` from the logs (`aggregator::seal`). Which table holds
 //! what, its grain and retention, and which question it answers fastest:
 //! `docs/clickhouse.md`. The Avro event contract is elsewhere:
 //! `schemas/`.
+
+#![warn(missing_docs)]
 
 pub mod cluster;
 pub mod tables;

@@ -2,7 +2,7 @@
 //! with their ClickHouse types, in the order its writer encodes them
 //! (`aggregator::tables` for the aggregator's row encoders and `INSERT`
 //! column lists, `billing::store` for billing's row structs, each bound to
-//! its layout by a unit test). `tests/tests/foundation.rs` checks every
+//! its layout by a unit test). `tests/tests/it/foundation.rs` checks every
 //! layout of [`WRITTEN`] against the migrated table.
 
 /// A table as its writer sees it.

@@ -31,6 +31,7 @@
 //!   against the rate card named by `billing_rates`.
 
 use crate::app::{fail, success, AppState, Reply, Scope};
+use crate::events;
 pub mod session;
 
 use self::session::{OpenRefused, Role, Session, COOKIE};
@@ -40,6 +41,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use chrono::{DateTime, Utc};
+use runtime::events::InternalEvent;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -103,7 +105,7 @@ fn session_json(s: &Session) -> Value {
 pub(crate) async fn login(State(s): State<Arc<AppState>>, req: axum::extract::Request) -> Response {
     let addr = s.client_address(req.headers(), req.extensions());
     if let Some(r) = s.throttled(addr) {
-        tracing::info!("ConsoleSignInThrottled");
+        events::ConsoleSignInThrottled.emit();
         return r;
     }
     let Ok(body) = axum::body::to_bytes(req.into_body(), 64 * 1024).await else {
@@ -118,7 +120,7 @@ pub(crate) async fn login(State(s): State<Arc<AppState>>, req: axum::extract::Re
         Some(Role::Verify) => return fail(StatusCode::FORBIDDEN, "a verify-only secret cannot sign in to the console"),
         Some(r) => r,
         None => {
-            tracing::info!("ConsoleSignInRefused");
+            events::ConsoleSignInRefused.emit();
             return fail(StatusCode::UNAUTHORIZED, "unknown API secret");
         }
     };
@@ -127,14 +129,14 @@ pub(crate) async fn login(State(s): State<Arc<AppState>>, req: axum::extract::Re
         Ok(opened) => opened,
         Err(OpenRefused::Full) => return crate::app::error_body(StatusCode::SERVICE_UNAVAILABLE, "too many console sessions; retry later"),
         Err(OpenRefused::Store(e)) => {
-            tracing::error!(error = %e, "ConsoleSessionOpenFailed");
+            events::ConsoleSessionOpenFailed { error: &e }.emit();
             return crate::app::error_body(StatusCode::SERVICE_UNAVAILABLE, "the session store failed; retry later");
         }
     };
     let session = Session { role, csrf: stored.csrf, expires: stored.expires };
     let secure = if s.console.secure_cookie { "; Secure" } else { "" };
     let set = format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}", s.console.session_secs);
-    tracing::info!(role = ?matches!(session.role, Role::Admin), "ConsoleSignedIn");
+    events::ConsoleSignedIn { admin: matches!(session.role, Role::Admin) }.emit();
     let mut r = success(session_json(&session));
     if let Ok(v) = HeaderValue::from_str(&set) {
         r.headers_mut().insert(header::SET_COOKIE, v);
@@ -226,7 +228,7 @@ fn visible_partners(s: &AppState, scope: &Scope) -> Option<Vec<String>> {
 }
 
 fn ch_error(e: clickhouse::error::Error) -> Reply {
-    tracing::error!(error = %e, "InvoiceQueryFailed");
+    events::InvoiceQueryFailed { error: &e }.emit();
     Reply::Internal("invoice store unavailable".into())
 }
 
@@ -287,7 +289,7 @@ pub(crate) async fn invoice_file(
     let row = row.filter(|r| visible_partners(&s, &scope).is_none_or(|v| v.contains(&r.partner_id)));
     let row = row.ok_or_else(|| Reply::BadRequest(format!("invoice: {number:?} not found")))?;
     let inv = billing::invoice::Invoice::from_json(&row.document).map_err(|e| {
-        tracing::error!(error = %e, number, "InvoiceDocumentUnreadable");
+        events::InvoiceDocumentUnreadable { error: &e, number }.emit();
         Reply::Internal("invoice document unreadable".into())
     })?;
     let (ctype, body) = match ext {
@@ -327,7 +329,7 @@ pub(crate) async fn reconciliation(
         return Err(Reply::BadRequest("period: no rate card configured (set billing_rates) to reconcile".into()));
     };
     let checks = billing::run::reconcile_with(store, card, &period, billing::store::LogCounting::ReadOnly).await.map_err(|e| {
-        tracing::error!(error = %e, "ReconciliationFailed");
+        events::ReconciliationFailed { error: &e }.emit();
         Reply::Internal(format!("reconciliation failed: {e}"))
     })?;
     let ok = checks.iter().all(|c| c.ok);

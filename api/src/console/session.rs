@@ -2,9 +2,11 @@
 //! router's authentication (`app`) and the console's routes (`console`); a
 //! leaf (it uses neither).
 
+use crate::events;
 use crate::store::StoredSession;
 use axum::http::{header, HeaderMap, HeaderValue};
 use chrono::{DateTime, Utc};
+use runtime::events::InternalEvent;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
@@ -78,7 +80,7 @@ impl Sessions {
         match self.0.session(&digest(id), Utc::now()) {
             Ok(s) => s,
             Err(e) => {
-                tracing::error!(error = %e, "ConsoleSessionReadFailed");
+                events::ConsoleSessionReadFailed { error: &e }.emit();
                 None
             }
         }
@@ -87,7 +89,7 @@ impl Sessions {
     pub(crate) fn close(&self, headers: &HeaderMap) {
         if let Some(id) = cookie(headers, COOKIE) {
             if let Err(e) = self.0.close_session(&digest(id)) {
-                tracing::error!(error = %e, "ConsoleSessionCloseFailed");
+                events::ConsoleSessionCloseFailed { error: &e }.emit();
             }
         }
     }

@@ -33,11 +33,13 @@ mod sql;
 pub use records::RECORD_CSV_HEADER;
 
 use crate::app::{success, AppState, Reply, Scope, StatsErrors, Success};
+use crate::events;
 use crate::MAX_TRACKING_ID_CHARS;
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use axum::Extension;
 use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, SecondsFormat, TimeZone, Timelike, Utc};
+use runtime::events::InternalEvent;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use sql::Sql;
@@ -317,7 +319,7 @@ struct AggRow {
 }
 
 fn ch_error(e: clickhouse::error::Error) -> Reply {
-    tracing::error!(error = %e, "UsageQueryFailed");
+    events::UsageQueryFailed { error: &e }.emit();
     Reply::Internal("usage store unavailable".into())
 }
 

@@ -10,12 +10,14 @@ use super::{
     ch_error, check_ids, check_scope, required_time, By, MAX_IDS, MAX_RECORD_DAYS, MAX_RECORD_ROWS, SESSION_IDLE_SECS, SESSION_MARGIN_HOURS,
 };
 use crate::app::{AppState, Reply, Scope, StatsErrors};
+use crate::events;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use chrono::{DateTime, Duration, Utc};
+use runtime::events::InternalEvent;
 use schemas::WINDOW_SECS;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -352,13 +354,13 @@ fn stream_records<P: Send + 'static>(
             next = match cursor.next().await {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::error!(error = %e, "ViewerRecordsStreamFailed");
+                    events::ViewerRecordsStreamFailed { error: &e }.emit();
                     let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
                     return;
                 }
             };
         }
-        tracing::debug!(records = n, "ViewerRecordsSent");
+        events::ViewerRecordsSent { records: n }.emit();
     });
     futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
 }

@@ -11,11 +11,13 @@ use super::validate::{
 use super::verify::{VerifyError, Viewer};
 use super::{MAX_ITEMS_ON_PAGE, MAX_PLATFORM_ITEMS_ON_PAGE};
 use crate::app::{fail_body, iso_time, success, AppState, Fail, Reply, ServerError, Success, TokenErrors};
+use crate::events;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::Utc;
+use runtime::events::InternalEvent;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -117,7 +119,7 @@ fn delete<K: TokenKind + Answer>(s: &AppState, id: &str) -> Result<Response, Rep
     if !s.store.delete::<K>(id)? {
         return Err(not_found::<K>(id));
     }
-    tracing::info!(id, "{}TokenDeleted", K::KIND);
+    K::emit_deleted(id);
     Ok(success(json!(true)))
 }
 
@@ -134,7 +136,8 @@ pub(crate) async fn create_subscribe(State(s): State<Arc<AppState>>, body: Bytes
     }
     let common = b.common.validate(now)?;
     let t: SubscribeToken = s.store.create(NewSubscribeToken { common, tracking_id }, now)?;
-    tracing::info!(id = t.common.id, tracking_id = ?t.tracking_id, origin_cluster = %t.common.origin_cluster, "SubscribeTokenCreated");
+    events::SubscribeTokenCreated { id: t.common.id, tracking_id: t.tracking_id.as_deref(), origin_cluster: &t.common.origin_cluster }
+        .emit();
     Ok(success(subscribe_json(&t)))
 }
 
@@ -178,7 +181,7 @@ pub(crate) async fn update_subscribe(State(s): State<Arc<AppState>>, Path(id): P
             change.apply(&mut t.common)
         })?
         .ok_or_else(|| not_found::<SubscribeToken>(id))?;
-    tracing::info!(id, is_active = t.common.is_active, rotated = rotate, "SubscribeTokenUpdated");
+    events::SubscribeTokenUpdated { id, is_active: t.common.is_active, rotated: rotate }.emit();
     Ok(success(subscribe_json(&t)))
 }
 
@@ -199,7 +202,7 @@ pub(crate) async fn create_publish(State(s): State<Arc<AppState>>, body: Bytes) 
     let common = b.common.validate(now)?;
     let new = NewPublishToken { common, subscribe_requires_auth: b.subscribe_requires_auth.unwrap_or(false), options };
     let t: PublishToken = s.store.create(new, now)?;
-    tracing::info!(id = t.common.id, subscribe_requires_auth = t.subscribe_requires_auth, "PublishTokenCreated");
+    events::PublishTokenCreated { id: t.common.id, subscribe_requires_auth: t.subscribe_requires_auth }.emit();
     Ok(success(publish_json(&t)))
 }
 
@@ -242,7 +245,7 @@ pub(crate) async fn update_publish(State(s): State<Arc<AppState>>, Path(id): Pat
             change.apply(&mut t.common)
         })?
         .ok_or_else(|| not_found::<PublishToken>(id))?;
-    tracing::info!(id, is_active = t.common.is_active, subscribe_requires_auth = t.subscribe_requires_auth, "PublishTokenUpdated");
+    events::PublishTokenUpdated { id, is_active: t.common.is_active, subscribe_requires_auth: t.subscribe_requires_auth }.emit();
     Ok(success(publish_json(&t)))
 }
 
@@ -298,7 +301,7 @@ pub(crate) async fn verify_token(State(s): State<Arc<AppState>>, body: Bytes) ->
         Ok(a) => {
             s.metrics.verify.with_label_values(&[if a.is_some() { "ok" } else { "ok_untracked" }]).inc();
             let a = a.unwrap_or_default();
-            tracing::debug!(token_id = ?a.token_id, tracking_id = ?a.tracking_id, stream = %b.stream_name, "TokenVerified");
+            events::TokenVerified { token_id: a.token_id, tracking_id: a.tracking_id.as_deref(), stream: &b.stream_name }.emit();
             let data = VerifyData {
                 token_id: a.token_id,
                 tracking_id: a.tracking_id,
@@ -309,7 +312,7 @@ pub(crate) async fn verify_token(State(s): State<Arc<AppState>>, body: Bytes) ->
         }
         Err(e) => {
             s.metrics.verify.with_label_values(&[e.code()]).inc();
-            tracing::info!(code = e.code(), reason = %e, stream = %b.stream_name, cluster = %b.cluster, "TokenRefused");
+            events::TokenRefused { code: e.code(), reason: &e, stream: &b.stream_name, cluster: &b.cluster }.emit();
             if let VerifyError::Store(_) = e {
                 return Ok(crate::app::error_body(verify_status(&e), &e.to_string()));
             }

@@ -4,8 +4,10 @@
 //! [`super::validate`] builds them from request bodies, [`super::response`]
 //! answers them in the platform's shapes.
 
+use crate::events;
 use chrono::{DateTime, Utc};
 use rand::RngCore;
+use runtime::events::InternalEvent;
 use serde::{Deserialize, Serialize};
 
 /// One stream a token grants: an exact name, or a regular expression
@@ -47,7 +49,7 @@ impl StreamRule {
         let compiled = match Self::anchored_regex(pattern) {
             Ok(re) => Some(Arc::new(re)),
             Err(e) => {
-                tracing::warn!(pattern = %pattern, error = %e, "StoredRegexInvalid");
+                events::StoredRegexInvalid { pattern, error: &e }.emit();
                 None
             }
         };

@@ -3,6 +3,8 @@
 use super::model::{PublishToken, StreamRule, SubscribeToken, TokenCommon};
 use super::validate::PUBLISH_OPTIONS;
 use crate::app::iso_time;
+use crate::events;
+use runtime::events::InternalEvent;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
@@ -152,14 +154,19 @@ impl From<&PublishToken> for PublishTokenData {
 
 /// A token kind as the routes name and answer it.
 pub trait Answer {
-    /// `Subscribe` or `Publish`, in messages and log events.
+    /// `Subscribe` or `Publish`, in messages.
     const KIND: &'static str;
+    /// Emit the event of the deletion of token `id` (`SubscribeTokenDeleted`, `PublishTokenDeleted`).
+    fn emit_deleted(id: i64);
     /// The platform's JSON shape.
     fn to_json(&self) -> Value;
 }
 
 impl Answer for SubscribeToken {
     const KIND: &'static str = "Subscribe";
+    fn emit_deleted(id: i64) {
+        events::SubscribeTokenDeleted { id }.emit();
+    }
     fn to_json(&self) -> Value {
         subscribe_json(self)
     }
@@ -167,6 +174,9 @@ impl Answer for SubscribeToken {
 
 impl Answer for PublishToken {
     const KIND: &'static str = "Publish";
+    fn emit_deleted(id: i64) {
+        events::PublishTokenDeleted { id }.emit();
+    }
     fn to_json(&self) -> Value {
         publish_json(self)
     }

@@ -41,6 +41,7 @@
 //! (`token_required`) when a Publish token in force for the stream has
 //! `subscribeRequiresAuth`, and admitted untracked otherwise.
 
+use crate::events;
 use crate::tokens::model::{AccessRules, SubscribeToken};
 use crate::tokens::sign::{StreamingClaims, ViewerClaims, SUBSCRIBE_TOKEN_TYPE};
 use crate::tokens::store::TokenLookup;
@@ -51,6 +52,7 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use runtime::events::InternalEvent;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::net::IpAddr;
@@ -398,7 +400,7 @@ pub fn admit(
 }
 
 fn store_err(e: crate::store::StoreError) -> VerifyError {
-    tracing::error!(error = %e, "TokenStoreFailed");
+    events::TokenStoreFailed { error: &e }.emit();
     VerifyError::Store(e.to_string())
 }
 

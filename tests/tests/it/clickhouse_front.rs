@@ -30,6 +30,7 @@ async fn error_code(r: reqwest::Response) -> (String, String) {
 
 #[tokio::test]
 async fn ping_errors_with_their_code_and_a_query_in_the_url() {
+    let _stack = e2e::turns::shared().await;
     let url = clickhouse_url();
     let ping = http().get(format!("{url}/ping")).send().await.unwrap();
     assert_eq!(ping.status(), 200);
@@ -49,6 +50,7 @@ async fn ping_errors_with_their_code_and_a_query_in_the_url() {
 
 #[tokio::test]
 async fn typed_rows_round_trip_in_row_binary_with_the_database_parameter() {
+    let _stack = e2e::turns::shared().await;
     let db = test_db().await;
     let c = db.client();
     c.query("CREATE TABLE front_rows (id UInt64, name String, tags Array(Int64), at DateTime('UTC')) ENGINE = MergeTree ORDER BY id")
@@ -86,6 +88,7 @@ async fn typed_rows_round_trip_in_row_binary_with_the_database_parameter() {
 
 #[tokio::test]
 async fn settings_hold_for_their_query_alone_and_readonly_refuses_writes() {
+    let _stack = e2e::turns::shared().await;
     let db = test_db().await;
     let url = &db.url;
     let get = |q: &str, extra: &str| {

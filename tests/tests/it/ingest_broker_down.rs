@@ -1,13 +1,12 @@
 //! Kafka stopped under the gateway: requests are refused with 503 and
 //! Retry-After in bounded time (never a false 200), /healthz says so, and
-//! after Kafka is back every acknowledged event is on the topic. Runs alone
-//! in its test binary: it stops the shared broker.
+//! after Kafka is back every acknowledged event is on the topic. It holds the
+//! stack alone (`e2e::turns::exclusive`): it stops the shared broker.
 
 use e2e::*;
 use ingest::http::IngestConfig;
-use schemas::{Codec, OwnedViewerUsage, Protocol, ViewerUsage};
+use schemas::{Codec, OwnedViewerUsage, ViewerUsage};
 use serde_json::Value;
-use std::borrow::Cow;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
@@ -17,20 +16,12 @@ const PARTITIONS: i32 = 2;
 fn event(viewer: &str, seq: i64) -> OwnedViewerUsage {
     let start = chrono::Utc::now().timestamp_millis() / 1000 * 1000 - 600_000 + seq * 10_000;
     ViewerUsage {
-        viewer_id: Cow::Owned(viewer.to_string()),
-        seq,
-        interval_start: start,
-        interval_end: start + 10_000,
-        bytes_out: 500_000 + seq,
         bytes_in: 5_000,
         account_id: "acct-down".into(),
         stream_name: "live-0".into(),
-        cluster: "fra-1".into(),
         server_id: "srv-1".into(),
-        protocol: Protocol::Whep,
-        token_id: None,
         tracking_id: Some("acme-web".into()),
-        custom_viewer_data: None,
+        ..usage_event(viewer, seq, start, 500_000 + seq)
     }
 }
 
@@ -72,6 +63,7 @@ async fn read_topic(topic: &str, want: usize) -> Vec<OwnedViewerUsage> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_down_gives_503_with_retry_after_and_loses_nothing_acknowledged() {
+    let _stack = e2e::turns::exclusive().await;
     let topic = unique("ingest_down");
     create_topic(&topic, PARTITIONS).await;
     let mut cfg = IngestConfig::default();

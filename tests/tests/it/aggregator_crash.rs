@@ -25,6 +25,7 @@ fn fast_group() -> Vec<(&'static str, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_points_during_a_million_events_keeps_totals_exact() {
+    let _stack = e2e::turns::shared().await;
     let topic = unique("agg_kill");
     create_topic(&topic, 4).await;
     let db = test_db().await;
@@ -85,6 +86,7 @@ async fn sigkill_at_random_points_during_a_million_events_keeps_totals_exact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_aggregators_in_one_group_one_killed_mid_run() {
+    let _stack = e2e::turns::shared().await;
     let topic = unique("agg_group");
     create_topic(&topic, 4).await;
     let db = test_db().await;

@@ -83,6 +83,7 @@ fn round2(x: Decimal, dp: u32) -> Decimal {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invoices_match_the_simulated_usage_and_late_usage_becomes_an_adjustment() {
+    let _stack = e2e::turns::shared().await;
     let topic = unique("bill");
     create_topic(&topic, 2).await;
     let db = test_db().await;
@@ -222,6 +223,7 @@ async fn invoices_match_the_simulated_usage_and_late_usage_becomes_an_adjustment
 
 #[test]
 fn a_bad_rate_card_is_refused_with_its_line() {
+    let _stack = e2e::turns::shared_blocking();
     let dir = std::env::temp_dir().join(unique("badrates"));
     std::fs::create_dir_all(&dir).unwrap();
     let f = dir.join("rates.toml");

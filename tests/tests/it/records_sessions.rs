@@ -15,25 +15,16 @@ const SECRET: &str = "records-sessions-7f2d9a0c4e6b1835";
 
 fn event(viewer: &str, seq: i64, start_ms: i64) -> schemas::OwnedViewerUsage {
     schemas::ViewerUsage {
-        viewer_id: viewer.to_string().into(),
-        seq,
-        interval_start: start_ms,
-        interval_end: start_ms + 10_000,
-        bytes_out: 1_000 + seq,
         bytes_in: 7,
-        account_id: "acct".into(),
-        stream_name: "live".into(),
-        cluster: "fra-1".into(),
-        server_id: "srv".into(),
-        protocol: schemas::Protocol::Whep,
         token_id: Some(1),
         tracking_id: Some("sessions-partner".into()),
-        custom_viewer_data: None,
+        ..usage_event(viewer, seq, start_ms, 1_000 + seq)
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ongoing_and_completed_sessions() {
+    let _stack = e2e::turns::shared().await;
     let topic = unique("sessions");
     create_topic(&topic, 2).await;
     let db = test_db().await;

@@ -225,6 +225,7 @@ async fn issued_once(env: &Env, month: &str, usage: &BTreeMap<String, u64>, out:
 /// over one snapshot, repeated after more usage arrived, gives the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue_bills_once_across_a_crash_at_every_step_and_two_runs_at_once() {
+    let _stack = e2e::turns::shared().await;
     let topic = unique("ledger_crash");
     create_topic(&topic, 2).await;
     let env = Env::new(test_db().await, "ledger_crash");
@@ -330,6 +331,7 @@ fn grouped(d: Decimal) -> String {
 /// JSON says.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrections_in_both_directions_and_manual_credits_reach_the_next_invoice() {
+    let _stack = e2e::turns::shared().await;
     let topic = unique("ledger_fix");
     create_topic(&topic, 2).await;
     let env = Env::new(test_db().await, "ledger_fix");

@@ -64,6 +64,7 @@ struct Master {
 
 #[tokio::test]
 async fn partners_viewers_are_attributed_by_their_master_token() {
+    let _stack = e2e::turns::shared().await;
     let api = Api::start().await;
     let now = chrono::Utc::now();
 

@@ -258,6 +258,7 @@ async fn rows_without_checkpoint(db: &runtime::ch::ClickHouseConfig, table: Tabl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interleaved_days_with_late_duplicates_are_exact_in_every_table() {
+    let _stack = e2e::turns::shared().await;
     let topic = unique("eo_days");
     create_topic(&topic, 4).await;
     let db = test_db().await;
@@ -275,6 +276,7 @@ async fn interleaved_days_with_late_duplicates_are_exact_in_every_table() {
 /// horizon (`dedup_horizon_records`) keeps them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_stamped_with_event_time_still_dedup_exactly() {
+    let _stack = e2e::turns::shared().await;
     let topic = unique("eo_stamped");
     create_topic(&topic, 4).await;
     let db = test_db().await;
@@ -287,6 +289,7 @@ async fn records_stamped_with_event_time_still_dedup_exactly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_after_each_step_of_the_write_sequence_keeps_every_table_exact() {
+    let _stack = e2e::turns::shared().await;
     let topic = unique("eo_steps");
     create_topic(&topic, 4).await;
     let db = test_db().await;
@@ -336,6 +339,7 @@ async fn sigkill_after_each_step_of_the_write_sequence_keeps_every_table_exact()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_member_that_resumes_after_a_takeover_adds_nothing() {
+    let _stack = e2e::turns::shared().await;
     let topic = unique("eo_pause");
     create_topic(&topic, 4).await;
     let db = test_db().await;
@@ -410,6 +414,7 @@ async fn a_paused_member_that_resumes_after_a_takeover_adds_nothing() {
 /// and A's next flush is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_of_a_superseded_owner_after_the_claim_do_not_count() {
+    let _stack = e2e::turns::shared().await;
     let db = test_db().await;
     let topic = unique("eo_two");
     let (records, want) = interleaved_days(0x5eed_0004, &topic, 50, 40);
@@ -455,6 +460,7 @@ async fn writes_of_a_superseded_owner_after_the_claim_do_not_count() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkpoint_past_the_log_end_is_refused_not_reset() {
+    let _stack = e2e::turns::shared().await;
     let topic = unique("eo_past");
     create_topic(&topic, 2).await;
     let db = test_db().await;
@@ -524,6 +530,11 @@ async fn a_checkpoint_past_the_log_end_is_refused_not_reset() {
     let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.unwrap().text().await.unwrap();
     assert!(metrics.lines().any(|l| l == "aggregator_partitions_refused 1"), "{metrics}");
     assert!(metrics.lines().any(|l| l.starts_with("aggregator_offset_errors_total ") && !l.ends_with(" 0")), "{metrics}");
+    // the internal event is counted under its name, as often as it was logged
+    let text = std::fs::read_to_string(&log).unwrap();
+    let logged = text.lines().filter(|l| l.contains("PartitionRefused")).count();
+    let counted = format!("metering_internal_events_total{{event=\"PartitionRefused\"}} {logged}");
+    assert!(logged > 0 && metrics.lines().any(|l| l == counted), "{counted} in\n{metrics}");
     let text = std::fs::read_to_string(&log).unwrap();
     let line = text.lines().find(|l| l.contains("PartitionRefused")).unwrap_or_else(|| panic!("no PartitionRefused line in:\n{text}"));
     assert!(line.contains(&format!("checkpoint at offset {past}")) && line.contains(&format!("[0, {}]", high[1])), "{line}");
@@ -533,6 +544,7 @@ async fn a_checkpoint_past_the_log_end_is_refused_not_reset() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_over_the_byte_maximum_are_refused_at_every_entry_and_sums_never_wrap() {
+    let _stack = e2e::turns::shared().await;
     let topic = unique("eo_max");
     create_topic(&topic, 1).await;
     let db = test_db().await;
@@ -603,6 +615,7 @@ async fn events_over_the_byte_maximum_are_refused_at_every_entry_and_sums_never_
 /// its new claim finishes the stream exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_members_claiming_one_partition_at_once_count_nothing_twice() {
+    let _stack = e2e::turns::shared().await;
     let db = test_db().await;
     race(&db, &db).await;
     drop_db(&db).await;
@@ -612,6 +625,8 @@ async fn two_members_claiming_one_partition_at_once_count_nothing_twice() {
 /// two members reaching different servers of the partition's shard.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_members_claiming_one_partition_at_once_on_the_replicated_cluster_count_nothing_twice() {
+    let _stack = e2e::turns::shared().await;
+    let _replicas = e2e::turns::replica_faults().await;
     let database = unique("mtr_race");
     let db = on_cluster_server(0, &database);
     warehouse::migrate(&db).await.expect("migrations on the cluster (scripts/stack up --cluster)");

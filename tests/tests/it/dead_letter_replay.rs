@@ -6,27 +6,19 @@ use std::process::Command;
 use std::time::Duration;
 
 fn event(viewer: &str, seq: i64, bytes: i64, account: &str) -> schemas::OwnedViewerUsage {
-    let t = 1_790_000_000_000 + seq * 10_000;
     schemas::ViewerUsage {
-        viewer_id: viewer.to_string().into(),
-        seq,
-        interval_start: t,
-        interval_end: t + 10_000,
-        bytes_out: bytes,
         bytes_in: 1,
         account_id: account.to_string().into(),
-        stream_name: "live".into(),
-        cluster: "fra-1".into(),
-        server_id: "srv".into(),
         protocol: schemas::Protocol::Srt,
-        token_id: None,
         tracking_id: Some("replay-partner".into()),
         custom_viewer_data: Some("{\"u\":1}".into()),
+        ..usage_event(viewer, seq, 1_790_000_000_000 + seq * 10_000, bytes)
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fixed_dead_letters_are_reinjected_and_counted_once() {
+    let _stack = e2e::turns::shared().await;
     let topic = unique("dlq");
     create_topic(&topic, 2).await;
     let db = test_db().await;

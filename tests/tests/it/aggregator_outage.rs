@@ -1,5 +1,5 @@
-//! ClickHouse stopped for 20 s in the middle of a run. Runs alone in its test
-//! binary: it stops the shared ClickHouse server.
+//! ClickHouse stopped for 20 s in the middle of a run. It holds the stack
+//! alone (`e2e::turns::exclusive`): it stops the shared ClickHouse server.
 
 use e2e::*;
 use simulator::simulate::SimConfig;
@@ -7,6 +7,7 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clickhouse_down_for_20_seconds_mid_run_loses_and_doubles_nothing() {
+    let _stack = e2e::turns::exclusive().await;
     let topic = unique("agg_chdown");
     create_topic(&topic, 4).await;
     let db = test_db().await;

@@ -21,10 +21,6 @@ fn replica(cmd: &str, n: usize) -> bool {
     std::process::Command::new(root.join("scripts/stack")).args([cmd, &n.to_string()]).status().is_ok_and(|s| s.success())
 }
 
-/// The tests that break a replica (stop it, stop its fetches) take turns:
-/// each expects the others' replicas as it left them.
-static REPLICA_FAULTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 /// Starts replica `n` again when dropped, even if the test panics.
 struct ReplicaBack(usize);
 
@@ -66,9 +62,10 @@ async fn drop_everywhere(database: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_from_two_servers_at_once_make_one_schema_on_every_server() {
+    let _stack = e2e::turns::shared().await;
     // every server up: a replica stopped by another test holds the cluster's
     // DDL queue, which is not what this test is about
-    let _turn = REPLICA_FAULTS.lock().await;
+    let _turn = e2e::turns::replica_faults().await;
     let database = unique("mtr");
     let (a, b) = (on_server(0, &database), on_server(3, &database));
     let (ra, rb) = tokio::join!(warehouse::migrate(&a), warehouse::migrate(&b));
@@ -141,7 +138,8 @@ async fn exact_on_every_server(database: &str, runs: &[&Expected]) {
 /// new member finishes. Every view read through every server is exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exact_on_the_replicated_cluster_across_a_replica_outage_and_a_kill() {
-    let _turn = REPLICA_FAULTS.lock().await;
+    let _stack = e2e::turns::shared().await;
+    let _turn = e2e::turns::replica_faults().await;
     let (topic, database, db) = fresh("cl_eo").await;
     let sim = |seed: u64, run: &str| SimConfig {
         seed,
@@ -246,8 +244,9 @@ fn log_has(log: &std::path::Path, what: &str) -> bool {
 /// again, every view through every server is exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exact_on_the_replicated_cluster_through_a_kill_loop_and_a_lagging_replica() {
+    let _stack = e2e::turns::shared().await;
     use rand::Rng;
-    let _turn = REPLICA_FAULTS.lock().await;
+    let _turn = e2e::turns::replica_faults().await;
     let (topic, database, db) = fresh("cl_kill").await;
     let sim = |seed: u64, run: &str| SimConfig {
         seed,
@@ -312,4 +311,38 @@ async fn exact_on_the_replicated_cluster_through_a_kill_loop_and_a_lagging_repli
     drop(b);
     let _ = std::fs::remove_dir_all(&dir);
     drop_everywhere(&database).await;
+}
+
+/// A replica that dies on its own comes back, as systemd's `Restart=always`
+/// brings a production server back: ClickHouse 18.16's DDL worker can
+/// terminate a replica when both replicas of a shard take the same
+/// `ALTER ... ON CLUSTER` (its "Node exists" race), and the initiator's
+/// migration then completes once the replica is back and finishes the task.
+/// A replica stopped on purpose (`scripts/stack stop-replica`) stays down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_dies_comes_back_and_one_stopped_on_purpose_stays_down() {
+    let _stack = e2e::turns::shared().await;
+    let _turn = e2e::turns::replica_faults().await;
+    let _back = ReplicaBack(3);
+    let pid_file = repo_root().join(".stack/cluster/ch3.pid");
+    let Ok(pid) = std::fs::read_to_string(&pid_file) else {
+        eprintln!("skipped: the cluster was not started by scripts/stack (no {})", pid_file.display());
+        return;
+    };
+    let pid = pid.trim().to_string();
+    let ping = || async {
+        let url = format!("{}/?query=SELECT%201", cluster_servers()[2]);
+        reqwest::get(&url).await.map(|r| r.status().is_success()).unwrap_or(false)
+    };
+    assert!(ping().await, "replica 3 answers before");
+    assert!(std::process::Command::new("kill").args(["-9", &pid]).status().unwrap().success(), "replica 3 killed");
+    let new_pid = || std::fs::read_to_string(&pid_file).map(|p| p.trim().to_string()).unwrap_or_default();
+    let back = wait_until(Duration::from_secs(60), || async { new_pid() != pid && ping().await }).await;
+    assert!(back, "replica 3 is back under a new process");
+    // stopped on purpose, it stays down
+    assert!(replica("stop-replica", 3), "replica 3 stopped");
+    let stays_down = !wait_until(Duration::from_secs(5), || async { ping().await }).await;
+    assert!(stays_down, "a replica stopped on purpose is not started again");
+    assert!(replica("start-replica", 3), "replica 3 started");
+    assert!(ping().await, "replica 3 answers after");
 }

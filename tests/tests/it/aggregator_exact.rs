@@ -55,6 +55,7 @@ async fn assert_exact(db: &runtime::ch::ClickHouseConfig, exp: &Expected) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clean_run_is_exact_per_tracking_id_viewer_and_hour() {
+    let _stack = e2e::turns::shared().await;
     let topic = unique("agg_clean");
     create_topic(&topic, 4).await;
     let db = test_db().await;
@@ -69,6 +70,7 @@ async fn clean_run_is_exact_per_tracking_id_viewer_and_hour() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicates_late_out_of_order_and_poison_including_duplicates_after_a_restart() {
+    let _stack = e2e::turns::shared().await;
     let topic = unique("agg_faults");
     create_topic(&topic, 4).await;
     let db = test_db().await;
@@ -112,6 +114,7 @@ async fn duplicates_late_out_of_order_and_poison_including_duplicates_after_a_re
 /// topic: both are counted, exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v1_and_v2_events_on_one_topic_are_both_counted() {
+    let _stack = e2e::turns::shared().await;
     use apache_avro::types::{Record, Value};
     let topic = unique("agg_v2");
     create_topic(&topic, 2).await;
@@ -182,6 +185,7 @@ async fn v1_and_v2_events_on_one_topic_are_both_counted() {
 /// is killed mid-run and restarted, and every total is still exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_layout_through_distributed_tables_is_exact_across_a_kill() {
+    let _stack = e2e::turns::shared().await;
     let topic = unique("agg_cluster");
     create_topic(&topic, 4).await;
     let db = runtime::ch::ClickHouseConfig {
@@ -237,6 +241,7 @@ async fn cluster_layout_through_distributed_tables_is_exact_across_a_kill() {
 /// `start_from` again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_from_offsets_counts_exactly_what_follows_them() {
+    let _stack = e2e::turns::shared().await;
     use rdkafka::consumer::Consumer;
     let topic = unique("agg_from");
     create_topic(&topic, 2).await;

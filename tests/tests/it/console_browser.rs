@@ -147,6 +147,7 @@ impl Page {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_in_a_real_browser() {
+    let _stack = e2e::turns::shared().await;
     // ---- usage on the real stack, and the period's billing drafts ----
     let topic = unique("console");
     create_topic(&topic, 2).await;

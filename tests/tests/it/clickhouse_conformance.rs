@@ -283,6 +283,7 @@ async fn check_views(db: &ClickHouseConfig, claims: &[Claim], when: &str) {
 
 #[tokio::test]
 async fn every_view_rollup_checkpoint_read_and_dedup_restore_matches_the_rows_inserted() {
+    let _stack = e2e::turns::shared().await;
     let db = test_db().await;
     let topic = unique("conf");
     insert_fixture(&db, &topic).await;
@@ -351,6 +352,7 @@ async fn every_view_rollup_checkpoint_read_and_dedup_restore_matches_the_rows_in
 /// views' join: a view that drops rows fails it.
 #[tokio::test]
 async fn reconcile_sees_a_fenced_view_that_drops_rows() {
+    let _stack = e2e::turns::shared().await;
     let db = test_db().await;
     let topic = unique("conf_rec");
     insert_fixture(&db, &topic).await;
@@ -392,6 +394,7 @@ async fn reconcile_sees_a_fenced_view_that_drops_rows() {
 /// to another client the moment its INSERT returns.
 #[tokio::test]
 async fn a_writers_insert_is_visible_when_it_returns() {
+    let _stack = e2e::turns::shared().await;
     let db = test_db().await;
     let version = runtime::ch::server_version(&db.server_client()).await.unwrap();
     let writer = db.writer_client().await.unwrap();
@@ -427,6 +430,7 @@ async fn a_writers_insert_is_visible_when_it_returns() {
 /// two), and a claim after it restores the same state.
 #[tokio::test]
 async fn dedup_restore_reads_the_horizon_days_and_compaction_drops_older_ones() {
+    let _stack = e2e::turns::shared().await;
     let db = test_db().await;
     let topic = unique("bound");
     const DAY_MS: i64 = 86_400_000;
@@ -538,6 +542,7 @@ async fn dedup_restore_reads_the_horizon_days_and_compaction_drops_older_ones() 
 /// drops nothing. What the contract views show is what is left.
 #[tokio::test]
 async fn retention_drops_whole_sealed_months_past_their_grain_once_issued() {
+    let _stack = e2e::turns::shared().await;
     use aggregator::config::Retention;
     let db = test_db().await;
     let month_start = |m: u32| window_secs((&format!("2026-{m:02}-01"), 0, 0));
@@ -640,6 +645,7 @@ async fn retention_drops_whole_sealed_months_past_their_grain_once_issued() {
 /// the events of (100, 200] that the sealed rows hold.
 #[tokio::test]
 async fn a_claim_never_resumes_below_a_sealed_checkpoint_after_a_late_contest() {
+    let _stack = e2e::turns::shared().await;
     let db = test_db().await;
     let topic = unique("late");
     insert(
@@ -799,6 +805,7 @@ async fn checkpoint(db: &ClickHouseConfig, topic: &str, position: u64) {
 /// leaves room for the small tables' parts, not for the log.)
 #[tokio::test]
 async fn the_tails_read_what_arrived_since_the_seal_not_the_whole_log() {
+    let _stack = e2e::turns::shared().await;
     const N: u64 = 600_000;
     const LIMIT: u64 = 200_000;
     let db = test_db().await;
@@ -872,6 +879,7 @@ async fn the_tails_read_what_arrived_since_the_seal_not_the_whole_log() {
 /// question reads no legacy row (a read limit below the legacy tables' size).
 #[tokio::test]
 async fn an_upgrade_keeps_every_logged_row_and_a_seal_drains_the_legacy_tables() {
+    let _stack = e2e::turns::shared().await;
     const N: u64 = 300_000;
     const LIMIT: u64 = 100_000;
     let db = ClickHouseConfig { url: clickhouse_url(), database: unique("upg"), ..Default::default() };
@@ -930,6 +938,7 @@ async fn rows_and_keys(db: &ClickHouseConfig) -> Vec<(String, u64, u64)> {
 /// refused and a new one answers the same, and a later seal still adds up.
 #[tokio::test]
 async fn consolidation_makes_one_row_per_key_and_changes_no_answer() {
+    let _stack = e2e::turns::shared().await;
     use aggregator::consolidate::{consolidate, consolidate_until, Stop};
     const BATCH: u64 = 2_000;
     let db = test_db().await;
@@ -1069,6 +1078,7 @@ async fn assert_month_bytes(db: &ClickHouseConfig, n: u64) {
 /// nothing. One commit per sequence number, every byte once.
 #[tokio::test]
 async fn a_seal_paused_before_its_commit_adds_nothing_after_a_takeover() {
+    let _stack = e2e::turns::shared().await;
     const N: u64 = 3_000;
     let db = test_db().await;
     let topic = unique("pause");
@@ -1107,6 +1117,7 @@ async fn a_seal_paused_before_its_commit_adds_nothing_after_a_takeover() {
 /// new rows. It finds its staging gone and stops.
 #[tokio::test]
 async fn a_consolidation_paused_before_its_swap_drops_no_newer_seal() {
+    let _stack = e2e::turns::shared().await;
     const N: u64 = 3_000;
     let db = test_db().await;
     let topic = unique("cpause");
@@ -1148,6 +1159,7 @@ fn direct_checks(checks: &[billing::run::Check]) -> Vec<(bool, String)> {
 /// recorded count cut short is ignored; a read-only run records nothing.
 #[tokio::test]
 async fn reconcile_counts_each_log_row_once_and_a_recount_reads_them_all() {
+    let _stack = e2e::turns::shared().await;
     let db = test_db().await;
     let d = &db.database;
     let topic = unique("audit");

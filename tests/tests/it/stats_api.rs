@@ -103,6 +103,7 @@ fn session_bounds(v: &simulator::simulate::ViewerTotals) -> (i64, i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statistics_api_equals_the_expected_usage() {
+    let _stack = e2e::turns::shared().await;
     let topic = unique("stats");
     create_topic(&topic, 4).await;
     let db = test_db().await;

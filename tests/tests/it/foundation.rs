@@ -11,20 +11,12 @@ use std::time::{Duration, Instant};
 
 fn event(seq: i64) -> ViewerUsage<'static> {
     ViewerUsage {
-        viewer_id: "viewer-1".into(),
-        seq,
-        interval_start: 1_759_276_800_000,
-        interval_end: 1_759_276_810_000,
-        bytes_out: 123_456,
         bytes_in: 789,
-        account_id: "acct".into(),
-        stream_name: "live".into(),
-        cluster: "fra-1".into(),
-        server_id: "srv".into(),
         protocol: Protocol::Webrtc,
         token_id: Some(7),
         tracking_id: Some("acme-web".into()),
         custom_viewer_data: Some("{\"u\":1}".into()),
+        ..usage_event("viewer-1", seq, 1_759_276_800_000, 123_456)
     }
 }
 
@@ -54,6 +46,7 @@ fn poll_one(c: &BaseConsumer, timeout: Duration) -> Option<(Vec<u8>, Vec<u8>, i3
 
 #[tokio::test]
 async fn single_object_event_round_trips_through_kafka_in_a_consumer_group() {
+    let _stack = e2e::turns::shared().await;
     let topic = unique("found");
     create_topic(&topic, 1).await;
     let codec = Codec::new();
@@ -120,6 +113,7 @@ struct DeadRow {
 
 #[tokio::test]
 async fn migrations_are_idempotent_and_every_contract_table_takes_a_row() {
+    let _stack = e2e::turns::shared().await;
     let db = test_db().await; // first application
     let again = warehouse::migrate(&db).await.expect("second application");
     assert!(again.applied.is_empty(), "nothing applied twice: {again:?}");
@@ -197,6 +191,7 @@ async fn migrations_are_idempotent_and_every_contract_table_takes_a_row() {
 
 #[test]
 fn migration_with_bad_database_name_is_refused() {
+    let _stack = e2e::turns::shared_blocking();
     let cfg = runtime::ch::ClickHouseConfig { database: "x; DROP TABLE y".into(), ..Default::default() };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let err = rt.block_on(warehouse::migrate(&cfg)).unwrap_err();
@@ -205,6 +200,7 @@ fn migration_with_bad_database_name_is_refused() {
 
 #[test]
 fn compose_file_is_valid_for_a_real_compose_parser() {
+    let _stack = e2e::turns::shared_blocking();
     let root = e2e::repo_root();
     let out = std::process::Command::new("docker-compose")
         .args(["-f", "docker-compose.yml", "config"])
@@ -229,6 +225,7 @@ fn compose_file_is_valid_for_a_real_compose_parser() {
 /// exactly the migrated table's columns, in order, with the same types.
 #[tokio::test]
 async fn row_layouts_match_the_migrated_tables() {
+    let _stack = e2e::turns::shared().await;
     let db = test_db().await;
     for table in warehouse::tables::WRITTEN {
         let got: Vec<(String, String)> = db
@@ -265,6 +262,7 @@ async fn row_layouts_match_the_migrated_tables() {
 /// in-process engine, which has no users).
 #[tokio::test]
 async fn service_users_have_least_privilege_and_services_refuse_more() {
+    let _stack = e2e::turns::shared().await;
     use runtime::rights::{excess_rights, Access};
     let admin = runtime::ch::ClickHouseConfig { url: clickhouse_url(), database: "metering_privileges".into(), ..Default::default() };
     let user = |name: &str| runtime::ch::ClickHouseConfig { user: format!("metering_privileges_{name}"), ..admin.clone() };
@@ -356,6 +354,7 @@ async fn service_users_have_least_privilege_and_services_refuse_more() {
 /// both, and a secret removed from the configuration ends its sessions.
 #[tokio::test]
 async fn console_sessions_survive_a_restart_and_work_across_api_processes() {
+    let _stack = e2e::turns::shared().await;
     let dir = tempfile::tempdir().unwrap();
     const ADMIN: &str = "replicas-admin-secret-0123456789abcdef";
     const PARTNER: &str = "replicas-partner-secret-0123456789abcd";

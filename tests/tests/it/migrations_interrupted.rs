@@ -115,6 +115,7 @@ async fn at_migration_4() -> ClickHouseConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_migration_interrupted_at_any_statement_finishes_the_same_when_run_again() {
+    let _stack = e2e::turns::shared().await;
     let reference_db = at_migration_4().await;
     warehouse::migrate(&reference_db).await.unwrap();
     let reference = snapshot(&reference_db).await;
@@ -162,10 +163,11 @@ async fn a_migration_interrupted_at_any_statement_finishes_the_same_when_run_aga
 /// text outright (so no database of theirs can hold it).
 #[tokio::test]
 async fn a_database_with_migration_5s_first_text_upgrades_to_the_same_schema() {
+    let _stack = e2e::turns::shared().await;
     let first_text = warehouse::Migration {
         version: 5,
         name: "epoch_fencing",
-        sql: include_str!("../fixtures/0005_epoch_fencing.v1.sql"),
+        sql: include_str!("../../fixtures/0005_epoch_fencing.v1.sql"),
         former_checksums: &[],
     };
     let current = MIGRATIONS.iter().find(|m| m.version == 5).unwrap();
@@ -212,6 +214,7 @@ async fn a_database_with_migration_5s_first_text_upgrades_to_the_same_schema() {
 /// concurrent issue stored the invoice and its billed rows twice.
 #[tokio::test]
 async fn invoices_issued_before_the_ledger_become_one_record_each() {
+    let _stack = e2e::turns::shared().await;
     let db = at_migration_4().await;
     let d = &db.database;
     let card = billing::rates::parse_rate_card(

@@ -234,6 +234,7 @@ fn error_list(r: &Reply) -> Vec<(Option<u64>, String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_array_batch_lands_on_the_topic_exactly_as_sent() {
+    let _stack = e2e::turns::shared().await;
     let gw = gateway(|_| {}).await;
     let sent = batch(&gw, 50);
     let body: Vec<Value> = sent.iter().enumerate().map(|(i, ev)| to_json(ev, i)).collect();
@@ -250,6 +251,7 @@ async fn json_array_batch_lands_on_the_topic_exactly_as_sent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ndjson_batch_lands_on_the_topic_exactly_as_sent() {
+    let _stack = e2e::turns::shared().await;
     let gw = gateway(|_| {}).await;
     let sent = batch(&gw, 50);
     let mut body = String::new();
@@ -268,6 +270,7 @@ async fn ndjson_batch_lands_on_the_topic_exactly_as_sent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_invalid_event_gets_400_naming_the_field_and_nothing_is_produced() {
+    let _stack = e2e::turns::shared().await;
     let gw = gateway(|_| {}).await;
     let good = || to_json(&event(&gw.topic, 1), 0);
     let start = good()["interval_start"].as_i64().unwrap();
@@ -315,6 +318,7 @@ async fn each_invalid_event_gets_400_naming_the_field_and_nothing_is_produced() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_bodies_and_wrong_content_type_are_refused_and_nothing_is_produced() {
+    let _stack = e2e::turns::shared().await;
     let gw = gateway(|_| {}).await;
     let good = to_json(&event(&gw.topic, 0), 0);
 
@@ -352,6 +356,7 @@ async fn malformed_bodies_and_wrong_content_type_are_refused_and_nothing_is_prod
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_invalid_event_rejects_the_whole_batch() {
+    let _stack = e2e::turns::shared().await;
     let gw = gateway(|_| {}).await;
     let evs = batch(&gw, 20);
 
@@ -400,6 +405,7 @@ async fn one_invalid_event_rejects_the_whole_batch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_without_a_valid_bearer_key_get_401_and_produce_nothing() {
+    let _stack = e2e::turns::shared().await;
     let gw = gateway(|_| {}).await;
     let body = serde_json::to_vec(&[to_json(&event(&gw.topic, 0), 0)]).unwrap();
     let url = format!("{}/v1/usage", gw.url);
@@ -447,6 +453,7 @@ fn base64_encode(b: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_bodies_and_too_many_events_get_413_and_produce_nothing() {
+    let _stack = e2e::turns::shared().await;
     let gw = gateway(|c| {
         c.max_body_bytes = 4096;
         c.max_events_per_request = 5;
@@ -497,6 +504,7 @@ fn parse_metrics(text: &str) -> HashMap<String, f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_accepted_and_rejected_events_and_healthz_is_ok() {
+    let _stack = e2e::turns::shared().await;
     let gw = gateway(|c| c.max_events_per_request = 10).await;
     let h = gw.get("/healthz").await;
     assert_eq!(h.status, 200, "{}", h.text);
@@ -538,6 +546,7 @@ async fn metrics_count_accepted_and_rejected_events_and_healthz_is_ok() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulation_through_the_gateway_recounts_to_its_expected_totals() {
+    let _stack = e2e::turns::shared().await;
     let gw = gateway(|_| {}).await;
     let cfg = SimConfig {
         seed: 77,
@@ -583,6 +592,7 @@ async fn simulation_through_the_gateway_recounts_to_its_expected_totals() {
 /// of distinct unknown field names, a 2 MB id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_bodies_get_bounded_answers_and_bounded_metrics() {
+    let _stack = e2e::turns::shared().await;
     let gw = gateway(|c| c.max_body_bytes = 16 * 1024 * 1024).await;
     // 16 MiB of `{}` lines: refused as soon as event 10,001 is seen
     let flood = "{}\n".repeat(16 * 1024 * 1024 / 3 - 16);
@@ -630,6 +640,7 @@ async fn hostile_bodies_get_bounded_answers_and_bounded_metrics() {
 /// request is taken at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_record_is_the_requests_4xx_and_never_marks_the_broker_down() {
+    let _stack = e2e::turns::shared().await;
     let gw = gateway(|c| {
         c.kafka.properties.insert("message.max.bytes".into(), "1000".into());
         c.kafka.properties.insert("batch.size".into(), "1000".into());
@@ -672,6 +683,7 @@ async fn held(gw: &Gateway) -> f64 {
 /// accepted again. The budget's counts are back to zero afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bodies_of_all_requests_share_a_memory_budget() {
+    let _stack = e2e::turns::shared().await;
     const MIB: usize = 1024 * 1024;
     let other = "gw-test-key-other-0123456789abcd";
     let gw = gateway(|c| {

@@ -15,6 +15,7 @@ const SECRET: &str = "tokens-pipeline-secret-0123456789";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_is_attributed_by_verified_viewer_tokens() {
+    let _stack = e2e::turns::shared().await;
     let dir = std::env::temp_dir().join(unique("tokens_pipeline"));
     let cfg = ApiConfig { api_secrets: vec![SECRET.into()], store_path: dir.join("tokens.db"), ..Default::default() };
     let store = Arc::new(Store::open(&cfg.store_path).expect("token store"));
