@@ -133,7 +133,7 @@ pub async fn drop_stale_dedup(cfg: &ClickHouseConfig, horizon: Horizon) -> Resul
 }
 
 /// The sealed tables retention applies to: `(table, time column, grain)`.
-pub const RETAINED: [(&str, &str, Grain); 3] = [
+pub(crate) const RETAINED: [(&str, &str, Grain); 3] = [
     ("usage_by_tracking_sealed", "window_start", Grain::Minute),
     ("usage_by_viewer_sealed", "window_start", Grain::Minute),
     ("usage_by_tracking_hourly_sealed", "hour", Grain::Hourly),
@@ -141,7 +141,7 @@ pub const RETAINED: [(&str, &str, Grain); 3] = [
 
 /// A grain that has a retention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Grain {
+pub(crate) enum Grain {
     Minute,
     Hourly,
 }

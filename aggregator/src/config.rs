@@ -161,7 +161,7 @@ impl AggregatorConfig {
         Ok(())
     }
 
-    pub fn member(&self) -> String {
+    pub(crate) fn member(&self) -> String {
         if self.member_id.is_empty() {
             let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
             format!("{}-{}", host.trim(), std::process::id())
@@ -177,7 +177,9 @@ impl AggregatorConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum StartFrom {
+    /// `earliest` (also an empty value): the first offset still in the log.
     Earliest,
+    /// `latest`: the log end, so only records produced after the claim count.
     Latest,
     /// Epoch milliseconds.
     Time(i64),
@@ -186,7 +188,7 @@ pub enum StartFrom {
 }
 
 impl StartFrom {
-    pub fn parse(s: &str) -> Result<StartFrom, String> {
+    fn parse(s: &str) -> Result<StartFrom, String> {
         let s = s.trim();
         match s {
             "" | "earliest" => return Ok(StartFrom::Earliest),

@@ -26,7 +26,7 @@
 //! commit, nor swap a month in over rows sealed after it staged them. Its
 //! commit is conditional on the server (as a seal's, `seal.rs`), and every
 //! run that takes the lock first drops every staging table it finds
-//! ([`drop_staging`]): the stale run's swap then fails, and it stops.
+//! (`drop_staging`): the stale run's swap then fails, and it stops.
 //!
 //! **Snapshots.** Billing reads sealed rows of the seals up to its snapshot
 //! (`seq <= S`). A consolidation committed after the snapshot takes the

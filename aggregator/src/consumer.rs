@@ -27,7 +27,7 @@ const SHUTDOWN_FLUSH_FOR: Duration = Duration::from_secs(60);
 
 /// librdkafka context: owns the aggregator core so that rebalances can reach it.
 pub struct AggContext {
-    pub core: Mutex<Core<Sink>>,
+    core: Mutex<Core<Sink>>,
     rt: Handle,
     topic: String,
     /// Partitions whose state was dropped and must be claimed again, seeked
@@ -283,7 +283,7 @@ pub fn create_consumer(cfg: &AggregatorConfig, core: Core<Sink>, rt: Handle) -> 
     kafka.finish(c).create_with_context(ctx)
 }
 
-/// Run until `shutdown` is set, then flush what is held: [`ConsumeLoop`]'s
+/// Run until `shutdown` is set, then flush what is held: `ConsumeLoop`'s
 /// steps, in order, until then.
 pub fn run(cfg: &AggregatorConfig, consumer: BaseConsumer<AggContext>, shutdown: Arc<AtomicBool>) -> Result<(), AggError> {
     consumer.subscribe(&[&cfg.kafka.topic])?;

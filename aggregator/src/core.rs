@@ -48,7 +48,6 @@ enum Flight {
 /// What a completed flush wrote.
 #[derive(Debug, Default, Clone)]
 pub struct FlushReport {
-    pub rows: usize,
     /// `(partition, epoch, position)` checkpointed by this flush.
     pub checkpointed: Vec<(i32, u64, i64)>,
 }
@@ -61,13 +60,17 @@ pub struct FlushReport {
 /// start in a build without it.
 #[derive(Debug, Clone, Copy)]
 pub struct KillAfter {
-    pub table: Table,
-    pub n: u64,
+    table: Table,
+    n: u64,
 }
 
 impl KillAfter {
+    /// The environment variable that arms the hook: `<table>:<n>`.
     pub const ENV: &'static str = "AGGREGATOR_FAULT_KILL_AFTER";
 
+    /// The hook as [`KillAfter::ENV`] sets it (`None` when unset); a value
+    /// other than a [`Table::name`] and a count, `<table>:<n>`, is an
+    /// [`AggError::Config`].
     pub fn from_env() -> Result<Option<KillAfter>, AggError> {
         let Ok(v) = std::env::var(Self::ENV) else { return Ok(None) };
         let bad = || AggError::Config(format!("{}={v:?}: expected <table>:<n>, e.g. usage_by_viewer_log:3", Self::ENV));
@@ -79,10 +82,12 @@ impl KillAfter {
 
 /// All partitions of this member, and the batch in flight.
 pub struct Core<S: Store> {
-    pub limits: Limits,
-    pub codec: Codec,
+    pub(crate) limits: Limits,
+    pub(crate) codec: Codec,
+    /// Where batches are written and partitions claimed; tests write a
+    /// batch from [`Core::take_batch`] through it themselves.
     pub store: S,
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     member: String,
     checkpoint_every: u32,
     parts: BTreeMap<i32, PartitionState>,
@@ -98,6 +103,8 @@ fn now_ms() -> i64 {
 }
 
 impl<S: Store> Core<S> {
+    /// A member with no partitions yet, named [`AggregatorConfig::member_id`]
+    /// (or host name and pid), writing through `store` and counting in `metrics`.
     pub fn new(cfg: &AggregatorConfig, store: S, metrics: Arc<Metrics>) -> Self {
         Core {
             limits: Limits::from_config(cfg),
@@ -121,11 +128,11 @@ impl<S: Store> Core<S> {
         self
     }
 
-    pub fn assigned(&self) -> Vec<i32> {
+    pub(crate) fn assigned(&self) -> Vec<i32> {
         self.parts.keys().copied().collect()
     }
 
-    pub fn position(&self, partition: i32) -> Option<i64> {
+    pub(crate) fn position(&self, partition: i32) -> Option<i64> {
         self.parts.get(&partition).map(|p| p.position)
     }
 
@@ -209,7 +216,7 @@ impl<S: Store> Core<S> {
         Some(outcome)
     }
 
-    pub fn pending_rows(&self) -> usize {
+    pub(crate) fn pending_rows(&self) -> usize {
         self.parts.values().map(|p| p.pending_rows()).sum::<usize>()
             + match &self.flight {
                 Flight::Idle => 0,
@@ -395,10 +402,7 @@ async fn write_tables<S: Store>(
             }
         }
     }
-    Ok(FlushReport {
-        rows: batch.rows.total_rows(),
-        checkpointed: batch.rows.positions.iter().map(|&(p, e, pos, _, _)| (p, e, pos)).collect(),
-    })
+    Ok(FlushReport { checkpointed: batch.rows.positions.iter().map(|&(p, e, pos, _, _)| (p, e, pos)).collect() })
 }
 
 #[cfg(test)]

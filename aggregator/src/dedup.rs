@@ -45,15 +45,15 @@ type ViewerMap = hashbrown::HashMap<ViewerKey, ViewerSeqs, FxBuildHasher>;
 /// the simulator's ids) live inside the map's slot, so a lookup compares
 /// bytes already in cache instead of following a pointer to the heap.
 #[derive(Clone)]
-pub enum ViewerKey {
+enum ViewerKey {
     Inline { len: u8, bytes: [u8; ViewerKey::INLINE] },
     Heap(Box<str>),
 }
 
 impl ViewerKey {
-    pub const INLINE: usize = 38; // with `len` and the tag: 40 bytes
+    const INLINE: usize = 38; // with `len` and the tag: 40 bytes
 
-    pub fn as_str(&self) -> &str {
+    fn as_str(&self) -> &str {
         match self {
             // SAFETY: built from a `&str` in `From<&str>`; `len` bytes are that str's
             ViewerKey::Inline { len, bytes } => unsafe { std::str::from_utf8_unchecked(&bytes[..*len as usize]) },
@@ -110,6 +110,7 @@ pub struct SeqSet {
 }
 
 impl SeqSet {
+    /// Whether `seq` was counted.
     pub fn contains(&self, seq: i64) -> bool {
         // ranges are few (usually one): search from the end, where new seqs land
         match self.ranges.binary_search_by(|&(s, _)| s.cmp(&seq)) {
@@ -142,6 +143,8 @@ impl SeqSet {
         true
     }
 
+    /// How many disjoint ranges hold the counted `seq` numbers (1 for a
+    /// connection that reported without gaps).
     pub fn range_count(&self) -> usize {
         self.ranges.len()
     }
@@ -166,7 +169,9 @@ impl SeqSet {
 /// (largest Kafka timestamp so far, this record's included) and the record's offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct At {
+    /// The partition's arrival clock, epoch ms: the largest Kafka record timestamp so far.
     pub arrival_ms: i64,
+    /// Kafka offset of the record being looked up.
     pub offset: i64,
 }
 
@@ -178,7 +183,11 @@ pub struct At {
 /// forgotten, whatever the timestamps say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Horizon {
+    /// Milliseconds of arrival clock after which a viewer may be forgotten
+    /// (`dedup_horizon_secs` × 1000; default 24 h).
     pub ms: i64,
+    /// Records of the partition after which a viewer may be forgotten
+    /// (`dedup_horizon_records`; default 2,000,000).
     pub offsets: i64,
 }
 
@@ -193,7 +202,7 @@ impl Horizon {
 /// State of one viewer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ViewerSeqs {
-    pub seqs: SeqSet,
+    pub(crate) seqs: SeqSet,
     /// Partition arrival clock (epoch ms) when the viewer was last counted.
     pub last_seen_ms: i64,
     /// Offset of the viewer's last counted record (restored from a
@@ -209,9 +218,11 @@ pub struct ViewerSeqs {
 /// What [`Dedup::check_and_insert`] decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Seen {
+    /// `(viewer_id, seq)` not counted before: count the event.
     New,
     /// New, but the viewer's earlier state was past the horizon and forgotten.
     NewBeyondHorizon,
+    /// This `(viewer_id, seq)` was already counted: drop the event.
     Duplicate,
 }
 
@@ -224,6 +235,7 @@ pub struct Dedup {
 }
 
 impl Dedup {
+    /// An empty state that forgets viewers past `horizon`.
     pub fn new(horizon: Horizon) -> Self {
         Dedup { viewers: ViewerMap::default(), horizon }
     }
@@ -287,18 +299,16 @@ impl Dedup {
         self.viewers.iter().filter(|(_, v)| v.dirty).map(|(k, v)| (k.as_str(), v))
     }
 
+    /// Mark every viewer unchanged, once a checkpoint has encoded their dedup
+    /// rows: [`Dedup::dirty`] then lists none.
     pub fn mark_clean(&mut self) {
         for v in self.viewers.values_mut() {
             v.dirty = false;
         }
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.viewers.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.viewers.is_empty()
     }
 }
 

@@ -2,6 +2,7 @@
 
 use thiserror::Error;
 
+/// Why an aggregator operation failed; each variant says what the caller does next.
 #[derive(Debug, Error)]
 pub enum AggError {
     /// Bad configuration: fix it and restart.
@@ -36,7 +37,18 @@ pub enum AggError {
     /// A partition's checkpoint lies outside the Kafka log: the partition is
     /// refused rather than silently skipped or re-read.
     #[error("partition {partition}: checkpoint at offset {checkpoint} is outside the log [{log_start}, {log_end}]: {hint}")]
-    OffsetOutOfRange { partition: i32, checkpoint: i64, log_start: i64, log_end: i64, hint: &'static str },
+    OffsetOutOfRange {
+        /// The Kafka partition refused.
+        partition: i32,
+        /// Position of the partition's last valid checkpoint (the next offset to read).
+        checkpoint: i64,
+        /// First offset still in the partition's log.
+        log_start: i64,
+        /// The partition's high watermark: the offset the next record will get.
+        log_end: i64,
+        /// What the operator can do about it.
+        hint: &'static str,
+    },
     /// The task writing a batch died (a panic) and took the batch with it:
     /// reload every partition.
     #[error("the flush task failed ({0}): reloading state from ClickHouse")]

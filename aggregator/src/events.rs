@@ -10,18 +10,18 @@ use tracing::{debug, error, info, warn};
 // ---- the member ----
 
 /// The consume loop started (after migrations and the rights check).
-pub struct AggregatorStarted<'a> {
+pub(crate) struct AggregatorStarted<'a> {
     pub topic: &'a str,
     pub group: &'a str,
 }
 event!(AggregatorStarted<'a>, |s, name| info!(topic = %s.topic, group = %s.group, "{name}"));
 
 /// Shutdown was asked for: the final flush follows.
-pub struct AggregatorStopping;
+pub(crate) struct AggregatorStopping;
 event!(AggregatorStopping, |_s, name| info!("{name}: flushing what is held"));
 
 /// The final flush failed: the next start resumes from the last checkpoint.
-pub struct FinalFlushFailed<'a> {
+pub(crate) struct FinalFlushFailed<'a> {
     pub error: &'a dyn Display,
 }
 event!(FinalFlushFailed<'a>, |s, name| warn!(
@@ -30,11 +30,11 @@ event!(FinalFlushFailed<'a>, |s, name| warn!(
 ));
 
 /// The consume loop ended.
-pub struct AggregatorStopped;
+pub(crate) struct AggregatorStopped;
 event!(AggregatorStopped, |_s, name| info!("{name}"));
 
 /// A Kafka property the aggregator sets itself was configured: ignored.
-pub struct KafkaPropertyIgnored<'a> {
+pub(crate) struct KafkaPropertyIgnored<'a> {
     pub property: &'a str,
     pub value: &'a dyn Display,
 }
@@ -46,7 +46,9 @@ event!(KafkaPropertyIgnored<'a>, |s, name| warn!(
 
 /// The operations endpoint (`/metrics`, `/healthz`, `/readyz`) stopped serving.
 pub struct MetricsEndpointFailed<'a> {
+    /// Why serving stopped (binding the address, or the server failing).
     pub error: &'a dyn Display,
+    /// The address it was to listen on (`metrics_listen`).
     pub listen: &'a str,
 }
 event!(MetricsEndpointFailed<'a>, |s, name| error!(error = %s.error, listen = s.listen, "{name}: metrics endpoint failed"));
@@ -54,14 +56,14 @@ event!(MetricsEndpointFailed<'a>, |s, name| error!(error = %s.error, listen = s.
 // ---- partitions: assignment, claims, start offsets ----
 
 /// A claimed partition has no checkpoint: it starts where `start_from` says.
-pub struct PartitionStartsWithoutCheckpoint<'a> {
+pub(crate) struct PartitionStartsWithoutCheckpoint<'a> {
     pub partition: i32,
     pub offset: &'a dyn Debug,
 }
 event!(PartitionStartsWithoutCheckpoint<'a>, |s, name| info!(partition = s.partition, offset = ?s.offset, "{name}"));
 
 /// A partition was claimed: its state restored from its checkpoint.
-pub struct PartitionClaimed<'a> {
+pub(crate) struct PartitionClaimed<'a> {
     pub partition: i32,
     pub epoch: u64,
     pub position: &'a dyn Debug,
@@ -76,7 +78,7 @@ event!(PartitionClaimed<'a>, |s, name| info!(
 ));
 
 /// Loading the claimed partitions' state failed.
-pub struct PartitionLoadFailed<'a> {
+pub(crate) struct PartitionLoadFailed<'a> {
     pub error: &'a dyn Display,
     /// Whether this was the last attempt (the member stops).
     pub giving_up: bool,
@@ -89,7 +91,7 @@ event!(PartitionLoadFailed<'a>, |s, name| if s.giving_up {
 
 /// A partition's checkpoint is behind the log start and the partition is
 /// in `accept_gap_partitions`: it resumes at the log start.
-pub struct OffsetGapAccepted {
+pub(crate) struct OffsetGapAccepted {
     pub partition: i32,
     pub checkpoint: i64,
     pub log_start: i64,
@@ -104,7 +106,7 @@ event!(OffsetGapAccepted, |s, name| warn!(
 ));
 
 /// The broker did not say where a partition's log starts: it resumes at its checkpoint.
-pub struct LogBoundsUnread<'a> {
+pub(crate) struct LogBoundsUnread<'a> {
     pub partition: i32,
     pub error: &'a dyn Debug,
 }
@@ -115,33 +117,33 @@ event!(LogBoundsUnread<'a>, |s, name| warn!(
 ));
 
 /// A partition is not consumed: its position left the log (`AggError::OffsetOutOfRange`).
-pub struct PartitionRefused<'a> {
+pub(crate) struct PartitionRefused<'a> {
     pub error: &'a dyn Display,
     pub partition: i32,
 }
 event!(PartitionRefused<'a>, |s, name| error!(error = %s.error, partition = s.partition, "{name}"));
 
 /// A partition's start offset could not be set.
-pub struct StartOffsetFailed<'a> {
+pub(crate) struct StartOffsetFailed<'a> {
     pub partition: i32,
     pub error: &'a dyn Display,
 }
 event!(StartOffsetFailed<'a>, |s, name| error!(partition = s.partition, error = %s.error, "{name}: cannot set start offset"));
 
 /// The assignment could not be applied.
-pub struct AssignFailed<'a> {
+pub(crate) struct AssignFailed<'a> {
     pub error: &'a dyn Display,
 }
 event!(AssignFailed<'a>, |s, name| error!(error = %s.error, "{name}: assign failed"));
 
 /// Kafka reported a rebalance error.
-pub struct RebalanceFailed<'a> {
+pub(crate) struct RebalanceFailed<'a> {
     pub error: &'a dyn Debug,
 }
 event!(RebalanceFailed<'a>, |s, name| error!(error = ?s.error, "{name}: rebalance error"));
 
 /// Partitions are being revoked (with what the member holds).
-pub struct PartitionsRevoking<'a> {
+pub(crate) struct PartitionsRevoking<'a> {
     pub partitions: &'a dyn Debug,
     pub pending: usize,
     pub flushing: bool,
@@ -154,27 +156,27 @@ event!(PartitionsRevoking<'a>, |s, name| debug!(
 ));
 
 /// A partition was revoked and its state dropped.
-pub struct PartitionRevoked {
+pub(crate) struct PartitionRevoked {
     pub partition: i32,
 }
 event!(PartitionRevoked, |s, name| info!(partition = s.partition, "{name}"));
 
 /// A partition dropped after a failed flush was claimed again.
-pub struct PartitionReloaded<'a> {
+pub(crate) struct PartitionReloaded<'a> {
     pub partition: i32,
     pub offset: &'a dyn Debug,
 }
 event!(PartitionReloaded<'a>, |s, name| info!(partition = s.partition, offset = ?s.offset, "{name}"));
 
 /// Claiming the dropped partitions again failed: retried after a backoff.
-pub struct PartitionReloadFailed<'a> {
+pub(crate) struct PartitionReloadFailed<'a> {
     pub error: &'a dyn Display,
     pub retry_in_ms: u64,
 }
 event!(PartitionReloadFailed<'a>, |s, name| warn!(error = %s.error, retry_in_ms = s.retry_in_ms, "{name}"));
 
 /// Another member claimed these partitions: not consumed until Kafka assigns them again.
-pub struct PartitionFenced<'a> {
+pub(crate) struct PartitionFenced<'a> {
     pub partitions: &'a [i32],
 }
 event!(PartitionFenced<'a>, |s, name| error!(
@@ -183,7 +185,7 @@ event!(PartitionFenced<'a>, |s, name| error!(
 ));
 
 /// Pausing or resuming partitions failed.
-pub struct PauseFailed<'a> {
+pub(crate) struct PauseFailed<'a> {
     pub error: &'a dyn Display,
     pub partitions: &'a [i32],
     pub pause: bool,
@@ -191,7 +193,7 @@ pub struct PauseFailed<'a> {
 event!(PauseFailed<'a>, |s, name| warn!(error = %s.error, partitions = ?s.partitions, pause = s.pause, "{name}: pause/resume failed"));
 
 /// The informative commit of Kafka offsets failed (positions live in ClickHouse).
-pub struct OffsetCommitFailed<'a> {
+pub(crate) struct OffsetCommitFailed<'a> {
     pub error: &'a dyn Display,
 }
 event!(OffsetCommitFailed<'a>, |s, name| warn!(error = %s.error, "{name}: informative Kafka offset commit failed"));
@@ -199,29 +201,29 @@ event!(OffsetCommitFailed<'a>, |s, name| warn!(error = %s.error, "{name}: inform
 // ---- the consume loop ----
 
 /// A partition's position left the log: it is not consumed.
-pub struct OffsetOutOfRange;
+pub(crate) struct OffsetOutOfRange;
 event!(OffsetOutOfRange, |_s, name| error!(
     "{name}: a partition's position left the log; it is not consumed (see the broker log for which)"
 ));
 
 /// Kafka reported an error while polling.
-pub struct KafkaErrorReceived<'a> {
+pub(crate) struct KafkaErrorReceived<'a> {
     pub error: &'a dyn Display,
 }
 event!(KafkaErrorReceived<'a>, |s, name| warn!(error = %s.error, "{name}"));
 
 /// Too many rows wait for ClickHouse: consumption paused.
-pub struct ConsumptionPaused {
+pub(crate) struct ConsumptionPaused {
     pub pending: usize,
 }
 event!(ConsumptionPaused, |s, name| warn!(pending = s.pending, "{name}: too many rows wait for ClickHouse"));
 
 /// Consumption resumed after a pause.
-pub struct ConsumptionResumed;
+pub(crate) struct ConsumptionResumed;
 event!(ConsumptionResumed, |_s, name| info!("{name}"));
 
 /// A batch was written.
-pub struct BatchFlushed {
+pub(crate) struct BatchFlushed {
     pub batch: u64,
     pub rows: usize,
     pub ms: u64,
@@ -229,7 +231,7 @@ pub struct BatchFlushed {
 event!(BatchFlushed, |s, name| debug!(batch = s.batch, rows = s.rows, ms = s.ms, "{name}"));
 
 /// A flush failed: the in-memory state is dropped and the partitions claimed again.
-pub struct FlushFailed<'a> {
+pub(crate) struct FlushFailed<'a> {
     pub error: &'a dyn Display,
 }
 event!(FlushFailed<'a>, |s, name| warn!(
@@ -238,7 +240,7 @@ event!(FlushFailed<'a>, |s, name| warn!(
 ));
 
 /// A partition was revoked before its batch was written.
-pub struct FlushAbandoned<'a> {
+pub(crate) struct FlushAbandoned<'a> {
     pub error: &'a dyn Display,
 }
 event!(FlushAbandoned<'a>, |s, name| warn!(
@@ -249,7 +251,7 @@ event!(FlushAbandoned<'a>, |s, name| warn!(
 // ---- maintenance: seal, consolidation, dedup and retention ----
 
 /// A seal committed.
-pub struct SealCommitted<'a> {
+pub(crate) struct SealCommitted<'a> {
     pub seal_id: u64,
     pub seq: u64,
     pub partitions: usize,
@@ -270,14 +272,14 @@ event!(SealCommitted<'a>, |s, name| info!(
 ));
 
 /// A seal was not committed; `why` says what the rows do meanwhile.
-pub struct SealAbandoned {
+pub(crate) struct SealAbandoned {
     pub seal_id: u64,
     pub why: &'static str,
 }
 event!(SealAbandoned, |s, name| warn!(seal_id = s.seal_id, "{name}: {}", s.why));
 
 /// Consolidation rewrote months of sealed rows.
-pub struct SealsConsolidated<'a> {
+pub(crate) struct SealsConsolidated<'a> {
     pub seal_id: u64,
     pub seq: u64,
     pub months: &'a dyn Debug,
@@ -285,14 +287,14 @@ pub struct SealsConsolidated<'a> {
 event!(SealsConsolidated<'a>, |s, name| info!(seal_id = s.seal_id, seq = s.seq, months = ?s.months, "{name}"));
 
 /// A consolidation stopped; `why` says what stays.
-pub struct ConsolidationAbandoned {
+pub(crate) struct ConsolidationAbandoned {
     pub seal_id: u64,
     pub why: &'static str,
 }
 event!(ConsolidationAbandoned, |s, name| warn!(seal_id = s.seal_id, "{name}: {}", s.why));
 
 /// A staging table left by an earlier consolidation was dropped.
-pub struct ConsolidationStagingDropped<'a> {
+pub(crate) struct ConsolidationStagingDropped<'a> {
     pub table: &'a dyn Display,
 }
 event!(ConsolidationStagingDropped<'a>, |s, name| warn!(
@@ -301,20 +303,20 @@ event!(ConsolidationStagingDropped<'a>, |s, name| warn!(
 ));
 
 /// Dedup day partitions no claim can need were dropped.
-pub struct DedupPartitionsDropped<'a> {
+pub(crate) struct DedupPartitionsDropped<'a> {
     pub dropped: &'a dyn Debug,
     pub needed_since: &'a dyn Debug,
 }
 event!(DedupPartitionsDropped<'a>, |s, name| info!(dropped = ?s.dropped, needed_since = ?s.needed_since, "{name}"));
 
 /// Sealed months past their grain's retention were dropped.
-pub struct SealedMonthsDropped<'a> {
+pub(crate) struct SealedMonthsDropped<'a> {
     pub dropped: &'a dyn Debug,
 }
 event!(SealedMonthsDropped<'a>, |s, name| info!(dropped = ?s.dropped, "{name}"));
 
 /// Months past retention are kept until billing issues them.
-pub struct RetentionWaitsForIssue<'a> {
+pub(crate) struct RetentionWaitsForIssue<'a> {
     pub waiting: &'a dyn Debug,
 }
 event!(RetentionWaitsForIssue<'a>, |s, name| info!(
@@ -327,6 +329,7 @@ macro_rules! maintenance_failed {
     ($($ty:ident: $doc:literal),* $(,)?) => {$(
         #[doc = $doc]
         pub struct $ty<'a> {
+            /// The error; transient ([`crate::AggError::is_transient`]).
             pub error: &'a dyn Display,
         }
         event!($ty<'a>, |s, name| warn!(error = %s.error, "{name}: retrying at the next interval"));

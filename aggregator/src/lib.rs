@@ -161,6 +161,8 @@
 //! plus pending rows; above `max_pending_rows` (ClickHouse slow or down)
 //! consumption pauses until the backlog is written.
 
+#![warn(missing_docs)]
+
 pub mod compact;
 pub mod config;
 pub mod consolidate;

@@ -5,28 +5,28 @@ use runtime::ops::register;
 
 /// Every metric the aggregator exports. Names are documented in docs/operations.md.
 pub struct Metrics {
-    pub registry: Registry,
-    pub events: IntCounterVec,
-    pub late_events: IntCounter,
-    pub dead_letters: IntCounterVec,
-    pub dedup_horizon_exceeded: IntCounter,
-    pub flush_seconds: Histogram,
-    pub flush_rows: IntCounterVec,
-    pub flush_errors: IntCounter,
-    pub consumer_lag: IntGaugeVec,
-    pub open_windows: IntGauge,
-    pub pending_rows: IntGauge,
-    pub dedup_viewers: IntGauge,
-    pub assigned_partitions: IntGauge,
+    pub(crate) registry: Registry,
+    pub(crate) events: IntCounterVec,
+    pub(crate) late_events: IntCounter,
+    pub(crate) dead_letters: IntCounterVec,
+    pub(crate) dedup_horizon_exceeded: IntCounter,
+    pub(crate) flush_seconds: Histogram,
+    pub(crate) flush_rows: IntCounterVec,
+    pub(crate) flush_errors: IntCounter,
+    pub(crate) consumer_lag: IntGaugeVec,
+    pub(crate) open_windows: IntGauge,
+    pub(crate) pending_rows: IntGauge,
+    pub(crate) dedup_viewers: IntGauge,
+    pub(crate) assigned_partitions: IntGauge,
     /// 1 once the member completed its first partition assignment (also of zero partitions).
     pub group_joined: IntGauge,
     /// 1 while the latest flush attempt failed (ClickHouse not writable).
     pub flush_failing: IntGauge,
-    pub fenced: IntCounter,
-    pub contested: IntCounter,
-    pub claims: IntCounter,
-    pub partitions_refused: IntGauge,
-    pub offset_errors: IntCounter,
+    pub(crate) fenced: IntCounter,
+    pub(crate) contested: IntCounter,
+    pub(crate) claims: IntCounter,
+    pub(crate) partitions_refused: IntGauge,
+    pub(crate) offset_errors: IntCounter,
 }
 
 impl Metrics {

@@ -5,34 +5,28 @@
 /// Appends `RowBinary` values to a buffer.
 #[derive(Debug, Default, Clone)]
 pub struct RowBinary {
-    pub buf: Vec<u8>,
-    pub rows: usize,
+    pub(crate) buf: Vec<u8>,
+    pub(crate) rows: usize,
 }
 
 impl RowBinary {
-    pub fn string(&mut self, s: &str) -> &mut Self {
+    pub(crate) fn string(&mut self, s: &str) -> &mut Self {
         self.uvarint(s.len() as u64);
         self.buf.extend_from_slice(s.as_bytes());
         self
     }
 
-    pub fn bytes(&mut self, b: &[u8]) -> &mut Self {
-        self.uvarint(b.len() as u64);
-        self.buf.extend_from_slice(b);
-        self
-    }
-
-    pub fn u32(&mut self, v: u32) -> &mut Self {
+    pub(crate) fn u32(&mut self, v: u32) -> &mut Self {
         self.buf.extend_from_slice(&v.to_le_bytes());
         self
     }
 
-    pub fn u64(&mut self, v: u64) -> &mut Self {
+    pub(crate) fn u64(&mut self, v: u64) -> &mut Self {
         self.buf.extend_from_slice(&v.to_le_bytes());
         self
     }
 
-    pub fn i64(&mut self, v: i64) -> &mut Self {
+    pub(crate) fn i64(&mut self, v: i64) -> &mut Self {
         self.buf.extend_from_slice(&v.to_le_bytes());
         self
     }

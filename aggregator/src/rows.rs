@@ -13,9 +13,9 @@ pub(crate) const NO_ROW: u32 = u32::MAX;
 /// Partial sums of one aggregate row.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Sums {
-    pub bytes_out: u64,
-    pub bytes_in: u64,
-    pub events: u64,
+    pub(crate) bytes_out: u64,
+    pub(crate) bytes_in: u64,
+    pub(crate) events: u64,
 }
 
 impl Sums {
@@ -44,9 +44,9 @@ impl Sums {
 pub struct DeadLetter {
     /// The record's Kafka timestamp (seconds): replays write the same value.
     pub received_at: u32,
-    pub offset: i64,
-    pub reason: String,
-    pub payload: Vec<u8>,
+    pub(crate) offset: i64,
+    pub(crate) reason: String,
+    pub(crate) payload: Vec<u8>,
 }
 
 /// Where a viewer's last event went, kept in the viewer's dedup entry so the

@@ -104,6 +104,7 @@ pub const LOGS: [(&str, &str); 2] = [("usage_by_tracking_log", TRACKING_COLUMNS)
 
 /// One sealed table: where it is written from, at which grain.
 pub struct SealTable {
+    /// The sealed table's name (`usage_by_tracking_sealed`, ...).
     pub name: &'static str,
     /// The log table read.
     log: &'static str,
@@ -181,12 +182,15 @@ pub const SEAL_TABLES: [SealTable; 6] = [
 /// What one seal did.
 #[derive(Debug, Clone)]
 pub struct SealReport {
+    /// The seal's random id (never 0): its rows in the sealed tables carry it.
     pub seal_id: u64,
+    /// The seal's sequence number in `usage_seals`: the previous commit's plus one.
     pub seq: u64,
     /// Per partition that moved: `(from, to]`.
     pub moved: BTreeMap<PartitionKey, (u64, u64)>,
     /// Milliseconds spent on each sealed table.
     pub tables: Vec<(&'static str, u64)>,
+    /// Milliseconds from taking the lock to the commit.
     pub millis: u64,
 }
 

@@ -11,14 +11,24 @@ use schemas::{Codec, Protocol};
 /// Settings the hot path needs.
 #[derive(Debug, Clone)]
 pub struct Limits {
+    /// Width of the tumbling windows, seconds (`window_secs`; default 60).
     pub window_secs: u32,
+    /// How long a viewer's counted `seq` numbers are remembered
+    /// (`dedup_horizon_secs`, `dedup_horizon_records`; default 24 h and 2,000,000 records).
     pub dedup_horizon: Horizon,
+    /// Events whose `interval_start` is more than this before the partition
+    /// watermark are dead-lettered as `too_late`, ms (`max_lateness_secs`; default 35 days).
     pub max_lateness_ms: i64,
+    /// Events whose `interval_start` is more than this after their record's
+    /// Kafka timestamp are dead-lettered as `in_future`, ms (`max_future_secs`; default 1 h).
     pub max_future_ms: i64,
+    /// Per-event maximum of `bytes_out` and `bytes_in`, bytes; larger events
+    /// are dead-lettered as `too_large` (`max_event_bytes`).
     pub max_event_bytes: i64,
 }
 
 impl Limits {
+    /// The limits `c` sets, its seconds turned into milliseconds.
     pub fn from_config(c: &crate::config::AggregatorConfig) -> Self {
         Limits {
             window_secs: c.window_secs,
@@ -141,11 +151,19 @@ impl Pending {
 /// What happened to one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
+    /// Added to the pending aggregates.
     Counted {
+        /// Its window had ended before the partition watermark: it adds a
+        /// further partial row to a window that may already be written.
         late: bool,
+        /// The viewer's dedup state had passed the horizon and was
+        /// forgotten: a re-sent duplicate would have been counted again.
         beyond_horizon: bool,
     },
+    /// Its `(viewer_id, seq)` was already counted: dropped.
     Duplicate,
+    /// Written to the dead letters, with the reason's code (`malformed`,
+    /// `invalid`, `too_large`, `too_late`, `in_future`, ...).
     DeadLettered(&'static str),
     /// Offset below the partition position: already processed.
     Stale,
@@ -154,7 +172,7 @@ pub enum Outcome {
 /// Everything the aggregator holds for one Kafka partition.
 #[derive(Debug)]
 pub struct PartitionState {
-    pub partition: i32,
+    pub(crate) partition: i32,
     /// This member's claim on the partition: every row it writes carries it.
     pub epoch: u64,
     /// Next offset to read.
@@ -167,13 +185,16 @@ pub struct PartitionState {
     pub arrival_ms: i64,
     /// Position written by the last completed checkpoint.
     pub checkpointed: Option<i64>,
-    pub dedup: Dedup,
+    pub(crate) dedup: Dedup,
     pending: Pending,
     /// Counts flush cuts: tells row caches of an earlier accumulation apart.
     generation: u32,
 }
 
 impl PartitionState {
+    /// The state of `partition` claimed at `epoch`, resuming at `position`
+    /// with the clocks and dedup state restored from its checkpoint (use
+    /// `i64::MIN` for clocks with no event yet); nothing pending.
     pub fn new(partition: i32, epoch: u64, position: i64, watermark_ms: i64, arrival_ms: i64, dedup: Dedup) -> Self {
         PartitionState {
             partition,

@@ -17,16 +17,20 @@ pub struct LoadedPartition {
     /// Position of the last valid checkpoint (`None`: none yet; the claim
     /// then starts at 0 and `start_from` decides where reading begins).
     pub position: Option<i64>,
+    /// The checkpoint's partition watermark, epoch ms (`i64::MIN` without a checkpoint).
     pub watermark_ms: i64,
+    /// The checkpoint's arrival clock, epoch ms (`i64::MIN` without a checkpoint).
     pub arrival_ms: i64,
+    /// The dedup state as of the checkpoint: the viewers within the horizon of it.
     pub dedup: Dedup,
+    /// How many viewers were restored into `dedup`.
     pub viewers_restored: usize,
 }
 
 /// The latest claim of a partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Latest {
-    pub epoch: u64,
+    pub(crate) epoch: u64,
     /// More than one claim (distinct `claim_id`) holds `epoch`: members
     /// claimed at once. None of the epoch's rows count (the fence rule, see
     /// `lib.rs`); each claimer must claim again.

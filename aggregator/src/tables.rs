@@ -1,5 +1,5 @@
 //! The tables the aggregator writes: names, column lists and row encoders,
-//! each from one definition ([`Table::COLUMNS`]), which a test compares with
+//! each from one definition ([`Table::columns`]), which a test compares with
 //! the migrated tables' columns and types.
 //!
 //! Every data row carries `(src_topic, src_partition, src_epoch, src_offset)`:
@@ -14,23 +14,29 @@ use base64::Engine;
 /// checkpoint goes last, so a checkpoint implies every table before it is complete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Table {
+    /// `usage_dead_letters_log`: poison and rejected records.
     DeadLetters,
+    /// `usage_by_viewer_log`: partial sums per window and viewer.
     Viewer,
+    /// `usage_by_tracking_log`: partial sums per window and tracking id.
     Tracking,
+    /// `aggregator_dedup`: the counted `seq` ranges of viewers changed since the last checkpoint.
     Dedup,
+    /// `aggregator_checkpoints`: one row per checkpointed partition, with its position and clocks.
     Checkpoints,
 }
 
 /// The provenance of a flush's rows: `(topic, partition, epoch, position)`.
 #[derive(Debug, Clone, Copy)]
 pub struct Src<'a> {
-    pub topic: &'a str,
-    pub partition: u32,
-    pub epoch: u64,
-    pub position: u64,
+    pub(crate) topic: &'a str,
+    pub(crate) partition: u32,
+    pub(crate) epoch: u64,
+    pub(crate) position: u64,
 }
 
 impl Table {
+    /// Every table, in the order a flush writes them.
     pub const ORDER: [Table; 5] = [Table::DeadLetters, Table::Viewer, Table::Tracking, Table::Dedup, Table::Checkpoints];
 
     /// The table's layout (`warehouse::tables`): its physical name (the
@@ -92,15 +98,16 @@ pub struct BatchRows {
 }
 
 impl BatchRows {
+    /// The encoded rows for table `t` (empty when the batch has none).
     pub fn rows(&self, t: Table) -> &RowBinary {
         &self.tables[t.index()]
     }
 
-    pub fn rows_mut(&mut self, t: Table) -> &mut RowBinary {
+    pub(crate) fn rows_mut(&mut self, t: Table) -> &mut RowBinary {
         &mut self.tables[t.index()]
     }
 
-    pub fn total_rows(&self) -> usize {
+    pub(crate) fn total_rows(&self) -> usize {
         self.tables.iter().map(|t| t.rows).sum()
     }
 

@@ -233,6 +233,10 @@ pub(crate) struct AppState {
     pub(crate) throttle: crate::throttle::AuthThrottle,
     /// The header a trusted proxy puts the client's address in (empty: the peer's address).
     pub(crate) client_address_header: Option<axum::http::HeaderName>,
+    /// Partners' allowances, when `entitlements` is configured.
+    pub(crate) entitlements: Option<Arc<crate::entitlements::Tracker>>,
+    /// Its refresh task, stopped with the router.
+    pub(crate) _tracker_task: Option<crate::entitlements::TrackerTask>,
 }
 
 /// The outcome of an authentication, for the throttle.

@@ -45,6 +45,19 @@ pub struct ApiConfig {
     /// the reconciliation. Unset: invoices are shown to admins only and the
     /// reconciliation is unavailable.
     pub billing_rates: Option<PathBuf>,
+    /// Partners' monthly allowances (the `entitlements` crate's file;
+    /// needs `billing_rates`). Unset: no allowance is tracked or enforced.
+    pub entitlements: Option<PathBuf>,
+    /// How often the allowances' standing is read from ClickHouse, seconds
+    /// (default 30): with the aggregator's flush, the lag of enforcement.
+    pub entitlements_refresh_secs: u64,
+    /// How old the standing may be before verification treats it as
+    /// unknown, seconds (default 300).
+    pub entitlements_max_staleness_secs: u64,
+    /// What verification does when the standing is unknown (ClickHouse
+    /// unreachable): `open` (the default: admit, and report
+    /// `EntitlementsStale`) or `closed` (refuse with `allowance_unknown`).
+    pub entitlements_fail: crate::entitlements::FailMode,
     /// Lifetime of a console session, seconds (default 1800; not extended).
     pub console_session_secs: u64,
     /// Mark the console cookie `Secure` (set it when serving over TLS).
@@ -78,6 +91,10 @@ impl Default for ApiConfig {
             untracked_parent_sets_tracking: false,
             max_viewer_token_secs: 7 * 86_400,
             billing_rates: None,
+            entitlements: None,
+            entitlements_refresh_secs: 30,
+            entitlements_max_staleness_secs: 300,
+            entitlements_fail: Default::default(),
             console_session_secs: 1800,
             console_secure_cookie: false,
             client_address_header: String::new(),
@@ -122,6 +139,12 @@ impl ApiConfig {
         }
         if !(60..=12 * 3600).contains(&self.console_session_secs) {
             return Err("console_session_secs: 60 to 43200".into());
+        }
+        if self.entitlements.is_some() && self.billing_rates.is_none() {
+            return Err("entitlements: needs billing_rates (the partners and their tracking ids)".into());
+        }
+        if self.entitlements_refresh_secs == 0 || self.entitlements_max_staleness_secs < self.entitlements_refresh_secs {
+            return Err("need 0 < entitlements_refresh_secs <= entitlements_max_staleness_secs".into());
         }
         if self.store_path.as_os_str().is_empty() {
             return Err("store_path must not be empty".into());

@@ -131,6 +131,79 @@ pub struct TokenRefused<'a> {
 
 event!(TokenRefused<'a>, |s, name| tracing::info!(code = s.code, reason = %s.reason, stream = %s.stream, cluster = %s.cluster, "{}", name));
 
+// ---- allowances ----
+
+/// The allowances' standing was read again.
+pub(crate) struct AllowancesRefreshed {
+    pub(crate) allowances: usize,
+    pub(crate) exhausted: usize,
+}
+
+event!(AllowancesRefreshed, |s, name| tracing::debug!(allowances = s.allowances, exhausted = s.exhausted, "{}", name));
+
+/// Reading the allowances' standing failed: retried at the next interval.
+pub(crate) struct AllowancesRefreshFailed<'a> {
+    pub(crate) error: &'a dyn Display,
+}
+
+event!(AllowancesRefreshFailed<'a>, |s, name| tracing::warn!(error = %s.error, "{}: retrying at the next interval", name));
+
+/// A threshold was reached and recorded (by this process: once across all).
+pub(crate) struct AllowanceThresholdReached<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) percent: &'a str,
+    pub(crate) policy: &'a str,
+    pub(crate) exhausted: bool,
+}
+
+event!(AllowanceThresholdReached<'a>, |s, name| tracing::warn!(
+    id = s.id,
+    percent = s.percent,
+    policy = s.policy,
+    exhausted = s.exhausted,
+    "{}",
+    name
+));
+
+/// A receiver acknowledged a threshold notification.
+pub(crate) struct AllowanceNotificationDelivered<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) attempt: i64,
+}
+
+event!(AllowanceNotificationDelivered<'a>, |s, name| tracing::info!(id = s.id, attempt = s.attempt, "{}", name));
+
+/// A notification's delivery attempt failed (`gave_up`: it was the last).
+pub(crate) struct AllowanceNotificationFailed<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) attempt: i64,
+    pub(crate) error: &'a str,
+    pub(crate) gave_up: bool,
+}
+
+event!(AllowanceNotificationFailed<'a>, |s, name| tracing::warn!(
+    id = s.id,
+    attempt = s.attempt,
+    error = s.error,
+    gave_up = s.gave_up,
+    "{}",
+    name
+));
+
+/// A verification met a standing older than `entitlements_max_staleness_secs`.
+pub(crate) struct EntitlementsStale<'a> {
+    pub(crate) tracking_id: &'a str,
+    pub(crate) fail_open: bool,
+}
+
+event!(EntitlementsStale<'a>, |s, name| tracing::warn!(
+    tracking_id = s.tracking_id,
+    fail_open = s.fail_open,
+    "{}: the allowances' standing is unknown (usage unreadable); {}",
+    name,
+    if s.fail_open { "admitting (entitlements_fail = open)" } else { "refusing (entitlements_fail = closed)" }
+));
+
 // ---- usage statistics ----
 
 /// A usage query to ClickHouse failed.

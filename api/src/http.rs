@@ -7,7 +7,7 @@
 //! time; `docs/security.md`): `api_secrets` (admin: everything),
 //! `verify_secrets` (media servers: `POST /api/token/verify` only) and
 //! `scoped_secrets` (a partner's statistics only, elsewhere `403`). Replies
-//! are the platform's envelopes ([`crate::app`]).
+//! are the platform's envelopes (`app`).
 //!
 //! `GET /healthz`, `GET /readyz` (token store and ClickHouse answer) and
 //! `GET /metrics` (Prometheus: `api_requests_total{status}`,
@@ -38,7 +38,13 @@ pub use crate::app::MAX_CONCURRENT_STATS;
 pub fn router(cfg: &ApiConfig, store: Arc<Store>) -> Result<Router, ApiError> {
     cfg.validate().map_err(|e| ApiError::Config(e.into_message()))?;
     let metrics = Metrics::new().map_err(|e| ApiError::Config(format!("metrics: {e}")))?;
+    let console = console_settings(cfg)?;
+    let tracker = crate::entitlements::start(cfg, console.rates.as_ref(), console.billing.as_ref(), &store, &metrics.registry)
+        .map_err(ApiError::Config)?;
+    let (entitlements, tracker_task) = tracker.map_or((None, None), |(t, task)| (Some(t), Some(task)));
     let state = Arc::new(AppState {
+        entitlements,
+        _tracker_task: tracker_task,
         sessions: crate::console::session::Sessions(store.clone()),
         store,
         secrets: runtime::auth::KeySet::new(&cfg.api_secrets),
@@ -61,7 +67,7 @@ pub fn router(cfg: &ApiConfig, store: Arc<Store>) -> Result<Router, ApiError> {
             .with_option("result_overflow_mode", "throw"),
         stats_slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_STATS)),
         ch_probe: runtime::health::Probe::default(),
-        console: console_settings(cfg)?,
+        console,
         throttle: Default::default(),
         client_address_header: match cfg.client_address_header.trim() {
             "" => None,
@@ -83,6 +89,8 @@ pub fn router(cfg: &ApiConfig, store: Arc<Store>) -> Result<Router, ApiError> {
         .routes(routes!(crate::stats::streams_total))
         .routes(routes!(crate::stats::streams_series))
         .routes(routes!(crate::stats::records::viewer_records))
+        .routes(routes!(crate::entitlements::allowances))
+        .routes(routes!(crate::entitlements::notifications))
         .layer(middleware::from_fn_with_state(state.clone(), limit_stats));
     let (api, doc) = OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
         .routes(routes!(crate::tokens::handlers::create_subscribe, crate::tokens::handlers::all_subscribe))

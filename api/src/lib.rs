@@ -16,29 +16,32 @@
 //!   JWTs ([`tokens::sign`], `api token sign`) and the admission rules
 //!   ([`tokens::verify`]: token, stream, cluster, the viewer's origin,
 //!   address and country, and the attribution).
-//! - [`stats`]: usage statistics (`/api/analytics/...`, `/api/records/viewers`)
-//!   read from ClickHouse, with their queries built by [`stats`]'s SQL builder.
-//! - [`console`]: the web console at `/`: its handlers beside its assets
+//! - `stats`: usage statistics (`/api/analytics/...`, `/api/records/viewers`)
+//!   read from ClickHouse, with their queries built by its SQL builder.
+//! - `console`: the web console at `/`: its handlers beside its assets
 //!   (`console/assets/`, embedded), sign-in and sessions
-//!   ([`console::session`]: credential roles), invoices.
+//!   (`console::session`: credential roles), invoices.
 //!
 //! Shared by them:
 //! - [`store`]: the API's SQLite file (tokens, IP bindings, console sessions).
 //! - [`http`]: `api serve`: the router, health, readiness and metrics.
-//! - [`app`]: state shared by the routes, replies, credential checks (a leaf).
+//! - `app`: state shared by the routes, replies, credential checks (a leaf).
 //! - [`throttle`]: failed authentications throttled per client address (a leaf).
-//! - [`events`]: the internal events: each logs one line and counts in
+//! - `events`: the internal events: each logs one line and counts in
 //!   `metering_internal_events_total` (a leaf).
-//! - [`openapi`]: the OpenAPI document's fixed parts (the paths are
+//! - `openapi`: the OpenAPI document's fixed parts (the paths are
 //!   generated from the handlers by `utoipa`).
 
-pub mod app;
+#![warn(missing_docs)]
+
+pub(crate) mod app;
 pub mod config;
-pub mod console;
-pub mod events;
+pub(crate) mod console;
+pub mod entitlements;
+pub(crate) mod events;
 pub mod http;
-pub mod openapi;
-pub mod stats;
+pub(crate) mod openapi;
+pub(crate) mod stats;
 pub mod store;
 pub mod throttle;
 pub mod tokens;

@@ -14,15 +14,29 @@ use thiserror::Error;
 /// Errors of the token store.
 #[derive(Debug, Error)]
 pub enum StoreError {
-    /// The directory of the SQLite file could not be created.
+    /// The SQLite file or its directory could not be created, or the file
+    /// could not be made readable by its owner only.
     #[error("cannot create store directory {path}: {source}")]
-    Dir { path: PathBuf, source: std::io::Error },
+    Dir {
+        /// The directory, or the SQLite file itself when creating it or
+        /// restricting it to its owner (mode `0600`) failed.
+        path: PathBuf,
+        /// What the file system answered.
+        source: std::io::Error,
+    },
     /// SQLite failed.
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
     /// A stored row could not be decoded.
     #[error("corrupt row {table}/{id}: {message}")]
-    Corrupt { table: &'static str, id: i64, message: String },
+    Corrupt {
+        /// The table of the row (`subscribe_tokens`, `publish_tokens`, `console_sessions`).
+        table: &'static str,
+        /// The row's id (`0` for a console session, which is keyed by a digest).
+        id: i64,
+        /// Why the row does not decode (a time out of range, bad JSON, a value of the wrong type).
+        message: String,
+    },
     /// A thread panicked while holding the connection.
     #[error("token store lock poisoned")]
     Poisoned,
@@ -56,6 +70,18 @@ CREATE TABLE IF NOT EXISTS bound_ips (
     ip        TEXT NOT NULL,
     PRIMARY KEY (token_key, ip)
 );
+CREATE TABLE IF NOT EXISTS allowance_notifications (
+    id              TEXT PRIMARY KEY,
+    partner         TEXT NOT NULL,
+    body            TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    attempts        INTEGER NOT NULL,
+    next_attempt_ms INTEGER NOT NULL,
+    lease_until_ms  INTEGER NOT NULL DEFAULT 0,
+    last_error      TEXT,
+    created_ms      INTEGER NOT NULL,
+    delivered_ms    INTEGER
+);
 CREATE TABLE IF NOT EXISTS console_sessions (
     id_digest  BLOB PRIMARY KEY,
     key_digest BLOB NOT NULL,
@@ -70,10 +96,10 @@ CREATE TABLE IF NOT EXISTS console_sessions (
 /// current configuration at every request (a secret removed from the
 /// configuration ends its sessions).
 #[derive(Debug, Clone)]
-pub struct StoredSession {
-    pub key_digest: [u8; 32],
-    pub csrf: String,
-    pub expires: DateTime<Utc>,
+pub(crate) struct StoredSession {
+    pub(crate) key_digest: [u8; 32],
+    pub(crate) csrf: String,
+    pub(crate) expires: DateTime<Utc>,
 }
 
 /// Columns added after the first release: `(table, column, definition)`,
@@ -199,7 +225,13 @@ impl Store {
 
     /// Record a console session unless `max` live ones exist; expired ones
     /// are removed first. `false`: too many.
-    pub fn open_session(&self, id_digest: &[u8; 32], session: &StoredSession, max: usize, now: DateTime<Utc>) -> Result<bool, StoreError> {
+    pub(crate) fn open_session(
+        &self,
+        id_digest: &[u8; 32],
+        session: &StoredSession,
+        max: usize,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         tx.execute("DELETE FROM console_sessions WHERE expires_ms <= ?1", params![now.timestamp_millis()])?;
@@ -216,7 +248,7 @@ impl Store {
     }
 
     /// The live console session of `id_digest`.
-    pub fn session(&self, id_digest: &[u8; 32], now: DateTime<Utc>) -> Result<Option<StoredSession>, StoreError> {
+    pub(crate) fn session(&self, id_digest: &[u8; 32], now: DateTime<Utc>) -> Result<Option<StoredSession>, StoreError> {
         let row: Option<(Vec<u8>, String, i64)> = self
             .conn()?
             .query_row(
@@ -233,7 +265,7 @@ impl Store {
     }
 
     /// End a console session (sign-out); every API process sharing the store sees it ended.
-    pub fn close_session(&self, id_digest: &[u8; 32]) -> Result<(), StoreError> {
+    pub(crate) fn close_session(&self, id_digest: &[u8; 32]) -> Result<(), StoreError> {
         self.conn()?.execute("DELETE FROM console_sessions WHERE id_digest = ?1", params![&id_digest[..]])?;
         Ok(())
     }

@@ -44,13 +44,13 @@ fn delay(count: u32) -> Duration {
 
 /// Failed authentications per address.
 #[derive(Debug, Default)]
-pub struct AuthThrottle {
+pub(crate) struct AuthThrottle {
     by_address: Mutex<HashMap<IpAddr, Failures>>,
 }
 
 /// What a failure did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failed {
+pub(crate) enum Failed {
     /// Still within the free failures.
     Counted,
     /// The address must now wait this long (the first time: a lockout begins).

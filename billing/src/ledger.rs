@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// Bytes billed for one usage period and tracking id by one invoice.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Billed {
+pub(crate) struct Billed {
     pub usage_period: String,
     pub tracking_id: String,
     /// Negative for a correction downward.
@@ -36,12 +36,13 @@ pub struct Billed {
 /// One issued invoice with what it billed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LedgerRecord {
+    /// The invoice as issued; it never changes afterwards.
     pub invoice: Invoice,
     /// Random per issuing run.
     pub issue_id: u64,
     /// Unix seconds.
     pub issued_at: u32,
-    pub billed: Vec<Billed>,
+    pub(crate) billed: Vec<Billed>,
     /// Ids of the manual adjustments this invoice carried.
     pub settled: Vec<String>,
     /// The snapshot the invoice was priced on ([`crate::store::Snapshot::summary`]).
@@ -130,11 +131,15 @@ pub fn differences(usage_now: &BTreeMap<String, u64>, billed: &BTreeMap<String, 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AdjustmentKind {
+    /// The partner pays less: a credit line on the invoice that carries it.
     Credit,
+    /// The partner pays more: an adjustment line on the invoice that carries it.
     Charge,
 }
 
 impl AdjustmentKind {
+    /// `credit` or `charge`: the value of the `kind` column of
+    /// `billing_adjustments` and the word `billing adjust` prints.
     pub const fn as_str(self) -> &'static str {
         match self {
             AdjustmentKind::Credit => "credit",
@@ -142,7 +147,7 @@ impl AdjustmentKind {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         match s {
             "credit" => Some(AdjustmentKind::Credit),
             "charge" => Some(AdjustmentKind::Charge),
@@ -155,17 +160,23 @@ impl AdjustmentKind {
 /// (priced at that period's margin) or an amount, with its reason and author.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ManualAdjustment {
+    /// Its id, `ADJ-` and 16 hex digits: listed in the `settled` of the
+    /// invoice that carries it, and on that invoice's line.
     pub adjustment_id: String,
+    /// The partner it is for (an `id` of the rate card).
     pub partner_id: String,
     /// The usage period it corrects, `YYYY-MM`.
     pub period: String,
+    /// Whether the partner pays less (credit) or more (charge).
     pub kind: AdjustmentKind,
     /// Bytes to credit or charge (0 when `amount` is given).
     #[serde(serialize_with = "u64_str")]
     pub bytes: u64,
     /// An amount in the partner's currency of `period` (positive; `kind` gives the sign).
     pub amount: Option<Decimal>,
+    /// Why it was recorded (`--reason`, trimmed; never empty): printed on the invoice line.
     pub reason: String,
+    /// Who recorded it (`--by`, trimmed; never empty): the audit trail, printed with the reason.
     pub author: String,
     /// Unix seconds.
     pub created_at: u32,

@@ -12,7 +12,7 @@
 //! * [`ledger`]: what was issued and billed, and the rules that read it.
 //! * [`store`]: usage from the fenced `usage_by_tracking` view; invoice tables in ClickHouse.
 //! * [`run`]: `billing run | issue | reconcile | statements`.
-//! * [`events`]: the internal events: each logs one line and counts in `metering_internal_events_total`.
+//! * `events`: the internal events: each logs one line and counts in `metering_internal_events_total`.
 //!
 //! ## Lifecycle
 //! `billing run` computes drafts and writes them (JSON, HTML, CSV, report);
@@ -45,8 +45,10 @@
 //!   (a second row of an invoice number, an adjustment carried twice) and
 //!   lists the corrections pending per partner and period.
 
+#![warn(missing_docs)]
+
 pub mod config;
-pub mod events;
+pub(crate) mod events;
 pub mod invoice;
 pub mod ledger;
 pub mod pdf;

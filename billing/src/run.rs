@@ -17,20 +17,35 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
+/// Why a billing command failed.
 #[derive(Debug, Error)]
 pub enum BillingError {
+    /// Reading or writing ClickHouse failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The rate card could not be read or is invalid.
     #[error(transparent)]
     RateCard(#[from] crate::rates::RateCardError),
+    /// An invoice could not be built or issued.
     #[error(transparent)]
     Invoice(#[from] crate::invoice::InvoiceError),
+    /// A period that is not a valid `YYYY-MM`; holds it as given.
     #[error("bad period {0:?}: use YYYY-MM")]
     Period(String),
+    /// A file or folder under the output folder could not be written.
     #[error("writing {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// A sum of bytes (or a signed correction) does not fit 64 bits; holds what was summed.
     #[error("{0}: the byte total does not fit 64 bits")]
     Overflow(&'static str),
+    /// `billing adjust` refused its arguments (a partner not in the rate
+    /// card, not exactly one of `--bytes` and `--amount`, no `--reason` or
+    /// `--by`, ...); holds why. Nothing was recorded.
     #[error("billing adjust: {0}")]
     Adjust(String),
 }
@@ -44,6 +59,7 @@ fn total<'a>(what: &'static str, bytes: impl IntoIterator<Item = &'a u64>) -> Re
 /// was billed (late usage, or usage that fell), or a manual adjustment.
 #[derive(Debug, Clone, Serialize)]
 pub struct Correction {
+    /// The partner whose invoice carries it (or will: a pending correction).
     pub partner_id: String,
     /// The usage period corrected.
     pub from_period: String,
@@ -54,6 +70,7 @@ pub struct Correction {
     pub bytes: u64,
     /// Usage now minus billed, per tracking id (usage corrections only).
     pub per_tracking: BTreeMap<String, i64>,
+    /// ISO 4217 code of `amount`: the partner's currency in the corrected period.
     pub currency: String,
     /// Signed: negative for credits.
     pub amount: String,
@@ -64,7 +81,7 @@ pub struct Correction {
 
 /// Per-partner line of the run report.
 #[derive(Debug, Clone, Serialize)]
-pub struct PartnerSummary {
+pub(crate) struct PartnerSummary {
     pub partner_id: String,
     pub invoice_number: String,
     pub status: String,
@@ -77,13 +94,14 @@ pub struct PartnerSummary {
 /// What a run computed besides the invoices; written as `report-<period>.json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
+    /// The period computed, `YYYY-MM`.
     pub period: String,
     /// The usage snapshot every figure of this run was read from ([`Snapshot::summary`]).
     pub snapshot: String,
     /// All `bytes_out` of the period, every tracking id and untracked.
     #[serde(with = "u64_str")]
     pub total_bytes: u64,
-    pub partners: Vec<PartnerSummary>,
+    pub(crate) partners: Vec<PartnerSummary>,
     /// Usage of tracking ids no partner owns: not billed, listed here.
     pub unowned_tracking_ids: BTreeMap<String, u64>,
     /// Usage without a tracking id: not billed.
@@ -106,8 +124,11 @@ struct ToRecord {
 /// The result of computing a period.
 #[derive(Debug, Clone)]
 pub struct Computed {
-    pub period: String,
+    pub(crate) period: String,
+    /// One invoice per partner of the rate card, in its order: a draft, or
+    /// the invoice issued for the period, as issued.
     pub invoices: Vec<Invoice>,
+    /// Everything else the run computed (written as `report-<period>.json`).
     pub report: RunReport,
     /// Per partner with a draft: what issuing it records.
     to_record: BTreeMap<String, ToRecord>,
@@ -122,9 +143,9 @@ fn bounds(period: &str) -> Result<((i32, u32), NaiveDate, NaiveDate), BillingErr
 /// Everything one run reads: the usage snapshot, the ledger, the manual adjustments.
 #[derive(Debug, Clone)]
 pub struct Inputs {
-    pub snapshot: Snapshot,
-    pub ledger: Ledger,
-    pub manual: Vec<ManualAdjustment>,
+    pub(crate) snapshot: Snapshot,
+    pub(crate) ledger: Ledger,
+    pub(crate) manual: Vec<ManualAdjustment>,
 }
 
 impl Inputs {
@@ -331,11 +352,15 @@ pub async fn compute_at(store: &Store, card: &RateCard, period: &str, inputs: &I
 /// Files written by a run.
 #[derive(Debug, Clone, Default)]
 pub struct Written {
+    /// Each invoice's JSON document, `<out>/invoices/<invoice_number>.json`.
     pub invoices_json: Vec<PathBuf>,
+    /// Each invoice's HTML rendering, `<out>/invoices/<invoice_number>.html`.
     pub invoices_html: Vec<PathBuf>,
     /// PDFs of the issued invoices (drafts get none).
     pub invoices_pdf: Vec<PathBuf>,
+    /// Every line of the period's invoices, `<out>/invoice-lines-<period>.csv`.
     pub lines_csv: PathBuf,
+    /// The run report ([`RunReport`]), `<out>/report-<period>.json`.
     pub report: PathBuf,
 }
 
@@ -524,8 +549,11 @@ pub async fn adjust(
 /// One reconciliation check.
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {
+    /// What is compared, in words.
     pub name: String,
+    /// The two sides agree; `billing reconcile` fails (exit 1) if any check does not.
     pub ok: bool,
+    /// The figures compared, or where they differ.
     pub detail: String,
 }
 

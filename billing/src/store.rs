@@ -11,12 +11,21 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use thiserror::Error;
 
+/// Why a read or write of billing's side of ClickHouse failed.
 #[derive(Debug, Error)]
 pub enum StoreError {
+    /// A query failed, or ClickHouse could not be reached.
     #[error("ClickHouse: {0}")]
     ClickHouse(#[from] clickhouse::error::Error),
+    /// Anything else that stops the store, in words: a database name or
+    /// cluster layout that is not valid, ClickHouse not answering at
+    /// connect, the issue lock, a seal that cannot be read, a usage sum
+    /// that overflows `u64`.
     #[error("{0}")]
     Config(String),
+    /// A ledger row (its invoice document included) or a manual adjustment
+    /// that cannot be read back: holds which (the invoice number, or
+    /// `adjustment <id>`) and why. Stop and repair it; do not guess.
     #[error("stored invoice {0} cannot be read: {1}")]
     Corrupt(String, String),
     /// The sealed rows this read's snapshot needs were consolidated while it
@@ -156,7 +165,7 @@ pub const TABLES: [warehouse::tables::TableLayout; 4] = [
 /// The fence of each claimed `((topic, partition), epoch)`.
 pub type Fences = BTreeMap<((String, u32), u64), u64>;
 
-/// How reconciliation counts a log table ([`Store::audited_log_total`]).
+/// How reconciliation counts a log table ([`crate::run::reconcile_with`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogCounting {
     /// The rows above the recorded count's seal, added to it; the count as
@@ -172,7 +181,7 @@ pub enum LogCounting {
 
 /// A period's bytes counted on a log table ([`Store::audited_log_total`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LogCount {
+pub(crate) struct LogCount {
     /// `bytes_out` per tracking id with rows.
     pub bytes: BTreeMap<String, u64>,
     /// The seal whose recorded count was taken (0: none, every row counted now).
@@ -185,7 +194,7 @@ pub struct LogCount {
 
 /// Why reconciliation counted every log row although a count was recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Recounted {
+pub(crate) enum Recounted {
     /// The fences below the recorded seal changed since (a late contested claim).
     FencesChanged { seal: u64 },
     /// The valid log rows below the recorded seal inserted since the hour of
@@ -279,7 +288,7 @@ pub const ISSUE_LOCK_STALE_SECS: u64 = 600;
 /// the last position whose rows count ([`Store::snapshot`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
-    pub limits: Fences,
+    pub(crate) limits: Fences,
     /// The latest committed seal when the snapshot was taken: usage at or
     /// below its offsets is read from the sealed daily table (the seals up
     /// to its `seq`), the rest from the log under `limits`.
@@ -538,7 +547,7 @@ impl Store {
     /// counted under, cut at its seal, are unchanged (a late contested claim
     /// changes them).
     #[allow(clippy::too_many_arguments)]
-    pub async fn audited_log_total(
+    pub(crate) async fn audited_log_total(
         &self,
         log_table: &str,
         fences: &Fences,

@@ -3,6 +3,7 @@
 use schemas::FieldError;
 use thiserror::Error;
 
+/// Errors of the producer and the gateway.
 #[derive(Debug, Error)]
 pub enum IngestError {
     /// The event breaks a contract rule; it was not produced.
@@ -13,6 +14,8 @@ pub enum IngestError {
     /// are dropped downstream by `(viewer_id, seq)`.
     #[error("Kafka did not acknowledge: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    /// Invalid settings ([`crate::config::IngestConfig::validate`]), or
+    /// something that could not be set up from them; holds the reason.
     #[error("configuration: {0}")]
     Config(String),
     /// The HTTP gateway refused or failed a request.

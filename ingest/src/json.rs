@@ -14,7 +14,7 @@ use std::borrow::Cow;
 /// An event as accepted over HTTP.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct JsonEvent {
+pub(crate) struct JsonEvent {
     pub viewer_id: String,
     pub seq: i64,
     pub interval_start: JsonTime,
@@ -38,7 +38,7 @@ pub struct JsonEvent {
 /// RFC 3339 text or epoch milliseconds.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-pub enum JsonTime {
+pub(crate) enum JsonTime {
     Millis(i64),
     Text(String),
 }
@@ -95,7 +95,11 @@ pub struct EventError {
     /// Index of the event in the request (array index or NDJSON line, from 0);
     /// `null` when the body as a whole could not be read.
     pub index: Option<usize>,
+    /// The field at fault: a contract field, or the unknown name that was
+    /// sent; empty when no field is (text that is not JSON, a body that is
+    /// not an array). In a gateway answer, cut at 64 bytes.
     pub field: String,
+    /// What is wrong, in words; in a gateway answer, cut at 256 bytes.
     pub reason: String,
 }
 
@@ -186,7 +190,7 @@ pub fn metric_reason(e: &EventError) -> &'static str {
 
 /// How much of a request body is read.
 #[derive(Debug, Clone, Copy)]
-pub struct BodyLimits {
+pub(crate) struct BodyLimits {
     /// More events than this: the request is refused as soon as the next one is seen.
     pub max_events: usize,
     /// At most this many errors are listed (all are counted).
@@ -201,7 +205,7 @@ impl Default for BodyLimits {
 
 /// Why a body was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Rejection {
+pub(crate) enum Rejection {
     /// Some events are invalid (or the body is not JSON): the first
     /// `max_errors` problems, and how many there were in all.
     Invalid { errors: Vec<EventError>, total: usize },
@@ -303,7 +307,7 @@ impl<'de> serde::de::Visitor<'de> for Elements<'_, '_> {
 /// [`Rejection::TooManyEvents`] as soon as the body holds more than
 /// `limits.max_events`. Memory is bounded by the body and the kept events:
 /// no JSON tree of the body is built.
-pub fn parse_body_limited(
+pub(crate) fn parse_body_limited(
     body: &[u8],
     ndjson: bool,
     rules: &schemas::Rules,
@@ -334,7 +338,10 @@ pub fn parse_body_limited(
     }
 }
 
-/// [`parse_body_limited`] without an event limit, listing at most 100 errors.
+/// Parse a request body (a JSON array of events, or NDJSON: one object per
+/// line, blank lines ignored) and check every event against the contract
+/// under `rules`, as the gateway does but without an event limit: all
+/// events, or the errors (at most 100 listed).
 pub fn parse_body(body: &[u8], ndjson: bool, rules: &schemas::Rules) -> Result<Vec<OwnedViewerUsage>, Vec<EventError>> {
     match parse_body_limited(body, ndjson, rules, BodyLimits::default()) {
         Ok(evs) => Ok(evs),

@@ -53,6 +53,9 @@ pub struct UsageProducer {
 }
 
 impl UsageProducer {
+    /// A producer to `kafka.topic` (idempotent, `acks=all`; `kafka.properties`
+    /// applied last). No broker is contacted yet: fails only on settings
+    /// librdkafka refuses ([`IngestError::Kafka`]).
     pub fn new(kafka: &KafkaConfig, opts: ProducerOptions) -> Result<Self, IngestError> {
         let mut c = kafka.client_config();
         c.set("enable.idempotence", "true")
@@ -66,10 +69,13 @@ impl UsageProducer {
         Ok(UsageProducer { producer, topic: kafka.topic.clone(), codec: Codec::new(), opts })
     }
 
+    /// The Kafka topic every event is produced to.
     pub fn topic(&self) -> &str {
         &self.topic
     }
 
+    /// The Avro single-object codec events are encoded with (the current
+    /// writer schema), for callers that encode themselves ([`Self::send_encoded`]).
     pub fn codec(&self) -> &Codec {
         &self.codec
     }
@@ -187,8 +193,12 @@ pub fn is_record_error(e: &KafkaError) -> bool {
 /// Why [`UsageProducer::send_all`] did not accept a batch.
 #[derive(Debug, thiserror::Error)]
 pub enum SendAllError {
+    /// Some events break a contract rule; nothing was produced. Holds each
+    /// invalid event's index in the batch with its errors.
     #[error("{} invalid events; nothing was produced", .0.len())]
     Invalid(Vec<(usize, Vec<schemas::FieldError>)>),
+    /// Kafka did not acknowledge every event (the first error): some may have
+    /// been written; re-sending the whole batch is safe.
     #[error("Kafka did not acknowledge every event: {0}")]
     Kafka(KafkaError),
 }

@@ -8,6 +8,8 @@
 //! every viewer through the token service first. The production services do
 //! not depend on this crate.
 
+#![warn(missing_docs)]
+
 pub mod sim_run;
 pub mod simulate;
 pub mod tokens;

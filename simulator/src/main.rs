@@ -28,7 +28,7 @@ struct SimArgs {
     /// Random seed: the same seed gives the same events
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Prefix of every viewer_id (default s<seed>); use distinct ones for runs on one topic
+    /// Prefix of every viewer_id (default `s<seed>`); use distinct ones for runs on one topic
     #[arg(long, default_value = "")]
     run_id: String,
     #[arg(long, default_value = "acct-demo")]

@@ -13,7 +13,12 @@ pub enum Target {
     /// Produce to Kafka with [`UsageProducer`].
     Kafka(UsageProducerHandle),
     /// POST batches to the gateway's `/v1/usage`.
-    Http { url: String, api_key: String },
+    Http {
+        /// The gateway's base URL, e.g. `http://127.0.0.1:8088` (`/v1/usage` is appended).
+        url: String,
+        /// A bearer key the gateway accepts (one of its `api_keys`).
+        api_key: String,
+    },
 }
 
 /// A cloneable producer handle (for `Target::Kafka`).

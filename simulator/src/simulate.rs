@@ -25,18 +25,26 @@ use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 /// What to simulate.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SimConfig {
+    /// Seed of the random generator: the same seed and settings send the same messages. Default 1.
     pub seed: u64,
     /// Prefix of every `viewer_id`; distinct runs on one topic need distinct ones.
     pub run_id: String,
+    /// Account that owns every stream (each event's `account_id`). Default `acct-demo`.
     pub account_id: String,
+    /// Syndication partners, one tracking id each, when `tracking_ids` is empty. Default 3.
     pub partners: usize,
+    /// Viewers each partner brings, each with 1 to 3 sessions. Default 20.
     pub viewers_per_partner: usize,
+    /// Viewers without a tracking id. Default 5.
     pub untracked_viewers: usize,
+    /// Live streams of the account (`live-0`, `live-1`, ...), one picked at random per session. Default 2.
     pub streams: usize,
     /// Start of the simulated period, epoch ms (UTC).
     pub start_ms: i64,
     /// Length of the simulated period, seconds.
     pub duration_secs: u64,
+    /// Seconds between two reports of a session: each event's interval (a
+    /// session's last one is shorter). Default 10.
     pub report_interval_secs: u32,
     /// Session length range, seconds.
     pub session_secs: (u64, u64),
@@ -89,6 +97,8 @@ impl SimConfig {
         Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap()
     }
 
+    /// The partners' tracking ids: `tracking_ids` when set, else `partners`
+    /// ids made from a fixed list of names (`acme-web`, `globex-web`, ...).
     pub fn tracking_ids(&self) -> Vec<String> {
         if !self.tracking_ids.is_empty() {
             return self.tracking_ids.clone();
@@ -116,7 +126,7 @@ impl SimConfig {
 
 /// One viewing session (one connection).
 #[derive(Debug, Clone)]
-pub struct Session {
+pub(crate) struct Session {
     pub viewer_id: String,
     pub tracking_id: Option<String>,
     pub custom_viewer_data: Option<String>,
@@ -131,7 +141,7 @@ pub struct Session {
 }
 
 /// The sessions of a simulation, in a deterministic order.
-pub fn sessions(cfg: &SimConfig) -> Vec<Session> {
+pub(crate) fn sessions(cfg: &SimConfig) -> Vec<Session> {
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let prefix = cfg.run_prefix();
     let tracking = cfg.tracking_ids();
@@ -203,12 +213,13 @@ pub struct Messages {
 }
 
 impl Messages {
+    /// The messages of the simulation `cfg` describes, in send order.
     pub fn new(cfg: &SimConfig) -> Self {
         Self::with_sessions(cfg, sessions(cfg))
     }
 
     /// Messages of the given sessions (e.g. after token admission dropped some).
-    pub fn with_sessions(cfg: &SimConfig, sessions: Vec<Session>) -> Self {
+    pub(crate) fn with_sessions(cfg: &SimConfig, sessions: Vec<Session>) -> Self {
         let heap = sessions.iter().enumerate().filter(|(_, s)| s.end_ms > s.start_ms).map(|(i, s)| Reverse((s.start_ms, i, 0))).collect();
         Messages {
             rng: ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed_f00d),
@@ -337,8 +348,11 @@ impl Iterator for Messages {
 /// Totals of one key.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Totals {
+    /// Sum of the events' `bytes_out`: the billed bytes.
     pub bytes_out: u64,
+    /// Sum of the events' `bytes_in`.
     pub bytes_in: u64,
+    /// How many events.
     pub events: u64,
 }
 
@@ -353,15 +367,20 @@ impl Totals {
 /// Per-viewer (connection) totals with its attribution.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ViewerTotals {
+    /// The viewer's tracking id; `""` when untracked.
     pub tracking_id: String,
+    /// The viewer's `custom_viewer_data`; `""` when it has none.
     pub custom_viewer_data: String,
+    /// The stream it watched.
     pub stream_name: String,
-    /// Earliest and latest `interval_start` of the viewer's events, epoch ms
-    /// (the session's bounds, for viewer records).
+    /// Earliest `interval_start` of the viewer's events, epoch ms (with
+    /// `last_start_ms`: the session's bounds, for viewer records).
     #[serde(default)]
     pub first_start_ms: i64,
+    /// Latest `interval_start` of the viewer's events, epoch ms.
     #[serde(default)]
     pub last_start_ms: i64,
+    /// Its bytes and events (flattened into this object in JSON).
     #[serde(flatten)]
     pub totals: Totals,
 }
@@ -376,11 +395,17 @@ impl ViewerTotals {
 /// Exact expected totals of the unique valid events a run sent.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Expected {
+    /// Messages sent, of every kind (poison only to Kafka: none is sent to the gateway).
     pub messages_sent: u64,
+    /// Valid events sent for the first time: what the pipeline must count, each once.
     pub unique_valid_events: u64,
+    /// Re-sends of a valid event already sent (same `viewer_id` and `seq`): never counted again.
     pub duplicates_sent: u64,
+    /// Events that break a contract rule: never counted (the gateway answers 400; from Kafka, dead letters).
     pub invalid_sent: u64,
+    /// Undecodable messages (Kafka only): dead letters, never counted.
     pub poison_sent: u64,
+    /// Totals of the unique valid events.
     pub total: Totals,
     /// By tracking id (`""` = untracked).
     pub by_tracking: BTreeMap<String, Totals>,

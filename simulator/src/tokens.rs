@@ -29,7 +29,7 @@ pub struct TokenApi {
 pub struct Admission {
     /// Master token id per tracking id (`""`: the owner's untracked token).
     pub master_tokens: BTreeMap<String, i64>,
-    pub admitted: usize,
+    pub(crate) admitted: usize,
     /// viewer_id -> refusal code.
     pub refused: BTreeMap<String, String>,
 }
@@ -49,7 +49,7 @@ async fn call(client: &reqwest::Client, api: &TokenApi, path: &str, body: Value)
 
 /// Create the master tokens, sign and verify a viewer token per session, and
 /// return the admitted sessions with the attribution the service gave them.
-pub async fn admit(cfg: &SimConfig, sessions: Vec<Session>, api: &TokenApi) -> Result<(Vec<Session>, Admission), IngestError> {
+pub(crate) async fn admit(cfg: &SimConfig, sessions: Vec<Session>, api: &TokenApi) -> Result<(Vec<Session>, Admission), IngestError> {
     let client = reqwest::Client::new();
     let mut adm = Admission::default();
     let mut masters: BTreeMap<String, (i64, String)> = BTreeMap::new();

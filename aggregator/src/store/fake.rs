@@ -51,6 +51,7 @@ struct Inner {
 /// A fault injected into the `n`th insert (counting from 1 over the store's life).
 #[derive(Debug, Clone, Copy)]
 pub struct Fault {
+    /// The insert that fails: 1 for the store's first, whatever the table.
     pub insert_no: usize,
     /// The insert fails to the caller but its rows land anyway (a timeout
     /// after the server took the whole body: the "orphaned insert").
@@ -105,6 +106,7 @@ impl Reader<'_> {
 }
 
 impl FakeStore {
+    /// An empty store of `topic`'s partitions: no claims, no rows, no faults.
     pub fn new(topic: &str) -> Self {
         FakeStore { inner: Arc::default(), topic: topic.to_string() }
     }
@@ -122,10 +124,12 @@ impl FakeStore {
         g.frozen = Some(g.claims.clone());
     }
 
+    /// End [`FakeStore::freeze_claim_reads`]: claims read every claim written.
     pub fn thaw_claim_reads(&self) {
         self.inner.lock().unwrap().frozen = None;
     }
 
+    /// Inserts made so far, failed ones included (the count [`Fault::insert_no`] refers to).
     pub fn inserts(&self) -> usize {
         self.inner.lock().unwrap().inserts
     }

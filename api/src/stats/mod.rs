@@ -30,8 +30,6 @@
 pub(crate) mod records;
 mod sql;
 
-pub use records::RECORD_CSV_HEADER;
-
 use crate::app::{success, AppState, Reply, Scope, StatsErrors, Success};
 use crate::events;
 use crate::MAX_TRACKING_ID_CHARS;

@@ -11,12 +11,14 @@ use super::validate::{
 use super::verify::{VerifyError, Viewer};
 use super::{MAX_ITEMS_ON_PAGE, MAX_PLATFORM_ITEMS_ON_PAGE};
 use crate::app::{fail_body, iso_time, success, AppState, Fail, Reply, ServerError, Success, TokenErrors};
+use crate::entitlements::Decision;
 use crate::events;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::Utc;
+use entitlements::Check;
 use runtime::events::InternalEvent;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -276,6 +278,10 @@ struct VerifyBody {
     /// geo-IP; also accepted as `countryCode`, `viewerCountry`).
     #[serde(default, alias = "countryCode", alias = "viewerCountry")]
     country: Option<String>,
+    /// The media server re-verifies a viewer already watching (a `hard`
+    /// allowance refuses it once used up; a `soft` one does not).
+    #[serde(default)]
+    reverification: bool,
 }
 
 fn verify_status(e: &VerifyError) -> StatusCode {
@@ -299,6 +305,16 @@ pub(crate) async fn verify_token(State(s): State<Arc<AppState>>, body: Bytes) ->
     let token = b.token.as_deref().map(str::trim).filter(|t| !t.is_empty());
     match super::verify::admit(s.store.as_ref(), token, &b.stream_name, &b.cluster, &viewer, Utc::now(), &s.policy) {
         Ok(a) => {
+            // the partner's allowance, once the token itself is valid
+            let check = if b.reverification { Check::Reverification } else { Check::Admission };
+            let tracking = a.as_ref().and_then(|a| a.tracking_id.as_deref());
+            if let (Some(tracker), Some(t)) = (&s.entitlements, tracking) {
+                if let Decision::Refuse { code, message } = tracker.decide(t, check, Utc::now()) {
+                    s.metrics.verify.with_label_values(&[code]).inc();
+                    events::TokenRefused { code, reason: &message, stream: &b.stream_name, cluster: &b.cluster }.emit();
+                    return Ok(fail_body(StatusCode::FORBIDDEN, json!({"code": code, "message": message, "trackingId": t})));
+                }
+            }
             s.metrics.verify.with_label_values(&[if a.is_some() { "ok" } else { "ok_untracked" }]).inc();
             let a = a.unwrap_or_default();
             events::TokenVerified { token_id: a.token_id, tracking_id: a.tracking_id.as_deref(), stream: &b.stream_name }.emit();

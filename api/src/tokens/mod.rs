@@ -7,17 +7,17 @@
 //! name with a wrong type or value are a `400`.
 //!
 //! - [`model`]: the tokens (the fields both kinds share in [`model::TokenCommon`]);
-//! - [`validate`]: request bodies and their checks;
-//! - [`handlers`]: the routes; [`response`]: what they answer;
+//! - `validate`: request bodies and their checks;
+//! - `handlers`: the routes; `response`: what they answer;
 //! - [`store`]: the tokens in the API's SQLite file, each operation written once for both kinds;
 //! - [`verify`]: the admission rules and the attribution; [`sign`]: self-signed viewer JWTs.
 
-pub mod handlers;
+pub(crate) mod handlers;
 pub mod model;
-pub mod response;
+pub(crate) mod response;
 pub mod sign;
 pub mod store;
-pub mod validate;
+pub(crate) mod validate;
 pub mod verify;
 
 /// Longest accepted token lifetime, seconds (10 years).

@@ -1,7 +1,7 @@
 //! The token model: what both token kinds share ([`TokenCommon`]), each
 //! kind as the store keeps it, and the stream rules and access rules a
 //! token carries. No I/O here: [`super::store`] reads and writes these,
-//! [`super::validate`] builds them from request bodies, [`super::response`]
+//! `tokens::validate` builds them from request bodies, `tokens::response`
 //! answers them in the platform's shapes.
 
 use crate::events;
@@ -143,16 +143,22 @@ impl TokenCommon {
 /// What creating a token of either kind needs in common (validated).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewTokenCommon {
+    /// Free text, at most 256 characters; empty when the request gives none.
     pub label: String,
+    /// Streams the token grants: 1 to 100 rules.
     pub streams: Vec<StreamRule>,
+    /// Cluster id, or `Auto` (the default) for any cluster.
     pub origin_cluster: String,
+    /// Expiry: in the future, at most [`super::MAX_EXPIRES_SECS`] ahead; `None`: never.
     pub expires_on: Option<DateTime<Utc>>,
+    /// Origins, addresses and countries allowed (none: no restriction).
     pub rules: AccessRules,
 }
 
 /// A Subscribe token (a partner's master token) as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscribeToken {
+    /// The fields both token kinds have (id, token string, streams, state, access rules).
     pub common: TokenCommon,
     /// Distribution channel its viewers' usage is attributed to; immutable.
     pub tracking_id: Option<String>,
@@ -161,13 +167,16 @@ pub struct SubscribeToken {
 /// What creating a Subscribe token needs (validated).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewSubscribeToken {
+    /// The fields both token kinds need.
     pub common: NewTokenCommon,
+    /// Distribution channel, 1 to 128 characters; `None`: untracked. Fixed at creation.
     pub tracking_id: Option<String>,
 }
 
 /// A Publish token as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PublishToken {
+    /// The fields both token kinds have (id, token string, streams, state, access rules).
     pub common: TokenCommon,
     /// Whether viewers of these streams need a Subscribe token.
     pub subscribe_requires_auth: bool,
@@ -179,8 +188,11 @@ pub struct PublishToken {
 /// What creating a Publish token needs (validated).
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewPublishToken {
+    /// The fields both token kinds need.
     pub common: NewTokenCommon,
+    /// Whether viewers of these streams need a Subscribe token (`false` unless the request says so).
     pub subscribe_requires_auth: bool,
+    /// The publishing options the request named, as given (the rest read as the platform's defaults).
     pub options: serde_json::Map<String, serde_json::Value>,
 }
 

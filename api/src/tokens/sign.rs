@@ -92,7 +92,12 @@ pub struct SignRequest {
 pub enum SignError {
     /// A field exceeds its limit.
     #[error("{field} is longer than {max} characters")]
-    FieldTooLong { field: &'static str, max: usize },
+    FieldTooLong {
+        /// The claim's name: `trackingId` or `customViewerData`.
+        field: &'static str,
+        /// Its limit, characters.
+        max: usize,
+    },
     /// A field has a value that can never verify.
     #[error("{0}")]
     Invalid(String),

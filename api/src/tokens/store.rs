@@ -28,7 +28,9 @@ pub struct Page {
     pub page: u32,
     /// Tokens per page.
     pub items_on_page: u32,
+    /// The order (creation order by default); ties are broken by id.
     pub sort_by: SortBy,
+    /// Reverse the order (ties too); `false` by default.
     pub descending: bool,
 }
 
@@ -87,10 +89,13 @@ pub trait TokenKind: Sized + Clone {
     type New;
     /// Its table.
     const TABLE: &'static str;
-    /// Its columns beyond [`COMMON_COLUMNS`].
+    /// Its columns beyond those both token tables have (`COMMON_COLUMNS`).
     const OWN_COLUMNS: &'static [&'static str];
+    /// The fields every kind has.
     fn common(&self) -> &TokenCommon;
+    /// The fields every kind has, to change.
     fn common_mut(&mut self) -> &mut TokenCommon;
+    /// The fields every kind needs at creation.
     fn new_common(new: &Self::New) -> &NewTokenCommon;
     /// The values of [`TokenKind::OWN_COLUMNS`] of a new token.
     fn new_values(new: &Self::New) -> Vec<SqlValue>;

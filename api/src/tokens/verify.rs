@@ -3,7 +3,7 @@
 //!
 //! A token is either a **master token** (the 64-hex Subscribe token string
 //! itself) or a **self-signed JWT** keyed with its parent's token string
-//! (see [`crate::sign`]). Rules for a JWT, in order:
+//! (see [`crate::tokens::sign`]). Rules for a JWT, in order:
 //!
 //! 1. three base64url parts; the header's `alg` is HS256, HS384 or HS512
 //!    (checked before anything else; `none` and every other alg rejected);
@@ -226,7 +226,10 @@ pub enum VerifyError {
     ExpMissing,
     /// The JWT's `exp` has passed.
     #[error("token expired at {exp} (epoch seconds)")]
-    Expired { exp: i64 },
+    Expired {
+        /// The JWT's `exp`, epoch seconds: now or earlier.
+        exp: i64,
+    },
     /// No Subscribe token with the JWT's `tokenId` (never created, or deleted).
     #[error("parent token {0} not found")]
     ParentNotFound(i64),
@@ -250,22 +253,46 @@ pub enum VerifyError {
     StreamMismatch(String),
     /// The cluster does not match the token's origin cluster.
     #[error("cluster {cluster:?} does not match the token's origin cluster {expected:?}")]
-    ClusterMismatch { cluster: String, expected: String },
+    ClusterMismatch {
+        /// The cluster the media server asked for, or a JWT's `originCluster`
+        /// that differs from its parent's.
+        cluster: String,
+        /// The origin cluster it had to equal (any case): the token's, a JWT's
+        /// own narrowing of it, or the parent's.
+        expected: String,
+    },
     /// The JWT names a trackingId other than its parent's.
     #[error("trackingId {given:?} differs from the parent token's {parent:?}")]
-    TrackingOverride { given: String, parent: String },
+    TrackingOverride {
+        /// The JWT's `trackingId`.
+        given: String,
+        /// The parent token's tracking id, the only one its viewer tokens may carry.
+        parent: String,
+    },
     /// The JWT names a trackingId and its parent is untracked (see [`Policy`]).
     #[error("trackingId {given:?} set by a viewer token of an untracked parent token")]
-    TrackingNotAllowed { given: String },
+    TrackingNotAllowed {
+        /// The JWT's `trackingId`.
+        given: String,
+    },
     /// The JWT is valid for longer than [`Policy::max_viewer_token_secs`].
     #[error("token lifetime is longer than {max_secs} s")]
-    LifetimeTooLong { max_secs: i64 },
+    LifetimeTooLong {
+        /// The longest accepted lifetime, seconds ([`Policy::max_viewer_token_secs`]).
+        max_secs: i64,
+    },
     /// The JWT's `nbf` has not come yet.
     #[error("token not valid before {nbf} (epoch seconds)")]
-    NotYetValid { nbf: i64 },
+    NotYetValid {
+        /// The JWT's `nbf`, epoch seconds: later than now plus [`Policy::clock_skew_secs`].
+        nbf: i64,
+    },
     /// The JWT's `iat` is in the future.
     #[error("token issued in the future ({iat}, epoch seconds)")]
-    IssuedInFuture { iat: i64 },
+    IssuedInFuture {
+        /// The JWT's `iat`, epoch seconds: later than now plus [`Policy::clock_skew_secs`].
+        iat: i64,
+    },
     /// The viewer's origin is not in an `allowedOrigins` list.
     #[error("origin {0:?} is not allowed by this token")]
     OriginNotAllowed(String),
@@ -286,7 +313,12 @@ pub enum VerifyError {
     TokenRequired(String),
     /// A claim exceeds its limit.
     #[error("{field} is longer than {max} characters")]
-    FieldTooLong { field: &'static str, max: usize },
+    FieldTooLong {
+        /// The claim's name: `trackingId` or `customViewerData`.
+        field: &'static str,
+        /// Its limit, characters.
+        max: usize,
+    },
     /// The token store failed (not the token's fault).
     #[error("token store unavailable: {0}")]
     Store(String),

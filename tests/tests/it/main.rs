@@ -18,6 +18,7 @@ mod clickhouse_front;
 mod cluster_replicated;
 mod console_browser;
 mod dead_letter_replay;
+mod entitlements;
 mod exactly_once;
 mod foundation;
 mod ingest_broker_down;
