@@ -385,6 +385,8 @@ pub(crate) async fn require_secret(State(s): State<Arc<AppState>>, mut req: Requ
         Some(Role::Scoped(ids)) => {
             let allowed = path.starts_with("/api/analytics/")
                 || path.starts_with("/api/records/")
+                || path == "/api/entitlements"
+                || path == "/api/entitlements/notifications"
                 || path == "/api/openapi.json"
                 || path.starts_with("/console/invoices");
             if !allowed {

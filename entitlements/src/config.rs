@@ -12,6 +12,7 @@
 //! grace_percent = 10                  # refusals start at 110% (default 0)
 //! webhook_url = "https://hooks.acme.example/metering"
 //! webhook_secret_env = "ACME_WEBHOOK_SECRET"
+//! exempt_token_ids = [42]             # Subscribe tokens never refused (the owner's override)
 //!
 //! [[partner.tracking]]                # an allowance of one of its tracking ids
 //! tracking_id = "acme-web"
@@ -78,6 +79,9 @@ pub struct Entitlement {
     /// Percent above the allowance that is still served before refusals
     /// start (notifications are not delayed by it).
     pub grace_percent: u32,
+    /// Subscribe tokens (master tokens, and the viewer tokens signed from
+    /// them) whose viewers are never refused by it: the owner's override.
+    pub exempt_token_ids: Vec<i64>,
 }
 
 /// Where a partner's notifications go.
@@ -157,6 +161,8 @@ struct PartnerDoc {
     webhook_url: Option<String>,
     webhook_secret_env: Option<String>,
     #[serde(default)]
+    exempt_token_ids: Vec<i64>,
+    #[serde(default)]
     tracking: Vec<TrackingDoc>,
 }
 
@@ -195,6 +201,9 @@ pub fn parse(text: &str, file: &str, card: &RateCard) -> Result<Entitlements, En
             return Err(invalid(format!("{at}: listed twice")));
         }
         check_grace(p.grace_percent).map_err(|m| invalid(format!("{at}: {m}")))?;
+        if let Some(bad) = p.exempt_token_ids.iter().find(|&&id| id <= 0) {
+            return Err(invalid(format!("{at}: exempt_token_ids: {bad} is not a token id (ids are positive)")));
+        }
         if let Some(allowance) = allowance(p.bytes.as_deref(), p.spend.as_deref(), true).map_err(|m| invalid(format!("{at}: {m}")))? {
             out.entitlements.push(Entitlement {
                 partner: p.id.clone(),
@@ -202,6 +211,7 @@ pub fn parse(text: &str, file: &str, card: &RateCard) -> Result<Entitlements, En
                 allowance,
                 policy: p.policy,
                 grace_percent: p.grace_percent,
+                exempt_token_ids: p.exempt_token_ids.clone(),
             });
         }
         for (j, t) in p.tracking.iter().enumerate() {
@@ -223,6 +233,7 @@ pub fn parse(text: &str, file: &str, card: &RateCard) -> Result<Entitlements, En
                 allowance,
                 policy: t.policy.unwrap_or(p.policy),
                 grace_percent,
+                exempt_token_ids: p.exempt_token_ids.clone(),
             });
         }
         if !out.entitlements.iter().any(|e| e.partner == p.id) {
@@ -321,6 +332,7 @@ policy = "soft"
 grace_percent = 10
 webhook_url = "https://hooks.acme.example/m"
 webhook_secret_env = "ACME_SECRET"
+exempt_token_ids = [7]
 [[partner.tracking]]
 tracking_id = "acme-web"
 bytes = "500000000000"
@@ -342,21 +354,24 @@ bytes = "1000"
                     tracking_id: None,
                     allowance: Allowance::Spend("1500.00".parse().unwrap()),
                     policy: Policy::Soft,
-                    grace_percent: 10
+                    grace_percent: 10,
+                    exempt_token_ids: vec![7]
                 },
                 Entitlement {
                     partner: "acme".into(),
                     tracking_id: Some("acme-web".into()),
                     allowance: Allowance::Bytes(500_000_000_000),
                     policy: Policy::Hard,
-                    grace_percent: 10
+                    grace_percent: 10,
+                    exempt_token_ids: vec![7]
                 },
                 Entitlement {
                     partner: "globex".into(),
                     tracking_id: None,
                     allowance: Allowance::Bytes(1000),
                     policy: Policy::Notify,
-                    grace_percent: 0
+                    grace_percent: 0,
+                    exempt_token_ids: vec![]
                 },
             ]
         );
@@ -393,6 +408,7 @@ bytes = "1000"
                 "environment variable",
             ),
             ("[[partner]]\nid = \"acme\"\nbytes = \"1\"\ngrace_percent = 5000", "at most 1000"),
+            ("[[partner]]\nid = \"acme\"\nbytes = \"1\"\nexempt_token_ids = [0]", "not a token id"),
         ];
         for (text, want) in cases {
             let e = parse(text, "e.toml", &card()).unwrap_err().to_string();

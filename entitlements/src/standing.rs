@@ -146,13 +146,22 @@ pub enum Check {
     Reverification,
 }
 
-/// The used-up allowance that refuses a viewer of `tracking_id` at `check`,
-/// if any: the tracking id's own, else its partner's. `notify` never
-/// refuses; `soft` refuses admissions; `hard` also re-verifications.
-pub fn refusal<'a>(standings: &'a [Standing], card: &RateCard, tracking_id: &str, check: Check) -> Option<&'a Standing> {
+/// The used-up allowance that refuses a viewer of `tracking_id`, admitted
+/// by Subscribe token `token_id`, at `check`, if any: the tracking id's own,
+/// else its partner's. `notify` never refuses; `soft` refuses admissions;
+/// `hard` also re-verifications; a token in the allowance's
+/// `exempt_token_ids` is never refused.
+pub fn refusal<'a>(
+    standings: &'a [Standing],
+    card: &RateCard,
+    tracking_id: &str,
+    token_id: Option<i64>,
+    check: Check,
+) -> Option<&'a Standing> {
     let partner = card.partner_for_tracking_id(tracking_id)?;
     let refuses = |s: &&Standing| {
         s.exhausted
+            && !token_id.is_some_and(|id| s.entitlement.exempt_token_ids.contains(&id))
             && match s.entitlement.policy {
                 Policy::Notify => false,
                 Policy::Soft => check == Check::Admission,
@@ -366,28 +375,33 @@ tiers = [ { unit_price = "1" } ]
         let ent = parse("[[partner]]\nid = \"globex\"\nbytes = \"1000\"\npolicy = \"hard\"\ngrace_percent = 10", "e", &card()).unwrap();
         let s = evaluate(&ent, &card(), day(), &usage(&[("globex-web", 1099)])).unwrap();
         assert!(s[0].reached.contains(&100) && !s[0].exhausted);
-        assert!(refusal(&s, &card(), "globex-web", Check::Admission).is_none());
+        assert!(refusal(&s, &card(), "globex-web", None, Check::Admission).is_none());
         let s = evaluate(&ent, &card(), day(), &usage(&[("globex-web", 1100)])).unwrap();
         assert!(s[0].exhausted);
-        assert!(refusal(&s, &card(), "globex-web", Check::Admission).is_some());
+        assert!(refusal(&s, &card(), "globex-web", None, Check::Admission).is_some());
     }
 
     #[test]
     fn policies_decide_who_is_refused_and_where() {
-        let text = "[[partner]]\nid = \"acme\"\nbytes = \"100\"\npolicy = \"soft\"\n\
+        let text = "[[partner]]\nid = \"acme\"\nbytes = \"100\"\npolicy = \"soft\"\nexempt_token_ids = [42]\n\
                     [[partner.tracking]]\ntracking_id = \"acme-app\"\nbytes = \"10\"\npolicy = \"hard\"\n\
                     [[partner]]\nid = \"globex\"\nbytes = \"10\"";
         let ent = parse(text, "e", &card()).unwrap();
         let card = card();
         // acme's own allowance used up (soft); acme-app's too (hard); globex's (notify)
         let s = evaluate(&ent, &card, day(), &usage(&[("acme-web", 90), ("acme-app", 10), ("globex-web", 50)])).unwrap();
-        let who = |t: &str, c: Check| refusal(&s, &card, t, c).map(|s| (s.entitlement.partner.clone(), s.entitlement.tracking_id.clone()));
+        let who =
+            |t: &str, c: Check| refusal(&s, &card, t, None, c).map(|s| (s.entitlement.partner.clone(), s.entitlement.tracking_id.clone()));
         assert_eq!(who("acme-web", Check::Admission), Some(("acme".into(), None)));
         assert_eq!(who("acme-web", Check::Reverification), None, "soft: viewers already watching continue");
         assert_eq!(who("acme-app", Check::Reverification), Some(("acme".into(), Some("acme-app".into()))));
         assert_eq!(who("globex-web", Check::Admission), None, "notify never refuses");
         assert_eq!(who("unknown", Check::Admission), None);
-        let m = refusal(&s, &card, "acme-web", Check::Admission).unwrap().refusal_message();
+        // the owner's override: token 42's viewers are never refused, another token's are
+        assert!(refusal(&s, &card, "acme-web", Some(42), Check::Admission).is_none());
+        assert!(refusal(&s, &card, "acme-app", Some(42), Check::Reverification).is_none());
+        assert!(refusal(&s, &card, "acme-web", Some(43), Check::Admission).is_some());
+        let m = refusal(&s, &card, "acme-web", None, Check::Admission).unwrap().refusal_message();
         assert_eq!(m, "partner acme's monthly allowance is used up: 100 bytes of 100 bytes (100.00%)");
     }
 

@@ -174,8 +174,9 @@ impl Tracker {
         (age <= self.settings.max_staleness && same_period).then_some(snap)
     }
 
-    /// Whether a viewer of `tracking_id` is admitted at `check`.
-    pub fn decide(&self, tracking_id: &str, check: Check, now: DateTime<Utc>) -> Decision {
+    /// Whether a viewer of `tracking_id`, admitted by Subscribe token
+    /// `token_id`, is admitted at `check`.
+    pub fn decide(&self, tracking_id: &str, token_id: Option<i64>, check: Check, now: DateTime<Utc>) -> Decision {
         if self.card.partner_for_tracking_id(tracking_id).is_none() {
             return Decision::Admit; // no partner, no allowance
         }
@@ -190,7 +191,7 @@ impl Tracker {
                 },
             };
         };
-        match entitlements::refusal(&snap.standings, &self.card, tracking_id, check) {
+        match entitlements::refusal(&snap.standings, &self.card, tracking_id, token_id, check) {
             Some(s) => Decision::Refuse { code: "allowance_exhausted", message: s.refusal_message() },
             None => Decision::Admit,
         }
@@ -348,7 +349,7 @@ struct AllowancesParams {
 /// the current period (a scoped secret: its partner's only). `stale` is true
 /// when the standing is older than `entitlements_max_staleness_secs`.
 #[utoipa::path(get, path = "/api/entitlements", tag = "Analytics", summary = "Each partner's monthly allowance: used, remaining, thresholds reached, exhausted", params(AllowancesParams),
-    responses((status = 200, description = "`{period, refreshedAt, stale, allowances: [{partner, trackingId, policy, gracePercent, allowance, used, remaining, percent, thresholdsReached, exhausted}]}`"), crate::app::StatsErrors))]
+    responses((status = 200, description = "`{period, refreshedAt, stale, thresholds, allowances: [{partner, trackingId, policy, gracePercent, allowance, used, remaining, percent, thresholdsReached, exhausted}]}`"), crate::app::StatsErrors))]
 pub(crate) async fn allowances(
     State(s): State<Arc<AppState>>,
     Extension(scope): Extension<Scope>,
@@ -387,6 +388,7 @@ pub(crate) async fn allowances(
         "period": entitlements::standing::period_label(snap.period_start),
         "refreshedAt": snap.refreshed_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         "stale": tracker.fresh(now).is_none(),
+        "thresholds": tracker.entitlements.thresholds,
         "allowances": list,
     })))
 }

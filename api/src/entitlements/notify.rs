@@ -163,6 +163,7 @@ mod tests {
             allowance: entitlements::Allowance::Bytes(100),
             policy: entitlements::Policy::Notify,
             grace_percent: 0,
+            exempt_token_ids: vec![],
         };
         let s = entitlements::Standing {
             entitlement: ent,

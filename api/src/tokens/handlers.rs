@@ -309,7 +309,8 @@ pub(crate) async fn verify_token(State(s): State<Arc<AppState>>, body: Bytes) ->
             let check = if b.reverification { Check::Reverification } else { Check::Admission };
             let tracking = a.as_ref().and_then(|a| a.tracking_id.as_deref());
             if let (Some(tracker), Some(t)) = (&s.entitlements, tracking) {
-                if let Decision::Refuse { code, message } = tracker.decide(t, check, Utc::now()) {
+                let token_id = a.as_ref().and_then(|a| a.token_id);
+                if let Decision::Refuse { code, message } = tracker.decide(t, token_id, check, Utc::now()) {
                     s.metrics.verify.with_label_values(&[code]).inc();
                     events::TokenRefused { code, reason: &message, stream: &b.stream_name, cluster: &b.cluster }.emit();
                     return Ok(fail_body(StatusCode::FORBIDDEN, json!({"code": code, "message": message, "trackingId": t})));

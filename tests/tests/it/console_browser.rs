@@ -166,8 +166,22 @@ async fn the_console_in_a_real_browser() {
         ..Default::default()
     };
     let exp: Expected = simulate_to_kafka(&cfg, &topic).await;
+    // and this month's usage of the first partner's tracking id: 4 x 250,000
+    // bytes, half of the allowance the console shows below
+    let this_month = cfg.tracking_ids()[0].clone();
+    let now = chrono::Utc::now();
+    let month_start = chrono::Datelike::with_day(&now.date_naive(), 1).unwrap().and_hms_opt(0, 0, 0).unwrap().and_utc().timestamp_millis();
+    let at = (now.timestamp_millis() - 120_000).max(month_start);
+    let extra = producer(&topic);
+    for seq in 0..4 {
+        let e =
+            schemas::ViewerUsage { tracking_id: Some(this_month.clone().into()), ..usage_event(&format!("{topic}-now"), seq, at, 250_000) };
+        extra.send(&e).await.unwrap();
+    }
+    extra.flush(Duration::from_secs(10)).unwrap();
     let mut agg = spawn_aggregator(&topic, &db, &unique("g"), &[]);
-    assert_eq!(wait_for_events(&db, exp.unique_valid_events, Duration::from_secs(180)).await, exp.unique_valid_events);
+    let all = exp.unique_valid_events + 4;
+    assert_eq!(wait_for_events(&db, all, Duration::from_secs(180)).await, all);
     agg.terminate(Duration::from_secs(30));
     let rates_path = e2e::repo_root().join("deploy/rates.example.toml");
     let card = billing::rates::load_rate_card(&rates_path).unwrap();
@@ -180,12 +194,20 @@ async fn the_console_in_a_real_browser() {
     let tracked: Vec<String> = cfg.tracking_ids();
     let (mine, theirs) = (tracked[0].clone(), tracked[1].clone()); // acme-web, globex-web
     let store_path = std::env::temp_dir().join(format!("{}.db", unique("console_tokens")));
+    let entitlements_path = std::env::temp_dir().join(format!("{}.toml", unique("console_entitlements")));
+    std::fs::write(
+        &entitlements_path,
+        "[[partner]]\nid = \"acme\"\nbytes = \"2000000\"\n[[partner]]\nid = \"globex\"\nbytes = \"1000000000\"\n",
+    )
+    .unwrap();
     let api_cfg = ApiConfig {
         api_secrets: vec![ADMIN.into()],
         store_path: store_path.clone(),
         clickhouse: db.clone(),
         scoped_secrets: vec![ScopedSecret { secret: PARTNER.into(), tracking_ids: vec![mine.clone()] }],
         billing_rates: Some(rates_path),
+        entitlements: Some(entitlements_path.clone()),
+        entitlements_refresh_secs: 1,
         ..Default::default()
     };
     let store = Arc::new(Store::open(&store_path).unwrap());
@@ -324,6 +346,26 @@ async fn the_console_in_a_real_browser() {
     p.click("#reconcile-form button[type=submit]").await;
     p.until("reconciled", "document.getElementById('reconcile-result').textContent.includes('checks agree')").await;
     p.shot("invoices").await;
+
+    // allowances: a bar per allowance at its use, a line per threshold; the notification of 50%
+    let period = now.format("%Y-%m").to_string();
+    p.click("nav button[data-tab=allowances]").await;
+    p.until("allowances", "document.querySelectorAll('#allowances-table tr[data-allowance]').length === 2").await;
+    assert!(p.text("#allowances-table tr[data-allowance='acme/-'] td.used").await.ends_with("(50.00%)"));
+    assert!(p.text("#allowances-table tr[data-allowance='globex/-'] td.used").await.ends_with("(0.00%)"));
+    let width = p.c.execute("return document.querySelector(\"tr[data-allowance='acme/-'] .fill\").style.width", vec![]).await.unwrap();
+    assert_eq!(width, json!("50%"));
+    let ticks =
+        p.c.execute("return [...document.querySelectorAll(\"tr[data-allowance='acme/-'] .tick\")].map(t => t.style.left)", vec![])
+            .await
+            .unwrap();
+    assert_eq!(ticks, json!(["50%", "80%", "100%"]));
+    p.until(
+        "notification",
+        &format!("document.querySelector(\"#notifications-table tr[data-notification='acme/-/{period}/50'] td.status-logged\")"),
+    )
+    .await;
+    p.shot("allowances").await;
     p.no_errors("as the owner").await;
     p.sign_out().await;
 
@@ -351,6 +393,11 @@ async fn the_console_in_a_real_browser() {
     let own = computed.invoices.iter().find(|i| i.partner_id == "acme").unwrap();
     assert!(p.c.find(Locator::Css(&format!("tr[data-invoice='{}']", own.invoice_number))).await.is_ok());
     p.shot("partner-invoices").await;
+    // its own allowance only
+    p.click("nav button[data-tab=allowances]").await;
+    p.until("own allowance", "document.querySelectorAll('#allowances-table tr[data-allowance]').length === 1").await;
+    assert!(p.c.find(Locator::Css("#allowances-table tr[data-allowance='acme/-']")).await.is_ok());
+    p.shot("partner-allowances").await;
     p.no_errors("as a partner").await;
     // another partner's invoice file is refused to this session
     let other = computed.invoices.iter().find(|i| i.partner_id != "acme").unwrap();
@@ -369,6 +416,7 @@ async fn the_console_in_a_real_browser() {
     p.c.close().await.unwrap();
     server.abort();
     let _ = std::fs::remove_file(&store_path);
+    let _ = std::fs::remove_file(&entitlements_path);
     let _ = std::fs::remove_dir_all(&downloads);
     let _ = std::fs::remove_dir_all(&billing_out);
     drop_db(&db).await;

@@ -34,28 +34,21 @@ async fn a_used_up_soft_allowance_refuses_new_viewers_of_that_partner_only() {
         ),
     )
     .unwrap();
-    std::fs::write(
-        dir.join("entitlements.toml"),
-        format!(
-            "[[partner]]\nid = \"acme\"\nbytes = \"{ALLOWANCE}\"\npolicy = \"soft\"\n\
-             [[partner]]\nid = \"globex\"\nbytes = \"{ALLOWANCE}\"\npolicy = \"soft\"\n"
-        ),
-    )
-    .unwrap();
-    let cfg = ApiConfig {
+    let mut cfg = ApiConfig {
         api_secrets: vec![SECRET.into()],
         store_path: dir.join("tokens.db"),
         clickhouse: db.clone(),
         billing_rates: Some(dir.join("rates.toml")),
-        entitlements: Some(dir.join("entitlements.toml")),
         entitlements_refresh_secs: 1,
         ..Default::default()
     };
+    // the tokens first (the owner's override names one of them), then the
+    // service with the allowances, on the same store
     let app = api::http::router(&cfg, Arc::new(Store::open(&cfg.store_path).unwrap())).unwrap();
-    let (url, server) = serve_router(app).await;
+    let (setup_url, setup) = serve_router(app).await;
     let client = reqwest::Client::new();
-    let post = |path: &'static str, body: Value| {
-        let (client, url) = (&client, &url);
+    let post = |url: String, path: &'static str, body: Value| {
+        let client = &client;
         async move {
             let r = client.post(format!("{url}{path}")).bearer_auth(SECRET).json(&body).send().await.unwrap();
             (r.status().as_u16(), r.json::<Value>().await.unwrap())
@@ -63,8 +56,9 @@ async fn a_used_up_soft_allowance_refuses_new_viewers_of_that_partner_only() {
     };
     // a master token per partner; a self-signed viewer token of each
     let mut masters = Vec::new();
-    for t in [&acme, &globex] {
+    for t in [&acme, &globex, &acme] {
         let (st, r) = post(
+            setup_url.clone(),
             "/api/subscribe_token",
             json!({"label": t, "streams": [{"streamName": "live"}], "tracking": {"trackingId": t}, "originCluster": "Auto", "expires": 86_400}),
         )
@@ -72,6 +66,19 @@ async fn a_used_up_soft_allowance_refuses_new_viewers_of_that_partner_only() {
         assert_eq!(st, 200, "{r}");
         masters.push((r["data"]["id"].as_i64().unwrap(), r["data"]["token"].as_str().unwrap().to_string()));
     }
+    setup.abort();
+    let exempt = masters[2].0;
+    std::fs::write(
+        dir.join("entitlements.toml"),
+        format!(
+            "[[partner]]\nid = \"acme\"\nbytes = \"{ALLOWANCE}\"\npolicy = \"soft\"\nexempt_token_ids = [{exempt}]\n\
+             [[partner]]\nid = \"globex\"\nbytes = \"{ALLOWANCE}\"\npolicy = \"soft\"\n"
+        ),
+    )
+    .unwrap();
+    cfg.entitlements = Some(dir.join("entitlements.toml"));
+    let app = api::http::router(&cfg, Arc::new(Store::open(&cfg.store_path).unwrap())).unwrap();
+    let (url, server) = serve_router(app).await;
     let viewer = |m: usize| {
         let (id, token) = &masters[m];
         let req = SignRequest { token_id: *id, stream_name: "live".into(), expires_in_secs: 600, ..Default::default() };
@@ -82,7 +89,7 @@ async fn a_used_up_soft_allowance_refuses_new_viewers_of_that_partner_only() {
         if reverification {
             body["reverification"] = json!(true);
         }
-        post("/api/token/verify", body)
+        post(url.clone(), "/api/token/verify", body)
     };
     let standing = || {
         let (client, url) = (&client, &url);
@@ -156,6 +163,8 @@ async fn a_used_up_soft_allowance_refuses_new_viewers_of_that_partner_only() {
     assert_eq!(st, 200, "re-verification under soft is admitted: {r}");
     let (st, r) = verify(viewer(1), false).await;
     assert_eq!(st, 200, "globex's viewers are admitted: {r}");
+    let (st, r) = verify(viewer(2), false).await;
+    assert_eq!(st, 200, "the owner's override: the exempt master token's viewers are admitted: {r}");
     let acme_standing = standing().await.into_iter().find(|a| a["partner"] == "acme").unwrap();
     assert_eq!(acme_standing["thresholdsReached"], json!([50, 80, 100]));
     assert_eq!((acme_standing["remaining"]["bytes"].as_str(), acme_standing["exhausted"].as_bool()), (Some("0"), Some(true)));

@@ -117,6 +117,7 @@ async function openTab(name) {
   if (name === "tokens") await loadTokens();
   if (name === "publish") await loadPublish();
   if (name === "invoices") await loadInvoices();
+  if (name === "allowances") await loadAllowances();
 }
 
 // ---- tokens ----
@@ -361,6 +362,57 @@ const reconcile = guarded(async () => {
   res.className = r.ok ? "ok" : "bad";
   $("reconcile-checks").replaceChildren(...r.checks.map((c) => el("li", { class: c.ok ? "ok" : "bad", text: (c.ok ? "✓ " : "✗ ") + c.name + ": " + c.detail })));
 });
+
+// ---- allowances ----
+
+const amountText = (a) => (a.spend !== undefined ? a.spend + " " + a.currency : human(a.bytes));
+
+// A bar per allowance: the part used (capped at the bar's end: the allowance
+// plus its grace) and a line at each notification threshold.
+function allowanceBar(a, thresholds) {
+  const scale = 100 + Math.max(a.gracePercent, 0);
+  const pct = Math.min(Number(a.percent), scale);
+  const fill = el("div", { class: "fill" + (a.exhausted ? " exhausted" : "") });
+  fill.style.width = (pct * 100) / scale + "%";
+  const bar = el("div", { class: "bar", title: a.percent + "%" }, fill);
+  for (const t of thresholds) {
+    if (t > scale) continue;
+    const tick = el("span", { class: "tick", "data-threshold": t });
+    tick.style.left = (t * 100) / scale + "%";
+    bar.append(tick);
+  }
+  return bar;
+}
+
+async function loadAllowances() {
+  const body = $("allowances-table").tBodies[0];
+  const notes = $("notifications-table").tBodies[0];
+  body.replaceChildren();
+  notes.replaceChildren();
+  let s;
+  try {
+    s = await api("GET", "/api/entitlements");
+  } catch (e) {
+    $("allowances-note").textContent = "No allowances: " + e.message;
+    return;
+  }
+  $("allowances-period").textContent = s.period;
+  $("allowances-note").textContent = (s.stale ? "The standing is out of date (usage unreadable since " : "As of ") + s.refreshedAt + ".";
+  for (const a of s.allowances) {
+    const key = a.partner + "/" + (a.trackingId || "-");
+    body.append(el("tr", { "data-allowance": key }, el("td", { text: a.partner }), el("td", { text: a.trackingId || "all" }),
+      el("td", {}, allowanceBar(a, s.thresholds)),
+      el("td", { class: "num used", text: amountText(a.used.spend !== undefined ? a.used : { bytes: a.used.bytes }) + " / " + amountText(a.allowance) + " (" + a.percent + "%)" }),
+      el("td", { class: "num", text: amountText(a.remaining) }),
+      el("td", { class: a.exhausted ? "bad" : "", text: a.policy + (a.exhausted ? ": used up" : "") })));
+  }
+  const sent = await api("GET", "/api/entitlements/notifications");
+  for (const n of sent) {
+    notes.append(el("tr", { "data-notification": n.id }, el("td", { class: "mono", text: n.id }), el("td", { class: "status-" + n.status, text: n.status }),
+      el("td", { class: "num", text: n.attempts }), el("td", { text: n.createdAt }), el("td", { text: n.deliveredAt || "" }), el("td", { text: n.lastError || "" })));
+  }
+  if (!sent.length) notes.append(el("tr", {}, el("td", { colspan: 6, text: "No threshold reached this period." })));
+}
 
 // ---- wiring ----
 
