@@ -423,6 +423,22 @@ tiers = [ { unit_price = "1" } ]
         );
     }
 
+    #[test]
+    fn allowances_reset_at_the_months_first_instant_utc() {
+        let last = NaiveDate::from_ymd_opt(2026, 12, 31).unwrap();
+        let next = NaiveDate::from_ymd_opt(2027, 1, 1).unwrap();
+        assert_eq!((period_start(last), period_label(period_start(last))), (day(), "2026-12".to_string()));
+        assert_eq!((period_start(next), period_label(period_start(next))), (next, "2027-01".to_string()));
+        // the same threshold in the next period is a new notification (sent again), its usage counted afresh
+        let ent = parse("[[partner]]\nid = \"globex\"\nbytes = \"100\"", "e", &card()).unwrap();
+        let december = evaluate(&ent, &card(), day(), &usage(&[("globex-web", 60)])).unwrap();
+        let january = evaluate(&ent, &card(), next, &usage(&[("globex-web", 0)])).unwrap();
+        assert_eq!(notifications(&december, "2026-12")[0].id, "globex/-/2026-12/50");
+        assert!(notifications(&january, "2027-01").is_empty());
+        let january = evaluate(&ent, &card(), next, &usage(&[("globex-web", 50)])).unwrap();
+        assert_eq!(notifications(&january, "2027-01")[0].id, "globex/-/2027-01/50");
+    }
+
     proptest! {
         /// The thresholds reached and the exhaustion agree with a count of
         /// bytes done in u128 by hand, and the percentage never rounds up.

@@ -362,3 +362,85 @@ async fn each_threshold_is_notified_once_across_replicas_and_a_restart() {
     hook_server.abort();
     drop_db(&db).await;
 }
+
+/// ClickHouse stopped under the API: once the standing is older than
+/// `entitlements_max_staleness_secs`, a service with `entitlements_fail =
+/// "closed"` refuses with `allowance_unknown`, one with `"open"` admits and
+/// says so in `/metrics`; both admit from the usage again once ClickHouse is
+/// back. It holds the stack alone: it stops the shared ClickHouse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clickhouse_outage_fails_open_or_closed_as_configured() {
+    let _stack = e2e::turns::exclusive().await;
+    let db = test_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let tracking = unique("outage-acme");
+    std::fs::write(
+        dir.path().join("rates.toml"),
+        format!("[[partner]]\nid = \"acme\"\nname = \"Acme\"\ntracking_ids = [\"{tracking}\"]\ncurrency = \"EUR\"\nunit = \"GB\"\npricing = \"flat\"\ntiers = [ {{ unit_price = \"1\" }} ]\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("entitlements.toml"),
+        format!("[[partner]]\nid = \"acme\"\nbytes = \"{ALLOWANCE}\"\npolicy = \"soft\"\n"),
+    )
+    .unwrap();
+    let client = reqwest::Client::new();
+    let mut services = Vec::new(); // (mode, url, server, viewer token)
+    for fail in [api::entitlements::FailMode::Open, api::entitlements::FailMode::Closed] {
+        let cfg = ApiConfig {
+            api_secrets: vec![SECRET.into()],
+            store_path: dir.path().join(format!("{fail:?}.db")),
+            clickhouse: db.clone(),
+            billing_rates: Some(dir.path().join("rates.toml")),
+            entitlements: Some(dir.path().join("entitlements.toml")),
+            entitlements_refresh_secs: 1,
+            entitlements_max_staleness_secs: 2,
+            entitlements_fail: fail,
+            ..Default::default()
+        };
+        let app = api::http::router(&cfg, Arc::new(Store::open(&cfg.store_path).unwrap())).unwrap();
+        let (url, server) = serve_router(app).await;
+        let body = json!({"label": "outage", "streams": [{"streamName": "live"}], "tracking": {"trackingId": tracking}, "expires": 86_400});
+        let r: Value =
+            client.post(format!("{url}/api/subscribe_token")).bearer_auth(SECRET).json(&body).send().await.unwrap().json().await.unwrap();
+        let req = SignRequest {
+            token_id: r["data"]["id"].as_i64().unwrap(),
+            stream_name: "live".into(),
+            expires_in_secs: 600,
+            ..Default::default()
+        };
+        let jwt = sign(r["data"]["token"].as_str().unwrap(), &req, chrono::Utc::now()).unwrap();
+        services.push((fail, url, server, jwt));
+    }
+    let verify = |i: usize| {
+        let (client, (_, url, _, jwt)) = (&client, &services[i]);
+        async move {
+            let body = json!({"token": jwt, "streamName": "live", "cluster": "fra-1"});
+            let r = client.post(format!("{url}/api/token/verify")).bearer_auth(SECRET).json(&body).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let admitted = |i: usize| async move { verify(i).await.0 == 200 };
+    for i in 0..2 {
+        assert!(wait_until(Duration::from_secs(30), || admitted(i)).await, "{:?} admits before the outage", services[i].0);
+    }
+    {
+        let _back = StackOnDrop("start-clickhouse");
+        assert!(stack("stop-clickhouse"), "ClickHouse stopped");
+        let refused = wait_until(Duration::from_secs(60), || async { verify(1).await.0 == 403 }).await;
+        assert!(refused, "closed refuses once the standing is stale");
+        let (_, r) = verify(1).await;
+        assert_eq!(r["data"]["code"], "allowance_unknown", "{r}");
+        let (st, r) = verify(0).await;
+        assert_eq!(st, 200, "open admits: {r}");
+        let metrics = client.get(format!("{}/metrics", services[0].1)).send().await.unwrap().text().await.unwrap();
+        assert!(metrics.lines().any(|l| l == "api_allowance_standing_stale 1"), "{metrics}");
+        assert!(stack("start-clickhouse"), "ClickHouse started");
+    }
+    assert!(wait_until(Duration::from_secs(90), || admitted(1)).await, "closed admits again once ClickHouse is back");
+    assert!(admitted(0).await);
+    for (_, _, server, _) in &services {
+        server.abort();
+    }
+    drop_db(&db).await;
+}
