@@ -190,7 +190,8 @@ event!(AllowanceNotificationFailed<'a>, |s, name| tracing::warn!(
     name
 ));
 
-/// A verification met a standing older than `entitlements_max_staleness_secs`.
+/// A verification met a standing older than `entitlements_max_staleness_secs`
+/// (once per outage: until a refresh succeeds again).
 pub(crate) struct EntitlementsStale<'a> {
     pub(crate) tracking_id: &'a str,
     pub(crate) fail_open: bool,

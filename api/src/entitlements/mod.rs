@@ -155,14 +155,18 @@ impl Tracker {
             self.used_percent.with_label_values(&labels).set(s.percent.try_into().unwrap_or(f64::MAX));
         }
         events::AllowancesRefreshed { allowances: standings.len(), exhausted: standings.iter().filter(|s| s.exhausted).count() }.emit();
+        let due = entitlements::notifications(&standings, &entitlements::standing::period_label(period_start));
+        // verification decides from the new standing even if recording a notification fails below
+        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Some(Snapshot { period_start, standings, refreshed_at: now });
+        self.stale.set(0);
         // each threshold reached, once across processes and restarts
-        for n in entitlements::notifications(&standings, &entitlements::standing::period_label(period_start)) {
-            if notify::record(&self.records, &n, self.hooks.contains_key(&n.partner), now).map_err(|e| e.to_string())? {
+        for n in due {
+            if notify::record(&self.records, &n, self.hooks.contains_key(&n.partner), now)
+                .map_err(|e| format!("recording {}: {e}", n.id))?
+            {
                 events::AllowanceThresholdReached { id: &n.id, percent: &n.percent, policy: n.policy, exhausted: n.exhausted }.emit();
             }
         }
-        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Some(Snapshot { period_start, standings, refreshed_at: now });
-        self.stale.set(0);
         Ok(())
     }
 
@@ -181,8 +185,11 @@ impl Tracker {
             return Decision::Admit; // no partner, no allowance
         }
         let Some(snap) = self.fresh(now) else {
+            // reported once per outage (the gauge stays 1 until a refresh succeeds), not per viewer
+            if self.stale.get() == 0 {
+                events::EntitlementsStale { tracking_id, fail_open: self.settings.fail == FailMode::Open }.emit();
+            }
             self.stale.set(1);
-            events::EntitlementsStale { tracking_id, fail_open: self.settings.fail == FailMode::Open }.emit();
             return match self.settings.fail {
                 FailMode::Open => Decision::Admit,
                 FailMode::Closed => Decision::Refuse {
@@ -252,7 +259,7 @@ impl Tracker {
                 }
             }
             if let Err(e) = self.deliver_due().await {
-                events::AllowancesRefreshFailed { error: &e }.emit();
+                events::AllowancesRefreshFailed { error: &format!("delivering notifications: {e}") }.emit();
             }
             tokio::time::sleep(self.settings.refresh.min(Duration::from_secs(1))).await;
         }
