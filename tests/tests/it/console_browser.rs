@@ -148,81 +148,151 @@ impl Page {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_in_a_real_browser() {
     let _stack = e2e::turns::shared().await;
-    // ---- usage on the real stack, and the period's billing drafts ----
-    let topic = unique("console");
-    create_topic(&topic, 2).await;
-    let db = test_db().await;
-    let start = chrono::DateTime::parse_from_rfc3339("2026-10-31T20:00:00Z").unwrap().timestamp_millis();
-    let cfg = SimConfig {
-        seed: 5,
-        run_id: topic.clone(),
-        partners: 3,
-        viewers_per_partner: 6,
-        untracked_viewers: 2,
-        streams: 2,
-        start_ms: start,
-        duration_secs: 6 * 3600,
-        session_secs: (60, 1800),
-        ..Default::default()
-    };
-    let exp: Expected = simulate_to_kafka(&cfg, &topic).await;
-    // and this month's usage of the first partner's tracking id: 4 x 250,000
-    // bytes, half of the allowance the console shows below
-    let this_month = cfg.tracking_ids()[0].clone();
-    let now = chrono::Utc::now();
-    let month_start = chrono::Datelike::with_day(&now.date_naive(), 1).unwrap().and_hms_opt(0, 0, 0).unwrap().and_utc().timestamp_millis();
-    let at = (now.timestamp_millis() - 120_000).max(month_start);
-    let extra = producer(&topic);
-    for seq in 0..4 {
-        let e =
-            schemas::ViewerUsage { tracking_id: Some(this_month.clone().into()), ..usage_event(&format!("{topic}-now"), seq, at, 250_000) };
-        extra.send(&e).await.unwrap();
-    }
-    extra.flush(Duration::from_secs(10)).unwrap();
-    let mut agg = spawn_aggregator(&topic, &db, &unique("g"), &[]);
-    let all = exp.unique_valid_events + 4;
-    assert_eq!(wait_for_events(&db, all, Duration::from_secs(180)).await, all);
-    agg.terminate(Duration::from_secs(30));
-    let rates_path = e2e::repo_root().join("deploy/rates.example.toml");
-    let card = billing::rates::load_rate_card(&rates_path).unwrap();
-    let billing_store = billing::store::Store::connect(&db).await.unwrap();
-    let billing_out = tempfile_dir("console-billing");
-    let (computed, _) = billing::run::run(&billing_store, &card, "2026-10", &billing_out).await.expect("billing run");
-    assert_eq!(computed.invoices.len(), 3);
-
-    // ---- api serve ----
-    let tracked: Vec<String> = cfg.tracking_ids();
-    let (mine, theirs) = (tracked[0].clone(), tracked[1].clone()); // acme-web, globex-web
-    let store_path = std::env::temp_dir().join(format!("{}.db", unique("console_tokens")));
-    let entitlements_path = std::env::temp_dir().join(format!("{}.toml", unique("console_entitlements")));
-    std::fs::write(
-        &entitlements_path,
-        "[[partner]]\nid = \"acme\"\nbytes = \"2000000\"\n[[partner]]\nid = \"globex\"\nbytes = \"1000000000\"\n",
-    )
-    .unwrap();
-    let api_cfg = ApiConfig {
-        api_secrets: vec![ADMIN.into()],
-        store_path: store_path.clone(),
-        clickhouse: db.clone(),
-        scoped_secrets: vec![ScopedSecret { secret: PARTNER.into(), tracking_ids: vec![mine.clone()] }],
-        billing_rates: Some(rates_path),
-        entitlements: Some(entitlements_path.clone()),
-        entitlements_refresh_secs: 1,
-        ..Default::default()
-    };
-    let store = Arc::new(Store::open(&store_path).unwrap());
-    let app = api::http::router(&api_cfg, store.clone()).unwrap();
-    let (url, server) = serve_router(app).await;
-    let base = format!("{url}/");
-
-    let downloads = tempfile_dir("console-downloads");
+    let s = Scene::new().await;
     let shots = e2e::repo_root().join("out/test-artifacts/console");
     std::fs::create_dir_all(&shots).unwrap();
-    let (_driver, c) = start_chrome(&downloads).await;
-    let mut p = Page { c, base: base.clone(), shots, n: 0 };
+    let (_driver, c) = start_chrome(&s.downloads).await;
+    let mut p = Page { c, base: s.base.clone(), shots, n: 0 };
+    // the content owner
+    owner_is_refused_a_wrong_secret_then_signs_in(&mut p, &s).await;
+    owner_creates_signs_rotates_and_edits_a_subscribe_token(&mut p, &s).await;
+    owner_creates_a_publish_token_requiring_subscribe_auth(&p).await;
+    owner_sees_the_exact_usage_of_two_partners(&mut p, &s).await;
+    owner_filters_and_downloads_viewer_records(&mut p, &s).await;
+    owner_sees_the_invoices_and_reconciles_the_period(&mut p, &s).await;
+    owner_sees_each_allowance_and_its_notification(&mut p, &s).await;
+    p.no_errors("as the owner").await;
+    p.sign_out().await;
+    // a partner: its own data only
+    a_partner_sees_its_own_usage_invoice_and_allowance_only(&mut p, &s).await;
+    a_partner_can_neither_fetch_another_invoice_nor_forge_a_change(&p, &s).await;
+    p.c.close().await.unwrap();
+    s.clean_up().await;
+}
 
-    // ---- the content owner ----
-    p.c.goto(&base).await.unwrap();
+/// What the console shows: usage through Kafka and the aggregator (the
+/// simulation's October, and 1,000,000 bytes of the first partner this
+/// month), the period's billing drafts, and `api serve` on them with an
+/// allowance file.
+struct Scene {
+    db: runtime::ch::ClickHouseConfig,
+    exp: Expected,
+    invoices: Vec<billing::invoice::Invoice>,
+    /// The partner's tracking id (acme-web) and another partner's (globex-web).
+    mine: String,
+    theirs: String,
+    store: Arc<Store>,
+    base: String,
+    /// This month, as allowance notifications name it.
+    period: String,
+    server: tokio::task::JoinHandle<()>,
+    files: Vec<PathBuf>,
+    dirs: Vec<PathBuf>,
+    downloads: PathBuf,
+}
+
+impl Scene {
+    async fn new() -> Scene {
+        let topic = unique("console");
+        create_topic(&topic, 2).await;
+        let db = test_db().await;
+        let start = chrono::DateTime::parse_from_rfc3339("2026-10-31T20:00:00Z").unwrap().timestamp_millis();
+        let cfg = SimConfig {
+            seed: 5,
+            run_id: topic.clone(),
+            partners: 3,
+            viewers_per_partner: 6,
+            untracked_viewers: 2,
+            streams: 2,
+            start_ms: start,
+            duration_secs: 6 * 3600,
+            session_secs: (60, 1800),
+            ..Default::default()
+        };
+        let exp: Expected = simulate_to_kafka(&cfg, &topic).await;
+        // and this month's usage of the first partner's tracking id: 4 x 250,000
+        // bytes, half of the allowance the console shows below
+        let this_month = cfg.tracking_ids()[0].clone();
+        let now = chrono::Utc::now();
+        let month_start =
+            chrono::Datelike::with_day(&now.date_naive(), 1).unwrap().and_hms_opt(0, 0, 0).unwrap().and_utc().timestamp_millis();
+        let at = (now.timestamp_millis() - 120_000).max(month_start);
+        let extra = producer(&topic);
+        for seq in 0..4 {
+            let e = schemas::ViewerUsage {
+                tracking_id: Some(this_month.clone().into()),
+                ..usage_event(&format!("{topic}-now"), seq, at, 250_000)
+            };
+            extra.send(&e).await.unwrap();
+        }
+        extra.flush(Duration::from_secs(10)).unwrap();
+        let mut agg = spawn_aggregator(&topic, &db, &unique("g"), &[]);
+        let all = exp.unique_valid_events + 4;
+        assert_eq!(wait_for_events(&db, all, Duration::from_secs(180)).await, all);
+        agg.terminate(Duration::from_secs(30));
+        let rates_path = e2e::repo_root().join("deploy/rates.example.toml");
+        let card = billing::rates::load_rate_card(&rates_path).unwrap();
+        let billing_store = billing::store::Store::connect(&db).await.unwrap();
+        let billing_out = tempfile_dir("console-billing");
+        let (computed, _) = billing::run::run(&billing_store, &card, "2026-10", &billing_out).await.expect("billing run");
+        assert_eq!(computed.invoices.len(), 3);
+
+        let tracked: Vec<String> = cfg.tracking_ids();
+        let (mine, theirs) = (tracked[0].clone(), tracked[1].clone()); // acme-web, globex-web
+        let store_path = std::env::temp_dir().join(format!("{}.db", unique("console_tokens")));
+        let entitlements_path = std::env::temp_dir().join(format!("{}.toml", unique("console_entitlements")));
+        std::fs::write(
+            &entitlements_path,
+            "[[partner]]\nid = \"acme\"\nbytes = \"2000000\"\n[[partner]]\nid = \"globex\"\nbytes = \"1000000000\"\n",
+        )
+        .unwrap();
+        let api_cfg = ApiConfig {
+            api_secrets: vec![ADMIN.into()],
+            store_path: store_path.clone(),
+            clickhouse: db.clone(),
+            scoped_secrets: vec![ScopedSecret { secret: PARTNER.into(), tracking_ids: vec![mine.clone()] }],
+            billing_rates: Some(rates_path),
+            entitlements: Some(entitlements_path.clone()),
+            entitlements_refresh_secs: 1,
+            ..Default::default()
+        };
+        let store = Arc::new(Store::open(&store_path).unwrap());
+        let app = api::http::router(&api_cfg, store.clone()).unwrap();
+        let (url, server) = serve_router(app).await;
+        let base = format!("{url}/");
+
+        let downloads = tempfile_dir("console-downloads");
+        Scene {
+            db,
+            exp,
+            invoices: computed.invoices,
+            mine,
+            theirs,
+            store,
+            base,
+            period: now.format("%Y-%m").to_string(),
+            server,
+            files: vec![store_path, entitlements_path],
+            dirs: vec![downloads.clone(), billing_out],
+            downloads,
+        }
+    }
+
+    async fn clean_up(self) {
+        self.server.abort();
+        for f in &self.files {
+            let _ = std::fs::remove_file(f);
+        }
+        for d in &self.dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
+        drop_db(&self.db).await;
+    }
+}
+
+/// A wrong secret gets a message (not raw JSON); the session cookie is HttpOnly.
+async fn owner_is_refused_a_wrong_secret_then_signs_in(p: &mut Page, s: &Scene) {
+    p.c.goto(&s.base).await.unwrap();
     p.until("sign-in form", "!document.getElementById('sign-in').hidden").await;
     // a wrong secret: a message, not raw JSON
     p.c.find(Locator::Id("secret")).await.unwrap().send_keys("not-the-secret-0000000000000000").await.unwrap();
@@ -237,7 +307,11 @@ async fn the_console_in_a_real_browser() {
     assert_eq!(p.text("#who-role").await, "Admin");
     // the session cookie is HttpOnly: not visible to scripts
     assert_eq!(p.c.execute("return document.cookie", vec![]).await.unwrap(), json!(""));
+}
 
+/// A token with a tracking id, listed; a viewer token signed from it verifies with its attribution; rotated, relabelled.
+async fn owner_creates_signs_rotates_and_edits_a_subscribe_token(p: &mut Page, s: &Scene) {
+    let store = &s.store;
     // create a token with a tracking id; it is listed
     p.until("tokens tab", "!document.getElementById('tab-tokens').hidden").await;
     p.c.find(Locator::Id("token-label")).await.unwrap().send_keys("Browser partner").await.unwrap();
@@ -276,7 +350,9 @@ async fn the_console_in_a_real_browser() {
     p.click("#token-submit").await;
     p.until("saved", "document.getElementById('message').textContent.includes('saved')").await;
     assert_eq!(store.get::<SubscribeToken>(created.common.id).unwrap().unwrap().common.label, "Browser partner (renamed)");
+}
 
+async fn owner_creates_a_publish_token_requiring_subscribe_auth(p: &Page) {
     // publish tokens show subscribeRequiresAuth
     p.click("nav button[data-tab=publish]").await;
     p.c.find(Locator::Id("publish-label")).await.unwrap().send_keys("owner").await.unwrap();
@@ -289,7 +365,12 @@ async fn the_console_in_a_real_browser() {
     )
     .await;
     p.no_errors("on the token pages").await;
+}
 
+/// The chart and the exact totals of the simulated partners.
+async fn owner_sees_the_exact_usage_of_two_partners(p: &mut Page, s: &Scene) {
+    let exp = &s.exp;
+    let (mine, theirs) = (s.mine.clone(), s.theirs.clone());
     // usage: the chart and the exact totals of the simulated partners
     p.click("nav button[data-tab=usage]").await;
     p.set("usage-ids", &format!("{mine}, {theirs}")).await;
@@ -305,7 +386,11 @@ async fn the_console_in_a_real_browser() {
     }
     p.until("per-stream totals", "document.querySelectorAll('#stream-totals tbody tr').length > 0").await;
     p.shot("usage").await;
+}
 
+/// Filter, table, and a CSV download that adds up to the partner's usage.
+async fn owner_filters_and_downloads_viewer_records(p: &mut Page, s: &Scene) {
+    let (exp, mine) = (&s.exp, s.mine.clone());
     // viewer records: filter, table, CSV download
     p.click("nav button[data-tab=records]").await;
     p.set("records-tracking", &mine).await;
@@ -316,7 +401,7 @@ async fn the_console_in_a_real_browser() {
     p.until("records", &format!("document.querySelectorAll('#records-table tbody tr').length === {}", viewers.len())).await;
     p.shot("viewer-records").await;
     p.click("#records-csv").await;
-    let file = downloads.join("viewer-records.csv");
+    let file = s.downloads.join("viewer-records.csv");
     let deadline = std::time::Instant::now() + WAIT;
     while !file.exists() {
         assert!(std::time::Instant::now() < deadline, "the CSV was not downloaded");
@@ -329,11 +414,15 @@ async fn the_console_in_a_real_browser() {
     assert_eq!(rows.len(), viewers.len(), "one CSV row per session");
     let bytes_out: u64 = rows.iter().map(|l| l.rsplit(',').nth(1).unwrap().parse::<u64>().unwrap()).sum();
     assert_eq!(bytes_out, exp.by_tracking[&mine].bytes_out, "the CSV adds up to the partner's usage");
+}
 
+/// Periods, partners, status, totals and links; the reconciliation agrees.
+async fn owner_sees_the_invoices_and_reconciles_the_period(p: &mut Page, s: &Scene) {
+    let base = &s.base;
     // invoices: periods, partners, status, totals, links; the reconciliation
     p.click("nav button[data-tab=invoices]").await;
     p.until("invoices", "document.querySelectorAll('#invoices-table tr[data-invoice]').length === 3").await;
-    for inv in &computed.invoices {
+    for inv in &s.invoices {
         let row = format!("#invoices-table tr[data-invoice='{}']", inv.invoice_number);
         assert_eq!(p.text(&format!("{row} td.total")).await, format!("{} {}", inv.total, inv.currency));
         assert_eq!(p.text(&format!("{row} td.status-draft")).await, "draft");
@@ -346,9 +435,12 @@ async fn the_console_in_a_real_browser() {
     p.click("#reconcile-form button[type=submit]").await;
     p.until("reconciled", "document.getElementById('reconcile-result').textContent.includes('checks agree')").await;
     p.shot("invoices").await;
+}
 
+/// A bar per allowance at its use, a line per threshold; the notification of 50%.
+async fn owner_sees_each_allowance_and_its_notification(p: &mut Page, s: &Scene) {
+    let period = &s.period;
     // allowances: a bar per allowance at its use, a line per threshold; the notification of 50%
-    let period = now.format("%Y-%m").to_string();
     p.click("nav button[data-tab=allowances]").await;
     p.until("allowances", "document.querySelectorAll('#allowances-table tr[data-allowance]').length === 2").await;
     assert!(p.text("#allowances-table tr[data-allowance='acme/-'] td.used").await.ends_with("(50.00%)"));
@@ -366,10 +458,10 @@ async fn the_console_in_a_real_browser() {
     )
     .await;
     p.shot("allowances").await;
-    p.no_errors("as the owner").await;
-    p.sign_out().await;
+}
 
-    // ---- a partner: its own data only ----
+async fn a_partner_sees_its_own_usage_invoice_and_allowance_only(p: &mut Page, s: &Scene) {
+    let (mine, theirs) = (s.mine.clone(), s.theirs.clone());
     p.sign_in(PARTNER).await;
     assert!(p.text("#who-role").await.contains(&mine));
     p.no_errors("signing in as a partner").await;
@@ -390,7 +482,7 @@ async fn the_console_in_a_real_browser() {
     p.until("own usage", &format!("document.querySelector(\"#usage-totals tr[data-tracking-id='{mine}'] td.bytes-out\")")).await;
     p.click("nav button[data-tab=invoices]").await;
     p.until("own invoice", "document.querySelectorAll('#invoices-table tr[data-invoice]').length === 1").await;
-    let own = computed.invoices.iter().find(|i| i.partner_id == "acme").unwrap();
+    let own = s.invoices.iter().find(|i| i.partner_id == "acme").unwrap();
     assert!(p.c.find(Locator::Css(&format!("tr[data-invoice='{}']", own.invoice_number))).await.is_ok());
     p.shot("partner-invoices").await;
     // its own allowance only
@@ -399,8 +491,12 @@ async fn the_console_in_a_real_browser() {
     assert!(p.c.find(Locator::Css("#allowances-table tr[data-allowance='acme/-']")).await.is_ok());
     p.shot("partner-allowances").await;
     p.no_errors("as a partner").await;
+}
+
+/// Another partner's invoice file is refused to the session, and so is a state change without the CSRF token.
+async fn a_partner_can_neither_fetch_another_invoice_nor_forge_a_change(p: &Page, s: &Scene) {
     // another partner's invoice file is refused to this session
-    let other = computed.invoices.iter().find(|i| i.partner_id != "acme").unwrap();
+    let other = s.invoices.iter().find(|i| i.partner_id != "acme").unwrap();
     let status =
         p.c.execute_async(
             "fetch('/console/invoices/' + arguments[0] + '.json').then(r => arguments[1](r.status))",
@@ -413,13 +509,6 @@ async fn the_console_in_a_real_browser() {
     let status =
         p.c.execute_async("fetch('/console/sign', {method: 'POST', body: '{}'}).then(r => arguments[0](r.status))", vec![]).await.unwrap();
     assert_eq!(status, json!(403), "no CSRF token");
-    p.c.close().await.unwrap();
-    server.abort();
-    let _ = std::fs::remove_file(&store_path);
-    let _ = std::fs::remove_file(&entitlements_path);
-    let _ = std::fs::remove_dir_all(&downloads);
-    let _ = std::fs::remove_dir_all(&billing_out);
-    drop_db(&db).await;
 }
 
 fn tempfile_dir(prefix: &str) -> PathBuf {

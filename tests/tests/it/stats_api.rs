@@ -1,29 +1,131 @@
 //! Statistics API against the real stack: simulated usage (crossing midnight
 //! and a month boundary, with duplicates) goes through Kafka and the
-//! aggregator into ClickHouse; the API's totals, series and viewer records
-//! equal the exact expected totals.
+//! aggregator into ClickHouse once ([`run`]); each case below then asks its
+//! own `api serve` one kind of question, and the answers equal the exact
+//! expected totals.
 
 use api::config::{ApiConfig, ScopedSecret};
 use api::store::Store;
 use e2e::*;
 use serde_json::{json, Value};
-use simulator::simulate::{Expected, SimConfig};
+use simulator::simulate::{Expected, SimConfig, ViewerTotals};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::OnceCell;
 
 const SECRET: &str = "stats-test-secret-0123456789abcdef";
 const SCOPED: &str = "stats-scoped-secret-0123456789abcdef";
+
+/// The usage every case reads: one simulation, aggregated once into its own
+/// database by the first case that asks (the others wait for it).
+struct Run {
+    db: runtime::ch::ClickHouseConfig,
+    exp: Expected,
+    /// The simulation's tracking ids (untracked usage left out).
+    tracked: Vec<String>,
+    /// Cases finished (see [`Run::done`]).
+    finished: AtomicUsize,
+}
+
+/// The number of cases (`#[tokio::test]`s) in this module: the last one to
+/// finish drops the run's database.
+const CASES: usize = 9;
+
+static RUN: OnceCell<Run> = OnceCell::const_new();
+
+async fn run() -> &'static Run {
+    RUN.get_or_init(|| async {
+        let topic = unique("stats");
+        create_topic(&topic, 4).await;
+        let db = test_db().await;
+        let start = chrono::DateTime::parse_from_rfc3339("2026-10-31T20:00:00Z").unwrap().timestamp_millis();
+        let cfg = SimConfig {
+            seed: 21,
+            run_id: topic.clone(),
+            partners: 3,
+            viewers_per_partner: 12,
+            untracked_viewers: 4,
+            streams: 2,
+            start_ms: start,
+            duration_secs: 8 * 3600,
+            session_secs: (60, 2400),
+            duplicates: 0.02,
+            ..Default::default()
+        };
+        let exp: Expected = simulate_to_kafka(&cfg, &topic).await;
+        assert!(exp.duplicates_sent > 0);
+        assert!(exp.unique_valid_events > 1_000, "a meaningful run: {}", exp.unique_valid_events);
+        let mut agg = spawn_aggregator(&topic, &db, &unique("g"), &[]);
+        let got = wait_for_events(&db, exp.unique_valid_events, Duration::from_secs(180)).await;
+        assert_eq!(got, exp.unique_valid_events, "events in ClickHouse");
+        agg.terminate(Duration::from_secs(30));
+        let tracked: Vec<String> = exp.by_tracking.keys().filter(|k| !k.is_empty()).cloned().collect();
+        assert!(tracked.len() >= 2, "{tracked:?}");
+        Run { db, exp, tracked, finished: AtomicUsize::new(0) }
+    })
+    .await
+}
+
+impl Run {
+    /// The partner the scoped secret belongs to.
+    fn partner(&self) -> String {
+        self.tracked[0].clone()
+    }
+    fn ids(&self) -> Vec<&str> {
+        self.tracked.iter().map(String::as_str).collect()
+    }
+    /// The simulation's stream names.
+    fn streams(&self) -> Vec<&str> {
+        let streams: std::collections::BTreeSet<&str> = self.exp.by_viewer.values().map(|v| v.stream_name.as_str()).collect();
+        assert_eq!(streams.len(), 2, "{streams:?}");
+        streams.into_iter().collect()
+    }
+    /// Two partners' tracking ids and their viewers.
+    fn chosen(&self) -> (Vec<&str>, BTreeMap<&String, &ViewerTotals>) {
+        let chosen: Vec<&str> = self.ids()[..2].to_vec();
+        let viewers: BTreeMap<&String, &ViewerTotals> =
+            self.exp.by_viewer.iter().filter(|(_, v)| chosen.contains(&v.tracking_id.as_str())).collect();
+        assert!(!viewers.is_empty());
+        (chosen, viewers)
+    }
+    /// A case is over: the last one drops the database.
+    async fn done(&self) {
+        if self.finished.fetch_add(1, Ordering::SeqCst) + 1 == CASES {
+            drop_db(&self.db).await;
+        }
+    }
+}
+
+/// A case's turn at the stack, the run, and an `api serve` of its own on the run's database.
+async fn case() -> (tokio::sync::RwLockReadGuard<'static, ()>, &'static Run, Api) {
+    let turn = e2e::turns::shared().await;
+    let run = run().await;
+    let api_cfg = ApiConfig {
+        api_secrets: vec![SECRET.into()],
+        store_path: std::env::temp_dir().join(format!("{}.db", unique("stats_tokens"))),
+        clickhouse: run.db.clone(),
+        scoped_secrets: vec![ScopedSecret { secret: SCOPED.into(), tracking_ids: vec![run.partner()] }],
+        ..Default::default()
+    };
+    let store = Arc::new(Store::open(&api_cfg.store_path).expect("store"));
+    let app = api::http::router(&api_cfg, store).expect("router");
+    let (url, server) = serve_router(app).await;
+    (turn, run, Api { url, client: reqwest::Client::new(), server, store_path: api_cfg.store_path })
+}
 
 struct Api {
     url: String,
     client: reqwest::Client,
     server: tokio::task::JoinHandle<()>,
+    store_path: std::path::PathBuf,
 }
 
 impl Drop for Api {
     fn drop(&mut self) {
         self.server.abort();
+        let _ = std::fs::remove_file(&self.store_path);
     }
 }
 
@@ -96,55 +198,18 @@ fn bucket_names(data: &Value) -> Vec<String> {
 }
 
 /// A viewer's expected record times: the start of its first usage window and the end of its last.
-fn session_bounds(v: &simulator::simulate::ViewerTotals) -> (i64, i64) {
+fn session_bounds(v: &ViewerTotals) -> (i64, i64) {
     let w = i64::from(schemas::WINDOW_SECS);
     (v.first_start_ms.div_euclid(1000 * w) * w, v.last_start_ms.div_euclid(1000 * w) * w + w)
 }
 
+/// Ready without a secret; totals per tracking id, one day (stopDate exclusive, as a date or a date-time).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn statistics_api_equals_the_expected_usage() {
-    let _stack = e2e::turns::shared().await;
-    let topic = unique("stats");
-    create_topic(&topic, 4).await;
-    let db = test_db().await;
-    let start = chrono::DateTime::parse_from_rfc3339("2026-10-31T20:00:00Z").unwrap().timestamp_millis();
-    let cfg = SimConfig {
-        seed: 21,
-        run_id: topic.clone(),
-        partners: 3,
-        viewers_per_partner: 12,
-        untracked_viewers: 4,
-        streams: 2,
-        start_ms: start,
-        duration_secs: 8 * 3600,
-        session_secs: (60, 2400),
-        duplicates: 0.02,
-        ..Default::default()
-    };
-    let exp: Expected = simulate_to_kafka(&cfg, &topic).await;
-    assert!(exp.duplicates_sent > 0);
-    assert!(exp.unique_valid_events > 1_000, "a meaningful run: {}", exp.unique_valid_events);
-    let mut agg = spawn_aggregator(&topic, &db, &unique("g"), &[]);
-    let got = wait_for_events(&db, exp.unique_valid_events, Duration::from_secs(180)).await;
-    assert_eq!(got, exp.unique_valid_events, "events in ClickHouse");
-    agg.terminate(Duration::from_secs(30));
-
-    let tracked: Vec<String> = exp.by_tracking.keys().filter(|k| !k.is_empty()).cloned().collect();
-    assert!(tracked.len() >= 2, "{tracked:?}");
-    let partner = tracked[0].clone();
-    let api_cfg = ApiConfig {
-        api_secrets: vec![SECRET.into()],
-        store_path: std::env::temp_dir().join(format!("{}.db", unique("stats_tokens"))),
-        clickhouse: db.clone(),
-        scoped_secrets: vec![ScopedSecret { secret: SCOPED.into(), tracking_ids: vec![partner.clone()] }],
-        ..Default::default()
-    };
-    let store = Arc::new(Store::open(&api_cfg.store_path).expect("store"));
-    let app = api::http::router(&api_cfg, store).expect("router");
-    let (url, server) = serve_router(app).await;
-    let api = Api { url, client: reqwest::Client::new(), server };
-    let ids_tracked: Vec<&str> = tracked.iter().map(String::as_str).collect();
-
+async fn totals_per_tracking_id_equal_the_expected_usage() {
+    let (_turn, run, api) = case().await;
+    let exp = &run.exp;
+    let tracked = run.tracked.clone();
+    let ids_tracked = run.ids();
     // ready (token store and ClickHouse answer), without a secret
     let r = api.client.get(format!("{}/readyz", api.url)).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
@@ -171,6 +236,28 @@ async fn statistics_api_equals_the_expected_usage() {
         assert_eq!(day1.get(&(t.clone(), String::new())).copied(), want, "2026-10-31 of {t}");
     }
 
+    // stopDate as a date-time equals the date
+    let (_, a) = api
+        .get(&format!("/api/analytics/tracking/total?{}", q(&ids_tracked, "trackingIds", "startDate=2026-10-31&stopDate=2026-11-01")))
+        .await;
+    let (_, b) = api
+        .get(&format!(
+            "/api/analytics/tracking/total?{}",
+            q(&ids_tracked, "trackingIds", "startDate=2026-10-31&stopDate=2026-11-01T00:00:00Z")
+        ))
+        .await;
+    assert_eq!(a["data"], b["data"]);
+
+    run.done().await;
+}
+
+/// Hour, Day, Month and Minute series, and totals of a range that is not whole days.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn series_have_every_bucket_and_add_up_to_the_expected_usage() {
+    let (_turn, run, api) = case().await;
+    let exp = &run.exp;
+    let tracked = run.tracked.clone();
+    let ids_tracked = run.ids();
     // series: Hour, Day, Month, Minute
     // every bucket of the range is present (empty ones as []), as on the platform
     let series = |res: &'static str| {
@@ -236,10 +323,15 @@ async fn statistics_api_equals_the_expected_usage() {
         assert_eq!(sum, (exp.by_tracking[t].bytes_out, exp.by_tracking[t].bytes_in), "minute series of {t}");
     }
 
+    run.done().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_routes_add_up_to_the_grand_total_untracked_included() {
+    let (_turn, run, api) = case().await;
+    let exp = &run.exp;
     // streams: per stream and tracking id, adding up to the grand total (untracked included)
-    let streams: std::collections::BTreeSet<&str> = exp.by_viewer.values().map(|v| v.stream_name.as_str()).collect();
-    assert_eq!(streams.len(), 2, "{streams:?}");
-    let sv: Vec<&str> = streams.iter().copied().collect();
+    let sv = run.streams();
     let (st, body) = api.get(&format!("/api/analytics/tracking/streams/total?{}", q(&sv, "streamNames", RANGE))).await;
     assert_eq!(st, 200, "{body}");
     let mut per_tracking: BTreeMap<String, u64> = BTreeMap::new();
@@ -271,23 +363,14 @@ async fn statistics_api_equals_the_expected_usage() {
     let untracked: u64 = items.iter().filter(|i| i["trackingId"] == "").map(|i| i["bytesOut"].as_u64().unwrap()).sum();
     assert_eq!(untracked, exp.by_tracking[""].bytes_out, "untracked as trackingId \"\" in series");
 
-    // stopDate as a date-time equals the date
-    let (_, a) = api
-        .get(&format!("/api/analytics/tracking/total?{}", q(&ids_tracked, "trackingIds", "startDate=2026-10-31&stopDate=2026-11-01")))
-        .await;
-    let (_, b) = api
-        .get(&format!(
-            "/api/analytics/tracking/total?{}",
-            q(&ids_tracked, "trackingIds", "startDate=2026-10-31&stopDate=2026-11-01T00:00:00Z")
-        ))
-        .await;
-    assert_eq!(a["data"], b["data"]);
+    run.done().await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewer_records_as_ndjson_and_csv_equal_each_viewers_usage() {
+    let (_turn, run, api) = case().await;
     // viewer records, NDJSON and CSV
-    let chosen: Vec<&str> = ids_tracked[..2].to_vec();
-    let want_viewers: BTreeMap<&String, &simulator::simulate::ViewerTotals> =
-        exp.by_viewer.iter().filter(|(_, v)| chosen.contains(&v.tracking_id.as_str())).collect();
-    assert!(!want_viewers.is_empty());
+    let (chosen, want_viewers) = run.chosen();
     let body = json!({"startTime": "2026-10-31T20:00:00Z", "endTime": "2026-11-01T05:00:00Z", "trackingIds": chosen});
     let (st, ctype, text) = api.records(body.clone(), false, SECRET).await;
     assert_eq!(st, 200, "{text}");
@@ -335,13 +418,22 @@ async fn statistics_api_equals_the_expected_usage() {
         }
     }
 
+    run.done().await;
+}
+
+/// Whole sessions, not cut at the bounds; none ongoing; untracked sessions by a null tracking id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewer_records_are_whole_sessions_within_the_bounds() {
+    let (_turn, run, api) = case().await;
+    let exp = &run.exp;
+    let (chosen, want_viewers) = run.chosen();
     // whole sessions, not cut at the query's bounds: from the middle of the
     // longest session (which is then excluded, as it started before) for 4 h,
     // sessions started from then and completed before the end, each whole
     let longest = want_viewers.values().map(|v| session_bounds(v)).max_by_key(|(s, e)| e - s).unwrap();
     let from = (longest.0 + longest.1) / 2 / 60 * 60;
     let to = from + 4 * 3600;
-    let inside: BTreeMap<&String, &simulator::simulate::ViewerTotals> = want_viewers
+    let inside: BTreeMap<&String, &ViewerTotals> = want_viewers
         .iter()
         .filter(|(_, v)| {
             let (s, e) = session_bounds(v);
@@ -379,6 +471,13 @@ async fn statistics_api_equals_the_expected_usage() {
     assert!(text.lines().all(|l| serde_json::from_str::<Value>(l).unwrap()["trackingId"].is_null()));
     assert_eq!(api.records(json!({"startTime": "2026-10-31T20:00:00Z", "trackingIds": [null]}), false, SCOPED).await.0, 403);
 
+    run.done().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injection_attempts_get_nothing_or_400_and_the_tables_stay() {
+    let (_turn, run, api) = case().await;
+    let db = &run.db;
     // injection attempts: empty or 400, never someone else's data
     for evil in ["x' OR 1=1 --", "x') OR ('1'='1", "x\\' OR 1=1 --", "'; DROP TABLE usage_by_tracking; --"] {
         let (st, body) = api.get(&format!("/api/analytics/tracking/total?{}", q(&[evil], "trackingIds", RANGE))).await;
@@ -402,8 +501,16 @@ async fn statistics_api_equals_the_expected_usage() {
     }
     let (st, _) = api.get(&format!("/api/analytics/tracking/total?{}", q(&[&"x".repeat(129)], "trackingIds", RANGE))).await;
     assert_eq!(st, 400, "id over 128 characters");
-    assert!(count(&db, &format!("SELECT count() FROM {}.usage_by_tracking", db.database)).await > 0, "tables intact");
+    assert!(count(db, &format!("SELECT count() FROM {}.usage_by_tracking", db.database)).await > 0, "tables intact");
 
+    run.done().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_limit_questions_are_refused_with_400_and_a_message() {
+    let (_turn, run, api) = case().await;
+    let ids_tracked = run.ids();
+    let partner = run.partner();
     // limits
     let eleven: Vec<String> = (0..11).map(|i| format!("t{i}")).collect();
     let eleven: Vec<&str> = eleven.iter().map(String::as_str).collect();
@@ -454,6 +561,17 @@ async fn statistics_api_equals_the_expected_usage() {
         api.records(json!({"startTime": "yesterday", "endTime": "2026-11-01T00:00:00Z", "trackingIds": [partner]}), false, SECRET).await;
     assert_eq!(st, 400, "records bad time");
 
+    run.done().await;
+}
+
+/// Authentication, and a partner-scoped secret on every statistics route and the token routes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scoped_secret_reads_its_own_partners_usage_only() {
+    let (_turn, run, api) = case().await;
+    let exp = &run.exp;
+    let ids_tracked = run.ids();
+    let partner = run.partner();
+    let sv = run.streams();
     // authentication and scoping
     let own = format!("/api/analytics/tracking/total?{}", q(&[&partner], "trackingIds", RANGE));
     assert_eq!(api.get_as(&own, None).await.0, 401);
@@ -477,14 +595,19 @@ async fn statistics_api_equals_the_expected_usage() {
     assert_eq!(api.records(body_for(ids_tracked[1]), false, SCOPED).await.0, 403);
     assert_eq!(api.get_as("/api/subscribe_token", Some(SCOPED)).await.0, 403, "scoped secret on token routes");
     assert_eq!(api.get("/api/subscribe_token").await.0, 200, "token routes still work");
+    run.done().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_lists_the_routes() {
+    let (_turn, run, api) = case().await;
     let (st, doc) = api.get("/api/openapi.json").await;
     assert_eq!(st, 200);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     for p in ["/api/subscribe_token", "/api/analytics/tracking/total", "/api/analytics/tracking/series", "/api/records/viewers"] {
         assert!(doc["paths"].get(p).is_some(), "{p}");
     }
-    let _ = std::fs::remove_file(&api_cfg.store_path);
-    drop_db(&db).await;
+    run.done().await;
 }
 
 fn body_for(tracking_id: &str) -> Value {
