@@ -1052,14 +1052,14 @@ async fn bench_scale(sizes: &[u64], tracking_ids: u64, seals: u64, keep: bool) -
         anyhow::ensure!(n4 > 0, "one stream has no day of usage");
         // billing's reconciliation of the month (every check), sealed
         let t = Instant::now();
-        let checks = billing::run::reconcile(&store, &billing::rates::RateCard { partners: vec![] }, "2026-10").await?;
+        let checks = billing::reconcile::reconcile(&store, &billing::rates::RateCard { partners: vec![] }, "2026-10").await?;
         let reconcile_s = t.elapsed().as_secs_f64();
         let failed: Vec<&str> = checks.iter().filter(|c| !c.ok).map(|c| c.name.as_str()).collect();
         anyhow::ensure!(failed.is_empty(), "reconcile failed: {failed:?}");
         // and again: the log rows below the seal were counted and recorded by
         // the first run (migration 12); this one counts the tail
         let t = Instant::now();
-        let again = billing::run::reconcile(&store, &billing::rates::RateCard { partners: vec![] }, "2026-10").await?;
+        let again = billing::reconcile::reconcile(&store, &billing::rates::RateCard { partners: vec![] }, "2026-10").await?;
         let reconcile_again_s = t.elapsed().as_secs_f64();
         let failed: Vec<&str> = again.iter().filter(|c| !c.ok).map(|c| c.name.as_str()).collect();
         anyhow::ensure!(failed.is_empty(), "the second reconcile failed: {failed:?}");

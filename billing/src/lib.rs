@@ -41,7 +41,7 @@
 //!   claims' fences and up to each epoch's latest checkpoint, read once at
 //!   the start ([`store::Snapshot`]): every figure of a run is of that one
 //!   point, and the snapshot's digest is stored with each invoice.
-//! - **Reconciliation** (`billing reconcile`) fails on anything billed twice
+//! - **Reconciliation** ([`reconcile`], `billing reconcile`) fails on anything billed twice
 //!   (a second row of an invoice number, an adjustment carried twice) and
 //!   lists the corrections pending per partner and period.
 
@@ -54,6 +54,7 @@ pub mod ledger;
 pub mod pdf;
 pub mod pricing;
 pub mod rates;
+pub mod reconcile;
 pub mod render;
 pub mod run;
 pub mod store;

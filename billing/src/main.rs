@@ -134,11 +134,15 @@ fn main() -> Result<()> {
             }
             Cmd::Reconcile { p, recount } => {
                 let card = load_rate_card(&p.rates)?;
-                let checks = run::reconcile_with(
+                let checks = billing::reconcile::reconcile_with(
                     &store,
                     &card,
                     &p.period,
-                    if recount { billing::store::LogCounting::Recount } else { billing::store::LogCounting::Incremental },
+                    if recount {
+                        billing::store::log_count::LogCounting::Recount
+                    } else {
+                        billing::store::log_count::LogCounting::Incremental
+                    },
                 )
                 .await?;
                 let mut failed = 0;

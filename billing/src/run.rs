@@ -1,5 +1,5 @@
-//! Billing runs: drafts, issuing, files, the run report, reconciliation and
-//! partner statements.
+//! Billing runs: drafts, issuing, files, the run report and partner
+//! statements (reconciliation is [`crate::reconcile`]).
 
 use crate::events;
 use crate::invoice::{
@@ -8,12 +8,12 @@ use crate::invoice::{
 use crate::ledger::{differences, AdjustmentKind, Billed, Ledger, LedgerRecord, ManualAdjustment};
 use crate::rates::{Partner, RateCard};
 use crate::render;
-use crate::store::{LogCounting, Recounted, Snapshot, Store, StoreError};
+use crate::store::{Snapshot, Store, StoreError};
 use chrono::NaiveDate;
 use runtime::csv;
 use runtime::events::InternalEvent;
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -51,7 +51,7 @@ pub enum BillingError {
 }
 
 /// A checked sum of byte counts: an overflow is an error, never a wrap.
-fn total<'a>(what: &'static str, bytes: impl IntoIterator<Item = &'a u64>) -> Result<u64, BillingError> {
+pub(crate) fn total<'a>(what: &'static str, bytes: impl IntoIterator<Item = &'a u64>) -> Result<u64, BillingError> {
     bytes.into_iter().try_fold(0u64, |a, b| a.checked_add(*b)).ok_or(BillingError::Overflow(what))
 }
 
@@ -134,7 +134,7 @@ pub struct Computed {
     to_record: BTreeMap<String, ToRecord>,
 }
 
-fn bounds(period: &str) -> Result<((i32, u32), NaiveDate, NaiveDate), BillingError> {
+pub(crate) fn bounds(period: &str) -> Result<((i32, u32), NaiveDate, NaiveDate), BillingError> {
     let ym = parse_period(period).ok_or_else(|| BillingError::Period(period.to_string()))?;
     let (from, to) = period_bounds(ym.0, ym.1).ok_or_else(|| BillingError::Period(period.to_string()))?;
     Ok((ym, from, to))
@@ -544,149 +544,6 @@ pub async fn adjust(
     };
     store.record_adjustment(&m).await?;
     Ok(m)
-}
-
-/// One reconciliation check.
-#[derive(Debug, Clone, Serialize)]
-pub struct Check {
-    /// What is compared, in words.
-    pub name: String,
-    /// The two sides agree; `billing reconcile` fails (exit 1) if any check does not.
-    pub ok: bool,
-    /// The figures compared, or where they differ.
-    pub detail: String,
-}
-
-/// The tracking ids whose bytes differ between `a` and `b`, as `"id": a vs b`.
-fn mismatches(a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>) -> Vec<String> {
-    a.keys()
-        .chain(b.keys())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .filter(|t| a.get(*t) != b.get(*t))
-        .map(|t| format!("{t:?}: {} vs {}", a.get(t).copied().unwrap_or(0), b.get(t).copied().unwrap_or(0)))
-        .collect()
-}
-
-/// `billing reconcile`: prove that every view of a period's bytes agrees
-/// ([`reconcile_with`], counting the log from the previous count on).
-pub async fn reconcile(store: &Store, card: &RateCard, period: &str) -> Result<Vec<Check>, BillingError> {
-    reconcile_with(store, card, period, LogCounting::Incremental).await
-}
-
-/// [`reconcile`], counting the log tables as `counting` says (migration 12).
-pub async fn reconcile_with(store: &Store, card: &RateCard, period: &str, counting: LogCounting) -> Result<Vec<Check>, BillingError> {
-    let (_, from, to) = bounds(period)?;
-    let period = &period[..7];
-    let tracking = store.total("usage_by_tracking", "window_start", from, to).await?;
-    let viewer = store.total("usage_by_viewer", "window_start", from, to).await?;
-    let hourly = store.total("usage_by_tracking_hourly", "hour", from, to).await?;
-    let daily = store.total("usage_by_tracking_daily", "day", from, to).await?;
-    let viewer_daily = store.total("usage_by_viewer_daily", "day", from, to).await?;
-    let mut checks = Vec::new();
-    let base = total("usage_by_tracking", tracking.values())?;
-    for (name, m) in [
-        ("usage_by_viewer", &viewer),
-        ("usage_by_tracking_hourly", &hourly),
-        ("usage_by_tracking_daily", &daily),
-        ("usage_by_viewer_daily", &viewer_daily),
-    ] {
-        let diff = mismatches(&tracking, m);
-        checks.push(Check {
-            name: format!("usage_by_tracking = {name} (per tracking id)"),
-            ok: diff.is_empty(),
-            detail: if diff.is_empty() { format!("{base} bytes") } else { diff.join("; ") },
-        });
-    }
-    // the same bytes counted on the log tables under fences computed here from
-    // the claims, without the views' join: a join that drops or repeats rows
-    // (as `ANY` came to on current ClickHouse) fails here
-    // (the seal before the fences: every epoch with rows below it is among them)
-    let latest = store.latest_seal().await?;
-    let fences = store.claim_fences().await?;
-    for (view, log, m) in [("usage_by_tracking", "usage_by_tracking_log", &tracking), ("usage_by_viewer", "usage_by_viewer_log", &viewer)] {
-        let count = store.audited_log_total(log, &fences, &latest, period, from, to, counting).await?;
-        let diff = mismatches(m, &count.bytes);
-        let recorded = |r: u64| if r > 0 { format!("; recorded up to seal #{r}") } else { String::new() };
-        let how = match (count.counted_before, count.recorded, count.recounted) {
-            (0, r, Some(Recounted::FencesChanged { seal })) => {
-                format!("every row counted: the fences below seal #{seal} changed since it was counted (a late claim){}", recorded(r))
-            }
-            (0, r, Some(Recounted::RowsChanged { seal, then, now })) => format!(
-                "every row counted: rows below seal #{seal} were written or deleted since it was counted ({then} recent rows then, {now} now){}",
-                recorded(r)
-            ),
-            (0, r, _) => format!("every row counted{}", recorded(r)),
-            (b, r, _) if b == r => format!("rows up to seal #{b} as counted before, the rest counted now"),
-            (b, r, _) => format!("rows up to seal #{b} as counted before, the rest counted now{}", recorded(r)),
-        };
-        checks.push(Check {
-            name: format!("{view} = {log} under the claims (per tracking id, without the views' join)"),
-            ok: diff.is_empty(),
-            detail: if diff.is_empty() {
-                format!("{} bytes ({how})", total(log, count.bytes.values())?)
-            } else {
-                format!("{} ({how})", diff.join("; "))
-            },
-        });
-    }
-    // billing's side, from one snapshot: what the invoices price and bill
-    let inputs = Inputs::read(store).await?;
-    let ledger = &inputs.ledger;
-    let at = store.usage_at(&inputs.snapshot, from, to).await?;
-    let base = total("usage", at.values())?;
-    let owned = total("owned usage", at.iter().filter(|(t, _)| card.partner_for_tracking_id(t).is_some()).map(|(_, b)| b))?;
-    let unowned =
-        total("unowned usage", at.iter().filter(|(t, _)| !t.is_empty() && card.partner_for_tracking_id(t).is_none()).map(|(_, b)| b))?;
-    let untracked = at.get("").copied().unwrap_or(0);
-    checks.push(Check {
-        name: "owned + unowned + untracked = total (at the billing snapshot)".into(),
-        ok: total("usage", [&owned, &unowned, &untracked])? == base,
-        detail: format!("{owned} + {unowned} + {untracked} = {base}; snapshot {}", inputs.snapshot.summary()),
-    });
-    // billed twice: a second ledger row of an invoice number, an adjustment carried twice
-    let twice: Vec<String> = ledger.ignored.iter().map(|(n, id)| format!("{n} (issue {id:016x})")).collect();
-    checks.push(Check {
-        name: "one ledger record per invoice number".into(),
-        ok: twice.is_empty(),
-        detail: if twice.is_empty() {
-            format!("{} invoices issued", ledger.records.len())
-        } else {
-            format!("issued twice (the first counts; remove the others after review): {}", twice.join(", "))
-        },
-    });
-    let carried_twice: Vec<String> = ledger.settled().into_iter().filter(|(_, n)| *n > 1).map(|(id, n)| format!("{id} x{n}")).collect();
-    checks.push(Check {
-        name: "each manual adjustment carried by one invoice at most".into(),
-        ok: carried_twice.is_empty(),
-        detail: if carried_twice.is_empty() { format!("{} adjustments recorded", inputs.manual.len()) } else { carried_twice.join(", ") },
-    });
-    for partner in &card.partners {
-        let own: BTreeMap<String, u64> = partner.tracking_ids.iter().filter_map(|t| at.get(t).map(|b| (t.clone(), *b))).collect();
-        let Some(rec) = ledger.issued(&partner.id, period) else { continue };
-        let inv = &rec.invoice;
-        let lines = total("invoice lines", inv.lines.iter().filter(|l| l.kind == LineKind::Usage).map(|l| &l.bytes))?;
-        let recorded: i128 = rec.billed.iter().filter(|b| b.usage_period == period).map(|b| i128::from(b.bytes)).sum();
-        checks.push(Check {
-            name: format!("invoice {} usage lines = total_bytes = its billed usage", inv.invoice_number),
-            ok: lines == inv.total_bytes && recorded == i128::from(inv.total_bytes),
-            detail: format!("lines {lines}, total_bytes {}, billed by it {recorded}", inv.total_bytes),
-        });
-        let billed = ledger.billed(&partner.id, period);
-        let diffs = differences(&own, &billed);
-        let billed_sum: i128 = billed.values().sum();
-        let (late, lower): (i128, i128) = diffs.values().fold((0, 0), |(l, w), d| if *d > 0 { (l + d, w) } else { (l, w - d) });
-        checks.push(Check {
-            name: format!("{} {period}: billed = usage (a difference is a correction for the next invoice)", partner.id),
-            ok: true,
-            detail: if diffs.is_empty() {
-                format!("billed {billed_sum} = usage")
-            } else {
-                format!("billed {billed_sum}, usage {}: late usage {late} and lower usage {lower} pending", total("usage", own.values())?)
-            },
-        });
-    }
-    Ok(checks)
 }
 
 /// `billing statements`: per partner, bytes per tracking id per day, and per

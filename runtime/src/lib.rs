@@ -19,6 +19,7 @@ pub mod events;
 pub mod fault;
 pub mod health;
 pub mod kafka;
+pub mod migrate;
 pub mod ops;
 pub mod rights;
 pub mod serve;

@@ -14,7 +14,8 @@
 //! `aggregator/src/lib.rs`) per partition. Inserts go through the
 //! `Distributed` tables synchronously (`insert_distributed_sync`).
 
-use runtime::ch::{leading_identifier, Layout, Migration};
+use runtime::ch::{leading_identifier, Layout};
+use runtime::migrate::Migration;
 
 /// A single-server migration statement, as far as its cluster rendering
 /// depends on it. Names are without the `{db}.` prefix.
@@ -223,7 +224,7 @@ impl Target<'_> {
 }
 
 /// The statements of migration `m` for `layout`, `{db}` replaced by `db`
-/// (the runner's [`runtime::ch::Schema::render`]).
+/// (the runner's [`runtime::migrate::Schema::render`]).
 pub fn render(m: &Migration, db: &str, layout: &Layout) -> Vec<String> {
     match layout {
         Layout::Single => m.statements(db),

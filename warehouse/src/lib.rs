@@ -20,8 +20,10 @@
 pub mod cluster;
 pub mod tables;
 
-pub use runtime::ch::{ChError, Migration, MigrationReport};
-use runtime::ch::{ClickHouseConfig, Schema};
+pub use runtime::ch::ChError;
+use runtime::ch::ClickHouseConfig;
+use runtime::migrate::Schema;
+pub use runtime::migrate::{Migration, MigrationReport};
 
 /// All migrations, in order.
 pub const MIGRATIONS: &[Migration] = &[
@@ -66,17 +68,17 @@ pub const MIGRATIONS: &[Migration] = &[
 pub const SCHEMA: Schema = Schema { migrations: MIGRATIONS, render: cluster::render };
 
 /// Apply every migration not yet recorded in `{db}.schema_migrations`
-/// (`runtime::ch::migrate`: recorded after its last statement; a run that
+/// (`runtime::migrate::migrate`: recorded after its last statement; a run that
 /// failed at any statement is finished by running it again).
 pub async fn migrate(cfg: &ClickHouseConfig) -> Result<MigrationReport, ChError> {
-    runtime::ch::migrate(cfg, &SCHEMA).await
+    runtime::migrate::migrate(cfg, &SCHEMA).await
 }
 
 /// [`migrate`], stopping with `ChError::Interrupted` just before statement
 /// `statement` (1-based) of migration `version`, as a crash there would:
 /// for tests of re-running an interrupted migration.
 pub async fn migrate_interrupted(cfg: &ClickHouseConfig, version: u32, statement: usize) -> Result<MigrationReport, ChError> {
-    runtime::ch::migrate_interrupted(cfg, &SCHEMA, version, statement).await
+    runtime::migrate::migrate_interrupted(cfg, &SCHEMA, version, statement).await
 }
 
 #[cfg(test)]

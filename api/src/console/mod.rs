@@ -328,10 +328,11 @@ pub(crate) async fn reconciliation(
     let (Some(card), Some(store)) = (&s.console.rates, &s.console.billing) else {
         return Err(Reply::BadRequest("period: no rate card configured (set billing_rates) to reconcile".into()));
     };
-    let checks = billing::run::reconcile_with(store, card, &period, billing::store::LogCounting::ReadOnly).await.map_err(|e| {
-        events::ReconciliationFailed { error: &e }.emit();
-        Reply::Internal(format!("reconciliation failed: {e}"))
-    })?;
+    let checks =
+        billing::reconcile::reconcile_with(store, card, &period, billing::store::log_count::LogCounting::ReadOnly).await.map_err(|e| {
+            events::ReconciliationFailed { error: &e }.emit();
+            Reply::Internal(format!("reconciliation failed: {e}"))
+        })?;
     let ok = checks.iter().all(|c| c.ok);
     Ok(success(json!({"period": period, "ok": ok, "checks": checks})))
 }

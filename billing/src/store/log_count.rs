@@ -7,7 +7,7 @@ use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// How reconciliation counts a log table ([`crate::run::reconcile_with`]).
+/// How reconciliation counts a log table ([`crate::reconcile::reconcile_with`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogCounting {
     /// The rows above the recorded count's seal, added to it; the count as

@@ -9,12 +9,8 @@ use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use thiserror::Error;
 
-mod ledger;
-mod log_count;
-
-pub use ledger::TABLES;
-pub use log_count::LogCounting;
-pub(crate) use log_count::Recounted;
+pub mod ledger;
+pub mod log_count;
 
 /// Why a read or write of billing's side of ClickHouse failed.
 #[derive(Debug, Error)]

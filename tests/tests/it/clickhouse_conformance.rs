@@ -358,7 +358,7 @@ async fn reconcile_sees_a_fenced_view_that_drops_rows() {
     insert_fixture(&db, &topic).await;
     let card = billing::rates::load_rate_card(&e2e::repo_root().join("deploy/rates.example.toml")).unwrap();
     let store = billing::store::Store::connect(&db).await.unwrap();
-    let checks = billing::run::reconcile(&store, &card, "2026-10").await.unwrap();
+    let checks = billing::reconcile::reconcile(&store, &card, "2026-10").await.unwrap();
     let direct: Vec<_> = checks.iter().filter(|c| c.name.contains("without the views' join")).collect();
     assert_eq!(direct.len(), 2, "{checks:#?}");
     assert!(checks.iter().all(|c| c.ok), "{checks:#?}");
@@ -378,7 +378,7 @@ async fn reconcile_sees_a_fenced_view_that_drops_rows() {
         ),
     )
     .await;
-    let checks = billing::run::reconcile(&store, &card, "2026-10").await.unwrap();
+    let checks = billing::reconcile::reconcile(&store, &card, "2026-10").await.unwrap();
     let broken: Vec<_> = checks.iter().filter(|c| !c.ok).collect();
     assert!(
         broken.iter().any(|c| c.name.starts_with("usage_by_tracking = usage_by_tracking_log")),
@@ -867,7 +867,7 @@ async fn the_tails_read_what_arrived_since_the_seal_not_the_whole_log() {
     .await;
     let card = billing::rates::load_rate_card(&e2e::repo_root().join("deploy/rates.example.toml")).unwrap();
     let store = billing::store::Store::connect(&db).await.unwrap();
-    let checks = billing::run::reconcile(&store, &card, "2026-10").await.unwrap();
+    let checks = billing::reconcile::reconcile(&store, &card, "2026-10").await.unwrap();
     let broken: Vec<_> = checks.iter().filter(|c| !c.ok).map(|c| c.name.as_str()).collect();
     assert_eq!(broken, vec!["usage_by_tracking = usage_by_tracking_log under the claims (per tracking id, without the views' join)"]);
     drop_db(&db).await;
@@ -1141,7 +1141,7 @@ async fn a_consolidation_paused_before_its_swap_drops_no_newer_seal() {
 
 /// The two direct checks of `billing reconcile` (each log table counted
 /// under the claims): `(ok, detail)`.
-fn direct_checks(checks: &[billing::run::Check]) -> Vec<(bool, String)> {
+fn direct_checks(checks: &[billing::reconcile::Check]) -> Vec<(bool, String)> {
     let direct: Vec<_> = checks.iter().filter(|c| c.name.contains("without the views' join")).map(|c| (c.ok, c.detail.clone())).collect();
     assert_eq!(direct.len(), 2, "{checks:#?}");
     direct
@@ -1172,11 +1172,13 @@ async fn reconcile_counts_each_log_row_once_and_a_recount_reads_them_all() {
     let store = billing::store::Store::connect(&db).await.unwrap();
     let run = |recount: bool| {
         let (store, card) = (store.clone(), card.clone());
-        let counting = if recount { billing::store::LogCounting::Recount } else { billing::store::LogCounting::Incremental };
-        async move { billing::run::reconcile_with(&store, &card, "2026-10", counting).await.unwrap() }
+        let counting =
+            if recount { billing::store::log_count::LogCounting::Recount } else { billing::store::log_count::LogCounting::Incremental };
+        async move { billing::reconcile::reconcile_with(&store, &card, "2026-10", counting).await.unwrap() }
     };
     // read-only (the console's): counts, records nothing
-    let checks = billing::run::reconcile_with(&store, &card, "2026-10", billing::store::LogCounting::ReadOnly).await.unwrap();
+    let checks =
+        billing::reconcile::reconcile_with(&store, &card, "2026-10", billing::store::log_count::LogCounting::ReadOnly).await.unwrap();
     for (ok, detail) in direct_checks(&checks) {
         assert!(ok);
         assert_eq!(detail, format!("{} bytes (every row counted)", bytes(1000)));

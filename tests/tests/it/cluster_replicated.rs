@@ -203,7 +203,7 @@ async fn exact_on_the_replicated_cluster_across_a_replica_outage_and_a_kill() {
         assert_eq!(billed, owned, "the drafts bill every owned byte once");
     }
     billing::run::issue(&store, &card, &period, &out, 60).await.expect("billing issue on the cluster");
-    let checks = billing::run::reconcile(&store, &card, &period).await.unwrap();
+    let checks = billing::reconcile::reconcile(&store, &card, &period).await.unwrap();
     assert!(checks.iter().all(|c| c.ok), "{checks:#?}");
     let _ = std::fs::remove_dir_all(&out);
     drop_everywhere(&database).await;

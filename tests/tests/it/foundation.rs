@@ -243,7 +243,7 @@ async fn row_layouts_match_the_migrated_tables() {
     }
     // and the writers use them: the aggregator's tables and billing's, each once
     let used: Vec<&str> =
-        aggregator::tables::Table::ORDER.iter().map(|t| t.name()).chain(billing::store::TABLES.iter().map(|t| t.name)).collect();
+        aggregator::tables::Table::ORDER.iter().map(|t| t.name()).chain(billing::store::ledger::TABLES.iter().map(|t| t.name)).collect();
     let mut written: Vec<&str> = warehouse::tables::WRITTEN.iter().map(|t| t.name).collect();
     let mut sorted = used.clone();
     sorted.sort();
