@@ -524,6 +524,15 @@ pub fn usage_event(viewer: &str, seq: i64, start_ms: i64, bytes_out: i64) -> sch
     }
 }
 
+/// The base URL of a service starting on loopback `port`, once its
+/// `/healthz` answers (panics naming `what` after 30 s).
+pub async fn serving(port: u16, what: &str) -> String {
+    let url = format!("http://127.0.0.1:{port}");
+    let up = wait_until(Duration::from_secs(30), || async { reqwest::get(format!("{url}/healthz")).await.is_ok() }).await;
+    assert!(up, "{what} (port {port}) did not answer /healthz within 30 s");
+    url
+}
+
 /// Serve `app` on a free loopback port: its base URL (`http://127.0.0.1:N`,
 /// no trailing slash) and the server's task.
 pub async fn serve_router(app: axum::Router) -> (String, tokio::task::JoinHandle<()>) {

@@ -17,6 +17,18 @@ use std::time::Duration;
 const SECRET: &str = "entitlements-e2e-5c1d7e9a3b2f4068";
 const ALLOWANCE: u64 = 1_000_000;
 
+/// A rate card of `(partner id, its one tracking id)`, each at 1 EUR per GB, flat.
+fn rate_card(partners: &[(&str, &str)]) -> String {
+    partners
+        .iter()
+        .map(|(id, tracking)| {
+            format!(
+                "[[partner]]\nid = \"{id}\"\nname = \"{id}\"\ntracking_ids = [\"{tracking}\"]\ncurrency = \"EUR\"\nunit = \"GB\"\npricing = \"flat\"\ntiers = [ {{ unit_price = \"1\" }} ]\n"
+            )
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_used_up_soft_allowance_refuses_new_viewers_of_that_partner_only() {
     let _stack = e2e::turns::shared().await;
@@ -26,14 +38,7 @@ async fn a_used_up_soft_allowance_refuses_new_viewers_of_that_partner_only() {
     let dir = std::env::temp_dir().join(unique("allow"));
     std::fs::create_dir_all(&dir).unwrap();
     let (acme, globex) = (format!("{topic}-acme"), format!("{topic}-globex"));
-    std::fs::write(
-        dir.join("rates.toml"),
-        format!(
-            "[[partner]]\nid = \"acme\"\nname = \"Acme\"\ntracking_ids = [\"{acme}\"]\ncurrency = \"EUR\"\nunit = \"GB\"\npricing = \"flat\"\ntiers = [ {{ unit_price = \"1\" }} ]\n\
-             [[partner]]\nid = \"globex\"\nname = \"Globex\"\ntracking_ids = [\"{globex}\"]\ncurrency = \"EUR\"\nunit = \"GB\"\npricing = \"flat\"\ntiers = [ {{ unit_price = \"1\" }} ]\n"
-        ),
-    )
-    .unwrap();
+    std::fs::write(dir.join("rates.toml"), rate_card(&[("acme", &acme), ("globex", &globex)])).unwrap();
     let mut cfg = ApiConfig {
         api_secrets: vec![SECRET.into()],
         store_path: dir.join("tokens.db"),
@@ -244,11 +249,7 @@ async fn each_threshold_is_notified_once_across_replicas_and_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let acme = format!("{topic}-acme");
     let (hook, seen, hook_server) = receiver().await;
-    std::fs::write(
-        dir.path().join("rates.toml"),
-        format!("[[partner]]\nid = \"acme\"\nname = \"Acme\"\ntracking_ids = [\"{acme}\"]\ncurrency = \"EUR\"\nunit = \"GB\"\npricing = \"flat\"\ntiers = [ {{ unit_price = \"1\" }} ]\n"),
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("rates.toml"), rate_card(&[("acme", &acme)])).unwrap();
     std::fs::write(
         dir.path().join("entitlements.toml"),
         format!(
@@ -271,14 +272,7 @@ async fn each_threshold_is_notified_once_across_replicas_and_a_restart() {
         ];
         Proc::spawn("api", &["serve"], &env)
     };
-    let up = |port: u16| async move {
-        let url = format!("http://127.0.0.1:{port}");
-        assert!(
-            wait_until(Duration::from_secs(30), || async { reqwest::get(format!("{url}/healthz")).await.is_ok() }).await,
-            "api on {port}"
-        );
-        url
-    };
+    let up = |port: u16| serving(port, "api");
     let accepted = |id: String| {
         let seen = seen.clone();
         async move { wait_until(Duration::from_secs(90), || async { seen.lock().unwrap().requests.iter().any(|r| r.0 == id && r.2) }).await }
@@ -374,11 +368,7 @@ async fn a_clickhouse_outage_fails_open_or_closed_as_configured() {
     let db = test_db().await;
     let dir = tempfile::tempdir().unwrap();
     let tracking = unique("outage-acme");
-    std::fs::write(
-        dir.path().join("rates.toml"),
-        format!("[[partner]]\nid = \"acme\"\nname = \"Acme\"\ntracking_ids = [\"{tracking}\"]\ncurrency = \"EUR\"\nunit = \"GB\"\npricing = \"flat\"\ntiers = [ {{ unit_price = \"1\" }} ]\n"),
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("rates.toml"), rate_card(&[("acme", &tracking)])).unwrap();
     std::fs::write(
         dir.path().join("entitlements.toml"),
         format!("[[partner]]\nid = \"acme\"\nbytes = \"{ALLOWANCE}\"\npolicy = \"soft\"\n"),

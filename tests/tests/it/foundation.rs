@@ -334,11 +334,7 @@ async fn service_users_have_least_privilege_and_services_refuse_more() {
     let (port, _dir, e) = api(&reader);
     let e: Vec<(&str, String)> = e.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
     let _api = Proc::spawn("api", &["serve"], &e);
-    let url = format!("http://127.0.0.1:{port}");
-    assert!(
-        wait_until(Duration::from_secs(30), || async { reqwest::get(format!("{url}/healthz")).await.is_ok() }).await,
-        "the API as its reader starts"
-    );
+    let url = serving(port, "the API as its reader").await;
     let r = reqwest::Client::new()
         .get(format!("{url}/api/analytics/tracking/total?trackingIds=acme&startDate=2026-10-01&stopDate=2026-10-02"))
         .bearer_auth(&secret)
@@ -370,14 +366,7 @@ async fn console_sessions_survive_a_restart_and_work_across_api_processes() {
         ];
         Proc::spawn("api", &["serve"], &env)
     };
-    let up = |port: u16| async move {
-        let url = format!("http://127.0.0.1:{port}");
-        assert!(
-            wait_until(Duration::from_secs(30), || async { reqwest::get(format!("{url}/healthz")).await.is_ok() }).await,
-            "api on {port}"
-        );
-        url
-    };
+    let up = |port: u16| serving(port, "api");
     let pa = free_port();
     let pb = std::iter::repeat_with(free_port).find(|&p| p != pa).unwrap();
     // both start at once on a new store, as replicas behind a balancer do
