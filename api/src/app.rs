@@ -176,6 +176,12 @@ pub(crate) fn iso_time(t: chrono::DateTime<chrono::Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// The `key=value` pairs of a query string in order (repeated keys kept),
+/// or 400 naming why it cannot be read.
+pub(crate) fn query_pairs(raw: Option<&str>) -> Result<Vec<(String, String)>, Reply> {
+    serde_urlencoded::from_str(raw.unwrap_or("")).map_err(|e| Reply::BadRequest(format!("invalid query string: {e}")))
+}
+
 pub(crate) fn success(data: Value) -> Response {
     (StatusCode::OK, Json(Success { status: "success", data })).into_response()
 }

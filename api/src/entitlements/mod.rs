@@ -82,7 +82,8 @@ pub struct Tracker {
     hooks: std::collections::BTreeMap<String, Hook>,
     http: reqwest::Client,
     settings: TrackerSettings,
-    snapshot: RwLock<Option<Snapshot>>,
+    /// Shared with each verification that reads it (no copy per viewer).
+    snapshot: RwLock<Option<Arc<Snapshot>>>,
     used_percent: GaugeVec,
     stale: IntGauge,
 }
@@ -157,7 +158,7 @@ impl Tracker {
         events::AllowancesRefreshed { allowances: standings.len(), exhausted: standings.iter().filter(|s| s.exhausted).count() }.emit();
         let due = entitlements::notifications(&standings, &entitlements::standing::period_label(period_start));
         // verification decides from the new standing even if recording a notification fails below
-        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Some(Snapshot { period_start, standings, refreshed_at: now });
+        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(Snapshot { period_start, standings, refreshed_at: now }));
         self.stale.set(0);
         // each threshold reached, once across processes and restarts
         for n in due {
@@ -171,7 +172,7 @@ impl Tracker {
     }
 
     /// The current snapshot if it is fresh at `now` and of `now`'s period.
-    fn fresh(&self, now: DateTime<Utc>) -> Option<Snapshot> {
+    fn fresh(&self, now: DateTime<Utc>) -> Option<Arc<Snapshot>> {
         let snap = self.snapshot.read().unwrap_or_else(|p| p.into_inner()).clone()?;
         let age = (now - snap.refreshed_at).to_std().unwrap_or_default();
         let same_period = snap.period_start == entitlements::standing::period_start(now.date_naive());
@@ -327,14 +328,19 @@ fn standing_json(s: &Standing) -> Value {
     })
 }
 
+/// The service's tracker, or 400 when no entitlements are configured.
+fn configured(s: &AppState) -> Result<&Arc<Tracker>, Reply> {
+    s.entitlements
+        .as_ref()
+        .ok_or_else(|| Reply::BadRequest("no entitlements configured on this service (set entitlements and billing_rates)".into()))
+}
+
 /// `GET /api/entitlements/notifications`: every threshold notification,
 /// newest first, with its delivery status (a scoped secret: its partner's only).
 #[utoipa::path(get, path = "/api/entitlements/notifications", tag = "Analytics", summary = "Allowance threshold notifications and their delivery status",
     responses((status = 200, description = "`[{id, partner, status, attempts, lastError, createdAt, deliveredAt, body}]`"), crate::app::StatsErrors))]
 pub(crate) async fn notifications(State(s): State<Arc<AppState>>, Extension(scope): Extension<Scope>) -> Result<Response, Reply> {
-    let Some(tracker) = &s.entitlements else {
-        return Err(Reply::BadRequest("no entitlements configured on this service (set entitlements and billing_rates)".into()));
-    };
+    let tracker = configured(&s)?;
     let partners: Option<Vec<String>> = scope
         .0
         .as_ref()
@@ -362,11 +368,8 @@ pub(crate) async fn allowances(
     Extension(scope): Extension<Scope>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Reply> {
-    let Some(tracker) = &s.entitlements else {
-        return Err(Reply::BadRequest("no entitlements configured on this service (set entitlements and billing_rates)".into()));
-    };
-    let pairs: Vec<(String, String)> =
-        serde_urlencoded::from_str(raw.as_deref().unwrap_or("")).map_err(|e| Reply::BadRequest(format!("invalid query string: {e}")))?;
+    let tracker = configured(&s)?;
+    let pairs = crate::app::query_pairs(raw.as_deref())?;
     let mut ids: Vec<String> = Vec::new();
     for (k, v) in pairs {
         match k.as_str() {

@@ -10,7 +10,7 @@
 //!   ([`LEASE_SECS`]), POSTed to the partner's `webhook_url` with the
 //!   `Metering-Signature` header (`entitlements::webhook`), and marked
 //!   `delivered` on a 2xx answer. Otherwise it is tried again after 1, 2, 4,
-//!   ... seconds (at most an hour apart), and marked `failed` after
+//!   ... seconds (at most 2,048 s apart, [`backoff_secs`]), and marked `failed` after
 //!   [`MAX_ATTEMPTS`]. A process that crashes between the receiver's 2xx
 //!   and its record leaves the lease to expire, and the notification is
 //!   sent again with the same id: receivers de-duplicate on `id` (as with
@@ -18,6 +18,7 @@
 //! * **Queryable.** `GET /api/entitlements/notifications` lists them with
 //!   their status, attempts and last error.
 
+use crate::app::iso_time;
 use crate::store::{Store, StoreError};
 use chrono::{DateTime, Utc};
 use entitlements::Notification;
@@ -27,10 +28,13 @@ use serde::Serialize;
 /// How long a process holds a notification it is delivering, seconds.
 pub const LEASE_SECS: i64 = 30;
 
+/// At most this many notifications are listed.
+pub const LIST_LIMIT: usize = 1000;
+
 /// Attempts before a notification is marked `failed`.
 pub const MAX_ATTEMPTS: i64 = 12;
 
-/// The delay before attempt `attempt + 1`, seconds: 1, 2, 4, ..., at most an hour.
+/// The delay before attempt `attempt + 1`, seconds: 1, 2, 4, ..., at most 2,048 (34 minutes).
 pub fn backoff_secs(attempt: i64) -> i64 {
     1i64 << (attempt - 1).clamp(0, 11)
 }
@@ -58,13 +62,13 @@ pub struct Record {
 }
 
 fn rfc3339(ms: i64) -> String {
-    DateTime::<Utc>::from_timestamp_millis(ms).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)).unwrap_or_default()
+    DateTime::<Utc>::from_timestamp_millis(ms).map(iso_time).unwrap_or_default()
 }
 
 /// Record `n` unless it is already recorded; `true`: this call recorded it.
 pub fn record(store: &Store, n: &Notification, has_webhook: bool, now: DateTime<Utc>) -> Result<bool, StoreError> {
     let mut body = serde_json::to_value(n).unwrap_or_default();
-    body["createdAt"] = serde_json::json!(now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    body["createdAt"] = serde_json::json!(iso_time(now));
     let status = if has_webhook { "pending" } else { "logged" };
     let inserted = store.conn()?.execute(
         "INSERT OR IGNORE INTO allowance_notifications (id, partner, body, status, attempts, next_attempt_ms, created_ms) \
@@ -128,12 +132,12 @@ pub fn attempt_failed(store: &Store, id: &str, attempt: i64, error: &str, now: D
     Ok(())
 }
 
-/// Every notification (of `partners` only, when given), newest first.
+/// The newest [`LIST_LIMIT`] notifications (of `partners` only, when given), newest first.
 pub fn list(store: &Store, partners: Option<&[String]>) -> Result<Vec<Record>, StoreError> {
     let conn = store.conn()?;
     let mut stmt = conn.prepare(
         "SELECT id, partner, status, attempts, last_error, created_ms, delivered_ms, body FROM allowance_notifications \
-         ORDER BY created_ms DESC, id DESC LIMIT 1000",
+         ORDER BY created_ms DESC, id DESC",
     )?;
     let rows = stmt.query_map([], |r| {
         Ok(Record {
@@ -147,8 +151,9 @@ pub fn list(store: &Store, partners: Option<&[String]>) -> Result<Vec<Record>, S
             body: serde_json::from_str(&r.get::<_, String>(7)?).unwrap_or_default(),
         })
     })?;
-    let all = rows.collect::<Result<Vec<_>, _>>()?;
-    Ok(all.into_iter().filter(|r| partners.is_none_or(|p| p.contains(&r.partner))).collect())
+    // the partner filter before the limit: a partner's own are not crowded out by others'
+    let visible = rows.filter(|r| r.as_ref().map_or(true, |r| partners.is_none_or(|p| p.contains(&r.partner))));
+    Ok(visible.take(LIST_LIMIT).collect::<Result<Vec<_>, _>>()?)
 }
 
 #[cfg(test)]

@@ -274,8 +274,7 @@ fn required_time(name: &str, v: Option<String>) -> Result<DateTime<Utc>, Reply> 
 }
 
 fn parse_query(raw: Option<String>, by: By, series: bool) -> Result<AnalyticsQuery, Reply> {
-    let pairs: Vec<(String, String)> =
-        serde_urlencoded::from_str(raw.as_deref().unwrap_or("")).map_err(|e| Reply::BadRequest(format!("invalid query string: {e}")))?;
+    let pairs = crate::app::query_pairs(raw.as_deref())?;
     let (mut ids, mut start, mut stop, mut resolution) = (vec![], None, None, None);
     for (k, v) in pairs {
         match k.as_str() {

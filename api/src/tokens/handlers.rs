@@ -47,8 +47,7 @@ struct ListParams {
 /// `required` (this service's plain `GET /api/..._token`), every token up to
 /// [`MAX_ITEMS_ON_PAGE`], in creation order.
 fn parse_page(raw: Option<String>, required: bool) -> Result<Page, Reply> {
-    let pairs: Vec<(String, String)> =
-        serde_urlencoded::from_str(raw.as_deref().unwrap_or("")).map_err(|e| Reply::BadRequest(format!("invalid query string: {e}")))?;
+    let pairs = crate::app::query_pairs(raw.as_deref())?;
     let mut page = if required {
         Page { page: 0, items_on_page: 0, sort_by: SortBy::Name, descending: false }
     } else {
