@@ -47,8 +47,9 @@
 //!    land; its rows up to that start are exactly what the successor
 //!    resumed from. The views `aggregator_fences`, `usage_by_tracking`,
 //!    `usage_by_viewer`, `usage_dead_letters` apply the rule; the rollups
-//!    (`usage_by_tracking_hourly`, `..._daily`, `usage_by_viewer_daily`) are
-//!    views over those, so they can never disagree with them; billing and
+//!    (`usage_by_tracking_hourly`, `..._daily`, `usage_by_stream_daily`,
+//!    `usage_by_viewer_daily`) are views over the same sealed rows (see
+//!    [`seal`]) and fenced tail, so they can never disagree with them; billing and
 //!    the statistics API read the views. The aggregator applies the rule
 //!    to its own state: the valid checkpoint with the largest position is
 //!    where a claim resumes, and the dedup state is restored from valid

@@ -1028,7 +1028,7 @@ async fn bench_scale(sizes: &[u64], tracking_ids: u64, seals: u64, keep: bool) -
         anyhow::ensure!(n3 == n1, "the sealed series has {n3} points, the log's {n1}");
         let (sealed_bill, sealed_usage) = best_of_3(bill_month).await?;
         anyhow::ensure!(sealed_usage == usage, "billing reads the same usage sealed and unsealed");
-        let pushed_client = c.clone().with_option("enable_optimize_predicate_expression", "1");
+        let pushed_client = runtime::ch::predicates_pushed(c.clone());
         let timed = |sql: String| {
             let q = pushed_client.clone();
             move || {
@@ -1063,6 +1063,92 @@ async fn bench_scale(sizes: &[u64], tracking_ids: u64, seals: u64, keep: bool) -
         let reconcile_again_s = t.elapsed().as_secs_f64();
         let failed: Vec<&str> = again.iter().filter(|c| !c.ok).map(|c| c.name.as_str()).collect();
         anyhow::ensure!(failed.is_empty(), "the second reconcile failed: {failed:?}");
+        // and `--recount`: every log row again, and the minute views whole
+        // (what every run read before migration 14, less the rollups' grouping)
+        let t = Instant::now();
+        let recount = billing::reconcile::reconcile_with(
+            &store,
+            &billing::rates::RateCard { partners: vec![] },
+            "2026-10",
+            billing::store::log_count::LogCounting::Recount,
+        )
+        .await?;
+        let recount_s = t.elapsed().as_secs_f64();
+        let failed: Vec<&str> = recount.iter().filter(|c| !c.ok).map(|c| c.name.as_str()).collect();
+        anyhow::ensure!(failed.is_empty(), "the recount failed: {failed:?}");
+        // the rollups' month per tracking id, as reconciliation reads them,
+        // on the views and on the same views with the GROUP BY by their whole
+        // key they had before migration 14 (created here, for the baseline)
+        let rollups = [
+            (
+                "usage_by_tracking_hourly",
+                "hour",
+                "usage_by_tracking_hourly_sealed",
+                "toStartOfHour(window_start) AS hour",
+                "usage_by_tracking_tail",
+                "hour, tracking_id, account_id, stream_name, cluster, protocol",
+            ),
+            (
+                "usage_by_tracking_daily",
+                "day",
+                "usage_by_tracking_daily_sealed",
+                "toDate(window_start) AS day",
+                "usage_by_tracking_tail",
+                "day, tracking_id, account_id, stream_name, cluster, protocol",
+            ),
+            (
+                "usage_by_stream_daily",
+                "day",
+                "usage_by_stream_daily_sealed",
+                "toDate(window_start) AS day",
+                "usage_by_tracking_tail",
+                "day, account_id, stream_name, tracking_id, cluster, protocol",
+            ),
+            (
+                "usage_by_viewer_daily",
+                "day",
+                "usage_by_viewer_daily_sealed",
+                "toDate(window_start) AS day",
+                "usage_by_viewer_tail",
+                "day, tracking_id, custom_viewer_data, viewer_id, account_id, stream_name, cluster",
+            ),
+        ];
+        for (view, _, sealed, time, tail, key) in rollups {
+            let rest = key.split_once(", ").expect("a time column first").1;
+            c.query(&format!(
+                "CREATE VIEW {d}.bench_grouped_{view} AS SELECT {key}, sum(bytes_out) AS bytes_out FROM ( \
+                 SELECT {key}, bytes_out FROM {d}.{sealed} WHERE seal_id GLOBAL IN (SELECT seal_id FROM {d}.usage_seals) \
+                 UNION ALL SELECT {time}, {rest}, bytes_out FROM {d}.{tail}) GROUP BY {key}"
+            ))
+            .execute()
+            .await?;
+        }
+        let month_per_id = |grouped: bool| {
+            let q = pushed_client.clone();
+            move || {
+                let q = q.clone();
+                async move {
+                    let mut n = 0u64;
+                    for (view, col, ..) in rollups {
+                        let (name, bound) = if col == "day" { ("toDate", "'2026-10-01'") } else { ("toDateTime", "'2026-10-01 00:00:00'") };
+                        let end = if col == "day" { "'2026-11-01'" } else { "'2026-11-01 00:00:00'" };
+                        let from = if grouped { format!("{d}.bench_grouped_{view}") } else { format!("{d}.{view}") };
+                        let k: u64 = q
+                            .query(&format!(
+                                "SELECT count() FROM (SELECT tracking_id, sum(bytes_out) FROM {from} \
+                                 WHERE {col} >= {name}({bound}) AND {col} < {name}({end}) GROUP BY tracking_id)"
+                            ))
+                            .fetch_one()
+                            .await?;
+                        n += k;
+                    }
+                    Ok(n)
+                }
+            }
+        };
+        let (flat_s, flat_n) = best_of_3(month_per_id(false)).await?;
+        let (grouped_s, grouped_n) = best_of_3(month_per_id(true)).await?;
+        anyhow::ensure!(flat_n == grouped_n && flat_n == 4 * tracking_ids, "the rollups answered {flat_n} / {grouped_n} keys");
         // storage of the sealed tables next to the log's
         let sealed_bytes: u64 = c
             .query(&format!("SELECT sum(bytes_on_disk) FROM system.parts WHERE database = '{d}' AND endsWith(table, '_sealed') AND active"))
@@ -1070,10 +1156,18 @@ async fn bench_scale(sizes: &[u64], tracking_ids: u64, seals: u64, keep: bool) -
             .await?;
         let ms = |s: f64| format!("{:.0} ms", s * 1000.0);
         lines.push(format!(
-            "| {rows} log rows, sealed: billing's reconciliation of the month ({} checks): the first (counts every log row once) / the next (rows since the seal) | {} / {} | | |",
+            "| {rows} log rows, sealed: billing's reconciliation of the month ({} checks): the first (counts every log row once) / the next (rows since the seal) | {} / {} | {} (`--recount`: every log row, and the minute views whole) | {:.1}x |",
             checks.len(),
             ms(reconcile_s),
-            ms(reconcile_again_s)
+            ms(reconcile_again_s),
+            ms(recount_s),
+            recount_s / reconcile_again_s
+        ));
+        lines.push(format!(
+            "| {rows} log rows, sealed: the four rollups' month per tracking id (hourly, daily, by stream, viewer daily; reconciliation's reads) | {} | {} (the same views grouped by their whole key first, as before migration 14) | {:.1}x |",
+            ms(flat_s),
+            ms(grouped_s),
+            grouped_s / flat_s
         ));
         lines.push(format!(
             "| {rows} log rows, sealed: storage per event (one event per log row) | {:.1} bytes in the log + {:.1} in the sealed tables | | |",

@@ -76,7 +76,8 @@ enum Cmd {
         #[command(flatten)]
         p: PeriodArgs,
         /// Count every log row of the period again, not only those since the
-        /// previous reconciliation's seal (docs/billing.md, "Reconciliation")
+        /// previous reconciliation's seal, and compare the minute views whole,
+        /// not only their tails (docs/operations.md, "Re-running billing")
         #[arg(long)]
         recount: bool,
     },

@@ -26,6 +26,9 @@ pub enum LogCounting {
 pub(crate) struct LogCount {
     /// `bytes_out` per tracking id with rows.
     pub bytes: BTreeMap<String, u64>,
+    /// Of them, the rows above the latest seal: what the views' tails must
+    /// show.
+    pub tail: BTreeMap<String, u64>,
     /// The seal whose recorded count was taken (0: none, every row counted now).
     pub counted_before: u64,
     /// The seal up to which the count is now recorded (0: none).
@@ -294,8 +297,8 @@ impl Store {
         }
         let recorded = if counting == LogCounting::ReadOnly { lower.seq } else { latest.seq.max(lower.seq) };
         let counted_before = lower.seq;
-        add_into(&mut bytes, split.above)?;
-        Ok(LogCount { bytes, counted_before, recorded, recounted })
+        add_into(&mut bytes, split.above.clone())?;
+        Ok(LogCount { bytes, tail: split.above, counted_before, recorded, recounted })
     }
 
     /// The latest complete audit of `period` and `log_table` (of the latest

@@ -195,8 +195,14 @@ struct KeyBytes {
 
 /// `SELECT key, count(), sum(bytes_out) ... GROUP BY key` of a view.
 async fn grouped(db: &ClickHouseConfig, view: &str, key: &str) -> BTreeMap<String, (u64, u64)> {
+    grouped_by(db, view, key, "count()").await
+}
+
+/// [`grouped`], counting `rows` as given (e.g. the distinct time buckets of
+/// a rollup, whose rows are partial sums).
+async fn grouped_by(db: &ClickHouseConfig, view: &str, key: &str, rows: &str) -> BTreeMap<String, (u64, u64)> {
     let sql = format!(
-        "SELECT toString({key}) AS key, count() AS rows, sum(bytes_out) AS bytes FROM {}.{view} GROUP BY key ORDER BY key",
+        "SELECT toString({key}) AS key, {rows} AS rows, sum(bytes_out) AS bytes FROM {}.{view} GROUP BY key ORDER BY key",
         db.database
     );
     let rows: Vec<KeyBytes> = db.client().query(&sql).fetch_all().await.unwrap_or_else(|e| panic!("{sql}: {e}"));
@@ -239,19 +245,20 @@ async fn check_views(db: &ClickHouseConfig, claims: &[Claim], when: &str) {
     let dead: BTreeMap<String, u64> = dead.into_iter().map(|r| (r.key, r.rows)).collect();
     let want: BTreeMap<String, u64> = expected(claims, |r| format!("test:{}", r.bytes)).into_iter().map(|(k, (n, _))| (k, n)).collect();
     assert_eq!(dead, want, "usage_dead_letters {when}");
-    // rollups: one row per (key, time bucket), the bytes of its rows
+    // rollups (partial sums, as every table): per key, its time buckets and
+    // the bytes of its rows
     assert_eq!(
-        grouped(db, "usage_by_tracking_hourly", "tracking_id").await,
+        grouped_by(db, "usage_by_tracking_hourly", "tracking_id", "uniqExact(hour)").await,
         rollup(claims, |r| (r.tracking.into(), hour(r))),
         "usage_by_tracking_hourly {when}"
     );
     assert_eq!(
-        grouped(db, "usage_by_tracking_daily", "tracking_id").await,
+        grouped_by(db, "usage_by_tracking_daily", "tracking_id", "uniqExact(day)").await,
         rollup(claims, |r| (r.tracking.into(), r.window.0.into())),
         "usage_by_tracking_daily {when}"
     );
     assert_eq!(
-        grouped(db, "usage_by_viewer_daily", "viewer_id").await,
+        grouped_by(db, "usage_by_viewer_daily", "viewer_id", "uniqExact(day)").await,
         rollup(claims, |r| (r.viewer.into(), r.window.0.into())),
         "usage_by_viewer_daily {when}"
     );
@@ -1280,6 +1287,87 @@ async fn reconcile_counts_each_log_row_once_and_a_recount_reads_them_all() {
     let checks = run(true).await;
     for (ok, detail) in direct_checks(&checks) {
         assert!(!ok, "a recount sees the log's rows gone: {detail}");
+    }
+    drop_db(&db).await;
+}
+
+/// `billing reconcile` reads the rollups (one row per key and day or hour)
+/// and the minute views only on their tail, the fenced log rows above the
+/// latest seal; `--recount` also reads the minute views whole. What each
+/// run reads shows in what it sees: with the sealed minute rows of October
+/// dropped by hand, a run agrees (it reads none of them) and a recount
+/// reports them missing; with the tail gone from the minute view (a fence
+/// join that drops rows), a run reports it per tracking id.
+#[tokio::test]
+async fn reconcile_reads_the_minute_views_on_their_tail_and_a_recount_reads_them_whole() {
+    use billing::store::log_count::LogCounting;
+    let _stack = e2e::turns::shared().await;
+    let db = test_db().await;
+    let d = &db.database;
+    let topic = unique("minute");
+    claim_epoch_1(&db, &topic).await;
+    // 1,000 rows sealed, 300 above the seal (the tail); row i of a batch is
+    // tracking id t(i % 5) with i % 100 + 1 bytes
+    rows_and_checkpoint(&db, &topic, 0, 1000).await;
+    let seal = aggregator::seal::seal(&db, 0).await.unwrap().expect("a seal").seq;
+    rows_and_checkpoint(&db, &topic, 1000, 300).await;
+    let per_id = |n: u64, id: u64| (0..n).filter(|i| i % 5 == id).map(|i| i % 100 + 1).sum::<u64>();
+    let total: u64 = (0..5).map(|id| per_id(1000, id) + per_id(300, id)).sum();
+    let card = billing::rates::load_rate_card(&e2e::repo_root().join("deploy/rates.example.toml")).unwrap();
+    let store = billing::store::Store::connect(&db).await.unwrap();
+    let run = |counting: LogCounting| {
+        let (store, card) = (store.clone(), card.clone());
+        async move { billing::reconcile::reconcile_with(&store, &card, "2026-10", counting).await.unwrap() }
+    };
+    let names = |checks: &[billing::reconcile::Check]| -> Vec<String> {
+        checks.iter().filter(|c| c.name.contains("(per tracking id)")).map(|c| c.name.clone()).collect()
+    };
+    let failed =
+        |checks: &[billing::reconcile::Check]| -> Vec<String> { checks.iter().filter(|c| !c.ok).map(|c| c.name.clone()).collect() };
+    let rollups = ["usage_by_tracking_hourly", "usage_by_stream_daily", "usage_by_viewer_daily"];
+    let compared =
+        |with: &[&str]| -> Vec<String> { with.iter().map(|v| format!("usage_by_tracking_daily = {v} (per tracking id)")).collect() };
+    const DIRECT: &str = "usage_by_tracking = usage_by_tracking_log under the claims (per tracking id, without the views' join)";
+
+    let checks = run(LogCounting::Incremental).await;
+    assert!(failed(&checks).is_empty(), "{checks:#?}");
+    assert_eq!(names(&checks), compared(&rollups), "a run compares the rollups, not the minute views whole");
+    for (_, detail) in direct_checks(&checks) {
+        assert_eq!(detail, format!("{total} bytes (every row counted; recorded up to seal #{seal})"));
+    }
+    let checks = run(LogCounting::Recount).await;
+    assert!(failed(&checks).is_empty(), "{checks:#?}");
+    let mut all = rollups.to_vec();
+    all.extend(["usage_by_tracking", "usage_by_viewer"]);
+    assert_eq!(names(&checks), compared(&all), "a recount compares the minute views whole too");
+
+    // the sealed minute rows of October gone: a run reads none of them
+    exec(&db, format!("ALTER TABLE {d}.usage_by_tracking_sealed DROP PARTITION 202610")).await;
+    let checks = run(LogCounting::Incremental).await;
+    assert!(failed(&checks).is_empty(), "a run reads no sealed minute row: {checks:#?}");
+    let checks = run(LogCounting::Recount).await;
+    assert_eq!(failed(&checks), vec!["usage_by_tracking_daily = usage_by_tracking (per tracking id)".to_string(), DIRECT.to_string()]);
+    let direct = checks.iter().find(|c| c.name == DIRECT).unwrap();
+    // what the minute view still shows: the tail
+    assert!(direct.detail.contains(&format!("\"t0\": {} vs {}", per_id(300, 0), per_id(1000, 0) + per_id(300, 0))), "{direct:?}");
+
+    // the minute view without its tail (a join that drops the rows above the seal)
+    exec(&db, format!("DROP TABLE {d}.usage_by_tracking")).await;
+    exec(
+        &db,
+        format!(
+            "CREATE VIEW {d}.usage_by_tracking AS SELECT window_start, tracking_id, account_id, stream_name, cluster, protocol, \
+             bytes_out, bytes_in, events, '' AS src_topic, toUInt32(0) AS src_partition, toUInt64(0) AS src_epoch, \
+             toUInt64(0) AS src_offset, toDateTime(0, 'UTC') AS inserted_at FROM {d}.usage_by_tracking_sealed \
+             WHERE seal_id GLOBAL IN (SELECT seal_id FROM {d}.usage_seals)"
+        ),
+    )
+    .await;
+    let checks = run(LogCounting::Incremental).await;
+    assert_eq!(failed(&checks), vec![DIRECT.to_string()], "{checks:#?}");
+    let direct = checks.iter().find(|c| c.name == DIRECT).unwrap();
+    for id in 0..5 {
+        assert!(direct.detail.contains(&format!("above the latest seal \"t{id}\": 0 vs {}", per_id(300, id))), "{direct:?}");
     }
     drop_db(&db).await;
 }
