@@ -80,7 +80,7 @@ pub async fn reconcile_with(store: &Store, card: &RateCard, period: &str, counti
             detail: if diff.is_empty() { format!("{base} bytes") } else { diff.join("; ") },
         });
     }
-    let viewer_daily = &compared[2].1;
+    let viewer_daily = compared.iter().find(|(n, _)| *n == "usage_by_viewer_daily").map(|(_, m)| m).expect("compared above");
     // the same bytes counted on the log tables under fences computed here from
     // the claims, without the views' join: a join that drops or repeats rows
     // (as `ANY` came to on current ClickHouse) fails here

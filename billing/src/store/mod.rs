@@ -197,8 +197,8 @@ impl Store {
     /// rows of a minute view (`usage_by_tracking`, `usage_by_viewer`) that
     /// come from its tail, the fenced log rows above the latest seal (a
     /// sealed row has no source topic): for reconciliation, which counts the
-    /// same rows on the log directly. It reads the tail and, of the sealed
-    /// rows, none that a filter pushed down can skip.
+    /// same rows on the log directly. (The tail's rows of the period are
+    /// read; the sealed rows are left out by the filter on the topic.)
     pub async fn tail_total(&self, view: &str, from: NaiveDate, to: NaiveDate) -> Result<BTreeMap<String, u64>, StoreError> {
         let sql = format!(
             "SELECT tracking_id AS key, sum(bytes_out) AS bytes FROM {}.{view} \
