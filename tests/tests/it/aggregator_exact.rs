@@ -222,12 +222,16 @@ async fn cluster_layout_through_distributed_tables_is_exact_across_a_kill() {
         ("AGGREGATOR__CLICKHOUSE__REPLICATED", "false".to_string()),
         ("AGGREGATOR__CLICKHOUSE__ON_CLUSTER", "false".to_string()),
     ];
-    let group = unique("g");
-    let mut agg = spawn_aggregator(&topic, &db, &group, &layout);
+    let mut agg = spawn_aggregator(&topic, &db, &unique("g"), &layout);
     let sql = format!("SELECT sum(events) FROM {}.usage_by_tracking", db.database);
     assert!(wait_until(Duration::from_secs(60), || async { count(&db, &sql).await > 0 }).await, "progress");
     agg.kill9();
-    let _agg = spawn_aggregator(&topic, &db, &group, &layout);
+    // the restart in a fresh consumer group: positions live in ClickHouse,
+    // so the group does not matter for correctness, and tansu 0.6.0 can
+    // leave a group whose member was killed seconds after its join without
+    // an owner for good (CI, 2026-12-03: the restart in the same group never
+    // got a partition, 2,182 of 10,289 events)
+    let _agg = spawn_aggregator(&topic, &db, &unique("g"), &layout);
     assert_exact(&db, &exp).await;
     let dl = format!("SELECT count() FROM {}.usage_dead_letters", db.database);
     assert!(wait_until(Duration::from_secs(30), || async { count(&db, &dl).await == exp.poison_sent }).await);
