@@ -1082,7 +1082,6 @@ async fn bench_scale(sizes: &[u64], tracking_ids: u64, seals: u64, keep: bool) -
         let rollups = [
             (
                 "usage_by_tracking_hourly",
-                "hour",
                 "usage_by_tracking_hourly_sealed",
                 "toStartOfHour(window_start) AS hour",
                 "usage_by_tracking_tail",
@@ -1090,7 +1089,6 @@ async fn bench_scale(sizes: &[u64], tracking_ids: u64, seals: u64, keep: bool) -
             ),
             (
                 "usage_by_tracking_daily",
-                "day",
                 "usage_by_tracking_daily_sealed",
                 "toDate(window_start) AS day",
                 "usage_by_tracking_tail",
@@ -1098,7 +1096,6 @@ async fn bench_scale(sizes: &[u64], tracking_ids: u64, seals: u64, keep: bool) -
             ),
             (
                 "usage_by_stream_daily",
-                "day",
                 "usage_by_stream_daily_sealed",
                 "toDate(window_start) AS day",
                 "usage_by_tracking_tail",
@@ -1106,14 +1103,13 @@ async fn bench_scale(sizes: &[u64], tracking_ids: u64, seals: u64, keep: bool) -
             ),
             (
                 "usage_by_viewer_daily",
-                "day",
                 "usage_by_viewer_daily_sealed",
                 "toDate(window_start) AS day",
                 "usage_by_viewer_tail",
                 "day, tracking_id, custom_viewer_data, viewer_id, account_id, stream_name, cluster",
             ),
         ];
-        for (view, _, sealed, time, tail, key) in rollups {
+        for (view, sealed, time, tail, key) in rollups {
             let rest = key.split_once(", ").expect("a time column first").1;
             c.query(&format!(
                 "CREATE VIEW {d}.bench_grouped_{view} AS SELECT {key}, sum(bytes_out) AS bytes_out FROM ( \
@@ -1129,7 +1125,8 @@ async fn bench_scale(sizes: &[u64], tracking_ids: u64, seals: u64, keep: bool) -
                 let q = q.clone();
                 async move {
                     let mut n = 0u64;
-                    for (view, col, ..) in rollups {
+                    for (view, .., key) in rollups {
+                        let col = key.split_once(", ").expect("a time column first").0;
                         let (name, bound) = if col == "day" { ("toDate", "'2026-10-01'") } else { ("toDateTime", "'2026-10-01 00:00:00'") };
                         let end = if col == "day" { "'2026-11-01'" } else { "'2026-11-01 00:00:00'" };
                         let from = if grouped { format!("{d}.bench_grouped_{view}") } else { format!("{d}.{view}") };

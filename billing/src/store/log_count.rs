@@ -89,10 +89,10 @@ fn fences_below(fences: &Fences, sealed: &runtime::ch::Sealed) -> BTreeMap<Strin
 }
 
 /// Add `more` into `into`, refusing an overflow.
-fn add_into(into: &mut BTreeMap<String, u64>, more: BTreeMap<String, u64>) -> Result<(), StoreError> {
+fn add_into(into: &mut BTreeMap<String, u64>, more: &BTreeMap<String, u64>) -> Result<(), StoreError> {
     for (k, b) in more {
-        let e = into.entry(k).or_insert(0);
-        *e = e.checked_add(b).ok_or_else(|| StoreError::Config("usage overflows u64".into()))?;
+        let e = into.entry(k.clone()).or_insert(0);
+        *e = e.checked_add(*b).ok_or_else(|| StoreError::Config("usage overflows u64".into()))?;
     }
     Ok(())
 }
@@ -291,13 +291,13 @@ impl Store {
                 (everything, BTreeMap::new(), split)
             }
         };
-        add_into(&mut bytes, split.below)?;
+        add_into(&mut bytes, &split.below)?;
         if latest.seq > lower.seq && counting != LogCounting::ReadOnly {
             self.record_log_audit(period, log_table, latest.seq, &bytes, &fences_below(fences, latest), split.recent_below).await?;
         }
         let recorded = if counting == LogCounting::ReadOnly { lower.seq } else { latest.seq.max(lower.seq) };
         let counted_before = lower.seq;
-        add_into(&mut bytes, split.above.clone())?;
+        add_into(&mut bytes, &split.above)?;
         Ok(LogCount { bytes, tail: split.above, counted_before, recorded, recounted })
     }
 
