@@ -33,8 +33,26 @@
 //! earlier rows away from it; `billing::store::Store::usage_at` checks for
 //! one after reading and refuses the stale answer (run billing again).
 //!
-//! **Not on a sharded cluster** (yet): the sealed rows of a month lie on
-//! every shard, and the swap must run on each shard's local table.
+//! **On a sharded cluster** each shard's sealed rows (sharded at random)
+//! are rewritten from that shard's own rows, on that shard: its staging
+//! table is a plain table on one replica of the shard, filled from the
+//! shard's local table, and swapped into it (`REPLACE PARTITION` on a
+//! `Replicated` table is replicated to the shard's other replicas). So at
+//! every moment each shard holds its earlier rows or their sums, and a
+//! reader between two shards' swaps counts each row once. A key's month ends
+//! as at most one row per shard. The replica of each shard is the first of
+//! `clickhouse.replica_urls` that answers (each server names its own shard
+//! in `system.clusters`); it is brought up to date (`SYSTEM SYNC REPLICA`)
+//! before its rows are read, since a swap replaces every part of the month,
+//! fetched yet or not. A run that takes the lock drops the staging tables on
+//! every replica of that list that answers; a replica down then keeps its
+//! staging, and a run that staged there and lost its lock is stopped by the
+//! check before each swap (`Superseded`). Without `replica_urls` a
+//! consolidation on a cluster is skipped (`NoReplicaUrls`). After each swap
+//! on a replicated table a row that counts for nothing is inserted with a
+//! quorum ([`mark_quorum`] says why: sequentially consistent reads refuse a
+//! month swapped on 18.16 until then); every run first marks a month that a
+//! killed run swapped and did not mark.
 
 use crate::error::AggError;
 use crate::events;
@@ -53,7 +71,7 @@ pub const DEFAULT_MIN_SEALS: u64 = 48;
 /// What [`consolidate`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Consolidated {
-    /// `(table, YYYYMM, rows before, rows after)`.
+    /// `(table, YYYYMM, rows before, rows after)` (on a cluster, over every shard).
     pub months: Vec<(&'static str, u32, u64, u64)>,
     /// The seal it committed (0: none).
     pub seal_id: u64,
@@ -66,8 +84,11 @@ pub enum ConsolidationSkipped {
     Locked,
     /// Nothing is sealed yet, or no month has rows of `min_seals` seals.
     NothingToDo,
-    /// The cluster layout (module docs).
-    Cluster,
+    /// A cluster without `clickhouse.replica_urls`: no shard can be reached
+    /// on its own (module docs).
+    NoReplicaUrls,
+    /// No replica of these shards in `clickhouse.replica_urls` answered.
+    ShardsUnreachable(Vec<u32>),
     /// Another seal committed while it ran (its lock had gone stale): it
     /// swapped nothing.
     Superseded,
@@ -80,7 +101,8 @@ pub enum Stop {
     Staged,
     /// The consolidation seal is committed, no month swapped.
     Committed,
-    /// The first month is swapped.
+    /// The first month is swapped (on a cluster: on the first shard), its
+    /// quorum not yet marked (`mark_quorum`).
     FirstSwap,
 }
 
@@ -102,20 +124,103 @@ pub async fn consolidate_until(
     stop: Option<Stop>,
 ) -> Result<Result<Consolidated, ConsolidationSkipped>, AggError> {
     let config = |e: runtime::ch::ChError| AggError::Config(e.to_string());
-    if !matches!(cfg.layout().map_err(config)?, Layout::Single) {
-        return Ok(Err(ConsolidationSkipped::Cluster));
+    if matches!(cfg.layout().map_err(config)?, Layout::Cluster { .. }) && cfg.replica_urls.is_empty() {
+        events::ConsolidationImpossible { why: &"a cluster without clickhouse.replica_urls: no shard can be reached on its own" }.emit();
+        return Ok(Err(ConsolidationSkipped::NoReplicaUrls));
     }
     let db = cfg.db().map_err(config)?.to_string();
+    let on = cfg.ddl_on().map_err(config)?;
     let server = cfg.server_client();
-    if !runtime::ch::ddl_lock(&server, &db, SEAL_LOCK, "", lock_stale_secs, LockWait::Fail)
+    if !runtime::ch::ddl_lock(&server, &db, SEAL_LOCK, &on, lock_stale_secs, LockWait::Fail)
         .await
         .map_err(|e| AggError::Config(format!("the seal lock: {e}")))?
     {
         return Ok(Err(ConsolidationSkipped::Locked));
     }
     let result = locked(cfg, &db, min_seals, stop).await;
-    runtime::ch::ddl_unlock(&server, &db, SEAL_LOCK, "").await;
+    runtime::ch::ddl_unlock(&server, &db, SEAL_LOCK, &on).await;
     result
+}
+
+/// Where a month is rewritten: the one server, or one replica of a shard.
+struct Shard {
+    /// The shard's number in `system.clusters` (1 on one server).
+    num: u32,
+    /// The replica's address (for errors).
+    url: String,
+    /// A writer's client to that replica.
+    client: clickhouse::Client,
+}
+
+/// The servers a consolidation reaches.
+struct Targets {
+    /// One replica per shard, by shard number.
+    shards: Vec<Shard>,
+    /// Every server reached: the staging tables are dropped on each.
+    servers: Vec<clickhouse::Client>,
+    /// The local tables' name suffix (`_local` on a cluster) and whether
+    /// they are `Replicated`.
+    local: &'static str,
+    replicated: bool,
+}
+
+/// The one server, or on a cluster one replica of every shard from
+/// `clickhouse.replica_urls` (`Err`: a shard none of them reaches).
+async fn targets(cfg: &ClickHouseConfig) -> Result<Result<Targets, ConsolidationSkipped>, AggError> {
+    let connect = |cfg: &ClickHouseConfig| {
+        let cfg = cfg.clone();
+        async move { cfg.writer_client().await.map_err(|e| AggError::Config(format!("ClickHouse at {}: {e}", cfg.url))) }
+    };
+    let (cluster, replicated) = match cfg.layout().map_err(|e| AggError::Config(e.to_string()))? {
+        Layout::Single => {
+            let client = connect(cfg).await?;
+            let shards = vec![Shard { num: 1, url: cfg.url.clone(), client: client.clone() }];
+            return Ok(Ok(Targets { shards, servers: vec![client], local: "", replicated: false }));
+        }
+        Layout::Cluster { cluster, replicated, .. } => (cluster, replicated),
+    };
+    let all: Vec<u32> = cfg
+        .client()
+        .query("SELECT DISTINCT shard_num FROM system.clusters WHERE cluster = ? ORDER BY shard_num")
+        .bind(&cluster)
+        .fetch_all()
+        .await?;
+    let mut targets = Targets { shards: vec![], servers: vec![], local: "_local", replicated };
+    for url in &cfg.replica_urls {
+        let replica = ClickHouseConfig { url: url.clone(), ..cfg.clone() };
+        let found = async {
+            let client = connect(&replica).await?;
+            let num: Vec<u32> = client
+                .query("SELECT DISTINCT shard_num FROM system.clusters WHERE cluster = ? AND is_local = 1")
+                .bind(&cluster)
+                .fetch_all()
+                .await?;
+            Ok::<_, AggError>((client, num))
+        }
+        .await;
+        match found {
+            Ok((client, num)) => {
+                let [num] = num[..] else {
+                    return Err(AggError::Config(format!(
+                        "clickhouse.replica_urls: {url} is not a server of one shard of cluster {cluster} \
+                         (the shards its system.clusters calls local: {num:?})"
+                    )));
+                };
+                targets.servers.push(client.clone());
+                if !targets.shards.iter().any(|s| s.num == num) {
+                    targets.shards.push(Shard { num, url: url.clone(), client });
+                }
+            }
+            Err(e) => events::ConsolidationReplicaUnreachable { url, error: &e }.emit(),
+        }
+    }
+    let missing: Vec<u32> = all.into_iter().filter(|n| !targets.shards.iter().any(|s| s.num == *n)).collect();
+    if !missing.is_empty() {
+        events::ConsolidationImpossible { why: &format!("no server of clickhouse.replica_urls answers for shards {missing:?}") }.emit();
+        return Ok(Err(ConsolidationSkipped::ShardsUnreachable(missing)));
+    }
+    targets.shards.sort_by_key(|s| s.num);
+    Ok(Ok(targets))
 }
 
 async fn locked(
@@ -125,7 +230,18 @@ async fn locked(
     stop: Option<Stop>,
 ) -> Result<Result<Consolidated, ConsolidationSkipped>, AggError> {
     let client = cfg.writer_client().await.map_err(|e| AggError::Config(format!("ClickHouse at {}: {e}", cfg.url)))?;
-    drop_staging(&client, db).await?;
+    let targets = match targets(cfg).await? {
+        Ok(t) => t,
+        Err(skipped) => return Ok(Err(skipped)),
+    };
+    for server in &targets.servers {
+        drop_staging(server, db).await?;
+    }
+    if targets.replicated {
+        for shard in &targets.shards {
+            mark_quorum_after_a_killed_swap(shard, db).await?;
+        }
+    }
     let seq = crate::seal::latest_seq(&client, db).await?;
     if seq == 0 {
         return Ok(Err(ConsolidationSkipped::NothingToDo));
@@ -137,8 +253,10 @@ async fn locked(
         }
     };
     let committed = format!("seal_id GLOBAL IN (SELECT seal_id FROM {db}.usage_seals)");
-    let grouping = runtime::ch::spilling(client.clone());
     let mut out = Consolidated { months: vec![], seal_id: id };
+    // (table, month, shard index) of every staged month with rows
+    let mut swaps: Vec<(&'static str, u32, usize)> = vec![];
+    let local = targets.local;
     for name in CONSOLIDATED {
         let t = SEAL_TABLES.iter().find(|t| t.name == name).expect("a sealed table");
         let time = t.group.split(',').next().unwrap_or_default().trim();
@@ -147,6 +265,7 @@ async fn locked(
             m: u32,
             rows: u64,
         }
+        // chosen over every shard: the contract-named table
         let months: Vec<Month> = client
             .query(&format!(
                 "SELECT toYYYYMM({time}) AS m, count() AS rows FROM {db}.{name} WHERE {committed} \
@@ -159,21 +278,40 @@ async fn locked(
             continue;
         }
         let staging = format!("{db}.{}", staging(name, id));
-        client.query(&format!("CREATE TABLE IF NOT EXISTS {staging} AS {db}.{name}")).execute().await?;
-        for month in months {
-            let m = month.m;
-            client.query(&format!("ALTER TABLE {staging} DROP PARTITION {m}")).execute().await?;
-            grouping
-                .query(&format!(
-                    "INSERT INTO {staging} ({columns}, seal_id) SELECT {group}, {SUMS}, toUInt64({id}) FROM {db}.{name} \
-                     WHERE toYYYYMM({time}) = {m} AND {committed} GROUP BY {group}",
-                    columns = t.columns,
-                    group = t.group,
-                ))
-                .execute()
-                .await?;
-            let after: u64 = client.query(&format!("SELECT count() FROM {staging} WHERE toYYYYMM({time}) = {m}")).fetch_one().await?;
-            out.months.push((name, m, month.rows, after));
+        let mut after = vec![0u64; months.len()];
+        for (i, shard) in targets.shards.iter().enumerate() {
+            let on_shard =
+                |e: clickhouse::error::Error| AggError::Config(format!("consolidating {name} on shard {} ({}): {e}", shard.num, shard.url));
+            if targets.replicated {
+                // every part of the shard's month here: the swap replaces them all
+                shard.client.query(&format!("SYSTEM SYNC REPLICA {db}.{name}{local}")).execute().await.map_err(on_shard)?;
+            }
+            let engine = staging_engine(&shard.client, db, &format!("{name}{local}"), targets.replicated).await?;
+            shard.client.query(&format!("CREATE TABLE IF NOT EXISTS {staging} AS {db}.{name}{local}{engine}")).execute().await?;
+            let grouping = runtime::ch::spilling(shard.client.clone());
+            for (month, after) in months.iter().zip(after.iter_mut()) {
+                let m = month.m;
+                shard.client.query(&format!("ALTER TABLE {staging} DROP PARTITION {m}")).execute().await?;
+                grouping
+                    .query(&format!(
+                        "INSERT INTO {staging} ({columns}, seal_id) SELECT {group}, {SUMS}, toUInt64({id}) FROM {db}.{name}{local} \
+                         WHERE toYYYYMM({time}) = {m} AND {committed} GROUP BY {group}",
+                        columns = t.columns,
+                        group = t.group,
+                    ))
+                    .execute()
+                    .await?;
+                let staged: u64 =
+                    shard.client.query(&format!("SELECT count() FROM {staging} WHERE toYYYYMM({time}) = {m}")).fetch_one().await?;
+                *after += staged;
+                // a shard with no committed row of the month has nothing to swap
+                if staged > 0 {
+                    swaps.push((name, m, i));
+                }
+            }
+        }
+        for (month, after) in months.iter().zip(after) {
+            out.months.push((name, month.m, month.rows, after));
         }
     }
     if out.months.is_empty() {
@@ -203,7 +341,8 @@ async fn locked(
     if stop == Some(Stop::Committed) {
         return Ok(Ok(out));
     }
-    for (i, (name, m, _, _)) in out.months.iter().enumerate() {
+    for (done, (name, m, shard)) in swaps.iter().enumerate() {
+        let shard = &targets.shards[*shard];
         if crate::seal::latest_seq(&client, db).await? != seq + 1 {
             events::ConsolidationAbandoned {
                 seal_id: id,
@@ -215,11 +354,14 @@ async fn locked(
         crate::seal::fault_after("swap");
         // a run whose lock was taken over finds its staging dropped (see
         // [`drop_staging`]): the swap fails and the month stays as it is
-        let swapped =
-            client.query(&format!("ALTER TABLE {db}.{name} REPLACE PARTITION {m} FROM {db}.{}", staging(name, id))).execute().await;
+        let swapped = shard
+            .client
+            .query(&format!("ALTER TABLE {db}.{name}{local} REPLACE PARTITION {m} FROM {db}.{}", staging(name, id)))
+            .execute()
+            .await;
         if let Err(e) = swapped {
-            if exists(&client, db, &staging(name, id)).await? {
-                return Err(e.into());
+            if exists(&shard.client, db, &staging(name, id)).await? {
+                return Err(AggError::Config(format!("swapping {name} {m} in on shard {} ({}): {e}", shard.num, shard.url)));
             }
             events::ConsolidationAbandoned {
                 seal_id: id,
@@ -228,15 +370,144 @@ async fn locked(
             .emit();
             return Ok(Err(ConsolidationSkipped::Superseded));
         }
-        if i == 0 && stop == Some(Stop::FirstSwap) {
+        if done == 0 && stop == Some(Stop::FirstSwap) {
             return Ok(Ok(out));
         }
+        if targets.replicated {
+            mark_quorum(shard, db, name, *m).await?;
+        }
     }
-    for name in CONSOLIDATED {
-        client.query(&format!("DROP TABLE IF EXISTS {db}.{}", staging(name, id))).execute().await?;
+    for shard in &targets.shards {
+        for name in CONSOLIDATED {
+            shard.client.query(&format!("DROP TABLE IF EXISTS {db}.{}", staging(name, id))).execute().await?;
+        }
     }
     events::SealsConsolidated { seal_id: id, seq: seq + 1, months: &out.months }.emit();
     Ok(Ok(out))
+}
+
+/// After a swap on a `Replicated` table: one quorum insert into the month,
+/// a row that counts for nothing (seal id 0, never committed; sums 0; the
+/// key of a row already there).
+///
+/// Why: a reader with `select_sequential_consistency` (the aggregator's and
+/// billing's) refuses a replica that lacks the last part inserted into the
+/// month with a quorum, and reads only the blocks up to it (Keeper's
+/// `quorum/last_part`). `REPLACE PARTITION` replaces that part by parts
+/// with later block numbers and, on 18.16, leaves `last_part` naming it, so
+/// such a read of the month fails on both replicas ("Replica doesn't have
+/// part ...", code 289) until a quorum insert into the month names a part
+/// they have, covering the new blocks. This is that insert.
+async fn mark_quorum(shard: &Shard, db: &str, table: &str, month: u32) -> Result<(), AggError> {
+    let t = SEAL_TABLES.iter().find(|t| t.name == table).expect("a sealed table");
+    let time = t.group.split(',').next().unwrap_or_default().trim();
+    shard
+        .client
+        .clone()
+        // the row copied is read as it is, not as of the quorum
+        .with_option("select_sequential_consistency", "0")
+        .query(&format!(
+            "INSERT INTO {db}.{table}_local ({columns}, seal_id) SELECT {group}, 0, 0, 0, toUInt64(0) FROM {db}.{table}_local \
+             WHERE toYYYYMM({time}) = {month} LIMIT 1",
+            columns = t.columns,
+            group = t.group,
+        ))
+        .execute()
+        .await
+        .map_err(|e| AggError::Config(format!("marking {table} {month} on shard {} ({}): {e}", shard.num, shard.url)))?;
+    Ok(())
+}
+
+/// [`mark_quorum`] for every month of a consolidated table on `shard` that a
+/// sequentially consistent read refuses (code 289): a run killed between a
+/// swap and its mark left it so, and billing's reads fail until it is
+/// marked. Every run marks them first.
+async fn mark_quorum_after_a_killed_swap(shard: &Shard, db: &str) -> Result<(), AggError> {
+    for table in CONSOLIDATED {
+        let t = SEAL_TABLES.iter().find(|t| t.name == table).expect("a sealed table");
+        let time = t.group.split(',').next().unwrap_or_default().trim();
+        let months: Vec<u32> = shard
+            .client
+            .query("SELECT DISTINCT toUInt32(partition) FROM system.parts WHERE database = ? AND table = ? AND active")
+            .bind(db)
+            .bind(format!("{table}_local"))
+            .fetch_all()
+            .await?;
+        for month in months {
+            let read = shard
+                .client
+                .query(&format!("SELECT count() FROM {db}.{table}_local WHERE toYYYYMM({time}) = {month}"))
+                .fetch_one::<u64>()
+                .await;
+            match read {
+                Err(clickhouse::error::Error::BadResponse(e)) if e.contains("Code: 289") => {
+                    events::ConsolidationSwapMarked { table, month, shard: shard.num }.emit();
+                    mark_quorum(shard, db, table, month).await?;
+                }
+                Err(e) => return Err(e.into()),
+                Ok(_) => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The ` ENGINE = ...` clause of a staging table of `local`: none (it is
+/// copied with the columns) unless `local` is `Replicated`, whose engine
+/// names its Keeper path: the staging table then gets the same engine
+/// unreplicated, with the same partitioning and order, which is what
+/// `REPLACE PARTITION` needs.
+async fn staging_engine(client: &clickhouse::Client, db: &str, local: &str, replicated: bool) -> Result<String, AggError> {
+    if !replicated {
+        return Ok(String::new());
+    }
+    let create: String = client.query(&format!("SHOW CREATE TABLE {db}.{local}")).fetch_one().await?;
+    unreplicated_engine(&create)
+        .map(|engine| format!(" ENGINE = {engine}"))
+        .ok_or_else(|| AggError::CorruptState(format!("{db}.{local} is not a Replicated*MergeTree table: {create}")))
+}
+
+/// The engine clause of a `CREATE TABLE` statement with a
+/// `Replicated*MergeTree('path', 'replica'[, args])` engine, made the
+/// same engine without replication: `*MergeTree[(args)]` and what follows
+/// (`PARTITION BY`, `ORDER BY`, `SETTINGS`). `None`: not such an engine.
+pub(crate) fn unreplicated_engine(create: &str) -> Option<String> {
+    let rest = &create[create.find("ENGINE = Replicated")? + "ENGINE = Replicated".len()..];
+    let name = runtime::ch::leading_identifier(rest);
+    let rest = &rest[name.len()..];
+    let Some(args) = rest.strip_prefix('(') else {
+        // no arguments: the server's default path
+        return Some(format!("{name}{rest}"));
+    };
+    // the arguments up to the closing parenthesis, outside quotes
+    let (mut depth, mut quoted, mut escaped, mut end) = (1, false, false, None);
+    let mut commas = vec![];
+    for (i, c) in args.char_indices() {
+        match (quoted, c) {
+            (true, _) if escaped => escaped = false,
+            (true, '\\') => escaped = true,
+            (true, '\'') => quoted = false,
+            (true, _) => {}
+            (false, '\'') => quoted = true,
+            (false, '(') => depth += 1,
+            (false, ')') => {
+                depth -= 1;
+                if depth == 0 {
+                    end = Some(i);
+                    break;
+                }
+            }
+            (false, ',') if depth == 1 => commas.push(i),
+            _ => {}
+        }
+    }
+    let end = end?;
+    let tail = &args[end + 1..];
+    // the Keeper path and the replica name are the first two
+    Some(match commas.get(1) {
+        Some(&second) => format!("{name}({}){tail}", args[second + 1..end].trim()),
+        None => format!("{name}{tail}"),
+    })
 }
 
 /// The staging table of `table` for the run `id`: a name of its own, so a
@@ -253,12 +524,14 @@ async fn exists(client: &clickhouse::Client, db: &str, table: &str) -> Result<bo
     Ok(n > 0)
 }
 
-/// Drop every staging table of `db`. Called by every run that takes the
-/// seal lock, before it writes anything: a staging table then left belongs
-/// to a run that crashed or whose lock went stale (paused, or slower than
-/// `--lock-stale-secs`). Without its staging such a run, resumed, cannot
-/// swap a month in over rows sealed after it was staged.
-pub(crate) async fn drop_staging(client: &clickhouse::Client, db: &str) -> Result<(), AggError> {
+/// Drop every staging table of `db` on the server of `client`. Called by
+/// every run that takes the seal lock, before it writes anything, on every
+/// server a consolidation may stage on ([`drop_staging_everywhere`]): a
+/// staging table then left belongs to a run that crashed or whose lock went
+/// stale (paused, or slower than `--lock-stale-secs`). Without its staging
+/// such a run, resumed, cannot swap a month in over rows sealed after it
+/// was staged.
+async fn drop_staging(client: &clickhouse::Client, db: &str) -> Result<(), AggError> {
     let tables: Vec<String> = client
         .query("SELECT name FROM system.tables WHERE database = ? AND position(name, ?) > 0")
         .bind(db)
@@ -276,4 +549,45 @@ pub(crate) async fn drop_staging(client: &clickhouse::Client, db: &str) -> Resul
             .await?;
     }
     Ok(())
+}
+
+/// [`drop_staging`] on every server a consolidation may stage on: the one
+/// server, or on a cluster each of `clickhouse.replica_urls` that answers
+/// (a seal calls it when it takes the lock).
+pub(crate) async fn drop_staging_everywhere(cfg: &ClickHouseConfig, client: &clickhouse::Client, db: &str) -> Result<(), AggError> {
+    if matches!(cfg.layout().map_err(|e| AggError::Config(e.to_string()))?, Layout::Single) {
+        return drop_staging(client, db).await;
+    }
+    for url in &cfg.replica_urls {
+        let replica = ClickHouseConfig { url: url.clone(), ..cfg.clone() }.client();
+        match drop_staging(&replica, db).await {
+            Ok(()) => {}
+            Err(e) => events::ConsolidationReplicaUnreachable { url, error: &e }.emit(),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unreplicated_engine;
+
+    #[test]
+    fn a_replicated_engine_loses_its_keeper_path_and_replica_and_keeps_the_rest() {
+        // as 18.16's SHOW CREATE TABLE prints a sealed table's local table
+        let create = "CREATE TABLE mt.usage_by_tracking_daily_sealed_local ( day Date,  tracking_id String,  seal_id UInt64) \
+             ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/mt/usage_by_tracking_daily_sealed_local', '{replica}') \
+             PARTITION BY toYYYYMM(day) ORDER BY (tracking_id, day) SETTINGS index_granularity = 8192";
+        assert_eq!(
+            unreplicated_engine(create).as_deref(),
+            Some("MergeTree PARTITION BY toYYYYMM(day) ORDER BY (tracking_id, day) SETTINGS index_granularity = 8192")
+        );
+        // engine arguments after the two, a quote and a comma inside the path, newlines (current versions)
+        let create = "CREATE TABLE x.t_local\n(\n    `d` Date\n)\nENGINE = ReplicatedSummingMergeTree('/p/it''s,{shard}', '{replica}', (a, b))\nORDER BY d";
+        assert_eq!(unreplicated_engine(create).as_deref(), Some("SummingMergeTree((a, b))\nORDER BY d"));
+        let create = "CREATE TABLE x.t (d Date) ENGINE = ReplicatedMergeTree\nORDER BY d";
+        assert_eq!(unreplicated_engine(create).as_deref(), Some("MergeTree\nORDER BY d"));
+        assert_eq!(unreplicated_engine("CREATE TABLE x.t (d Date) ENGINE = MergeTree ORDER BY d"), None);
+        assert_eq!(unreplicated_engine("CREATE TABLE x.t (d Date) ENGINE = ReplicatedMergeTree('/p', '{r}'"), None);
+    }
 }

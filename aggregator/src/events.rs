@@ -302,6 +302,35 @@ event!(ConsolidationStagingDropped<'a>, |s, name| warn!(
     "{name}: left by a run that crashed or lost its lock"
 ));
 
+/// A server of `clickhouse.replica_urls` did not answer a consolidation
+/// (or a seal dropping staging tables): another replica of its shard serves.
+pub(crate) struct ConsolidationReplicaUnreachable<'a> {
+    pub url: &'a dyn Display,
+    pub error: &'a dyn Display,
+}
+event!(ConsolidationReplicaUnreachable<'a>, |s, name| warn!(url = %s.url, error = %s.error, "{name}"));
+
+/// A consolidation on a cluster could not reach every shard; `why` says
+/// what to configure or bring back.
+pub(crate) struct ConsolidationImpossible<'a> {
+    pub why: &'a dyn Display,
+}
+event!(ConsolidationImpossible<'a>, |s, name| warn!("{name}: {}; the sealed rows stay one per seal", s.why));
+
+/// A month swapped in by a run killed before it marked the quorum (see
+/// `consolidate::mark_quorum`) was marked by the next run.
+pub(crate) struct ConsolidationSwapMarked {
+    pub table: &'static str,
+    pub month: u32,
+    pub shard: u32,
+}
+event!(ConsolidationSwapMarked, |s, name| warn!(
+    table = s.table,
+    month = s.month,
+    shard = s.shard,
+    "{name}: swapped by a run that was killed before it marked the quorum; sequentially consistent reads of it work again"
+));
+
 /// Dedup day partitions no claim can need were dropped.
 pub(crate) struct DedupPartitionsDropped<'a> {
     pub dropped: &'a dyn Debug,

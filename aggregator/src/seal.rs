@@ -286,7 +286,7 @@ pub async fn seal_with(
 async fn seal_locked(cfg: &ClickHouseConfig, db: &str, margin: u32) -> Result<Result<SealReport, SealSkipped>, AggError> {
     let started = Instant::now();
     let client = cfg.writer_client().await.map_err(|e| AggError::Config(format!("ClickHouse at {}: {e}", cfg.url)))?;
-    crate::consolidate::drop_staging(&client, db).await?;
+    crate::consolidate::drop_staging_everywhere(cfg, &client, db).await?;
     let before = latest(&client, db).await?;
     let digest = claims_digest(&client, db).await?;
     // per partition, the latest checkpoint that counts

@@ -35,6 +35,13 @@ pub struct ClickHouseConfig {
     /// lagging replica and a claim row is never lost with one replica.
     /// 0: neither (not recommended).
     pub insert_quorum: u32,
+    /// With `cluster`: the HTTP address of every server of the cluster, or
+    /// of at least one replica of every shard, for the work that runs on
+    /// each shard's own tables (`aggregator consolidate`: a shard's sealed
+    /// rows are rewritten from that shard's rows, on that shard). Each
+    /// server says itself which shard it is (`system.clusters`). Empty (the
+    /// default): consolidation is skipped on a cluster.
+    pub replica_urls: Vec<String>,
     /// What a service does at start when its user has more rights than it
     /// needs ([`crate::rights`]): `warn` (the default) logs
     /// `ClickHouseUserExcessRights`, `refuse` stops the service, `off` skips
@@ -66,6 +73,7 @@ impl Default for ClickHouseConfig {
             replicated: true,
             on_cluster: true,
             insert_quorum: 2,
+            replica_urls: Vec::new(),
             rights_check: RightsCheck::Warn,
         }
     }

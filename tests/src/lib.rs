@@ -76,6 +76,12 @@ pub fn on_cluster_server(n: usize, database: &str) -> ClickHouseConfig {
     ClickHouseConfig { url: cluster_servers()[n].clone(), database: database.into(), cluster: "metering".into(), ..Default::default() }
 }
 
+/// [`on_cluster_server`] with every server of the cluster as
+/// `clickhouse.replica_urls` (what consolidation needs).
+pub fn on_cluster_server_with_replicas(n: usize, database: &str) -> ClickHouseConfig {
+    ClickHouseConfig { replica_urls: cluster_servers(), ..on_cluster_server(n, database) }
+}
+
 /// A name unique to this process and call, safe as a topic or database name.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
@@ -276,6 +282,10 @@ pub fn seal_env(db: &ClickHouseConfig) -> Vec<(&'static str, String)> {
     ];
     if !db.cluster.is_empty() {
         env.push(("AGGREGATOR__CLICKHOUSE__CLUSTER", db.cluster.clone()));
+    }
+    if !db.replica_urls.is_empty() {
+        let urls: Vec<String> = db.replica_urls.iter().map(|u| format!("{u:?}")).collect();
+        env.push(("AGGREGATOR__CLICKHOUSE__REPLICA_URLS", format!("[{}]", urls.join(", "))));
     }
     env
 }

@@ -125,7 +125,9 @@ fn window_secs((day, hour, minute): (&str, u32, u32)) -> i64 {
 }
 
 async fn exec(db: &ClickHouseConfig, sql: String) {
-    db.client().query(&sql).execute().await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    // on a replicated cluster an insert returns once both replicas have it
+    let client = db.writer_client().await.unwrap_or_else(|e| panic!("{}: {e}", db.url));
+    client.query(&sql).execute().await.unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
 /// `INSERT INTO table (columns) VALUES rows...`: each row a tuple's text.
@@ -916,8 +918,10 @@ async fn an_upgrade_keeps_every_logged_row_and_a_seal_drains_the_legacy_tables()
     drop_db(&db).await;
 }
 
-/// Rows of every consolidated table per key: `(rows, distinct keys)`.
-async fn rows_and_keys(db: &ClickHouseConfig) -> Vec<(String, u64, u64)> {
+/// Rows of every consolidated table per key: `(table, rows, distinct keys)`
+/// of the committed seals, in `{table}{suffix}` (`_local`: one server's
+/// share of a cluster).
+async fn rows_and_keys(db: &ClickHouseConfig, suffix: &str) -> Vec<(String, u64, u64)> {
     let mut out = Vec::new();
     for name in aggregator::consolidate::CONSOLIDATED {
         let t = aggregator::seal::SEAL_TABLES.iter().find(|t| t.name == name).unwrap();
@@ -925,7 +929,7 @@ async fn rows_and_keys(db: &ClickHouseConfig) -> Vec<(String, u64, u64)> {
         let (rows, keys): (u64, u64) = db
             .client()
             .query(&format!(
-                "SELECT count(), uniqExact(tuple({key})) FROM {}.{name} WHERE seal_id GLOBAL IN (SELECT seal_id FROM {}.usage_seals)",
+                "SELECT count(), uniqExact(tuple({key})) FROM {}.{name}{suffix} WHERE seal_id GLOBAL IN (SELECT seal_id FROM {}.usage_seals)",
                 db.database, db.database
             ))
             .fetch_one()
@@ -934,6 +938,18 @@ async fn rows_and_keys(db: &ClickHouseConfig) -> Vec<(String, u64, u64)> {
         out.push((name.to_string(), rows, keys));
     }
     out
+}
+
+/// Every server's replicas of `db`'s tables up to date (a cluster; nothing on one server).
+async fn synced(db: &ClickHouseConfig, servers: &[ClickHouseConfig]) {
+    if db.cluster.is_empty() {
+        return;
+    }
+    for server in servers {
+        for name in aggregator::consolidate::CONSOLIDATED.iter().chain(&["usage_seals"]) {
+            exec(server, format!("SYSTEM SYNC REPLICA {}.{name}_local", db.database)).await;
+        }
+    }
 }
 
 /// Consolidation rewrites a month of the hourly and daily sealed rows into
@@ -946,12 +962,26 @@ async fn rows_and_keys(db: &ClickHouseConfig) -> Vec<(String, u64, u64)> {
 #[tokio::test]
 async fn consolidation_makes_one_row_per_key_and_changes_no_answer() {
     let _stack = e2e::turns::shared().await;
+    let db = test_db().await;
+    consolidation_changes_no_answer(&db, std::slice::from_ref(&db)).await;
+    drop_db(&db).await;
+}
+
+/// The body of [`consolidation_makes_one_row_per_key_and_changes_no_answer`]
+/// on `db`, whose rows lie on `servers` (`db` itself on one server; every
+/// server of a cluster, each then holding one row per key of its shard).
+pub(crate) async fn consolidation_changes_no_answer(db: &ClickHouseConfig, servers: &[ClickHouseConfig]) {
     use aggregator::consolidate::{consolidate, consolidate_until, Stop};
     const BATCH: u64 = 2_000;
-    let db = test_db().await;
     let topic = unique("cons");
     let d = db.database.clone();
-    claim_epoch_1(&db, &topic).await;
+    let local = if db.cluster.is_empty() { "" } else { "_local" };
+    let every_server_exact = || async {
+        for server in servers {
+            assert_sealed_equals_unsealed(server).await;
+        }
+    };
+    claim_epoch_1(db, &topic).await;
     // batch i: the same 20 tracking ids, 4 streams and 50 viewers over the
     // minutes of 2026-10-01, offsets i * BATCH + 1 ..= (i + 1) * BATCH
     let batch = |i: u64| {
@@ -981,37 +1011,46 @@ async fn consolidation_makes_one_row_per_key_and_changes_no_answer() {
     for i in 0..5 {
         batch(i).await;
     }
-    assert_sealed_equals_unsealed(&db).await;
-    let split = rows_and_keys(&db).await;
+    every_server_exact().await;
+    let split = rows_and_keys(db, "").await;
     assert!(split.iter().all(|(_, rows, keys)| rows >= &(keys * 5)), "each key's day split over the five seals: {split:?}");
     // a killed seal's row: never counted, and gone after the consolidation
     exec(
-        &db,
+        db,
         format!(
             "INSERT INTO {d}.usage_by_tracking_daily_sealed (day, tracking_id, account_id, stream_name, cluster, protocol, bytes_out, \
              bytes_in, events, seal_id) VALUES ('2026-10-01', 't1', 'acct', 's1', 'c', 'WHEP', 999, 0, 1, 4242)"
         ),
     )
     .await;
-    let store = billing::store::Store::connect(&db).await.unwrap();
+    let store = billing::store::Store::connect(db).await.unwrap();
     let (from, to) = billing::invoice::period_bounds(2026, 10).unwrap();
     let before = store.snapshot().await.unwrap();
     let usage = store.usage_at(&before, from, to).await.unwrap();
     assert_eq!(usage.values().sum::<u64>(), (0..BATCH).map(|n| n % 100 + 1).sum::<u64>() * 5, "billing's month");
 
+    // on a cluster the first swap is one shard's: a reader sees the other's earlier rows
     for stop in [Stop::Staged, Stop::Committed, Stop::FirstSwap] {
-        let r = consolidate_until(&db, 5, 0, Some(stop)).await.unwrap().expect("a consolidation");
+        let r = consolidate_until(db, 5, 0, Some(stop)).await.unwrap().expect("a consolidation");
         assert!(!r.months.is_empty());
-        assert_sealed_equals_unsealed(&db).await;
+        every_server_exact().await;
     }
-    let r = consolidate(&db, 2, 0).await.unwrap().expect("a whole consolidation");
+    let r = consolidate(db, 2, 0).await.unwrap().expect("a whole consolidation");
     assert!(!r.months.is_empty());
-    assert_sealed_equals_unsealed(&db).await;
-    for (name, rows, keys) in rows_and_keys(&db).await {
-        assert_eq!(rows, keys, "{name}: one row per key");
+    every_server_exact().await;
+    synced(db, servers).await;
+    for server in servers {
+        for (name, rows, keys) in rows_and_keys(server, local).await {
+            assert_eq!(rows, keys, "{name}{local} on {}: one row per key", server.url);
+        }
+        let staging = format!("SELECT count() FROM system.tables WHERE database = '{d}' AND name LIKE '%_consolidating%'");
+        assert_eq!(count(server, &staging).await, 0, "no staging table left on {}", server.url);
     }
-    assert_eq!(count(&db, &format!("SELECT count() FROM {d}.usage_by_tracking_daily_sealed WHERE seal_id = 4242")).await, 0);
-    assert_eq!(count(&db, &format!("SELECT count() FROM system.tables WHERE database = '{d}' AND name LIKE '%_consolidating%'")).await, 0);
+    let shards = servers.len() as u64 / if db.cluster.is_empty() { 1 } else { 2 };
+    for (name, rows, keys) in rows_and_keys(db, "").await {
+        assert!(rows >= keys && rows <= keys * shards, "{name}: a key's month is at most one row per shard ({rows} rows, {keys} keys)");
+    }
+    assert_eq!(count(db, &format!("SELECT count() FROM {d}.usage_by_tracking_daily_sealed WHERE seal_id = 4242")).await, 0);
 
     let err = store.usage_at(&before, from, to).await.expect_err("a snapshot from before the consolidation");
     assert!(matches!(err, billing::store::StoreError::SnapshotConsolidated(_)), "{err}");
@@ -1019,8 +1058,7 @@ async fn consolidation_makes_one_row_per_key_and_changes_no_answer() {
     assert_eq!(store.usage_at(&now, from, to).await.unwrap(), usage, "the same usage from a new snapshot");
 
     batch(5).await;
-    assert_sealed_equals_unsealed(&db).await;
-    drop_db(&db).await;
+    every_server_exact().await;
 }
 
 /// `aggregator seal` paused (it stops itself, SIGSTOP) after `step`, taking a
@@ -1125,25 +1163,31 @@ async fn a_seal_paused_before_its_commit_adds_nothing_after_a_takeover() {
 #[tokio::test]
 async fn a_consolidation_paused_before_its_swap_drops_no_newer_seal() {
     let _stack = e2e::turns::shared().await;
-    const N: u64 = 3_000;
     let db = test_db().await;
+    paused_consolidation_drops_no_newer_seal(&db).await;
+    drop_db(&db).await;
+}
+
+/// The body of [`a_consolidation_paused_before_its_swap_drops_no_newer_seal`] on `db`.
+pub(crate) async fn paused_consolidation_drops_no_newer_seal(db: &ClickHouseConfig) {
+    const N: u64 = 3_000;
     let topic = unique("cpause");
-    claim_epoch_1(&db, &topic).await;
-    rows_and_checkpoint(&db, &topic, 0, N).await;
-    aggregator::seal::seal(&db, 0).await.unwrap().expect("a first seal");
-    rows_and_checkpoint(&db, &topic, N, N).await;
-    aggregator::seal::seal(&db, 0).await.unwrap().expect("a second seal");
-    let mut stale = paused_seal(&db, "swap");
-    rows_and_checkpoint(&db, &topic, 2 * N, N).await;
-    aggregator::seal::seal(&db, 0).await.unwrap().expect("the seal that takes the lock over");
-    assert_month_bytes(&db, 3 * N).await;
+    claim_epoch_1(db, &topic).await;
+    rows_and_checkpoint(db, &topic, 0, N).await;
+    aggregator::seal::seal(db, 0).await.unwrap().expect("a first seal");
+    rows_and_checkpoint(db, &topic, N, N).await;
+    aggregator::seal::seal(db, 0).await.unwrap().expect("a second seal");
+    let mut stale = paused_seal(db, "swap");
+    rows_and_checkpoint(db, &topic, 2 * N, N).await;
+    aggregator::seal::seal(db, 0).await.unwrap().expect("the seal that takes the lock over");
+    assert_month_bytes(db, 3 * N).await;
     stale.signal(18); // SIGCONT
     stale.wait_exit(Duration::from_secs(60)).expect("the stale consolidation finished");
-    assert_month_bytes(&db, 3 * N).await;
+    assert_month_bytes(db, 3 * N).await;
     // the next consolidation runs whole and changes no answer
-    aggregator::consolidate::consolidate(&db, 2, 0).await.unwrap().expect("a consolidation");
-    assert_month_bytes(&db, 3 * N).await;
-    drop_db(&db).await;
+    let done = aggregator::consolidate::consolidate(db, 2, 0).await.unwrap().expect("a consolidation");
+    assert!(!done.months.is_empty());
+    assert_month_bytes(db, 3 * N).await;
 }
 
 /// The two direct checks of `billing reconcile` (each log table counted

@@ -136,6 +136,8 @@ async fn exact_on_every_server(database: &str, runs: &[&Expected]) {
 /// usage arrives (quorum inserts fail, the aggregator claims again and
 /// waits), the aggregator is killed meanwhile, the replica comes back and a
 /// new member finishes. Every view read through every server is exact.
+/// The second seal consolidates each shard's month on that shard, and billing
+/// (run, issue, reconcile) on the cluster reads the consolidated rows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exact_on_the_replicated_cluster_across_a_replica_outage_and_a_kill() {
     let _stack = e2e::turns::shared().await;
@@ -160,7 +162,8 @@ async fn exact_on_the_replicated_cluster_across_a_replica_outage_and_a_kill() {
     exact_on_every_server(&database, &[&first]).await;
     // sealed on the cluster, through server 3: every server's readers see the same
     assert!(wait_checkpointed(&db, Duration::from_secs(60)).await, "every flush checkpointed");
-    assert!(run_seal(&on_server(3, &database), None).success(), "a seal on the cluster");
+    // with every server as replica_urls: from the second seal on, each shard's months are consolidated on that shard
+    assert!(run_seal(&on_cluster_server_with_replicas(3, &database), None).success(), "a seal on the cluster");
     let sealed = format!("SELECT count() FROM {database}.usage_seals");
     assert_eq!(count(&db, &sealed).await, 1, "one seal committed");
     assert_sealed_equals_unsealed(&on_server(1, &database)).await;
@@ -185,7 +188,8 @@ async fn exact_on_the_replicated_cluster_across_a_replica_outage_and_a_kill() {
     let poison = first.poison_sent + second.poison_sent;
     assert!(wait_until(Duration::from_secs(60), || async { count(&db, &dl).await == poison }).await, "poison dead-lettered once");
     assert!(wait_checkpointed(&db, Duration::from_secs(60)).await, "every flush checkpointed");
-    assert!(run_seal(&on_server(0, &database), None).success(), "a second seal on the cluster");
+    assert!(run_seal(&on_cluster_server_with_replicas(0, &database), None).success(), "a second seal on the cluster");
+    assert_eq!(count(&db, &format!("{sealed} WHERE consolidated = 1")).await, 1, "and a consolidation");
     assert_sealed_equals_unsealed(&on_server(2, &database)).await;
     exact_on_every_server(&database, &[&first, &second]).await;
 
@@ -310,6 +314,51 @@ async fn exact_on_the_replicated_cluster_through_a_kill_loop_and_a_lagging_repli
     assert!(wait_until(Duration::from_secs(60), || async { count(&db, &dl).await == poison }).await, "poison dead-lettered once");
     drop(b);
     let _ = std::fs::remove_dir_all(&dir);
+    drop_everywhere(&database).await;
+}
+
+/// A new database migrated on the cluster, reached through server 1 with
+/// every server as `clickhouse.replica_urls`, and every server's settings.
+async fn fresh_with_replicas() -> (String, ClickHouseConfig, Vec<ClickHouseConfig>) {
+    let database = unique("mtc");
+    let db = on_cluster_server_with_replicas(0, &database);
+    warehouse::migrate(&db).await.expect("migrations on the cluster (scripts/stack up --cluster)");
+    let servers = (0..cluster_servers().len()).map(|n| on_server(n, &database)).collect();
+    (database, db, servers)
+}
+
+/// Consolidation on the cluster rewrites each shard's sealed rows on that
+/// shard and changes no answer, read through every server: the
+/// single-server scenario (five seals, consolidations stopped after each
+/// step, the first swap being one shard's alone, then a whole one), each
+/// server's local tables ending with one row per key, on both replicas of
+/// each shard. Without `replica_urls` it does nothing and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consolidation_on_the_cluster_rewrites_each_shard_on_that_shard() {
+    let _stack = e2e::turns::shared().await;
+    let _turn = e2e::turns::replica_faults().await;
+    let (database, db, servers) = fresh_with_replicas().await;
+    let without = on_server(0, &database);
+    assert_eq!(
+        aggregator::consolidate::consolidate(&without, 2, 0).await.unwrap(),
+        Err(aggregator::consolidate::ConsolidationSkipped::NoReplicaUrls)
+    );
+    crate::clickhouse_conformance::consolidation_changes_no_answer(&db, &servers).await;
+    drop_everywhere(&database).await;
+}
+
+/// A consolidation on the cluster that outlives its lock (paused before its
+/// first swap while a seal takes the lock over and seals more of the month)
+/// finds its staging gone from every replica and swaps nothing in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_consolidation_on_the_cluster_drops_no_newer_seal() {
+    let _stack = e2e::turns::shared().await;
+    let _turn = e2e::turns::replica_faults().await;
+    let (database, db, servers) = fresh_with_replicas().await;
+    crate::clickhouse_conformance::paused_consolidation_drops_no_newer_seal(&db).await;
+    for server in &servers {
+        assert_sealed_equals_unsealed(server).await;
+    }
     drop_everywhere(&database).await;
 }
 
