@@ -142,6 +142,12 @@ pub async fn consolidate_until(
     result
 }
 
+/// A ClickHouse error of `what` on `shard`, naming the replica (transient,
+/// as every ClickHouse error: the next run retries).
+fn on_shard<'a>(shard: &'a Shard, what: &'a str) -> impl Fn(clickhouse::error::Error) -> AggError + 'a {
+    move |e| AggError::ClickHouse(clickhouse::error::Error::Other(format!("{what} on shard {} ({}): {e}", shard.num, shard.url).into()))
+}
+
 /// Where a month is rewritten: the one server, or one replica of a shard.
 struct Shard {
     /// The shard's number in `system.clusters` (1 on one server).
@@ -280,11 +286,10 @@ async fn locked(
         let staging = format!("{db}.{}", staging(name, id));
         let mut after = vec![0u64; months.len()];
         for (i, shard) in targets.shards.iter().enumerate() {
-            let on_shard =
-                |e: clickhouse::error::Error| AggError::Config(format!("consolidating {name} on shard {} ({}): {e}", shard.num, shard.url));
             if targets.replicated {
                 // every part of the shard's month here: the swap replaces them all
-                shard.client.query(&format!("SYSTEM SYNC REPLICA {db}.{name}{local}")).execute().await.map_err(on_shard)?;
+                let sync = format!("SYSTEM SYNC REPLICA {db}.{name}{local}");
+                shard.client.query(&sync).execute().await.map_err(on_shard(shard, &sync))?;
             }
             let engine = staging_engine(&shard.client, db, &format!("{name}{local}"), targets.replicated).await?;
             shard.client.query(&format!("CREATE TABLE IF NOT EXISTS {staging} AS {db}.{name}{local}{engine}")).execute().await?;
@@ -361,7 +366,7 @@ async fn locked(
             .await;
         if let Err(e) = swapped {
             if exists(&shard.client, db, &staging(name, id)).await? {
-                return Err(AggError::Config(format!("swapping {name} {m} in on shard {} ({}): {e}", shard.num, shard.url)));
+                return Err(on_shard(shard, &format!("swapping {name} {m} in"))(e));
             }
             events::ConsolidationAbandoned {
                 seal_id: id,
@@ -414,42 +419,41 @@ async fn mark_quorum(shard: &Shard, db: &str, table: &str, month: u32) -> Result
         ))
         .execute()
         .await
-        .map_err(|e| AggError::Config(format!("marking {table} {month} on shard {} ({}): {e}", shard.num, shard.url)))?;
-    Ok(())
+        .map_err(on_shard(shard, &format!("marking {table} {month}")))
 }
 
 /// [`mark_quorum`] for every month of a consolidated table on `shard` that a
-/// sequentially consistent read refuses (code 289): a run killed between a
-/// swap and its mark left it so, and billing's reads fail until it is
-/// marked. Every run marks them first.
+/// sequentially consistent read refuses: a run killed between a swap and its
+/// mark left it so, and billing's reads fail until it is marked. Every run
+/// marks them first. One read of each table finds them: the refusal (code
+/// 289) names the part, whose name starts with its month.
 async fn mark_quorum_after_a_killed_swap(shard: &Shard, db: &str) -> Result<(), AggError> {
     for table in CONSOLIDATED {
-        let t = SEAL_TABLES.iter().find(|t| t.name == table).expect("a sealed table");
-        let time = t.group.split(',').next().unwrap_or_default().trim();
-        let months: Vec<u32> = shard
-            .client
-            .query("SELECT DISTINCT toUInt32(partition) FROM system.parts WHERE database = ? AND table = ? AND active")
-            .bind(db)
-            .bind(format!("{table}_local"))
-            .fetch_all()
-            .await?;
-        for month in months {
-            let read = shard
-                .client
-                .query(&format!("SELECT count() FROM {db}.{table}_local WHERE toYYYYMM({time}) = {month}"))
-                .fetch_one::<u64>()
-                .await;
-            match read {
-                Err(clickhouse::error::Error::BadResponse(e)) if e.contains("Code: 289") => {
-                    events::ConsolidationSwapMarked { table, month, shard: shard.num }.emit();
-                    mark_quorum(shard, db, table, month).await?;
-                }
+        let mut marked = vec![];
+        loop {
+            let read = shard.client.query(&format!("SELECT count() FROM {db}.{table}_local")).fetch_one::<u64>().await;
+            let e = match read {
+                Ok(_) => break,
+                Err(clickhouse::error::Error::BadResponse(e)) if e.contains("Code: 289") => e,
                 Err(e) => return Err(e.into()),
-                Ok(_) => {}
-            }
+            };
+            let month = refused_month(&e)
+                .filter(|m| !marked.contains(m))
+                .ok_or_else(|| on_shard(shard, &format!("reading {table}"))(clickhouse::error::Error::BadResponse(e.clone())))?;
+            events::ConsolidationSwapMarked { table, month, shard: shard.num }.emit();
+            mark_quorum(shard, db, table, month).await?;
+            marked.push(month);
         }
     }
     Ok(())
+}
+
+/// The month (`YYYYMM`, the partition) of the part that a sequentially
+/// consistent read says the replica lacks: "Replica doesn't have part
+/// 202610_4_4_0 which was successfully written to quorum ...".
+fn refused_month(error: &str) -> Option<u32> {
+    let part = error.split("doesn't have part ").nth(1)?;
+    part.split('_').next()?.parse().ok()
 }
 
 /// The ` ENGINE = ...` clause of a staging table of `local`: none (it is
@@ -570,7 +574,16 @@ pub(crate) async fn drop_staging_everywhere(cfg: &ClickHouseConfig, client: &cli
 
 #[cfg(test)]
 mod tests {
-    use super::unreplicated_engine;
+    use super::{refused_month, unreplicated_engine};
+
+    #[test]
+    fn the_refused_month_is_read_from_the_part_that_18_16_names() {
+        // as 18.16 answers a sequentially consistent read of a swapped month
+        let e = "Code: 289, e.displayText() = DB::Exception: Replica doesn't have part 202610_4_4_0 which was successfully \
+                 written to quorum of other replicas. Send query to another replica or disable 'select_sequential_consistency' setting.";
+        assert_eq!(refused_month(e), Some(202610));
+        assert_eq!(refused_month("Code: 289, e.displayText() = DB::Exception: something else"), None);
+    }
 
     #[test]
     fn a_replicated_engine_loses_its_keeper_path_and_replica_and_keeps_the_rest() {
