@@ -37,10 +37,10 @@ pub struct ClickHouseConfig {
     pub insert_quorum: u32,
     /// With `cluster`: the HTTP address of every server of the cluster, or
     /// of at least one replica of every shard, for the work that runs on
-    /// each shard's own tables (`aggregator consolidate`: a shard's sealed
-    /// rows are rewritten from that shard's rows, on that shard). Each
-    /// server says itself which shard it is (`system.clusters`). Empty (the
-    /// default): consolidation is skipped on a cluster.
+    /// each shard's own tables (the consolidation of `aggregator seal`: a
+    /// shard's sealed rows are rewritten from that shard's rows, on that
+    /// shard). Each server tells which shard it is (`system.clusters`).
+    /// Empty (the default): consolidation is skipped on a cluster.
     pub replica_urls: Vec<String>,
     /// What a service does at start when its user has more rights than it
     /// needs ([`crate::rights`]): `warn` (the default) logs
