@@ -172,14 +172,14 @@ struct Targets {
 
 /// The one server, or on a cluster one replica of every shard from
 /// `clickhouse.replica_urls` (`Err`: a shard none of them reaches).
-async fn targets(cfg: &ClickHouseConfig) -> Result<Result<Targets, ConsolidationSkipped>, AggError> {
+async fn targets(cfg: &ClickHouseConfig, client: &clickhouse::Client) -> Result<Result<Targets, ConsolidationSkipped>, AggError> {
     let connect = |cfg: &ClickHouseConfig| {
         let cfg = cfg.clone();
         async move { cfg.writer_client().await.map_err(|e| AggError::Config(format!("ClickHouse at {}: {e}", cfg.url))) }
     };
     let (cluster, replicated) = match cfg.layout().map_err(|e| AggError::Config(e.to_string()))? {
         Layout::Single => {
-            let client = connect(cfg).await?;
+            let client = client.clone();
             let shards = vec![Shard { num: 1, url: cfg.url.clone(), client: client.clone() }];
             return Ok(Ok(Targets { shards, servers: vec![client], local: "", replicated: false }));
         }
@@ -236,7 +236,7 @@ async fn locked(
     stop: Option<Stop>,
 ) -> Result<Result<Consolidated, ConsolidationSkipped>, AggError> {
     let client = cfg.writer_client().await.map_err(|e| AggError::Config(format!("ClickHouse at {}: {e}", cfg.url)))?;
-    let targets = match targets(cfg).await? {
+    let targets = match targets(cfg, &client).await? {
         Ok(t) => t,
         Err(skipped) => return Ok(Err(skipped)),
     };
@@ -265,7 +265,7 @@ async fn locked(
     let local = targets.local;
     for name in CONSOLIDATED {
         let t = SEAL_TABLES.iter().find(|t| t.name == name).expect("a sealed table");
-        let time = t.group.split(',').next().unwrap_or_default().trim();
+        let time = t.time();
         #[derive(serde::Deserialize, clickhouse::Row)]
         struct Month {
             m: u32,
@@ -405,7 +405,7 @@ async fn locked(
 /// they have, covering the new blocks. This is that insert.
 async fn mark_quorum(shard: &Shard, db: &str, table: &str, month: u32) -> Result<(), AggError> {
     let t = SEAL_TABLES.iter().find(|t| t.name == table).expect("a sealed table");
-    let time = t.group.split(',').next().unwrap_or_default().trim();
+    let time = t.time();
     shard
         .client
         .clone()

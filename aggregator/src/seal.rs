@@ -125,6 +125,11 @@ impl SealTable {
     pub fn key(&self) -> &'static str {
         self.group
     }
+
+    /// The sealed table's time column (the first of its key).
+    pub fn time(&self) -> &'static str {
+        self.group.split(',').next().unwrap_or_default().trim()
+    }
 }
 
 /// Every sealed table, in the order a seal writes them.
