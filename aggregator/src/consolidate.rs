@@ -325,13 +325,14 @@ async fn locked(
     if stop == Some(Stop::Staged) {
         return Ok(Ok(out));
     }
-    // the commit: the latest seal's offsets and bound under the next number;
+    // the commit: the latest seal's offsets, bound and `covers` (what the
+    // views compare: migration 15) under the next number;
     // not if another seal committed meanwhile (this run's lock went stale)
     // (conditional on the server, as a seal's commit)
     client
         .query(&format!(
-            "INSERT INTO {db}.usage_seals (seal_id, seq, topics, partitions, sealed_to, sealed_at, tail_since, legacy_drained, consolidated) \
-             SELECT toUInt64({id}), toUInt64({next}), topics, partitions, sealed_to, now(), tail_since, legacy_drained, 1 \
+            "INSERT INTO {db}.usage_seals (seal_id, seq, covers, topics, partitions, sealed_to, sealed_at, tail_since, legacy_drained, consolidated) \
+             SELECT toUInt64({id}), toUInt64({next}), covers, topics, partitions, sealed_to, now(), tail_since, legacy_drained, 1 \
              FROM {db}.usage_seals WHERE seq = {seq} AND {condition} LIMIT 1",
             next = seq + 1,
             condition = crate::seal::commit_condition(db),

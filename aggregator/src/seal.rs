@@ -378,12 +378,13 @@ async fn seal_locked(cfg: &ClickHouseConfig, db: &str, margin: u32) -> Result<Re
     // between the check and the write
     client
         .query(&format!(
-            "INSERT INTO {db}.usage_seals (seal_id, seq, topics, partitions, sealed_to, sealed_at, tail_since, legacy_drained) \
-             SELECT toUInt64(?), toUInt64(?), ?, ?, ?, now(), toDateTime(?, 'UTC'), toUInt8(?) \
+            "INSERT INTO {db}.usage_seals (seal_id, seq, covers, topics, partitions, sealed_to, sealed_at, tail_since, legacy_drained) \
+             SELECT toUInt64(?), toUInt64(?), toUInt64(?), ?, ?, ?, now(), toDateTime(?, 'UTC'), toUInt8(?) \
              WHERE {}",
             commit_condition(db)
         ))
         .bind(seal_id)
+        .bind(seq)
         .bind(seq)
         .bind(&topics)
         .bind(&partitions)

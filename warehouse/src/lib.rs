@@ -63,6 +63,12 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration { version: 13, name: "seal_bound", sql: include_str!("../migrations/0013_seal_bound.sql"), former_checksums: &[] },
     Migration { version: 14, name: "flat_rollups", sql: include_str!("../migrations/0014_flat_rollups.sql"), former_checksums: &[] },
+    Migration {
+        version: 15,
+        name: "one_seal_per_read",
+        sql: include_str!("../migrations/0015_one_seal_per_read.sql"),
+        former_checksums: &[],
+    },
 ];
 
 /// The schema the runner applies: [`MIGRATIONS`], rendered by [`cluster::render`].

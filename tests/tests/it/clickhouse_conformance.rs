@@ -1415,3 +1415,88 @@ async fn reconcile_reads_the_minute_views_on_their_tail_and_a_recount_reads_them
     }
     drop_db(&db).await;
 }
+
+/// Every view's answer counts each byte once while seals commit: a writer
+/// inserts batches of rows (each with its checkpoint) and seals after each,
+/// while a reader asks every view under the contract names, again and
+/// again, for the month's bytes (the whole view, and one tracking id with
+/// predicates pushed, as the statistics API asks). A seal that commits in
+/// the middle of a read must not let that read count its rows twice (as
+/// sealed rows and as the tail above the previous seal) or not at all. An
+/// answer read while no batch was being inserted must equal the bytes of the
+/// batches inserted so far; one read during an insert, the bytes of the
+/// batches done before it or of one more. Each seal starts once a read has
+/// started after its batch, so reads meet the commits.
+#[tokio::test]
+async fn every_read_racing_seal_commits_counts_each_byte_once() {
+    use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+    use std::sync::Arc;
+    let _stack = e2e::turns::shared().await;
+    const N: u64 = 200;
+    const SEALS: u64 = 30;
+    let db = test_db().await;
+    let topic = unique("race");
+    claim_epoch_1(&db, &topic).await;
+    // one batch as `rows_and_checkpoint` writes it: row j has j % 100 + 1 bytes, tracking id t{j % 5}
+    let batch_total: u64 = (0..N).map(|j| j % 100 + 1).sum();
+    let batch_t1: u64 = (0..N).filter(|j| j % 5 == 1).map(|j| j % 100 + 1).sum();
+    // batches whose insert began; batches whose both inserts returned; seals committed; reads begun
+    let [started, done, sealed, reads] = [(); 4].map(|_| Arc::new(AtomicU64::new(0)));
+    let read_began = Arc::new(tokio::sync::Notify::new());
+    let writer = {
+        let (db, topic, started, done, sealed, reads, read_began) =
+            (db.clone(), topic.clone(), started.clone(), done.clone(), sealed.clone(), reads.clone(), read_began.clone());
+        tokio::spawn(async move {
+            for k in 1..=SEALS {
+                started.store(k, SeqCst);
+                rows_and_checkpoint(&db, &topic, (k - 1) * N, N).await;
+                done.store(k, SeqCst);
+                let r = reads.load(SeqCst);
+                while reads.load(SeqCst) == r {
+                    read_began.notified().await;
+                }
+                aggregator::seal::seal(&db, 0).await.unwrap().expect("a seal");
+                sealed.store(k, SeqCst);
+            }
+        })
+    };
+    let d = db.database.clone();
+    // (18.16 compares a DateTime with a Date wrongly: each column is
+    // compared with its own type)
+    let (minutes, days) = (
+        ("toDateTime('2026-10-01 00:00:00', 'UTC')", "toDateTime('2026-11-01 00:00:00', 'UTC')"),
+        ("toDate('2026-10-01')", "toDate('2026-11-01')"),
+    );
+    let views = [
+        ("usage_by_tracking", "window_start", minutes),
+        ("usage_by_viewer", "window_start", minutes),
+        ("usage_by_tracking_hourly", "hour", minutes),
+        ("usage_by_tracking_daily", "day", days),
+        ("usage_by_stream_daily", "day", days),
+        ("usage_by_viewer_daily", "day", days),
+    ];
+    let pushed = runtime::ch::predicates_pushed(db.client());
+    let mut met_a_commit = 0u64;
+    while !writer.is_finished() {
+        for (view, time, (from, to)) in views {
+            for (filter, per_batch) in [("", batch_total), (" AND tracking_id = 't1'", batch_t1)] {
+                let (before, sealed_before) = (done.load(SeqCst), sealed.load(SeqCst));
+                reads.fetch_add(1, SeqCst);
+                read_began.notify_one();
+                let sql = format!("SELECT sum(bytes_out) FROM {d}.{view} WHERE {time} >= {from} AND {time} < {to}{filter}");
+                let got: u64 = pushed.query(&sql).fetch_one().await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+                let after = started.load(SeqCst);
+                met_a_commit += u64::from(sealed.load(SeqCst) != sealed_before);
+                assert!(
+                    (before..=after).any(|k| got == k * per_batch),
+                    "{view}{filter}: {got} bytes, read while {before} to {after} batches of {per_batch} bytes were inserted"
+                );
+            }
+        }
+    }
+    writer.await.expect("the writer");
+    assert_eq!(count(&db, &format!("SELECT count() FROM {d}.usage_seals")).await, SEALS, "one commit per batch");
+    assert!(met_a_commit >= SEALS / 2, "reads met the commits: {met_a_commit} reads saw a seal commit while they ran");
+    assert_sealed_equals_unsealed(&db).await;
+    drop_db(&db).await;
+}
