@@ -15,16 +15,24 @@
 -- Now each view decides from one snapshot (docs/clickhouse.md says why each
 -- part is where it is):
 --   1. the union of the sealed rows and the log's recent rows (fenced log
---      rows from a time bound on);
+--      rows from a time bound on), after a first branch with no row that
+--      names the latest seal (below);
 --   2. a query over it that names the latest seal once, in its select list
 --      (`usage_seal_latest`: its `covers`, and per partition the first offset
 --      of its tail), and joins each committed seal's id to its `covers`;
 --   3. a filter: a sealed row counts if its seal is committed and covers no
 --      more than the latest seal; a log row, if it is at or above its
 --      partition's first tail offset.
--- A scalar subquery runs once per occurrence, while its query is analysed:
--- before the tables under it are opened (their parts fixed), so every seal
--- up to the latest has its rows in what is read. The filter depends on
+-- A scalar subquery runs once per occurrence, while its query is analysed.
+-- On 18.16 that is before the tables under it are opened (their parts
+-- fixed, when it executes), so every seal up to the latest has its rows in
+-- what is read. A current version fixes a table's parts as its analyser
+-- meets the table, which for the union comes before the select list above
+-- it; but it runs each scalar subquery's text once per question, the first
+-- time it meets it. So the union's first branch, which has no row, names
+-- the same subquery before any table: the latest seal is read there, first,
+-- and the select list above gets that value. (18.16 runs that occurrence
+-- too, and uses the one above.) The filter depends on
 -- `counted`, a column of the query's own ARRAY JOIN, so it is never pushed
 -- down to where the subquery would run again. The join's right side is read
 -- when the query executes, after the latest seal: it holds every seal up to
@@ -128,7 +136,13 @@ CREATE VIEW IF NOT EXISTS {db}.usage_by_tracking_tail AS
 SELECT window_start, tracking_id, account_id, stream_name, cluster, protocol, bytes_out, bytes_in, events, src_topic, src_partition, src_epoch, src_offset, inserted_at
 FROM (
     SELECT window_start, tracking_id, account_id, stream_name, cluster, protocol, bytes_out, bytes_in, events, src_topic, src_partition, src_epoch, src_offset, inserted_at, (SELECT latest FROM {db}.usage_seal_latest) AS s
-    FROM {db}.usage_by_tracking_recent
+    FROM (
+        SELECT toDateTime(0, 'UTC') AS window_start, '' AS tracking_id, '' AS account_id, '' AS stream_name, '' AS cluster, '' AS protocol, toUInt64(0) AS bytes_out, toUInt64(0) AS bytes_in, toUInt64(0) AS events, '' AS src_topic, toUInt32(0) AS src_partition, toUInt64(0) AS src_epoch, toUInt64(0) AS src_offset, toDateTime(0, 'UTC') AS inserted_at, toUInt64(tupleElement((SELECT latest FROM {db}.usage_seal_latest), 1)) AS seal_id, toUInt8(0) AS sealed
+        WHERE 0
+        UNION ALL
+        SELECT window_start, tracking_id, account_id, stream_name, cluster, protocol, bytes_out, bytes_in, events, src_topic, src_partition, src_epoch, src_offset, inserted_at, toUInt64(0) AS seal_id, toUInt8(0) AS sealed
+        FROM {db}.usage_by_tracking_recent
+    ) AS u
 ) AS w
 ARRAY JOIN [toUInt8(1)] AS counted
 WHERE toUInt8(src_offset >= arraySum(arraySlice(tupleElement(s, 3), indexOf(tupleElement(s, 2), concat(src_topic, '/', toString(src_partition))), 1))) = counted;
@@ -137,7 +151,13 @@ CREATE VIEW IF NOT EXISTS {db}.usage_by_viewer_tail AS
 SELECT window_start, tracking_id, custom_viewer_data, viewer_id, account_id, stream_name, cluster, bytes_out, bytes_in, events, src_topic, src_partition, src_epoch, src_offset, inserted_at
 FROM (
     SELECT window_start, tracking_id, custom_viewer_data, viewer_id, account_id, stream_name, cluster, bytes_out, bytes_in, events, src_topic, src_partition, src_epoch, src_offset, inserted_at, (SELECT latest FROM {db}.usage_seal_latest) AS s
-    FROM {db}.usage_by_viewer_recent
+    FROM (
+        SELECT toDateTime(0, 'UTC') AS window_start, '' AS tracking_id, '' AS custom_viewer_data, '' AS viewer_id, '' AS account_id, '' AS stream_name, '' AS cluster, toUInt64(0) AS bytes_out, toUInt64(0) AS bytes_in, toUInt64(0) AS events, '' AS src_topic, toUInt32(0) AS src_partition, toUInt64(0) AS src_epoch, toUInt64(0) AS src_offset, toDateTime(0, 'UTC') AS inserted_at, toUInt64(tupleElement((SELECT latest FROM {db}.usage_seal_latest), 1)) AS seal_id, toUInt8(0) AS sealed
+        WHERE 0
+        UNION ALL
+        SELECT window_start, tracking_id, custom_viewer_data, viewer_id, account_id, stream_name, cluster, bytes_out, bytes_in, events, src_topic, src_partition, src_epoch, src_offset, inserted_at, toUInt64(0) AS seal_id, toUInt8(0) AS sealed
+        FROM {db}.usage_by_viewer_recent
+    ) AS u
 ) AS w
 ARRAY JOIN [toUInt8(1)] AS counted
 WHERE toUInt8(src_offset >= arraySum(arraySlice(tupleElement(s, 3), indexOf(tupleElement(s, 2), concat(src_topic, '/', toString(src_partition))), 1))) = counted;
@@ -150,6 +170,9 @@ SELECT window_start, tracking_id, account_id, stream_name, cluster, protocol, by
 FROM (
     SELECT window_start, tracking_id, account_id, stream_name, cluster, protocol, bytes_out, bytes_in, events, src_topic, src_partition, src_offset, src_epoch, inserted_at, sealed, listed, seal_covers, (SELECT latest FROM {db}.usage_seal_latest) AS s
     FROM (
+        SELECT toDateTime(0, 'UTC') AS window_start, '' AS tracking_id, '' AS account_id, '' AS stream_name, '' AS cluster, '' AS protocol, toUInt64(0) AS bytes_out, toUInt64(0) AS bytes_in, toUInt64(0) AS events, '' AS src_topic, toUInt32(0) AS src_partition, toUInt64(0) AS src_epoch, toUInt64(0) AS src_offset, toDateTime(0, 'UTC') AS inserted_at, toUInt64(tupleElement((SELECT latest FROM {db}.usage_seal_latest), 1)) AS seal_id, toUInt8(0) AS sealed
+        WHERE 0
+        UNION ALL
         SELECT window_start, tracking_id, account_id, stream_name, cluster, protocol, bytes_out, bytes_in, events, '' AS src_topic, toUInt32(0) AS src_partition, toUInt64(0) AS src_epoch, toUInt64(0) AS src_offset, toDateTime(0, 'UTC') AS inserted_at, seal_id, toUInt8(1) AS sealed
         FROM {db}.usage_by_tracking_sealed
         UNION ALL
@@ -169,6 +192,9 @@ SELECT window_start, tracking_id, custom_viewer_data, viewer_id, account_id, str
 FROM (
     SELECT window_start, tracking_id, custom_viewer_data, viewer_id, account_id, stream_name, cluster, bytes_out, bytes_in, events, src_topic, src_partition, src_offset, src_epoch, inserted_at, sealed, listed, seal_covers, (SELECT latest FROM {db}.usage_seal_latest) AS s
     FROM (
+        SELECT toDateTime(0, 'UTC') AS window_start, '' AS tracking_id, '' AS custom_viewer_data, '' AS viewer_id, '' AS account_id, '' AS stream_name, '' AS cluster, toUInt64(0) AS bytes_out, toUInt64(0) AS bytes_in, toUInt64(0) AS events, '' AS src_topic, toUInt32(0) AS src_partition, toUInt64(0) AS src_epoch, toUInt64(0) AS src_offset, toDateTime(0, 'UTC') AS inserted_at, toUInt64(tupleElement((SELECT latest FROM {db}.usage_seal_latest), 1)) AS seal_id, toUInt8(0) AS sealed
+        WHERE 0
+        UNION ALL
         SELECT window_start, tracking_id, custom_viewer_data, viewer_id, account_id, stream_name, cluster, bytes_out, bytes_in, events, '' AS src_topic, toUInt32(0) AS src_partition, toUInt64(0) AS src_epoch, toUInt64(0) AS src_offset, toDateTime(0, 'UTC') AS inserted_at, seal_id, toUInt8(1) AS sealed
         FROM {db}.usage_by_viewer_sealed
         UNION ALL
@@ -188,6 +214,9 @@ SELECT hour, tracking_id, account_id, stream_name, cluster, protocol, bytes_out,
 FROM (
     SELECT hour, tracking_id, account_id, stream_name, cluster, protocol, bytes_out, bytes_in, events, src_topic, src_partition, src_offset, sealed, listed, seal_covers, (SELECT latest FROM {db}.usage_seal_latest) AS s
     FROM (
+        SELECT toDateTime(0, 'UTC') AS hour, '' AS tracking_id, '' AS account_id, '' AS stream_name, '' AS cluster, '' AS protocol, toUInt64(0) AS bytes_out, toUInt64(0) AS bytes_in, toUInt64(0) AS events, '' AS src_topic, toUInt32(0) AS src_partition, toUInt64(0) AS src_offset, toUInt64(tupleElement((SELECT latest FROM {db}.usage_seal_latest), 1)) AS seal_id, toUInt8(0) AS sealed
+        WHERE 0
+        UNION ALL
         SELECT hour, tracking_id, account_id, stream_name, cluster, protocol, bytes_out, bytes_in, events, '' AS src_topic, toUInt32(0) AS src_partition, toUInt64(0) AS src_offset, seal_id, toUInt8(1) AS sealed
         FROM {db}.usage_by_tracking_hourly_sealed
         UNION ALL
@@ -207,6 +236,9 @@ SELECT day, tracking_id, account_id, stream_name, cluster, protocol, bytes_out, 
 FROM (
     SELECT day, tracking_id, account_id, stream_name, cluster, protocol, bytes_out, bytes_in, events, src_topic, src_partition, src_offset, sealed, listed, seal_covers, (SELECT latest FROM {db}.usage_seal_latest) AS s
     FROM (
+        SELECT toDate(0) AS day, '' AS tracking_id, '' AS account_id, '' AS stream_name, '' AS cluster, '' AS protocol, toUInt64(0) AS bytes_out, toUInt64(0) AS bytes_in, toUInt64(0) AS events, '' AS src_topic, toUInt32(0) AS src_partition, toUInt64(0) AS src_offset, toUInt64(tupleElement((SELECT latest FROM {db}.usage_seal_latest), 1)) AS seal_id, toUInt8(0) AS sealed
+        WHERE 0
+        UNION ALL
         SELECT day, tracking_id, account_id, stream_name, cluster, protocol, bytes_out, bytes_in, events, '' AS src_topic, toUInt32(0) AS src_partition, toUInt64(0) AS src_offset, seal_id, toUInt8(1) AS sealed
         FROM {db}.usage_by_tracking_daily_sealed
         UNION ALL
@@ -227,6 +259,9 @@ SELECT day, account_id, stream_name, tracking_id, cluster, protocol, bytes_out, 
 FROM (
     SELECT day, account_id, stream_name, tracking_id, cluster, protocol, bytes_out, bytes_in, events, src_topic, src_partition, src_offset, sealed, listed, seal_covers, (SELECT latest FROM {db}.usage_seal_latest) AS s
     FROM (
+        SELECT toDate(0) AS day, '' AS account_id, '' AS stream_name, '' AS tracking_id, '' AS cluster, '' AS protocol, toUInt64(0) AS bytes_out, toUInt64(0) AS bytes_in, toUInt64(0) AS events, '' AS src_topic, toUInt32(0) AS src_partition, toUInt64(0) AS src_offset, toUInt64(tupleElement((SELECT latest FROM {db}.usage_seal_latest), 1)) AS seal_id, toUInt8(0) AS sealed
+        WHERE 0
+        UNION ALL
         SELECT day, account_id, stream_name, tracking_id, cluster, protocol, bytes_out, bytes_in, events, '' AS src_topic, toUInt32(0) AS src_partition, toUInt64(0) AS src_offset, seal_id, toUInt8(1) AS sealed
         FROM {db}.usage_by_stream_daily_sealed
         UNION ALL
@@ -246,6 +281,9 @@ SELECT day, tracking_id, custom_viewer_data, viewer_id, account_id, stream_name,
 FROM (
     SELECT day, tracking_id, custom_viewer_data, viewer_id, account_id, stream_name, cluster, bytes_out, bytes_in, events, src_topic, src_partition, src_offset, sealed, listed, seal_covers, (SELECT latest FROM {db}.usage_seal_latest) AS s
     FROM (
+        SELECT toDate(0) AS day, '' AS tracking_id, '' AS custom_viewer_data, '' AS viewer_id, '' AS account_id, '' AS stream_name, '' AS cluster, toUInt64(0) AS bytes_out, toUInt64(0) AS bytes_in, toUInt64(0) AS events, '' AS src_topic, toUInt32(0) AS src_partition, toUInt64(0) AS src_offset, toUInt64(tupleElement((SELECT latest FROM {db}.usage_seal_latest), 1)) AS seal_id, toUInt8(0) AS sealed
+        WHERE 0
+        UNION ALL
         SELECT day, tracking_id, custom_viewer_data, viewer_id, account_id, stream_name, cluster, bytes_out, bytes_in, events, '' AS src_topic, toUInt32(0) AS src_partition, toUInt64(0) AS src_offset, seal_id, toUInt8(1) AS sealed
         FROM {db}.usage_by_viewer_daily_sealed
         UNION ALL
