@@ -72,6 +72,7 @@ DROP TABLE IF EXISTS {db}.usage_by_viewer_recent;
 DROP TABLE IF EXISTS {db}.usage_seal_latest;
 DROP TABLE IF EXISTS {db}.usage_seal_floor;
 DROP TABLE IF EXISTS {db}.usage_seal_offsets;
+DROP TABLE IF EXISTS {db}.usage_seal_bound;
 
 -- The latest seal, as the tails read it: (its covers; `topic/partition`
 -- of each partition it names; the first offset of each one's tail, 0 if it
@@ -87,7 +88,7 @@ WHERE seq = (SELECT max(seq) FROM {db}.usage_seals);
 
 -- The time bound of the log's recent rows: the oldest `tail_since` of the
 -- last 8 seals, and their legacy tables drained only if all 8 say so (as
--- `usage_seal_bound` of migration 13: '' once drained, else the byte 0xFF;
+-- the dropped `usage_seal_bound` of migration 13: '' once drained, else the byte 0xFF;
 -- then the byte 0xFF). With no seal, 1970 and not drained: all is read.
 CREATE VIEW IF NOT EXISTS {db}.usage_seal_floor AS
 SELECT tuple(min(tail_since), if(min(legacy_drained) = 1, '', unhex('FF')), unhex('FF')) AS bound
