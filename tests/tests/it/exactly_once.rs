@@ -22,7 +22,6 @@ use aggregator::AggregatorConfig;
 use e2e::*;
 use rdkafka::consumer::Consumer;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
 use schemas::validate::DEFAULT_MAX_EVENT_BYTES;
 use schemas::{Codec, Protocol, ViewerUsage};
 use std::collections::BTreeMap;
@@ -192,10 +191,7 @@ async fn produce(topic: &str, records: &[(String, Vec<u8>)]) {
 /// record timestamps jump back and forth over days.
 async fn produce_with(topic: &str, records: &[(String, Vec<u8>)], event_time_stamps: bool) {
     let codec = Codec::new();
-    let p: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
+    let p: FutureProducer = producer_config()
         .set("linger.ms", "20")
         .set("queue.buffering.max.messages", "1000000")
         .set("compression.type", "none")
