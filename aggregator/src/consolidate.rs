@@ -248,6 +248,8 @@ async fn locked(
             mark_quorum_after_a_killed_swap(shard, db).await?;
         }
     }
+    // the head of the seal whose `covers` the commit below copies, before it
+    crate::seal::publish_head(&client, db).await?;
     let seq = crate::seal::latest_seq(&client, db).await?;
     if seq == 0 {
         return Ok(Err(ConsolidationSkipped::NothingToDo));

@@ -271,6 +271,15 @@ event!(SealCommitted<'a>, |s, name| info!(
     "{name}"
 ));
 
+/// A seal committed, but its head (`usage_seal_heads`) could not be written:
+/// readers read the previous seal's longer tail, with the same answers,
+/// until the next seal or consolidation writes it.
+pub(crate) struct SealHeadDeferred<'a> {
+    pub seal_id: u64,
+    pub error: &'a dyn Display,
+}
+event!(SealHeadDeferred<'a>, |s, name| warn!(seal_id = s.seal_id, error = %s.error, "{name}: the next seal writes it"));
+
 /// A seal was not committed; `why` says what the rows do meanwhile.
 pub(crate) struct SealAbandoned {
     pub seal_id: u64,

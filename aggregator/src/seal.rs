@@ -84,9 +84,9 @@ pub const SEAL_PAUSE_ENV: &str = "AGGREGATOR_SEAL_PAUSE_AFTER";
 
 /// The steps [`SEAL_FAULT_ENV`] can name, in the order a seal takes them:
 /// `lock`, each table of [`SEAL_TABLES`], `checked` (the checks before the
-/// commit) and `commit`.
+/// commit), `commit` and `head` (its copy in `usage_seal_heads`).
 pub fn seal_steps() -> Vec<&'static str> {
-    std::iter::once("lock").chain(SEAL_TABLES.iter().map(|t| t.name)).chain(["checked", "commit"]).collect()
+    std::iter::once("lock").chain(SEAL_TABLES.iter().map(|t| t.name)).chain(["checked", "commit", "head"]).collect()
 }
 
 /// See the module docs, "The tail's time bound".
@@ -246,6 +246,27 @@ pub(crate) async fn committed(client: &clickhouse::Client, db: &str, seal_id: u6
     Ok(n > 0)
 }
 
+/// Write the latest seal's head to `usage_seal_heads` (migration 16) unless
+/// a head of what it covers is there: after a seal's commit, and first in
+/// every run under the seal lock, which writes the head a seal killed after
+/// its commit did not. Readers take the latest head as the latest seal, so
+/// a head is only ever written after its seal's commit; a missing head
+/// leaves them on the previous seal, with the same answer. A consolidation
+/// writes none: its row covers what the seal it rewrote covers, and the
+/// head of that seal stands for it (the condition on `covers` skips it).
+pub(crate) async fn publish_head(client: &clickhouse::Client, db: &str) -> Result<(), AggError> {
+    client
+        .query(&format!(
+            "INSERT INTO {db}.usage_seal_heads (seq, covers, topics, partitions, sealed_to) \
+             SELECT seq, covers, topics, partitions, sealed_to FROM {db}.usage_seals \
+             WHERE seq = (SELECT max(seq) FROM {db}.usage_seals) AND covers > (SELECT max(covers) FROM {db}.usage_seal_heads) \
+             LIMIT 1"
+        ))
+        .execute()
+        .await?;
+    Ok(())
+}
+
 /// A digest of the claims table: a seal commits only if it is unchanged.
 async fn claims_digest(client: &clickhouse::Client, db: &str) -> Result<(u64, u64), AggError> {
     Ok(client
@@ -292,6 +313,7 @@ async fn seal_locked(cfg: &ClickHouseConfig, db: &str, margin: u32) -> Result<Re
     let started = Instant::now();
     let client = cfg.writer_client().await.map_err(|e| AggError::Config(format!("ClickHouse at {}: {e}", cfg.url)))?;
     crate::consolidate::drop_staging_everywhere(cfg, &client, db).await?;
+    publish_head(&client, db).await?;
     let before = latest(&client, db).await?;
     let digest = claims_digest(&client, db).await?;
     // per partition, the latest checkpoint that counts
@@ -400,6 +422,12 @@ async fn seal_locked(cfg: &ClickHouseConfig, db: &str, margin: u32) -> Result<Re
         return Ok(Err(SealSkipped::Superseded));
     }
     fault_after("commit");
+    // committed: a head that fails here is written by the next run, and
+    // readers stay on the previous seal until then, with the same answers
+    if let Err(e) = publish_head(&client, db).await {
+        events::SealHeadDeferred { seal_id, error: &e }.emit();
+    }
+    fault_after("head");
     let millis = started.elapsed().as_millis() as u64;
     events::SealCommitted { seal_id, seq, partitions: moved.len(), tables: &tables, millis, tail_since, legacy_drained }.emit();
     Ok(Ok(SealReport { seal_id, seq, moved, tables, millis }))

@@ -1218,6 +1218,14 @@ async fn bench_scale(sizes: &[u64], tracking_ids: u64, seals: u64, keep: bool) -
         ))
         .execute()
         .await?;
+        // and their heads, as each seal writes its own (migration 16)
+        c.query(&format!(
+            "INSERT INTO {d}.usage_seal_heads (seq, covers, topics, partitions, sealed_to) \
+             SELECT seq, covers, topics, partitions, sealed_to FROM {d}.usage_seals \
+             WHERE seq > (SELECT max(seq) FROM {d}.usage_seal_heads) ORDER BY seq"
+        ))
+        .execute()
+        .await?;
         let (year_series, n5) = best_of_3(series_with(true)).await?;
         anyhow::ensure!(n5 == n1, "after a year of seals the series has {n5} points, the log's {n1}");
         let (year_stream, n6) = best_of_3(timed(stream_sql.clone())).await?;

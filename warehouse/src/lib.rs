@@ -69,6 +69,7 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../migrations/0015_one_seal_per_read.sql"),
         former_checksums: &[],
     },
+    Migration { version: 16, name: "seal_heads", sql: include_str!("../migrations/0016_seal_heads.sql"), former_checksums: &[] },
 ];
 
 /// The schema the runner applies: [`MIGRATIONS`], rendered by [`cluster::render`].

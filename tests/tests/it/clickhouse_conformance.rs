@@ -563,6 +563,9 @@ async fn retention_drops_whole_sealed_months_past_their_grain_once_issued() {
         ["(7, 1, ['t'], [0], [0], now())".to_string()].into_iter(),
     )
     .await;
+    // and its head, as a seal writes it after its commit (migration 16)
+    insert(&db, "usage_seal_heads", "seq, covers, topics, partitions, sealed_to", ["(1, 1, ['t'], [0], [0])".to_string()].into_iter())
+        .await;
     // month m: one row of m * 1000 bytes at each grain, on its 3rd day
     let at = |m: u32| month_start(m) + 2 * 86_400 + 3_600;
     let cols = "tracking_id, account_id, stream_name, cluster, protocol, bytes_out, bytes_in, events, seal_id";
@@ -1153,6 +1156,40 @@ async fn a_seal_paused_before_its_commit_adds_nothing_after_a_takeover() {
     assert!(err.to_string().contains("two seals committed as #1"), "{err}");
     let store = billing::store::Store::connect(&db).await.unwrap();
     assert!(store.snapshot().await.is_err(), "billing's snapshot on a doubled commit");
+    drop_db(&db).await;
+}
+
+/// A seal killed between its commit and its head (`usage_seal_heads`,
+/// migration 16) changes no answer: readers stay on the previous seal's
+/// head and read its longer tail. A consolidation then writes the missing
+/// head before it copies the newer seal's `covers` into its rows (without
+/// that head, the consolidated rows would cover more than the head readers
+/// take, and a month of sealed bytes would not count).
+#[tokio::test]
+async fn a_seal_killed_before_its_head_and_a_consolidation_after_it_change_no_answer() {
+    let _stack = e2e::turns::shared().await;
+    const N: u64 = 2_000;
+    let db = test_db().await;
+    let d = &db.database;
+    let topic = unique("head");
+    claim_epoch_1(&db, &topic).await;
+    rows_and_checkpoint(&db, &topic, 0, N).await;
+    aggregator::seal::seal(&db, 0).await.unwrap().expect("the first seal");
+    rows_and_checkpoint(&db, &topic, N, N).await;
+    let killed = run_seal(&db, Some("commit"));
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&killed), Some(9), "the seal was killed after its commit");
+    let heads = format!("SELECT max(seq) FROM {d}.usage_seal_heads");
+    assert_eq!(count(&db, &format!("SELECT max(seq) FROM {d}.usage_seals")).await, 2, "the killed seal committed");
+    assert_eq!(count(&db, &heads).await, 1, "its head is missing");
+    assert_month_bytes(&db, 2 * N).await;
+    rows_and_checkpoint(&db, &topic, 2 * N, N).await;
+    let done = aggregator::consolidate::consolidate(&db, 2, 0).await.unwrap().expect("a consolidation");
+    assert!(done.months.iter().any(|m| m.1 == 202_610), "the month consolidated: {done:?}");
+    assert_month_bytes(&db, 3 * N).await;
+    assert_eq!(count(&db, &heads).await, 2, "the consolidation wrote the killed seal's head first");
+    aggregator::seal::seal(&db, 0).await.unwrap().expect("a seal after the consolidation");
+    assert_eq!(count(&db, &heads).await, 4, "the next seal's head");
+    assert_month_bytes(&db, 3 * N).await;
     drop_db(&db).await;
 }
 

@@ -424,9 +424,7 @@ async fn a_clickhouse_outage_fails_open_or_closed_as_configured() {
         // each service refreshes on its own clock, so the open one's standing
         // may go stale up to a refresh interval after the closed one's: await
         // it, admitting all along
-        let metrics = || async {
-            client.get(format!("{}/metrics", services[0].1)).send().await.unwrap().text().await.unwrap()
-        };
+        let metrics = || async { client.get(format!("{}/metrics", services[0].1)).send().await.unwrap().text().await.unwrap() };
         let open_admits_stale = wait_until(Duration::from_secs(30), || async {
             let (st, r) = verify(0).await;
             assert_eq!(st, 200, "open admits, stale or not: {r}");
