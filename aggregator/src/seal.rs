@@ -19,7 +19,10 @@
 //! only above the latest commit's offsets. A seal killed at any step adds
 //! nothing (its rows stay invisible); the next one takes a new id and
 //! covers the same offsets. A claim that lands while a seal runs changes
-//! the fences the seal read: the seal then does not commit.
+//! the fences the seal read: the seal then does not commit. After its
+//! commit a seal writes its head (a copy of its offsets, `publish_head`),
+//! which readers take as the latest seal; a missing head leaves them on the
+//! previous seal, with the same answers, until the next run writes it.
 //!
 //! **A seal that outlives its lock** (paused, or slower than
 //! `--lock-stale-secs`, while another seal takes the lock over) must not
