@@ -271,7 +271,7 @@ event!(SealCommitted<'a>, |s, name| info!(
     "{name}"
 ));
 
-/// A seal committed, but its head (`usage_seal_heads`) could not be written:
+/// A seal committed, but its head (`usage_seal_head`) could not be written:
 /// readers read the previous seal's longer tail, with the same answers,
 /// until the next seal or consolidation writes it.
 pub(crate) struct SealHeadDeferred<'a> {

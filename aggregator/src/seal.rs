@@ -87,7 +87,7 @@ pub const SEAL_PAUSE_ENV: &str = "AGGREGATOR_SEAL_PAUSE_AFTER";
 
 /// The steps [`SEAL_FAULT_ENV`] can name, in the order a seal takes them:
 /// `lock`, each table of [`SEAL_TABLES`], `checked` (the checks before the
-/// commit), `commit` and `head` (its copy in `usage_seal_heads`).
+/// commit), `commit` and `head` (its copy in `usage_seal_head`).
 pub fn seal_steps() -> Vec<&'static str> {
     std::iter::once("lock").chain(SEAL_TABLES.iter().map(|t| t.name)).chain(["checked", "commit", "head"]).collect()
 }
@@ -249,21 +249,26 @@ pub(crate) async fn committed(client: &clickhouse::Client, db: &str, seal_id: u6
     Ok(n > 0)
 }
 
-/// Write the latest seal's head to `usage_seal_heads` (migration 16) unless
-/// a head of what it covers is there: after a seal's commit, and first in
-/// every run under the seal lock, which writes the head a seal killed after
-/// its commit did not. Readers take the latest head as the latest seal, so
-/// a head is only ever written after its seal's commit; a missing head
-/// leaves them on the previous seal, with the same answer. A consolidation
-/// writes none: its row covers what the seal it rewrote covers, and the
-/// head of that seal stands for it (the condition on `covers` skips it).
+/// Write the latest seal's head to `usage_seal_head` (migrations 16 and 17)
+/// unless a head of what it covers is there: after a seal's commit, and
+/// first in every run under the seal lock, which writes the head a seal
+/// killed after its commit did not. Readers take the latest head as the
+/// latest seal, so a head is only ever written after its seal's commit; a
+/// missing head leaves them on the previous seal, with the same answer. A
+/// consolidation writes none: its row covers what the seal it rewrote
+/// covers, and the head of that seal stands for it (the condition on
+/// `covers` skips it). The head carries the tails' time bound: the oldest
+/// `tail_since` of the last 8 seals up to it, and whether all 8 found the
+/// legacy tables drained (migration 15 says why 8). One statement, which
+/// migration 17 runs too for a database sealed before it.
 pub(crate) async fn publish_head(client: &clickhouse::Client, db: &str) -> Result<(), AggError> {
     client
         .query(&format!(
-            "INSERT INTO {db}.usage_seal_heads (seq, covers, topics, partitions, sealed_to) \
-             SELECT seq, covers, topics, partitions, sealed_to FROM {db}.usage_seals \
-             WHERE seq = (SELECT max(seq) FROM {db}.usage_seals) AND covers > (SELECT max(covers) FROM {db}.usage_seal_heads) \
-             LIMIT 1"
+            "INSERT INTO {db}.usage_seal_head (seq, covers, topics, partitions, sealed_to, tail_floor, drained) \
+             SELECT max(seq), argMax(covers, seq), argMax(topics, seq), argMax(partitions, seq), argMax(sealed_to, seq), \
+             min(tail_since), min(legacy_drained) \
+             FROM {db}.usage_seals WHERE seq + 8 > (SELECT max(seq) FROM {db}.usage_seals) \
+             HAVING argMax(covers, seq) > (SELECT max(covers) FROM {db}.usage_seal_head)"
         ))
         .execute()
         .await?;

@@ -1218,14 +1218,18 @@ async fn bench_scale(sizes: &[u64], tracking_ids: u64, seals: u64, keep: bool) -
         ))
         .execute()
         .await?;
-        // and their heads, as each seal writes its own (migration 16)
+        // and their heads, as each seal writes its own after its commit
+        // (migration 17: the latest head, each with the oldest `tail_since`
+        // of the 8 seals up to it), then merged as the server's background
+        // merges keep them: one seal's head every 5 minutes, one row
         c.query(&format!(
-            "INSERT INTO {d}.usage_seal_heads (seq, covers, topics, partitions, sealed_to) \
-             SELECT seq, covers, topics, partitions, sealed_to FROM {d}.usage_seals \
-             WHERE seq > (SELECT max(seq) FROM {d}.usage_seal_heads) ORDER BY seq"
+            "INSERT INTO {d}.usage_seal_head (seq, covers, topics, partitions, sealed_to, tail_floor, drained) \
+             SELECT seq, covers, topics, partitions, sealed_to, tail_since, legacy_drained FROM {d}.usage_seals \
+             WHERE seq > (SELECT max(seq) FROM {d}.usage_seal_head) ORDER BY seq"
         ))
         .execute()
         .await?;
+        c.query(&format!("OPTIMIZE TABLE {d}.usage_seal_head FINAL")).execute().await?;
         let (year_series, n5) = best_of_3(series_with(true)).await?;
         anyhow::ensure!(n5 == n1, "after a year of seals the series has {n5} points, the log's {n1}");
         let (year_stream, n6) = best_of_3(timed(stream_sql.clone())).await?;

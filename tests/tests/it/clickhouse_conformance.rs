@@ -563,9 +563,8 @@ async fn retention_drops_whole_sealed_months_past_their_grain_once_issued() {
         ["(7, 1, ['t'], [0], [0], now())".to_string()].into_iter(),
     )
     .await;
-    // and its head, as a seal writes it after its commit (migration 16)
-    insert(&db, "usage_seal_heads", "seq, covers, topics, partitions, sealed_to", ["(1, 1, ['t'], [0], [0])".to_string()].into_iter())
-        .await;
+    // and its head, as a seal writes it after its commit (migrations 16, 17)
+    insert(&db, "usage_seal_head", "seq, covers, topics, partitions, sealed_to", ["(1, 1, ['t'], [0], [0])".to_string()].into_iter()).await;
     // month m: one row of m * 1000 bytes at each grain, on its 3rd day
     let at = |m: u32| month_start(m) + 2 * 86_400 + 3_600;
     let cols = "tracking_id, account_id, stream_name, cluster, protocol, bytes_out, bytes_in, events, seal_id";
@@ -1159,7 +1158,7 @@ async fn a_seal_paused_before_its_commit_adds_nothing_after_a_takeover() {
     drop_db(&db).await;
 }
 
-/// A seal killed between its commit and its head (`usage_seal_heads`,
+/// A seal killed between its commit and its head (`usage_seal_head`,
 /// migration 16) changes no answer: readers stay on the previous seal's
 /// head and read its longer tail. A consolidation then writes the missing
 /// head before it copies the newer seal's `covers` into its rows (without
@@ -1178,7 +1177,7 @@ async fn a_seal_killed_before_its_head_and_a_consolidation_after_it_change_no_an
     rows_and_checkpoint(&db, &topic, N, N).await;
     let killed = run_seal(&db, Some("commit"));
     assert_eq!(std::os::unix::process::ExitStatusExt::signal(&killed), Some(9), "the seal was killed after its commit");
-    let heads = format!("SELECT max(seq) FROM {d}.usage_seal_heads");
+    let heads = format!("SELECT max(seq) FROM {d}.usage_seal_head");
     assert_eq!(count(&db, &format!("SELECT max(seq) FROM {d}.usage_seals")).await, 2, "the killed seal committed");
     assert_eq!(count(&db, &heads).await, 1, "its head is missing");
     assert_month_bytes(&db, 2 * N).await;
@@ -1190,6 +1189,47 @@ async fn a_seal_killed_before_its_head_and_a_consolidation_after_it_change_no_an
     aggregator::seal::seal(&db, 0).await.unwrap().expect("a seal after the consolidation");
     assert_eq!(count(&db, &heads).await, 4, "the next seal's head");
     assert_month_bytes(&db, 3 * N).await;
+    drop_db(&db).await;
+}
+
+/// The tails' time bound (`usage_seal_floor`) is the oldest `tail_since` of
+/// the last 8 seals up to the latest head (migration 17 writes it into the
+/// head), never a newer one than the latest seal's own and never an older
+/// seal's once 8 seals have passed it; and the answers stay exact. Each
+/// seal's margin sets its `tail_since` (`now - margin`, no tail row), in an
+/// order where the third seal's is the oldest of all, so a bound of every
+/// seal or of the latest alone differs from the expected one.
+#[tokio::test]
+async fn the_tails_time_bound_is_the_oldest_of_the_last_8_seals() {
+    let _stack = e2e::turns::shared().await;
+    const N: u64 = 200;
+    const MARGINS: [u32; 12] = [500, 100, 900, 50, 300, 700, 20, 400, 800, 10, 600, 30];
+    let db = test_db().await;
+    let d = &db.database;
+    let topic = unique("floor");
+    claim_epoch_1(&db, &topic).await;
+    #[derive(Deserialize, clickhouse::Row)]
+    struct SealBound {
+        seq: u64,
+        tail_since: u32,
+    }
+    for (i, margin) in MARGINS.into_iter().enumerate() {
+        let i = i as u64;
+        rows_and_checkpoint(&db, &topic, i * N, N).await;
+        aggregator::seal::seal_with(&db, 0, margin).await.unwrap().expect("a seal");
+        let seals: Vec<SealBound> =
+            db.client().query(&format!("SELECT seq, toUInt32(tail_since) FROM {d}.usage_seals ORDER BY seq")).fetch_all().await.unwrap();
+        assert_eq!(seals.len() as u64, i + 1, "one commit per seal");
+        let last = seals.last().unwrap();
+        let want = seals.iter().filter(|s| s.seq + 8 > last.seq).map(|s| s.tail_since).min().unwrap();
+        let floor = count(&db, &format!("SELECT toUInt64(toUInt32(tupleElement(bound, 1))) FROM {d}.usage_seal_floor")).await;
+        assert_eq!(floor, u64::from(want), "after seal {}: the oldest bound of the last 8 seals", last.seq);
+        assert!(floor <= u64::from(last.tail_since), "never newer than the latest seal's own bound");
+        assert_month_bytes(&db, (i + 1) * N).await;
+    }
+    let oldest = count(&db, &format!("SELECT toUInt64(toUInt32(min(tail_since))) FROM {d}.usage_seals")).await;
+    let floor = count(&db, &format!("SELECT toUInt64(toUInt32(tupleElement(bound, 1))) FROM {d}.usage_seal_floor")).await;
+    assert!(floor > oldest, "the third seal's bound has left the window of 8");
     drop_db(&db).await;
 }
 
