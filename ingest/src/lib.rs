@@ -23,4 +23,4 @@ pub mod json;
 pub mod producer;
 
 pub use error::IngestError;
-pub use producer::{ProducerOptions, UsageProducer};
+pub use producer::{ProducerOptions, UsageProducer, MEDIA_SERVER_DELIVERY_TIMEOUT};

@@ -19,6 +19,15 @@ use runtime::kafka::KafkaConfig;
 use schemas::{Codec, ViewerUsage};
 use std::time::Duration;
 
+/// How long a producer that stands in for a media server (the simulator, the
+/// tests' producers) keeps re-sending an unacknowledged event. The default
+/// 10 s suits the gateway, whose HTTP client waits for the answer; a media
+/// server keeps trying. On 2 cores, with an aggregator being killed and
+/// restarted beside it, tansu has been seen to leave a batch unacknowledged
+/// past 10 s (`MessageTimedOut` after 381,495 of a million events in a CI
+/// run).
+pub const MEDIA_SERVER_DELIVERY_TIMEOUT: Duration = Duration::from_secs(180);
+
 /// Producer settings.
 #[derive(Debug, Clone)]
 pub struct ProducerOptions {

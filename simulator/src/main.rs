@@ -166,7 +166,12 @@ async fn simulate(a: SimArgs) -> Result<()> {
     let target = match a.target {
         TargetKind::Kafka => {
             let kafka = runtime::kafka::KafkaConfig { brokers: a.brokers, topic: a.topic, ..Default::default() };
-            let opts = ProducerOptions { check_clock: false, linger_ms: 20, ..Default::default() };
+            let opts = ProducerOptions {
+                check_clock: false,
+                linger_ms: 20,
+                delivery_timeout: ingest::MEDIA_SERVER_DELIVERY_TIMEOUT,
+                ..Default::default()
+            };
             Target::Kafka(UsageProducerHandle(UsageProducer::new(&kafka, opts)?))
         }
         TargetKind::Http => {

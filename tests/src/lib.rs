@@ -470,21 +470,18 @@ pub fn producer_config() -> rdkafka::ClientConfig {
     c
 }
 
-/// How long a test's producer keeps re-sending an unacknowledged event.
-/// The gateway's 10 s suits an HTTP client waiting for its answer; a test
-/// producer stands in for a media server, which keeps trying. On 2 cores,
-/// with the aggregator being killed and restarted beside it, tansu has been
-/// seen to leave a batch unacknowledged past 10 s (`MessageTimedOut` after
-/// 381,495 of a million events in a CI run), which failed the test before
-/// anything it checks.
-pub const TEST_DELIVERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(180);
-
 /// A producer for tests (no clock check: simulated periods lie in the past;
-/// [`TEST_PRODUCER_IDEMPOTENCE`]; [`TEST_DELIVERY_TIMEOUT`]).
+/// [`TEST_PRODUCER_IDEMPOTENCE`]; re-sends as a media server does,
+/// [`ingest::MEDIA_SERVER_DELIVERY_TIMEOUT`]).
 pub fn producer(topic: &str) -> ingest::UsageProducer {
     let properties = [("enable.idempotence".to_string(), TEST_PRODUCER_IDEMPOTENCE.to_string())].into();
     let kafka = runtime::kafka::KafkaConfig { brokers: brokers(), topic: topic.to_string(), properties };
-    let opts = ingest::ProducerOptions { check_clock: false, linger_ms: 10, delivery_timeout: TEST_DELIVERY_TIMEOUT, ..Default::default() };
+    let opts = ingest::ProducerOptions {
+        check_clock: false,
+        linger_ms: 10,
+        delivery_timeout: ingest::MEDIA_SERVER_DELIVERY_TIMEOUT,
+        ..Default::default()
+    };
     ingest::UsageProducer::new(&kafka, opts).expect("producer")
 }
 
