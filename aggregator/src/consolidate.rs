@@ -5,8 +5,18 @@
 //! billing's month, which reads the daily rows, would grow with the number of
 //! seals. [`consolidate`] rewrites a month of the hourly and daily sealed
 //! tables into one row per key, for the months whose rows come from at
-//! least `min_seals` seals. (The minute tables are left as they are: a
-//! minute's rows come from one or two seals.)
+//! least `min_seals` seals, or hold rows of a plain seal `min_seals` seals
+//! old (a month of late rows from one seal). (The minute tables are left as
+//! they are: a minute's rows come from one or two seals.)
+//!
+//! **The list floor** (migration 18). The views over these tables join only
+//! the consolidations' seals (`usage_seal_consolidations`, written before
+//! each commit) and the seals from a floor on. After its
+//! swaps a run measures the floor ([`measure_list_floor`]: the oldest plain
+//! seal with rows left, on every replica) and records it; each seal copies
+//! the latest record into its row, each head takes the oldest of the last 8
+//! seals'. The age rule above keeps the floor within about `2 * min_seals`
+//! seals of the latest.
 //!
 //! **Exactly once.** It holds the seal lock, so no seal writes meanwhile.
 //! For each month it fills a staging table of its own
@@ -59,6 +69,7 @@ use crate::events;
 use crate::seal::{SEAL_LOCK, SEAL_TABLES, SUMS};
 use runtime::ch::{ClickHouseConfig, Layout, LockWait};
 use runtime::events::InternalEvent;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The sealed tables consolidated (the hourly and daily grains).
 pub const CONSOLIDATED: [&str; 4] =
@@ -261,6 +272,8 @@ async fn locked(
         }
     };
     let committed = format!("seal_id GLOBAL IN (SELECT seal_id FROM {db}.usage_seals)");
+    // the plain seals that may still have rows of their own (none below the recorded floor)
+    let plain = plain_seals(&client, db).await?;
     let mut out = Consolidated { months: vec![], seal_id: id };
     // (table, month, shard index) of every staged month with rows
     let mut swaps: Vec<(&'static str, u32, usize)> = vec![];
@@ -272,16 +285,17 @@ async fn locked(
         struct Month {
             m: u32,
             rows: u64,
+            ids: Vec<u64>,
         }
         // chosen over every shard: the contract-named table
         let months: Vec<Month> = client
             .query(&format!(
-                "SELECT toYYYYMM({time}) AS m, count() AS rows FROM {db}.{name} WHERE {committed} \
-                 GROUP BY m HAVING uniqExact(seal_id) >= ? ORDER BY m"
+                "SELECT toYYYYMM({time}) AS m, count() AS rows, groupUniqArray(seal_id) AS ids FROM {db}.{name} WHERE {committed} \
+                 GROUP BY m ORDER BY m"
             ))
-            .bind(min_seals)
             .fetch_all()
             .await?;
+        let months: Vec<Month> = months.into_iter().filter(|m| due(&m.ids, &plain, min_seals, seq)).collect();
         if months.is_empty() {
             continue;
         }
@@ -327,14 +341,23 @@ async fn locked(
     if stop == Some(Stop::Staged) {
         return Ok(Ok(out));
     }
+    // listed by the views over these tables before the commit, whatever the
+    // floor (migration 18): no row carries the id until a swap after it
+    client
+        .query(&format!(
+            "INSERT INTO {db}.usage_seal_consolidations (seal_id, covers) \
+             SELECT toUInt64({id}), covers FROM {db}.usage_seals WHERE seq = {seq} LIMIT 1"
+        ))
+        .execute()
+        .await?;
     // the commit: the latest seal's offsets, bound and `covers` (what the
     // views compare: migration 15) under the next number;
     // not if another seal committed meanwhile (this run's lock went stale)
     // (conditional on the server, as a seal's commit)
     client
         .query(&format!(
-            "INSERT INTO {db}.usage_seals (seal_id, seq, covers, topics, partitions, sealed_to, sealed_at, tail_since, legacy_drained, consolidated) \
-             SELECT toUInt64({id}), toUInt64({next}), covers, topics, partitions, sealed_to, now(), tail_since, legacy_drained, 1 \
+            "INSERT INTO {db}.usage_seals (seal_id, seq, covers, topics, partitions, sealed_to, sealed_at, tail_since, legacy_drained, list_floor, consolidated) \
+             SELECT toUInt64({id}), toUInt64({next}), covers, topics, partitions, sealed_to, now(), tail_since, legacy_drained, list_floor, 1 \
              FROM {db}.usage_seals WHERE seq = {seq} AND {condition} LIMIT 1",
             next = seq + 1,
             condition = crate::seal::commit_condition(db),
@@ -391,7 +414,184 @@ async fn locked(
         }
     }
     events::SealsConsolidated { seal_id: id, seq: seq + 1, months: &out.months }.emit();
+    // the months are swapped: the consolidated views' list may start later
+    // (a failure here leaves the floor where it was; the next run measures again)
+    let raised = match measure_list_floor(cfg).await {
+        Ok(Some(floor)) => record_list_floor(&client, db, floor).await,
+        Ok(None) => Ok(()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = raised {
+        events::SealListFloorHeld { why: &e }.emit();
+    }
     Ok(Ok(out))
+}
+
+/// The replicas of the consolidated tables that a measurement of the list
+/// floor reached. 18.16's `system.clusters` calls every replica of a
+/// server's own shard local, so a replica is told by its own row of
+/// `system.replicas` (its Keeper path, one per shard and table, and its
+/// name); an unreplicated cluster's server by its shard.
+#[derive(Default)]
+struct Reached {
+    /// Per consolidated table and Keeper path (a shard): the total number of
+    /// replicas and the names reached; unreplicated, per shard number.
+    replicas: BTreeMap<(&'static str, String), (u64, BTreeSet<String>)>,
+}
+
+impl Reached {
+    async fn add(&mut self, server: &clickhouse::Client, db: &str, cluster: &str, replicated: bool) -> Result<(), AggError> {
+        if !replicated {
+            let own: Vec<u32> = server
+                .query("SELECT DISTINCT shard_num FROM system.clusters WHERE cluster = ? AND is_local = 1")
+                .bind(cluster)
+                .fetch_all()
+                .await?;
+            for shard in own {
+                for table in CONSOLIDATED {
+                    self.replicas.entry((table, shard.to_string())).or_insert((1, BTreeSet::new())).1.insert(String::new());
+                }
+            }
+            return Ok(());
+        }
+        for table in CONSOLIDATED {
+            let own: Vec<(String, String, u8)> = server
+                .query("SELECT zookeeper_path, replica_name, total_replicas FROM system.replicas WHERE database = ? AND table = ?")
+                .bind(db)
+                .bind(format!("{table}_local"))
+                .fetch_all()
+                .await?;
+            for (path, name, total) in own {
+                self.replicas.entry((table, path)).or_insert((u64::from(total), BTreeSet::new())).1.insert(name);
+            }
+        }
+        Ok(())
+    }
+
+    /// What was not reached of `shards` shards (each of their replicas if
+    /// `replicated`), for every consolidated table; `None`: all.
+    fn missing(&self, shards: u64, replicated: bool) -> Option<String> {
+        for table in CONSOLIDATED {
+            let found: Vec<_> = self.replicas.iter().filter(|((t, _), _)| *t == table).map(|(_, r)| r).collect();
+            if (found.len() as u64) < shards {
+                return Some(format!("{} of {shards} shards of {table} answered among clickhouse.replica_urls", found.len()));
+            }
+            if let Some((total, names)) = found.iter().find(|(total, names)| (names.len() as u64) < *total) {
+                let what = if replicated { "replicas" } else { "servers" };
+                return Some(format!(
+                    "{} of the {total} {what} of a shard of {table} answered among clickhouse.replica_urls ({names:?})",
+                    names.len()
+                ));
+            }
+        }
+        None
+    }
+}
+
+/// Whether a month whose committed rows carry `ids` is consolidated: its rows
+/// come from `min_seals` seals or more, or a plain seal among them is
+/// `min_seals` seals older than the latest (`latest`): a month of late rows
+/// from one seal is consolidated too, or it would hold the floor of the
+/// consolidated views' list of seals (migration 18) down for good. `plain`:
+/// each plain seal's number.
+fn due(ids: &[u64], plain: &BTreeMap<u64, u64>, min_seals: u64, latest: u64) -> bool {
+    let oldest = ids.iter().filter_map(|id| plain.get(id)).min();
+    ids.len() as u64 >= min_seals || oldest.is_some_and(|&s| s.saturating_add(min_seals) <= latest)
+}
+
+/// Every committed plain seal (not a consolidation) from the recorded list
+/// floor on, by id: its number. A seal under the floor has no row left in
+/// the consolidated tables.
+async fn plain_seals(client: &clickhouse::Client, db: &str) -> Result<BTreeMap<u64, u64>, AggError> {
+    let floor = recorded_list_floor(client, db).await?;
+    let rows: Vec<(u64, u64)> = client
+        .query(&format!("SELECT seal_id, seq FROM {db}.usage_seals WHERE consolidated = 0 AND seq >= ?"))
+        .bind(floor)
+        .fetch_all()
+        .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// The latest floor of the consolidated views' list of seals that a
+/// consolidation recorded (`usage_seal_list_floor`, migration 18; 0: none).
+/// A seal copies it into its row before its commit.
+pub(crate) async fn recorded_list_floor(client: &clickhouse::Client, db: &str) -> Result<u64, AggError> {
+    Ok(client.query(&format!("SELECT max(floor) FROM {db}.usage_seal_list_floor")).fetch_one::<u64>().await?)
+}
+
+async fn record_list_floor(client: &clickhouse::Client, db: &str, floor: u64) -> Result<(), AggError> {
+    if floor > recorded_list_floor(client, db).await? {
+        client.query(&format!("INSERT INTO {db}.usage_seal_list_floor (floor) VALUES (?)")).bind(floor).execute().await?;
+        events::SealListFloorRaised { floor }.emit();
+    }
+    Ok(())
+}
+
+/// The floor of the consolidated views' list of seals as the tables are now
+/// (migration 18): the number of the oldest committed plain seal with rows
+/// in a table of [`CONSOLIDATED`] on any server that holds them, or the
+/// next seal's number when none has. No later state of the tables has rows
+/// of an older plain seal: new seals are newer, and consolidations and
+/// retention only remove rows.
+///
+/// On a cluster every replica of every shard is read, each its local tables:
+/// `REPLACE PARTITION` reaches the other replicas of a shard when they
+/// apply it, and a replica that has not still serves the plain seals' rows.
+/// `Ok(None)` when a replica of the cluster is not among the answering
+/// servers of `clickhouse.replica_urls` (the floor stays where it was).
+/// Under the seal lock (a consolidation's last step; tests).
+pub async fn measure_list_floor(cfg: &ClickHouseConfig) -> Result<Option<u64>, AggError> {
+    let config = |e: runtime::ch::ChError| AggError::Config(e.to_string());
+    let db = cfg.db().map_err(config)?.to_string();
+    let client = cfg.writer_client().await.map_err(config)?;
+    let (servers, local) = match cfg.layout().map_err(config)? {
+        Layout::Single => (vec![client.clone()], ""),
+        Layout::Cluster { cluster, replicated, .. } => {
+            let shards: u64 =
+                client.query("SELECT uniqExact(shard_num) FROM system.clusters WHERE cluster = ?").bind(&cluster).fetch_one().await?;
+            let (mut servers, mut reached) = (vec![], Reached::default());
+            for url in &cfg.replica_urls {
+                let server = ClickHouseConfig { url: url.clone(), ..cfg.clone() }.client();
+                match reached.add(&server, &db, &cluster, replicated).await {
+                    Ok(()) => servers.push(server),
+                    Err(e) => events::ConsolidationReplicaUnreachable { url, error: &e }.emit(),
+                }
+            }
+            if let Some(why) = reached.missing(shards, replicated) {
+                events::SealListFloorHeld { why: &why }.emit();
+                return Ok(None);
+            }
+            (servers, "_local")
+        }
+    };
+    // before the tables are read: a seal committed later is newer than the
+    // floor; every consolidation committed so far is listed whatever the
+    // floor (one committed by an earlier binary, before migration 18, is
+    // listed here)
+    let next = crate::seal::latest_seq(&client, &db).await? + 1;
+    client
+        .query(&format!(
+            "INSERT INTO {db}.usage_seal_consolidations (seal_id, covers) SELECT seal_id, covers FROM {db}.usage_seals \
+             WHERE consolidated = 1 AND seal_id GLOBAL NOT IN (SELECT seal_id FROM {db}.usage_seal_consolidations)"
+        ))
+        .execute()
+        .await?;
+    let plain = plain_seals(&client, &db).await?;
+    let mut floor = next;
+    for server in servers {
+        // a replica's own parts, whatever the quorum (a read of the month a
+        // killed swap left unmarked would be refused: `mark_quorum`)
+        let server = server.with_option("select_sequential_consistency", "0");
+        for table in CONSOLIDATED {
+            #[derive(serde::Deserialize, clickhouse::Row)]
+            struct Ids {
+                ids: Vec<u64>,
+            }
+            let Ids { ids } = server.query(&format!("SELECT groupUniqArray(seal_id) AS ids FROM {db}.{table}{local}")).fetch_one().await?;
+            floor = ids.iter().filter_map(|id| plain.get(id)).fold(floor, |f, &s| f.min(s));
+        }
+    }
+    Ok(Some(floor))
 }
 
 /// After a swap on a `Replicated` table: one quorum insert into the month,
@@ -577,7 +777,25 @@ pub(crate) async fn drop_staging_everywhere(cfg: &ClickHouseConfig, client: &cli
 
 #[cfg(test)]
 mod tests {
-    use super::{refused_month, unreplicated_engine};
+    use super::{due, refused_month, unreplicated_engine};
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn a_month_is_due_with_min_seals_seals_or_a_plain_seal_min_seals_old() {
+        // plain seals #1..=#9 by id 101..=109; id 7 is a consolidation (#5)
+        let plain: BTreeMap<u64, u64> = (1..=9).filter(|&s| s != 5).map(|s| (100 + s, s)).collect();
+        // three seals' rows: due with 3, not with 4 while the oldest is recent
+        assert!(due(&[108, 109, 7], &plain, 3, 9));
+        assert!(!due(&[108, 109, 7], &plain, 4, 9));
+        // one late seal's rows, #6: due once it is 3 seals old (#9), not at #8
+        assert!(due(&[106], &plain, 3, 9));
+        assert!(!due(&[106], &plain, 3, 8));
+        // a consolidation's rows alone are never due for their age
+        assert!(!due(&[7], &plain, 2, 1_000));
+        // an id that is not a plain seal counts as a seal, never for its age
+        assert!(!due(&[42], &plain, 2, 1_000));
+        assert!(due(&[42, 7], &plain, 2, 9));
+    }
 
     #[test]
     fn the_refused_month_is_read_from_the_part_that_18_16_names() {

@@ -326,6 +326,20 @@ pub(crate) struct ConsolidationImpossible<'a> {
 }
 event!(ConsolidationImpossible<'a>, |s, name| warn!("{name}: {}; the sealed rows stay one per seal", s.why));
 
+/// A consolidation raised the floor of the consolidated views' list of
+/// seals (migration 18): no plain seal under it has rows left.
+pub(crate) struct SealListFloorRaised {
+    pub floor: u64,
+}
+event!(SealListFloorRaised, |s, name| info!(floor = s.floor, "{name}"));
+
+/// The floor of the consolidated views' list of seals was not measured;
+/// it stays where it was (their list longer, every answer the same).
+pub(crate) struct SealListFloorHeld<'a> {
+    pub why: &'a dyn Display,
+}
+event!(SealListFloorHeld<'a>, |s, name| warn!("{name}: {}", s.why));
+
 /// A month swapped in by a run killed before it marked the quorum (see
 /// `consolidate::mark_quorum`) was marked by the next run.
 pub(crate) struct ConsolidationSwapMarked {

@@ -259,14 +259,16 @@ pub(crate) async fn committed(client: &clickhouse::Client, db: &str, seal_id: u6
 /// covers, and the head of that seal stands for it (the condition on
 /// `covers` skips it). The head carries the tails' time bound: the oldest
 /// `tail_since` of the last 8 seals up to it, and whether all 8 found the
-/// legacy tables drained (migration 15 says why 8). One statement, which
-/// migration 17 runs too for a database sealed before it.
+/// legacy tables drained (migration 15 says why 8), and the floor of the
+/// consolidated views' list of seals: the oldest of the same 8 seals'
+/// `list_floor` (migration 18, [`crate::consolidate::measure_list_floor`]).
+/// One statement, which migration 17 runs too for a database sealed before it.
 pub(crate) async fn publish_head(client: &clickhouse::Client, db: &str) -> Result<(), AggError> {
     client
         .query(&format!(
-            "INSERT INTO {db}.usage_seal_head (seq, covers, topics, partitions, sealed_to, tail_floor, drained) \
+            "INSERT INTO {db}.usage_seal_head (seq, covers, topics, partitions, sealed_to, tail_floor, drained, list_floor) \
              SELECT max(seq), argMax(covers, seq), argMax(topics, seq), argMax(partitions, seq), argMax(sealed_to, seq), \
-             min(tail_since), min(legacy_drained) \
+             min(tail_since), min(legacy_drained), min(list_floor) \
              FROM {db}.usage_seals WHERE seq + 8 > (SELECT max(seq) FROM {db}.usage_seals) \
              HAVING argMax(covers, seq) > (SELECT max(covers) FROM {db}.usage_seal_head)"
         ))
@@ -399,6 +401,8 @@ async fn seal_locked(cfg: &ClickHouseConfig, db: &str, margin: u32) -> Result<Re
     }
     fault_after("checked");
     let seq = before.seq + 1;
+    // the latest floor a consolidation measured, read before the commit (migration 18)
+    let list_floor = crate::consolidate::recorded_list_floor(&client, db).await?;
     let (topics, partitions): (Vec<String>, Vec<u32>) = sealed_to.keys().cloned().unzip();
     let upto: Vec<u64> = sealed_to.values().copied().collect();
     // a seal that outlived its lock (paused, or slower than
@@ -408,8 +412,8 @@ async fn seal_locked(cfg: &ClickHouseConfig, db: &str, margin: u32) -> Result<Re
     // between the check and the write
     client
         .query(&format!(
-            "INSERT INTO {db}.usage_seals (seal_id, seq, covers, topics, partitions, sealed_to, sealed_at, tail_since, legacy_drained) \
-             SELECT toUInt64(?), toUInt64(?), toUInt64(?), ?, ?, ?, now(), toDateTime(?, 'UTC'), toUInt8(?) \
+            "INSERT INTO {db}.usage_seals (seal_id, seq, covers, topics, partitions, sealed_to, sealed_at, tail_since, legacy_drained, list_floor) \
+             SELECT toUInt64(?), toUInt64(?), toUInt64(?), ?, ?, ?, now(), toDateTime(?, 'UTC'), toUInt8(?), toUInt64(?) \
              WHERE {}",
             commit_condition(db)
         ))
@@ -421,6 +425,7 @@ async fn seal_locked(cfg: &ClickHouseConfig, db: &str, margin: u32) -> Result<Re
         .bind(&upto)
         .bind(tail_since)
         .bind(legacy_drained as u8)
+        .bind(list_floor)
         .bind(before.seq)
         .execute()
         .await?;

@@ -1203,29 +1203,51 @@ async fn bench_scale(sizes: &[u64], tracking_ids: u64, seals: u64, keep: bool) -
         if seals > 1 {
             lines.push(many_seals(&db, &store, tracking_ids, seals, bill_bare).await?);
         }
-        // a year of seals every 5 minutes over a 64-partition topic: the
-        // latest seal copied 105,119 times (seals that found nothing new) with
-        // 60 idle partitions added, then the same questions again; what they
-        // read above must not grow with the seals
+        // a year of seals every 5 minutes over a 64-partition topic, as
+        // `aggregator seal` leaves it: within a year every month of the seal
+        // above has been consolidated (a month is, once its plain seal is
+        // `--consolidate-min-seals` seals old), which the consolidation here
+        // does at once and then measures the floor of the consolidated
+        // views' list of seals (migration 18); then the latest seal copied
+        // 105,119 times (seals that found nothing new) with 60 idle
+        // partitions added, every 49th a consolidation's commit (the default
+        // of one every 48 seals), each seal's list floor 96 seals back (what
+        // a consolidation every 48 seals records: the oldest plain seal with
+        // rows, up to 48 seals before it); then the same questions again;
+        // what they read above must not grow with the seals
+        let t = Instant::now();
+        let done = aggregator::consolidate::consolidate(&db, 1, 600)
+            .await?
+            .map_err(|skipped| anyhow::anyhow!("the consolidation before the year of seals did not run: {skipped:?}"))?;
+        eprintln!("consolidated {} months in {:.1} s before the year of seals", done.months.len(), t.elapsed().as_secs_f64());
         let year = 365 * 24 * 12 - 1;
         c.query(&format!(
-            "INSERT INTO {d}.usage_seals (seal_id, seq, topics, partitions, sealed_to, sealed_at, tail_since, legacy_drained, consolidated) \
+            "INSERT INTO {d}.usage_seals (seal_id, seq, topics, partitions, sealed_to, sealed_at, tail_since, legacy_drained, list_floor, consolidated) \
              SELECT 13835058055282163712 + n, seq + n, arrayConcat(topics, arrayMap(x -> 'bench-idle', range(60))), \
              arrayConcat(partitions, arrayMap(x -> toUInt32(x), range(60))), arrayConcat(sealed_to, arrayMap(x -> toUInt64(1), range(60))), \
-             sealed_at, tail_since, legacy_drained, 0 \
+             sealed_at, tail_since, legacy_drained, toUInt64(greatest(toInt64((SELECT max(floor) FROM {d}.usage_seal_list_floor)), toInt64(seq + n) - 96)), n % 49 = 0 \
              FROM (SELECT seq, topics, partitions, sealed_to, sealed_at, tail_since, legacy_drained FROM {d}.usage_seals ORDER BY seq DESC LIMIT 1) \
              ARRAY JOIN arrayMap(x -> x + 1, range({year})) AS n"
         ))
         .execute()
         .await?;
+        // the consolidations listed, as each writes itself before its commit
+        c.query(&format!(
+            "INSERT INTO {d}.usage_seal_consolidations (seal_id, covers) SELECT seal_id, covers FROM {d}.usage_seals \
+             WHERE consolidated = 1 AND seal_id GLOBAL NOT IN (SELECT seal_id FROM {d}.usage_seal_consolidations)"
+        ))
+        .execute()
+        .await?;
         // and their heads, as each seal writes its own after its commit
         // (migration 17: the latest head, each with the oldest `tail_since`
-        // of the 8 seals up to it), then merged as the server's background
-        // merges keep them: one seal's head every 5 minutes, one row
+        // of the 8 seals up to it; migration 18: and the oldest list floor,
+        // here the seal's own, 7 seals later than the oldest of 8), then
+        // merged as the server's background merges keep them: one seal's
+        // head every 5 minutes, one row
         c.query(&format!(
-            "INSERT INTO {d}.usage_seal_head (seq, covers, topics, partitions, sealed_to, tail_floor, drained) \
-             SELECT seq, covers, topics, partitions, sealed_to, tail_since, legacy_drained FROM {d}.usage_seals \
-             WHERE seq > (SELECT max(seq) FROM {d}.usage_seal_head) ORDER BY seq"
+            "INSERT INTO {d}.usage_seal_head (seq, covers, topics, partitions, sealed_to, tail_floor, drained, list_floor) \
+             SELECT seq, covers, topics, partitions, sealed_to, tail_since, legacy_drained, list_floor FROM {d}.usage_seals \
+             WHERE seq > (SELECT max(seq) FROM {d}.usage_seal_head) AND consolidated = 0 ORDER BY seq"
         ))
         .execute()
         .await?;

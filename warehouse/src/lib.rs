@@ -71,6 +71,7 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration { version: 16, name: "seal_heads", sql: include_str!("../migrations/0016_seal_heads.sql"), former_checksums: &[] },
     Migration { version: 17, name: "seal_head", sql: include_str!("../migrations/0017_seal_head.sql"), former_checksums: &[] },
+    Migration { version: 18, name: "short_seal_list", sql: include_str!("../migrations/0018_short_seal_list.sql"), former_checksums: &[] },
 ];
 
 /// The schema the runner applies: [`MIGRATIONS`], rendered by [`cluster::render`].

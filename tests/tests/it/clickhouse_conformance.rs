@@ -785,7 +785,7 @@ async fn stream_month(db: &ClickHouseConfig, stream: &str, max_rows: u64) -> Res
 }
 
 /// Partition 0 of `topic` claimed once, from offset 0, at epoch 1.
-async fn claim_epoch_1(db: &ClickHouseConfig, topic: &str) {
+pub(crate) async fn claim_epoch_1(db: &ClickHouseConfig, topic: &str) {
     insert(
         db,
         "aggregator_claims",
@@ -943,7 +943,7 @@ async fn rows_and_keys(db: &ClickHouseConfig, suffix: &str) -> Vec<(String, u64,
 }
 
 /// Every server's replicas of `db`'s tables up to date (a cluster; nothing on one server).
-async fn synced(db: &ClickHouseConfig, servers: &[ClickHouseConfig]) {
+pub(crate) async fn synced(db: &ClickHouseConfig, servers: &[ClickHouseConfig]) {
     if db.cluster.is_empty() {
         return;
     }
@@ -1076,12 +1076,17 @@ fn paused_seal(db: &ClickHouseConfig, step: &str) -> Proc {
 /// `n` rows into both logs at offsets `from + 1 ..= from + n` of partition 0
 /// under epoch 1 (tracking id `t{i % 5}`, viewer `v{i % 7}`, a minute of
 /// 2026-10-02 each, `i % 100 + 1` bytes out), then a checkpoint at `from + n`.
-async fn rows_and_checkpoint(db: &ClickHouseConfig, topic: &str, from: u64, n: u64) {
+pub(crate) async fn rows_and_checkpoint(db: &ClickHouseConfig, topic: &str, from: u64, n: u64) {
     rows_and_checkpoint_at(db, topic, from, n, None).await
 }
 
 /// [`rows_and_checkpoint`], inserted at `inserted_at` (`None`: the server's clock, as the aggregator writes).
 async fn rows_and_checkpoint_at(db: &ClickHouseConfig, topic: &str, from: u64, n: u64, inserted_at: Option<&str>) {
+    rows_on_day(db, topic, from, n, "2026-10-02", inserted_at).await
+}
+
+/// [`rows_and_checkpoint_at`], the minutes of `day` (`YYYY-MM-DD`).
+async fn rows_on_day(db: &ClickHouseConfig, topic: &str, from: u64, n: u64, day: &str, inserted_at: Option<&str>) {
     let d = &db.database;
     let (icol, ival) = match inserted_at {
         Some(t) => (", inserted_at", format!(", toDateTime('{t}', 'UTC')")),
@@ -1096,7 +1101,7 @@ async fn rows_and_checkpoint_at(db: &ClickHouseConfig, topic: &str, from: u64, n
             format!(
                 "INSERT INTO {d}.{log} (window_start, tracking_id, account_id, stream_name, cluster, {vcols}, bytes_out, bytes_in, \
                  events, src_topic, src_partition, src_epoch, src_offset{icol}) \
-                 SELECT toDateTime('2026-10-02 00:00:00', 'UTC') + (number % 1440) * 60, concat('t', toString(number % 5)), 'acct', \
+                 SELECT toDateTime('{day} 00:00:00', 'UTC') + (number % 1440) * 60, concat('t', toString(number % 5)), 'acct', \
                  's1', 'c', {vvals}, number % 100 + 1, 0, 1, '{topic}', toUInt32(0), toUInt64(1), {from} + number + 1{ival} \
                  FROM system.numbers LIMIT {n}"
             ),
@@ -1534,6 +1539,10 @@ async fn every_read_racing_seal_commits_counts_each_byte_once() {
                 }
                 aggregator::seal::seal(&db, 0).await.unwrap().expect("a seal");
                 sealed.store(k, SeqCst);
+                // months of 3 seals or with a plain seal 3 seals old
+                // consolidated: swaps and raised list floors (migration 18)
+                // race the reads too
+                aggregator::consolidate::consolidate(&db, 3, 0).await.unwrap().ok();
             }
         })
     };
@@ -1572,8 +1581,63 @@ async fn every_read_racing_seal_commits_counts_each_byte_once() {
         }
     }
     writer.await.expect("the writer");
-    assert_eq!(count(&db, &format!("SELECT count() FROM {d}.usage_seals")).await, SEALS, "one commit per batch");
+    assert_eq!(count(&db, &format!("SELECT count() FROM {d}.usage_seals WHERE consolidated = 0")).await, SEALS, "one commit per batch");
+    let floor = count(&db, &format!("SELECT tupleElement(latest, 4) FROM {d}.usage_seal_latest")).await;
+    assert!(floor > SEALS / 2, "the consolidated views' list of seals moved up while they were read: its floor is {floor}");
     assert!(met_a_commit >= SEALS / 2, "reads met the commits: {met_a_commit} reads saw a seal commit while they ran");
     assert_sealed_equals_unsealed(&db).await;
+    drop_db(&db).await;
+}
+
+/// The consolidated views' list of seals (migration 18): its floor never
+/// passes a plain seal that still has rows in the consolidated tables, and
+/// it moves up. A month written by one late seal alone is consolidated once
+/// that seal is `min_seals` seals old (else it would hold the floor down for
+/// good). Every answer stays the unsealed computation's at every step.
+#[tokio::test]
+async fn the_consolidated_views_list_no_seal_under_the_oldest_with_rows_and_the_floor_moves_up() {
+    let _stack = e2e::turns::shared().await;
+    const N: u64 = 100;
+    const MIN_SEALS: u64 = 3;
+    const SEALS: u64 = 24;
+    const LATE: u64 = 2;
+    let db = test_db().await;
+    let d = &db.database;
+    let topic = unique("list");
+    claim_epoch_1(&db, &topic).await;
+    // the oldest committed plain seal with a row in a consolidated table, as the tables are now
+    let oldest_with_rows = {
+        let tables = aggregator::consolidate::CONSOLIDATED.map(|t| format!("SELECT seal_id FROM {d}.{t}")).join(" UNION ALL ");
+        format!("SELECT min(seq) FROM {d}.usage_seals WHERE consolidated = 0 AND seal_id GLOBAL IN (SELECT seal_id FROM ({tables}))")
+    };
+    let head_floor = format!("SELECT tupleElement(latest, 4) FROM {d}.usage_seal_latest");
+    let mut late_seq = 0;
+    for i in 0..SEALS {
+        let from = i * (N + 10);
+        rows_and_checkpoint(&db, &topic, from, N).await;
+        if i == LATE {
+            // late rows of September: no other seal writes that month
+            rows_on_day(&db, &topic, from + N, 10, "2026-09-15", None).await;
+        }
+        let sealed = aggregator::seal::seal(&db, 0).await.unwrap().expect("a seal");
+        if i == LATE {
+            late_seq = sealed.seq;
+        }
+        aggregator::consolidate::consolidate(&db, MIN_SEALS, 0).await.unwrap().ok();
+        let floor = count(&db, &head_floor).await;
+        let oldest = count(&db, &oldest_with_rows).await;
+        assert!(oldest == 0 || floor <= oldest, "after seal {i}: the list's floor {floor} passed seal #{oldest}, which has rows");
+        assert_sealed_equals_unsealed(&db).await;
+    }
+    let september = format!(
+        "SELECT count() FROM {d}.usage_by_tracking_daily_sealed WHERE toYYYYMM(day) = 202609 \
+         AND seal_id GLOBAL IN (SELECT seal_id FROM {d}.usage_seals WHERE consolidated = 0)"
+    );
+    assert_eq!(count(&db, &september).await, 0, "September, written by one seal, was consolidated");
+    let floor = count(&db, &head_floor).await;
+    assert!(floor > late_seq, "the floor {floor} passed the late seal #{late_seq}");
+    let plain = count(&db, &format!("SELECT count() FROM {d}.usage_seals WHERE consolidated = 0")).await;
+    let listed = count(&db, &format!("SELECT count() FROM {d}.usage_seals WHERE consolidated = 0 AND seq >= {floor}")).await;
+    assert!(listed * 2 < plain, "the consolidated views list {listed} of {plain} plain seals");
     drop_db(&db).await;
 }

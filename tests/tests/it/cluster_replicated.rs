@@ -395,3 +395,77 @@ async fn a_replica_that_dies_comes_back_and_one_stopped_on_purpose_stays_down() 
     assert!(replica("start-replica", 3), "replica 3 started");
     assert!(ping().await, "replica 3 answers after");
 }
+
+/// The floor of the consolidated views' list of seals (migration 18) is
+/// measured on every replica: a consolidation's swap reaches a shard's other
+/// replica when that replica applies it, and until then the other replica
+/// still serves the plain seals' rows, which its readers count only while
+/// their seals are listed. Server 4 (shard 2's second replica) stops
+/// fetching the last consolidated table, so the last swap, made on server 3
+/// (where consolidations rewrite shard 2), does not reach it, and its quorum
+/// mark times out: server 4 still holds both plain seals' rows. The floor
+/// measured then is the first seal's number, the oldest plain seal any
+/// replica holds, not the next seal's, which one replica per shard gives;
+/// without every replica in `clickhouse.replica_urls` none is measured.
+/// Once server 4 has applied the swap the floor passes both seals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_list_floor_waits_for_a_replica_that_has_not_applied_a_swap() {
+    use crate::clickhouse_conformance::{claim_epoch_1, rows_and_checkpoint, synced};
+    use aggregator::consolidate::{consolidate, measure_list_floor, CONSOLIDATED};
+    const N: u64 = 500;
+    let _stack = e2e::turns::shared().await;
+    let _turn = e2e::turns::replica_faults().await;
+    let (database, db, servers) = fresh_with_replicas().await;
+    let d = &database;
+    let topic = unique("lfloor");
+    claim_epoch_1(&db, &topic).await;
+    let mut seals = vec![];
+    for i in 0..2 {
+        rows_and_checkpoint(&db, &topic, i * N, N).await;
+        seals.push(aggregator::seal::seal(&db, 0).await.unwrap().expect("a seal"));
+    }
+    synced(&db, &servers).await;
+    // the oldest plain seal with rows in a consolidated table on `server` (its own parts; 0: none)
+    let oldest_plain_on = |server: &ClickHouseConfig| {
+        let tables = CONSOLIDATED.map(|t| format!("SELECT seal_id FROM {d}.{t}_local")).join(" UNION ALL ");
+        let sql = format!(
+            "SELECT if(count() = 0, toUInt64(0), min(seq)) FROM {d}.usage_seals \
+             WHERE consolidated = 0 AND seal_id GLOBAL IN (SELECT seal_id FROM ({tables}))"
+        );
+        let server = server.clone();
+        async move { count(&server, &sql).await }
+    };
+    let next = format!("SELECT max(seq) + 1 FROM {d}.usage_seals");
+    let table = CONSOLIDATED[3];
+    let _back = FetchesBack(3);
+    exec_on(&servers[3], &format!("SYSTEM STOP FETCHES {d}.{table}_local")).await;
+    let err = consolidate(&db, 2, 0).await.expect_err("the last swap's quorum mark waits for server 4 and times out");
+    assert!(err.to_string().contains("marking"), "{err}");
+    for server in &servers[..3] {
+        assert_eq!(oldest_plain_on(server).await, 0, "{}: every month swapped", server.url);
+    }
+    assert_eq!(oldest_plain_on(&servers[3]).await, seals[0].seq, "server 4 has not applied the last swap");
+    assert_eq!(measure_list_floor(&db).await.unwrap(), Some(seals[0].seq), "the floor is the oldest plain seal on any replica");
+    let three = ClickHouseConfig { replica_urls: db.replica_urls[..3].to_vec(), ..db.clone() };
+    assert_eq!(measure_list_floor(&three).await.unwrap(), None, "no floor without every replica");
+
+    exec_on(&servers[3], &format!("SYSTEM START FETCHES {d}.{table}_local")).await;
+    synced(&db, &servers).await;
+    assert_eq!(oldest_plain_on(&servers[3]).await, 0, "server 4 applied the swap");
+    let want = count(&db, &next).await;
+    assert_eq!(measure_list_floor(&db).await.unwrap(), Some(want), "the floor passed both seals once no replica held their rows");
+    rows_and_checkpoint(&db, &topic, 2 * N, N).await;
+    aggregator::seal::seal(&db, 0).await.unwrap().expect("a seal");
+    consolidate(&db, 2, 0).await.unwrap().expect("a consolidation");
+    synced(&db, &servers).await;
+    let recorded = count(&db, &format!("SELECT max(floor) FROM {d}.usage_seal_list_floor")).await;
+    assert!(recorded > seals[1].seq, "the consolidation recorded a floor past both seals: {recorded}");
+    for server in &servers {
+        assert_sealed_equals_unsealed(server).await;
+    }
+    drop_everywhere(&database).await;
+}
+
+async fn exec_on(server: &ClickHouseConfig, sql: &str) {
+    server.client().query(sql).execute().await.unwrap_or_else(|e| panic!("{sql} on {}: {e}", server.url));
+}
