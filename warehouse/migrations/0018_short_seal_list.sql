@@ -12,8 +12,8 @@
 -- only the seals since its last consolidation still have rows of their own
 -- there. So the four views over them join the consolidations' seals
 -- (`usage_seal_consolidations`) plus the seals from a floor on, under which
--- no plain seal has rows in those tables. The minute views keep the whole list (their tables are never
--- consolidated).
+-- no plain seal has rows in those tables. The minute views keep the whole
+-- list (their tables are never consolidated).
 --
 -- The floor is exact for every reader:
 --   * each consolidation, once its months are swapped, measures the floor
