@@ -569,13 +569,7 @@ pub async fn measure_list_floor(cfg: &ClickHouseConfig) -> Result<Option<u64>, A
     // floor (one committed by an earlier binary, before migration 18, is
     // listed here)
     let next = crate::seal::latest_seq(&client, &db).await? + 1;
-    client
-        .query(&format!(
-            "INSERT INTO {db}.usage_seal_consolidations (seal_id, covers) SELECT seal_id, covers FROM {db}.usage_seals \
-             WHERE consolidated = 1 AND seal_id GLOBAL NOT IN (SELECT seal_id FROM {db}.usage_seal_consolidations)"
-        ))
-        .execute()
-        .await?;
+    list_consolidations(&client, &db).await?;
     let plain = plain_seals(&client, &db).await?;
     let mut floor = next;
     for server in servers {
@@ -592,6 +586,22 @@ pub async fn measure_list_floor(cfg: &ClickHouseConfig) -> Result<Option<u64>, A
         }
     }
     Ok(Some(floor))
+}
+
+/// List every committed consolidation missing from
+/// `usage_seal_consolidations` (migration 18): one committed by a binary
+/// from before it, or written into `usage_seals` by hand (`bench scale`'s
+/// year of seals). A consolidation lists itself before its commit; this is
+/// for the others, before a floor is measured.
+pub async fn list_consolidations(client: &clickhouse::Client, db: &str) -> Result<(), AggError> {
+    client
+        .query(&format!(
+            "INSERT INTO {db}.usage_seal_consolidations (seal_id, covers) SELECT seal_id, covers FROM {db}.usage_seals \
+             WHERE consolidated = 1 AND seal_id GLOBAL NOT IN (SELECT seal_id FROM {db}.usage_seal_consolidations)"
+        ))
+        .execute()
+        .await?;
+    Ok(())
 }
 
 /// After a swap on a `Replicated` table: one quorum insert into the month,

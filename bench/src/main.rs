@@ -1232,12 +1232,7 @@ async fn bench_scale(sizes: &[u64], tracking_ids: u64, seals: u64, keep: bool) -
         .execute()
         .await?;
         // the consolidations listed, as each writes itself before its commit
-        c.query(&format!(
-            "INSERT INTO {d}.usage_seal_consolidations (seal_id, covers) SELECT seal_id, covers FROM {d}.usage_seals \
-             WHERE consolidated = 1 AND seal_id GLOBAL NOT IN (SELECT seal_id FROM {d}.usage_seal_consolidations)"
-        ))
-        .execute()
-        .await?;
+        aggregator::consolidate::list_consolidations(&c, d).await?;
         // and their heads, as each seal writes its own after its commit
         // (migration 17: the latest head, each with the oldest `tail_since`
         // of the 8 seals up to it; migration 18: and the oldest list floor,
